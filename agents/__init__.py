@@ -1,0 +1,1 @@
+"""agents."""\n\n__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""autoscaler."""\n\n__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""billing."""\n\n__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""infra."""\n\n__all__: list[str] = []

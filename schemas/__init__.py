@@ -1,0 +1,73 @@
+"""onceflow's event contracts: Avro schemas, the models that mirror them, and codecs.
+
+Import everything from here; `schemas._impl` is private.
+"""
+
+from schemas._impl.codec import (
+    SINGLE_OBJECT_MARKER,
+    ConfluentCodec,
+    EventCodec,
+    SingleObjectCodec,
+)
+from schemas._impl.errors import (
+    CodecError,
+    EventValidationError,
+    NotAvroSingleObjectError,
+    TruncatedEventError,
+    UnknownEventTypeError,
+    UnknownSchemaError,
+)
+from schemas._impl.events import *  # noqa: F403
+from schemas._impl.events import EVENT_MODELS, SYSTEM_TENANT, Event
+from schemas._impl.events import __all__ as _event_names
+from schemas._impl.registry import (
+    EventSchema,
+    SchemaRegistry,
+    avro_fingerprint,
+    default_registry,
+    schema_dir,
+)
+from schemas._impl.types import (
+    MONEY_QUANTUM,
+    ContentRef,
+    EffectLabel,
+    HealthStatus,
+    IdempotencyClass,
+    Money,
+    PlacementCandidate,
+    Priority,
+    WorkKind,
+    quantize_money,
+)
+
+__all__ = [  # noqa: PLE0604
+    *_event_names,
+    "MONEY_QUANTUM",
+    "SINGLE_OBJECT_MARKER",
+    "SYSTEM_TENANT",
+    "CodecError",
+    "ConfluentCodec",
+    "ContentRef",
+    "EffectLabel",
+    "EventCodec",
+    "EventSchema",
+    "EventValidationError",
+    "HealthStatus",
+    "IdempotencyClass",
+    "Money",
+    "NotAvroSingleObjectError",
+    "PlacementCandidate",
+    "Priority",
+    "SchemaRegistry",
+    "SingleObjectCodec",
+    "TruncatedEventError",
+    "UnknownEventTypeError",
+    "UnknownSchemaError",
+    "WorkKind",
+    "avro_fingerprint",
+    "default_registry",
+    "quantize_money",
+    "schema_dir",
+]
+
+assert EVENT_MODELS and Event  # re-exported names

@@ -1,0 +1,542 @@
+"""The event contracts as pydantic models.
+
+The `.avsc` files in `schemas/avro/` are generated from these classes and
+committed; `tests/schemas` fails when the two drift apart or when a change
+would stop an older reader from reading new data. Add fields only with
+defaults, never rename or retype one.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas._impl.types import (
+    ContentRef,
+    EffectLabel,
+    HealthStatus,
+    IdempotencyClass,
+    Money,
+    PlacementCandidate,
+    Priority,
+    WorkKind,
+)
+
+__all__ = [
+    "EVENT_MODELS",
+    "BillingAnomaly",
+    "CapacityAdmissionModeChanged",
+    "CapacityScaleRequested",
+    "ClaimGranted",
+    "ClaimRejected",
+    "ClaimRequested",
+    "ClockTick",
+    "ControlHumanInputSubmitted",
+    "ControlOperatorResolved",
+    "ControlSessionCancelRequested",
+    "ControlSessionPaused",
+    "ControlSessionResumed",
+    "DeadLetterRecorded",
+    "EffectStaged",
+    "Event",
+    "LedgerLineItem",
+    "LlmInvocationCompleted",
+    "LlmInvocationFailed",
+    "NodeHeartbeat",
+    "TrustScoreUpdated",
+    "WalletUpdated",
+    "WorkUnitCancelled",
+    "WorkUnitCompleted",
+    "WorkUnitDeferred",
+    "WorkUnitFailed",
+    "WorkUnitNeedsOperator",
+    "WorkUnitRejected",
+    "WorkUnitRetryScheduled",
+    "WorkUnitScheduled",
+    "WorkUnitSubmitted",
+]
+
+SYSTEM_TENANT = "system"
+
+
+class Event(BaseModel):
+    """The common envelope every onceflow event carries.
+
+    `event_id` is deterministic (a hash of the causing event id and the
+    output's role), which is what lets every consumer dedupe redeliveries.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    EVENT_TYPE: ClassVar[str] = ""
+    AVRO_NAME: ClassVar[str] = ""
+    #: The envelope field that names the entity whose partition the event lives in.
+    ENTITY_FIELD: ClassVar[str] = "work_unit_id"
+
+    event_id: str = Field(min_length=1)
+    event_type: str
+    occurred_at: int = Field(ge=0, description="producer timestamp, ms since the epoch")
+    tenant_id: str = SYSTEM_TENANT
+    execution_session_id: str = ""
+    work_unit_id: str | None = None
+    causation_id: str | None = None
+    schema_version: int = 1
+
+    def entity_id(self) -> str:
+        value = getattr(self, self.ENTITY_FIELD)
+        return str(value) if value is not None else self.event_id
+
+
+# --- work units -------------------------------------------------------------
+
+
+class WorkUnitSubmitted(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.submitted"
+    AVRO_NAME: ClassVar[str] = "WorkUnitSubmitted"
+    event_type: Literal["workunit.submitted"] = "workunit.submitted"
+    kind: WorkKind = "cpu"
+    priority: Priority = "p2"
+    region: str | None = None
+    required_concurrency: int = Field(default=1, ge=1)
+    min_runtime_version: str = "0.0.0"
+    effect: EffectLabel = "PURE"
+    idempotency_class: IdempotencyClass = "none"
+    max_attempts: int = Field(default=5, ge=1)
+    lease_ms: int = Field(default=30_000, ge=1)
+    depends_on: list[str] = Field(default_factory=list)
+    handler: str | None = None
+    simulated_ms: int = Field(default=0, ge=0)
+    prompt: str | None = None
+    model: str | None = None
+    llm_tokens: int = Field(default=0, ge=0)
+    correlation_id: str | None = None
+    input_ref: ContentRef | None = None
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class WorkUnitScheduled(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.scheduled"
+    AVRO_NAME: ClassVar[str] = "WorkUnitScheduled"
+    event_type: Literal["workunit.scheduled"] = "workunit.scheduled"
+    selected_node_id: str
+    attempt_index: int = Field(ge=1)
+    score: float
+    eligible_node_count: int = Field(ge=0)
+    reason_code: str
+    scheduling_epoch: int = Field(ge=0)
+    decided_at: int = Field(ge=0)
+    lease_expires_at: int = Field(ge=0)
+    candidates: list[PlacementCandidate] = Field(default_factory=list)
+    kind: WorkKind = "cpu"
+    priority: Priority = "p2"
+    effect: EffectLabel = "PURE"
+    idempotency_class: IdempotencyClass = "none"
+    idempotency_key: str | None = None
+    handler: str | None = None
+    simulated_ms: int = 0
+    prompt: str | None = None
+    model: str | None = None
+    input_ref: ContentRef | None = None
+    parameters: dict[str, str] = Field(default_factory=dict)
+    parent_result_refs: list[ContentRef] = Field(default_factory=list)
+
+
+class WorkUnitDeferred(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.deferred"
+    AVRO_NAME: ClassVar[str] = "WorkUnitDeferred"
+    event_type: Literal["workunit.deferred"] = "workunit.deferred"
+    reason_code: str
+    reason: str = ""
+    eligible_node_count: int = 0
+    decided_at: int = 0
+    retry_at: int | None = None
+    filter_counts: dict[str, int] = Field(default_factory=dict)
+    candidates: list[PlacementCandidate] = Field(default_factory=list)
+
+
+class WorkUnitRejected(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.rejected"
+    AVRO_NAME: ClassVar[str] = "WorkUnitRejected"
+    event_type: Literal["workunit.rejected"] = "workunit.rejected"
+    reason_code: str
+    reason: str = ""
+    decided_at: int = 0
+
+
+class WorkUnitRetryScheduled(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.retry.scheduled"
+    AVRO_NAME: ClassVar[str] = "WorkUnitRetryScheduled"
+    event_type: Literal["workunit.retry.scheduled"] = "workunit.retry.scheduled"
+    attempt_index: int = Field(ge=1, description="the attempt that will run next")
+    delay_ms: int = Field(ge=0)
+    retry_at: int = Field(ge=0)
+    error_code: str = ""
+    reason_code: str = ""
+
+
+class WorkUnitCompleted(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.completed"
+    AVRO_NAME: ClassVar[str] = "WorkUnitCompleted"
+    event_type: Literal["workunit.completed"] = "workunit.completed"
+    selected_node_id: str
+    attempt_index: int = Field(ge=1)
+    correlation_id: str | None = None
+    result_ref: ContentRef | None = None
+    cpu_seconds: Money = Decimal("0")
+    llm_tokens: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    kind: WorkKind = "cpu"
+    accepted: bool = Field(
+        default=False, description="set by the scheduler: the grant holder's completion"
+    )
+
+
+class WorkUnitFailed(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.failed"
+    AVRO_NAME: ClassVar[str] = "WorkUnitFailed"
+    event_type: Literal["workunit.failed"] = "workunit.failed"
+    selected_node_id: str = ""
+    attempt_index: int = Field(default=1, ge=1)
+    correlation_id: str | None = None
+    error_code: str
+    error_reason: str = ""
+    retryable: bool = False
+    final: bool = Field(default=False, description="no further attempt will follow")
+
+
+class WorkUnitNeedsOperator(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.needs_operator"
+    AVRO_NAME: ClassVar[str] = "WorkUnitNeedsOperator"
+    event_type: Literal["workunit.needs_operator"] = "workunit.needs_operator"
+    attempt_index: int = Field(ge=1)
+    selected_node_id: str = ""
+    effect: EffectLabel = "WORLD_MUTATING"
+    idempotency_class: IdempotencyClass = "none"
+    reason_code: str
+    reason: str = ""
+
+
+class WorkUnitCancelled(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.cancelled"
+    AVRO_NAME: ClassVar[str] = "WorkUnitCancelled"
+    event_type: Literal["workunit.cancelled"] = "workunit.cancelled"
+    reason: str = ""
+    requested_by: str = ""
+
+
+# --- claims -----------------------------------------------------------------
+
+
+class ClaimRequested(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.claim.requested"
+    AVRO_NAME: ClassVar[str] = "ClaimRequested"
+    event_type: Literal["workunit.claim.requested"] = "workunit.claim.requested"
+    node_id: str
+    attempt_index: int = Field(ge=1)
+    scheduling_epoch: int = 0
+
+
+class ClaimGranted(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.claim.granted"
+    AVRO_NAME: ClassVar[str] = "ClaimGranted"
+    event_type: Literal["workunit.claim.granted"] = "workunit.claim.granted"
+    node_id: str
+    attempt_index: int = Field(ge=1)
+    lease_expires_at: int = 0
+    idempotency_key: str | None = None
+
+
+class ClaimRejected(Event):
+    EVENT_TYPE: ClassVar[str] = "workunit.claim.rejected"
+    AVRO_NAME: ClassVar[str] = "ClaimRejected"
+    event_type: Literal["workunit.claim.rejected"] = "workunit.claim.rejected"
+    node_id: str
+    attempt_index: int = Field(ge=1)
+    reason_code: str
+
+
+class EffectStaged(Event):
+    EVENT_TYPE: ClassVar[str] = "effect.staged"
+    AVRO_NAME: ClassVar[str] = "EffectStaged"
+    event_type: Literal["effect.staged"] = "effect.staged"
+    node_id: str
+    attempt_index: int = Field(ge=1)
+    idempotency_key: str | None = None
+    description: str = ""
+    intent_ref: ContentRef | None = None
+
+
+# --- LLM ----------------------------------------------------------------------
+
+
+class LlmInvocationCompleted(Event):
+    EVENT_TYPE: ClassVar[str] = "llm.invocation.completed"
+    AVRO_NAME: ClassVar[str] = "LlmInvocationCompleted"
+    event_type: Literal["llm.invocation.completed"] = "llm.invocation.completed"
+    node_id: str
+    attempt_index: int = Field(default=1, ge=1)
+    correlation_id: str | None = None
+    provider: str
+    model: str
+    tokens_in: int = Field(ge=0)
+    tokens_out: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+    latency_ms: int = Field(ge=0)
+    estimated_cost_usd: Money
+    response_ref: ContentRef | None = None
+
+
+class LlmInvocationFailed(Event):
+    EVENT_TYPE: ClassVar[str] = "llm.invocation.failed"
+    AVRO_NAME: ClassVar[str] = "LlmInvocationFailed"
+    event_type: Literal["llm.invocation.failed"] = "llm.invocation.failed"
+    node_id: str
+    attempt_index: int = Field(default=1, ge=1)
+    correlation_id: str | None = None
+    provider: str
+    model: str
+    error_code: str
+    error_reason: str = ""
+    latency_ms: int = 0
+    tokens_in: int = 0
+
+
+# --- nodes and trust ----------------------------------------------------------
+
+
+class NodeHeartbeat(Event):
+    EVENT_TYPE: ClassVar[str] = "node.heartbeat"
+    AVRO_NAME: ClassVar[str] = "NodeHeartbeat"
+    ENTITY_FIELD: ClassVar[str] = "node_id"
+    event_type: Literal["node.heartbeat"] = "node.heartbeat"
+    node_id: str
+    enabled: bool = True
+    health_status: HealthStatus = "healthy"
+    supported_kinds: list[str] = Field(default_factory=list)
+    max_concurrency: int = 1
+    available_concurrency: int = 0
+    active_queue_depth: int = 0
+    utilization: float = 0.0
+    region: str | None = None
+    version: str = "0.0.0"
+    sequence: int = 0
+
+
+class TrustScoreUpdated(Event):
+    EVENT_TYPE: ClassVar[str] = "trust.score.updated"
+    AVRO_NAME: ClassVar[str] = "TrustScoreUpdated"
+    ENTITY_FIELD: ClassVar[str] = "node_id"
+    event_type: Literal["trust.score.updated"] = "trust.score.updated"
+    node_id: str
+    trust_score: float
+    previous_score: float = 0.5
+    alpha: float = 2.0
+    beta: float = 2.0
+    timeout_penalty: float = 0.0
+    health_penalty: float = 0.0
+    quarantined: bool = False
+    reason: str = ""
+
+
+# --- capacity -----------------------------------------------------------------
+
+
+class CapacityScaleRequested(Event):
+    EVENT_TYPE: ClassVar[str] = "capacity.scale.requested"
+    AVRO_NAME: ClassVar[str] = "CapacityScaleRequested"
+    ENTITY_FIELD: ClassVar[str] = "event_type"
+    event_type: Literal["capacity.scale.requested"] = "capacity.scale.requested"
+    previous_replicas: int
+    new_replicas: int
+    reason: str
+    queue_depth: int = 0
+    wait_p95_ms: float = 0.0
+    utilization: float = 0.0
+    window_start: int = 0
+    window_end: int = 0
+
+
+class CapacityAdmissionModeChanged(Event):
+    EVENT_TYPE: ClassVar[str] = "capacity.admission.mode.changed"
+    AVRO_NAME: ClassVar[str] = "CapacityAdmissionModeChanged"
+    ENTITY_FIELD: ClassVar[str] = "event_type"
+    event_type: Literal["capacity.admission.mode.changed"] = "capacity.admission.mode.changed"
+    previous_mode: Literal["OPEN", "THROTTLED", "CRITICAL"]
+    new_mode: Literal["OPEN", "THROTTLED", "CRITICAL"]
+    reason: str
+    queue_depth: int = 0
+
+
+# --- billing ------------------------------------------------------------------
+
+
+class LedgerLineItem(Event):
+    EVENT_TYPE: ClassVar[str] = "ledger.line_item"
+    AVRO_NAME: ClassVar[str] = "LedgerLineItem"
+    event_type: Literal["ledger.line_item"] = "ledger.line_item"
+    line_item_id: str
+    source_event_id: str
+    source_event_type: str
+    correlation_id: str | None = None
+    line_item_type: Literal["workunit_cpu", "llm_tokens"]
+    node_id: str | None = None
+    model: str | None = None
+    cpu_seconds: Money = Decimal("0")
+    llm_tokens: int = 0
+    llm_tokens_event_total: int = 0
+    cpu_unit_price_usd: Money = Decimal("0")
+    llm_unit_price_usd_per_1k: Money = Decimal("0")
+    subtotal_cpu_usd: Money = Decimal("0")
+    subtotal_llm_usd: Money = Decimal("0")
+    total_usd: Money
+    currency: str = "USD"
+    rounded_scale: int = 6
+    rounding_mode: str = "ROUND_HALF_EVEN"
+    pricing_version: str
+    billed: bool = True
+
+
+class WalletUpdated(Event):
+    EVENT_TYPE: ClassVar[str] = "wallet.updated"
+    AVRO_NAME: ClassVar[str] = "WalletUpdated"
+    ENTITY_FIELD: ClassVar[str] = "tenant_id"
+    event_type: Literal["wallet.updated"] = "wallet.updated"
+    balance_usd: Money
+    total_debit_usd: Money
+    total_credit_usd: Money
+    record_count: int = 0
+    last_line_item_id: str | None = None
+
+
+class BillingAnomaly(Event):
+    EVENT_TYPE: ClassVar[str] = "billing.anomaly"
+    AVRO_NAME: ClassVar[str] = "BillingAnomaly"
+    ENTITY_FIELD: ClassVar[str] = "execution_session_id"
+    event_type: Literal["billing.anomaly"] = "billing.anomaly"
+    check: str
+    severity: Literal["info", "warning", "flag"] = "flag"
+    subject_id: str = ""
+    expected: str = ""
+    observed: str = ""
+    message: str = ""
+
+
+# --- control ------------------------------------------------------------------
+
+
+class ControlSessionPaused(Event):
+    EVENT_TYPE: ClassVar[str] = "control.session.paused"
+    AVRO_NAME: ClassVar[str] = "ControlSessionPaused"
+    ENTITY_FIELD: ClassVar[str] = "execution_session_id"
+    event_type: Literal["control.session.paused"] = "control.session.paused"
+    requested_by: str = ""
+    reason: str = ""
+
+
+class ControlSessionResumed(Event):
+    EVENT_TYPE: ClassVar[str] = "control.session.resumed"
+    AVRO_NAME: ClassVar[str] = "ControlSessionResumed"
+    ENTITY_FIELD: ClassVar[str] = "execution_session_id"
+    event_type: Literal["control.session.resumed"] = "control.session.resumed"
+    requested_by: str = ""
+    reason: str = ""
+
+
+class ControlSessionCancelRequested(Event):
+    EVENT_TYPE: ClassVar[str] = "control.cancel.requested"
+    AVRO_NAME: ClassVar[str] = "ControlSessionCancelRequested"
+    event_type: Literal["control.cancel.requested"] = "control.cancel.requested"
+    requested_by: str = ""
+    reason: str = ""
+
+
+class ControlHumanInputSubmitted(Event):
+    EVENT_TYPE: ClassVar[str] = "control.human_input.submitted"
+    AVRO_NAME: ClassVar[str] = "ControlHumanInputSubmitted"
+    event_type: Literal["control.human_input.submitted"] = "control.human_input.submitted"
+    prompt_id: str
+    input_ref: ContentRef | None = None
+    text: str | None = None
+    submitted_by: str = ""
+
+
+class ControlOperatorResolved(Event):
+    EVENT_TYPE: ClassVar[str] = "control.operator.resolved"
+    AVRO_NAME: ClassVar[str] = "ControlOperatorResolved"
+    event_type: Literal["control.operator.resolved"] = "control.operator.resolved"
+    resolution: Literal["retry", "mark_done", "abandon"]
+    result_ref: ContentRef | None = None
+    operator: str = ""
+    note: str = ""
+
+
+class ClockTick(Event):
+    """Time entering the log: reducers never read the wall clock."""
+
+    EVENT_TYPE: ClassVar[str] = "clock.tick"
+    AVRO_NAME: ClassVar[str] = "ClockTick"
+    ENTITY_FIELD: ClassVar[str] = "event_id"
+    event_type: Literal["clock.tick"] = "clock.tick"
+    partition: int = 0
+    sequence: int = 0
+
+
+# --- dead letters -------------------------------------------------------------
+
+
+class DeadLetterRecorded(Event):
+    """How a dead letter reads once its headers are decoded.
+
+    The dead-letter topic keeps the failed record's bytes unchanged; this
+    model is the readable view `onceflow tail` builds from them and their
+    origin headers.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "deadletter.recorded"
+    AVRO_NAME: ClassVar[str] = "DeadLetterRecorded"
+    ENTITY_FIELD: ClassVar[str] = "event_id"
+    event_type: Literal["deadletter.recorded"] = "deadletter.recorded"
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    processor: str
+    error: str
+    error_type: str = ""
+    payload: bytes = b""
+    payload_key: bytes | None = None
+
+
+EVENT_MODELS: tuple[type[Event], ...] = (
+    WorkUnitSubmitted,
+    WorkUnitScheduled,
+    WorkUnitDeferred,
+    WorkUnitRejected,
+    WorkUnitRetryScheduled,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+    WorkUnitNeedsOperator,
+    WorkUnitCancelled,
+    ClaimRequested,
+    ClaimGranted,
+    ClaimRejected,
+    EffectStaged,
+    LlmInvocationCompleted,
+    LlmInvocationFailed,
+    NodeHeartbeat,
+    TrustScoreUpdated,
+    CapacityScaleRequested,
+    CapacityAdmissionModeChanged,
+    LedgerLineItem,
+    WalletUpdated,
+    BillingAnomaly,
+    ControlSessionPaused,
+    ControlSessionResumed,
+    ControlSessionCancelRequested,
+    ControlHumanInputSubmitted,
+    ControlOperatorResolved,
+    ClockTick,
+    DeadLetterRecorded,
+)

@@ -1,0 +1,81 @@
+"""Field types shared by every event model.
+
+Money travels as a 6-decimal string on the wire (exact, readable in `tail`,
+what Krako 2.0's ledger does) and as `Decimal` in Python, so no float ever
+touches an amount.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+__all__ = [
+    "MONEY_QUANTUM",
+    "ContentRef",
+    "EffectLabel",
+    "HealthStatus",
+    "IdempotencyClass",
+    "Money",
+    "PlacementCandidate",
+    "Priority",
+    "WorkKind",
+    "quantize_money",
+]
+
+MONEY_QUANTUM = Decimal("0.000001")
+
+Priority = Literal["critical", "p0", "p1", "p2"]
+WorkKind = Literal["cpu", "llm_pod", "tool"]
+EffectLabel = Literal["PURE", "READ_ONLY_NONDET", "WORLD_MUTATING"]
+IdempotencyClass = Literal["none", "token", "readback", "staged", "at_least_once"]
+HealthStatus = Literal["healthy", "degraded", "down", "draining"]
+
+
+def quantize_money(value: Decimal | str | int) -> Decimal:
+    """Quantize to 6 places, half-even: the one rounding rule of the ledger."""
+    return Decimal(value).quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def _to_decimal(value: object) -> object:
+    # Floats are refused: an amount that went through binary floating point
+    # has already lost the cent of a millionth we promise to keep.
+    if isinstance(value, float):
+        raise ValueError("money must be a Decimal, int or decimal string, not float")
+    if isinstance(value, str | int):
+        return Decimal(value)
+    return value
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_to_decimal),
+    PlainSerializer(lambda d: format(quantize_money(d), "f"), return_type=str),
+]
+
+
+class ContentRef(BaseModel):
+    """A pointer to bytes in the content store; the digest is the address."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    media_type: str = "application/octet-stream"
+
+
+class PlacementCandidate(BaseModel):
+    """One node as the scheduler saw it when deciding: the inputs of the choice."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_id: str
+    score: float
+    capacity: float
+    load: float
+    trust: float
+    region: float
+    queue_depth: int
+    available_concurrency: int

@@ -1,0 +1,1 @@
+"""streams."""\n\n__all__: list[str] = []
