@@ -1,1 +1,3 @@
-"""agents."""\n\n__all__: list[str] = []
+"""agents."""
+
+__all__: list[str] = []

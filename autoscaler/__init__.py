@@ -1,1 +1,3 @@
-"""autoscaler."""\n\n__all__: list[str] = []
+"""autoscaler."""
+
+__all__: list[str] = []

@@ -1,1 +1,3 @@
-"""billing."""\n\n__all__: list[str] = []
+"""billing."""
+
+__all__: list[str] = []

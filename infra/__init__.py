@@ -1,1 +1,3 @@
-"""infra."""\n\n__all__: list[str] = []
+"""infra."""
+
+__all__: list[str] = []

@@ -1,1 +1,3 @@
-"""streams."""\n\n__all__: list[str] = []
+"""streams."""
+
+__all__: list[str] = []

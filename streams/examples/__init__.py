@@ -1,0 +1,3 @@
+"""Small, complete processors that show how to write one (and prove the shells work)."""
+
+__all__: list[str] = []

@@ -1,0 +1,36 @@
+"""Kafka plumbing: the event producer, consumer helpers and dead-letter routing."""
+
+from streams.kafka.consumer import (
+    make_consumer,
+    partition_count,
+    read_partition_to_end,
+    read_topic_to_end,
+)
+from streams.kafka.dead_letters import (
+    DLQ_HEADER_ERROR,
+    DLQ_HEADER_ERROR_TYPE,
+    DLQ_HEADER_OFFSET,
+    DLQ_HEADER_PARTITION,
+    DLQ_HEADER_PROCESSOR,
+    DLQ_HEADER_TOPIC,
+    DeadLetterRouter,
+    dead_letter_from_message,
+)
+from streams.kafka.producer import DeliveryError, EventProducer
+
+__all__ = [
+    "DLQ_HEADER_ERROR",
+    "DLQ_HEADER_ERROR_TYPE",
+    "DLQ_HEADER_OFFSET",
+    "DLQ_HEADER_PARTITION",
+    "DLQ_HEADER_PROCESSOR",
+    "DLQ_HEADER_TOPIC",
+    "DeadLetterRouter",
+    "DeliveryError",
+    "EventProducer",
+    "dead_letter_from_message",
+    "make_consumer",
+    "partition_count",
+    "read_partition_to_end",
+    "read_topic_to_end",
+]

@@ -1,0 +1,118 @@
+"""Consumer helpers, and reading a topic to its end on a broker with a wrong watermark.
+
+The embedded broker reports a high watermark that can lag right after a
+multi-record batch, so "the end" is: past the watermark *and* quiet for an
+idle window. The window is a setting; on a real cluster it only costs its
+length once per read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from streams.settings import OnceflowSettings
+
+__all__ = [
+    "make_consumer",
+    "partition_count",
+    "read_partition_to_end",
+    "read_topic_to_end",
+]
+
+
+def make_consumer(settings: OnceflowSettings, group_id: str | None, **overrides: Any) -> Consumer:
+    return Consumer(settings.consumer_config(group_id, **overrides))
+
+
+def partition_count(consumer: Consumer, topic: str, timeout: float = 10.0) -> int:
+    md = consumer.list_topics(topic, timeout=timeout)
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise RuntimeError(f"topic {topic!r} does not exist; run `onceflow topics create` first")
+    return len(meta.partitions)
+
+
+def _read_assigned(
+    consumer: Consumer,
+    targets: dict[tuple[str, int], int],
+    idle_s: float,
+    deadline: float,
+    batch: int = 5000,
+) -> Iterator[Message]:
+    last_record = time.monotonic()
+    while True:
+        msgs = consumer.consume(num_messages=batch, timeout=min(0.1, idle_s))
+        now = time.monotonic()
+        got = False
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise RuntimeError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
+            got = True
+            yield msg
+        if got:
+            last_record = now
+            continue
+        positions = consumer.position(
+            [TopicPartition(t, p) for (t, p) in targets]
+        )
+        reached = all(
+            targets[(tp.topic, tp.partition)] <= 0 or tp.offset >= targets[(tp.topic, tp.partition)]
+            for tp in positions
+        )
+        if reached and now - last_record >= idle_s:
+            return
+        if now > deadline:
+            raise TimeoutError(f"reading to the end of {sorted(targets)} took too long")
+
+
+def read_partition_to_end(
+    settings: OnceflowSettings,
+    topic: str,
+    partition: int,
+    start_offset: int = 0,
+    *,
+    idle_ms: int | None = None,
+    timeout_s: float = 600.0,
+) -> Iterator[Message]:
+    """Every record of one partition from `start_offset` to the end (see module doc)."""
+    yield from read_topic_to_end(
+        settings, topic, partitions=[partition], start_offsets={partition: start_offset},
+        idle_ms=idle_ms, timeout_s=timeout_s,
+    )
+
+
+def read_topic_to_end(
+    settings: OnceflowSettings,
+    topic: str,
+    *,
+    partitions: list[int] | None = None,
+    start_offsets: dict[int, int] | None = None,
+    idle_ms: int | None = None,
+    timeout_s: float = 600.0,
+) -> Iterator[Message]:
+    """Every record of a topic (or some partitions) from the given offsets to the end."""
+    consumer = make_consumer(settings, None, **{"enable.partition.eof": False})
+    try:
+        if partitions is None:
+            partitions = list(range(partition_count(consumer, topic)))
+        start_offsets = start_offsets or {}
+        assignment = [
+            TopicPartition(topic, p, start_offsets.get(p, 0) or OFFSET_BEGINNING)
+            for p in partitions
+        ]
+        consumer.assign(assignment)
+        targets: dict[tuple[str, int], int] = {}
+        for p in partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            targets[(topic, p)] = high
+        idle_s = (idle_ms if idle_ms is not None else settings.read_to_end_idle_ms) / 1000
+        yield from _read_assigned(consumer, targets, idle_s, time.monotonic() + timeout_s)
+    finally:
+        consumer.close()

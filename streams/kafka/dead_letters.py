@@ -1,0 +1,81 @@
+"""Dead-letter routing: a record that cannot be processed is kept, never dropped.
+
+The record goes to the dead-letter topic unchanged (key, value and its own
+headers), with origin headers added, so it can be inspected and re-driven
+once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Message
+
+from schemas import DeadLetterRecorded
+from streams.kafka.producer import EventProducer
+
+__all__ = [
+    "DLQ_HEADER_ERROR",
+    "DLQ_HEADER_ERROR_TYPE",
+    "DLQ_HEADER_OFFSET",
+    "DLQ_HEADER_PARTITION",
+    "DLQ_HEADER_PROCESSOR",
+    "DLQ_HEADER_TOPIC",
+    "DeadLetterRouter",
+    "dead_letter_from_message",
+]
+
+DLQ_HEADER_TOPIC = "onceflow.dlq.origin.topic"
+DLQ_HEADER_PARTITION = "onceflow.dlq.origin.partition"
+DLQ_HEADER_OFFSET = "onceflow.dlq.origin.offset"
+DLQ_HEADER_PROCESSOR = "onceflow.dlq.processor"
+DLQ_HEADER_ERROR = "onceflow.dlq.error"
+DLQ_HEADER_ERROR_TYPE = "onceflow.dlq.error.type"
+DLQ_HEADER_FAILED_AT = "onceflow.dlq.failed_at"
+
+_MAX_ERROR_BYTES = 4096
+
+
+class DeadLetterRouter:
+    def __init__(self, producer: EventProducer, topic: str, processor: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.processor = processor
+        self.routed = 0
+
+    def route(self, msg: Message, error: BaseException) -> None:
+        headers = list(msg.headers() or [])
+        headers += [
+            (DLQ_HEADER_TOPIC, str(msg.topic()).encode()),
+            (DLQ_HEADER_PARTITION, str(msg.partition()).encode()),
+            (DLQ_HEADER_OFFSET, str(msg.offset()).encode()),
+            (DLQ_HEADER_PROCESSOR, self.processor.encode()),
+            (DLQ_HEADER_ERROR, str(error).encode()[:_MAX_ERROR_BYTES]),
+            (DLQ_HEADER_ERROR_TYPE, type(error).__name__.encode()),
+            (DLQ_HEADER_FAILED_AT, str(int(time.time() * 1000)).encode()),
+        ]
+        self.producer.send_raw(self.topic, msg.value(), key=msg.key(), headers=headers)
+        self.routed += 1
+
+
+def dead_letter_from_message(msg: Message) -> DeadLetterRecorded:
+    """The readable view of a dead-letter record (what `onceflow tail` prints)."""
+    headers: dict[str, bytes] = {}
+    for name, value in msg.headers() or []:
+        headers[name] = value or b""
+
+    def text(name: str) -> str:
+        return headers.get(name, b"").decode(errors="replace")
+
+    return DeadLetterRecorded(
+        event_id=f"dlq:{msg.topic()}:{msg.partition()}:{msg.offset()}",
+        occurred_at=int(text(DLQ_HEADER_FAILED_AT) or 0),
+        origin_topic=text(DLQ_HEADER_TOPIC),
+        origin_partition=int(text(DLQ_HEADER_PARTITION) or -1),
+        origin_offset=int(text(DLQ_HEADER_OFFSET) or -1),
+        processor=text(DLQ_HEADER_PROCESSOR),
+        error=text(DLQ_HEADER_ERROR),
+        error_type=text(DLQ_HEADER_ERROR_TYPE),
+        payload=msg.value() or b"",
+        payload_key=msg.key(),
+    )

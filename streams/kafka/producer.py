@@ -1,0 +1,143 @@
+"""The one producer every onceflow process uses.
+
+Idempotent, `acks=all`, and loud: a delivery error is collected by the
+delivery callback and raised from the next `flush()`, so a caller that
+flushes before committing its input can never commit past a lost output.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from schemas import Event, EventCodec
+from streams.settings import OnceflowSettings
+from streams.topics.catalog import Topic, partition_for
+
+__all__ = ["DeliveryError", "EventProducer", "Headers"]
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class DeliveryError(RuntimeError):
+    """One or more records could not be delivered; nothing after them may be committed."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        first = "; ".join(f"{topic}: {err}" for topic, err in errors[:3])
+        super().__init__(f"{len(errors)} record(s) not delivered: {first}")
+
+
+class EventProducer:
+    def __init__(
+        self,
+        settings: OnceflowSettings,
+        codec: EventCodec,
+        *,
+        on_delivered: Callable[[Message], None] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec
+        self._producer = Producer(settings.producer_config(**overrides))
+        self._errors: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._on_delivered = on_delivered
+        self._partitions: dict[str, int] = {}
+
+    # -- delivery ------------------------------------------------------------------
+
+    def _delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            with self._lock:
+                self._errors.append((str(msg.topic()), str(err)))
+            return
+        if self._on_delivered is not None:
+            self._on_delivered(msg)
+
+    def partitions_of(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            md = self._producer.list_topics(topic, timeout=10)
+            meta = md.topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise RuntimeError(
+                    f"topic {topic!r} does not exist; run `onceflow topics create` first"
+                )
+            count = len(meta.partitions)
+            self._partitions[topic] = count
+        return count
+
+    # -- sending -------------------------------------------------------------------
+
+    def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | str | None = None,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "on_delivery": self._delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = list(headers)
+        while True:
+            try:
+                self._producer.produce(topic, value, **kwargs)
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                self._producer.poll(0.05)
+
+    def send(
+        self,
+        topic: Topic | str,
+        event: Event,
+        *,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Encode and send one event, keyed and partitioned by the catalog's rule."""
+        self.send_encoded(topic, event, self.codec.encode(event), partition=partition,
+                          headers=headers)
+
+    def send_encoded(
+        self,
+        topic: Topic | str,
+        event: Event,
+        value: bytes,
+        *,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        name = topic.name if isinstance(topic, Topic) else topic
+        key = event.event_id
+        if isinstance(topic, Topic) and topic.key != "event_id":
+            key = str(getattr(event, topic.key, None) or event.entity_id())
+        if partition is None:
+            partition = partition_for(event.entity_id(), self.partitions_of(name))
+            if isinstance(topic, Topic) and topic.partition_by == "single":
+                partition = 0
+        self.send_raw(name, value, key=key, partition=partition, headers=headers)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return int(self._producer.poll(timeout))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every record; raise `DeliveryError` if any was not delivered."""
+        remaining = self._producer.flush(timeout)
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise DeliveryError(errors)
+        if remaining:
+            raise DeliveryError([("*", f"{remaining} record(s) still queued after {timeout}s")])
+
+    def __len__(self) -> int:
+        return len(self._producer)

@@ -1,0 +1,27 @@
+"""The processor runtime: one reducer interface, two shells.
+
+The batched shell (`BatchedProcessor`) runs hot-path roles; the faust shell
+(`streams.faust`) runs low-rate windowed roles and users' own agents.
+"""
+
+from streams.runtime.batched import BatchedProcessor, ReducerError
+from streams.runtime.facts import (
+    FACT_HEADER_CAUSE,
+    FACT_HEADER_SEQ,
+    FactGroups,
+    FactRecord,
+    replay_facts,
+)
+from streams.runtime.fingerprint import fingerprint_items, fingerprint_partitions
+
+__all__ = [
+    "FACT_HEADER_CAUSE",
+    "FACT_HEADER_SEQ",
+    "BatchedProcessor",
+    "FactGroups",
+    "FactRecord",
+    "ReducerError",
+    "fingerprint_items",
+    "fingerprint_partitions",
+    "replay_facts",
+]

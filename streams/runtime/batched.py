@@ -1,0 +1,320 @@
+"""The batched shell: confluent-kafka + rocksdict, for every hot-path role.
+
+One loop, per batch: consume up to N records or T ms; decode (bad records to
+the dead-letter topic); skip inputs already decided (by event id); decide and
+evolve; produce facts to the processor's own fact topic (same partition as
+the input) and derived outputs elsewhere; flush; write state and offsets in
+one RocksDB write batch; commit the input offsets. No broker transactions.
+
+Recovery is replay: on assignment, a partition's state is opened and the fact
+topic is folded from the checkpointed fact offset (0 when the local state is
+gone). Inputs reprocessed after a crash are recognised by the dedupe marks
+that folding their facts left, so no fact is emitted twice.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from schemas import CodecError, Event, EventCodec, SingleObjectCodec
+from streams.kafka.consumer import make_consumer, partition_count, read_partition_to_end
+from streams.kafka.dead_letters import DeadLetterRouter
+from streams.kafka.producer import EventProducer
+from streams.log import get_logger
+from streams.runtime.facts import FactGroups, FactRecord, fact_headers, fact_record
+from streams.settings import OnceflowSettings
+from streams.state.rocksdb import PartitionStore, open_partition_store
+from streams.topics.catalog import TopicCatalog
+from streams.types import Reducer, Routed, Sensor
+
+__all__ = ["BatchedProcessor", "ReducerError"]
+
+
+class ReducerError(RuntimeError):
+    """The reducer raised while deciding on an input; the input is dead-lettered."""
+
+
+class _NullSensor:
+    def on_batch(self, processor: str, records: int, facts: int, seconds: float) -> None:
+        pass
+
+    def on_dead_letter(self, processor: str, topic: str, error: str) -> None:
+        pass
+
+
+class BatchedProcessor:
+    def __init__(
+        self,
+        reducer: Reducer,
+        settings: OnceflowSettings,
+        *,
+        inputs: Sequence[str],
+        fact_topic: str,
+        codec: EventCodec | None = None,
+        group_id: str | None = None,
+        state_dir: Path | None = None,
+        dead_letter_topic: str | None = None,
+        sensor: Sensor | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.reducer = reducer
+        self.settings = settings
+        self.inputs = list(inputs)
+        self.fact_topic = fact_topic
+        self.codec = codec or SingleObjectCodec()
+        self.group_id = group_id or f"onceflow.{reducer.name}"
+        self.state_dir = Path(state_dir or settings.state_dir)
+        self.dead_letter_topic = dead_letter_topic or TopicCatalog(settings)["deadletters"].name
+        self.sensor: Sensor = sensor or _NullSensor()
+        self.on_ready = on_ready
+        self.log = get_logger(processor=reducer.name)
+        self._stop = threading.Event()
+        self._stores: dict[int, PartitionStore] = {}
+        self._pending: dict[int, FactGroups] = {}
+        self._fact_high: dict[int, int] = {}
+        self._producer = EventProducer(settings, self.codec, on_delivered=self._delivered)
+        self._dlq = DeadLetterRouter(self._producer, self.dead_letter_topic, reducer.name)
+        self._consumer: Consumer | None = None
+        self._ready_sent = False
+        self.processed = 0
+        self.facts_emitted = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def _check_copartitioning(self, consumer: Consumer) -> None:
+        counts = {t: partition_count(consumer, t) for t in [*self.inputs, self.fact_topic]}
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(
+                f"{self.reducer.name}: inputs and fact topic must be co-partitioned "
+                f"(equal partition counts), got {counts}"
+            )
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        if stop is not None:
+            self._stop = stop
+        consumer = make_consumer(self.settings, self.group_id)
+        self._consumer = consumer
+        self._check_copartitioning(consumer)
+        consumer.subscribe(
+            self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        self.log.info("processor.started", inputs=self.inputs, facts=self.fact_topic,
+                      group=self.group_id)
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(
+                    num_messages=self.settings.batch_size,
+                    timeout=self.settings.batch_timeout_ms / 1000,
+                )
+                if msgs:
+                    self._process_batch(consumer, msgs)
+        finally:
+            self.log.info("processor.stopping", processed=self.processed,
+                          facts=self.facts_emitted)
+            try:
+                consumer.close()
+            finally:
+                for store in self._stores.values():
+                    store.close()
+                self._stores.clear()
+
+    # -- the batch -----------------------------------------------------------------
+
+    def _delivered(self, msg: Message) -> None:
+        if msg.topic() == self.fact_topic:
+            p = int(msg.partition())
+            offset = int(msg.offset())
+            if offset > self._fact_high.get(p, -1):
+                self._fact_high[p] = offset
+
+    def _process_batch(self, consumer: Consumer, msgs: list[Message]) -> None:
+        started = time.perf_counter()
+        touched: dict[int, PartitionStore] = {}
+        commits: dict[tuple[str, int], int] = {}
+        facts_before = self.facts_emitted
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.log.warning("consume.error", error=str(err))
+                continue
+            partition = int(msg.partition())
+            topic = str(msg.topic())
+            store = self._stores.get(partition)
+            if store is None:  # revoked while the batch was in flight
+                continue
+            touched[partition] = store
+            self._handle(store, partition, msg)
+            store.set_input_offset(topic, int(msg.offset()) + 1)
+            commits[(topic, partition)] = int(msg.offset()) + 1
+        # Outputs first, then state with the offsets it reflects, then the commit.
+        self._producer.flush()
+        for partition, store in touched.items():
+            high = self._fact_high.get(partition)
+            store.checkpoint(None if high is None else high + 1)
+        if commits:
+            consumer.commit(
+                offsets=[
+                    TopicPartition(t, p, o, metadata=str(touched[p].fact_offset()))
+                    for (t, p), o in commits.items()
+                ],
+                asynchronous=True,
+            )
+        self.processed += len(msgs)
+        self.sensor.on_batch(self.reducer.name, len(msgs), self.facts_emitted - facts_before,
+                             time.perf_counter() - started)
+
+    def _handle(self, store: PartitionStore, partition: int, msg: Message) -> None:
+        raw = msg.value()
+        try:
+            if raw is None:
+                raise CodecError("record has no value (tombstone) on an event topic")
+            event = self.codec.decode(raw)
+        except CodecError as exc:
+            self._dead_letter(msg, exc)
+            return
+        if store.has_seen(event.event_id):
+            return
+        try:
+            facts = list(self.reducer.decide(store, event))
+        except Exception as exc:
+            self.log.exception("reducer.decide_failed", event_id=event.event_id)
+            self._dead_letter(msg, ReducerError(f"{type(exc).__name__}: {exc}"))
+            return
+        if not facts:
+            return
+        held = self._pending.get(partition, FactGroups()).pending.pop(event.event_id, None)
+        total = len(facts)
+        matching = True
+        for i, fact in enumerate(facts, start=1):
+            raw_fact = self.codec.encode(fact)
+            # After a crash mid-decision, the facts already in the topic are not
+            # sent again as long as the new decision repeats them byte for byte.
+            if matching and held is not None and i <= len(held) and held[i - 1].raw == raw_fact:
+                pass
+            else:
+                matching = False
+                self._producer.send_encoded(
+                    self.fact_topic, fact, raw_fact, partition=partition,
+                    headers=fact_headers(event.event_id, i, total),
+                )
+                self.facts_emitted += 1
+            self.reducer.evolve(store, fact)
+        store.mark_seen(event.event_id)
+        for fact in facts:
+            for routed in self.reducer.route(fact):
+                self._send_routed(routed)
+
+    def _send_routed(self, routed: Routed) -> None:
+        catalog = TopicCatalog(self.settings)
+        topic = catalog.by_name(routed.topic) or routed.topic
+        self._producer.send(topic, routed.event, partition=routed.partition)
+
+    def _dead_letter(self, msg: Message, exc: BaseException) -> None:
+        self.log.warning("record.dead_lettered", topic=msg.topic(), partition=msg.partition(),
+                         offset=msg.offset(), error=str(exc)[:200])
+        self._dlq.route(msg, exc)
+        self.sensor.on_dead_letter(self.reducer.name, str(msg.topic()), str(exc))
+
+    # -- assignment and recovery ---------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        wanted = sorted({tp.partition for tp in partitions})
+        committed: dict[tuple[str, int], TopicPartition] = {}
+        try:
+            for tp in consumer.committed(partitions, timeout=10):
+                committed[(tp.topic, tp.partition)] = tp
+        except Exception as exc:  # a fresh group has nothing committed
+            self.log.info("committed.unavailable", error=str(exc))
+        for p in wanted:
+            if p not in self._stores:
+                self._stores[p] = self._recover(p, committed)
+        for tp in partitions:
+            offset = self._stores[tp.partition].input_offset(tp.topic)
+            if offset is not None:
+                tp.offset = offset
+        consumer.assign(partitions)
+        self.log.info("partitions.assigned", partitions=wanted)
+        if not self._ready_sent and self.on_ready is not None:
+            self._ready_sent = True
+            self.on_ready()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in sorted({tp.partition for tp in partitions}):
+            store = self._stores.pop(p, None)
+            if store is not None:
+                store.close()
+            self._pending.pop(p, None)
+        consumer.unassign()
+        self.log.info("partitions.revoked", partitions=sorted({tp.partition for tp in partitions}))
+
+    def _recover(
+        self, partition: int, committed: dict[tuple[str, int], TopicPartition]
+    ) -> PartitionStore:
+        store = open_partition_store(self.state_dir, self.reducer.name, partition)
+        start = store.fact_offset()
+        # The commit metadata remembers the fact offset of the last checkpoint,
+        # so facts after it (whose derived outputs may not have been sent) can
+        # be re-routed even when the local state is gone.
+        reroute_from = start
+        for topic in self.inputs:
+            tp = committed.get((topic, partition))
+            if tp is not None and tp.metadata and store.fresh:
+                try:
+                    reroute_from = max(reroute_from, int(tp.metadata))
+                except ValueError:
+                    pass
+        started = time.perf_counter()
+        groups = FactGroups()
+        folded = 0
+        last = start - 1
+        reroute: list[FactRecord] = []
+        for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
+            last = int(msg.offset())
+            record = fact_record(msg, self.codec)
+            if record is None:
+                continue
+            done = groups.add(record)
+            if done is None:
+                continue
+            for item in done:
+                self.reducer.evolve(store, item.fact)
+                folded += 1
+                if item.offset >= reroute_from:
+                    reroute.append(item)
+            store.mark_seen(record.cause)
+        for item in reroute:
+            for routed in self.reducer.route(item.fact):
+                self._send_routed(routed)
+        self._producer.flush()
+        store.checkpoint(last + 1)
+        self._pending[partition] = groups
+        self.log.info(
+            "partition.recovered", partition=partition, from_offset=start, facts=folded,
+            held=len(groups.pending), rerouted=len(reroute),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return store
+
+    # -- inspection ------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        from streams.runtime.fingerprint import fingerprint_partitions
+
+        return fingerprint_partitions({p: list(s.raw_items()) for p, s in self._stores.items()})
+

@@ -1,0 +1,124 @@
+"""Folding a processor's own fact topic: shared by recovery and replay.
+
+A decision's facts carry two headers: the id of the input that caused them
+and their position `i/n`. A decision counts only once all `n` facts are
+folded; a trailing, incomplete group (the process died while producing it)
+is held back, and a later fact at position `i` of the same cause replaces
+positions `i..` of the held group. Recovery and replay apply the same rule,
+so they reach the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from confluent_kafka import Message
+
+from schemas import CodecError, Event, EventCodec
+from streams.settings import OnceflowSettings
+from streams.state import MemoryState
+from streams.types import Reducer
+
+__all__ = [
+    "FACT_HEADER_CAUSE",
+    "FACT_HEADER_SEQ",
+    "FactGroups",
+    "FactRecord",
+    "fact_headers",
+    "fact_record",
+    "replay_facts",
+]
+
+FACT_HEADER_CAUSE = "onceflow.cause"
+FACT_HEADER_SEQ = "onceflow.seq"
+
+
+def fact_headers(cause: str, seq: int, total: int) -> list[tuple[str, bytes]]:
+    return [(FACT_HEADER_CAUSE, cause.encode()), (FACT_HEADER_SEQ, f"{seq}/{total}".encode())]
+
+
+@dataclass(frozen=True)
+class FactRecord:
+    cause: str
+    seq: int
+    total: int
+    fact: Event
+    raw: bytes
+    offset: int
+
+
+def fact_record(msg: Message, codec: EventCodec) -> FactRecord | None:
+    headers = dict(msg.headers() or [])
+    cause = headers.get(FACT_HEADER_CAUSE)
+    seq = headers.get(FACT_HEADER_SEQ)
+    raw = msg.value()
+    if cause is None or seq is None or raw is None:
+        return None
+    i, n = (int(x) for x in seq.decode().split("/"))
+    try:
+        fact = codec.decode(raw)
+    except CodecError:
+        return None
+    return FactRecord(cause.decode(), i, n, fact, raw, int(msg.offset()))
+
+
+@dataclass
+class FactGroups:
+    pending: dict[str, list[FactRecord]] = field(default_factory=dict)
+
+    def add(self, record: FactRecord) -> list[FactRecord] | None:
+        """Add one fact; return the whole group when this fact completes it."""
+        group = [*self.pending.get(record.cause, [])[: record.seq - 1], record]
+        if record.seq >= record.total:
+            self.pending.pop(record.cause, None)
+            return group
+        self.pending[record.cause] = group
+        return None
+
+
+
+
+def fold_fact_records(
+    reducer: Reducer, state: object, records: Iterable[FactRecord], groups: FactGroups
+) -> Iterator[FactRecord]:
+    """Evolve `state` with every complete group; yield the facts folded."""
+    for record in records:
+        done = groups.add(record)
+        if done is None:
+            continue
+        for item in done:
+            reducer.evolve(state, item.fact)  # type: ignore[arg-type]
+            yield item
+        state.mark_seen(record.cause)  # type: ignore[attr-defined]
+
+
+def replay_facts(
+    reducer: Reducer,
+    settings: OnceflowSettings,
+    fact_topic: str,
+    codec: EventCodec,
+    *,
+    partitions: list[int] | None = None,
+) -> dict[int, MemoryState]:
+    """Rebuild a processor's state from its fact topic, from offset 0, into scratch state."""
+    from streams.kafka.consumer import make_consumer, partition_count, read_partition_to_end
+
+    if partitions is None:
+        consumer = make_consumer(settings, None)
+        try:
+            partitions = list(range(partition_count(consumer, fact_topic)))
+        finally:
+            consumer.close()
+    states: dict[int, MemoryState] = {}
+    for p in partitions:
+        state = MemoryState()
+        records = (
+            r
+            for r in (fact_record(m, codec) for m in read_partition_to_end(settings, fact_topic, p))
+            if r is not None
+        )
+        for _ in fold_fact_records(reducer, state, records, FactGroups()):
+            pass
+        states[p] = state
+    return states

@@ -1,0 +1,177 @@
+"""Settings for every onceflow process (pydantic-settings, prefix `ONCEFLOW_`).
+
+The embedded broker needs short group timeouts and no aiokafka idempotence
+(see BROKER.md); those live here, behind `broker_profile`, so that pointing
+onceflow at a real cluster is a matter of environment variables, never code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "BrokerProfile",
+    "LogFormat",
+    "OnceflowSettings",
+    "load_settings",
+]
+
+BrokerProfile = Literal["embedded", "cluster"]
+LogFormat = Literal["auto", "console", "json"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+STACK_FILE = "stack.json"
+
+
+class OnceflowSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ONCEFLOW_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    # --- Kafka ---------------------------------------------------------------
+    bootstrap_servers: str = "127.0.0.1:9092"
+    broker_profile: BrokerProfile = "embedded"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_endpoint_identification_algorithm: str | None = None
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="any librdkafka property, passed through verbatim (JSON in the env var)",
+    )
+
+    # --- topics ----------------------------------------------------------------
+    topic_prefix: str = "onceflow."
+    partitions: int = Field(default=6, ge=1)
+    partitions_per_topic: dict[str, int] = Field(default_factory=dict)
+    replication_factor: int = Field(default=1, ge=1)
+
+    # --- payloads and schemas -----------------------------------------------------
+    content_store_url: str = "file://.onceflow/content"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    schema_registry_url: str | None = None
+
+    # --- processes --------------------------------------------------------------------
+    state_dir: Path = Path(".onceflow/state")
+    stack_dir: Path = Path(".onceflow")
+    batch_size: int = Field(default=2000, ge=1)
+    batch_timeout_ms: int = Field(default=50, ge=1)
+    read_to_end_idle_ms: int = Field(
+        default=400, ge=1, description="quiet window after the high watermark that ends a read"
+    )
+
+    # --- logging -------------------------------------------------------------------------
+    log_format: LogFormat = "auto"
+    log_level: str = "INFO"
+
+    def kafka_common(self) -> dict[str, Any]:
+        """Connection and security settings shared by producers, consumers and admin."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        optional: dict[str, Any] = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": (
+                self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
+            ),
+            "ssl.endpoint.identification.algorithm": self.ssl_endpoint_identification_algorithm,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        conf.update(self.kafka_extra)
+        return conf
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        conf = {
+            **self.kafka_common(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500_000,
+        }
+        conf.update(overrides)
+        return conf
+
+    def consumer_config(self, group_id: str | None, **overrides: Any) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            **self.kafka_common(),
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Range assignment keeps partition p of every co-partitioned input
+            # topic on the same member, which the batched shell relies on.
+            "partition.assignment.strategy": "range",
+        }
+        if group_id is not None:
+            conf["group.id"] = group_id
+        else:
+            conf["group.id"] = "onceflow-reader"  # librdkafka wants one; never joined
+        if self.broker_profile == "embedded":
+            conf.update({"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
+        conf.update(overrides)
+        return conf
+
+    def admin_config(self) -> dict[str, Any]:
+        return self.kafka_common()
+
+    def faust_broker_settings(self) -> dict[str, Any]:
+        """Keyword arguments for `faust.App` that depend on the broker."""
+        kw: dict[str, Any] = {
+            "broker": ";".join(f"kafka://{s.strip()}" for s in self.bootstrap_servers.split(",")),
+            "processing_guarantee": "at_least_once",
+            "topic_replication_factor": self.replication_factor,
+            "topic_partitions": self.partitions,
+        }
+        if self.broker_profile == "embedded":
+            kw.update(
+                {
+                    "broker_session_timeout": 6.0,
+                    "broker_heartbeat_interval": 1.0,
+                    "producer_enable_idempotence": False,
+                }
+            )
+        return kw
+
+    def topic_partitions(self, topic: str, default: int | None = None) -> int:
+        return self.partitions_per_topic.get(topic, default or self.partitions)
+
+    def stack_file(self) -> Path:
+        return self.stack_dir / STACK_FILE
+
+
+def load_settings(**overrides: Any) -> OnceflowSettings:
+    """Settings from the environment; the local stack's broker if it is up and none is set.
+
+    `onceflow up` records the embedded broker's address in `.onceflow/stack.json`
+    so that later commands in the same checkout find it without flags.
+    """
+    settings = OnceflowSettings(**overrides)
+    import os
+
+    if "ONCEFLOW_BOOTSTRAP_SERVERS" not in os.environ and "bootstrap_servers" not in overrides:
+        stack = settings.stack_file()
+        if stack.exists():
+            try:
+                data = json.loads(stack.read_text())
+                settings = settings.model_copy(update={"bootstrap_servers": data["bootstrap"]})
+            except (ValueError, KeyError):
+                pass
+    return settings

@@ -1,0 +1,140 @@
+"""One declarative table of every onceflow topic.
+
+Event topics are keyed by `event_id` (so compaction on a real cluster only
+collapses redelivered copies of the same event and keeps the history) but
+partitioned by the entity id, so that everything about one work unit lands
+in one partition, in order, for its single writer. Table topics are keyed
+and partitioned by the entity id and keep the latest value per key.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+from streams.settings import OnceflowSettings
+
+__all__ = [
+    "CleanupPolicy",
+    "KeyField",
+    "Topic",
+    "TopicCatalog",
+    "TopicRole",
+    "partition_for",
+]
+
+CleanupPolicy = Literal["compact", "delete", "compact,delete"]
+KeyField = Literal["event_id", "node_id", "tenant_id"]
+PartitionField = Literal[
+    "work_unit_id", "node_id", "tenant_id", "execution_session_id", "event_id", "single"
+]
+TopicRole = Literal[
+    "submissions",
+    "reports",
+    "workunits",
+    "dispatch",
+    "llm",
+    "nodes",
+    "trust",
+    "capacity",
+    "ledger",
+    "wallets",
+    "anomalies",
+    "control",
+    "clock",
+    "deadletters",
+]
+
+_WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+def partition_for(entity_id: str, partitions: int) -> int:
+    """The partition of an entity: CRC-32 of its UTF-8 id, modulo the partition count.
+
+    Every onceflow producer uses this function; a producer in another
+    language must use the same rule (zlib CRC-32, unsigned) to co-partition.
+    """
+    return zlib.crc32(entity_id.encode()) % partitions
+
+
+@dataclass(frozen=True)
+class Topic:
+    role: TopicRole
+    name: str
+    key: KeyField
+    partition_by: PartitionField
+    cleanup_policy: CleanupPolicy
+    partitions: int
+    retention_ms: int
+    description: str
+
+    def configs(self) -> dict[str, str]:
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+    def partition_of(self, entity_id: str) -> int:
+        if self.partition_by == "single" or self.partitions == 1:
+            return 0
+        return partition_for(entity_id, self.partitions)
+
+
+# role, key, partition_by, cleanup, retention, fixed partitions, description
+_TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int | None, str], ...] = (
+    ("submissions", "event_id", "work_unit_id", "compact,delete", -1, None,
+     "workunit.submitted from clients; the scheduler's intake"),
+    ("reports", "event_id", "work_unit_id", "compact,delete", _WEEK_MS, None,
+     "what node agents report about a unit: claim requests, staged effects, completions, failures"),
+    ("workunits", "event_id", "work_unit_id", "compact,delete", -1, None,
+     "the scheduler's facts (its changelog): scheduled, deferred, grants, settlements, retries"),
+    ("dispatch", "event_id", "node_id", "delete", _WEEK_MS, None,
+     "what a node must see: scheduled, grants, claim rejections, cancels; a node reads its partition"),
+    ("llm", "event_id", "work_unit_id", "compact,delete", -1, None,
+     "llm.invocation.completed / failed"),
+    ("nodes", "node_id", "node_id", "compact", -1, None, "node.heartbeat, latest per node"),
+    ("trust", "node_id", "node_id", "compact", -1, None, "trust.score.updated, latest per node"),
+    ("capacity", "event_id", "single", "compact,delete", -1, 1,
+     "capacity.scale.requested and capacity.admission.mode.changed"),
+    ("ledger", "event_id", "work_unit_id", "compact,delete", -1, None,
+     "ledger.line_item, keyed by line_item_id (its event id)"),
+    ("wallets", "tenant_id", "tenant_id", "compact", -1, None, "wallet.updated, latest per tenant"),
+    ("anomalies", "event_id", "execution_session_id", "compact,delete", -1, None,
+     "billing.anomaly findings"),
+    ("control", "event_id", "work_unit_id", "compact,delete", -1, None,
+     "pause / resume / cancel, human input, operator resolutions"),
+    ("clock", "event_id", "single", "delete", _WEEK_MS, None,
+     "clock.tick: logged time for leases and retries, one tick per partition"),
+    ("deadletters", "event_id", "event_id", "delete", _WEEK_MS * 4, None,
+     "records that failed to decode or validate, unchanged, with origin headers"),
+)
+
+
+class TopicCatalog:
+    """The topics of one onceflow deployment (names carry the configured prefix)."""
+
+    def __init__(self, settings: OnceflowSettings) -> None:
+        self.settings = settings
+        self._topics: dict[TopicRole, Topic] = {}
+        for role, key, part_by, cleanup, retention, fixed, desc in _TABLE:
+            name = f"{settings.topic_prefix}{role}"
+            partitions = fixed or settings.topic_partitions(name)
+            self._topics[role] = Topic(role, name, key, part_by, cleanup, partitions, retention, desc)
+
+    def __getitem__(self, role: TopicRole) -> Topic:
+        return self._topics[role]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._topics.values())
+
+    def all(self) -> list[Topic]:
+        return list(self._topics.values())
+
+    def by_name(self, name: str) -> Topic | None:
+        for topic in self._topics.values():
+            if name in (topic.name, topic.role):
+                return topic
+        return None
+
+    def resolve(self, name_or_role: str) -> str:
+        """A topic role (`workunits`) or full name, as a full name."""
+        topic = self.by_name(name_or_role)
+        return topic.name if topic else name_or_role

@@ -1,0 +1,98 @@
+"""Idempotent topic creation and a live description of topic configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from streams.settings import OnceflowSettings
+from streams.topics.catalog import Topic, TopicCatalog
+
+__all__ = ["TopicStatus", "create_topics", "describe_topics", "ensure_topics"]
+
+
+@dataclass
+class TopicStatus:
+    name: str
+    exists: bool
+    partitions: int = 0
+    created: bool = False
+    configs: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _admin(settings: OnceflowSettings) -> AdminClient:
+    return AdminClient(settings.admin_config())
+
+
+def ensure_topics(
+    settings: OnceflowSettings, topics: list[Topic], *, timeout: float = 15.0
+) -> list[TopicStatus]:
+    """Create the topics that are missing; existing ones are left untouched."""
+    admin = _admin(settings)
+    existing = admin.list_topics(timeout=timeout).topics
+    statuses: list[TopicStatus] = []
+    to_create = [t for t in topics if t.name not in existing]
+    futures = {}
+    if to_create:
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=settings.replication_factor,
+                    config=t.configs(),
+                )
+                for t in to_create
+            ],
+            operation_timeout=timeout,
+        )
+    for topic in topics:
+        if topic.name in futures:
+            try:
+                futures[topic.name].result(timeout)
+                statuses.append(TopicStatus(topic.name, True, topic.partitions, created=True))
+            except KafkaException as exc:
+                err = exc.args[0]
+                if getattr(err, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
+                    statuses.append(TopicStatus(topic.name, True, topic.partitions))
+                else:
+                    statuses.append(TopicStatus(topic.name, False, error=str(exc)))
+        else:
+            parts = len(existing[topic.name].partitions)
+            status = TopicStatus(topic.name, True, parts)
+            if parts != topic.partitions:
+                status.error = (
+                    f"has {parts} partitions, the catalog says {topic.partitions}; "
+                    "co-partitioned processors need them equal"
+                )
+            statuses.append(status)
+    return statuses
+
+
+def create_topics(settings: OnceflowSettings, *, timeout: float = 15.0) -> list[TopicStatus]:
+    """Create every catalog topic that does not exist yet (safe to run again)."""
+    return ensure_topics(settings, TopicCatalog(settings).all(), timeout=timeout)
+
+
+def describe_topics(settings: OnceflowSettings, *, timeout: float = 15.0) -> list[TopicStatus]:
+    """The live partition count and configs of every catalog topic."""
+    admin = _admin(settings)
+    existing = admin.list_topics(timeout=timeout).topics
+    statuses: list[TopicStatus] = []
+    for topic in TopicCatalog(settings).all():
+        if topic.name not in existing:
+            statuses.append(TopicStatus(topic.name, False))
+            continue
+        status = TopicStatus(topic.name, True, len(existing[topic.name].partitions))
+        try:
+            (fut,) = admin.describe_configs([ConfigResource("topic", topic.name)]).values()
+            status.configs = {
+                k: str(v.value) for k, v in sorted(fut.result(timeout).items()) if v.value is not None
+            }
+        except KafkaException as exc:
+            status.error = str(exc)
+        statuses.append(status)
+    return statuses

@@ -1,0 +1,100 @@
+"""The interfaces: reducer, state, content store, sensor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+from schemas import ContentRef, Event
+
+__all__ = ["ContentStore", "Reducer", "Routed", "Sensor", "State", "StateValue"]
+
+#: What a state key may hold: JSON-shaped data, so that state serialises
+#: canonically and two replays can be compared byte for byte.
+StateValue: TypeAlias = Any
+
+
+class State(Protocol):
+    """A processor partition's key-value state, as the reducer sees it.
+
+    Values are JSON-shaped and must be treated as immutable: change a value by
+    `set`-ting a new one, never by mutating what `get` returned.
+    """
+
+    def get(self, key: str, default: StateValue = None) -> StateValue: ...
+
+    def set(self, key: str, value: StateValue) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def __contains__(self, key: str) -> bool: ...
+
+    def items(self, prefix: str = "") -> Iterator[tuple[str, StateValue]]:
+        """Keys in byte order (deterministic), with their values."""
+        ...
+
+
+@dataclass(frozen=True)
+class Routed:
+    """An output derived from a fact, for a topic other than the processor's own.
+
+    Derived outputs are re-sent after recovery for facts that were written
+    after the last checkpoint, so consumers must dedupe them by event id
+    (they are the same events with the same ids).
+    """
+
+    topic: str
+    event: Event
+    partition: int | None = None
+
+
+class Reducer:
+    """A processor's logic as a pure decider: no I/O, no wall clock, no randomness.
+
+    `decide(state, event)` returns the facts an input causes; `evolve(state,
+    fact)` applies one fact. Every state change is a fact, so folding the fact
+    topic from offset 0 rebuilds the state bit for bit; `apply` is the two
+    together, which is what unit tests and the faust shell call.
+    """
+
+    #: processor name: consumer group, state directory, dead-letter header
+    name: str = "reducer"
+
+    def decide(self, state: State, event: Event) -> Sequence[Event]:
+        raise NotImplementedError
+
+    def evolve(self, state: State, fact: Event) -> None:
+        raise NotImplementedError
+
+    def route(self, fact: Event) -> Sequence[Routed]:
+        """Outputs for other topics derived from a fact (default: none)."""
+        return ()
+
+    def apply(self, state: State, event: Event) -> tuple[State, list[Event | Routed]]:
+        facts = list(self.decide(state, event))
+        outputs: list[Event | Routed] = []
+        for fact in facts:
+            self.evolve(state, fact)
+            outputs.append(fact)
+            outputs.extend(self.route(fact))
+        return state, outputs
+
+
+@runtime_checkable
+class ContentStore(Protocol):
+    """Content-addressed bytes: the digest is the key, writes are idempotent."""
+
+    def put(self, data: bytes, media_type: str = "application/octet-stream") -> ContentRef: ...
+
+    def get(self, ref: ContentRef) -> bytes: ...
+
+    def exists(self, ref: ContentRef) -> bool: ...
+
+
+class Sensor(Protocol):
+    """The single hook for metrics (faust's idea): shells report, sensors listen."""
+
+    def on_batch(self, processor: str, records: int, facts: int, seconds: float) -> None: ...
+
+    def on_dead_letter(self, processor: str, topic: str, error: str) -> None: ...
