@@ -1,4 +1,4 @@
-"""Example processor: counts submitted work units per tenant.
+"""Example processor: counts how often each work unit id was submitted.
 
 It shows the whole recipe for a user-defined processor: an event type of
 your own (a model plus its Avro schema, registered with the codec's
@@ -48,7 +48,9 @@ class SubmissionCounter(Reducer):
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         if not isinstance(event, WorkUnitSubmitted):
             return ()
-        count = int(state.get(f"tenant:{event.tenant_id}", 0)) + 1
+        # Keys are per work unit, the entity the input topic is partitioned
+        # by, so the state of one partition never needs another partition's.
+        count = int(state.get(f"unit:{event.work_unit_id}", {}).get("count", 0)) + 1
         return (
             SubmissionCounted(
                 event_id=derive_event_id(event.event_id, "counted"),
@@ -64,8 +66,9 @@ class SubmissionCounter(Reducer):
 
     def evolve(self, state: State, fact: Event) -> None:
         if isinstance(fact, SubmissionCounted):
-            state.set(f"tenant:{fact.tenant_id}", fact.count)
-            state.set(f"unit:{fact.last_work_unit_id}", fact.tenant_id)
+            state.set(
+                f"unit:{fact.last_work_unit_id}", {"count": fact.count, "tenant": fact.tenant_id}
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

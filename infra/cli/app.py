@@ -1,0 +1,424 @@
+"""`onceflow`: run the local stack, provision topics, submit work, watch the log."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
+from schemas import CodecError, SingleObjectCodec, WorkUnitSubmitted
+from streams.settings import OnceflowSettings, load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="onceflow: durable, exactly-once-accounted execution of AI work on Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+topics_app = typer.Typer(help="Create and inspect the topic catalog.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+console = Console()
+err_console = Console(stderr=True)
+
+OutputFormat = Literal["table", "json"]
+TailFormat = Literal["text", "json"]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _settings(**overrides: Any) -> OnceflowSettings:
+    from pydantic import ValidationError
+
+    try:
+        settings = load_settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ONCEFLOW_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise _fail(f"invalid settings: {problems}") from None
+    from streams.log import configure_logging
+
+    configure_logging(settings.log_format, "WARNING" if settings.log_level == "INFO" else settings.log_level)
+    return settings
+
+
+def _require_broker(settings: OnceflowSettings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from infra.broker import wait_for_port
+
+    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    if settings.broker_profile == "embedded" and not wait_for_port(host or "127.0.0.1", int(port), 2.0):
+        raise _fail(
+            f"no broker at {settings.bootstrap_servers}: run `onceflow up` first, or set "
+            "ONCEFLOW_BOOTSTRAP_SERVERS to your Kafka cluster"
+        )
+    AdminClient(settings.admin_config())
+
+
+# -- stack ----------------------------------------------------------------------------
+
+
+@app.command()
+def up() -> None:
+    """Start the local stack: the embedded broker and every catalog topic."""
+    from infra.stack import stack_up
+
+    settings = _settings()
+    state, statuses, started = stack_up(settings)
+    verb = "started" if started else "already running"
+    console.print(f"broker {verb} at [bold]{state.bootstrap}[/] (pid {state.broker_pid})")
+    bad = [s for s in statuses if s.error]
+    for s in bad:
+        err_console.print(f"[yellow]topic {s.name}[/]: {s.error}")
+    console.print(f"{sum(1 for s in statuses if s.exists)} topics ready "
+                  f"({sum(1 for s in statuses if s.created)} created)")
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `onceflow up` started."""
+    from infra.stack import stack_down
+
+    stopped = stack_down(_settings())
+    if not stopped:
+        console.print("nothing was running")
+    for name in stopped:
+        console.print(f"stopped {name}")
+
+
+@app.command()
+def status(
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """The local stack and its topics."""
+    from infra.stack import pid_alive, read_stack
+    from streams.topics.provisioning import describe_topics
+
+    settings = _settings()
+    stack = read_stack(settings)
+    report: dict[str, Any] = {
+        "bootstrap": settings.bootstrap_servers,
+        "broker": None if stack is None else {
+            "pid": stack.broker_pid, "alive": pid_alive(stack.broker_pid),
+        },
+        "processes": {} if stack is None else {
+            n: {"pid": p, "alive": pid_alive(p)} for n, p in sorted(stack.processes.items())
+        },
+        "topics": [],
+    }
+    broker_up = stack is not None and pid_alive(stack.broker_pid)
+    if broker_up or settings.broker_profile == "cluster":
+        report["topics"] = [
+            {"name": t.name, "exists": t.exists, "partitions": t.partitions}
+            for t in describe_topics(settings, timeout=5)
+        ]
+    if fmt == "json":
+        print(json.dumps(report, indent=2))
+        return
+    if not broker_up and settings.broker_profile == "embedded":
+        console.print("local stack is [bold red]down[/] (run `onceflow up`)")
+        return
+    console.print(f"broker [bold green]up[/] at {settings.bootstrap_servers}")
+    table = Table("topic", "partitions", "exists")
+    for t in report["topics"]:
+        table.add_row(t["name"], str(t["partitions"]), "yes" if t["exists"] else "no")
+    console.print(table)
+
+
+# -- topics -----------------------------------------------------------------------------
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every catalog topic that is missing (safe to run again)."""
+    from streams.topics.provisioning import create_topics
+
+    settings = _settings()
+    _require_broker(settings)
+    for s in create_topics(settings):
+        state = "created" if s.created else ("exists" if s.exists else "FAILED")
+        line = f"{s.name:<28} {state:<8} partitions={s.partitions}"
+        console.print(line + (f"  [yellow]{s.error}[/]" if s.error else ""))
+
+
+@topics_app.command("describe")
+def topics_describe(
+    fmt: Annotated[OutputFormat, typer.Option("--format")] = "table",
+) -> None:
+    """The catalog beside the live partition counts and configs."""
+    from streams.topics.catalog import TopicCatalog
+    from streams.topics.provisioning import describe_topics
+
+    settings = _settings()
+    _require_broker(settings)
+    live = {s.name: s for s in describe_topics(settings)}
+    rows = []
+    for topic in TopicCatalog(settings):
+        s = live[topic.name]
+        rows.append({
+            "name": topic.name, "key": topic.key, "partition_by": topic.partition_by,
+            "cleanup_policy": topic.cleanup_policy, "retention_ms": topic.retention_ms,
+            "partitions": topic.partitions, "live_exists": s.exists,
+            "live_partitions": s.partitions, "live_configs": s.configs,
+            "description": topic.description,
+        })
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("topic", "key", "partition by", "cleanup", "parts (live)", "live configs")
+    for r in rows:
+        configs = ", ".join(f"{k}={v}" for k, v in r["live_configs"].items()) or "-"
+        live_parts = str(r["live_partitions"]) if r["live_exists"] else "missing"
+        table.add_row(r["name"], r["key"], r["partition_by"], r["cleanup_policy"],
+                      f"{r['partitions']} ({live_parts})", configs)
+    console.print(table)
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    count: Annotated[int, typer.Option(help="generate N work units", min=0)] = 0,
+    file: Annotated[Path | None, typer.Option(help="a JSON file holding one work unit")] = None,
+    work_unit_id: Annotated[str | None, typer.Option("--work-unit-id")] = None,
+    kind: Annotated[str, typer.Option(help="cpu, llm_pod or tool")] = "cpu",
+    tenant: Annotated[str, typer.Option(help="tenant id")] = "tenant-demo",
+    session: Annotated[str | None, typer.Option(help="execution session id")] = None,
+    priority: Annotated[str, typer.Option(help="critical, p0, p1 or p2")] = "p2",
+    region: Annotated[str | None, typer.Option()] = None,
+    effect: Annotated[str, typer.Option(help="PURE, READ_ONLY_NONDET or WORLD_MUTATING")] = "PURE",
+    idempotency_class: Annotated[str, typer.Option("--idempotency-class")] = "none",
+    handler: Annotated[str | None, typer.Option(help="cpu handler name")] = None,
+    simulated_ms: Annotated[int, typer.Option("--simulated-ms", min=0)] = 0,
+    prompt: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Submit one work unit (from flags or --file) or --count generated ones."""
+    from streams.kafka import DeliveryError, EventProducer
+    from streams.topics.catalog import TopicCatalog, partition_for
+
+    settings = _settings()
+    fields: dict[str, Any] = {
+        "kind": kind, "tenant_id": tenant, "priority": priority, "region": region,
+        "effect": effect, "idempotency_class": idempotency_class, "handler": handler,
+        "simulated_ms": simulated_ms, "prompt": prompt, "model": model,
+    }
+    if session:
+        fields["execution_session_id"] = session
+    try:
+        if file is not None:
+            if count:
+                raise SubmitInputError("use either --file or --count, not both")
+            unit = unit_from_file(file, {"work_unit_id": work_unit_id, **fields})
+        else:
+            unit = build_unit({k: v for k, v in {"work_unit_id": work_unit_id, **fields}.items()
+                               if v is not None})
+    except SubmitInputError as exc:
+        raise _fail(str(exc)) from None
+    _require_broker(settings)
+    codec = SingleObjectCodec()
+    producer = EventProducer(settings, codec)
+    topic = TopicCatalog(settings)["submissions"]
+    try:
+        partitions = producer.partitions_of(topic.name)
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    if not count:
+        producer.send(topic, unit)
+        try:
+            producer.flush()
+        except DeliveryError as exc:
+            raise _fail(str(exc), 1) from None
+        console.print(f"submitted {unit.work_unit_id} (event {unit.event_id})")
+        return
+
+    template = unit.model_dump()
+    from infra.cli.submit import submission_event_id
+
+    digest = submission_event_id({k: v for k, v in template.items()
+                                  if k not in ("work_unit_id", "execution_session_id",
+                                               "correlation_id")})
+    run_id = secrets.token_hex(4)
+    now_ms = int(time.time() * 1000)
+    encode = codec.encode_record
+    send = producer.send_raw
+    started = time.perf_counter()
+    with Progress(TextColumn("submitting"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, disable=quiet) as progress:
+        task = progress.add_task("submit", total=count)
+        step = max(1, count // 100)
+        for i in range(count):
+            record = generated_record(template, digest, run_id, i, now_ms)
+            send(topic.name, encode("workunit.submitted", record), key=record["event_id"],
+                 partition=partition_for(record["work_unit_id"], partitions))
+            if i % step == step - 1:
+                progress.update(task, completed=i + 1)
+                producer.poll(0)
+        try:
+            producer.flush(120)
+        except DeliveryError as exc:
+            raise _fail(str(exc), 1) from None
+        progress.update(task, completed=count)
+    elapsed = time.perf_counter() - started
+    console.print(f"submitted {count} work units (run {run_id}) in {elapsed:.2f}s: "
+                  f"{count / elapsed:,.0f} units/s")
+
+
+# -- tail ---------------------------------------------------------------------------------------
+
+
+def _render(msg: Any, codec: SingleObjectCodec, fmt: TailFormat, dead_letters: bool) -> str:
+    from streams.kafka import dead_letter_from_message
+
+    meta = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+    if dead_letters:
+        dl = dead_letter_from_message(msg)
+        if fmt == "json":
+            data = dl.model_dump(mode="json", exclude={"payload", "payload_key"})
+            data["payload_hex"] = dl.payload[:64].hex()
+            return json.dumps({**meta, **data})
+        return (f"{msg.partition()}@{msg.offset()} DEAD LETTER from {dl.origin_topic}"
+                f"[{dl.origin_partition}]@{dl.origin_offset} by {dl.processor}: "
+                f"{dl.error_type}: {dl.error}")
+    try:
+        event = codec.decode(msg.value() or b"")
+    except CodecError as exc:
+        if fmt == "json":
+            return json.dumps({**meta, "undecodable": str(exc)})
+        return f"{msg.partition()}@{msg.offset()} UNDECODABLE {type(exc).__name__}: {exc}"
+    if fmt == "json":
+        return json.dumps({**meta, **event.model_dump(mode="json")})
+    details = {k: v for k, v in event.model_dump(mode="json").items()
+               if k not in ("event_id", "event_type", "occurred_at", "schema_version",
+                            "causation_id", "execution_session_id", "correlation_id")
+               and v not in (None, "", [], {}, 0)}
+    shown = " ".join(f"{k}={v}" for k, v in list(details.items())[:8])
+    return f"{msg.partition()}@{msg.offset()} {event.event_type} {event.event_id[:12]} {shown}"
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="topic name or catalog role, e.g. submissions")],
+    fmt: Annotated[TailFormat, typer.Option("--format", help="text or json")] = "text",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep waiting for new events")] = False,
+    limit: Annotated[int, typer.Option(help="stop after N events (0: no limit)", min=0)] = 0,
+    last: Annotated[int, typer.Option(help="only the last N events of each partition", min=0)] = 0,
+) -> None:
+    """Decode and print the events of a topic, as readable lines or JSON."""
+    from confluent_kafka import TopicPartition
+
+    from streams.kafka import make_consumer, partition_count, read_topic_to_end
+    from streams.topics.catalog import TopicCatalog
+
+    settings = _settings()
+    _require_broker(settings)
+    catalog = TopicCatalog(settings)
+    name = catalog.resolve(topic)
+    dead_letters = name == catalog["deadletters"].name
+    codec = SingleObjectCodec()
+    probe = make_consumer(settings, None)
+    try:
+        parts = partition_count(probe, name)
+    except RuntimeError:
+        known = ", ".join(t.role for t in catalog)
+        raise _fail(f"topic {name!r} does not exist; known roles: {known}") from None
+    starts: dict[int, int] = {}
+    if last:
+        for p in range(parts):
+            low, high = probe.get_watermark_offsets(TopicPartition(name, p), timeout=5)
+            starts[p] = max(low, high - last)
+    probe.close()
+    shown = 0
+    out = sys.stdout
+    for msg in read_topic_to_end(settings, name, start_offsets=starts,
+                                 timeout_s=10**9 if follow else 600,
+                                 idle_ms=10**9 if follow else None):
+        out.write(_render(msg, codec, fmt, dead_letters) + "\n")
+        shown += 1
+        if limit and shown >= limit:
+            break
+    out.flush()
+    if fmt == "text":
+        err_console.print(f"{shown} event(s) from {name}")
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    burst: Annotated[int, typer.Option(help="work units to submit", min=1)] = 10_000,
+    kind: Annotated[str, typer.Option(help="cpu or llm_pod")] = "cpu",
+    keep: Annotated[bool, typer.Option(help="leave the stack running afterwards")] = False,
+) -> None:
+    """Bring the local stack up, submit a burst, read it back decoded, and stop."""
+    from infra.stack import stack_down, stack_up
+    from streams.kafka import read_topic_to_end
+    from streams.topics.catalog import TopicCatalog
+
+    settings = _settings()
+    state, _statuses, _started = stack_up(settings)
+    console.print(f"[bold]onceflow demo[/]: broker at {state.bootstrap}, topics created")
+    try:
+        settings = settings.model_copy(update={"bootstrap_servers": state.bootstrap})
+        import subprocess
+
+        cmd = [sys.executable, "-m", "infra.cli", "submit", "--count", str(burst),
+               "--kind", kind, "--tenant", "tenant-demo"]
+        if kind == "llm_pod":
+            cmd += ["--prompt", "Summarise the quarterly report.", "--model", "stub-small"]
+        subprocess.run(cmd, check=True, env={**__import__("os").environ,
+                                              "ONCEFLOW_BOOTSTRAP_SERVERS": state.bootstrap})
+        topic = TopicCatalog(settings)["submissions"].name
+        codec = SingleObjectCodec()
+        counts: dict[str, int] = {}
+        per_partition: dict[int, int] = {}
+        sample: list[WorkUnitSubmitted] = []
+        started = time.perf_counter()
+        for msg in read_topic_to_end(settings, topic):
+            event = codec.decode(msg.value() or b"")
+            counts[event.event_type] = counts.get(event.event_type, 0) + 1
+            per_partition[int(msg.partition())] = per_partition.get(int(msg.partition()), 0) + 1
+            if len(sample) < 3 and isinstance(event, WorkUnitSubmitted):
+                sample.append(event)
+        elapsed = time.perf_counter() - started
+        table = Table("event type", "count")
+        for et, n in sorted(counts.items()):
+            table.add_row(et, str(n))
+        console.print(table)
+        console.print("per partition: " + ", ".join(f"p{p}={n}" for p, n in sorted(per_partition.items())))
+        console.print(f"read back and decoded {sum(counts.values())} events in {elapsed:.2f}s")
+        for event in sample:
+            console.print(f"  {event.work_unit_id} kind={event.kind} tenant={event.tenant_id} "
+                          f"session={event.execution_session_id}")
+        console.print("[dim]the scheduler, agents and ledger join this demo as their issues land[/]")
+    finally:
+        if not keep:
+            for name in stack_down(settings):
+                console.print(f"stopped {name}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The local stack: the embedded broker, the topics, and the processes `up` starts.
+
+State lives in `.onceflow/stack.json` so that `status` and `down` (and every
+command that needs the broker's address) find what `up` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.broker import EmbeddedBroker
+from streams.settings import OnceflowSettings
+from streams.topics.provisioning import TopicStatus, create_topics
+
+__all__ = ["StackState", "pid_alive", "read_stack", "stack_down", "stack_up"]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class StackState:
+    bootstrap: str
+    broker_pid: int
+    started_at: float
+    processes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+
+def read_stack(settings: OnceflowSettings) -> StackState | None:
+    path = settings.stack_file()
+    if not path.exists():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return StackState(**data)
+    except (ValueError, TypeError):
+        return None
+
+
+def write_stack(settings: OnceflowSettings, state: StackState) -> None:
+    path = settings.stack_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.to_json())
+    os.replace(tmp, path)
+
+
+def stack_up(settings: OnceflowSettings) -> tuple[StackState, list[TopicStatus], bool]:
+    """Start the broker (unless it is already up) and create the topics.
+
+    Returns the stack, the topic statuses and whether the broker was started now.
+    """
+    existing = read_stack(settings)
+    if existing is not None and pid_alive(existing.broker_pid):
+        settings = settings.model_copy(update={"bootstrap_servers": existing.bootstrap})
+        return existing, create_topics(settings), False
+    settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    broker = EmbeddedBroker(log_path=settings.stack_dir / "broker.log").start(detach=True)
+    assert broker.process is not None
+    state = StackState(broker.bootstrap, broker.process.pid, time.time())
+    write_stack(settings, state)
+    settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
+    return state, create_topics(settings), True
+
+
+def stack_down(settings: OnceflowSettings) -> list[str]:
+    """Stop every process `up` started, then the broker; return what was stopped."""
+    state = read_stack(settings)
+    stopped: list[str] = []
+    if state is None:
+        return stopped
+    for name, pid in sorted(state.processes.items()):
+        if EmbeddedBroker.stop_pid(pid):
+            stopped.append(f"{name} (pid {pid})")
+    if EmbeddedBroker.stop_pid(state.broker_pid):
+        stopped.append(f"broker (pid {state.broker_pid})")
+    settings.stack_file().unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,19 @@
+"""The content-addressed store for payloads that do not belong in the log."""
+
+from streams.content.local import LocalContentStore
+from streams.content.s3 import S3ContentStore
+from streams.content.store import (
+    ContentIntegrityError,
+    ContentNotFoundError,
+    content_ref_for,
+    open_content_store,
+)
+
+__all__ = [
+    "ContentIntegrityError",
+    "ContentNotFoundError",
+    "LocalContentStore",
+    "S3ContentStore",
+    "content_ref_for",
+    "open_content_store",
+]

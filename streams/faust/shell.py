@@ -1,0 +1,121 @@
+"""Run a `Reducer` as a faust agent, with its state in a RocksDB-backed faust table."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import faust
+
+from schemas import CodecError, Event, EventCodec, SingleObjectCodec
+from streams.kafka.dead_letters import (
+    DLQ_HEADER_ERROR,
+    DLQ_HEADER_ERROR_TYPE,
+    DLQ_HEADER_OFFSET,
+    DLQ_HEADER_PARTITION,
+    DLQ_HEADER_PROCESSOR,
+    DLQ_HEADER_TOPIC,
+)
+from streams.log import get_logger
+from streams.runtime.facts import fact_headers
+from streams.state import serde
+from streams.types import Reducer
+
+__all__ = ["TableState", "attach_reducer"]
+
+_SEEN = "\x00seen:"
+
+
+class TableState:
+    """The `State` protocol over a faust table (values JSON-shaped)."""
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.table.get(key)
+        return default if value is None else value
+
+    def set(self, key: str, value: Any) -> None:
+        self.table[key] = value
+
+    def delete(self, key: str) -> None:
+        self.table.pop(key, None)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.table
+
+    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        keys = sorted((k for k in self.table if not k.startswith(_SEEN) and k.startswith(prefix)),
+                      key=str.encode)
+        for key in keys:
+            yield key, self.table[key]
+
+    def has_seen(self, event_id: str) -> bool:
+        return _SEEN + event_id in self.table
+
+    def mark_seen(self, event_id: str) -> None:
+        self.table[_SEEN + event_id] = 1
+
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Same keys as `PartitionStore.raw_items`, so fingerprints compare across shells."""
+        for key in sorted(self.table, key=str.encode):
+            if key.startswith(_SEEN):
+                yield b"d\x00" + key[len(_SEEN):].encode(), b"1"
+            else:
+                yield b"s\x00" + key.encode(), serde.dumps(self.table[key])
+
+
+def attach_reducer(
+    app: faust.App,
+    reducer: Reducer,
+    *,
+    input_topic: str,
+    fact_topic: str,
+    dead_letter_topic: str,
+    codec: EventCodec | None = None,
+) -> tuple[Any, faust.Table]:
+    """Create the table and the agent that folds `input_topic` through `reducer`."""
+    codec = codec or SingleObjectCodec()
+    log = get_logger(processor=reducer.name, shell="faust")
+    table = app.Table(f"{reducer.name}-state", default=None, key_type=str, value_type=None)
+    source = app.topic(input_topic, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+    facts = app.topic(fact_topic, key_serializer="raw", value_serializer="raw")
+    dead = app.topic(dead_letter_topic, key_serializer="raw", value_serializer="raw")
+    state = TableState(table)
+
+    async def process(stream: faust.StreamT) -> AsyncIterator[None]:
+        async for ev in stream.events():
+            msg = ev.message
+            try:
+                event: Event = codec.decode(msg.value)
+            except CodecError as exc:
+                log.warning("record.dead_lettered", topic=msg.topic, offset=msg.offset,
+                            error=str(exc)[:200])
+                headers = [
+                    (DLQ_HEADER_TOPIC, str(msg.topic).encode()),
+                    (DLQ_HEADER_PARTITION, str(msg.partition).encode()),
+                    (DLQ_HEADER_OFFSET, str(msg.offset).encode()),
+                    (DLQ_HEADER_PROCESSOR, reducer.name.encode()),
+                    (DLQ_HEADER_ERROR, str(exc).encode()[:4096]),
+                    (DLQ_HEADER_ERROR_TYPE, type(exc).__name__.encode()),
+                ]
+                await dead.send(key=msg.key, value=msg.value, headers=headers)
+                yield None
+                continue
+            if state.has_seen(event.event_id):
+                yield None
+                continue
+            decided = list(reducer.decide(state, event))
+            for i, fact in enumerate(decided, start=1):
+                await facts.send(key=fact.event_id.encode(), value=codec.encode(fact),
+                                 partition=msg.partition,
+                                 headers=fact_headers(event.event_id, i, len(decided)))
+                reducer.evolve(state, fact)
+            if decided:
+                state.mark_seen(event.event_id)
+            yield None
+
+    agent = app.agent(source, name=f"{reducer.name}-agent")(process)
+    return agent, table
