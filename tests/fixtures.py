@@ -1,0 +1,32 @@
+"""Helpers shared by the test folders: polling with a deadline, event builders."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from schemas import WorkUnitSubmitted
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.2,
+             what: str = "condition") -> T:
+    """Poll until `condition()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T = condition()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+        last = condition()
+    return last
+
+
+def submitted(i: int, *, tenant: str | None = None, unit: str | None = None) -> WorkUnitSubmitted:
+    wu = unit or f"wu-{i}"
+    return WorkUnitSubmitted(
+        event_id=f"ev-{i}", occurred_at=1_700_000_000_000 + i, tenant_id=tenant or f"t{i % 4}",
+        execution_session_id=f"sess:{wu}", work_unit_id=wu, simulated_ms=i % 7,
+    )

@@ -1,0 +1,56 @@
+"""Bad bytes raise clear, typed errors; Confluent framing works through a registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import (
+    ConfluentCodec,
+    NotAvroSingleObjectError,
+    SingleObjectCodec,
+    TruncatedEventError,
+    UnknownEventTypeError,
+    UnknownSchemaError,
+)
+from tests.fixtures import submitted
+
+
+def test_unknown_fingerprint_is_named() -> None:
+    data = b"\xc3\x01" + b"\x11" * 8 + b"\x00"
+    with pytest.raises(UnknownSchemaError, match="1111111111111111"):
+        SingleObjectCodec().decode(data)
+
+
+@pytest.mark.parametrize("cut", [3, 9, 11, 20, -1])
+def test_truncated_record_is_reported(cut: int) -> None:
+    data = SingleObjectCodec().encode(submitted(1))
+    with pytest.raises(TruncatedEventError):
+        SingleObjectCodec().decode(data[:cut])
+
+
+def test_trailing_garbage_is_reported() -> None:
+    data = SingleObjectCodec().encode(submitted(1))
+    with pytest.raises(TruncatedEventError, match="trailing"):
+        SingleObjectCodec().decode(data + b"\x00\x00")
+
+
+def test_random_bytes_are_not_single_object() -> None:
+    with pytest.raises(NotAvroSingleObjectError, match="C3 01"):
+        SingleObjectCodec().decode(b"hello world, this is not avro")
+
+
+def test_unknown_event_type_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownEventTypeError, match="workunit.submitted"):
+        SingleObjectCodec().encode_record("no.such.event", {})
+
+
+def test_confluent_framing_through_a_registry_client() -> None:
+    codec = ConfluentCodec("mock://onceflow-tests")
+    event = submitted(3)
+    data = codec.encode(event)
+    assert data[0] == 0 and len(data) > 5
+    schema_id = int.from_bytes(data[1:5], "big")
+    assert schema_id > 0
+    assert codec.decode(data) == event
+    # A Confluent codec still reads single-object records (live migration).
+    assert codec.decode(SingleObjectCodec().encode(event)) == event
