@@ -10,7 +10,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from infra.broker import EmbeddedBroker

@@ -18,7 +18,7 @@ from schemas._impl.errors import (
     UnknownSchemaError,
 )
 from schemas._impl.events import *  # noqa: F403
-from schemas._impl.events import EVENT_MODELS, SYSTEM_TENANT, Event
+from schemas._impl.events import SYSTEM_TENANT
 from schemas._impl.events import __all__ as _event_names
 from schemas._impl.registry import (
     EventSchema,
@@ -40,7 +40,7 @@ from schemas._impl.types import (
     quantize_money,
 )
 
-__all__ = [  # noqa: PLE0604
+__all__ = [
     *_event_names,
     "MONEY_QUANTUM",
     "SINGLE_OBJECT_MARKER",
@@ -70,4 +70,3 @@ __all__ = [  # noqa: PLE0604
     "schema_dir",
 ]
 
-assert EVENT_MODELS and Event  # re-exported names

@@ -396,7 +396,7 @@ def demo(
         for msg in read_topic_to_end(settings, topic):
             event = codec.decode(msg.value() or b"")
             counts[event.event_type] = counts.get(event.event_type, 0) + 1
-            per_partition[int(msg.partition())] = per_partition.get(int(msg.partition()), 0) + 1
+            per_partition[(msg.partition() or 0)] = per_partition.get((msg.partition() or 0), 0) + 1
             if len(sample) < 3 and isinstance(event, WorkUnitSubmitted):
                 sample.append(event)
         elapsed = time.perf_counter() - started

@@ -190,7 +190,7 @@ class ConfluentCodec:
                 raise UnknownSchemaError(
                     f"schema id {schema_id} is not in the registry: {exc}"
                 ) from exc
-            schema = json.loads(registered.schema_str)
+            schema = json.loads(registered.schema_str or "{}")
             from schemas._impl.registry import avro_fingerprint
 
             entry = self.registry.for_fingerprint(avro_fingerprint(schema))

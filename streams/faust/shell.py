@@ -29,7 +29,7 @@ _SEEN = "\x00seen:"
 class TableState:
     """The `State` protocol over a faust table (values JSON-shaped)."""
 
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: Any) -> None:
         self.table = table
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -74,7 +74,7 @@ def attach_reducer(
     fact_topic: str,
     dead_letter_topic: str,
     codec: EventCodec | None = None,
-) -> tuple[Any, faust.Table]:
+) -> tuple[Any, Any]:
     """Create the table and the agent that folds `input_topic` through `reducer`."""
     codec = codec or SingleObjectCodec()
     log = get_logger(processor=reducer.name, shell="faust")

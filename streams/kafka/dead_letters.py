@@ -8,6 +8,7 @@ once the cause is fixed.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -36,6 +37,12 @@ DLQ_HEADER_FAILED_AT = "onceflow.dlq.failed_at"
 _MAX_ERROR_BYTES = 4096
 
 
+def message_headers(msg: Message) -> list[tuple[str, bytes]]:
+    """A record's headers as (name, bytes) pairs, whatever the client handed back."""
+    raw: Any = msg.headers() or []
+    return [(str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in raw]
+
+
 class DeadLetterRouter:
     def __init__(self, producer: EventProducer, topic: str, processor: str) -> None:
         self.producer = producer
@@ -44,7 +51,7 @@ class DeadLetterRouter:
         self.routed = 0
 
     def route(self, msg: Message, error: BaseException) -> None:
-        headers = list(msg.headers() or [])
+        headers = message_headers(msg)
         headers += [
             (DLQ_HEADER_TOPIC, str(msg.topic()).encode()),
             (DLQ_HEADER_PARTITION, str(msg.partition()).encode()),
@@ -60,9 +67,7 @@ class DeadLetterRouter:
 
 def dead_letter_from_message(msg: Message) -> DeadLetterRecorded:
     """The readable view of a dead-letter record (what `onceflow tail` prints)."""
-    headers: dict[str, bytes] = {}
-    for name, value in msg.headers() or []:
-        headers[name] = value or b""
+    headers = dict(message_headers(msg))
 
     def text(name: str) -> str:
         return headers.get(name, b"").decode(errors="replace")

@@ -14,6 +14,7 @@ that folding their facts left, so no fact is emitted twice.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from schemas import CodecError, Event, EventCodec, SingleObjectCodec
+from schemas import CodecError, EventCodec, SingleObjectCodec
 from streams.kafka.consumer import make_consumer, partition_count, read_partition_to_end
 from streams.kafka.dead_letters import DeadLetterRouter
 from streams.kafka.producer import EventProducer
@@ -137,8 +138,8 @@ class BatchedProcessor:
 
     def _delivered(self, msg: Message) -> None:
         if msg.topic() == self.fact_topic:
-            p = int(msg.partition())
-            offset = int(msg.offset())
+            p = (msg.partition() or 0)
+            offset = (msg.offset() or 0)
             if offset > self._fact_high.get(p, -1):
                 self._fact_high[p] = offset
 
@@ -153,15 +154,15 @@ class BatchedProcessor:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume.error", error=str(err))
                 continue
-            partition = int(msg.partition())
+            partition = (msg.partition() or 0)
             topic = str(msg.topic())
             store = self._stores.get(partition)
             if store is None:  # revoked while the batch was in flight
                 continue
             touched[partition] = store
             self._handle(store, partition, msg)
-            store.set_input_offset(topic, int(msg.offset()) + 1)
-            commits[(topic, partition)] = int(msg.offset()) + 1
+            store.set_input_offset(topic, (msg.offset() or 0) + 1)
+            commits[(topic, partition)] = (msg.offset() or 0) + 1
         # Outputs first, then state with the offsets it reflects, then the commit.
         self._producer.flush()
         for partition, store in touched.items():
@@ -275,17 +276,15 @@ class BatchedProcessor:
         for topic in self.inputs:
             tp = committed.get((topic, partition))
             if tp is not None and tp.metadata and store.fresh:
-                try:
+                with contextlib.suppress(ValueError):
                     reroute_from = max(reroute_from, int(tp.metadata))
-                except ValueError:
-                    pass
         started = time.perf_counter()
         groups = FactGroups()
         folded = 0
         last = start - 1
         reroute: list[FactRecord] = []
         for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
-            last = int(msg.offset())
+            last = (msg.offset() or 0)
             record = fact_record(msg, self.codec)
             if record is None:
                 continue

@@ -49,7 +49,9 @@ class FactRecord:
 
 
 def fact_record(msg: Message, codec: EventCodec) -> FactRecord | None:
-    headers = dict(msg.headers() or [])
+    from streams.kafka.dead_letters import message_headers
+
+    headers = dict(message_headers(msg))
     cause = headers.get(FACT_HEADER_CAUSE)
     seq = headers.get(FACT_HEADER_SEQ)
     raw = msg.value()
@@ -60,7 +62,7 @@ def fact_record(msg: Message, codec: EventCodec) -> FactRecord | None:
         fact = codec.decode(raw)
     except CodecError:
         return None
-    return FactRecord(cause.decode(), i, n, fact, raw, int(msg.offset()))
+    return FactRecord(cause.decode(), i, n, fact, raw, (msg.offset() or 0))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 __all__ = ["fingerprint_items", "fingerprint_partitions"]
 
 
-def _feed(h: "hashlib._Hash", key: bytes, value: bytes) -> None:
+def _feed(h: hashlib._Hash, key: bytes, value: bytes) -> None:
     # Length-prefixed, so ("ab", "c") and ("a", "bc") hash differently.
     h.update(struct.pack(">I", len(key)))
     h.update(key)

@@ -40,7 +40,7 @@ def test_random_bytes_are_not_single_object() -> None:
 
 
 def test_unknown_event_type_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownEventTypeError, match="workunit.submitted"):
+    with pytest.raises(UnknownEventTypeError, match=r"workunit\.submitted"):
         SingleObjectCodec().encode_record("no.such.event", {})
 
 

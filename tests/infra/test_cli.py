@@ -1,0 +1,64 @@
+"""The CLI against a local stack it starts itself: up, submit, tail, status, down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.stack import pid_alive
+
+pytestmark = pytest.mark.integration
+
+
+def _onceflow(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env, text=True,
+                          capture_output=True, check=check, timeout=180)
+
+
+def test_up_submit_tail_down(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONCEFLOW_")}
+    env.update({"ONCEFLOW_STACK_DIR": str(tmp_path / "stack"), "ONCEFLOW_PARTITIONS": "3",
+                "ONCEFLOW_READ_TO_END_IDLE_MS": "300"})
+    _onceflow(["up"], env)
+    stack = json.loads((tmp_path / "stack" / "stack.json").read_text())
+    try:
+        assert pid_alive(stack["broker_pid"])
+        again = _onceflow(["up"], env)
+        assert "already running" in again.stdout
+        out = _onceflow(["submit", "--count", "10000", "--quiet"], env)
+        assert "submitted 10000 work units" in out.stdout
+        one = _onceflow(["submit", "--work-unit-id", "wu-explicit", "--kind", "llm_pod",
+                         "--prompt", "hello", "--model", "stub"], env)
+        assert "wu-explicit" in one.stdout
+        tail = _onceflow(["tail", "submissions", "--format", "json"], env)
+        rows = [json.loads(line) for line in tail.stdout.splitlines()]
+        assert len(rows) == 10001
+        assert {r["event_type"] for r in rows} == {"workunit.submitted"}
+        assert any(r["work_unit_id"] == "wu-explicit" and r["kind"] == "llm_pod" for r in rows)
+        status = json.loads(_onceflow(["status", "--format", "json"], env).stdout)
+        assert status["broker"]["alive"] and all(t["exists"] for t in status["topics"])
+    finally:
+        _onceflow(["down"], env)
+    assert not pid_alive(stack["broker_pid"]), "down must leave no process behind"
+    assert not (tmp_path / "stack" / "stack.json").exists()
+
+
+def test_bad_input_names_the_problem_and_fails(tmp_path: Path) -> None:
+    env = {**os.environ, "ONCEFLOW_STACK_DIR": str(tmp_path / "stack")}
+    bad_priority = _onceflow(["submit", "--priority", "p9"], env, check=False)
+    assert bad_priority.returncode == 2
+    assert "priority" in bad_priority.stderr and "p0" in bad_priority.stderr
+    missing = _onceflow(["submit", "--file", str(tmp_path / "nope.json")], env, check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    broken = _onceflow(["submit", "--file", str(bad_json)], env, check=False)
+    assert broken.returncode == 2 and "not valid JSON" in broken.stderr
+    env["ONCEFLOW_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    no_broker = _onceflow(["submit"], env, check=False)
+    assert no_broker.returncode == 2 and "onceflow up" in no_broker.stderr
