@@ -146,6 +146,10 @@ class OnceflowSettings(BaseSettings):
                     "broker_session_timeout": 6.0,
                     "broker_heartbeat_interval": 1.0,
                     "producer_enable_idempotence": False,
+                    # One record per produce batch: the embedded broker reports a
+                    # short high watermark after a multi-record batch, and faust
+                    # restores a table's changelog only up to the high watermark.
+                    "producer_max_batch_size": 1,
                 }
             )
         return kw

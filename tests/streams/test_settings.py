@@ -27,6 +27,7 @@ def test_embedded_profile_sets_broker_workarounds() -> None:
     assert s.consumer_config("g")["session.timeout.ms"] == 6000
     faust_kw = s.faust_broker_settings()
     assert faust_kw["producer_enable_idempotence"] is False
+    assert faust_kw["producer_max_batch_size"] == 1
     assert faust_kw["processing_guarantee"] == "at_least_once"
     producer = s.producer_config()
     assert producer["enable.idempotence"] is True and producer["acks"] == "all"
