@@ -168,7 +168,7 @@ def topics_describe(
     settings = _settings()
     _require_broker(settings)
     live = {s.name: s for s in describe_topics(settings)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for topic in TopicCatalog(settings):
         s = live[topic.name]
         rows.append({
@@ -379,14 +379,15 @@ def demo(
     console.print(f"[bold]onceflow demo[/]: broker at {state.bootstrap}, topics created")
     try:
         settings = settings.model_copy(update={"bootstrap_servers": state.bootstrap})
+        import os
         import subprocess
 
         cmd = [sys.executable, "-m", "infra.cli", "submit", "--count", str(burst),
                "--kind", kind, "--tenant", "tenant-demo"]
         if kind == "llm_pod":
             cmd += ["--prompt", "Summarise the quarterly report.", "--model", "stub-small"]
-        subprocess.run(cmd, check=True, env={**__import__("os").environ,
-                                              "ONCEFLOW_BOOTSTRAP_SERVERS": state.bootstrap})
+        subprocess.run(cmd, check=True,
+                       env={**os.environ, "ONCEFLOW_BOOTSTRAP_SERVERS": state.bootstrap})
         topic = TopicCatalog(settings)["submissions"].name
         codec = SingleObjectCodec()
         counts: dict[str, int] = {}

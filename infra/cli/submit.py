@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas import WorkUnitSubmitted
+from streams.ids import derive_event_id
 from streams.state import serde
 
 __all__ = ["SubmitInputError", "generated_record", "submission_event_id", "unit_from_file"]
@@ -71,5 +72,5 @@ def generated_record(
     record["execution_session_id"] = f"sess:{wu}"
     record["correlation_id"] = record["execution_session_id"]
     record["occurred_at"] = now_ms
-    record["event_id"] = hashlib.sha256(f"{wu}\x1f{digest}".encode()).hexdigest()[:32]
+    record["event_id"] = derive_event_id(wu, digest)
     return record

@@ -11,6 +11,7 @@ codec still reads single-object records, so topics can be migrated live.
 from __future__ import annotations
 
 import io
+import json
 import struct
 from typing import Any, Protocol
 
@@ -25,7 +26,12 @@ from schemas._impl.errors import (
     UnknownSchemaError,
 )
 from schemas._impl.events import Event
-from schemas._impl.registry import EventSchema, SchemaRegistry, default_registry
+from schemas._impl.registry import (
+    EventSchema,
+    SchemaRegistry,
+    avro_fingerprint,
+    default_registry,
+)
 
 __all__ = [
     "SINGLE_OBJECT_MARKER",
@@ -154,8 +160,6 @@ class ConfluentCodec:
     def _schema_id(self, entry: EventSchema) -> int:
         schema_id = self._id_by_type.get(entry.event_type)
         if schema_id is None:
-            import json
-
             from confluent_kafka.schema_registry import Schema
 
             subject = f"{entry.schema.get('namespace', '')}.{entry.schema['name']}".lstrip(".")
@@ -182,8 +186,6 @@ class ConfluentCodec:
         (schema_id,) = struct.unpack(">I", data[1:5])
         entry = self._entry_by_id.get(schema_id)
         if entry is None:
-            import json
-
             try:
                 registered = self._client.get_schema(schema_id)
             except Exception as exc:
@@ -191,8 +193,6 @@ class ConfluentCodec:
                     f"schema id {schema_id} is not in the registry: {exc}"
                 ) from exc
             schema = json.loads(registered.schema_str or "{}")
-            from schemas._impl.registry import avro_fingerprint
-
             entry = self.registry.for_fingerprint(avro_fingerprint(schema))
             self._entry_by_id[schema_id] = entry
         return entry

@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
         items = list(TableState(table).raw_items())
         tmp = args.fingerprint_file.with_suffix(".tmp")
-        report = {"fingerprint": fingerprint_items(items), "keys": len(items)}
-        if os.environ.get("ONCEFLOW_DUMP"):
-            report["items"] = [[k.decode(errors="replace"), v.decode()] for k, v in items if k.startswith(b"s")][:5]
-        tmp.write_text(json.dumps(report))
+        tmp.write_text(json.dumps({"fingerprint": fingerprint_items(items), "keys": len(items)}))
         os.replace(tmp, args.fingerprint_file)
 
     sys.argv = [sys.argv[0], *(rest or ["worker"]), "-l", "warn"]

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import faust
 
 from schemas import CodecError, Event, EventCodec, SingleObjectCodec
-from streams.kafka.dead_letters import (
-    DLQ_HEADER_ERROR,
-    DLQ_HEADER_ERROR_TYPE,
-    DLQ_HEADER_OFFSET,
-    DLQ_HEADER_PARTITION,
-    DLQ_HEADER_PROCESSOR,
-    DLQ_HEADER_TOPIC,
-)
+from streams.kafka.dead_letters import dead_letter_headers
 from streams.log import get_logger
 from streams.runtime.facts import fact_headers
 from streams.state import serde
@@ -93,14 +86,12 @@ def attach_reducer(
             except CodecError as exc:
                 log.warning("record.dead_lettered", topic=msg.topic, offset=msg.offset,
                             error=str(exc)[:200])
-                headers = [
-                    (DLQ_HEADER_TOPIC, str(msg.topic).encode()),
-                    (DLQ_HEADER_PARTITION, str(msg.partition).encode()),
-                    (DLQ_HEADER_OFFSET, str(msg.offset).encode()),
-                    (DLQ_HEADER_PROCESSOR, reducer.name.encode()),
-                    (DLQ_HEADER_ERROR, str(exc).encode()[:4096]),
-                    (DLQ_HEADER_ERROR_TYPE, type(exc).__name__.encode()),
-                ]
+                original = msg.headers or []
+                if isinstance(original, Mapping):
+                    original = list(original.items())
+                headers = list(original) + dead_letter_headers(
+                    str(msg.topic), msg.partition, msg.offset, reducer.name, exc
+                )
                 await dead.send(key=msg.key, value=msg.value, headers=headers)
                 yield None
                 continue

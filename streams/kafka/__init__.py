@@ -15,6 +15,8 @@ from streams.kafka.dead_letters import (
     DLQ_HEADER_TOPIC,
     DeadLetterRouter,
     dead_letter_from_message,
+    dead_letter_headers,
+    message_headers,
 )
 from streams.kafka.producer import DeliveryError, EventProducer
 
@@ -29,7 +31,9 @@ __all__ = [
     "DeliveryError",
     "EventProducer",
     "dead_letter_from_message",
+    "dead_letter_headers",
     "make_consumer",
+    "message_headers",
     "partition_count",
     "read_partition_to_end",
     "read_topic_to_end",

@@ -24,6 +24,8 @@ __all__ = [
     "DLQ_HEADER_TOPIC",
     "DeadLetterRouter",
     "dead_letter_from_message",
+    "dead_letter_headers",
+    "message_headers",
 ]
 
 DLQ_HEADER_TOPIC = "onceflow.dlq.origin.topic"
@@ -43,6 +45,21 @@ def message_headers(msg: Message) -> list[tuple[str, bytes]]:
     return [(str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in raw]
 
 
+def dead_letter_headers(
+    topic: str, partition: int, offset: int, processor: str, error: BaseException
+) -> list[tuple[str, bytes]]:
+    """The origin headers every shell adds to a dead letter."""
+    return [
+        (DLQ_HEADER_TOPIC, topic.encode()),
+        (DLQ_HEADER_PARTITION, str(partition).encode()),
+        (DLQ_HEADER_OFFSET, str(offset).encode()),
+        (DLQ_HEADER_PROCESSOR, processor.encode()),
+        (DLQ_HEADER_ERROR, str(error).encode()[:_MAX_ERROR_BYTES]),
+        (DLQ_HEADER_ERROR_TYPE, type(error).__name__.encode()),
+        (DLQ_HEADER_FAILED_AT, str(int(time.time() * 1000)).encode()),
+    ]
+
+
 class DeadLetterRouter:
     def __init__(self, producer: EventProducer, topic: str, processor: str) -> None:
         self.producer = producer
@@ -51,16 +68,9 @@ class DeadLetterRouter:
         self.routed = 0
 
     def route(self, msg: Message, error: BaseException) -> None:
-        headers = message_headers(msg)
-        headers += [
-            (DLQ_HEADER_TOPIC, str(msg.topic()).encode()),
-            (DLQ_HEADER_PARTITION, str(msg.partition()).encode()),
-            (DLQ_HEADER_OFFSET, str(msg.offset()).encode()),
-            (DLQ_HEADER_PROCESSOR, self.processor.encode()),
-            (DLQ_HEADER_ERROR, str(error).encode()[:_MAX_ERROR_BYTES]),
-            (DLQ_HEADER_ERROR_TYPE, type(error).__name__.encode()),
-            (DLQ_HEADER_FAILED_AT, str(int(time.time() * 1000)).encode()),
-        ]
+        headers = message_headers(msg) + dead_letter_headers(
+            str(msg.topic()), msg.partition() or 0, msg.offset() or 0, self.processor, error
+        )
         self.producer.send_raw(self.topic, msg.value(), key=msg.key(), headers=headers)
         self.routed += 1
 

@@ -121,9 +121,10 @@ class EventProducer:
         if isinstance(topic, Topic) and topic.key != "event_id":
             key = str(getattr(event, topic.key, None) or event.entity_id())
         if partition is None:
-            partition = partition_for(event.entity_id(), self.partitions_of(name))
             if isinstance(topic, Topic) and topic.partition_by == "single":
                 partition = 0
+            else:
+                partition = partition_for(event.entity_id(), self.partitions_of(name))
         self.send_raw(name, value, key=key, partition=partition, headers=headers)
 
     def poll(self, timeout: float = 0.0) -> int:

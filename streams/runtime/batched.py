@@ -18,7 +18,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ from streams.kafka.consumer import make_consumer, partition_count, read_partitio
 from streams.kafka.dead_letters import DeadLetterRouter
 from streams.kafka.producer import EventProducer
 from streams.log import get_logger
-from streams.runtime.facts import FactGroups, FactRecord, fact_headers, fact_record
+from streams.runtime.facts import (
+    FactGroups,
+    FactRecord,
+    fact_headers,
+    fact_record,
+    fold_fact_records,
+)
 from streams.settings import OnceflowSettings
 from streams.state.rocksdb import PartitionStore, open_partition_store
 from streams.topics.catalog import TopicCatalog
@@ -72,7 +78,8 @@ class BatchedProcessor:
         self.codec = codec or SingleObjectCodec()
         self.group_id = group_id or f"onceflow.{reducer.name}"
         self.state_dir = Path(state_dir or settings.state_dir)
-        self.dead_letter_topic = dead_letter_topic or TopicCatalog(settings)["deadletters"].name
+        self._catalog = TopicCatalog(settings)
+        self.dead_letter_topic = dead_letter_topic or self._catalog["deadletters"].name
         self.sensor: Sensor = sensor or _NullSensor()
         self.on_ready = on_ready
         self.log = get_logger(processor=reducer.name)
@@ -138,8 +145,8 @@ class BatchedProcessor:
 
     def _delivered(self, msg: Message) -> None:
         if msg.topic() == self.fact_topic:
-            p = (msg.partition() or 0)
-            offset = (msg.offset() or 0)
+            p = msg.partition() or 0
+            offset = msg.offset() or 0
             if offset > self._fact_high.get(p, -1):
                 self._fact_high[p] = offset
 
@@ -154,15 +161,16 @@ class BatchedProcessor:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume.error", error=str(err))
                 continue
-            partition = (msg.partition() or 0)
+            partition = msg.partition() or 0
             topic = str(msg.topic())
             store = self._stores.get(partition)
             if store is None:  # revoked while the batch was in flight
                 continue
             touched[partition] = store
             self._handle(store, partition, msg)
-            store.set_input_offset(topic, (msg.offset() or 0) + 1)
-            commits[(topic, partition)] = (msg.offset() or 0) + 1
+            next_offset = (msg.offset() or 0) + 1
+            store.set_input_offset(topic, next_offset)
+            commits[(topic, partition)] = next_offset
         # Outputs first, then state with the offsets it reflects, then the commit.
         self._producer.flush()
         for partition, store in touched.items():
@@ -199,7 +207,8 @@ class BatchedProcessor:
             return
         if not facts:
             return
-        held = self._pending.get(partition, FactGroups()).pending.pop(event.event_id, None)
+        groups = self._pending.get(partition)
+        held = groups.pending.pop(event.event_id, None) if groups else None
         total = len(facts)
         matching = True
         for i, fact in enumerate(facts, start=1):
@@ -222,8 +231,7 @@ class BatchedProcessor:
                 self._send_routed(routed)
 
     def _send_routed(self, routed: Routed) -> None:
-        catalog = TopicCatalog(self.settings)
-        topic = catalog.by_name(routed.topic) or routed.topic
+        topic = self._catalog.by_name(routed.topic) or routed.topic
         self._producer.send(topic, routed.event, partition=routed.partition)
 
     def _dead_letter(self, msg: Message, exc: BaseException) -> None:
@@ -283,20 +291,19 @@ class BatchedProcessor:
         folded = 0
         last = start - 1
         reroute: list[FactRecord] = []
-        for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
-            last = (msg.offset() or 0)
-            record = fact_record(msg, self.codec)
-            if record is None:
-                continue
-            done = groups.add(record)
-            if done is None:
-                continue
-            for item in done:
-                self.reducer.evolve(store, item.fact)
-                folded += 1
-                if item.offset >= reroute_from:
-                    reroute.append(item)
-            store.mark_seen(record.cause)
+
+        def records() -> Iterator[FactRecord]:
+            nonlocal last
+            for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
+                last = msg.offset() or 0
+                record = fact_record(msg, self.codec)
+                if record is not None:
+                    yield record
+
+        for item in fold_fact_records(self.reducer, store, records(), groups):
+            folded += 1
+            if item.offset >= reroute_from:
+                reroute.append(item)
         for item in reroute:
             for routed in self.reducer.route(item.fact):
                 self._send_routed(routed)

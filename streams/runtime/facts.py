@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from confluent_kafka import Message
 
 from schemas import CodecError, Event, EventCodec
 from streams.settings import OnceflowSettings
 from streams.state import MemoryState
-from streams.types import Reducer
+from streams.types import Reducer, State
 
 __all__ = [
     "FACT_HEADER_CAUSE",
@@ -27,6 +28,7 @@ __all__ = [
     "FactRecord",
     "fact_headers",
     "fact_record",
+    "fold_fact_records",
     "replay_facts",
 ]
 
@@ -62,7 +64,13 @@ def fact_record(msg: Message, codec: EventCodec) -> FactRecord | None:
         fact = codec.decode(raw)
     except CodecError:
         return None
-    return FactRecord(cause.decode(), i, n, fact, raw, (msg.offset() or 0))
+    return FactRecord(cause.decode(), i, n, fact, raw, msg.offset() or 0)
+
+
+class FoldTarget(State, Protocol):
+    """A state that also keeps the shell's dedupe marks (memory or RocksDB)."""
+
+    def mark_seen(self, event_id: str) -> None: ...
 
 
 @dataclass
@@ -82,7 +90,7 @@ class FactGroups:
 
 
 def fold_fact_records(
-    reducer: Reducer, state: object, records: Iterable[FactRecord], groups: FactGroups
+    reducer: Reducer, state: FoldTarget, records: Iterable[FactRecord], groups: FactGroups
 ) -> Iterator[FactRecord]:
     """Evolve `state` with every complete group; yield the facts folded."""
     for record in records:
@@ -90,9 +98,9 @@ def fold_fact_records(
         if done is None:
             continue
         for item in done:
-            reducer.evolve(state, item.fact)  # type: ignore[arg-type]
+            reducer.evolve(state, item.fact)
             yield item
-        state.mark_seen(record.cause)  # type: ignore[attr-defined]
+        state.mark_seen(record.cause)
 
 
 def replay_facts(

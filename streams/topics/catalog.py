@@ -10,6 +10,7 @@ and partitioned by the entity id and keep the latest value per key.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -122,7 +123,7 @@ class TopicCatalog:
     def __getitem__(self, role: TopicRole) -> Topic:
         return self._topics[role]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Topic]:
         return iter(self._topics.values())
 
     def all(self) -> list[Topic]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,11 +47,21 @@ def test_delivery_errors_are_raised_not_dropped(settings: OnceflowSettings) -> N
         producer.flush(10)
 
 
-def _run_in_thread(processor: BatchedProcessor) -> tuple[threading.Thread, threading.Event]:
+@contextmanager
+def _running_counter(settings: OnceflowSettings, uid: str) -> Iterator[BatchedProcessor]:
+    """The example counter over submissions -> workunits, run in a thread for the block."""
+    catalog = TopicCatalog(settings)
+    processor = BatchedProcessor(SubmissionCounter(), settings,
+                                 inputs=[catalog["submissions"].name],
+                                 fact_topic=catalog["workunits"].name, group_id=f"g-{uid}")
     stop = threading.Event()
     thread = threading.Thread(target=processor.run, kwargs={"stop": stop}, daemon=True)
     thread.start()
-    return thread, stop
+    try:
+        yield processor
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def test_random_bytes_go_to_dead_letters_and_processing_continues(
@@ -59,10 +71,7 @@ def test_random_bytes_go_to_dead_letters_and_processing_continues(
     catalog = TopicCatalog(settings)
     inp, facts, dlq = catalog["submissions"].name, catalog["workunits"].name, catalog["deadletters"].name
     producer = EventProducer(settings, SingleObjectCodec())
-    processor = BatchedProcessor(SubmissionCounter(), settings, inputs=[inp], fact_topic=facts,
-                                 group_id=f"g-{uid}")
-    thread, stop = _run_in_thread(processor)
-    try:
+    with _running_counter(settings, uid):
         for i in range(20):
             producer.send(catalog["submissions"], submitted(i))
         garbage = [os.urandom(64) for _ in range(3)]
@@ -80,9 +89,6 @@ def test_random_bytes_go_to_dead_letters_and_processing_continues(
             assert headers[DLQ_HEADER_PROCESSOR].decode() == SubmissionCounter.name
             assert int(headers[DLQ_HEADER_OFFSET]) >= 0
             assert m.key() == b"junk"
-    finally:
-        stop.set()
-        thread.join(30)
     assert len({m.key() for m in read_topic_to_end(settings, facts)}) == 40
 
 
@@ -95,15 +101,8 @@ def test_inputs_redelivered_emit_nothing_twice(settings: OnceflowSettings, uid: 
         for i in range(30):
             producer.send(catalog["submissions"], submitted(i))
     producer.flush()
-    processor = BatchedProcessor(SubmissionCounter(), settings,
-                                 inputs=[catalog["submissions"].name],
-                                 fact_topic=catalog["workunits"].name, group_id=f"g-{uid}")
-    thread, stop = _run_in_thread(processor)
-    try:
+    with _running_counter(settings, uid) as processor:
         wait_for(lambda: processor.processed >= 60, what="60 inputs processed")
-    finally:
-        stop.set()
-        thread.join(30)
     facts = list(read_topic_to_end(settings, catalog["workunits"].name))
     assert len(facts) == 30
     codec = SingleObjectCodec()
@@ -118,16 +117,9 @@ def test_replay_of_facts_equals_live_state(settings: OnceflowSettings, uid: str,
     for i in range(300):
         producer.send(catalog["submissions"], submitted(i, unit=f"wu-{i % 50}"))
     producer.flush()
-    processor = BatchedProcessor(SubmissionCounter(), settings,
-                                 inputs=[catalog["submissions"].name],
-                                 fact_topic=catalog["workunits"].name, group_id=f"g-{uid}")
-    thread, stop = _run_in_thread(processor)
-    try:
+    with _running_counter(settings, uid) as processor:
         wait_for(lambda: processor.processed >= 300, what="300 inputs processed")
         live = processor.fingerprint()
-    finally:
-        stop.set()
-        thread.join(30)
     replayed = replay_facts(SubmissionCounter(), settings, catalog["workunits"].name,
                             SingleObjectCodec())
     assert fingerprint_partitions({p: list(s.raw_items()) for p, s in replayed.items()}) == live
