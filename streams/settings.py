@@ -11,13 +11,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "AgentSettings",
     "BrokerProfile",
     "LogFormat",
     "OnceflowSettings",
+    "SchedulerSettings",
     "load_settings",
 ]
 
@@ -26,6 +28,53 @@ LogFormat = Literal["auto", "console", "json"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
 STACK_FILE = "stack.json"
+
+
+class SchedulerSettings(BaseModel):
+    """The scheduler's constants (Krako 2.0's numbers as defaults; see REFERENCE.md)."""
+
+    weight_capacity: float = 0.35
+    weight_load: float = 0.30
+    weight_trust: float = 0.25
+    weight_region: float = 0.10
+    default_trust: float = 0.5
+    stale_heartbeat_ms: int = Field(default=60_000, ge=1, description="older: trust halved")
+    anti_affinity_streak: int = 5
+    anti_affinity_margin: float = 0.03
+    throttled_admits: list[str] = Field(default_factory=lambda: ["critical", "p0", "p1"])
+    critical_admits: list[str] = Field(
+        default_factory=lambda: ["critical", "p0", "p1"],
+        description="priorities CRITICAL mode still admits; set to [critical, p0] to reject p1",
+    )
+    claim_timeout_ms: int = Field(default=10_000, ge=1,
+                                  description="a dispatch nobody claimed in time is re-placed")
+    retry_base_ms: int = 500
+    retry_cap_ms: int = 30_000
+    retry_jitter_ratio: float = 0.2
+    retryable_errors: list[str] = Field(
+        default_factory=lambda: ["network_transient", "node_timeout", "admission_reject"]
+    )
+    tick_interval_ms: int = Field(default=200, ge=10)
+    deferred_per_tick: int = Field(default=500, ge=1)
+
+
+class AgentSettings(BaseModel):
+    """Node agent defaults; `onceflow worker agent` flags override them."""
+
+    heartbeat_interval_ms: int = Field(default=1_000, ge=10)
+    lease_safety_ms: int = Field(
+        default=500, ge=0, description="no world-changing action starts this close to a lease end"
+    )
+    queue_limit: int = Field(default=256, ge=0,
+                             description="dispatches a node accepts beyond its running ones")
+    handler_modules: list[str] = Field(default_factory=list,
+                                       description="modules imported to register handlers")
+    llm_provider: Literal["stub", "openai"] = "stub"
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = 30.0
+    llm_usd_per_1k_tokens: str = "0.002000"
 
 
 class OnceflowSettings(BaseSettings):
@@ -70,6 +119,10 @@ class OnceflowSettings(BaseSettings):
     read_to_end_idle_ms: int = Field(
         default=400, ge=1, description="quiet window after the high watermark that ends a read"
     )
+
+    # --- roles ----------------------------------------------------------------------------
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
     # --- logging -------------------------------------------------------------------------
     log_format: LogFormat = "auto"

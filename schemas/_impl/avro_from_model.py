@@ -113,3 +113,25 @@ def avro_schema_for(model: type[Event]) -> dict[str, Any]:
         "fields": [_field(n, f, defined) for n, f in model.model_fields.items()],
     }
     return schema
+
+
+def write_schema_files() -> list[str]:
+    """Regenerate `schemas/avro/*.avsc` from the models (`make schemas`)."""
+    import json
+
+    from schemas._impl.events import EVENT_MODELS
+    from schemas._impl.registry import schema_dir
+
+    written = []
+    for model in EVENT_MODELS:
+        path = schema_dir() / f"{model.EVENT_TYPE}.avsc"
+        text = json.dumps(avro_schema_for(model), indent=2) + "\n"
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            written.append(path.name)
+    return written
+
+
+if __name__ == "__main__":
+    for name in write_schema_files():
+        print(f"wrote schemas/avro/{name}")

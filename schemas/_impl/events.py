@@ -50,6 +50,8 @@ __all__ = [
     "WorkUnitCancelled",
     "WorkUnitCompleted",
     "WorkUnitDeferred",
+    "WorkUnitDependencyRegistered",
+    "WorkUnitDependencyResolved",
     "WorkUnitFailed",
     "WorkUnitNeedsOperator",
     "WorkUnitRejected",
@@ -141,6 +143,12 @@ class WorkUnitScheduled(Event):
     input_ref: ContentRef | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
     parent_result_refs: list[ContentRef] = Field(default_factory=list)
+    streak_node_id: str | None = Field(
+        default=None, description="the anti-affinity streak before this decision: its node"
+    )
+    streak_length: int = Field(default=0, description="and its length")
+    admission_mode: str = "OPEN"
+    tenant_correlation_id: str | None = None
 
 
 class WorkUnitDeferred(Event):
@@ -192,6 +200,11 @@ class WorkUnitCompleted(Event):
     accepted: bool = Field(
         default=False, description="set by the scheduler: the grant holder's completion"
     )
+    settlement_reason: str = Field(
+        default="", description="why the scheduler accepted or rejected this completion"
+    )
+    incarnation: str = ""
+    submitted_at: int = 0
 
 
 class WorkUnitFailed(Event):
@@ -205,6 +218,10 @@ class WorkUnitFailed(Event):
     error_reason: str = ""
     retryable: bool = False
     final: bool = Field(default=False, description="no further attempt will follow")
+    incarnation: str = ""
+    reported_by_scheduler: bool = Field(
+        default=False, description="a lease expiry the scheduler decided, not an agent's report"
+    )
 
 
 class WorkUnitNeedsOperator(Event):
@@ -217,6 +234,34 @@ class WorkUnitNeedsOperator(Event):
     idempotency_class: IdempotencyClass = "none"
     reason_code: str
     reason: str = ""
+
+
+class WorkUnitDependencyRegistered(Event):
+    """A child asks its parent's partition to tell it when the parent is done.
+
+    Keyed and partitioned by the parent (`work_unit_id`), so the parent's
+    single writer answers, whichever partition the child lives in.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "workunit.dependency.registered"
+    AVRO_NAME: ClassVar[str] = "WorkUnitDependencyRegistered"
+    event_type: Literal["workunit.dependency.registered"] = "workunit.dependency.registered"
+    child_work_unit_id: str
+    parent_outcome: str = Field(
+        default="", description="set by the parent's scheduler once it knows: completed | failed"
+    )
+    parent_result_ref: ContentRef | None = None
+
+
+class WorkUnitDependencyResolved(Event):
+    """The parent's outcome, sent to the child's partition (`work_unit_id` is the child)."""
+
+    EVENT_TYPE: ClassVar[str] = "workunit.dependency.resolved"
+    AVRO_NAME: ClassVar[str] = "WorkUnitDependencyResolved"
+    event_type: Literal["workunit.dependency.resolved"] = "workunit.dependency.resolved"
+    parent_work_unit_id: str
+    outcome: Literal["completed", "failed"]
+    result_ref: ContentRef | None = None
 
 
 class WorkUnitCancelled(Event):
@@ -237,6 +282,9 @@ class ClaimRequested(Event):
     node_id: str
     attempt_index: int = Field(ge=1)
     scheduling_epoch: int = 0
+    incarnation: str = Field(
+        default="", description="which run of the node's agent asks; a restarted agent differs"
+    )
 
 
 class ClaimGranted(Event):
@@ -247,6 +295,7 @@ class ClaimGranted(Event):
     attempt_index: int = Field(ge=1)
     lease_expires_at: int = 0
     idempotency_key: str | None = None
+    incarnation: str = ""
 
 
 class ClaimRejected(Event):
@@ -256,6 +305,7 @@ class ClaimRejected(Event):
     node_id: str
     attempt_index: int = Field(ge=1)
     reason_code: str
+    incarnation: str = ""
 
 
 class EffectStaged(Event):
@@ -519,6 +569,8 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     WorkUnitFailed,
     WorkUnitNeedsOperator,
     WorkUnitCancelled,
+    WorkUnitDependencyRegistered,
+    WorkUnitDependencyResolved,
     ClaimRequested,
     ClaimGranted,
     ClaimRejected,

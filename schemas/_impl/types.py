@@ -79,3 +79,7 @@ class PlacementCandidate(BaseModel):
     region: float
     queue_depth: int
     available_concurrency: int
+    utilization: float = 0.0
+    raw_trust: float = 0.5
+    heartbeat_age_ms: int = 0
+    node_region: str | None = None

@@ -38,9 +38,12 @@ class TableState:
     def __contains__(self, key: str) -> bool:
         return key in self.table
 
-    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        keys = sorted((k for k in self.table if not k.startswith(_SEEN) and k.startswith(prefix)),
-                      key=str.encode)
+    def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
+        keys = sorted(
+            (k for k in self.table
+             if not k.startswith(_SEEN) and k.startswith(prefix) and (stop is None or k < stop)),
+            key=str.encode,
+        )
         for key in keys:
             yield key, self.table[key]
 

@@ -30,10 +30,10 @@ class MemoryState:
     def __contains__(self, key: str) -> bool:
         return key in self._data
 
-    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        for key in sorted(self._data, key=str.encode):
-            if key.startswith(prefix):
-                yield key, serde.loads(self._data[key])
+    def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
+        keys = [k for k in self._data if k.startswith(prefix) and (stop is None or k < stop)]
+        for key in sorted(keys, key=str.encode):
+            yield key, serde.loads(self._data[key])
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self._seen

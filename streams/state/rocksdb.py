@@ -65,26 +65,27 @@ class PartitionStore:
     def __contains__(self, key: str) -> bool:
         return self._raw(_STATE + key.encode()) is not None
 
-    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def _scan(self, prefix: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         merged: dict[bytes, bytes | None] = {}
         it = self._db.iter()
         it.seek(prefix)
         while it.valid():
             key = bytes(it.key())
-            if not key.startswith(prefix):
+            if not key.startswith(prefix) or (stop is not None and key >= stop):
                 break
             merged[key] = bytes(it.value())
             it.next()
         for key, value in self._dirty.items():
-            if key.startswith(prefix):
+            if key.startswith(prefix) and (stop is None or key < stop):
                 merged[key] = value
         for key in sorted(merged):
             value = merged[key]
             if value is not None:
                 yield key, value
 
-    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        for key, value in self._scan(_STATE + prefix.encode()):
+    def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
+        end = None if stop is None else _STATE + stop.encode()
+        for key, value in self._scan(_STATE + prefix.encode(), end):
             yield key[len(_STATE):].decode(), serde.loads(value)
 
     # -- what the shell keeps ------------------------------------------------------------

@@ -30,8 +30,8 @@ class State(Protocol):
 
     def __contains__(self, key: str) -> bool: ...
 
-    def items(self, prefix: str = "") -> Iterator[tuple[str, StateValue]]:
-        """Keys in byte order (deterministic), with their values."""
+    def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, StateValue]]:
+        """Keys starting with `prefix` (and below `stop`, if given) in byte order."""
         ...
 
 

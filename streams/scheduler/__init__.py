@@ -1,0 +1,44 @@
+"""The scheduler: admission, placement, claims, settlement and recovery.
+
+Its logic is one pure reducer (`Scheduler`); `run_scheduler` runs it on the
+batched shell with its clock. Placement is a pure function too, so a
+decision can be re-checked from its record (`rank_recorded`).
+"""
+
+from streams.scheduler._impl.placement import (
+    NodeView,
+    Placement,
+    PlacementRequest,
+    Streak,
+    candidate_for,
+    place,
+    rank_recorded,
+    version_tuple,
+)
+from streams.scheduler._impl.reducer import (
+    TERMINAL,
+    Scheduler,
+    idempotency_key_for,
+    payload_digest,
+    unit_key,
+)
+from streams.scheduler._impl.retry import retry_delay_ms
+from streams.scheduler._impl.view import ClusterView
+
+__all__ = [
+    "TERMINAL",
+    "ClusterView",
+    "NodeView",
+    "Placement",
+    "PlacementRequest",
+    "Scheduler",
+    "Streak",
+    "candidate_for",
+    "idempotency_key_for",
+    "payload_digest",
+    "place",
+    "rank_recorded",
+    "retry_delay_ms",
+    "unit_key",
+    "version_tuple",
+]

@@ -1,0 +1,681 @@
+"""The scheduler: the single writer of every work unit's state machine.
+
+A pure reducer. Inputs are what clients submit, what node agents report
+(claims, staged effects, completions, failures), the clock ticks that ride
+on the same report partitions, dependency notices between partitions, and
+operator resolutions. Every state change is one of its facts, so folding the
+work-unit topic from offset 0 rebuilds the state bit for bit.
+
+States of a unit::
+
+    waiting ─┐                      ┌─> completed
+    deferred ┼─> scheduled ─> granted ┼─> retry_wait ─> scheduled ...
+    retry_wait┘     │ claim timeout   ├─> needs_operator ─> (operator)
+                    └─> scheduled (next attempt, elsewhere)  └─> failed
+    rejected, cancelled: terminal.
+
+Why ticks ride on the report partitions: an agent records `effect.staged`
+(and waits for the broker's ack) before it acts, and never starts acting
+after its lease deadline. A tick at or after that deadline is produced
+later in wall time, so in the shared partition it comes after any staged
+record, and the scheduler cannot miss a staged effect when it decides what
+an expired lease means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from schemas import (
+    ClaimGranted,
+    ClaimRejected,
+    ClaimRequested,
+    ClockTick,
+    ContentRef,
+    ControlOperatorResolved,
+    ControlSessionCancelRequested,
+    EffectStaged,
+    Event,
+    WorkUnitCancelled,
+    WorkUnitCompleted,
+    WorkUnitDeferred,
+    WorkUnitDependencyRegistered,
+    WorkUnitDependencyResolved,
+    WorkUnitFailed,
+    WorkUnitNeedsOperator,
+    WorkUnitRejected,
+    WorkUnitRetryScheduled,
+    WorkUnitScheduled,
+    WorkUnitSubmitted,
+)
+from streams.ids import derive_event_id
+from streams.scheduler._impl.placement import PlacementRequest, Streak, place
+from streams.scheduler._impl.retry import retry_delay_ms
+from streams.scheduler._impl.view import ClusterView
+from streams.settings import OnceflowSettings, SchedulerSettings
+from streams.topics.catalog import TopicCatalog
+from streams.types import Reducer, Routed, State
+
+__all__ = [
+    "TERMINAL",
+    "Scheduler",
+    "idempotency_key_for",
+    "payload_digest",
+    "unit_key",
+]
+
+TERMINAL = frozenset({"completed", "failed", "rejected", "cancelled"})
+#: how many placement candidates a decision record keeps (the best ones)
+RECORDED_CANDIDATES = 8
+_PLACEMENT = "placement"
+_ENVELOPE = frozenset(
+    {"event_id", "event_type", "occurred_at", "causation_id", "schema_version"}
+)
+
+
+def unit_key(work_unit_id: str) -> str:
+    return f"u:{work_unit_id}"
+
+
+def _deps_key(parent_id: str) -> str:
+    return f"deps:{parent_id}"
+
+
+def _index_key(kind: str, at: int, work_unit_id: str) -> str:
+    # Zero-padded times sort as numbers, so a tick reads only what is due.
+    return f"x:{kind}:{at:013d}:{work_unit_id}"
+
+
+def payload_digest(event: WorkUnitSubmitted) -> str:
+    """What makes two submissions of one id "the same": everything but the envelope."""
+    body = event.model_dump(mode="json", exclude=set(_ENVELOPE))
+    from streams.state import serde
+
+    return hashlib.sha256(serde.dumps(body)).hexdigest()[:32]
+
+
+def idempotency_key_for(work_unit_id: str) -> str:
+    """Stable across attempts: a `token` tool that honours it applies the effect once."""
+    return hashlib.sha256(f"onceflow-idem\x1f{work_unit_id}".encode()).hexdigest()[:32]
+
+
+class Scheduler(Reducer):
+    name = "scheduler"
+
+    def __init__(
+        self,
+        settings: OnceflowSettings,
+        view: ClusterView | None = None,
+        catalog: TopicCatalog | None = None,
+    ) -> None:
+        self.cfg: SchedulerSettings = settings.scheduler
+        self.view = view or ClusterView()
+        self.catalog = catalog or TopicCatalog(settings)
+        self._dispatch = self.catalog["dispatch"]
+        self._reports = self.catalog["reports"]
+
+    # -- global tables ---------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        self.view.observe(event)
+
+    # -- decide ----------------------------------------------------------------------
+
+    def decide(self, state: State, event: Event) -> Sequence[Event]:
+        if isinstance(event, WorkUnitSubmitted):
+            return self._on_submitted(state, event)
+        if isinstance(event, ClaimRequested):
+            return self._on_claim(state, event)
+        if isinstance(event, EffectStaged):
+            return self._on_staged(state, event)
+        if isinstance(event, WorkUnitCompleted):
+            return self._on_completed(state, event)
+        if isinstance(event, WorkUnitFailed):
+            return self._on_failed(state, event)
+        if isinstance(event, ClockTick):
+            return self._on_tick(state, event)
+        if isinstance(event, WorkUnitDependencyRegistered):
+            return self._on_dependency_registered(state, event)
+        if isinstance(event, WorkUnitDependencyResolved):
+            return self._on_dependency_resolved(state, event)
+        if isinstance(event, ControlOperatorResolved):
+            return self._on_operator(state, event)
+        if isinstance(event, ControlSessionCancelRequested):
+            return self._on_cancel(state, event)
+        return ()
+
+    def _envelope(self, unit: dict[str, Any], cause: Event, role: str, at: int) -> dict[str, Any]:
+        # The unit is part of the role: one tick decides for many units.
+        return {
+            "event_id": derive_event_id(cause.event_id, f"{role}:{unit['id']}"),
+            "occurred_at": at,
+            "tenant_id": unit["tenant"],
+            "execution_session_id": unit["session"],
+            "work_unit_id": unit["id"],
+            "causation_id": cause.event_id,
+        }
+
+    # submit ---------------------------------------------------------------------------
+
+    def _on_submitted(self, state: State, event: WorkUnitSubmitted) -> Sequence[Event]:
+        wu = event.work_unit_id
+        if not wu:
+            raise ValueError("workunit.submitted without work_unit_id")
+        existing = state.get(unit_key(wu))
+        digest = payload_digest(event)
+        if existing is not None:
+            if existing["hash"] == digest:
+                return ()  # the same unit again: it runs once
+            return (WorkUnitRejected(
+                **self._envelope(existing, event, "duplicate", event.occurred_at),
+                reason_code="duplicate_id_different_payload",
+                reason=f"work unit {wu} was already submitted with a different payload; "
+                       "submit the new payload under a new work_unit_id",
+                decided_at=event.occurred_at,
+            ),)
+        admitted = event.model_copy(update={
+            "event_id": derive_event_id(event.event_id, "admitted"),
+            "causation_id": event.event_id,
+        })
+        unit = _new_unit(event, digest)
+        facts: list[Event] = [admitted]
+        now = event.occurred_at
+        mode = self.view.mode
+        if mode == "CRITICAL" and event.priority not in self.cfg.critical_admits:
+            facts.append(WorkUnitRejected(
+                **self._envelope(unit, event, "rejected", now), reason_code="critical_mode",
+                reason=f"admission mode is CRITICAL and priority {event.priority} is not admitted",
+                decided_at=now,
+            ))
+            return facts
+        if mode == "THROTTLED" and event.priority not in self.cfg.throttled_admits:
+            facts.append(self._deferred(unit, event, now, "throttled",
+                                        f"admission mode is THROTTLED; {event.priority} waits"))
+            return facts
+        if event.depends_on:
+            facts.append(self._deferred(
+                unit, event, now, "waiting_on_parents",
+                f"waiting for {len(event.depends_on)} parent unit(s) to complete",
+            ))
+            return facts
+        facts.append(self._placed(state, unit, event, now, "placed"))
+        return facts
+
+    def _deferred(
+        self, unit: dict[str, Any], cause: Event, now: int, code: str, reason: str,
+        role: str = "deferred", **extra: Any,
+    ) -> WorkUnitDeferred:
+        return WorkUnitDeferred(
+            **self._envelope(unit, cause, role, now), reason_code=code, reason=reason,
+            decided_at=now, **extra,
+        )
+
+    def _placed(
+        self, state: State, unit: dict[str, Any], cause: Event, now: int, role: str
+    ) -> WorkUnitScheduled | WorkUnitDeferred:
+        """Place a unit now: a `scheduled` fact, or a `deferred` one that says why not."""
+        spec = unit["spec"]
+        pstate = state.get(_PLACEMENT, {"node": None, "streak": 0, "epoch": 0})
+        streak = Streak(pstate["node"], pstate["streak"])
+        result = place(
+            PlacementRequest(spec["kind"], spec.get("region"), spec["required_concurrency"],
+                             spec["min_runtime_version"]),
+            self.view.placeable(), self.view.trust, now, streak, self.cfg,
+        )
+        if result.selected is None:
+            counts = ", ".join(f"{k}={v}" for k, v in result.filter_counts.items()) or "no nodes"
+            return self._deferred(unit, cause, now, "no_eligible_node",
+                                  f"no node can take it ({counts})", role=role,
+                                  filter_counts=result.filter_counts)
+        chosen = result.selected
+        self.view.note_dispatch(chosen.node_id, spec["required_concurrency"])
+        parents = unit.get("parents", {})
+        return WorkUnitScheduled(
+            **self._envelope(unit, cause, role, now),
+            selected_node_id=chosen.node_id,
+            attempt_index=unit["attempt"] + 1,
+            score=chosen.score,
+            eligible_node_count=result.eligible,
+            reason_code=result.reason_code,
+            scheduling_epoch=pstate["epoch"] + 1,
+            decided_at=now,
+            lease_expires_at=now + self.cfg.claim_timeout_ms,
+            candidates=result.candidates[:RECORDED_CANDIDATES],
+            kind=spec["kind"], priority=spec["priority"], effect=spec["effect"],
+            idempotency_class=spec["idempotency_class"],
+            idempotency_key=idempotency_key_for(unit["id"]),
+            handler=spec.get("handler"), simulated_ms=spec["simulated_ms"],
+            prompt=spec.get("prompt"), model=spec.get("model"),
+            input_ref=spec.get("input_ref"), parameters=spec.get("parameters", {}),
+            parent_result_refs=[
+                ContentRef(**parents[p]) for p in spec.get("depends_on", []) if parents.get(p)
+            ],
+            streak_node_id=streak.node_id, streak_length=streak.length,
+            admission_mode=self.view.mode,
+            tenant_correlation_id=spec.get("correlation_id"),
+        )
+
+    # claims and effects ----------------------------------------------------------------
+
+    def _on_claim(self, state: State, event: ClaimRequested) -> Sequence[Event]:
+        wu = event.work_unit_id or ""
+        unit = state.get(unit_key(wu))
+        reason = None
+        if unit is None:
+            reason = "unknown_unit"
+        elif event.attempt_index != unit["attempt"]:
+            reason = "stale_attempt"
+        elif unit["status"] == "granted":
+            reason = "already_granted"
+        elif unit["status"] != "scheduled":
+            reason = "not_claimable"
+        elif event.node_id != unit["node"]:
+            reason = "not_selected_node"
+        if reason is not None:
+            base = unit or {"id": wu, "tenant": event.tenant_id,
+                            "session": event.execution_session_id}
+            return (ClaimRejected(
+                **self._envelope(base, event, "claim-rejected", event.occurred_at),
+                node_id=event.node_id, attempt_index=event.attempt_index, reason_code=reason,
+                incarnation=event.incarnation,
+            ),)
+        assert unit is not None
+        now = max(event.occurred_at, unit["decided_at"])
+        spec = unit["spec"]
+        return (ClaimGranted(
+            **self._envelope(unit, event, "claim-granted", now),
+            node_id=event.node_id, attempt_index=event.attempt_index,
+            lease_expires_at=now + spec["lease_ms"] + spec["simulated_ms"],
+            idempotency_key=idempotency_key_for(wu), incarnation=event.incarnation,
+        ),)
+
+    def _holds_grant(self, unit: dict[str, Any] | None, attempt: int, node: str,
+                     incarnation: str) -> bool:
+        return (
+            unit is not None and unit["status"] == "granted" and unit["attempt"] == attempt
+            and unit["node"] == node and unit["incarnation"] == incarnation
+        )
+
+    def _on_staged(self, state: State, event: EffectStaged) -> Sequence[Event]:
+        unit = state.get(unit_key(event.work_unit_id or ""))
+        if unit is None or unit["status"] != "granted" or unit["attempt"] != event.attempt_index:
+            return ()
+        if unit["staged"]:
+            return ()
+        return (event.model_copy(update={
+            "event_id": derive_event_id(event.event_id, "staged"), "causation_id": event.event_id,
+        }),)
+
+    # settlement ----------------------------------------------------------------------
+
+    def _on_completed(self, state: State, event: WorkUnitCompleted) -> Sequence[Event]:
+        if event.accepted or event.settlement_reason:
+            return ()  # a settlement (ours), not a report
+        unit = state.get(unit_key(event.work_unit_id or ""))
+        if unit is None:
+            reason = "unknown_unit"
+        elif unit["status"] in TERMINAL:
+            reason = "already_settled"
+        elif unit["attempt"] != event.attempt_index:
+            reason = "stale_attempt"
+        elif not self._holds_grant(unit, event.attempt_index, event.selected_node_id,
+                                   event.incarnation):
+            reason = "not_grant_holder" if unit["status"] == "granted" else "lease_expired"
+        else:
+            reason = None
+        now = event.occurred_at
+        settled = event.model_copy(update={
+            "event_id": derive_event_id(event.event_id, "settled"),
+            "causation_id": event.event_id,
+            "accepted": reason is None,
+            "settlement_reason": reason or "grant_holder",
+            "submitted_at": unit["submitted_at"] if unit else 0,
+        })
+        if reason is not None or unit is None:
+            return (settled,)
+        facts: list[Event] = [settled]
+        facts.extend(self._notify_dependents(state, unit, event, now, "completed",
+                                             event.result_ref))
+        return facts
+
+    def _on_failed(self, state: State, event: WorkUnitFailed) -> Sequence[Event]:
+        if event.reported_by_scheduler:
+            return ()
+        unit = state.get(unit_key(event.work_unit_id or ""))
+        if not self._holds_grant(unit, event.attempt_index, event.selected_node_id,
+                                 event.incarnation):
+            return ()  # a fenced attempt's failure changes nothing
+        assert unit is not None
+        return self._attempt_ended(state, unit, event, event.occurred_at, event.error_code,
+                                   event.error_reason, reported=event)
+
+    def _attempt_ended(
+        self, state: State, unit: dict[str, Any], cause: Event, now: int, error_code: str,
+        error_reason: str, reported: WorkUnitFailed | None = None,
+    ) -> list[Event]:
+        """An attempt that held the grant ended without a result: recover by effect label."""
+        spec = unit["spec"]
+        failures = unit["failures"] + 1
+        retryable = error_code in self.cfg.retryable_errors
+        acted = unit["staged"]
+        unsafe = (
+            spec["effect"] == "WORLD_MUTATING" and acted
+            and spec["idempotency_class"] not in ("token", "readback")
+        )
+        env = self._envelope(unit, cause, "attempt-failed", now)
+        failed = WorkUnitFailed(
+            **env, selected_node_id=unit["node"], attempt_index=unit["attempt"],
+            correlation_id=spec.get("correlation_id"), error_code=error_code,
+            error_reason=error_reason, retryable=retryable, final=False,
+            incarnation=unit["incarnation"], reported_by_scheduler=reported is None,
+        )
+        if unsafe:
+            return [failed, WorkUnitNeedsOperator(
+                **self._envelope(unit, cause, "needs-operator", now),
+                attempt_index=unit["attempt"], selected_node_id=unit["node"],
+                effect=spec["effect"], idempotency_class=spec["idempotency_class"],
+                reason_code="unsafe_to_retry",
+                reason=f"{error_code}: a world-mutating effect was staged and its idempotency "
+                       f"class '{spec['idempotency_class']}' does not make a retry safe; "
+                       "resolve with retry, mark_done or abandon",
+            )]
+        if not retryable or failures >= spec["max_attempts"]:
+            code = "non_retryable_error" if not retryable else "attempt_cap_exceeded"
+            final = failed.model_copy(update={"final": True, "error_reason":
+                                              f"{code}: {error_reason}".strip(": ")})
+            return [final, *self._notify_dependents(state, unit, cause, now, "failed", None)]
+        delay = retry_delay_ms(unit["id"], failures, self.cfg)
+        return [failed, WorkUnitRetryScheduled(
+            **self._envelope(unit, cause, "retry", now), attempt_index=unit["attempt"] + 1,
+            delay_ms=delay, retry_at=now + delay, error_code=error_code,
+            reason_code="retryable_error",
+        )]
+
+    # time --------------------------------------------------------------------------------
+
+    def _on_tick(self, state: State, tick: ClockTick) -> Sequence[Event]:
+        now = tick.occurred_at
+        facts: list[Event] = []
+        budget = self.cfg.deferred_per_tick
+        due_stop = f"x:l:{now + 1:013d}"
+        for key, _ in list(state.items("x:l:", stop=due_stop))[:budget]:
+            unit = state.get(unit_key(key.rsplit(":", 1)[1]))
+            if unit is None:
+                continue
+            if unit["status"] == "scheduled":
+                # Nobody claimed it: nothing ran, so any label may be placed again.
+                facts.append(self._placed(state, unit, tick, now, f"reclaim:{unit['attempt']}"))
+            elif unit["status"] == "granted":
+                facts.extend(self._attempt_ended(
+                    state, unit, tick, now, "node_timeout",
+                    f"lease of attempt {unit['attempt']} on {unit['node']} ended at "
+                    f"{unit['deadline']} without a completion",
+                ))
+        budget -= len(facts)
+        for prefix, stop in (("x:r:", f"x:r:{now + 1:013d}"), ("x:d:", None)):
+            if budget <= 0:
+                break
+            for key, _ in list(state.items(prefix, stop=stop))[:budget]:
+                unit = state.get(unit_key(key.rsplit(":", 1)[1]))
+                if unit is None:
+                    continue
+                fact = self._replace(state, unit, tick, now)
+                if fact is not None:
+                    facts.append(fact)
+                    budget -= 1
+        return facts
+
+    def _replace(self, state: State, unit: dict[str, Any], tick: ClockTick,
+                 now: int) -> Event | None:
+        """A due retry or a deferred unit, looked at again; None when nothing changed."""
+        spec = unit["spec"]
+        mode = self.view.mode
+        role = f"place:{unit['attempt']}"
+        if unit["status"] == "deferred" and unit["reason"] == "throttled":
+            if mode == "THROTTLED" and spec["priority"] not in self.cfg.throttled_admits:
+                return None
+        fact = self._placed(state, unit, tick, now, role)
+        if isinstance(fact, WorkUnitDeferred) and unit["status"] == "deferred":
+            return None  # still nowhere to go; no new fact, no change
+        return fact
+
+    # dependencies -------------------------------------------------------------------------
+
+    def _notify_dependents(
+        self, state: State, unit: dict[str, Any], cause: Event, now: int, outcome: str,
+        ref: ContentRef | None,
+    ) -> list[Event]:
+        children = state.get(_deps_key(unit["id"]), [])
+        return [
+            WorkUnitDependencyRegistered(
+                **self._envelope(unit, cause, f"notify:{child}", now),
+                child_work_unit_id=child, parent_outcome=outcome, parent_result_ref=ref,
+            )
+            for child in children
+        ]
+
+    def _on_dependency_registered(
+        self, state: State, event: WorkUnitDependencyRegistered
+    ) -> Sequence[Event]:
+        if event.parent_outcome:
+            return ()  # our own notice, seen again
+        parent = state.get(unit_key(event.work_unit_id or ""))
+        outcome, ref = "", None
+        if parent is not None and parent["status"] == "completed":
+            outcome = "completed"
+            ref = ContentRef(**parent["result_ref"]) if parent.get("result_ref") else None
+        elif parent is not None and parent["status"] in TERMINAL:
+            outcome = "failed"
+        return (event.model_copy(update={
+            "event_id": derive_event_id(event.event_id, "recorded"),
+            "causation_id": event.event_id, "parent_outcome": outcome, "parent_result_ref": ref,
+        }),)
+
+    def _on_dependency_resolved(
+        self, state: State, event: WorkUnitDependencyResolved
+    ) -> Sequence[Event]:
+        unit = state.get(unit_key(event.work_unit_id or ""))
+        if unit is None or unit["status"] != "waiting":
+            return ()
+        if event.parent_work_unit_id in unit["parents"]:
+            return ()
+        recorded = event.model_copy(update={
+            "event_id": derive_event_id(event.event_id, "resolved"),
+            "causation_id": event.event_id,
+        })
+        now = event.occurred_at
+        if event.outcome != "completed":
+            failed = WorkUnitFailed(
+                **self._envelope(unit, event, "parent-failed", now),
+                attempt_index=max(1, unit["attempt"]), error_code="parent_failed",
+                error_reason=f"parent {event.parent_work_unit_id} did not complete", final=True,
+                reported_by_scheduler=True,
+            )
+            return [recorded, failed,
+                    *self._notify_dependents(state, unit, event, now, "failed", None)]
+        parents = {**unit["parents"], event.parent_work_unit_id:
+                   event.result_ref.model_dump(mode="json") if event.result_ref else None}
+        if set(parents) < set(unit["spec"]["depends_on"]):
+            return (recorded,)
+        ready = {**unit, "parents": parents}
+        return (recorded, self._placed(state, ready, event, now, "placed"))
+
+    # operators and control ---------------------------------------------------------------------
+
+    def _on_operator(self, state: State, event: ControlOperatorResolved) -> Sequence[Event]:
+        unit = state.get(unit_key(event.work_unit_id or ""))
+        if unit is None or unit["status"] != "needs_operator":
+            return ()
+        now = event.occurred_at
+        if event.resolution == "retry":
+            return (WorkUnitRetryScheduled(
+                **self._envelope(unit, event, "retry", now), attempt_index=unit["attempt"] + 1,
+                delay_ms=0, retry_at=now, reason_code="operator_retry",
+            ),)
+        if event.resolution == "mark_done":
+            done = WorkUnitCompleted(
+                **self._envelope(unit, event, "settled", now), selected_node_id=unit["node"],
+                attempt_index=unit["attempt"], result_ref=event.result_ref,
+                kind=unit["spec"]["kind"], accepted=True, settlement_reason="operator_mark_done",
+                submitted_at=unit["submitted_at"], finished_at=now,
+            )
+            return [done, *self._notify_dependents(state, unit, event, now, "completed",
+                                                   event.result_ref)]
+        failed = WorkUnitFailed(
+            **self._envelope(unit, event, "abandoned", now), selected_node_id=unit["node"],
+            attempt_index=max(1, unit["attempt"]), error_code="abandoned_by_operator",
+            error_reason=event.note, final=True, reported_by_scheduler=True,
+        )
+        return [failed, *self._notify_dependents(state, unit, event, now, "failed", None)]
+
+    def _on_cancel(self, state: State, event: ControlSessionCancelRequested) -> Sequence[Event]:
+        unit = state.get(unit_key(event.work_unit_id or ""))
+        if unit is None or unit["status"] in TERMINAL or unit["status"] == "granted":
+            return ()  # a granted attempt runs to its end; its result then settles it
+        now = event.occurred_at
+        cancelled = WorkUnitCancelled(**self._envelope(unit, event, "cancelled", now),
+                                      reason=event.reason, requested_by=event.requested_by)
+        return [cancelled, *self._notify_dependents(state, unit, event, now, "failed", None)]
+
+    # -- evolve ------------------------------------------------------------------------------
+
+    def evolve(self, state: State, fact: Event) -> None:
+        if isinstance(fact, WorkUnitSubmitted):
+            unit = _new_unit(fact, payload_digest(fact))
+            state.set(unit_key(unit["id"]), unit)
+            return
+        if isinstance(fact, WorkUnitDependencyRegistered):
+            key = _deps_key(fact.work_unit_id or "")
+            children = [c for c in state.get(key, []) if c != fact.child_work_unit_id]
+            if not fact.parent_outcome:
+                children = sorted([*children, fact.child_work_unit_id])
+            if children:
+                state.set(key, children)
+            else:
+                state.delete(key)
+            return
+        key = unit_key(fact.work_unit_id or "")
+        unit = state.get(key)
+        if unit is None:
+            return
+        unit = dict(unit)
+        if isinstance(fact, WorkUnitScheduled):
+            pstate = state.get(_PLACEMENT, {"node": None, "streak": 0, "epoch": 0})
+            streak = Streak(pstate["node"], pstate["streak"]).after(fact.selected_node_id)
+            state.set(_PLACEMENT, {"node": streak.node_id, "streak": streak.length,
+                                   "epoch": max(pstate["epoch"], fact.scheduling_epoch)})
+            unit.update(status="scheduled", attempt=fact.attempt_index,
+                        node=fact.selected_node_id, incarnation="", staged=False,
+                        decided_at=fact.decided_at, deadline=fact.lease_expires_at, reason="")
+            _index(state, unit, "l", fact.lease_expires_at)
+        elif isinstance(fact, WorkUnitDeferred):
+            unit.update(status="waiting" if fact.reason_code == "waiting_on_parents"
+                        else "deferred", reason=fact.reason_code, decided_at=fact.decided_at)
+            if unit["status"] == "deferred":
+                _index(state, unit, "d", unit["submitted_at"])
+            else:
+                _index(state, unit, None, 0)
+        elif isinstance(fact, WorkUnitRejected):
+            if fact.reason_code == "duplicate_id_different_payload":
+                return  # the original unit is untouched
+            unit.update(status="rejected", reason=fact.reason_code)
+            _index(state, unit, None, 0)
+        elif isinstance(fact, ClaimGranted):
+            unit.update(status="granted", incarnation=fact.incarnation,
+                        deadline=fact.lease_expires_at, decided_at=fact.occurred_at)
+            _index(state, unit, "l", fact.lease_expires_at)
+        elif isinstance(fact, EffectStaged):
+            unit.update(staged=True)
+        elif isinstance(fact, WorkUnitCompleted):
+            if not fact.accepted:
+                return
+            unit.update(status="completed", reason=fact.settlement_reason,
+                        result_ref=fact.result_ref.model_dump(mode="json")
+                        if fact.result_ref else None)
+            _index(state, unit, None, 0)
+        elif isinstance(fact, WorkUnitFailed):
+            if fact.final:
+                unit.update(status="failed", reason=fact.error_code)
+                _index(state, unit, None, 0)
+            else:
+                unit.update(failures=unit["failures"] + 1, reason=fact.error_code)
+        elif isinstance(fact, WorkUnitRetryScheduled):
+            # The next attempt's number is taken now, so the ended attempt's
+            # late claims and results are fenced off at once.
+            # Only a `scheduled` unit takes claims and only a `granted` one takes
+            # results, so the ended attempt is fenced off from here on.
+            unit.update(status="retry_wait", attempt=fact.attempt_index - 1, staged=False,
+                        reason=fact.reason_code, incarnation="")
+            _index(state, unit, "r", fact.retry_at)
+        elif isinstance(fact, WorkUnitNeedsOperator):
+            unit.update(status="needs_operator", reason=fact.reason_code)
+            _index(state, unit, None, 0)
+        elif isinstance(fact, WorkUnitCancelled):
+            unit.update(status="cancelled", reason="cancelled")
+            _index(state, unit, None, 0)
+        elif isinstance(fact, WorkUnitDependencyResolved):
+            parents = dict(unit["parents"])
+            parents[fact.parent_work_unit_id] = (
+                fact.result_ref.model_dump(mode="json") if fact.result_ref else None
+            )
+            unit.update(parents=parents)
+        else:
+            return
+        state.set(key, unit)
+
+    # -- route -------------------------------------------------------------------------------
+
+    def route(self, fact: Event) -> Sequence[Routed]:
+        if isinstance(fact, WorkUnitScheduled):
+            return (self._to_node(fact, fact.selected_node_id),)
+        if isinstance(fact, ClaimGranted | ClaimRejected):
+            return (self._to_node(fact, fact.node_id),)
+        if isinstance(fact, WorkUnitSubmitted):
+            return tuple(
+                Routed(self._reports.name, WorkUnitDependencyRegistered(
+                    event_id=derive_event_id(fact.event_id, f"depends-on:{parent}"),
+                    occurred_at=fact.occurred_at, tenant_id=fact.tenant_id,
+                    execution_session_id=fact.execution_session_id, work_unit_id=parent,
+                    causation_id=fact.event_id, child_work_unit_id=fact.work_unit_id or "",
+                ), self._reports.partition_of(parent))
+                for parent in sorted(set(fact.depends_on))
+            )
+        if isinstance(fact, WorkUnitDependencyRegistered) and fact.parent_outcome:
+            child = fact.child_work_unit_id
+            return (Routed(self._reports.name, WorkUnitDependencyResolved(
+                event_id=derive_event_id(fact.event_id, "resolved-notice"),
+                occurred_at=fact.occurred_at, tenant_id=fact.tenant_id,
+                execution_session_id=fact.execution_session_id, work_unit_id=child,
+                causation_id=fact.event_id, parent_work_unit_id=fact.work_unit_id or "",
+                outcome="completed" if fact.parent_outcome == "completed" else "failed",
+                result_ref=fact.parent_result_ref,
+            ), self._reports.partition_of(child)),)
+        return ()
+
+    def _to_node(self, fact: Event, node_id: str) -> Routed:
+        return Routed(self._dispatch.name, fact, self._dispatch.partition_of(node_id))
+
+
+def _new_unit(event: WorkUnitSubmitted, digest: str) -> dict[str, Any]:
+    spec = event.model_dump(mode="json", exclude=set(_ENVELOPE) | {
+        "tenant_id", "execution_session_id", "work_unit_id"})
+    return {
+        "id": event.work_unit_id, "tenant": event.tenant_id,
+        "session": event.execution_session_id, "hash": digest, "spec": spec,
+        "status": "submitted", "reason": "", "attempt": 0, "node": "", "incarnation": "",
+        "failures": 0, "staged": False, "deadline": 0, "decided_at": event.occurred_at,
+        "submitted_at": event.occurred_at, "index": None, "parents": {}, "result_ref": None,
+    }
+
+
+def _index(state: State, unit: dict[str, Any], kind: str | None, at: int) -> None:
+    """Move the unit's single index entry (lease, retry or deferred) to a new place."""
+    old = unit.get("index")
+    new = _index_key(kind, at, unit["id"]) if kind is not None else None
+    if old and old != new:
+        state.delete(old)
+    if new:
+        state.set(new, 1)
+    unit["index"] = new

@@ -1,0 +1,70 @@
+"""The scheduler's read-only view of the cluster: nodes, trust, admission mode.
+
+These are global tables (every scheduler partition needs every node), read
+from compacted topics outside the partition's own log, the way Kafka
+Streams reads a GlobalKTable. Because they are not co-partitioned with the
+work units, a decision never relies on replaying them: it records the
+inputs it used (candidates, scores, streak, mode) in its fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from schemas import CapacityAdmissionModeChanged, Event, NodeHeartbeat, TrustScoreUpdated
+from streams.scheduler._impl.placement import NodeView
+
+__all__ = ["AdmissionMode", "ClusterView"]
+
+AdmissionMode = str  # "OPEN" | "THROTTLED" | "CRITICAL"
+
+
+class ClusterView:
+    """Latest heartbeat per node, latest trust per node, the admission mode.
+
+    `dispatched` counts what this process placed on a node since that node's
+    last heartbeat, so that a burst does not pile onto a node whose reported
+    free capacity is already spoken for.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeView] = {}
+        self.trust: dict[str, float] = {}
+        self.mode: AdmissionMode = "OPEN"
+        self.dispatched: dict[str, int] = {}
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, NodeHeartbeat):
+            current = self.nodes.get(event.node_id)
+            if current is not None and current.last_seen > event.occurred_at:
+                return  # an older heartbeat read late
+            self.nodes[event.node_id] = NodeView(
+                node_id=event.node_id, enabled=event.enabled,
+                health_status=event.health_status,
+                supported_kinds=tuple(event.supported_kinds),
+                available_concurrency=event.available_concurrency,
+                queue_depth=event.active_queue_depth, utilization=event.utilization,
+                region=event.region, version=event.version, last_seen=event.occurred_at,
+            )
+            self.dispatched[event.node_id] = 0
+        elif isinstance(event, TrustScoreUpdated):
+            self.trust[event.node_id] = event.trust_score
+        elif isinstance(event, CapacityAdmissionModeChanged):
+            self.mode = event.new_mode
+
+    def placeable(self) -> list[NodeView]:
+        """Nodes with their free capacity net of what was placed since their heartbeat."""
+        out = []
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            used = self.dispatched.get(node_id, 0)
+            if used:
+                node = replace(
+                    node, available_concurrency=node.available_concurrency - used,
+                    queue_depth=node.queue_depth + used,
+                )
+            out.append(node)
+        return out
+
+    def note_dispatch(self, node_id: str, slots: int = 1) -> None:
+        self.dispatched[node_id] = self.dispatched.get(node_id, 0) + slots

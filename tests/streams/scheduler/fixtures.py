@@ -1,0 +1,96 @@
+"""Builders for scheduler tests: a harness around the pure reducer, events by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import (
+    ClaimRequested,
+    ClockTick,
+    EffectStaged,
+    Event,
+    NodeHeartbeat,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+    WorkUnitSubmitted,
+)
+from streams.scheduler import Scheduler, unit_key
+from streams.settings import OnceflowSettings
+from streams.state import MemoryState
+from streams.types import Routed
+
+T0 = 1_700_000_000_000
+
+
+def heartbeat(node: str, *, at: int = T0, kinds: tuple[str, ...] = ("cpu", "llm_pod", "tool"),
+              available: int = 8, queue: int = 0, utilization: float = 0.0,
+              region: str | None = "eu-west", version: str = "1.0.0",
+              health: str = "healthy", enabled: bool = True) -> NodeHeartbeat:
+    return NodeHeartbeat(
+        event_id=f"hb-{node}-{at}", occurred_at=at, node_id=node, supported_kinds=list(kinds),
+        available_concurrency=available, active_queue_depth=queue, utilization=utilization,
+        region=region, version=version, health_status=health,  # type: ignore[arg-type]
+        enabled=enabled, max_concurrency=available,
+    )
+
+
+def submit(wu: str, *, at: int = T0, **fields: Any) -> WorkUnitSubmitted:
+    return WorkUnitSubmitted(event_id=f"sub-{wu}-{at}", occurred_at=at, tenant_id="acme",
+                             execution_session_id="s1", work_unit_id=wu, **fields)
+
+
+@dataclass
+class Harness:
+    """The scheduler reducer over in-memory state, recording every output."""
+
+    settings: OnceflowSettings = field(default_factory=OnceflowSettings)
+    state: MemoryState = field(default_factory=MemoryState)
+    outputs: list[Event | Routed] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.settings)
+
+    def see(self, *events: Event) -> None:
+        for e in events:
+            self.scheduler.observe(e)
+
+    def feed(self, event: Event) -> list[Event]:
+        _, out = self.scheduler.apply(self.state, event)
+        self.outputs.extend(out)
+        return [o for o in out if not isinstance(o, Routed)]
+
+    def unit(self, wu: str) -> dict[str, Any]:
+        value = self.state.get(unit_key(wu))
+        assert value is not None, f"no unit {wu}"
+        return dict(value)
+
+    def claim(self, wu: str, node: str, attempt: int, *, at: int, inc: str = "i1") -> list[Event]:
+        return self.feed(ClaimRequested(
+            event_id=f"claim-{wu}-{node}-{attempt}-{inc}-{at}", occurred_at=at, work_unit_id=wu,
+            node_id=node, attempt_index=attempt, incarnation=inc,
+        ))
+
+    def complete(self, wu: str, node: str, attempt: int, *, at: int,
+                 inc: str = "i1") -> list[Event]:
+        return self.feed(WorkUnitCompleted(
+            event_id=f"done-{wu}-{node}-{attempt}-{inc}-{at}", occurred_at=at, work_unit_id=wu,
+            selected_node_id=node, attempt_index=attempt, incarnation=inc,
+        ))
+
+    def fail(self, wu: str, node: str, attempt: int, code: str, *, at: int,
+             inc: str = "i1") -> list[Event]:
+        return self.feed(WorkUnitFailed(
+            event_id=f"fail-{wu}-{attempt}-{at}", occurred_at=at, work_unit_id=wu,
+            selected_node_id=node, attempt_index=attempt, error_code=code, incarnation=inc,
+        ))
+
+    def stage(self, wu: str, node: str, attempt: int, *, at: int) -> list[Event]:
+        return self.feed(EffectStaged(
+            event_id=f"stage-{wu}-{attempt}-{at}", occurred_at=at, work_unit_id=wu,
+            node_id=node, attempt_index=attempt,
+        ))
+
+    def tick(self, at: int, partition: int = 0) -> list[Event]:
+        return self.feed(ClockTick(event_id=f"tick-{partition}-{at}", occurred_at=at,
+                                   partition=partition))

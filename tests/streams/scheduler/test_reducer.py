@@ -1,0 +1,410 @@
+"""The scheduler's state machine, as a pure reducer fed lists of events."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import (
+    CapacityAdmissionModeChanged,
+    ClaimGranted,
+    ClaimRejected,
+    ContentRef,
+    ControlOperatorResolved,
+    WorkUnitCompleted,
+    WorkUnitDeferred,
+    WorkUnitDependencyRegistered,
+    WorkUnitDependencyResolved,
+    WorkUnitFailed,
+    WorkUnitNeedsOperator,
+    WorkUnitRejected,
+    WorkUnitRetryScheduled,
+    WorkUnitScheduled,
+    WorkUnitSubmitted,
+)
+from streams.runtime import fingerprint_items
+from streams.scheduler import Scheduler, retry_delay_ms
+from streams.settings import OnceflowSettings, SchedulerSettings
+from streams.state import MemoryState
+from streams.types import Routed
+from tests.streams.scheduler.fixtures import T0, Harness, heartbeat, submit
+
+REF = ContentRef(sha256="ab" * 32, size=3)
+
+
+def ready(*nodes: str) -> Harness:
+    h = Harness()
+    h.see(*(heartbeat(n) for n in nodes or ("n1",)))
+    return h
+
+
+def run_to_grant(h: Harness, wu: str, **fields: object) -> tuple[str, int, int]:
+    facts = h.feed(submit(wu, **fields))
+    scheduled = [f for f in facts if isinstance(f, WorkUnitScheduled)]
+    assert scheduled, facts
+    node, attempt = scheduled[-1].selected_node_id, scheduled[-1].attempt_index
+    granted = h.claim(wu, node, attempt, at=T0 + 10)
+    assert isinstance(granted[0], ClaimGranted)
+    return node, attempt, granted[0].lease_expires_at
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+def test_submit_schedules_with_a_decision_record() -> None:
+    h = ready("n1", "n2")
+    facts = h.feed(submit("wu-1"))
+    assert [type(f) for f in facts] == [WorkUnitSubmitted, WorkUnitScheduled]
+    sched = facts[1]
+    assert isinstance(sched, WorkUnitScheduled)
+    assert sched.attempt_index == 1 and sched.eligible_node_count == 2
+    assert sched.reason_code == "best_score" and sched.scheduling_epoch == 1
+    assert [c.node_id for c in sched.candidates] == ["n1", "n2"]
+    assert sched.lease_expires_at == T0 + h.settings.scheduler.claim_timeout_ms
+    routed = [o for o in h.outputs if isinstance(o, Routed)]
+    assert len(routed) == 1 and routed[0].event is sched
+    assert routed[0].partition == h.scheduler.catalog["dispatch"].partition_of(sched.selected_node_id)
+
+
+def test_same_unit_submitted_twice_runs_once() -> None:
+    h = ready()
+    first = h.feed(submit("wu-1", at=T0))
+    again = h.feed(submit("wu-1", at=T0 + 5))  # a new event id, the same payload
+    assert len(first) == 2 and again == []
+
+
+def test_same_id_with_a_different_payload_is_rejected_and_the_first_kept() -> None:
+    h = ready()
+    h.feed(submit("wu-1", simulated_ms=5))
+    facts = h.feed(submit("wu-1", at=T0 + 1, simulated_ms=9))
+    assert len(facts) == 1 and isinstance(facts[0], WorkUnitRejected)
+    assert facts[0].reason_code == "duplicate_id_different_payload"
+    assert "new work_unit_id" in facts[0].reason
+    assert h.unit("wu-1")["status"] == "scheduled"
+    assert h.unit("wu-1")["spec"]["simulated_ms"] == 5
+
+
+def test_no_eligible_node_defers_with_reason_and_counts_then_tick_places() -> None:
+    h = Harness()
+    h.see(heartbeat("gpu", kinds=("llm_pod",)))
+    facts = h.feed(submit("wu-1"))
+    deferred = facts[-1]
+    assert isinstance(deferred, WorkUnitDeferred)
+    assert deferred.reason_code == "no_eligible_node"
+    assert deferred.filter_counts == {"unsupported_kind": 1}
+    assert h.tick(T0 + 200) == []  # still nowhere to go: no new fact
+    h.see(heartbeat("cpu1", at=T0 + 300))
+    placed = h.tick(T0 + 400)
+    assert len(placed) == 1 and isinstance(placed[0], WorkUnitScheduled)
+    assert placed[0].selected_node_id == "cpu1"
+
+
+# -- admission ---------------------------------------------------------------------------
+
+
+def mode(new: str) -> CapacityAdmissionModeChanged:
+    return CapacityAdmissionModeChanged(event_id=f"mode-{new}", occurred_at=T0,
+                                        previous_mode="OPEN", new_mode=new,  # type: ignore[arg-type]
+                                        reason="test")
+
+
+@pytest.mark.parametrize(("priority", "outcome"), [
+    ("p2", WorkUnitDeferred), ("p1", WorkUnitScheduled), ("p0", WorkUnitScheduled),
+    ("critical", WorkUnitScheduled),
+])
+def test_throttled_defers_below_p1(priority: str, outcome: type) -> None:
+    h = ready()
+    h.see(mode("THROTTLED"))
+    facts = h.feed(submit("wu-1", priority=priority))
+    assert isinstance(facts[-1], outcome)
+    if outcome is WorkUnitDeferred:
+        assert facts[-1].reason_code == "throttled"
+
+
+@pytest.mark.parametrize(("priority", "outcome"), [
+    ("p2", WorkUnitRejected), ("p1", WorkUnitScheduled), ("critical", WorkUnitScheduled),
+])
+def test_critical_rejects_below_p1(priority: str, outcome: type) -> None:
+    h = ready()
+    h.see(mode("CRITICAL"))
+    facts = h.feed(submit("wu-1", priority=priority))
+    assert isinstance(facts[-1], outcome)
+    if outcome is WorkUnitRejected:
+        assert facts[-1].reason_code == "critical_mode"
+        assert h.unit("wu-1")["status"] == "rejected"
+
+
+def test_critical_can_be_configured_to_reject_p1() -> None:
+    settings = OnceflowSettings(scheduler=SchedulerSettings(critical_admits=["critical", "p0"]))
+    h = Harness(settings=settings)
+    h.see(heartbeat("n1"), mode("CRITICAL"))
+    assert isinstance(h.feed(submit("wu-1", priority="p1"))[-1], WorkUnitRejected)
+
+
+def test_throttled_units_are_placed_on_a_tick_once_the_mode_opens() -> None:
+    h = ready()
+    h.see(mode("THROTTLED"))
+    h.feed(submit("wu-1"))
+    assert h.tick(T0 + 200) == []
+    h.see(mode("OPEN"))
+    assert isinstance(h.tick(T0 + 400)[0], WorkUnitScheduled)
+
+
+# -- claims and settlement ----------------------------------------------------------------
+
+
+def test_first_valid_claim_is_granted_and_every_other_rejected() -> None:
+    h = ready()
+    sched = h.feed(submit("wu-1"))[-1]
+    assert isinstance(sched, WorkUnitScheduled)
+    assert isinstance(h.claim("wu-1", "n1", 1, at=T0 + 5, inc="a")[0], ClaimGranted)
+    second = h.claim("wu-1", "n1", 1, at=T0 + 6, inc="b")[0]
+    assert isinstance(second, ClaimRejected) and second.reason_code == "already_granted"
+    other = h.claim("wu-1", "n9", 1, at=T0 + 7)[0]
+    assert isinstance(other, ClaimRejected)
+    stale = h.claim("wu-1", "n1", 7, at=T0 + 8)[0]
+    assert isinstance(stale, ClaimRejected) and stale.reason_code == "stale_attempt"
+    unknown = h.claim("nope", "n1", 1, at=T0 + 9)[0]
+    assert isinstance(unknown, ClaimRejected) and unknown.reason_code == "unknown_unit"
+    # grants and rejections are delivered to the node
+    to_nodes = [o.event for o in h.outputs if isinstance(o, Routed)]
+    assert sum(isinstance(e, ClaimRejected) for e in to_nodes) == 4
+
+
+def test_claim_from_a_node_that_was_not_chosen_is_rejected() -> None:
+    h = ready("n1")
+    h.feed(submit("wu-1"))
+    rejected = h.claim("wu-1", "n2", 1, at=T0 + 5)[0]
+    assert isinstance(rejected, ClaimRejected) and rejected.reason_code == "not_selected_node"
+
+
+def test_grant_lease_covers_the_units_lease_and_simulated_time() -> None:
+    h = ready()
+    _, _, deadline = run_to_grant(h, "wu-1", lease_ms=1000, simulated_ms=50)
+    assert deadline == T0 + 10 + 1050
+
+
+def test_completion_from_the_grant_holder_is_accepted_and_others_rejected() -> None:
+    h = ready()
+    node, attempt, _ = run_to_grant(h, "wu-1")
+    wrong_inc = h.complete("wu-1", node, attempt, at=T0 + 20, inc="other")[0]
+    assert isinstance(wrong_inc, WorkUnitCompleted) and not wrong_inc.accepted
+    assert wrong_inc.settlement_reason == "not_grant_holder"
+    ok = h.complete("wu-1", node, attempt, at=T0 + 30)[0]
+    assert isinstance(ok, WorkUnitCompleted) and ok.accepted
+    assert ok.settlement_reason == "grant_holder" and ok.submitted_at == T0
+    late = h.complete("wu-1", node, attempt, at=T0 + 40, inc="late")[0]
+    assert isinstance(late, WorkUnitCompleted) and not late.accepted
+    assert late.settlement_reason == "already_settled"
+    assert h.unit("wu-1")["status"] == "completed"
+
+
+def test_a_committed_completion_is_never_rerun() -> None:
+    h = ready()
+    node, attempt, deadline = run_to_grant(h, "wu-1")
+    h.complete("wu-1", node, attempt, at=T0 + 30)
+    assert h.tick(deadline + 60_000) == []
+    assert h.unit("wu-1")["status"] == "completed"
+
+
+# -- leases and recovery by effect label ---------------------------------------------------
+
+
+def test_unclaimed_dispatch_is_placed_again_when_the_claim_deadline_passes() -> None:
+    h = ready("n1", "n2")
+    first = h.feed(submit("wu-1"))[-1]
+    assert isinstance(first, WorkUnitScheduled)
+    again = h.tick(first.lease_expires_at)
+    assert len(again) == 1 and isinstance(again[0], WorkUnitScheduled)
+    assert again[0].attempt_index == 2
+    late = h.claim("wu-1", first.selected_node_id, 1, at=first.lease_expires_at + 1)[0]
+    assert isinstance(late, ClaimRejected) and late.reason_code == "stale_attempt"
+
+
+@pytest.mark.parametrize("effect", ["PURE", "READ_ONLY_NONDET"])
+def test_expired_lease_retries_pure_and_read_only_work_with_backoff(effect: str) -> None:
+    h = ready()
+    node, attempt, deadline = run_to_grant(h, "wu-1", effect=effect)
+    facts = h.tick(deadline)
+    assert [type(f) for f in facts] == [WorkUnitFailed, WorkUnitRetryScheduled]
+    failed, retry = facts
+    assert isinstance(failed, WorkUnitFailed) and failed.error_code == "node_timeout"
+    assert failed.reported_by_scheduler and not failed.final
+    assert isinstance(retry, WorkUnitRetryScheduled) and retry.attempt_index == 2
+    assert retry.delay_ms == retry_delay_ms("wu-1", 1, h.settings.scheduler)
+    # the old attempt's result is fenced off
+    late = h.complete("wu-1", node, attempt, at=deadline + 1)[0]
+    assert isinstance(late, WorkUnitCompleted) and not late.accepted
+    assert late.settlement_reason == "lease_expired"
+    assert h.tick(retry.retry_at - 1) == []
+    placed = h.tick(retry.retry_at)
+    assert isinstance(placed[0], WorkUnitScheduled) and placed[0].attempt_index == 2
+
+
+def test_world_mutating_staged_without_safe_class_goes_to_the_operator() -> None:
+    h = ready()
+    node, attempt, deadline = run_to_grant(h, "wu-1", kind="tool", effect="WORLD_MUTATING")
+    h.stage("wu-1", node, attempt, at=T0 + 20)
+    facts = h.tick(deadline)
+    assert isinstance(facts[-1], WorkUnitNeedsOperator)
+    assert facts[-1].reason_code == "unsafe_to_retry"
+    assert h.unit("wu-1")["status"] == "needs_operator"
+    assert h.tick(deadline + 600_000) == []  # parked: never re-placed on its own
+
+
+@pytest.mark.parametrize("idem", ["token", "readback"])
+def test_world_mutating_with_a_safe_idempotency_class_is_retried(idem: str) -> None:
+    h = ready()
+    node, attempt, deadline = run_to_grant(h, "wu-1", kind="tool", effect="WORLD_MUTATING",
+                                           idempotency_class=idem)
+    h.stage("wu-1", node, attempt, at=T0 + 20)
+    facts = h.tick(deadline)
+    assert isinstance(facts[-1], WorkUnitRetryScheduled)
+
+
+def test_world_mutating_that_never_staged_is_safe_to_place_again() -> None:
+    h = ready()
+    _, _, deadline = run_to_grant(h, "wu-1", kind="tool", effect="WORLD_MUTATING")
+    assert isinstance(h.tick(deadline)[-1], WorkUnitRetryScheduled)
+
+
+def test_non_retryable_error_fails_for_good() -> None:
+    h = ready()
+    node, attempt, _ = run_to_grant(h, "wu-1")
+    facts = h.fail("wu-1", node, attempt, "handler_error", at=T0 + 20)
+    assert len(facts) == 1 and isinstance(facts[0], WorkUnitFailed) and facts[0].final
+    assert facts[0].error_reason.startswith("non_retryable_error")
+    assert h.unit("wu-1")["status"] == "failed"
+
+
+def test_attempt_cap_ends_retries() -> None:
+    h = ready()
+    facts = h.feed(submit("wu-1", max_attempts=2))
+    at = T0
+    for n in (1, 2):
+        sched = facts[-1]
+        assert isinstance(sched, WorkUnitScheduled) and sched.attempt_index == n
+        h.claim("wu-1", sched.selected_node_id, n, at=at + 1)
+        facts = h.fail("wu-1", sched.selected_node_id, n, "network_transient", at=at + 2)
+        if n == 1:
+            retry = facts[-1]
+            assert isinstance(retry, WorkUnitRetryScheduled)
+            at = retry.retry_at
+            facts = h.tick(at)
+    assert isinstance(facts[-1], WorkUnitFailed) and facts[-1].final
+    assert "attempt_cap_exceeded" in facts[-1].error_reason
+
+
+def test_failure_from_a_fenced_attempt_changes_nothing() -> None:
+    h = ready()
+    node, attempt, _ = run_to_grant(h, "wu-1")
+    assert h.fail("wu-1", node, attempt, "network_transient", at=T0 + 20, inc="zombie") == []
+    assert h.unit("wu-1")["status"] == "granted"
+
+
+def test_backoff_is_exponential_capped_and_deterministic() -> None:
+    cfg = SchedulerSettings()
+    delays = [retry_delay_ms("wu-1", k, cfg) for k in range(1, 9)]
+    assert delays == [retry_delay_ms("wu-1", k, cfg) for k in range(1, 9)]
+    for k, d in enumerate(delays[:6], start=1):
+        base = cfg.retry_base_ms * 2 ** (k - 1)
+        assert base <= d <= base * (1 + cfg.retry_jitter_ratio)
+    assert delays[-1] == cfg.retry_cap_ms
+    jitters = {retry_delay_ms(f"wu-{i}", 1, cfg) for i in range(20)}
+    assert len(jitters) > 1  # the jitter differs between units
+
+
+def test_operator_resolutions() -> None:
+    for resolution, status in (("retry", "retry_wait"), ("mark_done", "completed"),
+                               ("abandon", "failed")):
+        h = ready()
+        node, attempt, deadline = run_to_grant(h, "wu-1", kind="tool", effect="WORLD_MUTATING")
+        h.stage("wu-1", node, attempt, at=T0 + 20)
+        h.tick(deadline)
+        h.feed(ControlOperatorResolved(event_id=f"op-{resolution}", occurred_at=deadline + 5,
+                                       work_unit_id="wu-1", resolution=resolution,  # type: ignore[arg-type]
+                                       result_ref=REF if resolution == "mark_done" else None))
+        assert h.unit("wu-1")["status"] == status
+
+
+# -- dependencies ---------------------------------------------------------------------------
+
+
+def test_child_waits_for_its_parent_and_gets_the_parents_result() -> None:
+    h = ready()
+    child_facts = h.feed(submit("child", depends_on=["parent"]))
+    assert isinstance(child_facts[-1], WorkUnitDeferred)
+    assert child_facts[-1].reason_code == "waiting_on_parents"
+    registration = [o.event for o in h.outputs
+                    if isinstance(o, Routed) and isinstance(o.event, WorkUnitDependencyRegistered)]
+    assert len(registration) == 1
+    # the parent's partition (here the same state) records the child
+    h.feed(registration[0])
+    node, attempt, _ = run_to_grant(h, "parent")
+    done = h.feed(WorkUnitCompleted(event_id="done-parent", occurred_at=T0 + 50,
+                                    work_unit_id="parent", selected_node_id=node,
+                                    attempt_index=attempt, incarnation="i1", result_ref=REF))
+    notice = [f for f in done if isinstance(f, WorkUnitDependencyRegistered)]
+    assert len(notice) == 1 and notice[0].parent_outcome == "completed"
+    resolved = [o.event for o in h.outputs
+                if isinstance(o, Routed) and isinstance(o.event, WorkUnitDependencyResolved)]
+    assert len(resolved) == 1
+    facts = h.feed(resolved[0])
+    sched = facts[-1]
+    assert isinstance(sched, WorkUnitScheduled) and sched.parent_result_refs == [REF]
+
+
+def test_registering_with_a_finished_parent_answers_at_once() -> None:
+    h = ready()
+    node, attempt, _ = run_to_grant(h, "parent")
+    h.complete("parent", node, attempt, at=T0 + 30)
+    facts = h.feed(WorkUnitDependencyRegistered(
+        event_id="reg", occurred_at=T0 + 40, work_unit_id="parent", child_work_unit_id="c"))
+    assert facts[0].parent_outcome == "completed"  # type: ignore[attr-defined]
+
+
+def test_a_failed_parent_fails_the_child() -> None:
+    h = ready()
+    h.feed(submit("child", depends_on=["parent"]))
+    h.feed(WorkUnitDependencyResolved(event_id="r", occurred_at=T0 + 5, work_unit_id="child",
+                                      parent_work_unit_id="parent", outcome="failed"))
+    assert h.unit("child")["status"] == "failed"
+
+
+# -- replay --------------------------------------------------------------------------------
+
+
+def test_folding_the_facts_rebuilds_the_same_state() -> None:
+    h = Harness()
+    h.see(*(heartbeat(n, available=100) for n in ("n1", "n2", "n3")))
+    for i in range(30):
+        wu = f"wu-{i}"
+        facts = h.feed(submit(wu, effect="WORLD_MUTATING" if i % 3 == 0 else "PURE",
+                              kind="tool" if i % 3 == 0 else "cpu"))
+        sched = facts[-1]
+        assert isinstance(sched, WorkUnitScheduled)
+        h.claim(wu, sched.selected_node_id, 1, at=T0 + 10)
+        if i % 3 == 0:
+            h.stage(wu, sched.selected_node_id, 1, at=T0 + 11)
+        if i % 2 == 0:
+            h.complete(wu, sched.selected_node_id, 1, at=T0 + 20)
+    h.tick(T0 + 120_000)
+    facts = [o for o in h.outputs if not isinstance(o, Routed)]
+    replayed = MemoryState()
+    fresh = Scheduler(OnceflowSettings())
+    for fact in facts:
+        fresh.evolve(replayed, fact)
+    live = MemoryState()
+    for key, value in h.state.items():
+        live.set(key, value)
+    assert fingerprint_items(replayed.raw_items()) == fingerprint_items(live.raw_items())
+    statuses = {v["status"] for k, v in h.state.items("u:")}
+    assert statuses == {"completed", "needs_operator", "retry_wait"}
+
+
+def test_dispatches_since_the_last_heartbeat_count_against_a_node() -> None:
+    h = Harness()
+    h.see(heartbeat("n1", available=2))
+    kinds = [type(h.feed(submit(f"wu-{i}"))[-1]) for i in range(3)]
+    assert kinds == [WorkUnitScheduled, WorkUnitScheduled, WorkUnitDeferred]
+    h.see(heartbeat("n1", at=T0 + 1000, available=2))
+    assert isinstance(h.tick(T0 + 1100)[0], WorkUnitScheduled)
