@@ -1,3 +1,47 @@
-"""agents."""
+"""Node agents: dispatch intake, the claim handshake, executors, heartbeats.
 
-__all__: list[str] = []
+Register your own work with `register_handler` (cpu) or `register_tool`
+(world-changing, optionally with a readback), and run an agent with
+`onceflow worker agent`.
+"""
+
+from agents._impl.agent import AGENT_VERSION, NodeAgent
+from agents._impl.handlers import (
+    HandlerError,
+    RetryableError,
+    TaskContext,
+    Tool,
+    handler,
+    lookup_handler,
+    lookup_tool,
+    register_handler,
+    register_tool,
+)
+from agents._impl.providers import (
+    LlmProvider,
+    LlmResult,
+    OpenAICompatibleProvider,
+    ProviderError,
+    StubProvider,
+    provider_from_settings,
+)
+
+__all__ = [
+    "AGENT_VERSION",
+    "HandlerError",
+    "LlmProvider",
+    "LlmResult",
+    "NodeAgent",
+    "OpenAICompatibleProvider",
+    "ProviderError",
+    "RetryableError",
+    "StubProvider",
+    "TaskContext",
+    "Tool",
+    "handler",
+    "lookup_handler",
+    "lookup_tool",
+    "provider_from_settings",
+    "register_handler",
+    "register_tool",
+]

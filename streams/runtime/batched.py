@@ -70,6 +70,7 @@ class BatchedProcessor:
         dead_letter_topic: str | None = None,
         sensor: Sensor | None = None,
         on_ready: Callable[[], None] | None = None,
+        tables: Sequence[str] = (),
     ) -> None:
         self.reducer = reducer
         self.settings = settings
@@ -82,6 +83,8 @@ class BatchedProcessor:
         self.dead_letter_topic = dead_letter_topic or self._catalog["deadletters"].name
         self.sensor: Sensor = sensor or _NullSensor()
         self.on_ready = on_ready
+        self.tables = list(tables)
+        self._tables_consumer: Consumer | None = None
         self.log = get_logger(processor=reducer.name)
         self._stop = threading.Event()
         self._stores: dict[int, PartitionStore] = {}
@@ -122,9 +125,13 @@ class BatchedProcessor:
             on_lost=self._on_revoke,
         )
         self.log.info("processor.started", inputs=self.inputs, facts=self.fact_topic,
-                      group=self.group_id)
+                      group=self.group_id, tables=self.tables)
+        if self.tables:
+            self._open_tables()
         try:
             while not self._stop.is_set():
+                if self._tables_consumer is not None:
+                    self._poll_tables(self._tables_consumer, timeout=0)
                 msgs = consumer.consume(
                     num_messages=self.settings.batch_size,
                     timeout=self.settings.batch_timeout_ms / 1000,
@@ -136,10 +143,45 @@ class BatchedProcessor:
                           facts=self.facts_emitted)
             try:
                 consumer.close()
+                if self._tables_consumer is not None:
+                    self._tables_consumer.close()
             finally:
                 for store in self._stores.values():
                     store.close()
                 self._stores.clear()
+
+    # -- global tables ---------------------------------------------------------------
+
+    def _open_tables(self) -> None:
+        """Read every partition of the table topics from the start, then keep following."""
+        from confluent_kafka import OFFSET_BEGINNING
+
+        tc = make_consumer(self.settings, None)
+        assignment = [
+            TopicPartition(topic, p, OFFSET_BEGINNING)
+            for topic in self.tables for p in range(partition_count(tc, topic))
+        ]
+        tc.assign(assignment)
+        self._tables_consumer = tc
+        # Load what is there now before deciding anything; later records are
+        # picked up between batches.
+        deadline = time.monotonic() + self.settings.read_to_end_idle_ms / 1000
+        while time.monotonic() < deadline:
+            if self._poll_tables(tc, timeout=0.05):
+                deadline = time.monotonic() + self.settings.read_to_end_idle_ms / 1000
+
+    def _poll_tables(self, tc: Consumer, timeout: float) -> int:
+        msgs = tc.consume(num_messages=1000, timeout=timeout)
+        for msg in msgs:
+            raw = msg.value()
+            if msg.error() is not None or raw is None:
+                continue
+            try:
+                self.reducer.observe(self.codec.decode(raw))
+            except CodecError as exc:
+                # Not ours to dead-letter: every reader of the table would.
+                self.log.warning("table.record_skipped", topic=msg.topic(), error=str(exc)[:200])
+        return len(msgs)
 
     # -- the batch -----------------------------------------------------------------
 

@@ -67,6 +67,14 @@ class Reducer:
     def evolve(self, state: State, fact: Event) -> None:
         raise NotImplementedError
 
+    def observe(self, event: Event) -> None:
+        """A record from one of the processor's global tables (default: ignored).
+
+        Global tables (nodes, trust, capacity) are read whole by every
+        instance, outside the partition's log, like a Kafka Streams
+        GlobalKTable. Decisions that use them must record what they used.
+        """
+
     def route(self, fact: Event) -> Sequence[Routed]:
         """Outputs for other topics derived from a fact (default: none)."""
         return ()

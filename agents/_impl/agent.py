@@ -1,0 +1,330 @@
+"""The node agent: dispatch intake, the claim handshake, execution, heartbeats.
+
+An agent reads its node's dispatch partition. For every unit scheduled on
+it, it asks for the claim; it executes only what the scheduler granted to
+this very run of the agent (its incarnation), so a restarted or duplicated
+agent never executes a grant that was given to another run. World-changing
+tools record `effect.staged` and wait for the broker's ack before acting,
+and never start acting once the lease is about to end: that is what lets
+the scheduler tell "never acted" from "may have acted" after a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from agents._impl.handlers import (
+    HandlerError,
+    TaskContext,
+    import_handler_modules,
+    lookup_handler,
+    lookup_tool,
+)
+from agents._impl.providers import LlmProvider, ProviderError, provider_from_settings
+from schemas import (
+    ClaimGranted,
+    ClaimRejected,
+    ClaimRequested,
+    CodecError,
+    EffectStaged,
+    LlmInvocationCompleted,
+    LlmInvocationFailed,
+    NodeHeartbeat,
+    SingleObjectCodec,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+    WorkUnitScheduled,
+    quantize_money,
+)
+from streams.content import open_content_store
+from streams.ids import derive_event_id
+from streams.kafka import DeadLetterRouter, EventProducer, make_consumer
+from streams.log import get_logger
+from streams.settings import OnceflowSettings
+from streams.topics.catalog import TopicCatalog
+from streams.types import ContentStore
+
+__all__ = ["AGENT_VERSION", "NodeAgent"]
+
+AGENT_VERSION = "1.0.0"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        settings: OnceflowSettings,
+        *,
+        node_id: str,
+        region: str | None = None,
+        kinds: Sequence[str] = ("cpu",),
+        concurrency: int = 4,
+        version: str = AGENT_VERSION,
+        provider: LlmProvider | None = None,
+        store: ContentStore | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.settings = settings
+        self.cfg = settings.agent
+        self.node_id = node_id
+        self.region = region
+        self.kinds = sorted(set(kinds))
+        self.concurrency = concurrency
+        self.version = version
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.on_ready = on_ready
+        import_handler_modules(self.cfg.handler_modules)
+        self.provider = provider or (
+            provider_from_settings(self.cfg) if "llm_pod" in self.kinds else None)
+        self.store = store or open_content_store(settings)
+        self.catalog = TopicCatalog(settings)
+        self._dispatch = self.catalog["dispatch"]
+        self._reports = self.catalog["reports"]
+        self._llm = self.catalog["llm"]
+        self._nodes = self.catalog["nodes"]
+        self.codec = SingleObjectCodec()
+        self.producer = EventProducer(settings, self.codec, **{"linger.ms": 1})
+        self._dlq = DeadLetterRouter(self.producer, self.catalog["deadletters"].name,
+                                     f"agent:{node_id}")
+        self.log = get_logger(role="agent", node=node_id, incarnation=self.incarnation)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._waiting: dict[str, WorkUnitScheduled] = {}
+        self._inflight = 0
+        self._running = 0
+        self._heartbeat_seq = 0
+        self.executed = 0
+        self._pool = ThreadPoolExecutor(max_workers=concurrency,
+                                        thread_name_prefix=f"agent-{node_id}")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        if stop is not None:
+            self._stop = stop
+        consumer = make_consumer(self.settings, f"{self.settings.topic_prefix}agent.{self.node_id}")
+        consumer.assign([TopicPartition(self._dispatch.name,
+                                        self._dispatch.partition_of(self.node_id))])
+        self._send_heartbeat()
+        self.producer.flush()
+        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        beat.start()
+        self.log.info("agent.started", kinds=self.kinds, concurrency=self.concurrency,
+                      region=self.region)
+        if self.on_ready is not None:
+            self.on_ready()
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(num_messages=500, timeout=0.05)
+                for msg in msgs:
+                    self._intake(msg)
+                self.producer.poll(0)
+                if msgs:
+                    consumer.commit(asynchronous=True)
+        finally:
+            self.log.info("agent.stopping", executed=self.executed)
+            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._send_heartbeat(health="down")
+            try:
+                self.producer.flush(10)
+            finally:
+                consumer.close()
+
+    def _heartbeats(self) -> None:
+        interval = self.cfg.heartbeat_interval_ms / 1000
+        while not self._stop.wait(interval):
+            try:
+                self._send_heartbeat()
+            except Exception as exc:  # the next beat follows; a missed one only ages trust
+                self.log.warning("heartbeat.failed", error=str(exc)[:200])
+
+    def _send_heartbeat(self, health: str = "healthy") -> None:
+        with self._lock:
+            queued = len(self._waiting) + self._inflight
+            running = self._running
+            self._heartbeat_seq += 1
+            seq = self._heartbeat_seq
+        free = 0 if health != "healthy" else max(
+            0, self.concurrency + self.cfg.queue_limit - queued)
+        self.producer.send(self._nodes, NodeHeartbeat(
+            event_id=derive_event_id(f"{self.node_id}:{self.incarnation}", f"hb:{seq}"),
+            occurred_at=_now_ms(), node_id=self.node_id, enabled=health == "healthy",
+            health_status=health,  # type: ignore[arg-type]
+            supported_kinds=self.kinds, max_concurrency=self.concurrency,
+            available_concurrency=free, active_queue_depth=queued,
+            utilization=round(min(1.0, running / self.concurrency), 4), region=self.region,
+            version=self.version, sequence=seq,
+        ))
+
+    # -- intake ----------------------------------------------------------------------
+
+    def _intake(self, msg: Any) -> None:
+        raw = msg.value()
+        if msg.error() is not None or raw is None:
+            return
+        try:
+            event = self.codec.decode(raw)
+        except CodecError as exc:
+            self._dlq.route(msg, exc)
+            return
+        if isinstance(event, WorkUnitScheduled):
+            if event.selected_node_id != self.node_id:
+                return
+            key = f"{event.work_unit_id}:{event.attempt_index}"
+            with self._lock:
+                self._waiting[key] = event
+            self.producer.send(self._reports, ClaimRequested(
+                event_id=derive_event_id(event.event_id, f"claim:{self.incarnation}"),
+                occurred_at=_now_ms(), tenant_id=event.tenant_id,
+                execution_session_id=event.execution_session_id,
+                work_unit_id=event.work_unit_id, causation_id=event.event_id,
+                node_id=self.node_id, attempt_index=event.attempt_index,
+                scheduling_epoch=event.scheduling_epoch, incarnation=self.incarnation,
+            ))
+        elif isinstance(event, ClaimGranted | ClaimRejected):
+            if event.node_id != self.node_id or event.incarnation != self.incarnation:
+                return  # another run of this node asked; never ours to execute
+            key = f"{event.work_unit_id}:{event.attempt_index}"
+            with self._lock:
+                scheduled = self._waiting.pop(key, None)
+                if scheduled is not None and isinstance(event, ClaimGranted):
+                    self._inflight += 1
+            if scheduled is not None and isinstance(event, ClaimGranted):
+                self._pool.submit(self._execute, scheduled, event)
+
+    # -- execution ---------------------------------------------------------------------
+
+    def _execute(self, sched: WorkUnitScheduled, grant: ClaimGranted) -> None:
+        with self._lock:
+            self._running += 1
+        log = self.log.bind(work_unit=sched.work_unit_id, attempt=sched.attempt_index,
+                            tenant=sched.tenant_id, session=sched.execution_session_id)
+        started = _now_ms()
+        t0 = time.perf_counter()
+        try:
+            if started >= grant.lease_expires_at - self.cfg.lease_safety_ms:
+                raise HandlerError("the lease ended before the unit could start", "node_timeout")
+            ctx = self._context(sched, grant)
+            result, media_type, tokens = self._run_kind(sched, grant, ctx)
+            ref = self.store.put(result, media_type)
+            seconds = quantize_money(Decimal(str(time.perf_counter() - t0)))
+            self.producer.send(self._reports, WorkUnitCompleted(
+                **self._envelope(sched, grant, "completed"), selected_node_id=self.node_id,
+                attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
+                result_ref=ref, cpu_seconds=seconds, llm_tokens=tokens, started_at=started,
+                finished_at=_now_ms(), kind=sched.kind, incarnation=self.incarnation,
+            ))
+            self.executed += 1
+        except (HandlerError, ProviderError) as exc:
+            log.warning("unit.failed", error_code=exc.code, error=str(exc)[:200])
+            self._report_failure(sched, grant, exc.code, str(exc))
+        except Exception as exc:
+            log.exception("unit.crashed")
+            self._report_failure(sched, grant, "handler_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._inflight -= 1
+
+    def _envelope(self, sched: WorkUnitScheduled, grant: ClaimGranted, role: str) -> dict[str, Any]:
+        return {
+            "event_id": derive_event_id(grant.event_id, role), "occurred_at": _now_ms(),
+            "tenant_id": sched.tenant_id, "execution_session_id": sched.execution_session_id,
+            "work_unit_id": sched.work_unit_id, "causation_id": grant.event_id,
+        }
+
+    def _report_failure(self, sched: WorkUnitScheduled, grant: ClaimGranted, code: str,
+                        reason: str) -> None:
+        self.producer.send(self._reports, WorkUnitFailed(
+            **self._envelope(sched, grant, "failed"), selected_node_id=self.node_id,
+            attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
+            error_code=code, error_reason=reason[:500], incarnation=self.incarnation,
+        ))
+
+    def _context(self, sched: WorkUnitScheduled, grant: ClaimGranted) -> TaskContext:
+        return TaskContext(
+            work_unit_id=sched.work_unit_id or "", attempt=sched.attempt_index,
+            tenant_id=sched.tenant_id, session_id=sched.execution_session_id,
+            parameters=dict(sched.parameters), simulated_ms=sched.simulated_ms,
+            prompt=sched.prompt, model=sched.model,
+            idempotency_key=grant.idempotency_key or sched.idempotency_key,
+            input_bytes=self.store.get(sched.input_ref) if sched.input_ref else None,
+            parent_results=[self.store.get(r) for r in sched.parent_result_refs],
+            parent_refs=list(sched.parent_result_refs),
+        )
+
+    def _run_kind(self, sched: WorkUnitScheduled, grant: ClaimGranted,
+                  ctx: TaskContext) -> tuple[bytes, str, int]:
+        if sched.kind == "llm_pod":
+            return self._run_llm(sched, grant, ctx)
+        if sched.kind == "tool":
+            return self._run_tool(sched, grant, ctx), "application/json", 0
+        return lookup_handler(sched.handler)(ctx), "application/json", 0
+
+    def _run_llm(self, sched: WorkUnitScheduled, grant: ClaimGranted,
+                 ctx: TaskContext) -> tuple[bytes, str, int]:
+        if self.provider is None:
+            raise HandlerError("this agent has no LLM provider", "unsupported_kind")
+        prompt = ctx.prompt or ""
+        max_tokens = int(ctx.parameters["max_tokens"]) if "max_tokens" in ctx.parameters else None
+        try:
+            result = self.provider.complete(prompt, ctx.model, max_tokens)
+        except ProviderError as exc:
+            self.producer.send(self._llm, LlmInvocationFailed(
+                **self._envelope(sched, grant, "llm"), node_id=self.node_id,
+                attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
+                provider=self.provider.name, model=ctx.model or "", error_code=exc.code,
+                error_reason=str(exc)[:500],
+            ))
+            raise
+        ref = self.store.put(result.text.encode(), "text/plain; charset=utf-8")
+        self.producer.send(self._llm, LlmInvocationCompleted(
+            **self._envelope(sched, grant, "llm"), node_id=self.node_id,
+            attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
+            provider=result.provider, model=result.model, tokens_in=result.tokens_in,
+            tokens_out=result.tokens_out, total_tokens=result.total_tokens,
+            latency_ms=result.latency_ms, estimated_cost_usd=self.provider.estimated_cost(result),
+            response_ref=ref,
+        ))
+        return result.text.encode(), "text/plain; charset=utf-8", result.total_tokens
+
+    def _run_tool(self, sched: WorkUnitScheduled, grant: ClaimGranted, ctx: TaskContext) -> bytes:
+        tool = lookup_tool(sched.handler)
+        if sched.effect != "WORLD_MUTATING":
+            return tool.apply(ctx)
+        if sched.idempotency_class == "readback" and tool.readback is not None:
+            already = tool.readback(ctx)
+            if already is not None:
+                return already  # the effect happened in an earlier attempt: commit from readback
+        self.producer.send(self._reports, EffectStaged(
+            **self._envelope(sched, grant, "staged"), node_id=self.node_id,
+            attempt_index=sched.attempt_index, idempotency_key=ctx.idempotency_key,
+            description=f"tool {sched.handler or 'effects.append'}",
+        ))
+        self.producer.flush()  # the intent is in the log before the world changes
+        if _now_ms() >= grant.lease_expires_at - self.cfg.lease_safety_ms:
+            raise HandlerError("the lease ended before the effect could start", "node_timeout")
+        return tool.apply(ctx)
+
+    # -- inspection --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"waiting": len(self._waiting), "inflight": self._inflight,
+                    "running": self._running, "executed": self.executed}

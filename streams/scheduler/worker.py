@@ -1,0 +1,52 @@
+"""Run the scheduler: the reducer on the batched shell, plus its clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from streams.log import get_logger
+from streams.runtime.batched import BatchedProcessor
+from streams.runtime.clock import Ticker
+from streams.scheduler._impl.reducer import Scheduler
+from streams.settings import OnceflowSettings
+from streams.topics.catalog import TopicCatalog
+
+__all__ = ["build_scheduler", "run_scheduler"]
+
+
+def build_scheduler(
+    settings: OnceflowSettings,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    group_id: str | None = None,
+) -> BatchedProcessor:
+    catalog = TopicCatalog(settings)
+    return BatchedProcessor(
+        Scheduler(settings, catalog=catalog), settings,
+        inputs=[catalog["submissions"].name, catalog["reports"].name, catalog["control"].name],
+        fact_topic=catalog["workunits"].name,
+        tables=[catalog["nodes"].name, catalog["trust"].name, catalog["capacity"].name],
+        group_id=group_id or f"{settings.topic_prefix}scheduler",
+        on_ready=on_ready,
+    )
+
+
+def run_scheduler(settings: OnceflowSettings, *, ready_file: Path | None = None,
+                  with_clock: bool = True) -> None:
+    """Block until SIGTERM: schedule, arbitrate claims, settle, recover."""
+    log = get_logger(role="scheduler")
+    processor = build_scheduler(settings, on_ready=ready_file.touch if ready_file else None)
+    processor.install_signal_handlers()
+    ticker = None
+    if with_clock:
+        reports = TopicCatalog(settings)["reports"]
+        ticker = Ticker(settings, reports.name, reports.partitions,
+                        settings.scheduler.tick_interval_ms)
+        ticker.start()
+    log.info("scheduler.starting", clock=with_clock)
+    try:
+        processor.run()
+    finally:
+        if ticker is not None:
+            ticker.stop()
