@@ -105,8 +105,13 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             try:
                 os.kill(pid, 0)
-            except ProcessLookupError:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split()[2] == "Z":  # exited; its parent reaps it
+                        return True
+            except (ProcessLookupError, FileNotFoundError):
                 return True
+            except OSError:
+                pass
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
         return True

@@ -16,7 +16,15 @@ from infra.broker import EmbeddedBroker
 from streams.settings import OnceflowSettings
 from streams.topics.provisioning import TopicStatus, create_topics
 
-__all__ = ["StackState", "pid_alive", "read_stack", "stack_down", "stack_up"]
+__all__ = [
+    "StackState",
+    "local_settings",
+    "pid_alive",
+    "read_stack",
+    "stack_down",
+    "stack_up",
+    "start_stack_roles",
+]
 
 
 def pid_alive(pid: int) -> bool:
@@ -95,3 +103,49 @@ def stack_down(settings: OnceflowSettings) -> list[str]:
         stopped.append(f"broker (pid {state.broker_pid})")
     settings.stack_file().unlink(missing_ok=True)
     return stopped
+
+
+def local_settings(settings: OnceflowSettings) -> OnceflowSettings:
+    """The stack's broker, with state and content under the stack directory by default."""
+    from pathlib import Path
+
+    update: dict[str, Any] = {}
+    state = read_stack(settings)
+    if state is not None:
+        update["bootstrap_servers"] = state.bootstrap
+    defaults = OnceflowSettings.model_fields
+    if settings.state_dir == defaults["state_dir"].default:
+        update["state_dir"] = Path(settings.stack_dir) / "state"
+    if settings.content_store_url == defaults["content_store_url"].default:
+        update["content_store_url"] = f"file://{Path(settings.stack_dir).resolve() / 'content'}"
+    return settings.model_copy(update=update)
+
+
+def start_stack_roles(
+    settings: OnceflowSettings,
+    *,
+    agents: int,
+    scheduler: bool = True,
+    concurrency: int = 4,
+    region: str | None = None,
+    llm_provider: str | None = None,
+) -> dict[str, int]:
+    """Start the roles that are not running yet; record them for `status` and `down`."""
+    from infra.roles import AgentSpec, agent_specs, start_roles
+
+    state = read_stack(settings)
+    if state is None:
+        raise RuntimeError("the stack is not up")
+    settings = local_settings(settings)
+    running = {n: p for n, p in state.processes.items() if pid_alive(p)}
+    specs: list[AgentSpec] = [
+        s for s in agent_specs(agents, concurrency=concurrency, region=region,
+                               llm_provider=llm_provider)
+        if f"agent-{s.node_id}" not in running
+    ]
+    want_scheduler = scheduler and "scheduler" not in running
+    started = start_roles(settings, specs, scheduler=want_scheduler)
+    running.update({r.name: r.pid for r in started})
+    state.processes = running
+    write_stack(settings, state)
+    return running

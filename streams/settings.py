@@ -210,6 +210,28 @@ class OnceflowSettings(BaseSettings):
     def topic_partitions(self, topic: str, default: int | None = None) -> int:
         return self.partitions_per_topic.get(topic, default or self.partitions)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as `ONCEFLOW_*` variables, for the role processes `up` starts."""
+        env: dict[str, str] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, BaseModel):
+                data = value.model_dump(mode="json")
+                for k, v in list(data.items()):
+                    secret = getattr(value, k)
+                    if isinstance(secret, SecretStr):
+                        data[k] = secret.get_secret_value()
+                text = json.dumps(data)
+            elif isinstance(value, dict | list):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            env[f"ONCEFLOW_{name.upper()}"] = text
+        return env
+
     def stack_file(self) -> Path:
         return self.stack_dir / STACK_FILE
 

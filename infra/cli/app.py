@@ -28,6 +28,12 @@ app = typer.Typer(
 topics_app = typer.Typer(help="Create and inspect the topic catalog.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 
+
+def _add_workers() -> None:
+    from infra.cli.workers import worker_app
+
+    app.add_typer(worker_app, name="worker")
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -75,9 +81,16 @@ def _require_broker(settings: OnceflowSettings) -> None:
 
 
 @app.command()
-def up() -> None:
-    """Start the local stack: the embedded broker and every catalog topic."""
-    from infra.stack import stack_up
+def up(
+    agents: Annotated[int, typer.Option(help="node agents to start (n1..nN)", min=0)] = 3,
+    scheduler: Annotated[bool, typer.Option(help="start the scheduler")] = True,
+    concurrency: Annotated[int, typer.Option(help="units each agent runs at once", min=1)] = 4,
+    region: Annotated[str | None, typer.Option(help="put every agent in this region")] = None,
+    llm_provider: Annotated[str, typer.Option("--llm-provider", help="stub or openai")] = "stub",
+) -> None:
+    """Start the local stack: broker, topics, scheduler and node agents, in the background."""
+    from infra.roles import RoleStartError
+    from infra.stack import start_stack_roles, stack_up
 
     settings = _settings()
     state, statuses, started = stack_up(settings)
@@ -88,6 +101,20 @@ def up() -> None:
         err_console.print(f"[yellow]topic {s.name}[/]: {s.error}")
     console.print(f"{sum(1 for s in statuses if s.exists)} topics ready "
                   f"({sum(1 for s in statuses if s.created)} created)")
+    _check_provider(llm_provider)
+    try:
+        roles = start_stack_roles(settings, agents=agents, scheduler=scheduler,
+                                  concurrency=concurrency, region=region,
+                                  llm_provider=llm_provider)
+    except RoleStartError as exc:
+        raise _fail(f"a role did not start: {exc}", 1) from None
+    for name, pid in sorted(roles.items()):
+        console.print(f"{name} running (pid {pid})")
+
+
+def _check_provider(name: str) -> None:
+    if name not in ("stub", "openai"):
+        raise _fail(f"--llm-provider {name!r} is not known: use stub or openai")
 
 
 @app.command()
@@ -123,11 +150,22 @@ def status(
         "topics": [],
     }
     broker_up = stack is not None and pid_alive(stack.broker_pid)
+    report["units"] = {}
+    report["nodes"] = []
     if broker_up or settings.broker_profile == "cluster":
         report["topics"] = [
             {"name": t.name, "exists": t.exists, "partitions": t.partitions}
             for t in describe_topics(settings, timeout=5)
         ]
+        if all(t["exists"] for t in report["topics"]):
+            from infra.observe import node_rows, read_nodes, read_progress
+
+            progress = read_progress(settings)
+            report["units"] = {"by_state": progress.by_state(), "total": len(progress.status),
+                               "completed_by_node": dict(sorted(
+                                   progress.completed_by_node.items())),
+                               "rejected_completions": progress.rejected_completions}
+            report["nodes"] = node_rows(read_nodes(settings), int(time.time() * 1000))
     if fmt == "json":
         print(json.dumps(report, indent=2))
         return
@@ -135,6 +173,25 @@ def status(
         console.print("local stack is [bold red]down[/] (run `onceflow up`)")
         return
     console.print(f"broker [bold green]up[/] at {settings.bootstrap_servers}")
+    for name, proc in report["processes"].items():
+        state = "[green]running[/]" if proc["alive"] else "[red]stopped[/]"
+        console.print(f"  {name}: {state} (pid {proc['pid']})")
+    units = report["units"]
+    if units:
+        table = Table("state", "units", title=f"work units ({units['total']})")
+        for state_name, n in units["by_state"].items():
+            table.add_row(state_name, str(n))
+        console.print(table)
+    if report["nodes"]:
+        nodes = Table("node", "health", "region", "kinds", "queue", "util", "free slots",
+                      "completed", "heartbeat age", title="nodes")
+        for n in report["nodes"]:
+            nodes.add_row(n["node_id"], n["health"], str(n["region"] or "-"),
+                          ",".join(n["kinds"]), str(n["queue_depth"]),
+                          f"{n['utilization']:.0%}", str(n["free_slots"]),
+                          str(units.get("completed_by_node", {}).get(n["node_id"], 0)),
+                          f"{n['heartbeat_age_s']}s")
+        console.print(nodes)
     table = Table("topic", "partitions", "exists")
     for t in report["topics"]:
         table.add_row(t["name"], str(t["partitions"]), "yes" if t["exists"] else "no")
@@ -415,6 +472,9 @@ def demo(
         if not keep:
             for name in stack_down(settings):
                 console.print(f"stopped {name}")
+
+
+_add_workers()
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from streams.scheduler._impl.placement import (
     rank_recorded,
     version_tuple,
 )
+from streams.scheduler._impl.progress import SETTLED_STATES, UnitProgress, percentile
 from streams.scheduler._impl.reducer import (
     TERMINAL,
     Scheduler,
@@ -26,6 +27,7 @@ from streams.scheduler._impl.retry import retry_delay_ms
 from streams.scheduler._impl.view import ClusterView
 
 __all__ = [
+    "SETTLED_STATES",
     "TERMINAL",
     "ClusterView",
     "NodeView",
@@ -33,9 +35,11 @@ __all__ = [
     "PlacementRequest",
     "Scheduler",
     "Streak",
+    "UnitProgress",
     "candidate_for",
     "idempotency_key_for",
     "payload_digest",
+    "percentile",
     "place",
     "rank_recorded",
     "retry_delay_ms",

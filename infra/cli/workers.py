@@ -1,0 +1,69 @@
+"""`onceflow worker ...`: run one role in the foreground (what `up` starts in the background)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["worker_app"]
+
+worker_app = typer.Typer(help="Run one role in the foreground.", no_args_is_help=True)
+
+KNOWN_KINDS = ("cpu", "llm_pod", "tool")
+
+
+@worker_app.command("scheduler")
+def scheduler(
+    ready_file: Annotated[Path | None, typer.Option(help="touched once the scheduler is ready")]
+    = None,
+    clock: Annotated[bool, typer.Option(help="also produce clock ticks")] = True,
+) -> None:
+    """The scheduler: admission, placement, claims, settlement, leases, retries."""
+    from infra.cli.app import _settings
+    from streams.log import configure_logging
+    from streams.scheduler.worker import run_scheduler
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    run_scheduler(settings, ready_file=ready_file, with_clock=clock)
+
+
+@worker_app.command("agent")
+def agent(
+    node_id: Annotated[str, typer.Option("--node-id", help="this node's id, e.g. n1")],
+    region: Annotated[str | None, typer.Option(help="region, e.g. eu-west")] = None,
+    kinds: Annotated[str, typer.Option(help="comma-separated: cpu,llm_pod,tool")] = "cpu",
+    concurrency: Annotated[int, typer.Option(help="units run at once", min=1)] = 4,
+    llm_provider: Annotated[str | None, typer.Option("--llm-provider",
+                                                     help="stub or openai")] = None,
+    ready_file: Annotated[Path | None, typer.Option(help="touched once the agent is ready")]
+    = None,
+) -> None:
+    """A node agent: claims what is scheduled on it, executes what it is granted."""
+    import signal
+
+    from agents import NodeAgent, provider_from_settings
+    from infra.cli.app import _fail, _settings
+    from streams.log import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    wanted = [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in KNOWN_KINDS]
+    if not wanted or unknown:
+        raise _fail(f"--kinds {kinds!r}: unknown kind(s) {unknown or '(none given)'}; "
+                    f"use a comma-separated list of {', '.join(KNOWN_KINDS)}")
+    provider = None
+    if "llm_pod" in wanted:
+        try:
+            provider = provider_from_settings(settings.agent, llm_provider)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    node = NodeAgent(settings, node_id=node_id, region=region, kinds=wanted,
+                     concurrency=concurrency, provider=provider,
+                     on_ready=ready_file.touch if ready_file else None)
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)
+    node.run()

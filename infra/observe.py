@@ -1,0 +1,87 @@
+"""Watching the system from outside: unit progress from the facts, nodes from heartbeats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from schemas import CodecError, NodeHeartbeat, SingleObjectCodec
+from streams.kafka import make_consumer, partition_count, read_topic_to_end
+from streams.scheduler import UnitProgress
+from streams.settings import OnceflowSettings
+from streams.topics.catalog import TopicCatalog
+
+__all__ = ["ProgressFollower", "read_nodes", "read_progress"]
+
+
+class ProgressFollower:
+    """Keeps reading the work-unit topic and folding it into a `UnitProgress`."""
+
+    def __init__(self, settings: OnceflowSettings) -> None:
+        self.topic = TopicCatalog(settings)["workunits"].name
+        self.codec = SingleObjectCodec()
+        self.progress = UnitProgress()
+        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False})
+        parts = partition_count(self._consumer, self.topic)
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                               for p in range(parts)])
+
+    def poll(self, timeout: float = 0.2, max_records: int = 100_000) -> int:
+        """Fold what has arrived; return how many facts were read."""
+        n = 0
+        while n < max_records:
+            msgs = self._consumer.consume(num_messages=5000, timeout=timeout if n == 0 else 0)
+            if not msgs:
+                break
+            for msg in msgs:
+                raw = msg.value()
+                if msg.error() is not None or raw is None:
+                    continue
+                try:
+                    fact = self.codec.decode(raw)
+                except CodecError:
+                    continue
+                self.progress.add(fact, msg.timestamp()[1])
+                n += 1
+        return n
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def read_progress(settings: OnceflowSettings) -> UnitProgress:
+    follower = ProgressFollower(settings)
+    try:
+        while follower.poll(timeout=settings.read_to_end_idle_ms / 1000):
+            pass
+        return follower.progress
+    finally:
+        follower.close()
+
+
+def read_nodes(settings: OnceflowSettings) -> dict[str, NodeHeartbeat]:
+    """The latest heartbeat of every node."""
+    codec = SingleObjectCodec()
+    latest: dict[str, NodeHeartbeat] = {}
+    for msg in read_topic_to_end(settings, TopicCatalog(settings)["nodes"].name):
+        try:
+            event = codec.decode(msg.value() or b"")
+        except CodecError:
+            continue
+        if isinstance(event, NodeHeartbeat):
+            current = latest.get(event.node_id)
+            if current is None or current.occurred_at <= event.occurred_at:
+                latest[event.node_id] = event
+    return dict(sorted(latest.items()))
+
+
+def node_rows(nodes: dict[str, NodeHeartbeat], now_ms: int) -> list[dict[str, Any]]:
+    return [
+        {"node_id": n.node_id, "health": n.health_status, "region": n.region,
+         "kinds": n.supported_kinds, "concurrency": n.max_concurrency,
+         "queue_depth": n.active_queue_depth, "utilization": n.utilization,
+         "free_slots": n.available_concurrency, "version": n.version,
+         "heartbeat_age_s": round(max(0, now_ms - n.occurred_at) / 1000, 1)}
+        for n in nodes.values()
+    ]

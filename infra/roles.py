@@ -1,0 +1,109 @@
+"""Starting role processes (scheduler, node agents) in the background.
+
+Each role is `onceflow worker ...` in its own session, logging to
+`.onceflow/logs/<name>.log`; it touches a ready file once its partitions
+are assigned and recovered (or, for an agent, once its first heartbeat is
+out), and `start_roles` returns only when every role is ready.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.settings import OnceflowSettings
+
+__all__ = ["AgentSpec", "RoleProcess", "RoleStartError", "agent_specs", "start_roles",
+           "worker_command"]
+
+DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
+
+
+class RoleStartError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    node_id: str
+    region: str | None = None
+    kinds: tuple[str, ...] = ("cpu", "llm_pod", "tool")
+    concurrency: int = 4
+    llm_provider: str | None = None
+
+
+@dataclass
+class RoleProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_file: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def agent_specs(count: int, *, concurrency: int = 4, kinds: tuple[str, ...] = ("cpu", "llm_pod",
+                "tool"), region: str | None = None, llm_provider: str | None = None,
+                ) -> list[AgentSpec]:
+    """`n1..nN`, spread over a few regions unless one is given."""
+    return [
+        AgentSpec(f"n{i}", region or DEFAULT_REGIONS[(i - 1) % len(DEFAULT_REGIONS)], kinds,
+                  concurrency, llm_provider)
+        for i in range(1, count + 1)
+    ]
+
+
+def worker_command(role: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "infra.cli", "worker", role, *args]
+
+
+def _spawn(settings: OnceflowSettings, name: str, cmd: list[str]) -> RoleProcess:
+    run_dir = settings.stack_dir
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / "ready").mkdir(parents=True, exist_ok=True)
+    ready = run_dir / "ready" / name
+    ready.unlink(missing_ok=True)
+    log = run_dir / "logs" / f"{name}.log"
+    env = {**os.environ, **settings.to_env(), "ONCEFLOW_LOG_FORMAT": "json"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([*cmd, "--ready-file", str(ready)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return RoleProcess(name, proc, ready, log)
+
+
+def start_roles(
+    settings: OnceflowSettings,
+    agents: list[AgentSpec],
+    *,
+    scheduler: bool = True,
+    timeout_s: float = 90.0,
+) -> list[RoleProcess]:
+    """Start the scheduler and the agents; return once every one is ready."""
+    roles: list[RoleProcess] = []
+    if scheduler:
+        roles.append(_spawn(settings, "scheduler", worker_command("scheduler")))
+    for spec in agents:
+        args = ["--node-id", spec.node_id, "--kinds", ",".join(spec.kinds),
+                "--concurrency", str(spec.concurrency)]
+        if spec.region:
+            args += ["--region", spec.region]
+        if spec.llm_provider:
+            args += ["--llm-provider", spec.llm_provider]
+        roles.append(_spawn(settings, f"agent-{spec.node_id}", worker_command("agent", *args)))
+    deadline = time.monotonic() + timeout_s
+    for role in roles:
+        while not role.ready_file.exists():
+            if role.process.poll() is not None:
+                tail = role.log_file.read_text(errors="replace")[-2000:]
+                raise RoleStartError(f"{role.name} exited with {role.process.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise RoleStartError(f"{role.name} was not ready after {timeout_s}s "
+                                     f"(see {role.log_file})")
+            time.sleep(0.05)
+    return roles
