@@ -39,6 +39,10 @@ class SchedulerSettings(BaseModel):
     weight_region: float = 0.10
     default_trust: float = 0.5
     stale_heartbeat_ms: int = Field(default=60_000, ge=1, description="older: trust halved")
+    node_expiry_ms: int = Field(
+        default=180_000, ge=1,
+        description="a node silent this long is filtered out (heartbeat_expired)",
+    )
     anti_affinity_streak: int = 5
     anti_affinity_margin: float = 0.03
     throttled_admits: list[str] = Field(default_factory=lambda: ["critical", "p0", "p1"])

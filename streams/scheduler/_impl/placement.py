@@ -27,8 +27,8 @@ __all__ = [
 ]
 
 FilterReason = Literal[
-    "disabled", "health_status", "unsupported_kind", "insufficient_concurrency",
-    "runtime_version",
+    "disabled", "health_status", "heartbeat_expired", "unsupported_kind",
+    "insufficient_concurrency", "runtime_version",
 ]
 
 
@@ -85,12 +85,17 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _filter(node: NodeView, req: PlacementRequest) -> FilterReason | None:
-    # The order is Krako 2.0's, so the first failing rule names the reason.
+def _filter(node: NodeView, req: PlacementRequest, now: int,
+            cfg: SchedulerSettings) -> FilterReason | None:
+    # The order is Krako 2.0's, so the first failing rule names the reason; a
+    # node that stopped heartbeating long ago (killed, partitioned) is out too,
+    # or the units placed on it would only wait for their claim deadline.
     if not node.enabled:
         return "disabled"
     if node.health_status in ("down", "draining"):
         return "health_status"
+    if now - node.last_seen > cfg.node_expiry_ms:
+        return "heartbeat_expired"
     if req.kind not in node.supported_kinds:
         return "unsupported_kind"
     if node.available_concurrency < req.required_concurrency:
@@ -167,7 +172,7 @@ def place(
     counts: dict[str, int] = {}
     eligible: list[PlacementCandidate] = []
     for node in sorted(nodes, key=lambda n: n.node_id):
-        reason = _filter(node, req)
+        reason = _filter(node, req, now, cfg)
         if reason is not None:
             counts[reason] = counts.get(reason, 0) + 1
             continue

@@ -122,3 +122,10 @@ def test_recorded_candidates_reproduce_the_choice(streak: Streak) -> None:
     assert result.selected is not None
     assert rank_recorded(result.candidates, streak, "eu", CFG) == (
         result.selected.node_id, result.reason_code)
+
+
+def test_a_node_silent_past_the_expiry_is_filtered_out() -> None:
+    gone = NOW - CFG.node_expiry_ms - 1
+    result = place(CPU, [node("gone", last_seen=gone), node("here")], {}, NOW, Streak(), CFG)
+    assert result.selected is not None and result.selected.node_id == "here"
+    assert result.filter_counts == {"heartbeat_expired": 1}

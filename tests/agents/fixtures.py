@@ -1,0 +1,128 @@
+"""An execution cluster for tests: the scheduler and node agents against the session broker.
+
+In-process (threads) for speed where nothing is killed; the chaos tests use
+`infra.roles` to run the same roles as processes they can SIGKILL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents import NodeAgent
+from infra.observe import ProgressFollower
+from schemas import SingleObjectCodec, WorkUnitSubmitted
+from streams.kafka import EventProducer
+from streams.runtime import BatchedProcessor
+from streams.scheduler.worker import build_scheduler
+from streams.settings import AgentSettings, OnceflowSettings, SchedulerSettings
+from streams.topics import TopicCatalog, create_topics
+from tests.fixtures import wait_for
+
+T_START = int(time.time() * 1000)
+
+
+def fast_settings(settings: OnceflowSettings) -> OnceflowSettings:
+    """Short leases, deadlines and heartbeats, so recovery happens within a test."""
+    return settings.model_copy(update={
+        "scheduler": SchedulerSettings(claim_timeout_ms=3000, tick_interval_ms=100,
+                                       node_expiry_ms=4000, retry_base_ms=100),
+        "agent": AgentSettings(heartbeat_interval_ms=300),
+        "batch_timeout_ms": 20,
+    })
+
+
+def unit(wu: str, **fields: Any) -> WorkUnitSubmitted:
+    fields.setdefault("lease_ms", 3000)
+    return WorkUnitSubmitted(event_id=f"sub-{wu}-{fields.get('simulated_ms', 0)}",
+                             occurred_at=int(time.time() * 1000), tenant_id="acme",
+                             execution_session_id="s1", work_unit_id=wu, **fields)
+
+
+def effect_rows(db: Path) -> Counter[str]:
+    """Rows the `effects.append` tool wrote, per work unit: the outside world's count."""
+    if not db.exists():
+        return Counter()
+    conn = sqlite3.connect(db)
+    try:
+        return Counter(r[0] for r in conn.execute("SELECT work_unit_id FROM effects"))
+    finally:
+        conn.close()
+
+
+@dataclass
+class Cluster:
+    settings: OnceflowSettings
+    threads: list[threading.Thread] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    agents: list[NodeAgent] = field(default_factory=list)
+    scheduler: BatchedProcessor | None = None
+
+    def __post_init__(self) -> None:
+        create_topics(self.settings)
+        self.catalog = TopicCatalog(self.settings)
+        self.producer = EventProducer(self.settings, SingleObjectCodec())
+        self.follower: ProgressFollower | None = None
+
+    def start_scheduler(self) -> None:
+        from streams.runtime.clock import Ticker
+
+        ready = threading.Event()
+        self.scheduler = build_scheduler(self.settings, on_ready=ready.set)
+        self._spawn(lambda: self.scheduler.run(self.stop))  # type: ignore[union-attr]
+        reports = self.catalog["reports"]
+        self.ticker = Ticker(self.settings, reports.name, reports.partitions,
+                             self.settings.scheduler.tick_interval_ms)
+        self.ticker.start()
+        assert ready.wait(60), "scheduler never became ready"
+
+    def start_agent(self, node_id: str, **kw: Any) -> NodeAgent:
+        ready = threading.Event()
+        kw.setdefault("kinds", ("cpu", "llm_pod", "tool"))
+        agent = NodeAgent(self.settings, node_id=node_id, on_ready=ready.set, **kw)
+        self.agents.append(agent)
+        self._spawn(lambda: agent.run(self.stop))
+        assert ready.wait(30), f"agent {node_id} never became ready"
+        return agent
+
+    def _spawn(self, target: Any) -> None:
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def submit(self, *units: WorkUnitSubmitted) -> None:
+        topic = self.catalog["submissions"]
+        for u in units:
+            self.producer.send(topic, u)
+        self.producer.flush()
+
+    def progress(self) -> ProgressFollower:
+        if self.follower is None:
+            self.follower = ProgressFollower(self.settings)
+        self.follower.poll(timeout=0.2)
+        return self.follower
+
+    def wait_settled(self, ids: list[str], timeout: float = 60.0) -> dict[str, str]:
+        from streams.scheduler import SETTLED_STATES
+
+        def done() -> bool:
+            status = self.progress().progress.status
+            return all(status.get(i) in SETTLED_STATES for i in ids)
+
+        wait_for(done, timeout=timeout, what=f"{len(ids)} units to settle")
+        status = self.progress().progress.status
+        return {i: status[i] for i in ids}
+
+    def close(self) -> None:
+        self.stop.set()
+        if getattr(self, "ticker", None) is not None:
+            self.ticker.stop()
+        for t in self.threads:
+            t.join(timeout=20)
+        if self.follower is not None:
+            self.follower.close()

@@ -1,0 +1,118 @@
+"""SIGKILL a node agent in the middle of a burst: nothing runs twice that must not."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.roles import RoleProcess, agent_specs, start_roles
+from schemas import SingleObjectCodec, WorkUnitFailed, WorkUnitSubmitted
+from streams.kafka import EventProducer, read_topic_to_end
+from streams.settings import OnceflowSettings
+from streams.topics import TopicCatalog, create_topics
+from tests.agents.fixtures import effect_rows, fast_settings, unit
+from tests.fixtures import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+
+def _burst(db: Path) -> dict[str, list[WorkUnitSubmitted]]:
+    tool = {"db": str(db)}
+    return {
+        "pure": [unit(f"pure-{i}", simulated_ms=20) for i in range(250)],
+        "read_only": [unit(f"llm-{i}", kind="llm_pod", effect="READ_ONLY_NONDET",
+                           prompt=f"question {i}") for i in range(50)],
+        "unsafe": [unit(f"wm-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=30,
+                        parameters=tool) for i in range(80)],
+        "token": [unit(f"tok-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=30,
+                       idempotency_class="token", parameters={**tool, "honour_key": "true"})
+                  for i in range(70)],
+        "readback": [unit(f"rb-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=30,
+                          idempotency_class="readback", parameters=tool) for i in range(50)],
+    }
+
+
+@pytest.fixture
+def roles(settings: OnceflowSettings) -> Iterator[list[RoleProcess]]:
+    fast = fast_settings(settings)
+    create_topics(fast)
+    started = start_roles(fast, agent_specs(3, concurrency=4, region="eu-west"))
+    yield started
+    for role in started:
+        if role.process.poll() is None:
+            role.process.send_signal(signal.SIGTERM)
+    for role in started:
+        try:
+            role.process.wait(timeout=20)
+        except Exception:
+            role.process.kill()
+
+
+def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProcess],
+                                tmp_path: Path) -> None:
+    from infra.observe import ProgressFollower
+    from streams.scheduler import SETTLED_STATES
+
+    fast = fast_settings(settings)
+    db = tmp_path / "effects.sqlite"
+    burst = _burst(db)
+    everything = [u for group in burst.values() for u in group]
+    # interleave the groups so that the killed node holds every kind
+    everything.sort(key=lambda u: (int((u.work_unit_id or "").rsplit("-", 1)[1]) % 50,
+                                   u.work_unit_id))
+    producer = EventProducer(fast, SingleObjectCodec())
+    topic = TopicCatalog(fast)["submissions"]
+    for u in everything:
+        producer.send(topic, u)
+    producer.flush()
+
+    follower = ProgressFollower(fast)
+    try:
+        def some_done() -> bool:
+            follower.poll()
+            return follower.progress.by_state().get("completed", 0) >= 80
+
+        wait_for(some_done, timeout=60, what="80 completions before the kill")
+        victim = next(r for r in roles if r.name == "agent-n1")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.process.wait(timeout=10)
+
+        ids = [u.work_unit_id or "" for u in everything]
+
+        def all_settled() -> bool:
+            follower.poll()
+            status = follower.progress.status
+            return all(status.get(i) in SETTLED_STATES for i in ids)
+
+        wait_for(all_settled, timeout=150, what="every unit to settle after the kill")
+        status = follower.progress.status
+        accepted = follower.progress.accepted_completions
+    finally:
+        follower.close()
+
+    codec = SingleObjectCodec()
+    timeouts = [f for f in (codec.decode(m.value() or b"") for m in
+                            read_topic_to_end(fast, TopicCatalog(fast)["workunits"].name))
+                if isinstance(f, WorkUnitFailed) and f.error_code == "node_timeout"]
+    assert timeouts, "the kill interrupted no granted work; the test proved nothing"
+    rows = effect_rows(db)
+    print(f"kill summary: {len(timeouts)} lease expiries, states "
+          f"{sorted(Counter(status.values()).items())}")
+    for u in burst["pure"] + burst["read_only"]:
+        wu = u.work_unit_id or ""
+        assert status[wu] == "completed" and accepted[wu] == 1, (wu, status[wu], accepted[wu])
+    for u in burst["unsafe"]:
+        wu = u.work_unit_id or ""
+        assert status[wu] in ("completed", "needs_operator"), (wu, status[wu])
+        assert rows[wu] <= 1, f"{wu} was applied {rows[wu]} times"
+        if status[wu] == "completed":
+            assert rows[wu] == 1 and accepted[wu] == 1
+    for u in burst["token"] + burst["readback"]:
+        wu = u.work_unit_id or ""
+        assert status[wu] == "completed" and accepted[wu] == 1, (wu, status[wu])
+        assert rows[wu] == 1, f"{wu} was applied {rows[wu]} times"

@@ -1,0 +1,159 @@
+"""The execution core end to end on the real broker: scheduler plus node agents."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas import (
+    LlmInvocationCompleted,
+    SingleObjectCodec,
+    WorkUnitCompleted,
+    WorkUnitScheduled,
+)
+from streams.kafka import read_topic_to_end
+from streams.runtime import fingerprint_partitions, replay_facts
+from streams.scheduler import Scheduler, Streak, rank_recorded
+from streams.settings import OnceflowSettings
+from streams.state import open_partition_store
+from streams.topics import TopicCatalog
+from tests.agents.fixtures import Cluster, effect_rows, fast_settings, unit
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(settings: OnceflowSettings) -> Iterator[Cluster]:
+    c = Cluster(fast_settings(settings))
+    yield c
+    c.close()
+
+
+def _facts(settings: OnceflowSettings) -> list[tuple[object, int]]:
+    codec = SingleObjectCodec()
+    return [(codec.decode(m.value() or b""), m.partition() or 0)
+            for m in read_topic_to_end(settings, TopicCatalog(settings)["workunits"].name)]
+
+
+def test_two_agents_racing_for_the_same_dispatch_execute_it_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Two runs of node n1 read the same dispatch partition and both claim
+    # every unit; only the run holding the grant may act.
+    cluster.start_scheduler()
+    a = cluster.start_agent("n1", concurrency=4)
+    b = cluster.start_agent("n1", concurrency=4)
+    assert a.incarnation != b.incarnation
+    db = tmp_path / "effects.sqlite"
+    ids = [f"race-{i}" for i in range(60)]
+    cluster.submit(*(unit(i, kind="tool", effect="WORLD_MUTATING", simulated_ms=5,
+                          parameters={"db": str(db)}) for i in ids))
+    states = cluster.wait_settled(ids)
+    assert set(states.values()) == {"completed"}
+    rows = effect_rows(db)
+    assert all(rows[i] == 1 for i in ids), {i: rows[i] for i in ids if rows[i] != 1}
+    assert a.executed + b.executed == len(ids)
+    accepted = cluster.progress().progress.accepted_completions
+    assert all(accepted[i] == 1 for i in ids)
+
+
+def test_the_same_unit_submitted_twice_runs_once(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_scheduler()
+    cluster.start_agent("n1")
+    db = tmp_path / "effects.sqlite"
+    first = unit("dup-1", kind="tool", effect="WORLD_MUTATING", parameters={"db": str(db)})
+    again = first.model_copy(update={"event_id": "another-event-id"})
+    cluster.submit(first, again)
+    cluster.wait_settled(["dup-1"])
+    conflicting = unit("dup-1", kind="tool", effect="WORLD_MUTATING", simulated_ms=7,
+                       parameters={"db": str(db)})
+    cluster.submit(conflicting)
+    facts = []
+    from tests.fixtures import wait_for
+
+    def rejected() -> bool:
+        facts[:] = [f for f, _ in _facts(cluster.settings)]
+        return any(getattr(f, "reason_code", "") == "duplicate_id_different_payload"
+                   for f in facts)
+
+    wait_for(rejected, timeout=30, what="the conflicting submission's rejection")
+    assert effect_rows(db)["dup-1"] == 1
+    scheduled = [f for f in facts if isinstance(f, WorkUnitScheduled)]
+    assert len(scheduled) == 1
+
+
+def test_llm_units_emit_invocations_and_cpu_units_carry_results(cluster: Cluster) -> None:
+    cluster.start_scheduler()
+    cluster.start_agent("n1", region="eu-west")
+    cluster.start_agent("n2", region="us-east")
+    llm = [unit(f"llm-{i}", kind="llm_pod", prompt="x" * (40 + i), model="stub-1")
+           for i in range(10)]
+    cpu = [unit(f"cpu-{i}", simulated_ms=2, region="us-east") for i in range(10)]
+    cluster.submit(*llm, *cpu)
+    states = cluster.wait_settled([u.work_unit_id or "" for u in llm + cpu])
+    assert set(states.values()) == {"completed"}
+    codec = SingleObjectCodec()
+    invocations = [codec.decode(m.value() or b"") for m in read_topic_to_end(
+        cluster.settings, TopicCatalog(cluster.settings)["llm"].name)]
+    assert len(invocations) == 10
+    for inv in invocations:
+        assert isinstance(inv, LlmInvocationCompleted)
+        n = int(inv.work_unit_id.split("-")[1])  # type: ignore[union-attr]
+        assert inv.tokens_in == -(-(40 + n) // 4)
+        assert inv.total_tokens == inv.tokens_in + inv.tokens_out
+        assert inv.provider == "stub" and inv.estimated_cost_usd > 0
+    completions = [f for f, _ in _facts(cluster.settings)
+                   if isinstance(f, WorkUnitCompleted) and f.accepted]
+    assert all(c.result_ref is not None for c in completions)
+    # region preference: every us-east cpu unit ran on the us-east node
+    assert {c.selected_node_id for c in completions if c.work_unit_id.startswith("cpu")} == {"n2"}
+
+
+def test_a_child_runs_after_its_parents_with_their_results(cluster: Cluster) -> None:
+    cluster.start_scheduler()
+    cluster.start_agent("n1")
+    parents = [unit(f"parent-{i}", handler="sha256", parameters={"text": f"p{i}"})
+               for i in range(3)]
+    child = unit("child", handler="sha256", depends_on=[p.work_unit_id for p in parents])
+    cluster.submit(child, *parents)  # the child first: it must wait
+    cluster.wait_settled(["child"])
+    facts = [f for f, _ in _facts(cluster.settings)]
+    child_sched = [f for f in facts if isinstance(f, WorkUnitScheduled)
+                   and f.work_unit_id == "child"]
+    assert len(child_sched) == 1 and len(child_sched[0].parent_result_refs) == 3
+    done_at = {f.work_unit_id: f.finished_at for f in facts
+               if isinstance(f, WorkUnitCompleted) and f.accepted}
+    assert all(done_at["child"] >= done_at[p.work_unit_id] for p in parents)
+
+
+def test_replaying_the_facts_matches_the_live_scheduler_and_decisions_recheck(
+    cluster: Cluster,
+) -> None:
+    cluster.start_scheduler()
+    for n, region in (("n1", "eu-west"), ("n2", "us-east"), ("n3", "eu-west")):
+        cluster.start_agent(n, region=region, concurrency=2)
+    units = [unit(f"rp-{i}", simulated_ms=i % 3, region="eu-west" if i % 2 else None,
+                  kind="llm_pod" if i % 5 == 0 else "cpu", prompt="hello")
+             for i in range(150)]
+    cluster.submit(*units)
+    cluster.wait_settled([u.work_unit_id or "" for u in units])
+    cluster.close()  # stop the scheduler: its RocksDB state is now final
+    settings = cluster.settings
+    live = {}
+    for p in range(settings.partitions):
+        store = open_partition_store(settings.state_dir, "scheduler", p)
+        live[p] = list(store.raw_items())
+        store.close()
+    replayed = replay_facts(Scheduler(settings), settings,
+                            TopicCatalog(settings)["workunits"].name, SingleObjectCodec())
+    assert fingerprint_partitions({p: list(s.raw_items()) for p, s in replayed.items()}) == \
+        fingerprint_partitions(live)
+    by_unit = {u.work_unit_id: u for u in units}
+    decisions = [f for f, _ in _facts(settings) if isinstance(f, WorkUnitScheduled)]
+    assert len(decisions) >= len(units)
+    for d in decisions:
+        region = by_unit[d.work_unit_id].region
+        assert rank_recorded(d.candidates, Streak(d.streak_node_id, d.streak_length), region,
+                             settings.scheduler) == (d.selected_node_id, d.reason_code)
