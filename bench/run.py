@@ -124,6 +124,100 @@ def batched_shell_rate(settings: OnceflowSettings, n: int) -> dict[str, Any]:
             "note": "Avro decode + reducer + Avro encode of one fact + produce + RocksDB checkpoint"}
 
 
+def _execution_cluster(settings: OnceflowSettings, stack_dir: Path, prefix: str) -> tuple[
+        OnceflowSettings, list[Any]]:
+    from infra.roles import agent_specs, start_roles
+
+    settings = settings.model_copy(update={
+        "topic_prefix": prefix, "stack_dir": stack_dir / prefix,
+        "state_dir": stack_dir / prefix / "state",
+        "content_store_url": f"file://{stack_dir / prefix / 'content'}",
+    })
+    create_topics(settings)
+    roles = start_roles(settings, agent_specs(3, concurrency=4, kinds=("cpu",)))
+    return settings, roles
+
+
+def _stop_roles(roles: list[Any]) -> None:
+    import signal
+
+    for r in roles:
+        r.process.send_signal(signal.SIGTERM)
+    for r in roles:
+        r.process.wait(timeout=30)
+
+
+def _cpu_units(n: int, tag: str) -> list[Any]:
+    from schemas import WorkUnitSubmitted
+
+    now = int(time.time() * 1000)
+    return [WorkUnitSubmitted(event_id=f"{tag}-{i}", occurred_at=now, tenant_id="bench",
+                              execution_session_id=f"{tag}-s{i % 100}",
+                              work_unit_id=f"{tag}-{i:07d}", simulated_ms=0)
+            for i in range(n)]
+
+
+def _await_completed(follower: Any, ids: list[str], timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        follower.poll(timeout=0.1)
+        status = follower.progress.status
+        if all(status.get(i) == "completed" for i in ids):
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            done = sum(1 for i in ids if status.get(i) == "completed")
+            raise TimeoutError(f"{done}/{len(ids)} units completed after {timeout}s")
+
+
+def execution_rates(settings: OnceflowSettings, stack_dir: Path, n: int,
+                    paced_rate: int, paced_seconds: float) -> dict[str, Any]:
+    """Scheduler + 3 node agents as processes: a burst, then a paced stream."""
+    from infra.observe import ProgressFollower
+    from streams.scheduler import percentile
+
+    settings, roles = _execution_cluster(settings, stack_dir, "bench.exec.")
+    try:
+        producer = EventProducer(settings, SingleObjectCodec())
+        topic = TopicCatalog(settings)["submissions"]
+        follower = ProgressFollower(settings)
+        burst = _cpu_units(n, "burst")
+        t0 = time.monotonic()
+        for u in burst:
+            producer.send(topic, u)
+        producer.flush()
+        ids = [u.work_unit_id or "" for u in burst]
+        t1 = _await_completed(follower, ids, timeout=600)
+        lat = [float(follower.progress.latency_ms[i]) for i in ids]
+        result: dict[str, Any] = {
+            "burst": {"units": n, "simulated_ms": 0, "agents": 3, "agent_concurrency": 4,
+                      "units_per_s": round(n / (t1 - t0)),
+                      "latency_p50_ms": percentile(lat, 50),
+                      "latency_p99_ms": percentile(lat, 99)},
+        }
+        paced = _cpu_units(int(paced_rate * paced_seconds), "paced")
+        interval = 1.0 / paced_rate
+        start = time.monotonic()
+        for i, u in enumerate(paced):
+            target = start + i * interval
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the load generator, not synchronising a test
+            producer.send(topic, u.model_copy(update={"occurred_at": int(time.time() * 1000)}))
+            producer.poll(0)
+        producer.flush()
+        pids = [u.work_unit_id or "" for u in paced]
+        _await_completed(follower, pids, timeout=300)
+        plat = [float(follower.progress.latency_ms[i]) for i in pids]
+        result["paced"] = {"units": len(pids), "offered_units_per_s": paced_rate,
+                           "latency_p50_ms": percentile(plat, 50),
+                           "latency_p95_ms": percentile(plat, 95),
+                           "latency_p99_ms": percentile(plat, 99)}
+        follower.close()
+        return result
+    finally:
+        _stop_roles(roles)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/results.json")
@@ -147,6 +241,8 @@ def main() -> None:
                 "codec_one_core": codec_rates(int(100_000 * s)),
                 "submit": submit_rate(settings, int(100_000 * s), Path(stack_dir)),
                 "batched_shell": batched_shell_rate(settings, int(100_000 * s)),
+                "execution": execution_rates(settings, Path(stack_dir), int(10_000 * s),
+                                             200, 10 * s),
             }
     finally:
         broker.stop()
@@ -154,10 +250,12 @@ def main() -> None:
     results["ratios_to_raw_produce"] = {
         "submit": round(results["submit"]["units_per_s_in_command"] / raw, 3),
         "batched_shell": round(results["batched_shell"]["events_per_s"] / raw, 3),
+        "execution_burst": round(results["execution"]["burst"]["units_per_s"] / raw, 4),
     }
     results["targets"] = {
         "codec_each_way_per_s": 50_000, "submit_units_per_s": 50_000,
         "batched_shell_events_per_s": 30_000,
+        "execution_units_per_s": 1_000, "execution_p99_ms_at_200_per_s": 100,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

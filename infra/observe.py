@@ -39,10 +39,10 @@ class ProgressFollower:
                 if msg.error() is not None or raw is None:
                     continue
                 try:
-                    fact = self.codec.decode(raw)
+                    event_type, record = self.codec.decode_record(raw)
                 except CodecError:
                     continue
-                self.progress.add(fact, msg.timestamp()[1])
+                self.progress.add_record(event_type, record, msg.timestamp()[1])
                 n += 1
         return n
 

@@ -48,6 +48,7 @@ from streams.content import open_content_store
 from streams.ids import derive_event_id
 from streams.kafka import DeadLetterRouter, EventProducer, make_consumer
 from streams.log import get_logger
+from streams.runtime.batched import next_batch
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
 from streams.types import ContentStore
@@ -96,7 +97,7 @@ class NodeAgent:
         self._llm = self.catalog["llm"]
         self._nodes = self.catalog["nodes"]
         self.codec = SingleObjectCodec()
-        self.producer = EventProducer(settings, self.codec, **{"linger.ms": 1})
+        self.producer = EventProducer(settings, self.codec, on_delivered=None, **{"linger.ms": 1})
         self._dlq = DeadLetterRouter(self.producer, self.catalog["deadletters"].name,
                                      f"agent:{node_id}")
         self.log = get_logger(role="agent", node=node_id, incarnation=self.incarnation)
@@ -131,7 +132,7 @@ class NodeAgent:
             self.on_ready()
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(num_messages=500, timeout=0.05)
+                msgs = next_batch(consumer, 500, 0.05)
                 for msg in msgs:
                     self._intake(msg)
                 self.producer.poll(0)

@@ -97,7 +97,7 @@ class OpenAICompatibleProvider(_PerThousand):
             response = self.client.chat.completions.create(
                 model=model or self.model,
                 messages=[{"role": "user", "content": prompt}],
-                **({"max_tokens": max_tokens} if max_tokens else {}),
+                max_tokens=max_tokens if max_tokens else self._openai.omit,
             )
         except (self._openai.APIConnectionError, self._openai.APITimeoutError) as exc:
             raise ProviderError(f"{type(exc).__name__}: {exc}", "network_transient") from exc

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
-from schemas import CodecError, SingleObjectCodec, WorkUnitSubmitted
+from schemas import CodecError, SingleObjectCodec
 from streams.settings import OnceflowSettings, load_settings
 
 __all__ = ["app", "main"]
@@ -90,7 +90,7 @@ def up(
 ) -> None:
     """Start the local stack: broker, topics, scheduler and node agents, in the background."""
     from infra.roles import RoleStartError
-    from infra.stack import start_stack_roles, stack_up
+    from infra.stack import stack_up, start_stack_roles
 
     settings = _settings()
     state, statuses, started = stack_up(settings)
@@ -422,56 +422,34 @@ def tail(
 
 @app.command()
 def demo(
-    burst: Annotated[int, typer.Option(help="work units to submit", min=1)] = 10_000,
-    kind: Annotated[str, typer.Option(help="cpu or llm_pod")] = "cpu",
+    burst: Annotated[int, typer.Option(help="work units to submit", min=1)] = 5_000,
+    kind: Annotated[str, typer.Option(help="mixed (80% cpu, 20% llm_pod), cpu or llm_pod")]
+    = "mixed",
+    llm_provider: Annotated[str, typer.Option("--llm-provider", help="stub or openai")]
+    = "stub",
+    multi_agent: Annotated[bool, typer.Option("--multi-agent/--single-agent",
+                                              help="three node agents, or one")] = True,
+    priority: Annotated[str, typer.Option(help="critical, p0, p1 or p2")] = "p2",
+    region: Annotated[str | None, typer.Option(help="region the units prefer")] = None,
+    simulated_ms: Annotated[int, typer.Option("--simulated-ms", help="cpu work per unit",
+                                              min=0)] = 5,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the burst", min=1)] = 300,
     keep: Annotated[bool, typer.Option(help="leave the stack running afterwards")] = False,
 ) -> None:
-    """Bring the local stack up, submit a burst, read it back decoded, and stop."""
-    from infra.stack import stack_down, stack_up
-    from streams.kafka import read_topic_to_end
-    from streams.topics.catalog import TopicCatalog
+    """The whole path on the local stack: submit a burst, watch it settle, summarise, stop."""
+    from infra.demo import DemoSpec, run_demo
 
-    settings = _settings()
-    state, _statuses, _started = stack_up(settings)
-    console.print(f"[bold]onceflow demo[/]: broker at {state.bootstrap}, topics created")
-    try:
-        settings = settings.model_copy(update={"bootstrap_servers": state.bootstrap})
-        import os
-        import subprocess
-
-        cmd = [sys.executable, "-m", "infra.cli", "submit", "--count", str(burst),
-               "--kind", kind, "--tenant", "tenant-demo"]
-        if kind == "llm_pod":
-            cmd += ["--prompt", "Summarise the quarterly report.", "--model", "stub-small"]
-        subprocess.run(cmd, check=True,
-                       env={**os.environ, "ONCEFLOW_BOOTSTRAP_SERVERS": state.bootstrap})
-        topic = TopicCatalog(settings)["submissions"].name
-        codec = SingleObjectCodec()
-        counts: dict[str, int] = {}
-        per_partition: dict[int, int] = {}
-        sample: list[WorkUnitSubmitted] = []
-        started = time.perf_counter()
-        for msg in read_topic_to_end(settings, topic):
-            event = codec.decode(msg.value() or b"")
-            counts[event.event_type] = counts.get(event.event_type, 0) + 1
-            per_partition[(msg.partition() or 0)] = per_partition.get((msg.partition() or 0), 0) + 1
-            if len(sample) < 3 and isinstance(event, WorkUnitSubmitted):
-                sample.append(event)
-        elapsed = time.perf_counter() - started
-        table = Table("event type", "count")
-        for et, n in sorted(counts.items()):
-            table.add_row(et, str(n))
-        console.print(table)
-        console.print("per partition: " + ", ".join(f"p{p}={n}" for p, n in sorted(per_partition.items())))
-        console.print(f"read back and decoded {sum(counts.values())} events in {elapsed:.2f}s")
-        for event in sample:
-            console.print(f"  {event.work_unit_id} kind={event.kind} tenant={event.tenant_id} "
-                          f"session={event.execution_session_id}")
-        console.print("[dim]the scheduler, agents and ledger join this demo as their issues land[/]")
-    finally:
-        if not keep:
-            for name in stack_down(settings):
-                console.print(f"stopped {name}")
+    if kind not in ("mixed", "cpu", "llm_pod"):
+        raise _fail(f"--kind {kind!r} is not known: use mixed, cpu or llm_pod")
+    if priority not in ("critical", "p0", "p1", "p2"):
+        raise _fail(f"--priority {priority!r} is not known: use critical, p0, p1 or p2")
+    _check_provider(llm_provider)
+    spec = DemoSpec(burst=burst, kind=kind, llm_provider=llm_provider,
+                    agents=3 if multi_agent else 1, priority=priority, region=region,
+                    simulated_ms=simulated_ms, timeout_s=timeout, keep=keep)
+    code = run_demo(_settings(), spec, console)
+    if code:
+        raise typer.Exit(code)
 
 
 _add_workers()

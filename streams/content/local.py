@@ -13,9 +13,10 @@ __all__ = ["LocalContentStore"]
 
 
 class LocalContentStore:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
 
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
@@ -26,13 +27,14 @@ class LocalContentStore:
         if path.exists():
             return ref  # same bytes, same key: the write is idempotent
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file + fsync + rename: a reader sees all the bytes or none.
+        # Temp file (+ fsync) + rename: a reader sees all the bytes or none.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                if self.fsync:
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

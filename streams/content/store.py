@@ -47,7 +47,10 @@ def open_content_store(settings: OnceflowSettings) -> ContentStore:
     if parsed.scheme == "file":
         from streams.content.local import LocalContentStore
 
-        return LocalContentStore(parsed.netloc + parsed.path)
+        fsync = settings.content_store_fsync
+        if fsync is None:
+            fsync = settings.broker_profile != "embedded"
+        return LocalContentStore(parsed.netloc + parsed.path, fsync=fsync)
     if parsed.scheme == "s3":
         from streams.content.s3 import S3ContentStore
 

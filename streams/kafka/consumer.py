@@ -43,30 +43,39 @@ def _read_assigned(
     deadline: float,
     batch: int = 5000,
 ) -> Iterator[Message]:
-    last_record = time.monotonic()
+    """Yield records until every partition is at its end.
+
+    A partition is at its end once its position passed the high watermark
+    seen at the start and either nothing arrived for `idle_s` (the watermark
+    can be short, see BROKER.md) or it already yielded a record written after
+    the read began (a topic written to all the time, like one carrying clock
+    ticks, is never idle).
+    """
+    started_ms = int(time.time() * 1000)
+    began = time.monotonic()
+    last_record: dict[tuple[str, int], float] = {}
+    fresh: set[tuple[str, int]] = set()
     while True:
         msgs = consumer.consume(num_messages=batch, timeout=min(0.1, idle_s))
         now = time.monotonic()
-        got = False
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise RuntimeError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
-            got = True
+            tp_key = (str(msg.topic()), msg.partition() or 0)
+            last_record[tp_key] = now
+            if msg.timestamp()[1] >= started_ms:
+                fresh.add(tp_key)
             yield msg
-        if got:
-            last_record = now
-            continue
-        positions = consumer.position(
-            [TopicPartition(t, p) for (t, p) in targets]
-        )
-        reached = all(
-            targets[(tp.topic, tp.partition)] <= 0 or tp.offset >= targets[(tp.topic, tp.partition)]
+        positions = consumer.position([TopicPartition(t, p) for (t, p) in targets])
+        if all(
+            (targets[(tp.topic, tp.partition)] <= 0 or tp.offset >= targets[(tp.topic, tp.partition)])
+            and ((tp.topic, tp.partition) in fresh
+                 or now - last_record.get((tp.topic, tp.partition), began) >= idle_s)
             for tp in positions
-        )
-        if reached and now - last_record >= idle_s:
+        ):
             return
         if now > deadline:
             raise TimeoutError(f"reading to the end of {sorted(targets)} took too long")

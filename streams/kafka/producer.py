@@ -38,7 +38,7 @@ class EventProducer:
         codec: EventCodec,
         *,
         on_delivered: Callable[[Message], None] | None = None,
-        **overrides: Any,
+        **overrides: Any,  # librdkafka properties, e.g. **{"linger.ms": 1}
     ) -> None:
         self.settings = settings
         self.codec = codec

@@ -41,7 +41,22 @@ from streams.state.rocksdb import PartitionStore, open_partition_store
 from streams.topics.catalog import TopicCatalog
 from streams.types import Reducer, Routed, Sensor
 
-__all__ = ["BatchedProcessor", "ReducerError"]
+__all__ = ["BatchedProcessor", "ReducerError", "next_batch"]
+
+
+def next_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
+    """Whatever is ready now, up to `max_records`; wait up to `wait_s` only when nothing is.
+
+    `consume(n, timeout)` alone waits the whole timeout unless n records are
+    there, which adds the timeout to every hop when traffic is light.
+    """
+    msgs = consumer.consume(num_messages=max_records, timeout=0)
+    if msgs:
+        return msgs
+    first = consumer.consume(num_messages=1, timeout=wait_s)
+    if not first:
+        return first
+    return first + consumer.consume(num_messages=max_records - 1, timeout=0)
 
 
 class ReducerError(RuntimeError):
@@ -132,10 +147,8 @@ class BatchedProcessor:
             while not self._stop.is_set():
                 if self._tables_consumer is not None:
                     self._poll_tables(self._tables_consumer, timeout=0)
-                msgs = consumer.consume(
-                    num_messages=self.settings.batch_size,
-                    timeout=self.settings.batch_timeout_ms / 1000,
-                )
+                msgs = next_batch(consumer, self.settings.batch_size,
+                                  self.settings.batch_timeout_ms / 1000)
                 if msgs:
                     self._process_batch(consumer, msgs)
         finally:
@@ -163,12 +176,13 @@ class BatchedProcessor:
         ]
         tc.assign(assignment)
         self._tables_consumer = tc
-        # Load what is there now before deciding anything; later records are
-        # picked up between batches.
-        deadline = time.monotonic() + self.settings.read_to_end_idle_ms / 1000
-        while time.monotonic() < deadline:
-            if self._poll_tables(tc, timeout=0.05):
-                deadline = time.monotonic() + self.settings.read_to_end_idle_ms / 1000
+        # Load what is there now before deciding anything (until a poll comes
+        # back empty, or a few seconds at most: tables written all the time,
+        # like heartbeats, are never quiet); later records are picked up
+        # between batches.
+        give_up = time.monotonic() + 3 * self.settings.read_to_end_idle_ms / 1000
+        while time.monotonic() < give_up and self._poll_tables(tc, timeout=0.1):
+            pass
 
     def _poll_tables(self, tc: Consumer, timeout: float) -> int:
         msgs = tc.consume(num_messages=1000, timeout=timeout)
@@ -253,8 +267,10 @@ class BatchedProcessor:
         held = groups.pending.pop(event.event_id, None) if groups else None
         total = len(facts)
         matching = True
+        encoded: dict[int, bytes] = {}
         for i, fact in enumerate(facts, start=1):
             raw_fact = self.codec.encode(fact)
+            encoded[id(fact)] = raw_fact
             # After a crash mid-decision, the facts already in the topic are not
             # sent again as long as the new decision repeats them byte for byte.
             if matching and held is not None and i <= len(held) and held[i - 1].raw == raw_fact:
@@ -270,11 +286,15 @@ class BatchedProcessor:
         store.mark_seen(event.event_id)
         for fact in facts:
             for routed in self.reducer.route(fact):
-                self._send_routed(routed)
+                self._send_routed(routed, encoded.get(id(routed.event)))
 
-    def _send_routed(self, routed: Routed) -> None:
+    def _send_routed(self, routed: Routed, raw: bytes | None = None) -> None:
+        """Send a derived output; a fact routed as it is reuses its encoding."""
         topic = self._catalog.by_name(routed.topic) or routed.topic
-        self._producer.send(topic, routed.event, partition=routed.partition)
+        if raw is None:
+            self._producer.send(topic, routed.event, partition=routed.partition)
+        else:
+            self._producer.send_encoded(topic, routed.event, raw, partition=routed.partition)
 
     def _dead_letter(self, msg: Message, exc: BaseException) -> None:
         self.log.warning("record.dead_lettered", topic=msg.topic(), partition=msg.partition(),

@@ -24,6 +24,23 @@ _SEEN = b"d\x00"
 _META = b"m\x00"
 _FACT_OFFSET = _META + b"fact-offset"
 _DELETED = None
+_SEEN_MARK = "1"
+_BUCKET = 6  # namespace (2 bytes) + 4 bytes of the key
+
+
+class _Pending:
+    """A value set since the last checkpoint, told apart from stored bytes in a scan."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _encode(key: bytes, value: Any) -> bytes:
+    if key.startswith(_SEEN):
+        return b"1"
+    return serde.dumps(value)
 
 
 def _options() -> Options:
@@ -40,33 +57,48 @@ class PartitionStore:
         self.partition = partition
         path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), options=_options())
-        self._dirty: dict[bytes, bytes | None] = {}
+        # Changes since the last checkpoint, as Python values (None: deleted):
+        # a value set and read again within a batch is never re-parsed, and a
+        # key set many times is serialised once, at the checkpoint.
+        self._dirty: dict[bytes, Any] = {}
+        # Dirty keys by their first bytes, so a prefix scan (a tick looking
+        # for due leases) does not walk every key changed in the batch.
+        self._buckets: dict[bytes, set[bytes]] = {}
         self._offsets: dict[str, int] = {}
         self.fresh = self._db.get(_FACT_OFFSET) is None
 
     # -- State protocol ------------------------------------------------------------
 
-    def _raw(self, key: bytes) -> bytes | None:
+    def _has(self, key: bytes) -> bool:
         if key in self._dirty:
-            return self._dirty[key]
-        value = self._db.get(key)
-        return value if value is None else bytes(value)
+            return self._dirty[key] is not None
+        return self._db.get(key) is not None
 
     def get(self, key: str, default: Any = None) -> Any:
-        raw = self._raw(_STATE + key.encode())
-        return default if raw is None else serde.loads(raw)
+        k = _STATE + key.encode()
+        if k in self._dirty:
+            value = self._dirty[k]
+            return default if value is None else value
+        raw = self._db.get(k)
+        return default if raw is None else serde.loads(bytes(raw))
+
+    def _mark(self, key: bytes, value: Any) -> None:
+        if key not in self._dirty:
+            self._buckets.setdefault(key[:_BUCKET], set()).add(key)
+        self._dirty[key] = value
 
     def set(self, key: str, value: Any) -> None:
-        self._dirty[_STATE + key.encode()] = serde.dumps(value)
+        self._mark(_STATE + key.encode(), value)
 
     def delete(self, key: str) -> None:
-        self._dirty[_STATE + key.encode()] = _DELETED
+        self._mark(_STATE + key.encode(), _DELETED)
 
     def __contains__(self, key: str) -> bool:
-        return self._raw(_STATE + key.encode()) is not None
+        return self._has(_STATE + key.encode())
 
-    def _scan(self, prefix: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        merged: dict[bytes, bytes | None] = {}
+    def _scan(self, prefix: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, Any]]:
+        """Keys in byte order with their values: stored ones as bytes, pending ones as objects."""
+        merged: dict[bytes, Any] = {}
         it = self._db.iter()
         it.seek(prefix)
         while it.valid():
@@ -75,9 +107,12 @@ class PartitionStore:
                 break
             merged[key] = bytes(it.value())
             it.next()
-        for key, value in self._dirty.items():
+        candidates = (self._buckets.get(prefix[:_BUCKET], ()) if len(prefix) >= _BUCKET
+                      else self._dirty.keys())
+        for key in candidates:
             if key.startswith(prefix) and (stop is None or key < stop):
-                merged[key] = value
+                value = self._dirty[key]
+                merged[key] = _Pending(value) if value is not None else None
         for key in sorted(merged):
             value = merged[key]
             if value is not None:
@@ -86,15 +121,16 @@ class PartitionStore:
     def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
         end = None if stop is None else _STATE + stop.encode()
         for key, value in self._scan(_STATE + prefix.encode(), end):
-            yield key[len(_STATE):].decode(), serde.loads(value)
+            obj = value.value if isinstance(value, _Pending) else serde.loads(value)
+            yield key[len(_STATE):].decode(), obj
 
     # -- what the shell keeps ------------------------------------------------------------
 
     def has_seen(self, event_id: str) -> bool:
-        return self._raw(_SEEN + event_id.encode()) is not None
+        return self._has(_SEEN + event_id.encode())
 
     def mark_seen(self, event_id: str) -> None:
-        self._dirty[_SEEN + event_id.encode()] = b"1"
+        self._mark(_SEEN + event_id.encode(), _SEEN_MARK)
 
     def input_offset(self, topic: str) -> int | None:
         if topic in self._offsets:
@@ -116,7 +152,7 @@ class PartitionStore:
             if value is None:
                 wb.delete(key)
             else:
-                wb.put(key, value)
+                wb.put(key, _encode(key, value))
         for topic, offset in self._offsets.items():
             wb.put(_META + b"in:" + topic.encode(), str(offset).encode())
         if fact_offset is not None or self.fresh:
@@ -124,17 +160,20 @@ class PartitionStore:
             wb.put(_FACT_OFFSET, str(max(current, fact_offset or 0)).encode())
         self._db.write(wb)
         self._dirty.clear()
+        self._buckets.clear()
         self._offsets.clear()
         self.fresh = False
 
     def rollback(self) -> None:
         self._dirty.clear()
+        self._buckets.clear()
         self._offsets.clear()
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         """State and dedupe entries (not offsets): what a fingerprint covers."""
-        yield from self._scan(_STATE)
-        yield from self._scan(_SEEN)
+        for prefix in (_STATE, _SEEN):
+            for key, value in self._scan(prefix):
+                yield key, _encode(key, value.value) if isinstance(value, _Pending) else value
 
     def close(self) -> None:
         self._db.close()

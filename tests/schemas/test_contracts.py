@@ -61,7 +61,7 @@ def sample_event(model: type[Event]) -> Event:
             data[key] = "a" * 64
     if data.get("input_ref"):
         data["input_ref"] = {"sha256": "a" * 64, "size": 3, "media_type": "text/plain"}
-    for ref_field in ("result_ref", "response_ref", "intent_ref"):
+    for ref_field in ("result_ref", "response_ref", "intent_ref", "parent_result_ref"):
         if ref_field in data:
             data[ref_field] = {"sha256": "b" * 64, "size": 9, "media_type": "application/json"}
     return model.model_validate(_fix_literals(model, data))

@@ -7,6 +7,7 @@ be re-checked later from its record alone with `rank_recorded`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -76,6 +77,7 @@ class Placement:
     filter_counts: dict[str, int] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=1024)
 def version_tuple(version: str) -> tuple[int, ...]:
     """`1.10.2` -> (1, 10, 2); non-numeric parts count as 0, so a typo never crashes placement."""
     parts = []
@@ -186,8 +188,8 @@ def place(
     if not eligible:
         return Placement(None, [], 0, "no_eligible_node", dict(sorted(counts.items())))
     ranked = _ranked(eligible)
-    chosen, reason = _choose(ranked, streak, cfg)
-    return Placement(chosen, ranked, len(ranked), reason, dict(sorted(counts.items())))
+    chosen, code = _choose(ranked, streak, cfg)
+    return Placement(chosen, ranked, len(ranked), code, dict(sorted(counts.items())))
 
 
 def rank_recorded(

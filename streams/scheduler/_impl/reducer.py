@@ -115,6 +115,12 @@ class Scheduler(Reducer):
         self.catalog = catalog or TopicCatalog(settings)
         self._dispatch = self.catalog["dispatch"]
         self._reports = self.catalog["reports"]
+        # Which view version each partition's deferred units were last
+        # examined against; not state: it only saves work, facts stay the same.
+        self._examined: dict[int, int] = {}
+        # The digest of the submission just decided, so evolving its admitted
+        # copy does not hash the payload a second time.
+        self._digest_memo: tuple[str, str] = ("", "")
 
     # -- global tables ---------------------------------------------------------------
 
@@ -179,6 +185,7 @@ class Scheduler(Reducer):
             "event_id": derive_event_id(event.event_id, "admitted"),
             "causation_id": event.event_id,
         })
+        self._digest_memo = (admitted.event_id, digest)
         unit = _new_unit(event, digest)
         facts: list[Event] = [admitted]
         now = event.occurred_at
@@ -414,31 +421,41 @@ class Scheduler(Reducer):
                     f"{unit['deadline']} without a completion",
                 ))
         budget -= len(facts)
+        hopeless: set[tuple[Any, ...]] = set()  # shapes that found no node in this tick
+        examine_deferred = self._examined.get(tick.partition) != self.view.version
+        self._examined[tick.partition] = self.view.version
         for prefix, stop in (("x:r:", f"x:r:{now + 1:013d}"), ("x:d:", None)):
-            if budget <= 0:
-                break
+            if budget <= 0 or (prefix == "x:d:" and not examine_deferred):
+                continue
             for key, _ in list(state.items(prefix, stop=stop))[:budget]:
                 unit = state.get(unit_key(key.rsplit(":", 1)[1]))
                 if unit is None:
                     continue
-                fact = self._replace(state, unit, tick, now)
+                fact = self._replace(state, unit, tick, now, hopeless)
                 if fact is not None:
                     facts.append(fact)
                     budget -= 1
         return facts
 
-    def _replace(self, state: State, unit: dict[str, Any], tick: ClockTick,
-                 now: int) -> Event | None:
+    def _replace(self, state: State, unit: dict[str, Any], tick: ClockTick, now: int,
+                 hopeless: set[tuple[Any, ...]]) -> Event | None:
         """A due retry or a deferred unit, looked at again; None when nothing changed."""
         spec = unit["spec"]
         mode = self.view.mode
         role = f"place:{unit['attempt']}"
-        if unit["status"] == "deferred" and unit["reason"] == "throttled":
-            if mode == "THROTTLED" and spec["priority"] not in self.cfg.throttled_admits:
-                return None
+        deferred = unit["status"] == "deferred"
+        if (deferred and unit["reason"] == "throttled" and mode == "THROTTLED"
+                and spec["priority"] not in self.cfg.throttled_admits):
+            return None
+        shape = (spec["kind"], spec.get("region"), spec["required_concurrency"],
+                 spec["min_runtime_version"])
+        if deferred and shape in hopeless:
+            return None
         fact = self._placed(state, unit, tick, now, role)
-        if isinstance(fact, WorkUnitDeferred) and unit["status"] == "deferred":
-            return None  # still nowhere to go; no new fact, no change
+        if isinstance(fact, WorkUnitDeferred):
+            hopeless.add(shape)
+            if deferred:
+                return None  # still nowhere to go; no new fact, no change
         return fact
 
     # dependencies -------------------------------------------------------------------------
@@ -543,7 +560,8 @@ class Scheduler(Reducer):
 
     def evolve(self, state: State, fact: Event) -> None:
         if isinstance(fact, WorkUnitSubmitted):
-            unit = _new_unit(fact, payload_digest(fact))
+            memo_id, memo = self._digest_memo
+            unit = _new_unit(fact, memo if memo_id == fact.event_id else payload_digest(fact))
             state.set(unit_key(unit["id"]), unit)
             return
         if isinstance(fact, WorkUnitDependencyRegistered):
@@ -629,7 +647,10 @@ class Scheduler(Reducer):
 
     def route(self, fact: Event) -> Sequence[Routed]:
         if isinstance(fact, WorkUnitScheduled):
-            return (self._to_node(fact, fact.selected_node_id),)
+            # The node needs the work, not the decision record: the candidates
+            # stay in the fact topic and the dispatch copy is lighter to move.
+            slim = fact.model_copy(update={"candidates": []})
+            return (self._to_node(slim, fact.selected_node_id),)
         if isinstance(fact, ClaimGranted | ClaimRejected):
             return (self._to_node(fact, fact.node_id),)
         if isinstance(fact, WorkUnitSubmitted):

@@ -32,8 +32,13 @@ class ClusterView:
         self.trust: dict[str, float] = {}
         self.mode: AdmissionMode = "OPEN"
         self.dispatched: dict[str, int] = {}
+        #: grows whenever what placement sees may have improved (a heartbeat,
+        #: a trust score, a mode change), so deferred units are looked at
+        #: again only when there is something new to see
+        self.version = 0
 
     def observe(self, event: Event) -> None:
+        self.version += 1
         if isinstance(event, NodeHeartbeat):
             current = self.nodes.get(event.node_id)
             if current is not None and current.last_seen > event.occurred_at:

@@ -61,7 +61,8 @@ def test_submit_schedules_with_a_decision_record() -> None:
     assert [c.node_id for c in sched.candidates] == ["n1", "n2"]
     assert sched.lease_expires_at == T0 + h.settings.scheduler.claim_timeout_ms
     routed = [o for o in h.outputs if isinstance(o, Routed)]
-    assert len(routed) == 1 and routed[0].event is sched
+    assert len(routed) == 1 and routed[0].event.event_id == sched.event_id
+    assert routed[0].event.candidates == []  # the node gets the work, not the record
     assert routed[0].partition == h.scheduler.catalog["dispatch"].partition_of(sched.selected_node_id)
 
 
