@@ -119,6 +119,8 @@ class Cluster:
         return {i: status[i] for i in ids}
 
     def close(self) -> None:
+        if not hasattr(self, "producer"):
+            return  # closed already
         self.stop.set()
         if getattr(self, "ticker", None) is not None:
             self.ticker.stop()
@@ -126,3 +128,12 @@ class Cluster:
             t.join(timeout=20)
         if self.follower is not None:
             self.follower.close()
+            self.follower = None
+        # Drop the clients now, not at garbage collection after the broker is gone.
+        import gc
+
+        self.agents.clear()
+        self.scheduler = None
+        self.ticker = None
+        del self.producer
+        gc.collect()
