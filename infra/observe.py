@@ -18,11 +18,18 @@ __all__ = ["ProgressFollower", "read_nodes", "read_progress"]
 class ProgressFollower:
     """Keeps reading the work-unit topic and folding it into a `UnitProgress`."""
 
-    def __init__(self, settings: OnceflowSettings) -> None:
+    def __init__(self, settings: OnceflowSettings, *, only: frozenset[str] | None = None
+                 ) -> None:
+        """`only`: fold just these event types (checked on the Avro fingerprint, undecoded)."""
         self.topic = TopicCatalog(settings)["workunits"].name
         self.codec = SingleObjectCodec()
+        self._wanted: frozenset[bytes] | None = None
+        if only is not None:
+            self._wanted = frozenset(fp for fp, entry in self.codec.registry.by_fingerprint.items()
+                                     if entry.event_type in only)
         self.progress = UnitProgress()
-        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False})
+        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
+                                                          **settings.background_consumer()})
         parts = partition_count(self._consumer, self.topic)
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
                                for p in range(parts)])
@@ -38,12 +45,14 @@ class ProgressFollower:
                 raw = msg.value()
                 if msg.error() is not None or raw is None:
                     continue
+                n += 1
+                if self._wanted is not None and raw[2:10] not in self._wanted:
+                    continue
                 try:
                     event_type, record = self.codec.decode_record(raw)
                 except CodecError:
                     continue
                 self.progress.add_record(event_type, record, msg.timestamp()[1])
-                n += 1
         return n
 
     def close(self) -> None:

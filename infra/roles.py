@@ -81,13 +81,18 @@ def start_roles(
     settings: OnceflowSettings,
     agents: list[AgentSpec],
     *,
-    scheduler: bool = True,
+    scheduler: bool | int = True,
     timeout_s: float = 90.0,
 ) -> list[RoleProcess]:
-    """Start the scheduler and the agents; return once every one is ready."""
+    """Start the scheduler (`scheduler` replicas of it) and the agents; return once all are ready.
+
+    Scheduler replicas share its consumer group, so the work-unit partitions
+    are split between them (each partition keeps a single writer).
+    """
     roles: list[RoleProcess] = []
-    if scheduler:
-        roles.append(_spawn(settings, "scheduler", worker_command("scheduler")))
+    for i in range(int(scheduler)):
+        name = "scheduler" if i == 0 else f"scheduler-{i + 1}"
+        roles.append(_spawn(settings, name, worker_command("scheduler")))
     for spec in agents:
         args = ["--node-id", spec.node_id, "--kinds", ",".join(spec.kinds),
                 "--concurrency", str(spec.concurrency)]

@@ -194,10 +194,18 @@ class OnceflowSettings(BaseSettings):
                 # (measured: p50 252 ms hand-over at the 500 ms default, 7 ms at
                 # 10 ms); each waiting consumer then costs the broker CPU (about
                 # 0.3 of a core for a 4-role stack at 10 ms, 0.08 at 100 ms).
-                "fetch.wait.max.ms": 20,
+                "fetch.wait.max.ms": 10,
             })
         conf.update(overrides)
         return conf
+
+    def background_consumer(self) -> dict[str, Any]:
+        """Overrides for consumers off the hot path (tables, readers, progress views).
+
+        On the embedded broker every waiting fetch costs it CPU (see
+        `consumer_config`), so consumers that nobody waits on ask less often.
+        """
+        return {"fetch.wait.max.ms": 200} if self.broker_profile == "embedded" else {}
 
     def admin_config(self) -> dict[str, Any]:
         return self.kafka_common()

@@ -141,9 +141,11 @@ class NodeAgent:
         finally:
             self.log.info("agent.stopping", executed=self.executed)
             self._pool.shutdown(wait=True, cancel_futures=False)
-            self._send_heartbeat(health="down")
             try:
+                self._send_heartbeat(health="down")  # tell the scheduler before going
                 self.producer.flush(10)
+            except Exception as exc:  # the broker may be gone already
+                self.log.warning("agent.final_flush_failed", error=str(exc)[:200])
             finally:
                 consumer.close()
 

@@ -25,8 +25,11 @@ def scheduler(
     from streams.log import configure_logging
     from streams.scheduler.worker import run_scheduler
 
+    from streams.runtime.process import tune_for_streaming
+
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
+    tune_for_streaming()
     run_scheduler(settings, ready_file=ready_file, with_clock=clock)
 
 
@@ -66,4 +69,7 @@ def agent(
                      on_ready=ready_file.touch if ready_file else None)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
+    from streams.runtime.process import tune_for_streaming
+
+    tune_for_streaming()
     node.run()

@@ -107,7 +107,8 @@ def read_topic_to_end(
     timeout_s: float = 600.0,
 ) -> Iterator[Message]:
     """Every record of a topic (or some partitions) from the given offsets to the end."""
-    consumer = make_consumer(settings, None, **{"enable.partition.eof": False})
+    consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
+                                                **settings.background_consumer()})
     try:
         if partitions is None:
             partitions = list(range(partition_count(consumer, topic)))

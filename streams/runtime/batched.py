@@ -43,6 +43,9 @@ from streams.types import Reducer, Routed, Sensor
 
 __all__ = ["BatchedProcessor", "ReducerError", "next_batch"]
 
+#: longest a processor goes without writing its offsets when its inputs change nothing
+_QUIET_COMMIT_S = 5.0
+
 
 def next_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
     """Whatever is ready now, up to `max_records`; wait up to `wait_s` only when nothing is.
@@ -109,6 +112,7 @@ class BatchedProcessor:
         self._dlq = DeadLetterRouter(self._producer, self.dead_letter_topic, reducer.name)
         self._consumer: Consumer | None = None
         self._ready_sent = False
+        self._last_commit = 0.0
         self.processed = 0
         self.facts_emitted = 0
 
@@ -169,7 +173,7 @@ class BatchedProcessor:
         """Read every partition of the table topics from the start, then keep following."""
         from confluent_kafka import OFFSET_BEGINNING
 
-        tc = make_consumer(self.settings, None)
+        tc = make_consumer(self.settings, None, **self.settings.background_consumer())
         assignment = [
             TopicPartition(topic, p, OFFSET_BEGINNING)
             for topic in self.tables for p in range(partition_count(tc, topic))
@@ -227,6 +231,15 @@ class BatchedProcessor:
             next_offset = (msg.offset() or 0) + 1
             store.set_input_offset(topic, next_offset)
             commits[(topic, partition)] = next_offset
+        self.processed += len(msgs)
+        if (self.facts_emitted == facts_before and len(self._producer) == 0
+                and not any(s.has_changes() for s in touched.values())
+                and time.monotonic() - self._last_commit < _QUIET_COMMIT_S):
+            # Nothing decided (clock ticks with nothing due): re-reading these
+            # inputs after a crash is harmless, so the write and the commit wait
+            # for a batch that changes something, or a few seconds.
+            return
+        self._last_commit = time.monotonic()
         # Outputs first, then state with the offsets it reflects, then the commit.
         self._producer.flush()
         for partition, store in touched.items():
@@ -240,7 +253,6 @@ class BatchedProcessor:
                 ],
                 asynchronous=True,
             )
-        self.processed += len(msgs)
         self.sensor.on_batch(self.reducer.name, len(msgs), self.facts_emitted - facts_before,
                              time.perf_counter() - started)
 

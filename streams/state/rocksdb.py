@@ -164,6 +164,9 @@ class PartitionStore:
         self._offsets.clear()
         self.fresh = False
 
+    def has_changes(self) -> bool:
+        return bool(self._dirty)
+
     def rollback(self) -> None:
         self._dirty.clear()
         self._buckets.clear()

@@ -84,7 +84,8 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
     ("submissions", "event_id", "work_unit_id", "compact,delete", -1, None,
      "workunit.submitted from clients; the scheduler's intake"),
     ("reports", "event_id", "work_unit_id", "compact,delete", _WEEK_MS, None,
-     "what node agents report about a unit: claim requests, staged effects, completions, failures"),
+     "what node agents report about a unit (claims, staged effects, completions, failures), "
+     "dependency notices, and the scheduler's clock ticks, ordered with the reports"),
     ("workunits", "event_id", "work_unit_id", "compact,delete", -1, None,
      "the scheduler's facts (its changelog): scheduled, deferred, grants, settlements, retries"),
     ("dispatch", "event_id", "node_id", "delete", _WEEK_MS, None,
@@ -103,7 +104,7 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
     ("control", "event_id", "work_unit_id", "compact,delete", -1, None,
      "pause / resume / cancel, human input, operator resolutions"),
     ("clock", "event_id", "single", "delete", _WEEK_MS, None,
-     "clock.tick: logged time for leases and retries, one tick per partition"),
+     "clock.tick for roles that only need time (the scheduler's ticks ride on reports)"),
     ("deadletters", "event_id", "event_id", "delete", _WEEK_MS * 4, None,
      "records that failed to decode or validate, unchanged, with origin headers"),
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.stack import pid_alive
+from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +25,10 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCEFLOW_")}
     env.update({"ONCEFLOW_STACK_DIR": str(tmp_path / "stack"), "ONCEFLOW_PARTITIONS": "3",
                 "ONCEFLOW_READ_TO_END_IDLE_MS": "300"})
-    _onceflow(["up"], env)
+    up = _onceflow(["up", "--agents", "2"], env)
+    assert "scheduler running" in up.stdout and "agent-n2 running" in up.stdout
     stack = json.loads((tmp_path / "stack" / "stack.json").read_text())
+    assert set(stack["processes"]) == {"scheduler", "agent-n1", "agent-n2"}
     try:
         assert pid_alive(stack["broker_pid"])
         again = _onceflow(["up"], env)
@@ -40,11 +43,19 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
         assert len(rows) == 10001
         assert {r["event_type"] for r in rows} == {"workunit.submitted"}
         assert any(r["work_unit_id"] == "wu-explicit" and r["kind"] == "llm_pod" for r in rows)
-        status = json.loads(_onceflow(["status", "--format", "json"], env).stdout)
-        assert status["broker"]["alive"] and all(t["exists"] for t in status["topics"])
+        def status() -> dict:
+            return json.loads(_onceflow(["status", "--format", "json"], env).stdout)
+
+        final = wait_for(lambda: (s := status())["units"].get("by_state") == {"completed": 10001}
+                         and s, timeout=150, interval=1.0, what="all 10,001 units completed")
+        assert final["broker"]["alive"] and all(t["exists"] for t in final["topics"])
+        assert {n["node_id"] for n in final["nodes"]} == {"n1", "n2"}
+        assert all(n["health"] == "healthy" for n in final["nodes"])
+        assert sum(final["units"]["completed_by_node"].values()) == 10001
     finally:
         _onceflow(["down"], env)
     assert not pid_alive(stack["broker_pid"]), "down must leave no process behind"
+    assert not any(pid_alive(p) for p in stack["processes"].values())
     assert not (tmp_path / "stack" / "stack.json").exists()
 
 
