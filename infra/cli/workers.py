@@ -23,9 +23,8 @@ def scheduler(
     """The scheduler: admission, placement, claims, settlement, leases, retries."""
     from infra.cli.app import _settings
     from streams.log import configure_logging
-    from streams.scheduler.worker import run_scheduler
-
     from streams.runtime.process import tune_for_streaming
+    from streams.scheduler.worker import run_scheduler
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
