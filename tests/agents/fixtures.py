@@ -88,6 +88,11 @@ class Cluster:
         self.agents.append(agent)
         self._spawn(lambda: agent.run(self.stop))
         assert ready.wait(30), f"agent {node_id} never became ready"
+        if self.scheduler is not None:
+            # Placement sees a node once its heartbeat reached the scheduler's view.
+            view = self.scheduler.reducer.view  # type: ignore[attr-defined]
+            wait_for(lambda: node_id in view.nodes, timeout=30,
+                     what=f"the scheduler to see {node_id}'s heartbeat")
         return agent
 
     def _spawn(self, target: Any) -> None:

@@ -31,7 +31,7 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
     assert set(stack["processes"]) == {"scheduler", "agent-n1", "agent-n2"}
     try:
         assert pid_alive(stack["broker_pid"])
-        again = _onceflow(["up"], env)
+        again = _onceflow(["up", "--agents", "2"], env)
         assert "already running" in again.stdout
         out = _onceflow(["submit", "--count", "10000", "--quiet"], env)
         assert "submitted 10000 work units" in out.stdout
