@@ -125,6 +125,11 @@ class OnceflowSettings(BaseSettings):
     stack_dir: Path = Path(".onceflow")
     batch_size: int = Field(default=2000, ge=1)
     batch_timeout_ms: int = Field(default=50, ge=1)
+    checkpoint_interval_ms: int = Field(
+        default=100, ge=0,
+        description="how often the batched shell waits for its outputs and writes state "
+                    "and offsets (0: after every batch)",
+    )
     read_to_end_idle_ms: int = Field(
         default=400, ge=1, description="quiet window after the high watermark that ends a read"
     )

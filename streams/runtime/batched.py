@@ -43,9 +43,6 @@ from streams.types import Reducer, Routed, Sensor
 
 __all__ = ["BatchedProcessor", "ReducerError", "next_batch"]
 
-#: longest a processor goes without writing its offsets when its inputs change nothing
-_QUIET_COMMIT_S = 5.0
-
 
 def next_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
     """Whatever is ready now, up to `max_records`; wait up to `wait_s` only when nothing is.
@@ -113,6 +110,7 @@ class BatchedProcessor:
         self._consumer: Consumer | None = None
         self._ready_sent = False
         self._last_commit = 0.0
+        self._uncommitted: dict[tuple[str, int], int] = {}
         self.processed = 0
         self.facts_emitted = 0
 
@@ -155,10 +153,14 @@ class BatchedProcessor:
                                   self.settings.batch_timeout_ms / 1000)
                 if msgs:
                     self._process_batch(consumer, msgs)
+                else:
+                    self._maybe_checkpoint(consumer)
         finally:
             self.log.info("processor.stopping", processed=self.processed,
                           facts=self.facts_emitted)
             try:
+                if self._uncommitted:
+                    self._checkpoint(consumer, wait=True)
                 consumer.close()
                 if self._tables_consumer is not None:
                     self._tables_consumer.close()
@@ -212,8 +214,6 @@ class BatchedProcessor:
 
     def _process_batch(self, consumer: Consumer, msgs: list[Message]) -> None:
         started = time.perf_counter()
-        touched: dict[int, PartitionStore] = {}
-        commits: dict[tuple[str, int], int] = {}
         facts_before = self.facts_emitted
         for msg in msgs:
             err = msg.error()
@@ -226,35 +226,45 @@ class BatchedProcessor:
             store = self._stores.get(partition)
             if store is None:  # revoked while the batch was in flight
                 continue
-            touched[partition] = store
             self._handle(store, partition, msg)
             next_offset = (msg.offset() or 0) + 1
             store.set_input_offset(topic, next_offset)
-            commits[(topic, partition)] = next_offset
+            self._uncommitted[(topic, partition)] = next_offset
         self.processed += len(msgs)
-        if (self.facts_emitted == facts_before and len(self._producer) == 0
-                and not any(s.has_changes() for s in touched.values())
-                and time.monotonic() - self._last_commit < _QUIET_COMMIT_S):
-            # Nothing decided (clock ticks with nothing due): re-reading these
-            # inputs after a crash is harmless, so the write and the commit wait
-            # for a batch that changes something, or a few seconds.
-            return
-        self._last_commit = time.monotonic()
-        # Outputs first, then state with the offsets it reflects, then the commit.
-        self._producer.flush()
-        for partition, store in touched.items():
-            high = self._fact_high.get(partition)
-            store.checkpoint(None if high is None else high + 1)
-        if commits:
-            consumer.commit(
-                offsets=[
-                    TopicPartition(t, p, o, metadata=str(touched[p].fact_offset()))
-                    for (t, p), o in commits.items()
-                ],
-                asynchronous=True,
-            )
         self.sensor.on_batch(self.reducer.name, len(msgs), self.facts_emitted - facts_before,
                              time.perf_counter() - started)
+        self._maybe_checkpoint(consumer)
+
+    def _maybe_checkpoint(self, consumer: Consumer) -> None:
+        """Checkpoint when the interval is up, so a burst of small batches shares one.
+
+        Facts and routed outputs are sent as they are decided (nobody waits
+        for a checkpoint to see them); what waits is the promise that state
+        and input offsets never get ahead of the outputs in the log.
+        """
+        if not self._uncommitted:
+            return
+        if (time.monotonic() - self._last_commit) * 1000 < self.settings.checkpoint_interval_ms:
+            return
+        self._checkpoint(consumer)
+
+    def _checkpoint(self, consumer: Consumer, *, wait: bool = False) -> None:
+        """Outputs first, then state with the offsets it reflects, then the commit."""
+        self._last_commit = time.monotonic()
+        self._producer.flush()
+        for partition, store in self._stores.items():
+            if store.has_changes():
+                high = self._fact_high.get(partition)
+                store.checkpoint(None if high is None else high + 1)
+        offsets = [
+            TopicPartition(t, p, o, metadata=str(self._stores[p].fact_offset()))
+            for (t, p), o in self._uncommitted.items() if p in self._stores
+        ]
+        self._uncommitted.clear()
+        if offsets and wait:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        elif offsets:
+            consumer.commit(offsets=offsets, asynchronous=True)
 
     def _handle(self, store: PartitionStore, partition: int, msg: Message) -> None:
         raw = msg.value()
@@ -338,6 +348,11 @@ class BatchedProcessor:
             self.on_ready()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._uncommitted:
+            try:
+                self._checkpoint(consumer, wait=True)
+            except Exception as exc:  # lost partitions: recovery by replay covers it
+                self.log.warning("checkpoint.on_revoke_failed", error=str(exc)[:200])
         for p in sorted({tp.partition for tp in partitions}):
             store = self._stores.pop(p, None)
             if store is not None:

@@ -165,7 +165,8 @@ class PartitionStore:
         self.fresh = False
 
     def has_changes(self) -> bool:
-        return bool(self._dirty)
+        """State, dedupe marks or input offsets not yet checkpointed."""
+        return bool(self._dirty or self._offsets)
 
     def rollback(self) -> None:
         self._dirty.clear()
