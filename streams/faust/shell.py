@@ -38,10 +38,12 @@ class TableState:
     def __contains__(self, key: str) -> bool:
         return key in self.table
 
-    def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
+    def items(self, prefix: str = "", stop: str | None = None, start: str | None = None
+              ) -> Iterator[tuple[str, Any]]:
         keys = sorted(
             (k for k in self.table
-             if not k.startswith(_SEEN) and k.startswith(prefix) and (stop is None or k < stop)),
+             if not k.startswith(_SEEN) and k.startswith(prefix) and (stop is None or k < stop)
+             and (start is None or k >= start)),
             key=str.encode,
         )
         for key in keys:

@@ -30,8 +30,10 @@ class MemoryState:
     def __contains__(self, key: str) -> bool:
         return key in self._data
 
-    def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
-        keys = [k for k in self._data if k.startswith(prefix) and (stop is None or k < stop)]
+    def items(self, prefix: str = "", stop: str | None = None, start: str | None = None
+              ) -> Iterator[tuple[str, Any]]:
+        keys = [k for k in self._data if k.startswith(prefix) and (stop is None or k < stop)
+                and (start is None or k >= start)]
         for key in sorted(keys, key=str.encode):
             yield key, serde.loads(self._data[key])
 

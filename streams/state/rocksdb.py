@@ -96,11 +96,12 @@ class PartitionStore:
     def __contains__(self, key: str) -> bool:
         return self._has(_STATE + key.encode())
 
-    def _scan(self, prefix: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, Any]]:
+    def _scan(self, prefix: bytes, stop: bytes | None = None, start: bytes | None = None
+              ) -> Iterator[tuple[bytes, Any]]:
         """Keys in byte order with their values: stored ones as bytes, pending ones as objects."""
         merged: dict[bytes, Any] = {}
         it = self._db.iter()
-        it.seek(prefix)
+        it.seek(start if start is not None and start > prefix else prefix)
         while it.valid():
             key = bytes(it.key())
             if not key.startswith(prefix) or (stop is not None and key >= stop):
@@ -110,7 +111,8 @@ class PartitionStore:
         candidates = (self._buckets.get(prefix[:_BUCKET], ()) if len(prefix) >= _BUCKET
                       else self._dirty.keys())
         for key in candidates:
-            if key.startswith(prefix) and (stop is None or key < stop):
+            if (key.startswith(prefix) and (stop is None or key < stop)
+                    and (start is None or key >= start)):
                 value = self._dirty[key]
                 merged[key] = _Pending(value) if value is not None else None
         for key in sorted(merged):
@@ -118,9 +120,11 @@ class PartitionStore:
             if value is not None:
                 yield key, value
 
-    def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
+    def items(self, prefix: str = "", stop: str | None = None, start: str | None = None
+              ) -> Iterator[tuple[str, Any]]:
         end = None if stop is None else _STATE + stop.encode()
-        for key, value in self._scan(_STATE + prefix.encode(), end):
+        begin = None if start is None else _STATE + start.encode()
+        for key, value in self._scan(_STATE + prefix.encode(), end, begin):
             obj = value.value if isinstance(value, _Pending) else serde.loads(value)
             yield key[len(_STATE):].decode(), obj
 

@@ -30,8 +30,9 @@ class State(Protocol):
 
     def __contains__(self, key: str) -> bool: ...
 
-    def items(self, prefix: str = "", stop: str | None = None) -> Iterator[tuple[str, StateValue]]:
-        """Keys starting with `prefix` (and below `stop`, if given) in byte order."""
+    def items(self, prefix: str = "", stop: str | None = None, start: str | None = None
+              ) -> Iterator[tuple[str, StateValue]]:
+        """Keys starting with `prefix`, from `start` and below `stop` if given, in byte order."""
         ...
 
 

@@ -25,6 +25,7 @@ an expired lease means.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,7 @@ TERMINAL = frozenset({"completed", "failed", "rejected", "cancelled"})
 #: how many placement candidates a decision record keeps (the best ones)
 RECORDED_CANDIDATES = 8
 _PLACEMENT = "placement"
+_FAR_FUTURE = 10**13 - 1  # the largest 13-digit time: "no entry at all"
 _ENVELOPE = frozenset(
     {"event_id", "event_type", "occurred_at", "causation_id", "schema_version"}
 )
@@ -118,6 +120,7 @@ class Scheduler(Reducer):
         # Which view version each partition's deferred units were last
         # examined against; not state: it only saves work, facts stay the same.
         self._examined: dict[int, int] = {}
+        self._floors = _IndexFloors()
         # The digest of the submission just decided, so evolving its admitted
         # copy does not hash the payload a second time.
         self._digest_memo: tuple[str, str] = ("", "")
@@ -406,9 +409,8 @@ class Scheduler(Reducer):
         now = tick.occurred_at
         facts: list[Event] = []
         budget = self.cfg.deferred_per_tick
-        due_stop = f"x:l:{now + 1:013d}"
-        for key, _ in list(state.items("x:l:", stop=due_stop))[:budget]:
-            unit = state.get(unit_key(key.rsplit(":", 1)[1]))
+        for wu, _at in self._scan_index(state, "l", f"x:l:{now + 1:013d}", budget):
+            unit = state.get(unit_key(wu))
             if unit is None:
                 continue
             if unit["status"] == "scheduled":
@@ -424,11 +426,11 @@ class Scheduler(Reducer):
         hopeless: set[tuple[Any, ...]] = set()  # shapes that found no node in this tick
         examine_deferred = self._examined.get(tick.partition) != self.view.version
         self._examined[tick.partition] = self.view.version
-        for prefix, stop in (("x:r:", f"x:r:{now + 1:013d}"), ("x:d:", None)):
-            if budget <= 0 or (prefix == "x:d:" and not examine_deferred):
+        for kind, stop in (("r", f"x:r:{now + 1:013d}"), ("d", None)):
+            if budget <= 0 or (kind == "d" and not examine_deferred):
                 continue
-            for key, _ in list(state.items(prefix, stop=stop))[:budget]:
-                unit = state.get(unit_key(key.rsplit(":", 1)[1]))
+            for wu, _at in self._scan_index(state, kind, stop, budget):
+                unit = state.get(unit_key(wu))
                 if unit is None:
                     continue
                 fact = self._replace(state, unit, tick, now, hopeless)
@@ -587,23 +589,23 @@ class Scheduler(Reducer):
             unit.update(status="scheduled", attempt=fact.attempt_index,
                         node=fact.selected_node_id, incarnation="", staged=False,
                         decided_at=fact.decided_at, deadline=fact.lease_expires_at, reason="")
-            _index(state, unit, "l", fact.lease_expires_at)
+            self._index(state, unit, "l", fact.lease_expires_at)
         elif isinstance(fact, WorkUnitDeferred):
             unit.update(status="waiting" if fact.reason_code == "waiting_on_parents"
                         else "deferred", reason=fact.reason_code, decided_at=fact.decided_at)
             if unit["status"] == "deferred":
-                _index(state, unit, "d", unit["submitted_at"])
+                self._index(state, unit, "d", unit["submitted_at"])
             else:
-                _index(state, unit, None, 0)
+                self._index(state, unit, None, 0)
         elif isinstance(fact, WorkUnitRejected):
             if fact.reason_code == "duplicate_id_different_payload":
                 return  # the original unit is untouched
             unit.update(status="rejected", reason=fact.reason_code)
-            _index(state, unit, None, 0)
+            self._index(state, unit, None, 0)
         elif isinstance(fact, ClaimGranted):
             unit.update(status="granted", incarnation=fact.incarnation,
                         deadline=fact.lease_expires_at, decided_at=fact.occurred_at)
-            _index(state, unit, "l", fact.lease_expires_at)
+            self._index(state, unit, "l", fact.lease_expires_at)
         elif isinstance(fact, EffectStaged):
             unit.update(staged=True)
         elif isinstance(fact, WorkUnitCompleted):
@@ -612,11 +614,11 @@ class Scheduler(Reducer):
             unit.update(status="completed", reason=fact.settlement_reason,
                         result_ref=fact.result_ref.model_dump(mode="json")
                         if fact.result_ref else None)
-            _index(state, unit, None, 0)
+            self._index(state, unit, None, 0)
         elif isinstance(fact, WorkUnitFailed):
             if fact.final:
                 unit.update(status="failed", reason=fact.error_code)
-                _index(state, unit, None, 0)
+                self._index(state, unit, None, 0)
             else:
                 unit.update(failures=unit["failures"] + 1, reason=fact.error_code)
         elif isinstance(fact, WorkUnitRetryScheduled):
@@ -626,13 +628,13 @@ class Scheduler(Reducer):
             # results, so the ended attempt is fenced off from here on.
             unit.update(status="retry_wait", attempt=fact.attempt_index - 1, staged=False,
                         reason=fact.reason_code, incarnation="")
-            _index(state, unit, "r", fact.retry_at)
+            self._index(state, unit, "r", fact.retry_at)
         elif isinstance(fact, WorkUnitNeedsOperator):
             unit.update(status="needs_operator", reason=fact.reason_code)
-            _index(state, unit, None, 0)
+            self._index(state, unit, None, 0)
         elif isinstance(fact, WorkUnitCancelled):
             unit.update(status="cancelled", reason="cancelled")
-            _index(state, unit, None, 0)
+            self._index(state, unit, None, 0)
         elif isinstance(fact, WorkUnitDependencyResolved):
             parents = dict(unit["parents"])
             parents[fact.parent_work_unit_id] = (
@@ -642,6 +644,44 @@ class Scheduler(Reducer):
         else:
             return
         state.set(key, unit)
+
+    def _index(self, state: State, unit: dict[str, Any], kind: str | None, at: int) -> None:
+        """Move the unit's single index entry (lease, retry or deferred) to a new place."""
+        old = unit.get("index")
+        new = _index_key(kind, at, unit["id"]) if kind is not None else None
+        if old and old != new:
+            state.delete(old)
+        if new and kind is not None:
+            state.set(new, 1)
+            self._floors.lower(state, kind, at)
+        unit["index"] = new
+
+    def _scan_index(self, state: State, kind: str, stop: str | None,
+                    budget: int) -> list[tuple[str, int]]:
+        """Up to `budget` index entries below `stop`, oldest first, as (work unit, time).
+
+        The scan starts at the floor this process knows for the partition:
+        entries that were due and handled leave tombstones in RocksDB, and
+        walking past thousands of them on every tick is what made a scheduler
+        with a long history slow.
+        """
+        prefix = f"x:{kind}:"
+        floor = self._floors.get(state, kind)
+        start = None if floor is None else f"{prefix}{floor:013d}"
+        rows = []
+        for key, _ in state.items(prefix, stop=stop, start=start):
+            _, _, at, wu = key.split(":", 3)
+            rows.append((wu, int(at)))
+            if len(rows) > budget:
+                break
+        if len(rows) <= budget:
+            # Everything live below `stop` is in `rows` and about to be handled;
+            # what handling puts back lowers the floor again (see `_index`).
+            if stop is not None:
+                self._floors.set(state, kind, int(stop.rsplit(":", 1)[1]))
+            else:
+                self._floors.set(state, kind, rows[0][1] if rows else _FAR_FUTURE)
+        return rows[:budget]
 
     # -- route -------------------------------------------------------------------------------
 
@@ -691,12 +731,24 @@ def _new_unit(event: WorkUnitSubmitted, digest: str) -> dict[str, Any]:
     }
 
 
-def _index(state: State, unit: dict[str, Any], kind: str | None, at: int) -> None:
-    """Move the unit's single index entry (lease, retry or deferred) to a new place."""
-    old = unit.get("index")
-    new = _index_key(kind, at, unit["id"]) if kind is not None else None
-    if old and old != new:
-        state.delete(old)
-    if new:
-        state.set(new, 1)
-    unit["index"] = new
+class _IndexFloors:
+    """Per partition state and index kind: a time at or below every live index entry.
+
+    A cache in this process, not state: unknown (scan from the start) for a
+    state it has not scanned yet, so a restart or a reassignment is safe.
+    """
+
+    def __init__(self) -> None:
+        self._by_state: weakref.WeakKeyDictionary[Any, dict[str, int]] = (
+            weakref.WeakKeyDictionary())
+
+    def get(self, state: State, kind: str) -> int | None:
+        return self._by_state.get(state, {}).get(kind)
+
+    def set(self, state: State, kind: str, at: int) -> None:
+        self._by_state.setdefault(state, {})[kind] = at
+
+    def lower(self, state: State, kind: str, at: int) -> None:
+        floors = self._by_state.get(state)
+        if floors is not None and kind in floors and at < floors[kind]:
+            floors[kind] = at

@@ -409,3 +409,15 @@ def test_dispatches_since_the_last_heartbeat_count_against_a_node() -> None:
     assert kinds == [WorkUnitScheduled, WorkUnitScheduled, WorkUnitDeferred]
     h.see(heartbeat("n1", at=T0 + 1000, available=2))
     assert isinstance(h.tick(T0 + 1100)[0], WorkUnitScheduled)
+
+
+def test_a_lease_set_below_the_scanned_floor_still_falls_due() -> None:
+    # A tick scans leases from where the last one stopped; a unit decided
+    # from an old event gets a deadline below that point and must not be missed.
+    h = ready("n1", "n2")
+    assert h.tick(T0 + 100) == []
+    old = h.feed(submit("late", at=T0 - 60_000))[-1]
+    assert isinstance(old, WorkUnitScheduled) and old.lease_expires_at < T0 + 100
+    again = h.tick(T0 + 200)
+    assert len(again) == 1 and isinstance(again[0], WorkUnitScheduled)
+    assert again[0].attempt_index == 2
