@@ -130,14 +130,19 @@ class NodeAgent:
                       region=self.region)
         if self.on_ready is not None:
             self.on_ready()
+        last_commit = 0.0
         try:
             while not self._stop.is_set():
                 msgs = next_batch(consumer, 500, 0.05)
                 for msg in msgs:
                     self._intake(msg)
                 self.producer.poll(0)
-                if msgs:
+                # Where to resume reading after a restart is only a convenience
+                # (a restarted agent's claims are arbitrated again), so the
+                # position is committed once a second, not per batch.
+                if msgs and time.monotonic() - last_commit > 1.0:
                     consumer.commit(asynchronous=True)
+                    last_commit = time.monotonic()
         finally:
             self.log.info("agent.stopping", executed=self.executed)
             self._pool.shutdown(wait=True, cancel_futures=False)

@@ -105,7 +105,10 @@ class BatchedProcessor:
         self._stores: dict[int, PartitionStore] = {}
         self._pending: dict[int, FactGroups] = {}
         self._fact_high: dict[int, int] = {}
-        self._producer = EventProducer(settings, self.codec, on_delivered=self._delivered)
+        # Facts go out as they are decided and the flush waits for the
+        # checkpoint interval, so lingering would only add to every hop.
+        self._producer = EventProducer(settings, self.codec, on_delivered=self._delivered,
+                                       **{"linger.ms": 1})
         self._dlq = DeadLetterRouter(self._producer, self.dead_letter_topic, reducer.name)
         self._consumer: Consumer | None = None
         self._ready_sent = False
