@@ -125,6 +125,11 @@ class OnceflowSettings(BaseSettings):
     stack_dir: Path = Path(".onceflow")
     batch_size: int = Field(default=2000, ge=1)
     batch_timeout_ms: int = Field(default=50, ge=1)
+    embedded_fetch_wait_ms: int = Field(
+        default=10, ge=1,
+        description="fetch.wait.max.ms on the embedded broker for hot-path consumers "
+                    "(a hop's worst added latency; lower costs the broker idle CPU)",
+    )
     checkpoint_interval_ms: int = Field(
         default=100, ge=0,
         description="how often the batched shell waits for its outputs and writes state "
@@ -199,7 +204,7 @@ class OnceflowSettings(BaseSettings):
                 # (measured: p50 252 ms hand-over at the 500 ms default, 7 ms at
                 # 10 ms); each waiting consumer then costs the broker CPU (about
                 # 0.3 of a core for a 4-role stack at 10 ms, 0.08 at 100 ms).
-                "fetch.wait.max.ms": 10,
+                "fetch.wait.max.ms": self.embedded_fetch_wait_ms,
             })
         conf.update(overrides)
         return conf
