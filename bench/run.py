@@ -138,15 +138,6 @@ def _execution_cluster(settings: OnceflowSettings, stack_dir: Path, prefix: str)
     return settings, roles
 
 
-def _stop_roles(roles: list[Any]) -> None:
-    import signal
-
-    for r in roles:
-        r.process.send_signal(signal.SIGTERM)
-    for r in roles:
-        r.process.wait(timeout=30)
-
-
 def _cpu_units(n: int, tag: str) -> list[Any]:
     from schemas import WorkUnitSubmitted
 
@@ -224,7 +215,9 @@ def execution_rates(settings: OnceflowSettings, stack_dir: Path, n: int,
         follower.close()
         return result
     finally:
-        _stop_roles(roles)
+        from infra.roles import stop_roles
+
+        stop_roles(roles)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from infra.observe import ProgressFollower
 from infra.stack import local_settings, stack_down, stack_up, start_stack_roles
 from schemas import SingleObjectCodec, WorkUnitSubmitted
 from streams.kafka import EventProducer
+from streams.scheduler import SETTLED_STATES, percentile
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
 
@@ -60,17 +61,23 @@ def demo_units(spec: DemoSpec, run_id: str, now_ms: int) -> list[WorkUnitSubmitt
     return units
 
 
-def _live_table(follower: ProgressFollower, total: int, started: float) -> Table:
-    progress = follower.progress
-    states = progress.by_state()
-    settled = progress.settled()
+_STATE_ORDER = ("submitted", "waiting", "deferred", "scheduled", "running", "retrying",
+                "completed", "failed", "rejected", "needs_operator", "cancelled")
+
+
+def _live_table(follower: ProgressFollower, ids: list[str], started: float) -> Table:
+    status = follower.progress.status
+    counts: dict[str, int] = {}
+    for i in ids:
+        state = status.get(i, "in flight")
+        counts[state] = counts.get(state, 0) + 1
+    settled = sum(n for s, n in counts.items() if s in SETTLED_STATES)
     elapsed = time.monotonic() - started
-    table = Table(title=f"{settled}/{total} settled in {elapsed:.1f}s "
-                        f"({settled / elapsed if elapsed else 0:,.0f} units/s)")
-    for name in ("submitted", "deferred", "waiting", "scheduled", "running", "retrying",
-                 "completed", "failed", "rejected", "needs_operator", "cancelled"):
-        table.add_column(name)
-    table.add_row(*(str(states.get(c.header, 0)) for c in table.columns))  # type: ignore[arg-type]
+    table = Table("state", "units", title=f"{settled}/{len(ids)} settled in {elapsed:.1f}s "
+                  f"({settled / elapsed if elapsed else 0:,.0f} units/s)")
+    for state in ("in flight", *_STATE_ORDER):
+        if counts.get(state):
+            table.add_row(state, str(counts[state]))
     return table
 
 
@@ -98,17 +105,17 @@ def run_demo(settings: OnceflowSettings, spec: DemoSpec, console: Console) -> in
                       f"LLM provider {spec.llm_provider}) in {time.monotonic() - started:.2f}s")
         ids = [u.work_unit_id or "" for u in units]
         deadline = started + spec.timeout_s
-        from streams.scheduler import SETTLED_STATES
+        del producer  # flushed; no client should outlive the broker
 
         def pending() -> int:
             status = follower.progress.status
             return sum(1 for i in ids if status.get(i) not in SETTLED_STATES)
 
-        with Live(_live_table(follower, len(ids), started), console=console,
-                  refresh_per_second=4) as live:
+        with Live(_live_table(follower, ids, started), console=console,
+                  refresh_per_second=4, transient=True) as live:
             while pending() and time.monotonic() < deadline:
                 follower.poll(timeout=0.25)
-                live.update(_live_table(follower, len(ids), started))
+                live.update(_live_table(follower, ids, started))
         elapsed = time.monotonic() - started
         left = pending()
         _summary(console, follower, ids, known, elapsed)
@@ -137,8 +144,6 @@ def _summary(console: Console, follower: ProgressFollower, ids: list[str], known
         table.add_row(name, str(n))
     console.print(table)
     lat = [float(progress.latency_ms[i]) for i in ids if i in progress.latency_ms]
-    from streams.scheduler import percentile
-
     console.print(
         f"latency submit -> settled: p50 {percentile(lat, 50):.0f} ms, "
         f"p95 {percentile(lat, 95):.0f} ms, p99 {percentile(lat, 99):.0f} ms "

@@ -18,7 +18,7 @@ from pathlib import Path
 from streams.settings import OnceflowSettings
 
 __all__ = ["AgentSpec", "RoleProcess", "RoleStartError", "agent_specs", "start_roles",
-           "worker_command"]
+           "stop_roles", "worker_command"]
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
 
@@ -101,6 +101,15 @@ def start_roles(
         if spec.llm_provider:
             args += ["--llm-provider", spec.llm_provider]
         roles.append(_spawn(settings, f"agent-{spec.node_id}", worker_command("agent", *args)))
+    try:
+        _wait_ready(roles, timeout_s)
+    except RoleStartError:
+        stop_roles(roles)  # nothing half-started is left behind
+        raise
+    return roles
+
+
+def _wait_ready(roles: list[RoleProcess], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for role in roles:
         while not role.ready_file.exists():
@@ -111,4 +120,16 @@ def start_roles(
                 raise RoleStartError(f"{role.name} was not ready after {timeout_s}s "
                                      f"(see {role.log_file})")
             time.sleep(0.05)
-    return roles
+
+
+def stop_roles(roles: list[RoleProcess], timeout_s: float = 20.0) -> None:
+    """SIGTERM every role, wait for them, SIGKILL whoever is still there."""
+    for role in roles:
+        if role.process.poll() is None:
+            role.process.terminate()
+    for role in roles:
+        try:
+            role.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            role.process.kill()
+            role.process.wait(timeout=5)

@@ -447,7 +447,12 @@ def demo(
     spec = DemoSpec(burst=burst, kind=kind, llm_provider=llm_provider,
                     agents=3 if multi_agent else 1, priority=priority, region=region,
                     simulated_ms=simulated_ms, timeout_s=timeout, keep=keep)
-    code = run_demo(_settings(), spec, console)
+    from infra.roles import RoleStartError
+
+    try:
+        code = run_demo(_settings(), spec, console)
+    except RoleStartError as exc:
+        raise _fail(f"a role did not start: {exc}", 1) from None
     if code:
         raise typer.Exit(code)
 

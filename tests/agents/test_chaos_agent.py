@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.roles import RoleProcess, agent_specs, start_roles
+from infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
 from schemas import SingleObjectCodec, WorkUnitFailed, WorkUnitSubmitted
 from streams.kafka import EventProducer, read_topic_to_end
 from streams.settings import OnceflowSettings
@@ -43,14 +43,7 @@ def roles(settings: OnceflowSettings) -> Iterator[list[RoleProcess]]:
     create_topics(fast)
     started = start_roles(fast, agent_specs(3, concurrency=4, region="eu-west"))
     yield started
-    for role in started:
-        if role.process.poll() is None:
-            role.process.send_signal(signal.SIGTERM)
-    for role in started:
-        try:
-            role.process.wait(timeout=20)
-        except Exception:
-            role.process.kill()
+    stop_roles(started)
 
 
 def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProcess],
