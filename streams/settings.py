@@ -70,7 +70,14 @@ class AgentSettings(BaseModel):
         default=500, ge=0, description="no world-changing action starts this close to a lease end"
     )
     queue_limit: int = Field(default=1024, ge=0,
-                             description="dispatches a node accepts beyond its running ones")
+                             description="dispatches a node accepts beyond its running ones, "
+                                         "at most")
+    queue_horizon_s: float = Field(
+        default=2.0, gt=0,
+        description="a node asks for as much queued work as it finished in this many seconds "
+                    "(at least twice its concurrency), so long units do not wait out their "
+                    "leases in its queue",
+    )
     handler_modules: list[str] = Field(default_factory=list,
                                        description="modules imported to register handlers")
     llm_provider: Literal["stub", "openai"] = "stub"

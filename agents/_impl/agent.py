@@ -108,6 +108,7 @@ class NodeAgent:
         self._running = 0
         self._heartbeat_seq = 0
         self.executed = 0
+        self._unit_seconds: float | None = None  # moving average of a unit's run time
         self._pool = ThreadPoolExecutor(max_workers=concurrency,
                                         thread_name_prefix=f"agent-{node_id}")
 
@@ -162,14 +163,30 @@ class NodeAgent:
             except Exception as exc:  # the next beat follows; a missed one only ages trust
                 self.log.warning("heartbeat.failed", error=str(exc)[:200])
 
+    def queue_target(self) -> int:
+        """How much queued work to ask for: what this node can finish in the queue horizon.
+
+        The capacity comes from how long units have taken here (a moving
+        average), not from how many it was given, so a node that was sent
+        little can still ask for more. Before the first unit it asks for a
+        modest queue.
+        """
+        with self._lock:
+            seconds = self._unit_seconds
+        if seconds is None:
+            return min(self.cfg.queue_limit, 16 * self.concurrency)
+        capacity = self.concurrency / max(seconds, 1e-4)
+        wanted = int(capacity * self.cfg.queue_horizon_s)
+        return min(self.cfg.queue_limit, max(2 * self.concurrency, wanted))
+
     def _send_heartbeat(self, health: str = "healthy") -> None:
+        target = self.queue_target()
         with self._lock:
             queued = len(self._waiting) + self._inflight
             running = self._running
             self._heartbeat_seq += 1
             seq = self._heartbeat_seq
-        free = 0 if health != "healthy" else max(
-            0, self.concurrency + self.cfg.queue_limit - queued)
+        free = 0 if health != "healthy" else max(0, self.concurrency + target - queued)
         self.producer.send(self._nodes, NodeHeartbeat(
             event_id=derive_event_id(f"{self.node_id}:{self.incarnation}", f"hb:{seq}"),
             occurred_at=_now_ms(), node_id=self.node_id, enabled=health == "healthy",
@@ -246,9 +263,12 @@ class NodeAgent:
             log.exception("unit.crashed")
             self._report_failure(sched, grant, "handler_error", f"{type(exc).__name__}: {exc}")
         finally:
+            took = time.perf_counter() - t0
             with self._lock:
                 self._running -= 1
                 self._inflight -= 1
+                avg = self._unit_seconds
+                self._unit_seconds = took if avg is None else 0.9 * avg + 0.1 * took
 
     def _envelope(self, sched: WorkUnitScheduled, grant: ClaimGranted, role: str) -> dict[str, Any]:
         return {
