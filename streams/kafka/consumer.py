@@ -42,6 +42,7 @@ def _read_assigned(
     idle_s: float,
     deadline: float,
     batch: int = 5000,
+    starts: dict[tuple[str, int], int] | None = None,
 ) -> Iterator[Message]:
     """Yield records until every partition is at its end.
 
@@ -49,8 +50,10 @@ def _read_assigned(
     seen at the start and either nothing arrived for `idle_s` (the watermark
     can be short, see BROKER.md) or it already yielded a record written after
     the read began (a topic written to all the time, like one carrying clock
-    ticks, is never idle).
+    ticks, is never idle). A partition read from an offset at its end yields
+    nothing and has no position yet: its position is then where it started.
     """
+    starts = starts or {}
     started_ms = int(time.time() * 1000)
     began = time.monotonic()
     last_record: dict[tuple[str, int], float] = {}
@@ -71,7 +74,9 @@ def _read_assigned(
             yield msg
         positions = consumer.position([TopicPartition(t, p) for (t, p) in targets])
         if all(
-            (targets[(tp.topic, tp.partition)] <= 0 or tp.offset >= targets[(tp.topic, tp.partition)])
+            (targets[(tp.topic, tp.partition)] <= 0
+             or (tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), 0))
+             >= targets[(tp.topic, tp.partition)])
             and ((tp.topic, tp.partition) in fresh
                  or now - last_record.get((tp.topic, tp.partition), began) >= idle_s)
             for tp in positions
@@ -123,6 +128,8 @@ def read_topic_to_end(
             _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             targets[(topic, p)] = high
         idle_s = (idle_ms if idle_ms is not None else settings.read_to_end_idle_ms) / 1000
-        yield from _read_assigned(consumer, targets, idle_s, time.monotonic() + timeout_s)
+        starts = {(topic, p): start_offsets.get(p, 0) for p in partitions}
+        yield from _read_assigned(consumer, targets, idle_s, time.monotonic() + timeout_s,
+                                  starts=starts)
     finally:
         consumer.close()

@@ -109,3 +109,58 @@ def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProc
         wu = u.work_unit_id or ""
         assert status[wu] == "completed" and accepted[wu] == 1, (wu, status[wu])
         assert rows[wu] == 1, f"{wu} was applied {rows[wu]} times"
+
+
+def test_scheduler_killed_mid_burst_settles_every_unit_once(
+    settings: OnceflowSettings, tmp_path: Path
+) -> None:
+    from infra.observe import ProgressFollower
+    from streams.scheduler import SETTLED_STATES
+
+    fast = fast_settings(settings)
+    create_topics(fast)
+    roles = start_roles(fast, agent_specs(2, concurrency=4, region="eu-west"))
+    db = tmp_path / "effects.sqlite"
+    units = [unit(f"p-{i}", simulated_ms=5) for i in range(600)] + [
+        unit(f"w-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=5,
+             parameters={"db": str(db)}) for i in range(100)]
+    producer = EventProducer(fast, SingleObjectCodec())
+    topic = TopicCatalog(fast)["submissions"]
+    for u in units:
+        producer.send(topic, u)
+    producer.flush()
+    follower = ProgressFollower(fast)
+    try:
+        def some_done() -> bool:
+            follower.poll()
+            return follower.progress.by_state().get("completed", 0) >= 150
+
+        wait_for(some_done, timeout=60, what="150 completions before the kill")
+        victim = next(r for r in roles if r.name == "scheduler")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.process.wait(timeout=10)
+        roles += start_roles(fast, [], scheduler=True)  # a new scheduler recovers by replay
+
+        ids = [u.work_unit_id or "" for u in units]
+
+        def all_settled() -> bool:
+            follower.poll()
+            return all(follower.progress.status.get(i) in SETTLED_STATES for i in ids)
+
+        wait_for(all_settled, timeout=150, what="every unit to settle after the restart")
+        status = follower.progress.status
+        accepted = follower.progress.accepted_completions
+    finally:
+        follower.close()
+        stop_roles(roles)
+    codec = SingleObjectCodec()
+    fact_ids = [codec.decode(m.value() or b"").event_id
+                for m in read_topic_to_end(fast, TopicCatalog(fast)["workunits"].name)]
+    assert len(fact_ids) == len(set(fact_ids)), "a fact was emitted twice"
+    rows = effect_rows(db)
+    for u in units:
+        wu = u.work_unit_id or ""
+        if wu.startswith("p-"):
+            assert status[wu] == "completed" and accepted[wu] == 1, (wu, status[wu])
+        else:
+            assert status[wu] in ("completed", "needs_operator") and rows[wu] <= 1, wu

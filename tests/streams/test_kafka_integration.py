@@ -123,3 +123,20 @@ def test_replay_of_facts_equals_live_state(settings: OnceflowSettings, uid: str,
     replayed = replay_facts(SubmissionCounter(), settings, catalog["workunits"].name,
                             SingleObjectCodec())
     assert fingerprint_partitions({p: list(s.raw_items()) for p, s in replayed.items()}) == live
+
+
+def test_reading_a_partition_from_its_end_returns_at_once(settings: OnceflowSettings) -> None:
+    # A restart with its state intact recovers from the checkpointed offset,
+    # which is often the end: nothing is read and there is no position yet.
+    from streams.kafka import read_partition_to_end
+
+    create_topics(settings)
+    topic = TopicCatalog(settings)["workunits"]
+    producer = EventProducer(settings, SingleObjectCodec())
+    for i in range(5):
+        producer.send(topic, submitted(i), partition=0)
+    producer.flush()
+    everything = list(read_partition_to_end(settings, topic.name, 0, timeout_s=30))
+    assert len(everything) == 5
+    end = max(m.offset() or 0 for m in everything) + 1
+    assert list(read_partition_to_end(settings, topic.name, 0, end, timeout_s=30)) == []
