@@ -408,6 +408,8 @@ def tail(
     for msg in read_topic_to_end(settings, name, start_offsets=starts,
                                  timeout_s=10**9 if follow else 600,
                                  idle_ms=10**9 if follow else None):
+        if msg.value() is None:
+            continue  # a processor's recovery marker, not an event
         out.write(_render(msg, codec, fmt, dead_letters) + "\n")
         shown += 1
         if limit and shown >= limit:

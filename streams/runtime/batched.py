@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from schemas import CodecError, EventCodec, SingleObjectCodec
 from streams.kafka.consumer import make_consumer, partition_count, read_partition_to_end
-from streams.kafka.dead_letters import DeadLetterRouter
+from streams.kafka.dead_letters import DeadLetterRouter, message_headers
 from streams.kafka.producer import EventProducer
 from streams.log import get_logger
 from streams.runtime.facts import (
@@ -41,7 +41,11 @@ from streams.state.rocksdb import PartitionStore, open_partition_store
 from streams.topics.catalog import TopicCatalog
 from streams.types import Reducer, Routed, Sensor
 
-__all__ = ["BatchedProcessor", "ReducerError", "next_batch"]
+__all__ = ["MARKER_HEADER", "MARKER_KEY", "BatchedProcessor", "ReducerError", "next_batch"]
+
+#: the key and header of the empty record recovery appends to find the end of its facts
+MARKER_KEY = b"onceflow.recovery-marker"
+MARKER_HEADER = "onceflow.marker"
 
 
 def next_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
@@ -271,6 +275,8 @@ class BatchedProcessor:
 
     def _handle(self, store: PartitionStore, partition: int, msg: Message) -> None:
         raw = msg.value()
+        if raw is None and any(k == MARKER_HEADER for k, _ in message_headers(msg)):
+            return  # another processor's recovery marker in a topic we read
         try:
             if raw is None:
                 raise CodecError("record has no value (tombstone) on an event topic")
@@ -384,13 +390,29 @@ class BatchedProcessor:
         last = start - 1
         reroute: list[FactRecord] = []
 
+        marker = self._write_marker(partition)
+
         def records() -> Iterator[FactRecord]:
+            # Read up to our own marker: its offset is a true end of the
+            # partition, where the broker's high watermark may be short and an
+            # idle window may close early under load (facts missed here would
+            # be decided, and emitted, a second time).
             nonlocal last
-            for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
-                last = msg.offset() or 0
-                record = fact_record(msg, self.codec)
-                if record is not None:
-                    yield record
+            offset = start
+            deadline = time.monotonic() + 600
+            while offset <= marker:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.fact_topic}[{partition}]: marker {marker} unseen")
+                for msg in read_partition_to_end(self.settings, self.fact_topic, partition,
+                                                 offset):
+                    offset = (msg.offset() or 0) + 1
+                    if offset > marker:
+                        break
+                    last = offset - 1
+                    record = fact_record(msg, self.codec)
+                    if record is not None:
+                        yield record
+            last = max(last, marker)
 
         for item in fold_fact_records(self.reducer, store, records(), groups):
             folded += 1
@@ -408,6 +430,21 @@ class BatchedProcessor:
             seconds=round(time.perf_counter() - started, 3),
         )
         return store
+
+    def _write_marker(self, partition: int) -> int:
+        """Append an empty record to the fact partition; return its offset.
+
+        It carries no value (readers skip it: it is not an event) and a key of
+        its own, so compaction on a real cluster removes only markers.
+        """
+        self._fact_high.pop(partition, None)
+        self._producer.send_raw(self.fact_topic, None, key=MARKER_KEY, partition=partition,
+                                headers=[(MARKER_HEADER, self.reducer.name.encode())])
+        self._producer.flush()
+        offset = self._fact_high.get(partition)
+        if offset is None:
+            raise RuntimeError(f"no delivery report for the marker in {self.fact_topic}[{partition}]")
+        return offset
 
     # -- inspection ------------------------------------------------------------------
 
