@@ -339,6 +339,53 @@ def submit(
                   f"{count / elapsed:,.0f} units/s")
 
 
+# -- operators ------------------------------------------------------------------------------------
+
+
+@app.command()
+def resolve(
+    work_unit_id: Annotated[str, typer.Argument(help="the unit parked in needs_operator")],
+    action: Annotated[str, typer.Option(help="retry, mark_done or abandon")],
+    note: Annotated[str, typer.Option(help="why, for the record")] = "",
+    operator: Annotated[str, typer.Option(help="who decides")] = "operator",
+    result_file: Annotated[Path | None, typer.Option(
+        "--result-file", help="with mark_done: the result, stored in the content store")] = None,
+) -> None:
+    """Resolve a unit parked in needs_operator: run it again, mark it done, or abandon it."""
+    import uuid
+
+    from schemas import ControlOperatorResolved
+    from streams.kafka import DeliveryError, EventProducer
+    from streams.topics.catalog import TopicCatalog
+
+    if action not in ("retry", "mark_done", "abandon"):
+        raise _fail(f"--action {action!r} is not known: use retry, mark_done or abandon")
+    if result_file is not None and action != "mark_done":
+        raise _fail("--result-file goes with --action mark_done only")
+    if result_file is not None and not result_file.is_file():
+        raise _fail(f"{result_file} does not exist; pass the file that holds the result")
+    settings = _settings()
+    _require_broker(settings)
+    ref = None
+    if result_file is not None:
+        from streams.content import open_content_store
+
+        ref = open_content_store(settings).put(result_file.read_bytes())
+    event = ControlOperatorResolved(
+        event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000),
+        work_unit_id=work_unit_id, resolution=action,  # type: ignore[arg-type]
+        operator=operator, note=note, result_ref=ref,
+    )
+    producer = EventProducer(settings, SingleObjectCodec())
+    producer.send(TopicCatalog(settings)["control"], event)
+    try:
+        producer.flush()
+    except DeliveryError as exc:
+        raise _fail(str(exc), 1) from None
+    console.print(f"{action} requested for {work_unit_id} (event {event.event_id}); the scheduler "
+                  "applies it only if the unit is in needs_operator")
+
+
 # -- tail ---------------------------------------------------------------------------------------
 
 

@@ -162,3 +162,32 @@ def test_replaying_the_facts_matches_the_live_scheduler_and_decisions_recheck(
         region = by_unit[d.work_unit_id].region
         assert rank_recorded(d.candidates, Streak(d.streak_node_id, d.streak_length), region,
                              settings.scheduler) == (d.selected_node_id, d.reason_code)
+
+
+def test_an_operator_resolves_a_parked_unit_from_the_cli(
+    cluster: Cluster, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    cluster.start_scheduler()
+    cluster.start_agent("n1")
+    # The tool stages its effect, then fails: unsafe to retry, so it is parked.
+    broken = {"db": "/proc/onceflow-no-such-dir/effects.sqlite"}
+    cluster.submit(unit("parked", kind="tool", effect="WORLD_MUTATING", parameters=broken))
+    assert cluster.wait_settled(["parked"]) == {"parked": "needs_operator"}
+    result = tmp_path / "result.json"
+    result.write_text('{"done": "by hand"}')
+    env = {**subprocess_env, "ONCEFLOW_CONTENT_STORE_URL": cluster.settings.content_store_url}
+    out = subprocess.run([sys.executable, "-m", "infra.cli", "resolve", "parked", "--action",
+                          "mark_done", "--result-file", str(result), "--note", "checked"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    from tests.fixtures import wait_for
+
+    wait_for(lambda: cluster.progress().progress.status.get("parked") == "completed",
+             timeout=30, what="the operator's mark_done to settle the unit")
+    done = [f for f, _ in _facts(cluster.settings)
+            if isinstance(f, WorkUnitCompleted) and f.accepted and f.work_unit_id == "parked"]
+    assert len(done) == 1 and done[0].settlement_reason == "operator_mark_done"
+    assert done[0].result_ref is not None
