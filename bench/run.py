@@ -23,11 +23,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from infra.broker import EmbeddedBroker
 from schemas import SingleObjectCodec
 from streams.examples.submission_counter import SubmissionCounter
-from streams.kafka import EventProducer, read_topic_to_end
+from streams.kafka import EventProducer
 from streams.runtime import BatchedProcessor
 from streams.settings import OnceflowSettings
 from streams.topics import TopicCatalog, create_topics
-from tests.fixtures import submitted
+from tests.fixtures import event_messages, submitted
 
 
 def raw_broker(settings: OnceflowSettings, n: int) -> dict[str, float]:
@@ -119,9 +119,7 @@ def batched_shell_rate(settings: OnceflowSettings, n: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - t
         stop.set()
         thread.join(30)
-    # events only: recovery appends one empty marker record per partition
-    facts = sum(1 for m in read_topic_to_end(settings, catalog["workunits"].name)
-                if m.value() is not None)
+    facts = len(event_messages(settings, catalog["workunits"].name))
     return {"events": n, "events_per_s": round(n / elapsed), "facts_emitted": facts,
             "note": "Avro decode + reducer + Avro encode of one fact + produce + RocksDB checkpoint"}
 

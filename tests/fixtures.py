@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from schemas import WorkUnitSubmitted
+from schemas import Event, SingleObjectCodec, WorkUnitSubmitted
 
 T = TypeVar("T")
 
@@ -30,3 +30,16 @@ def submitted(i: int, *, tenant: str | None = None, unit: str | None = None) -> 
         event_id=f"ev-{i}", occurred_at=1_700_000_000_000 + i, tenant_id=tenant or f"t{i % 4}",
         execution_session_id=f"sess:{wu}", work_unit_id=wu, simulated_ms=i % 7,
     )
+
+
+def event_messages(settings: Any, topic: str) -> list[Any]:
+    """A topic's records that carry an event: recovery markers (no value) are left out."""
+    from streams.kafka import read_topic_to_end
+
+    return [m for m in read_topic_to_end(settings, topic) if m.value() is not None]
+
+
+def events(settings: Any, topic: str) -> list[Event]:
+    """The decoded events of a topic, in partition order."""
+    codec = SingleObjectCodec()
+    return [codec.decode(m.value()) for m in event_messages(settings, topic)]

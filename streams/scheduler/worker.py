@@ -12,7 +12,7 @@ from streams.scheduler._impl.reducer import Scheduler
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
 
-__all__ = ["build_scheduler", "run_scheduler"]
+__all__ = ["build_clock", "build_scheduler", "run_scheduler"]
 
 
 def build_scheduler(
@@ -32,6 +32,12 @@ def build_scheduler(
     )
 
 
+def build_clock(settings: OnceflowSettings) -> Ticker:
+    """The scheduler's clock: ticks into every `reports` partition (see the reducer's doc)."""
+    reports = TopicCatalog(settings)["reports"]
+    return Ticker(settings, reports.name, reports.partitions, settings.scheduler.tick_interval_ms)
+
+
 def run_scheduler(settings: OnceflowSettings, *, ready_file: Path | None = None,
                   with_clock: bool = True) -> None:
     """Block until SIGTERM: schedule, arbitrate claims, settle, recover."""
@@ -40,9 +46,7 @@ def run_scheduler(settings: OnceflowSettings, *, ready_file: Path | None = None,
     processor.install_signal_handlers()
     ticker = None
     if with_clock:
-        reports = TopicCatalog(settings)["reports"]
-        ticker = Ticker(settings, reports.name, reports.partitions,
-                        settings.scheduler.tick_interval_ms)
+        ticker = build_clock(settings)
         ticker.start()
     log.info("scheduler.starting", clock=with_clock)
     try:

@@ -19,7 +19,7 @@ from infra.observe import ProgressFollower
 from schemas import SingleObjectCodec, WorkUnitSubmitted
 from streams.kafka import EventProducer
 from streams.runtime import BatchedProcessor
-from streams.scheduler.worker import build_scheduler
+from streams.scheduler.worker import build_clock, build_scheduler
 from streams.settings import AgentSettings, OnceflowSettings, SchedulerSettings
 from streams.topics import TopicCatalog, create_topics
 from tests.fixtures import wait_for
@@ -70,14 +70,10 @@ class Cluster:
         self.follower: ProgressFollower | None = None
 
     def start_scheduler(self) -> None:
-        from streams.runtime.clock import Ticker
-
         ready = threading.Event()
         self.scheduler = build_scheduler(self.settings, on_ready=ready.set)
         self._spawn(lambda: self.scheduler.run(self.stop))  # type: ignore[union-attr]
-        reports = self.catalog["reports"]
-        self.ticker = Ticker(self.settings, reports.name, reports.partitions,
-                             self.settings.scheduler.tick_interval_ms)
+        self.ticker = build_clock(self.settings)
         self.ticker.start()
         assert ready.wait(60), "scheduler never became ready"
 

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from infra.observe import ProgressFollower
 from infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
 from schemas import SingleObjectCodec, WorkUnitFailed, WorkUnitSubmitted
-from streams.kafka import EventProducer, read_topic_to_end
+from streams.kafka import EventProducer
+from streams.scheduler import SETTLED_STATES
 from streams.settings import OnceflowSettings
 from streams.topics import TopicCatalog, create_topics
 from tests.agents.fixtures import effect_rows, fast_settings, unit
-from tests.fixtures import wait_for
+from tests.fixtures import events, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -37,6 +39,38 @@ def _burst(db: Path) -> dict[str, list[WorkUnitSubmitted]]:
     }
 
 
+def _submit(settings: OnceflowSettings, units: list[WorkUnitSubmitted]) -> None:
+    producer = EventProducer(settings, SingleObjectCodec())
+    topic = TopicCatalog(settings)["submissions"]
+    for u in units:
+        producer.send(topic, u)
+    producer.flush()
+
+
+def _wait_completed(follower: ProgressFollower, n: int) -> None:
+    def enough() -> bool:
+        follower.poll()
+        return follower.progress.by_state().get("completed", 0) >= n
+
+    wait_for(enough, timeout=60, what=f"{n} completions before the kill")
+
+
+def _wait_settled(follower: ProgressFollower, units: list[WorkUnitSubmitted], what: str) -> None:
+    ids = [u.work_unit_id or "" for u in units]
+
+    def all_settled() -> bool:
+        follower.poll()
+        return all(follower.progress.status.get(i) in SETTLED_STATES for i in ids)
+
+    wait_for(all_settled, timeout=150, what=what)
+
+
+def _sigkill(roles: list[RoleProcess], name: str) -> None:
+    victim = next(r for r in roles if r.name == name)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.process.wait(timeout=10)
+
+
 @pytest.fixture
 def roles(settings: OnceflowSettings) -> Iterator[list[RoleProcess]]:
     fast = fast_settings(settings)
@@ -48,9 +82,6 @@ def roles(settings: OnceflowSettings) -> Iterator[list[RoleProcess]]:
 
 def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProcess],
                                 tmp_path: Path) -> None:
-    from infra.observe import ProgressFollower
-    from streams.scheduler import SETTLED_STATES
-
     fast = fast_settings(settings)
     db = tmp_path / "effects.sqlite"
     burst = _burst(db)
@@ -58,40 +89,18 @@ def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProc
     # interleave the groups so that the killed node holds every kind
     everything.sort(key=lambda u: (int((u.work_unit_id or "").rsplit("-", 1)[1]) % 50,
                                    u.work_unit_id))
-    producer = EventProducer(fast, SingleObjectCodec())
-    topic = TopicCatalog(fast)["submissions"]
-    for u in everything:
-        producer.send(topic, u)
-    producer.flush()
-
+    _submit(fast, everything)
     follower = ProgressFollower(fast)
     try:
-        def some_done() -> bool:
-            follower.poll()
-            return follower.progress.by_state().get("completed", 0) >= 80
-
-        wait_for(some_done, timeout=60, what="80 completions before the kill")
-        victim = next(r for r in roles if r.name == "agent-n1")
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.process.wait(timeout=10)
-
-        ids = [u.work_unit_id or "" for u in everything]
-
-        def all_settled() -> bool:
-            follower.poll()
-            status = follower.progress.status
-            return all(status.get(i) in SETTLED_STATES for i in ids)
-
-        wait_for(all_settled, timeout=150, what="every unit to settle after the kill")
+        _wait_completed(follower, 80)
+        _sigkill(roles, "agent-n1")
+        _wait_settled(follower, everything, "every unit to settle after the kill")
         status = follower.progress.status
         accepted = follower.progress.accepted_completions
     finally:
         follower.close()
 
-    codec = SingleObjectCodec()
-    timeouts = [f for f in (codec.decode(m.value()) for m in
-                            read_topic_to_end(fast, TopicCatalog(fast)["workunits"].name)
-                            if m.value() is not None)
+    timeouts = [f for f in events(fast, TopicCatalog(fast)["workunits"].name)
                 if isinstance(f, WorkUnitFailed) and f.error_code == "node_timeout"]
     assert timeouts, "the kill interrupted no granted work; the test proved nothing"
     rows = effect_rows(db)
@@ -115,9 +124,6 @@ def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProc
 def test_scheduler_killed_mid_burst_settles_every_unit_once(
     settings: OnceflowSettings, tmp_path: Path
 ) -> None:
-    from infra.observe import ProgressFollower
-    from streams.scheduler import SETTLED_STATES
-
     fast = fast_settings(settings)
     create_topics(fast)
     roles = start_roles(fast, agent_specs(2, concurrency=4, region="eu-west"))
@@ -125,39 +131,19 @@ def test_scheduler_killed_mid_burst_settles_every_unit_once(
     units = [unit(f"p-{i}", simulated_ms=5) for i in range(600)] + [
         unit(f"w-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=5,
              parameters={"db": str(db)}) for i in range(100)]
-    producer = EventProducer(fast, SingleObjectCodec())
-    topic = TopicCatalog(fast)["submissions"]
-    for u in units:
-        producer.send(topic, u)
-    producer.flush()
+    _submit(fast, units)
     follower = ProgressFollower(fast)
     try:
-        def some_done() -> bool:
-            follower.poll()
-            return follower.progress.by_state().get("completed", 0) >= 150
-
-        wait_for(some_done, timeout=60, what="150 completions before the kill")
-        victim = next(r for r in roles if r.name == "scheduler")
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.process.wait(timeout=10)
+        _wait_completed(follower, 150)
+        _sigkill(roles, "scheduler")
         roles += start_roles(fast, [], scheduler=True)  # a new scheduler recovers by replay
-
-        ids = [u.work_unit_id or "" for u in units]
-
-        def all_settled() -> bool:
-            follower.poll()
-            return all(follower.progress.status.get(i) in SETTLED_STATES for i in ids)
-
-        wait_for(all_settled, timeout=150, what="every unit to settle after the restart")
+        _wait_settled(follower, units, "every unit to settle after the restart")
         status = follower.progress.status
         accepted = follower.progress.accepted_completions
     finally:
         follower.close()
         stop_roles(roles)
-    codec = SingleObjectCodec()
-    fact_ids = [codec.decode(m.value()).event_id
-                for m in read_topic_to_end(fast, TopicCatalog(fast)["workunits"].name)
-                if m.value() is not None]  # recovery markers carry no event
+    fact_ids = [f.event_id for f in events(fast, TopicCatalog(fast)["workunits"].name)]
     assert len(fact_ids) == len(set(fact_ids)), "a fact was emitted twice"
     rows = effect_rows(db)
     for u in units:

@@ -20,6 +20,7 @@ from streams.settings import OnceflowSettings
 from streams.state import open_partition_store
 from streams.topics import TopicCatalog
 from tests.agents.fixtures import Cluster, effect_rows, fast_settings, unit
+from tests.fixtures import event_messages
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,7 @@ def cluster(settings: OnceflowSettings) -> Iterator[Cluster]:
 def _facts(settings: OnceflowSettings) -> list[tuple[object, int]]:
     codec = SingleObjectCodec()
     return [(codec.decode(m.value()), m.partition() or 0)
-            for m in read_topic_to_end(settings, TopicCatalog(settings)["workunits"].name)
-            if m.value() is not None]  # recovery markers carry no event
+            for m in event_messages(settings, TopicCatalog(settings)["workunits"].name)]
 
 
 def test_two_agents_racing_for_the_same_dispatch_execute_it_once(

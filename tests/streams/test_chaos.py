@@ -18,7 +18,7 @@ from streams.runtime import fingerprint_items, fingerprint_partitions, replay_fa
 from streams.settings import OnceflowSettings
 from streams.state import MemoryState, open_partition_store
 from streams.topics import TopicCatalog, create_topics
-from tests.fixtures import submitted, wait_for
+from tests.fixtures import event_messages, submitted, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -66,8 +66,7 @@ def _committed(settings: OnceflowSettings, group: str, topic: str,
 
 
 def _fact_keys(settings: OnceflowSettings, topic: str) -> list[bytes]:
-    return [m.key() for m in read_topic_to_end(settings, topic)
-            if m.value() is not None]  # recovery markers carry no event
+    return [m.key() for m in event_messages(settings, topic)]
 
 
 def test_batched_shell_survives_sigkill_and_lost_state(

@@ -7,7 +7,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,7 +23,7 @@ from streams.kafka import (
 from streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
 from streams.settings import OnceflowSettings
 from streams.topics import TopicCatalog, create_topics, describe_topics
-from tests.fixtures import submitted, wait_for
+from tests.fixtures import event_messages, submitted, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +64,6 @@ def _running_counter(settings: OnceflowSettings, uid: str) -> Iterator[BatchedPr
         thread.join(30)
 
 
-def _events(settings: OnceflowSettings, topic: str) -> list[Any]:
-    """The records of a topic that are events (recovery markers carry none)."""
-    return [m for m in read_topic_to_end(settings, topic) if m.value() is not None]
-
-
 def test_random_bytes_go_to_dead_letters_and_processing_continues(
     settings: OnceflowSettings, uid: str
 ) -> None:
@@ -86,7 +80,7 @@ def test_random_bytes_go_to_dead_letters_and_processing_continues(
         for i in range(20, 40):
             producer.send(catalog["submissions"], submitted(i))
         producer.flush()
-        wait_for(lambda: len(_events(settings, facts)) >= 40, what="40 facts")
+        wait_for(lambda: len(event_messages(settings, facts)) >= 40, what="40 facts")
         dead = wait_for(lambda: list(read_topic_to_end(settings, dlq)) or None, what="dead letters")
         assert sorted(m.value() for m in dead) == sorted(garbage)
         for m in dead:
@@ -95,7 +89,7 @@ def test_random_bytes_go_to_dead_letters_and_processing_continues(
             assert headers[DLQ_HEADER_PROCESSOR].decode() == SubmissionCounter.name
             assert int(headers[DLQ_HEADER_OFFSET]) >= 0
             assert m.key() == b"junk"
-    assert len({m.key() for m in _events(settings, facts)}) == 40
+    assert len({m.key() for m in event_messages(settings, facts)}) == 40
 
 
 def test_inputs_redelivered_emit_nothing_twice(settings: OnceflowSettings, uid: str) -> None:
@@ -109,8 +103,7 @@ def test_inputs_redelivered_emit_nothing_twice(settings: OnceflowSettings, uid: 
     producer.flush()
     with _running_counter(settings, uid) as processor:
         wait_for(lambda: processor.processed >= 60, what="60 inputs processed")
-    facts = [m for m in read_topic_to_end(settings, catalog["workunits"].name)
-             if m.value() is not None]  # recovery markers carry no event
+    facts = event_messages(settings, catalog["workunits"].name)
     assert len(facts) == 30
     codec = SingleObjectCodec()
     assert all(isinstance(codec.decode(m.value()), SubmissionCounted) for m in facts)
