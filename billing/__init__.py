@@ -1,3 +1,34 @@
-"""billing."""
+"""Billing: pricing, the ledger, wallets and budgets, the anomaly checker, reconciliation.
 
-__all__: list[str] = []
+The ledger turns the scheduler's settlements and the LLM invocations into
+line items, each charged exactly once; wallets fold from the ledger; the
+anomaly checker and `reconcile` check both. Import from here; `billing._impl`
+is private.
+"""
+
+from billing._impl.anomalies import AnomalyChecker
+from billing._impl.ledger import Ledger, line_item_id
+from billing._impl.pricing import ModelRate, PriceBook, PriceBookError, load_price_book, money
+from billing._impl.read import read_anomalies, read_billing_records, read_wallets
+from billing._impl.reconcile import BillingRecords, reconcile
+from billing._impl.wallets import Wallet, WalletFolder, session_wallet_id, tenant_wallet_id
+
+__all__ = [
+    "AnomalyChecker",
+    "BillingRecords",
+    "Ledger",
+    "ModelRate",
+    "PriceBook",
+    "PriceBookError",
+    "Wallet",
+    "WalletFolder",
+    "line_item_id",
+    "load_price_book",
+    "money",
+    "read_anomalies",
+    "read_billing_records",
+    "read_wallets",
+    "reconcile",
+    "session_wallet_id",
+    "tenant_wallet_id",
+]

@@ -8,16 +8,19 @@ onceflow at a real cluster is a matter of environment variables, never code.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "AgentSettings",
+    "BillingSettings",
     "BrokerProfile",
     "LogFormat",
+    "ModelPrice",
     "OnceflowSettings",
     "SchedulerSettings",
     "load_settings",
@@ -88,6 +91,50 @@ class AgentSettings(BaseModel):
     llm_usd_per_1k_tokens: str = "0.002000"
 
 
+class ModelPrice(BaseModel):
+    """USD per 1K tokens for one model, input and output priced apart."""
+
+    input_usd_per_1k: Decimal = Field(ge=0)
+    output_usd_per_1k: Decimal = Field(ge=0)
+
+
+class BillingSettings(BaseModel):
+    """The price book, the double-charging switches, prepaid credit and anomaly thresholds.
+
+    Defaults are Krako 2.0's prices. A price book file (JSON, see
+    `billing.load_price_book`) replaces the prices and their version.
+    """
+
+    price_book_file: Path | None = None
+    pricing_version: str = "default-2026-11"
+    cpu_usd_per_second: Decimal = Field(default=Decimal("0.000500"), ge=0)
+    default_model: ModelPrice = Field(default_factory=lambda: ModelPrice(
+        input_usd_per_1k=Decimal("0.002000"), output_usd_per_1k=Decimal("0.002000")))
+    models: dict[str, ModelPrice] = Field(default_factory=dict)
+    bill_llm_from_invocation: bool = Field(
+        default=True, description="charge LLM tokens from llm.invocation.completed (safe)")
+    bill_llm_from_completion: bool = Field(
+        default=False, description="charge LLM tokens from the completion's llm_tokens instead")
+    prepaid_credits: dict[str, Decimal] = Field(
+        default_factory=dict,
+        description="tenant -> prepaid USD; such a tenant's new work is rejected with "
+                    "BUDGET_EXCEEDED once its balance would go below zero")
+    cost_spike_factor: float = Field(
+        default=10.0, gt=1, description="a session costing this many times its tenant's "
+                                        "median session is flagged")
+    cost_spike_min_sessions: int = Field(
+        default=5, ge=1, description="sessions a tenant needs before spikes are judged")
+
+    @model_validator(mode="after")
+    def _one_source_for_tokens(self) -> BillingSettings:
+        if self.bill_llm_from_invocation and self.bill_llm_from_completion:
+            raise ValueError(
+                "bill_llm_from_invocation and bill_llm_from_completion are both on, which "
+                "would charge the same tokens twice; turn one off "
+                "(ONCEFLOW_BILLING__BILL_LLM_FROM_COMPLETION=false is the safe default)")
+        return self
+
+
 class OnceflowSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ONCEFLOW_", env_nested_delimiter="__", extra="ignore"
@@ -149,6 +196,7 @@ class OnceflowSettings(BaseSettings):
     # --- roles ----------------------------------------------------------------------------
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
 
     # --- logging -------------------------------------------------------------------------
     log_format: LogFormat = "auto"

@@ -41,7 +41,9 @@ __all__ = [
     "DeadLetterRecorded",
     "EffectStaged",
     "Event",
+    "LedgerChargeHeld",
     "LedgerLineItem",
+    "LedgerUnitSettled",
     "LlmInvocationCompleted",
     "LlmInvocationFailed",
     "NodeHeartbeat",
@@ -447,6 +449,61 @@ class LedgerLineItem(Event):
     rounding_mode: str = "ROUND_HALF_EVEN"
     pricing_version: str
     billed: bool = True
+    attempt_index: int = Field(default=0, ge=0, description="the attempt the source belongs to")
+    llm_tokens_in: int = 0
+    llm_tokens_out: int = 0
+    llm_input_price_usd_per_1k: Money = Decimal("0")
+    llm_output_price_usd_per_1k: Money = Decimal("0")
+    subtotal_llm_input_usd: Money = Decimal("0")
+    subtotal_llm_output_usd: Money = Decimal("0")
+    leakage_reason: str = Field(
+        default="", description="why an unbilled line item was not charged (billed = false)"
+    )
+
+
+class LedgerChargeHeld(Event):
+    """An LLM invocation priced and waiting for its unit to settle.
+
+    Only the accepted attempt's invocations are charged, and which attempt
+    that is is known only at settlement, which may come before or after the
+    invocation. The ledger records the hold as a fact (its changelog), so a
+    restarted ledger knows what it is holding.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "ledger.charge.held"
+    AVRO_NAME: ClassVar[str] = "LedgerChargeHeld"
+    event_type: Literal["ledger.charge.held"] = "ledger.charge.held"
+    source_event_id: str
+    source_event_type: str
+    source_occurred_at: int = 0
+    attempt_index: int = Field(default=1, ge=1)
+    correlation_id: str | None = None
+    node_id: str | None = None
+    model: str | None = None
+    provider: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    total_tokens: int = 0
+    llm_input_price_usd_per_1k: Money = Decimal("0")
+    llm_output_price_usd_per_1k: Money = Decimal("0")
+    pricing_version: str = ""
+
+
+class LedgerUnitSettled(Event):
+    """The ledger learned how a unit ended: which attempt, if any, may be charged.
+
+    Invocations that arrive after this are decided at once (billed when they
+    belong to the accepted attempt, leakage otherwise); ones held before it
+    are decided in the same decision.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "ledger.unit.settled"
+    AVRO_NAME: ClassVar[str] = "LedgerUnitSettled"
+    event_type: Literal["ledger.unit.settled"] = "ledger.unit.settled"
+    outcome: Literal["accepted", "failed", "cancelled"]
+    accepted_attempt: int = Field(default=0, ge=0, description="0 when no attempt was accepted")
+    source_event_id: str = ""
+    settlement_reason: str = ""
 
 
 class WalletUpdated(Event):
@@ -459,6 +516,18 @@ class WalletUpdated(Event):
     total_credit_usd: Money
     record_count: int = 0
     last_line_item_id: str | None = None
+    wallet_id: str = Field(
+        default="", description="tenant:{tenant} or session:{tenant}:{session}, with @{partition}"
+    )
+    scope: Literal["tenant", "session"] = "tenant"
+    ledger_partition: int = Field(
+        default=0, ge=0,
+        description="the ledger partition this partial wallet folds; a wallet is the sum of "
+                    "its partials, one per ledger partition",
+    )
+    prepaid: bool = Field(default=False, description="a prepaid credit limits this tenant")
+    total_leakage_usd: Money = Decimal("0")
+    leakage_count: int = 0
 
 
 class BillingAnomaly(Event):
@@ -582,6 +651,8 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     CapacityScaleRequested,
     CapacityAdmissionModeChanged,
     LedgerLineItem,
+    LedgerChargeHeld,
+    LedgerUnitSettled,
     WalletUpdated,
     BillingAnomaly,
     ControlSessionPaused,

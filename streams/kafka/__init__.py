@@ -3,6 +3,7 @@
 from streams.kafka.consumer import (
     make_consumer,
     partition_count,
+    read_events,
     read_partition_to_end,
     read_topic_to_end,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "make_consumer",
     "message_headers",
     "partition_count",
+    "read_events",
     "read_partition_to_end",
     "read_topic_to_end",
 ]

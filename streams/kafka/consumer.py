@@ -14,11 +14,13 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from schemas import CodecError, Event, EventCodec, SingleObjectCodec
 from streams.settings import OnceflowSettings
 
 __all__ = [
     "make_consumer",
     "partition_count",
+    "read_events",
     "read_partition_to_end",
     "read_topic_to_end",
 ]
@@ -133,3 +135,32 @@ def read_topic_to_end(
                                   starts=starts)
     finally:
         consumer.close()
+
+
+def read_events(
+    settings: OnceflowSettings,
+    topic: str,
+    codec: EventCodec,
+    *,
+    event_types: frozenset[str] | None = None,
+) -> Iterator[tuple[Message, Event]]:
+    """A topic's events from offset 0 to the end, decoded, in partition order.
+
+    Recovery markers (records without a value) are not events and are left
+    out; so are records that do not decode (a processor has dead-lettered
+    them already). `event_types` skips other types before decoding them.
+    """
+    wanted: frozenset[bytes] | None = None
+    if event_types is not None and isinstance(codec, SingleObjectCodec):
+        wanted = frozenset(fp for fp, entry in codec.registry.by_fingerprint.items()
+                           if entry.event_type in event_types)
+    for msg in read_topic_to_end(settings, topic):
+        raw = msg.value()
+        if raw is None or (wanted is not None and raw[2:10] not in wanted):
+            continue
+        try:
+            event = codec.decode(raw)
+        except CodecError:
+            continue
+        if event_types is None or event.event_type in event_types:
+            yield msg, event

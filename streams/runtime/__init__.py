@@ -13,6 +13,7 @@ from streams.runtime.facts import (
     replay_facts,
 )
 from streams.runtime.fingerprint import fingerprint_items, fingerprint_partitions
+from streams.runtime.replay import PartitionCheck, ReplayCheck, verify_replay
 
 __all__ = [
     "FACT_HEADER_CAUSE",
@@ -20,8 +21,11 @@ __all__ = [
     "BatchedProcessor",
     "FactGroups",
     "FactRecord",
+    "PartitionCheck",
     "ReducerError",
+    "ReplayCheck",
     "fingerprint_items",
     "fingerprint_partitions",
     "replay_facts",
+    "verify_replay",
 ]

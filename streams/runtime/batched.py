@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -38,10 +38,19 @@ from streams.runtime.facts import (
 )
 from streams.settings import OnceflowSettings
 from streams.state.rocksdb import PartitionStore, open_partition_store
-from streams.topics.catalog import TopicCatalog
+from streams.topics.catalog import Topic, TopicCatalog
 from streams.types import Reducer, Routed, Sensor
 
-__all__ = ["MARKER_HEADER", "MARKER_KEY", "BatchedProcessor", "ReducerError", "next_batch"]
+__all__ = ["MARKER_HEADER", "MARKER_KEY", "BatchedProcessor", "Recovery", "ReducerError",
+           "next_batch"]
+
+#: How a partition's state comes back after a restart.
+#: "facts": the state is the fold of the processor's own facts (deciders:
+#: scheduler, ledger, wallets). "inputs": the state is an index of the inputs
+#: seen (checkers, whose facts are findings): inputs are read again from the
+#: checkpointed offsets (from 0 when the local state is gone) and decided
+#: again, and facts already in the topic are not sent twice.
+Recovery = Literal["facts", "inputs"]
 
 #: the key and header of the empty record recovery appends to find the end of its facts
 MARKER_KEY = b"onceflow.recovery-marker"
@@ -90,8 +99,13 @@ class BatchedProcessor:
         sensor: Sensor | None = None,
         on_ready: Callable[[], None] | None = None,
         tables: Sequence[str] = (),
+        recovery: Recovery = "facts",
     ) -> None:
         self.reducer = reducer
+        self.recovery: Recovery = recovery
+        #: per partition: ids of facts already in the topic that a rebuild from
+        #: inputs must not send again
+        self._sent_before: dict[int, set[str]] = {}
         self.settings = settings
         self.inputs = list(inputs)
         self.fact_topic = fact_topic
@@ -100,6 +114,9 @@ class BatchedProcessor:
         self.state_dir = Path(state_dir or settings.state_dir)
         self._catalog = TopicCatalog(settings)
         self.dead_letter_topic = dead_letter_topic or self._catalog["deadletters"].name
+        # Facts are keyed by the catalog's rule for their topic (a table
+        # topic such as wallets is compacted by its entity, not the event id).
+        self._fact_topic: Topic | str = self._catalog.by_name(fact_topic) or fact_topic
         self.sensor: Sensor = sensor or _NullSensor()
         self.on_ready = on_ready
         self.tables = list(tables)
@@ -306,10 +323,12 @@ class BatchedProcessor:
             # sent again as long as the new decision repeats them byte for byte.
             if matching and held is not None and i <= len(held) and held[i - 1].raw == raw_fact:
                 pass
+            elif fact.event_id in self._sent_before.get(partition, ()):
+                matching = False  # re-found while rebuilding from inputs: in the topic already
             else:
                 matching = False
                 self._producer.send_encoded(
-                    self.fact_topic, fact, raw_fact, partition=partition,
+                    self._fact_topic, fact, raw_fact, partition=partition,
                     headers=fact_headers(event.event_id, i, total),
                 )
                 self.facts_emitted += 1
@@ -374,6 +393,8 @@ class BatchedProcessor:
         self, partition: int, committed: dict[tuple[str, int], TopicPartition]
     ) -> PartitionStore:
         store = open_partition_store(self.state_dir, self.reducer.name, partition)
+        if self.recovery == "inputs":
+            return self._recover_from_inputs(partition, store)
         start = store.fact_offset()
         # The commit metadata remembers the fact offset of the last checkpoint,
         # so facts after it (whose derived outputs may not have been sent) can
@@ -429,6 +450,32 @@ class BatchedProcessor:
             held=len(groups.pending), rerouted=len(reroute),
             seconds=round(time.perf_counter() - started, 3),
         )
+        return store
+
+    def _recover_from_inputs(self, partition: int, store: PartitionStore) -> PartitionStore:
+        """Re-read the inputs from the checkpoint (0 when the state is gone), remembering
+        which facts are in the topic already so that re-deciding sends none twice."""
+        started = time.perf_counter()
+        start = store.fact_offset()
+        marker = self._write_marker(partition)
+        sent: set[str] = set()
+        offset = start
+        while offset <= marker:
+            for msg in read_partition_to_end(self.settings, self.fact_topic, partition, offset):
+                offset = (msg.offset() or 0) + 1
+                if offset > marker:
+                    break
+                record = fact_record(msg, self.codec)
+                if record is not None:
+                    sent.add(record.fact.event_id)
+        if store.fresh:
+            for topic in self.inputs:
+                store.set_input_offset(topic, 0)
+        store.checkpoint(marker + 1)
+        self._sent_before[partition] = sent
+        self.log.info("partition.recovered", partition=partition, mode="inputs",
+                      from_offset=start, facts_in_topic=len(sent),
+                      seconds=round(time.perf_counter() - started, 3))
         return store
 
     def _write_marker(self, partition: int) -> int:

@@ -110,8 +110,13 @@ def replay_facts(
     codec: EventCodec,
     *,
     partitions: list[int] | None = None,
+    until: dict[int, int] | None = None,
 ) -> dict[int, MemoryState]:
-    """Rebuild a processor's state from its fact topic, from offset 0, into scratch state."""
+    """Rebuild a processor's state from its fact topic, from offset 0, into scratch state.
+
+    `until`: per partition, the offset to stop before (a checkpoint's fact
+    offset), so a replay can be compared with the state of that checkpoint.
+    """
     from streams.kafka.consumer import make_consumer, partition_count, read_partition_to_end
 
     if partitions is None:
@@ -123,11 +128,11 @@ def replay_facts(
     states: dict[int, MemoryState] = {}
     for p in partitions:
         state = MemoryState()
-        records = (
-            r
-            for r in (fact_record(m, codec) for m in read_partition_to_end(settings, fact_topic, p))
-            if r is not None
-        )
+        end = (until or {}).get(p)
+        messages = read_partition_to_end(settings, fact_topic, p)
+        if end is not None:
+            messages = (m for m in messages if (m.offset() or 0) < end)
+        records = (r for r in (fact_record(m, codec) for m in messages) if r is not None)
         for _ in fold_fact_records(reducer, state, records, FactGroups()):
             pass
         states[p] = state

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from streams.state import serde
 
-__all__ = ["PartitionStore", "open_partition_store"]
+__all__ = ["PartitionStore", "open_partition_snapshot", "open_partition_store",
+           "partition_store_path"]
 
 _STATE = b"s\x00"
 _SEEN = b"d\x00"
@@ -52,11 +53,17 @@ def _options() -> Options:
 class PartitionStore:
     """The `State` a reducer sees, plus the dedupe set and offsets the shell keeps."""
 
-    def __init__(self, path: Path, partition: int) -> None:
+    def __init__(self, path: Path, partition: int, *, secondary: Path | None = None) -> None:
+        """`secondary`: open a read-only follower of a store another process may hold
+        open (RocksDB's secondary instance, its own files under that directory)."""
         self.path = path
         self.partition = partition
-        path.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(path), options=_options())
+        if secondary is None:
+            path.mkdir(parents=True, exist_ok=True)
+            self._db = Rdict(str(path), options=_options())
+        else:
+            self._db = Rdict(str(path), options=Options(raw_mode=True),
+                             access_type=AccessType.secondary(str(secondary)))
         # Changes since the last checkpoint, as Python values (None: deleted):
         # a value set and read again within a batch is never re-parsed, and a
         # key set many times is serialised once, at the checkpoint.
@@ -187,10 +194,27 @@ class PartitionStore:
         self._db.close()
 
 
+def partition_store_path(state_dir: Path, processor: str, partition: int) -> Path:
+    return Path(state_dir) / processor / f"partition-{partition}"
+
+
 def open_partition_store(
     state_dir: Path, processor: str, partition: int, *, wipe: bool = False
 ) -> PartitionStore:
-    path = Path(state_dir) / processor / f"partition-{partition}"
+    path = partition_store_path(state_dir, processor, partition)
     if wipe and path.exists():
         shutil.rmtree(path)
     return PartitionStore(path, partition)
+
+
+def open_partition_snapshot(
+    state_dir: Path, processor: str, partition: int, scratch: Path
+) -> PartitionStore | None:
+    """A read-only view of a partition's last checkpoint, safe while its processor runs.
+
+    None when the processor has no state for that partition here.
+    """
+    path = partition_store_path(state_dir, processor, partition)
+    if not (path / "CURRENT").exists():
+        return None
+    return PartitionStore(path, partition, secondary=scratch)

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 CleanupPolicy = Literal["compact", "delete", "compact,delete"]
-KeyField = Literal["event_id", "node_id", "tenant_id"]
+KeyField = Literal["event_id", "node_id", "tenant_id", "wallet_id"]
 PartitionField = Literal[
     "work_unit_id", "node_id", "tenant_id", "execution_session_id", "event_id", "single"
 ]
@@ -97,10 +97,13 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
     ("capacity", "event_id", "single", "compact,delete", -1, 1,
      "capacity.scale.requested and capacity.admission.mode.changed"),
     ("ledger", "event_id", "work_unit_id", "compact,delete", -1, None,
-     "ledger.line_item, keyed by line_item_id (its event id)"),
-    ("wallets", "tenant_id", "tenant_id", "compact", -1, None, "wallet.updated, latest per tenant"),
-    ("anomalies", "event_id", "execution_session_id", "compact,delete", -1, None,
-     "billing.anomaly findings"),
+     "the ledger's facts: ledger.line_item keyed by line_item_id (its event id), and "
+     "ledger.charge.held for invocations waiting for their unit to settle"),
+    ("wallets", "wallet_id", "work_unit_id", "compact", -1, None,
+     "wallet.updated, latest per wallet and ledger partition: partition p holds the partial "
+     "wallets folded from ledger partition p; a wallet is the sum of its partials"),
+    ("anomalies", "event_id", "work_unit_id", "compact,delete", -1, None,
+     "billing.anomaly findings, in the partition of the unit they were found in"),
     ("control", "event_id", "work_unit_id", "compact,delete", -1, None,
      "pause / resume / cancel, human input, operator resolutions"),
     ("clock", "event_id", "single", "delete", _WEEK_MS, None,

@@ -1,0 +1,224 @@
+"""The ledger: settled facts in, line items out, each charged exactly once.
+
+A pure reducer over the scheduler's facts (`workunits`) and the LLM
+invocations (`llm`), both partitioned by work unit, so one partition of
+the ledger sees everything about its units.
+
+- An accepted completion is charged its CPU seconds (`workunit_cpu`).
+- LLM tokens are charged from invocations (`llm_tokens`), never again from
+  the completion; the switch to bill them from the completion instead exists
+  for producers that emit no invocations.
+- Only the accepted attempt's invocations are charged. Which attempt that is
+  is known only at settlement, which may come before or after an invocation
+  (two topics, any interleaving), so an invocation that arrives first is
+  priced and held (`ledger.charge.held`) until its unit settles.
+- Invocations of fenced, rejected or abandoned attempts, and the CPU of
+  rejected completions, become unbilled line items (`billed = false`): the
+  amount is kept so the operator sees what crashes cost, nothing is charged.
+
+`line_item_id` is derived from the source event id and the line-item type,
+and a line item takes its time and fields from its source only, so the same
+source gives the same line item whichever order the inputs came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from billing._impl.pricing import PriceBook
+from schemas import (
+    Event,
+    LedgerChargeHeld,
+    LedgerLineItem,
+    LedgerUnitSettled,
+    LlmInvocationCompleted,
+    WorkUnitCancelled,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+)
+from streams.ids import derive_event_id
+from streams.settings import BillingSettings
+from streams.types import Reducer, State
+
+__all__ = ["Ledger", "LineItemType", "line_item_id"]
+
+LineItemType = str  # "workunit_cpu" | "llm_tokens"
+
+
+def line_item_id(source_event_id: str, line_item_type: LineItemType) -> str:
+    """The one id a source's line item of a type can have: redeliveries add nothing."""
+    return derive_event_id(source_event_id, f"line_item:{line_item_type}")
+
+
+def _unit_key(work_unit_id: str) -> str:
+    return f"u:{work_unit_id}"
+
+
+def _held_prefix(work_unit_id: str) -> str:
+    return f"h:{work_unit_id}:"
+
+
+class Ledger(Reducer):
+    name = "ledger"
+
+    def __init__(self, settings: BillingSettings, prices: PriceBook) -> None:
+        self.cfg = settings
+        self.prices = prices
+
+    # -- decide ----------------------------------------------------------------------------
+
+    def decide(self, state: State, event: Event) -> Sequence[Event]:
+        if isinstance(event, WorkUnitCompleted):
+            return self._on_completed(state, event)
+        if isinstance(event, LlmInvocationCompleted):
+            return self._on_invocation(state, event)
+        if isinstance(event, WorkUnitFailed) and event.final:
+            return self._on_closed(state, event, "failed")
+        if isinstance(event, WorkUnitCancelled):
+            return self._on_closed(state, event, "cancelled")
+        return ()
+
+    def _on_completed(self, state: State, event: WorkUnitCompleted) -> Sequence[Event]:
+        if not event.settlement_reason:
+            return ()  # an agent's report, not the scheduler's settlement
+        wu = event.work_unit_id or ""
+        if not event.accepted:
+            return (self._cpu_item(event, billed=False,
+                                   leakage=f"completion_rejected:{event.settlement_reason}"),)
+        if state.get(_unit_key(wu)) is not None:
+            return ()  # settled already: the scheduler accepts one completion per unit
+        facts: list[Event] = [LedgerUnitSettled(
+            **self._envelope(event, "unit-settled"), outcome="accepted",
+            accepted_attempt=event.attempt_index, source_event_id=event.event_id,
+            settlement_reason=event.settlement_reason,
+        ), self._cpu_item(event, billed=True)]
+        if self.cfg.bill_llm_from_completion and event.llm_tokens > 0:
+            facts.append(self._completion_tokens_item(event))
+        for _, held in state.items(_held_prefix(wu)):
+            facts.append(self._held_item(held, event.attempt_index, "accepted"))
+        return facts
+
+    def _on_closed(self, state: State, event: Event, outcome: str) -> Sequence[Event]:
+        wu = event.work_unit_id or ""
+        if state.get(_unit_key(wu)) is not None:
+            return ()
+        facts: list[Event] = [LedgerUnitSettled(
+            **self._envelope(event, "unit-settled"), outcome=outcome,  # type: ignore[arg-type]
+            accepted_attempt=0, source_event_id=event.event_id,
+        )]
+        for _, held in state.items(_held_prefix(wu)):
+            facts.append(self._held_item(held, 0, outcome))
+        return facts
+
+    def _on_invocation(self, state: State, event: LlmInvocationCompleted) -> Sequence[Event]:
+        if not self.cfg.bill_llm_from_invocation:
+            return ()  # tokens are charged from the completion instead
+        rate = self.prices.rate_for(event.model)
+        held = LedgerChargeHeld(
+            **self._envelope(event, "charge-held"), source_event_id=event.event_id,
+            source_event_type=event.event_type, source_occurred_at=event.occurred_at,
+            attempt_index=event.attempt_index, correlation_id=event.correlation_id,
+            node_id=event.node_id, model=event.model, provider=event.provider,
+            tokens_in=event.tokens_in, tokens_out=event.tokens_out,
+            total_tokens=event.total_tokens,
+            llm_input_price_usd_per_1k=rate.input_usd_per_1k,
+            llm_output_price_usd_per_1k=rate.output_usd_per_1k,
+            pricing_version=self.prices.version,
+        )
+        unit = state.get(_unit_key(event.work_unit_id or ""))
+        if unit is None:
+            return (held,)
+        return (self._held_item(held.model_dump(mode="json"), unit["accepted"], unit["outcome"]),)
+
+    # -- line items ----------------------------------------------------------------------------
+
+    def _envelope(self, event: Event, role: str) -> dict[str, Any]:
+        return {
+            "event_id": derive_event_id(event.event_id, role),
+            "occurred_at": event.occurred_at,
+            "tenant_id": event.tenant_id,
+            "execution_session_id": event.execution_session_id,
+            "work_unit_id": event.work_unit_id,
+            "causation_id": event.event_id,
+        }
+
+    def _source_envelope(self, source: Event, kind: LineItemType) -> dict[str, Any]:
+        item_id = line_item_id(source.event_id, kind)
+        return {
+            "event_id": item_id, "line_item_id": item_id, "occurred_at": source.occurred_at,
+            "tenant_id": source.tenant_id, "execution_session_id": source.execution_session_id,
+            "work_unit_id": source.work_unit_id, "causation_id": source.event_id,
+            "source_event_id": source.event_id, "source_event_type": source.event_type,
+            "line_item_type": kind, "pricing_version": self.prices.version,
+        }
+
+    def _cpu_item(self, event: WorkUnitCompleted, *, billed: bool, leakage: str = ""
+                  ) -> LedgerLineItem:
+        subtotal = self.prices.cpu_cost(event.cpu_seconds)
+        return LedgerLineItem(
+            **self._source_envelope(event, "workunit_cpu"),
+            correlation_id=event.correlation_id, node_id=event.selected_node_id,
+            attempt_index=event.attempt_index, cpu_seconds=event.cpu_seconds,
+            cpu_unit_price_usd=self.prices.cpu_usd_per_second, subtotal_cpu_usd=subtotal,
+            total_usd=subtotal, billed=billed, leakage_reason=leakage,
+        )
+
+    def _completion_tokens_item(self, event: WorkUnitCompleted) -> LedgerLineItem:
+        """Tokens charged from the completion (only with that switch on): no in/out split."""
+        rate = self.prices.default_model
+        subtotal = self.prices.token_cost(event.llm_tokens, rate.input_usd_per_1k)
+        return LedgerLineItem(
+            **self._source_envelope(event, "llm_tokens"),
+            correlation_id=event.correlation_id, node_id=event.selected_node_id,
+            attempt_index=event.attempt_index, llm_tokens=event.llm_tokens,
+            llm_tokens_event_total=event.llm_tokens, llm_tokens_in=event.llm_tokens,
+            llm_unit_price_usd_per_1k=rate.input_usd_per_1k,
+            llm_input_price_usd_per_1k=rate.input_usd_per_1k,
+            subtotal_llm_input_usd=subtotal, subtotal_llm_usd=subtotal, total_usd=subtotal,
+        )
+
+    def _held_item(self, held: dict[str, Any], accepted_attempt: int, outcome: str
+                   ) -> LedgerLineItem:
+        """A held invocation's line item: charged only for the accepted attempt."""
+        price_in = Decimal(held["llm_input_price_usd_per_1k"])
+        price_out = Decimal(held["llm_output_price_usd_per_1k"])
+        sub_in = PriceBook.token_cost(held["tokens_in"], price_in)
+        sub_out = PriceBook.token_cost(held["tokens_out"], price_out)
+        attempt = held["attempt_index"]
+        billed = outcome == "accepted" and attempt == accepted_attempt
+        if billed:
+            leakage = ""
+        elif outcome == "accepted":
+            leakage = f"attempt_not_accepted:{attempt}!={accepted_attempt}"
+        else:
+            leakage = f"unit_{outcome}"
+        item_id = line_item_id(held["source_event_id"], "llm_tokens")
+        return LedgerLineItem(
+            event_id=item_id, line_item_id=item_id, occurred_at=held["source_occurred_at"],
+            tenant_id=held["tenant_id"], execution_session_id=held["execution_session_id"],
+            work_unit_id=held["work_unit_id"], causation_id=held["source_event_id"],
+            source_event_id=held["source_event_id"], source_event_type=held["source_event_type"],
+            line_item_type="llm_tokens", pricing_version=held["pricing_version"],
+            correlation_id=held["correlation_id"], node_id=held["node_id"], model=held["model"],
+            attempt_index=attempt, llm_tokens=held["total_tokens"],
+            llm_tokens_event_total=held["total_tokens"], llm_tokens_in=held["tokens_in"],
+            llm_tokens_out=held["tokens_out"], llm_unit_price_usd_per_1k=price_in,
+            llm_input_price_usd_per_1k=price_in, llm_output_price_usd_per_1k=price_out,
+            subtotal_llm_input_usd=sub_in, subtotal_llm_output_usd=sub_out,
+            subtotal_llm_usd=sub_in + sub_out, total_usd=sub_in + sub_out, billed=billed,
+            leakage_reason=leakage,
+        )
+
+    # -- evolve ----------------------------------------------------------------------------------
+
+    def evolve(self, state: State, fact: Event) -> None:
+        wu = fact.work_unit_id or ""
+        if isinstance(fact, LedgerChargeHeld):
+            state.set(f"{_held_prefix(wu)}{fact.source_event_id}", fact.model_dump(mode="json"))
+        elif isinstance(fact, LedgerUnitSettled):
+            state.set(_unit_key(wu), {"outcome": fact.outcome,
+                                      "accepted": fact.accepted_attempt})
+        elif isinstance(fact, LedgerLineItem) and fact.line_item_type == "llm_tokens":
+            state.delete(f"{_held_prefix(wu)}{fact.source_event_id}")

@@ -1,0 +1,130 @@
+"""The price book: what a CPU second and a thousand tokens cost, under a version.
+
+Every line item names the `pricing_version` it was priced with, so a price
+change is visible in the ledger and a replay prices nothing again (it folds
+the line items as they were written).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation, localcontext
+from pathlib import Path
+from typing import Any
+
+from schemas import quantize_money
+from streams.settings import BillingSettings
+
+__all__ = ["ModelRate", "PriceBook", "PriceBookError", "load_price_book", "money"]
+
+
+class PriceBookError(ValueError):
+    """A price book that cannot be used; the message names the file and the field."""
+
+
+def money(value: Decimal) -> Decimal:
+    """An exact product or sum, quantized once to 6 places half-even.
+
+    The products are computed with enough digits that nothing is rounded
+    before the one quantize (the default context keeps 28 significant digits,
+    which a large token count times a 6-place price could exceed).
+    """
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return quantize_money(value)
+
+
+@dataclass(frozen=True)
+class ModelRate:
+    input_usd_per_1k: Decimal
+    output_usd_per_1k: Decimal
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    version: str
+    cpu_usd_per_second: Decimal
+    default_model: ModelRate
+    models: dict[str, ModelRate] = field(default_factory=dict)
+
+    def rate_for(self, model: str | None) -> ModelRate:
+        """A model's rate; unknown models (and none) pay the default."""
+        return self.models.get(model or "", self.default_model)
+
+    def cpu_cost(self, cpu_seconds: Decimal) -> Decimal:
+        with localcontext() as ctx:
+            ctx.prec = 60
+            return money(cpu_seconds * self.cpu_usd_per_second)
+
+    @staticmethod
+    def token_cost(tokens: int, usd_per_1k: Decimal) -> Decimal:
+        with localcontext() as ctx:
+            ctx.prec = 60
+            return money(Decimal(tokens) * usd_per_1k / 1000)
+
+
+def _amount(value: Any, where: str) -> Decimal:
+    if isinstance(value, float):
+        raise PriceBookError(f"{where}: write prices as strings (\"0.000500\"), not floats, so "
+                             "no binary rounding touches them")
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise PriceBookError(f"{where}: {value!r} is not a decimal amount") from None
+    if not amount.is_finite() or amount < 0:
+        raise PriceBookError(f"{where}: {value!r} must be a finite amount >= 0")
+    return amount
+
+
+def _rate(data: Any, where: str) -> ModelRate:
+    if not isinstance(data, dict):
+        raise PriceBookError(f"{where}: expected an object with input_usd_per_1k and "
+                             "output_usd_per_1k")
+    missing = [k for k in ("input_usd_per_1k", "output_usd_per_1k") if k not in data]
+    if missing:
+        raise PriceBookError(f"{where}: missing {', '.join(missing)}")
+    return ModelRate(_amount(data["input_usd_per_1k"], f"{where}.input_usd_per_1k"),
+                     _amount(data["output_usd_per_1k"], f"{where}.output_usd_per_1k"))
+
+
+def _from_file(path: Path) -> PriceBook:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PriceBookError(f"price book {path} does not exist (ONCEFLOW_BILLING__PRICE_BOOK_FILE)"
+                             ) from None
+    except ValueError as exc:
+        raise PriceBookError(f"price book {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PriceBookError(f"price book {path}: expected a JSON object")
+    where = str(path)
+    if not isinstance(data.get("version"), str) or not data["version"]:
+        raise PriceBookError(f"{where}: `version` (a non-empty string) is required: every line "
+                             "item records the version it was priced with")
+    if "cpu_usd_per_second" not in data or "default_model" not in data:
+        raise PriceBookError(f"{where}: cpu_usd_per_second and default_model are required")
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise PriceBookError(f"{where}.models: expected an object of model name -> rate")
+    return PriceBook(
+        version=data["version"],
+        cpu_usd_per_second=_amount(data["cpu_usd_per_second"], f"{where}.cpu_usd_per_second"),
+        default_model=_rate(data["default_model"], f"{where}.default_model"),
+        models={name: _rate(rate, f"{where}.models.{name}") for name, rate in sorted(
+            models.items())},
+    )
+
+
+def load_price_book(settings: BillingSettings) -> PriceBook:
+    """The price book from its file when one is set, otherwise from the settings."""
+    if settings.price_book_file is not None:
+        return _from_file(settings.price_book_file)
+    return PriceBook(
+        version=settings.pricing_version,
+        cpu_usd_per_second=settings.cpu_usd_per_second,
+        default_model=ModelRate(settings.default_model.input_usd_per_1k,
+                                settings.default_model.output_usd_per_1k),
+        models={name: ModelRate(r.input_usd_per_1k, r.output_usd_per_1k)
+                for name, r in sorted(settings.models.items())},
+    )

@@ -1,0 +1,96 @@
+"""Pricing: the price book, and money rounded once, to 6 places, half to even."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from billing import PriceBook, PriceBookError, load_price_book, money
+from streams.settings import BillingSettings
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("0.0000005", "0.000000"),   # half: to the even neighbour below
+    ("0.0000015", "0.000002"),   # half: to the even neighbour above
+    ("0.0000025", "0.000002"),
+    ("0.0000035", "0.000004"),
+    ("0.00000250001", "0.000003"),  # above half goes up
+    ("0.0000024999", "0.000002"),
+    ("-0.0000025", "-0.000002"),
+])
+def test_money_rounds_half_even_at_the_sixth_place(raw: str, expected: str) -> None:
+    assert money(Decimal(raw)) == Decimal(expected)
+    assert str(money(Decimal(raw))) == expected
+
+
+def test_cpu_cost_rounds_once_after_the_exact_product() -> None:
+    book = load_price_book(BillingSettings(cpu_usd_per_second=Decimal("0.0005")))
+    assert book.cpu_cost(Decimal("0.001")) == Decimal("0.000000")   # 0.0000005 -> even 0
+    assert book.cpu_cost(Decimal("0.003")) == Decimal("0.000002")   # 0.0000015 -> even 2
+    assert book.cpu_cost(Decimal("0.005")) == Decimal("0.000002")   # 0.0000025 -> even 2
+    assert book.cpu_cost(Decimal("2.5")) == Decimal("0.001250")
+
+
+def test_token_cost_rounds_per_line_and_keeps_big_counts_exact() -> None:
+    assert PriceBook.token_cost(1, Decimal("0.0025")) == Decimal("0.000002")
+    assert PriceBook.token_cost(3, Decimal("0.0025")) == Decimal("0.000008")  # 0.0000075
+    # The default context (28 digits) would round this product before the quantize.
+    huge = 10**28 + 1
+    assert PriceBook.token_cost(huge, Decimal("0.002001")) == \
+        Decimal("20010000000000000000000.000002")
+
+
+def test_unknown_models_pay_the_default_rate() -> None:
+    cfg = BillingSettings.model_validate({"models": {"big": {"input_usd_per_1k": "0.01",
+                                                            "output_usd_per_1k": "0.03"}}})
+    book = load_price_book(cfg)
+    assert book.rate_for("big").output_usd_per_1k == Decimal("0.03")
+    assert book.rate_for("other") == book.default_model
+    assert book.rate_for(None) == book.default_model
+    assert book.version == cfg.pricing_version
+
+
+def test_price_book_file_replaces_prices_and_version(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({
+        "version": "2026-12-a", "cpu_usd_per_second": "0.0001",
+        "default_model": {"input_usd_per_1k": "0.001", "output_usd_per_1k": "0.002"},
+        "models": {"gpt-x": {"input_usd_per_1k": "0.005", "output_usd_per_1k": "0.015"}},
+    }))
+    book = load_price_book(BillingSettings(price_book_file=path))
+    assert book.version == "2026-12-a"
+    assert book.cpu_usd_per_second == Decimal("0.0001")
+    assert book.rate_for("gpt-x").input_usd_per_1k == Decimal("0.005")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"cpu_usd_per_second": "1", "default_model": {}}), "`version`"),
+    (json.dumps({"version": "v", "cpu_usd_per_second": 0.5,
+                 "default_model": {"input_usd_per_1k": "1", "output_usd_per_1k": "1"}}),
+     "not floats"),
+    (json.dumps({"version": "v", "cpu_usd_per_second": "-1",
+                 "default_model": {"input_usd_per_1k": "1", "output_usd_per_1k": "1"}}),
+     ">= 0"),
+    (json.dumps({"version": "v", "cpu_usd_per_second": "1",
+                 "default_model": {"input_usd_per_1k": "1"}}), "output_usd_per_1k"),
+])
+def test_bad_price_books_are_refused_with_the_field_named(tmp_path: Path, content: str,
+                                                         message: str) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(content)
+    with pytest.raises(PriceBookError, match=message):
+        load_price_book(BillingSettings(price_book_file=path))
+
+
+def test_a_missing_price_book_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(PriceBookError, match="ONCEFLOW_BILLING__PRICE_BOOK_FILE"):
+        load_price_book(BillingSettings(price_book_file=tmp_path / "nope.json"))
+
+
+def test_both_token_switches_on_is_refused() -> None:
+    with pytest.raises(ValueError, match="charge the same tokens twice"):
+        BillingSettings(bill_llm_from_invocation=True, bill_llm_from_completion=True)
