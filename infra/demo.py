@@ -47,16 +47,19 @@ def demo_units(spec: DemoSpec, run_id: str, now_ms: int) -> list[WorkUnitSubmitt
         llm = spec.kind == "llm_pod" or (spec.kind == "mixed" and i % 5 == 4)
         wu = f"demo-{run_id}-{i:06d}"
         tenant = f"tenant-{i % 3 + 1}"
+        # 16 sessions per tenant; 16 and the LLM period (5) are coprime, so
+        # every session mixes kinds and no session's cost stands out.
+        session = f"sess-{run_id}-{tenant}-{(i // 3) % 16:02d}"
         units.append(WorkUnitSubmitted(
             event_id=f"{wu}-submitted", occurred_at=now_ms, tenant_id=tenant,
-            execution_session_id=f"sess-{run_id}-{i % 50}", work_unit_id=wu,
+            execution_session_id=session, work_unit_id=wu,
             kind="llm_pod" if llm else "cpu",
             effect="READ_ONLY_NONDET" if llm else "PURE",
             priority=spec.priority,  # type: ignore[arg-type]
             region=spec.region, simulated_ms=0 if llm else spec.simulated_ms,
             prompt=PROMPTS[i % len(PROMPTS)] if llm else None,
             model="stub-small" if llm and spec.llm_provider == "stub" else None,
-            correlation_id=f"sess-{run_id}-{i % 50}",
+            correlation_id=session,
         ))
     return units
 
@@ -119,10 +122,13 @@ def run_demo(settings: OnceflowSettings, spec: DemoSpec, console: Console) -> in
         elapsed = time.monotonic() - started
         left = pending()
         _summary(console, follower, ids, known, elapsed)
+        settled = {i: follower.progress.status.get(i) for i in ids}
         follower.close()
         if left:
             console.print(f"[bold red]{left} unit(s) did not settle within {spec.timeout_s}s[/]")
             code = 1
+        billed = _billing_summary(settings, console, settled, started, deadline)
+        code = code or (0 if billed else 1)
     finally:
         if not spec.keep:
             for name in stack_down(settings):
@@ -155,3 +161,51 @@ def _summary(console: Console, follower: ProgressFollower, ids: list[str], known
     if progress.rejected_completions:
         console.print(f"{progress.rejected_completions} completion(s) from fenced attempts "
                       "were rejected (never billed)")
+
+
+def _billing_summary(settings: OnceflowSettings, console: Console,
+                     settled: dict[str, str | None], started: float, deadline: float) -> bool:
+    """Wait until the ledger has billed every settled unit and the wallets folded it all,
+    then show the wallets, the breakdown and what reconciliation finds."""
+    from billing import BillingFollower, read_anomalies, read_billing_records, reconcile
+    from infra.billing_report import anomaly_table, breakdown_tables, print_all, wallet_table
+
+    billable = [i for i, s in settled.items() if s in ("completed", "failed", "cancelled")]
+    follower = BillingFollower(settings, only=set(settled))
+    try:
+        def caught_up() -> bool:
+            return (all(i in follower.settled for i in billable)
+                    and follower.folded_into_wallets() == follower.line_items)
+
+        give_up = max(deadline, time.monotonic() + 60)
+        while not caught_up() and time.monotonic() < give_up:
+            follower.poll(timeout=0.25)
+        if not caught_up():
+            missing = sum(1 for i in billable if i not in follower.settled)
+            console.print(f"[bold red]billing did not catch up: {missing} unit(s) unbilled, "
+                          f"{follower.line_items - follower.folded_into_wallets()} line item(s) "
+                          "not in a wallet[/]")
+            return False
+        elapsed = time.monotonic() - started
+        console.print(f"billed: {len(billable)} settled units, {follower.line_items} line items, "
+                      f"{len(billable) / elapsed:,.0f} units/s submit -> billed")
+        wallets = follower.wallets()
+        tenants = [w for w in wallets.values() if not w.execution_session_id]
+        console.print(wallet_table(sorted(tenants, key=lambda w: w.tenant_id),
+                                   title="wallets by tenant (all runs)"))
+        print_all(console, breakdown_tables(follower, title="this run's billing breakdown"))
+    finally:
+        follower.close()
+    findings = [*read_anomalies(settings),
+                *reconcile(read_billing_records(settings), settings.billing)]
+    if not findings:
+        console.print("anomaly checks: nothing found (streaming checks and reconciliation)")
+        return True
+    console.print(anomaly_table(findings[:10]))
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f"{f.check} ({f.severity})"] = counts.get(f"{f.check} ({f.severity})", 0) + 1
+    console.print(f"{len(findings)} finding(s): "
+                  + ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+                  + "; `onceflow anomalies --reconcile` records and lists them all")
+    return True

@@ -1,4 +1,4 @@
-"""Starting role processes (scheduler, node agents) in the background.
+"""Starting role processes (scheduler, billing, node agents) in the background.
 
 Each role is `onceflow worker ...` in its own session, logging to
 `.onceflow/logs/<name>.log`; it touches a ready file once its partitions
@@ -82,9 +82,11 @@ def start_roles(
     agents: list[AgentSpec],
     *,
     scheduler: bool | int = True,
+    billing: bool = False,
     timeout_s: float = 90.0,
 ) -> list[RoleProcess]:
-    """Start the scheduler (`scheduler` replicas of it) and the agents; return once all are ready.
+    """Start the scheduler (`scheduler` replicas of it), billing and the agents; return once
+    all are ready.
 
     Scheduler replicas share its consumer group, so the work-unit partitions
     are split between them (each partition keeps a single writer).
@@ -93,6 +95,8 @@ def start_roles(
     for i in range(int(scheduler)):
         name = "scheduler" if i == 0 else f"scheduler-{i + 1}"
         roles.append(_spawn(settings, name, worker_command("scheduler")))
+    if billing:
+        roles.append(_spawn(settings, "billing", worker_command("billing")))
     for spec in agents:
         args = ["--node-id", spec.node_id, "--kinds", ",".join(spec.kinds),
                 "--concurrency", str(spec.concurrency)]

@@ -126,6 +126,7 @@ def start_stack_roles(
     *,
     agents: int,
     scheduler: bool = True,
+    billing: bool = True,
     concurrency: int = 4,
     region: str | None = None,
     llm_provider: str | None = None,
@@ -144,7 +145,8 @@ def start_stack_roles(
         if f"agent-{s.node_id}" not in running
     ]
     want_scheduler = scheduler and "scheduler" not in running
-    started = start_roles(settings, specs, scheduler=want_scheduler)
+    want_billing = billing and "billing" not in running
+    started = start_roles(settings, specs, scheduler=want_scheduler, billing=want_billing)
     running.update({r.name: r.pid for r in started})
     state.processes = running
     write_stack(settings, state)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
 from billing._impl.reconcile import BillingRecords
 from billing._impl.wallets import Wallet
 from schemas import (
     BillingAnomaly,
+    CodecError,
     LedgerChargeHeld,
     LedgerLineItem,
     LedgerUnitSettled,
@@ -13,11 +20,11 @@ from schemas import (
     SingleObjectCodec,
     WalletUpdated,
 )
-from streams.kafka import read_events
+from streams.kafka import make_consumer, partition_count, read_events
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
 
-__all__ = ["read_anomalies", "read_billing_records", "read_wallets"]
+__all__ = ["BillingFollower", "Tally", "read_anomalies", "read_billing_records", "read_wallets"]
 
 def _latest_partials(settings: OnceflowSettings) -> list[WalletUpdated]:
     latest: dict[str, WalletUpdated] = {}
@@ -60,3 +67,81 @@ def read_anomalies(settings: OnceflowSettings) -> list[BillingAnomaly]:
             seen[event.event_id] = event
     return list(seen.values())
 
+
+
+@dataclass
+class Tally:
+    count: int = 0
+    tokens: int = 0
+    total_usd: Decimal = Decimal("0")
+
+    def add(self, item: LedgerLineItem) -> None:
+        self.count += 1
+        self.tokens += item.llm_tokens
+        self.total_usd += item.total_usd
+
+
+class BillingFollower:
+    """Keeps reading the ledger and the wallets: what has been billed so far, and to whom."""
+
+    def __init__(self, settings: OnceflowSettings, *, only: set[str] | None = None) -> None:
+        """`only`: count line items of just these work units in the breakdown (wallets and
+        `line_items` always cover everything)."""
+        catalog = TopicCatalog(settings)
+        self.only = only
+        self.codec = SingleObjectCodec()
+        self.settled: dict[str, str] = {}  # work unit -> outcome, as the ledger saw it
+        self.line_items = 0
+        self.partials: dict[str, WalletUpdated] = {}
+        self.by_type: dict[tuple[str, bool], Tally] = defaultdict(Tally)  # (type, billed)
+        self.by_model: dict[str, Tally] = defaultdict(Tally)  # billed LLM line items
+        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
+                                                          **settings.background_consumer()})
+        assignment = []
+        for role in ("ledger", "wallets"):
+            name = catalog[role].name
+            assignment += [TopicPartition(name, p, OFFSET_BEGINNING)
+                           for p in range(partition_count(self._consumer, name))]
+        self._consumer.assign(assignment)
+
+    def poll(self, timeout: float = 0.2, max_records: int = 100_000) -> int:
+        n = 0
+        while n < max_records:
+            msgs = self._consumer.consume(num_messages=5000, timeout=timeout if n == 0 else 0)
+            if not msgs:
+                break
+            for msg in msgs:
+                raw = msg.value()
+                if msg.error() is not None or raw is None:
+                    continue
+                n += 1
+                try:
+                    event = self.codec.decode(raw)
+                except CodecError:
+                    continue
+                self._add(event)
+        return n
+
+    def _add(self, event: object) -> None:
+        if isinstance(event, LedgerUnitSettled):
+            self.settled[event.work_unit_id or ""] = event.outcome
+        elif isinstance(event, LedgerLineItem):
+            self.line_items += 1
+            if self.only is not None and event.work_unit_id not in self.only:
+                return
+            self.by_type[(event.line_item_type, event.billed)].add(event)
+            if event.billed and event.line_item_type == "llm_tokens":
+                self.by_model[event.model or "-"].add(event)
+        elif isinstance(event, WalletUpdated):
+            self.partials[event.wallet_id] = event
+
+    def wallets(self) -> dict[str, Wallet]:
+        return Wallet.combine(self.partials.values())
+
+    def folded_into_wallets(self) -> int:
+        """Line items the tenant wallets have folded (billed and leakage)."""
+        return sum(w.record_count + w.leakage_count for w in self.wallets().values()
+                   if not w.execution_session_id)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from schemas import Event, LedgerLineItem, WalletUpdated
+from schemas import Event, LedgerLineItem, WalletUpdated, quantize_money
 from streams.ids import derive_event_id
 from streams.settings import BillingSettings
 from streams.topics.catalog import Topic
@@ -128,7 +128,10 @@ class WalletFolder(Reducer):
 
     def evolve(self, state: State, fact: Event) -> None:
         if isinstance(fact, WalletUpdated):
+            # Quantized as on the wire, so the live fold and a replay of the
+            # decoded fact store the same bytes ("0" and "0.000000" differ).
             state.set(f"w:{fact.wallet_id}", {
-                "debit": f"{fact.total_debit_usd:f}", "leakage": f"{fact.total_leakage_usd:f}",
+                "debit": f"{quantize_money(fact.total_debit_usd):f}",
+                "leakage": f"{quantize_money(fact.total_leakage_usd):f}",
                 "count": fact.record_count, "leaks": fact.leakage_count,
             })

@@ -30,9 +30,13 @@ app.add_typer(topics_app, name="topics")
 
 
 def _add_workers() -> None:
+    from infra.cli.ledger import anomalies, ledger_app, replay
     from infra.cli.workers import worker_app
 
     app.add_typer(worker_app, name="worker")
+    app.add_typer(ledger_app, name="ledger")
+    app.command()(anomalies)
+    app.command()(replay)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -32,6 +32,28 @@ def scheduler(
     run_scheduler(settings, ready_file=ready_file, with_clock=clock)
 
 
+@worker_app.command("billing")
+def billing(
+    ready_file: Annotated[Path | None, typer.Option(help="touched once billing is ready")]
+    = None,
+) -> None:
+    """Billing: the ledger, the wallets and the anomaly checker."""
+    from billing import PriceBookError, load_price_book
+    from billing.worker import run_billing
+    from infra.cli.app import _fail, _settings
+    from streams.log import configure_logging
+    from streams.runtime.process import tune_for_streaming
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        load_price_book(settings.billing)
+    except PriceBookError as exc:
+        raise _fail(str(exc)) from None
+    tune_for_streaming()
+    run_billing(settings, ready_file=ready_file)
+
+
 @worker_app.command("agent")
 def agent(
     node_id: Annotated[str, typer.Option("--node-id", help="this node's id, e.g. n1")],

@@ -393,8 +393,17 @@ class BatchedProcessor:
         self, partition: int, committed: dict[tuple[str, int], TopicPartition]
     ) -> PartitionStore:
         store = open_partition_store(self.state_dir, self.reducer.name, partition)
+        marker = self._write_marker(partition)
+        if store.fact_offset() > marker:
+            # The checkpoint is beyond the end of the log: the topic was
+            # recreated (an embedded broker keeps nothing across restarts), so
+            # this state describes a log that no longer exists.
+            self.log.warning("state.discarded", partition=partition,
+                             checkpoint=store.fact_offset(), log_end=marker)
+            store.close()
+            store = open_partition_store(self.state_dir, self.reducer.name, partition, wipe=True)
         if self.recovery == "inputs":
-            return self._recover_from_inputs(partition, store)
+            return self._recover_from_inputs(partition, store, marker)
         start = store.fact_offset()
         # The commit metadata remembers the fact offset of the last checkpoint,
         # so facts after it (whose derived outputs may not have been sent) can
@@ -410,8 +419,6 @@ class BatchedProcessor:
         folded = 0
         last = start - 1
         reroute: list[FactRecord] = []
-
-        marker = self._write_marker(partition)
 
         def records() -> Iterator[FactRecord]:
             # Read up to our own marker: its offset is a true end of the
@@ -452,12 +459,12 @@ class BatchedProcessor:
         )
         return store
 
-    def _recover_from_inputs(self, partition: int, store: PartitionStore) -> PartitionStore:
+    def _recover_from_inputs(self, partition: int, store: PartitionStore, marker: int
+                             ) -> PartitionStore:
         """Re-read the inputs from the checkpoint (0 when the state is gone), remembering
         which facts are in the topic already so that re-deciding sends none twice."""
         started = time.perf_counter()
         start = store.fact_offset()
-        marker = self._write_marker(partition)
         sent: set[str] = set()
         offset = start
         while offset <= marker:

@@ -117,7 +117,7 @@ def replay_facts(
     `until`: per partition, the offset to stop before (a checkpoint's fact
     offset), so a replay can be compared with the state of that checkpoint.
     """
-    from streams.kafka.consumer import make_consumer, partition_count, read_partition_to_end
+    from streams.kafka.consumer import make_consumer, partition_count, read_topic_to_end
 
     if partitions is None:
         consumer = make_consumer(settings, None)
@@ -125,15 +125,20 @@ def replay_facts(
             partitions = list(range(partition_count(consumer, fact_topic)))
         finally:
             consumer.close()
-    states: dict[int, MemoryState] = {}
-    for p in partitions:
-        state = MemoryState()
-        end = (until or {}).get(p)
-        messages = read_partition_to_end(settings, fact_topic, p)
-        if end is not None:
-            messages = (m for m in messages if (m.offset() or 0) < end)
-        records = (r for r in (fact_record(m, codec) for m in messages) if r is not None)
-        for _ in fold_fact_records(reducer, state, records, FactGroups()):
-            pass
-        states[p] = state
+    states = {p: MemoryState() for p in partitions}
+    if not partitions:
+        return states
+    groups = {p: FactGroups() for p in partitions}
+    ends = until or {}
+    # One read of every partition at once: the end of the topic is waited
+    # for once, not once per partition.
+    for msg in read_topic_to_end(settings, fact_topic, partitions=partitions):
+        p = msg.partition() or 0
+        end = ends.get(p)
+        if end is not None and (msg.offset() or 0) >= end:
+            continue
+        record = fact_record(msg, codec)
+        if record is not None:
+            for _ in fold_fact_records(reducer, states[p], (record,), groups[p]):
+                pass
     return states

@@ -26,7 +26,9 @@ def build_scheduler(
         Scheduler(settings, catalog=catalog), settings,
         inputs=[catalog["submissions"].name, catalog["reports"].name, catalog["control"].name],
         fact_topic=catalog["workunits"].name,
-        tables=[catalog["nodes"].name, catalog["trust"].name, catalog["capacity"].name],
+        # Wallets only matter to budget admission, which only prepaid tenants have.
+        tables=[catalog["nodes"].name, catalog["trust"].name, catalog["capacity"].name,
+                *([catalog["wallets"].name] if settings.billing.prepaid_credits else [])],
         group_id=group_id or f"{settings.topic_prefix}scheduler",
         on_ready=on_ready,
     )

@@ -109,6 +109,27 @@ def test_inputs_redelivered_emit_nothing_twice(settings: OnceflowSettings, uid: 
     assert all(isinstance(codec.decode(m.value()), SubmissionCounted) for m in facts)
 
 
+def test_state_of_a_log_that_no_longer_exists_is_discarded(settings: OnceflowSettings,
+                                                            uid: str) -> None:
+    """A restarted embedded broker starts with empty topics; the local state of the old
+    log (offsets beyond the new end, dedupe marks) must not swallow the new inputs."""
+    def run_once(s: OnceflowSettings) -> int:
+        create_topics(s)
+        catalog = TopicCatalog(s)
+        producer = EventProducer(s, SingleObjectCodec())
+        for i in range(30):
+            producer.send(catalog["submissions"], submitted(i))
+        producer.flush()
+        with _running_counter(s, uid) as processor:
+            wait_for(lambda: processor.processed >= 30, what="30 inputs processed")
+        return len(event_messages(s, catalog["workunits"].name))
+
+    assert run_once(settings) == 30
+    # the same state directory over new, empty topics: the same events are new facts
+    assert run_once(settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}b."})
+                    ) == 30
+
+
 def test_replay_of_facts_equals_live_state(settings: OnceflowSettings, uid: str,
                                            tmp_path: Path) -> None:
     create_topics(settings)

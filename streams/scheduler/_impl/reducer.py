@@ -25,8 +25,10 @@ an expired lease means.
 from __future__ import annotations
 
 import hashlib
+import math
 import weakref
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from schemas import (
@@ -55,13 +57,14 @@ from streams.ids import derive_event_id
 from streams.scheduler._impl.placement import PlacementRequest, Streak, place
 from streams.scheduler._impl.retry import retry_delay_ms
 from streams.scheduler._impl.view import ClusterView
-from streams.settings import OnceflowSettings, SchedulerSettings
+from streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
 from streams.topics.catalog import TopicCatalog
 from streams.types import Reducer, Routed, State
 
 __all__ = [
     "TERMINAL",
     "Scheduler",
+    "estimated_cost",
     "idempotency_key_for",
     "payload_digest",
     "unit_key",
@@ -103,6 +106,20 @@ def idempotency_key_for(work_unit_id: str) -> str:
     return hashlib.sha256(f"onceflow-idem\x1f{work_unit_id}".encode()).hexdigest()[:32]
 
 
+def estimated_cost(event: WorkUnitSubmitted, prices: BillingSettings) -> Decimal:
+    """What a unit will likely cost, at the settings' prices, for budget admission.
+
+    CPU time is `simulated_ms` (the only duration a submission states); LLM
+    tokens are the unit's `llm_tokens`, or the stub provider's estimate of
+    its prompt, at the default model's input price.
+    """
+    cpu = Decimal(event.simulated_ms) / 1000 * prices.cpu_usd_per_second
+    tokens = event.llm_tokens
+    if event.kind == "llm_pod" and not tokens and event.prompt:
+        tokens = math.ceil(len(event.prompt) / 4)
+    return cpu + Decimal(tokens) * prices.default_model.input_usd_per_1k / 1000
+
+
 class Scheduler(Reducer):
     name = "scheduler"
 
@@ -113,6 +130,7 @@ class Scheduler(Reducer):
         catalog: TopicCatalog | None = None,
     ) -> None:
         self.cfg: SchedulerSettings = settings.scheduler
+        self.billing: BillingSettings = settings.billing
         self.view = view or ClusterView()
         self.catalog = catalog or TopicCatalog(settings)
         self._dispatch = self.catalog["dispatch"]
@@ -155,6 +173,24 @@ class Scheduler(Reducer):
             return self._on_cancel(state, event)
         return ()
 
+    def _over_budget(self, event: WorkUnitSubmitted) -> str:
+        """Why a prepaid tenant cannot afford this unit ("" when it can, or is not prepaid).
+
+        The reason records the inputs (credit, charged, estimate) because the
+        wallets are a global table, not part of this partition's log.
+        """
+        credit = self.billing.prepaid_credits.get(event.tenant_id)
+        if credit is None:
+            return ""
+        charged = self.view.charged_to(event.tenant_id)
+        estimate = estimated_cost(event, self.billing)
+        balance = credit - charged
+        if balance - estimate >= 0:
+            return ""
+        return (f"tenant {event.tenant_id}: balance {balance:f} USD (credit {credit:f} - charged "
+                f"{charged:f}) cannot cover the unit's estimated {estimate:f} USD; add prepaid "
+                "credit (ONCEFLOW_BILLING__PREPAID_CREDITS) to admit more work")
+
     def _envelope(self, unit: dict[str, Any], cause: Event, role: str, at: int) -> dict[str, Any]:
         # The unit is part of the role: one tick decides for many units.
         return {
@@ -192,6 +228,13 @@ class Scheduler(Reducer):
         unit = _new_unit(event, digest)
         facts: list[Event] = [admitted]
         now = event.occurred_at
+        over_budget = self._over_budget(event)
+        if over_budget:
+            facts.append(WorkUnitRejected(
+                **self._envelope(unit, event, "rejected", now), reason_code="BUDGET_EXCEEDED",
+                reason=over_budget, decided_at=now,
+            ))
+            return facts
         mode = self.view.mode
         if mode == "CRITICAL" and event.priority not in self.cfg.critical_admits:
             facts.append(WorkUnitRejected(

@@ -10,8 +10,15 @@ inputs it used (candidates, scores, streak, mode) in its fact.
 from __future__ import annotations
 
 from dataclasses import replace
+from decimal import Decimal
 
-from schemas import CapacityAdmissionModeChanged, Event, NodeHeartbeat, TrustScoreUpdated
+from schemas import (
+    CapacityAdmissionModeChanged,
+    Event,
+    NodeHeartbeat,
+    TrustScoreUpdated,
+    WalletUpdated,
+)
 from streams.scheduler._impl.placement import NodeView
 
 __all__ = ["AdmissionMode", "ClusterView"]
@@ -32,6 +39,8 @@ class ClusterView:
         self.trust: dict[str, float] = {}
         self.mode: AdmissionMode = "OPEN"
         self.dispatched: dict[str, int] = {}
+        #: per tenant, per ledger partition: what its partial wallet has charged
+        self.charged: dict[str, dict[int, Decimal]] = {}
         #: grows whenever what placement sees may have improved (a heartbeat,
         #: a trust score, a mode change), so deferred units are looked at
         #: again only when there is something new to see
@@ -56,6 +65,13 @@ class ClusterView:
             self.trust[event.node_id] = event.trust_score
         elif isinstance(event, CapacityAdmissionModeChanged):
             self.mode = event.new_mode
+        elif isinstance(event, WalletUpdated) and event.scope == "tenant":
+            self.charged.setdefault(event.tenant_id, {})[event.ledger_partition] = \
+                event.total_debit_usd
+
+    def charged_to(self, tenant: str) -> Decimal:
+        """What the ledger has charged a tenant so far (the sum of its partial wallets)."""
+        return sum(self.charged.get(tenant, {}).values(), Decimal("0"))
 
     def placeable(self) -> list[NodeView]:
         """Nodes with their free capacity net of what was placed since their heartbeat."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from schemas import (
@@ -10,6 +12,7 @@ from schemas import (
     ClaimRejected,
     ContentRef,
     ControlOperatorResolved,
+    WalletUpdated,
     WorkUnitCompleted,
     WorkUnitDeferred,
     WorkUnitDependencyRegistered,
@@ -23,7 +26,7 @@ from schemas import (
 )
 from streams.runtime import fingerprint_items
 from streams.scheduler import Scheduler, retry_delay_ms
-from streams.settings import OnceflowSettings, SchedulerSettings
+from streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
 from streams.state import MemoryState
 from streams.types import Routed
 from tests.streams.scheduler.fixtures import T0, Harness, heartbeat, submit
@@ -139,6 +142,39 @@ def test_critical_can_be_configured_to_reject_p1() -> None:
     h = Harness(settings=settings)
     h.see(heartbeat("n1"), mode("CRITICAL"))
     assert isinstance(h.feed(submit("wu-1", priority="p1"))[-1], WorkUnitRejected)
+
+
+def _wallet(tenant: str, partition: int, debit: str) -> WalletUpdated:
+    return WalletUpdated(event_id=f"w-{tenant}-{partition}-{debit}", occurred_at=T0,
+                         tenant_id=tenant, balance_usd=Decimal(f"-{debit}"),
+                         total_debit_usd=Decimal(debit), total_credit_usd=Decimal("1"),
+                         wallet_id=f"tenant:{tenant}@{partition}", ledger_partition=partition,
+                         prepaid=True)
+
+
+def test_a_prepaid_tenant_whose_balance_would_go_below_zero_is_rejected() -> None:
+    billing = BillingSettings(prepaid_credits={"acme": Decimal("1.000000")})
+    h = Harness(settings=OnceflowSettings(billing=billing))
+    h.see(heartbeat("n1"))
+    # 1 s of CPU at 0.0005 USD/s: affordable while 0.9995 USD is left
+    assert isinstance(h.feed(submit("wu-1", simulated_ms=1000))[-1], WorkUnitScheduled)
+    # the two partial wallets sum to 0.9996 charged: 0.0004 left, the unit needs 0.0005
+    h.see(_wallet("acme", 0, "0.5"), _wallet("acme", 3, "0.4996"))
+    rejected = h.feed(submit("wu-2", simulated_ms=1000))[-1]
+    assert isinstance(rejected, WorkUnitRejected)
+    assert rejected.reason_code == "BUDGET_EXCEEDED"
+    assert "balance 0.000400 USD" in rejected.reason
+    assert "estimated 0.000500" in rejected.reason
+    # a later partial replaces its partition's earlier one, not adds to it
+    h.see(_wallet("acme", 3, "0.4"))
+    assert isinstance(h.feed(submit("wu-3", simulated_ms=1000))[-1], WorkUnitScheduled)
+
+
+def test_tenants_without_prepaid_credit_are_never_budget_limited() -> None:
+    billing = BillingSettings(prepaid_credits={"other": Decimal("0")})
+    h = Harness(settings=OnceflowSettings(billing=billing))
+    h.see(heartbeat("n1"), _wallet("acme", 0, "1000"))
+    assert isinstance(h.feed(submit("wu-1", simulated_ms=1000))[-1], WorkUnitScheduled)
 
 
 def test_throttled_units_are_placed_on_a_tick_once_the_mode_opens() -> None:
