@@ -54,6 +54,8 @@ def finding(source: Event, check: str, *, subject: str, expected: str = "", obse
 
 class AnomalyChecker(Reducer):
     name = "anomalies"
+    accepts = frozenset({"workunit.scheduled", "workunit.claim.granted", "workunit.completed",
+                         "llm.invocation.completed", "ledger.line_item"})
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         wu = event.work_unit_id or ""

@@ -62,6 +62,8 @@ def _held_prefix(work_unit_id: str) -> str:
 
 class Ledger(Reducer):
     name = "ledger"
+    accepts = frozenset({"workunit.completed", "workunit.failed", "workunit.cancelled",
+                         "llm.invocation.completed"})
 
     def __init__(self, settings: BillingSettings, prices: PriceBook) -> None:
         self.cfg = settings

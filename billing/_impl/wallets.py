@@ -86,6 +86,7 @@ class WalletFolder(Reducer):
     """Partial wallets per tenant and per session, one fact per wallet a line item touches."""
 
     name = "wallets"
+    accepts = frozenset({"ledger.line_item"})
 
     def __init__(self, settings: BillingSettings, ledger: Topic) -> None:
         self.cfg = settings

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from schemas import CodecError, EventCodec, SingleObjectCodec
+from schemas import SINGLE_OBJECT_MARKER, CodecError, EventCodec, SingleObjectCodec
 from streams.kafka.consumer import make_consumer, partition_count, read_partition_to_end
 from streams.kafka.dead_letters import DeadLetterRouter, message_headers
 from streams.kafka.producer import EventProducer
@@ -100,9 +100,11 @@ class BatchedProcessor:
         on_ready: Callable[[], None] | None = None,
         tables: Sequence[str] = (),
         recovery: Recovery = "facts",
+        consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.reducer = reducer
         self.recovery: Recovery = recovery
+        self.consumer_overrides = dict(consumer_overrides or {})
         #: per partition: ids of facts already in the topic that a rebuild from
         #: inputs must not send again
         self._sent_before: dict[int, set[str]] = {}
@@ -122,6 +124,12 @@ class BatchedProcessor:
         self.tables = list(tables)
         self._tables_consumer: Consumer | None = None
         self.log = get_logger(processor=reducer.name)
+        # Known event types the reducer ignores, by Avro fingerprint: skipped undecoded.
+        self._ignored: frozenset[bytes] = frozenset()
+        if reducer.accepts is not None and isinstance(self.codec, SingleObjectCodec):
+            self._ignored = frozenset(
+                fp for fp, entry in self.codec.registry.by_fingerprint.items()
+                if entry.event_type not in reducer.accepts)
         self._stop = threading.Event()
         self._stores: dict[int, PartitionStore] = {}
         self._pending: dict[int, FactGroups] = {}
@@ -158,7 +166,7 @@ class BatchedProcessor:
     def run(self, stop: threading.Event | None = None) -> None:
         if stop is not None:
             self._stop = stop
-        consumer = make_consumer(self.settings, self.group_id)
+        consumer = make_consumer(self.settings, self.group_id, **self.consumer_overrides)
         self._consumer = consumer
         self._check_copartitioning(consumer)
         consumer.subscribe(
@@ -294,6 +302,8 @@ class BatchedProcessor:
         raw = msg.value()
         if raw is None and any(k == MARKER_HEADER for k, _ in message_headers(msg)):
             return  # another processor's recovery marker in a topic we read
+        if raw is not None and raw[2:10] in self._ignored and raw[:2] == SINGLE_OBJECT_MARKER:
+            return  # a well-formed event of a type this reducer never acts on
         try:
             if raw is None:
                 raise CodecError("record has no value (tombstone) on an event topic")

@@ -61,6 +61,10 @@ class Reducer:
 
     #: processor name: consumer group, state directory, dead-letter header
     name: str = "reducer"
+    #: the event types `decide` acts on, when it ignores every other type; the
+    #: shell then skips other records of its inputs without decoding them
+    #: (undecodable records are still dead-lettered). None: every type.
+    accepts: frozenset[str] | None = None
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         raise NotImplementedError

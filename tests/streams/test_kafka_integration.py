@@ -48,10 +48,11 @@ def test_delivery_errors_are_raised_not_dropped(settings: OnceflowSettings) -> N
 
 
 @contextmanager
-def _running_counter(settings: OnceflowSettings, uid: str) -> Iterator[BatchedProcessor]:
+def _running_counter(settings: OnceflowSettings, uid: str,
+                     counter: SubmissionCounter | None = None) -> Iterator[BatchedProcessor]:
     """The example counter over submissions -> workunits, run in a thread for the block."""
     catalog = TopicCatalog(settings)
-    processor = BatchedProcessor(SubmissionCounter(), settings,
+    processor = BatchedProcessor(counter or SubmissionCounter(), settings,
                                  inputs=[catalog["submissions"].name],
                                  fact_topic=catalog["workunits"].name, group_id=f"g-{uid}")
     stop = threading.Event()
@@ -90,6 +91,37 @@ def test_random_bytes_go_to_dead_letters_and_processing_continues(
             assert int(headers[DLQ_HEADER_OFFSET]) >= 0
             assert m.key() == b"junk"
     assert len({m.key() for m in event_messages(settings, facts)}) == 40
+
+
+class _PickyCounter(SubmissionCounter):
+    """The counter, declaring the one type it acts on."""
+
+    accepts = frozenset({"workunit.submitted"})
+
+    def decide(self, state, event):  # type: ignore[no-untyped-def]
+        assert event.event_type == "workunit.submitted", "other types are skipped undecoded"
+        return super().decide(state, event)
+
+
+def test_types_a_reducer_ignores_are_skipped_and_garbage_still_dead_lettered(
+    settings: OnceflowSettings, uid: str
+) -> None:
+    from schemas import NodeHeartbeat
+
+    create_topics(settings)
+    catalog = TopicCatalog(settings)
+    producer = EventProducer(settings, SingleObjectCodec())
+    for i in range(10):
+        producer.send(catalog["submissions"], submitted(i))
+        producer.send(catalog["submissions"], NodeHeartbeat(event_id=f"hb{i}", occurred_at=i,
+                                                           node_id=f"n{i}"), partition=0)
+    producer.send_raw(catalog["submissions"].name, b"\xc3\x01garbage!", key=b"j", partition=0)
+    producer.flush()
+    with _running_counter(settings, uid, _PickyCounter()) as processor:
+        wait_for(lambda: processor.processed >= 21, what="21 records processed")
+    assert len(event_messages(settings, catalog["workunits"].name)) == 10
+    dead = list(read_topic_to_end(settings, catalog["deadletters"].name))
+    assert [m.value() for m in dead] == [b"\xc3\x01garbage!"]
 
 
 def test_inputs_redelivered_emit_nothing_twice(settings: OnceflowSettings, uid: str) -> None:
