@@ -91,6 +91,17 @@ class Cluster:
                      what=f"the scheduler to see {node_id}'s heartbeat")
         return agent
 
+    def start_billing(self) -> list[BatchedProcessor]:
+        """The ledger, wallets and anomaly checker, as `onceflow worker billing` runs them."""
+        from billing.worker import build_billing
+
+        ready = threading.Event()
+        processors = build_billing(self.settings, on_ready=ready.set)
+        for p in processors:
+            self._spawn(lambda p=p: p.run(self.stop))  # type: ignore[misc]
+        assert ready.wait(60), "billing never became ready"
+        return processors
+
     def _spawn(self, target: Any) -> None:
         t = threading.Thread(target=target, daemon=True)
         t.start()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
     up = _onceflow(["up", "--agents", "2"], env)
     assert "scheduler running" in up.stdout and "agent-n2 running" in up.stdout
     stack = json.loads((tmp_path / "stack" / "stack.json").read_text())
-    assert set(stack["processes"]) == {"scheduler", "agent-n1", "agent-n2"}
+    assert set(stack["processes"]) == {"scheduler", "billing", "agent-n1", "agent-n2"}
     try:
         assert pid_alive(stack["broker_pid"])
         again = _onceflow(["up", "--agents", "2"], env)
@@ -52,6 +53,28 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
         assert {n["node_id"] for n in final["nodes"]} == {"n1", "n2"}
         assert all(n["health"] == "healthy" for n in final["nodes"])
         assert sum(final["units"]["completed_by_node"].values()) == 10001
+
+        def wallet() -> dict:
+            out = _onceflow(["ledger", "wallet", "tenant-demo", "--format", "json"], env,
+                            check=False)
+            return json.loads(out.stdout) if out.returncode == 0 else {}
+
+        # 10,001 CPU line items and the one invocation's tokens
+        billed = wait_for(lambda: (w := wallet()).get("line_items") == 10002 and w,
+                          timeout=60, interval=1.0, what="every unit billed")
+        assert Decimal(billed["debit_usd"]) > 0 and billed["prepaid"] is False
+        items = [json.loads(line) for line in _onceflow(
+            ["ledger", "tail", "--format", "json"], env).stdout.splitlines()]
+        assert len(items) == 10002
+        assert sum((Decimal(i["total_usd"]) for i in items), Decimal("0")) == \
+            Decimal(billed["debit_usd"])
+        assert [i["model"] for i in items if i["line_item_type"] == "llm_tokens"] == ["stub"]
+        verify = _onceflow(["replay", "billing", "--verify", "--format", "json"], env)
+        assert all(r["equal"] for r in json.loads(verify.stdout))
+        clean = _onceflow(["anomalies", "--reconcile", "--fail-on-flag"], env, check=False)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        unknown = _onceflow(["ledger", "wallet", "nobody"], env, check=False)
+        assert unknown.returncode == 1 and "tenant-demo" in unknown.stderr
     finally:
         _onceflow(["down"], env)
     assert not pid_alive(stack["broker_pid"]), "down must leave no process behind"
