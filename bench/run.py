@@ -124,6 +124,82 @@ def batched_shell_rate(settings: OnceflowSettings, n: int) -> dict[str, Any]:
             "note": "Avro decode + reducer + Avro encode of one fact + produce + RocksDB checkpoint"}
 
 
+def _ledger_sources(n: int) -> list[Any]:
+    """n accepted completions, every fifth with an LLM invocation: about 1.2 line items each."""
+    from decimal import Decimal
+
+    from schemas import LlmInvocationCompleted, WorkUnitCompleted
+
+    out: list[Any] = []
+    for i in range(n):
+        env = {"occurred_at": 1_700_000_000_000 + i, "tenant_id": f"tenant-{i % 5}",
+               "execution_session_id": f"s{i % 97}", "work_unit_id": f"bench-{i}"}
+        if i % 5 == 4:
+            out.append(LlmInvocationCompleted(
+                **env, event_id=f"inv-{i}", node_id="n1", provider="stub", model="stub",
+                tokens_in=100 + i % 50, tokens_out=i % 40, total_tokens=100 + i % 50 + i % 40,
+                latency_ms=3, estimated_cost_usd=Decimal("0")))
+        out.append(WorkUnitCompleted(
+            **env, event_id=f"settled-{i}", selected_node_id="n1", attempt_index=1,
+            cpu_seconds=Decimal(f"0.{i % 1000:03d}5"), accepted=True,
+            settlement_reason="grant_holder"))
+    return out
+
+
+def _run_until(processor: BatchedProcessor, inputs: int) -> float:
+    """Run a processor in a thread until it has read `inputs` records; seconds after ready."""
+    ready = threading.Event()
+    processor.on_ready = ready.set
+    stop = threading.Event()
+    thread = threading.Thread(target=processor.run, kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    ready.wait(60)
+    t = time.perf_counter()
+    while processor.processed < inputs:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t
+    stop.set()
+    thread.join(30)
+    return elapsed
+
+
+def ledger_rates(settings: OnceflowSettings, n: int) -> dict[str, Any]:
+    """The ledger deciding line items, the wallets folding them, and a replay of the ledger."""
+    from billing.worker import build_ledger, build_wallets
+    from streams.runtime import replay_facts
+
+    settings = settings.model_copy(update={"topic_prefix": "bench.ledger."})
+    create_topics(settings)
+    catalog = TopicCatalog(settings)
+    producer = EventProducer(settings, SingleObjectCodec())
+    sources = _ledger_sources(n)
+    for e in sources:
+        producer.send(catalog["llm" if e.event_type.startswith("llm.") else "workunits"], e)
+    producer.flush()
+    with tempfile.TemporaryDirectory() as state_dir:
+        local = settings.model_copy(update={"state_dir": Path(state_dir)})
+        ledger = build_ledger(local, group_id="bench-ledger")
+        ledger_s = _run_until(ledger, len(sources))
+        facts = event_messages(settings, catalog["ledger"].name)
+        wallets = build_wallets(local, group_id="bench-wallets")
+        wallets_s = _run_until(wallets, len(facts))
+        t = time.perf_counter()
+        replay_facts(ledger.reducer, settings, catalog["ledger"].name, SingleObjectCodec())
+        replay_s = time.perf_counter() - t
+    items = sum(1 for m in facts if m.value()[2:10] == SingleObjectCodec().registry.for_type(
+        "ledger.line_item").fingerprint)
+    return {
+        "units": n, "line_items": items, "ledger_facts": len(facts),
+        "ledger_line_items_per_s": round(items / ledger_s),
+        "ledger_inputs_per_s": round(len(sources) / ledger_s),
+        "wallets_line_items_folded_per_s": round(items / wallets_s),
+        "replay_ledger_facts_per_s": round(len(facts) / replay_s),
+        "note": "ledger: decide line items from settlements and invocations (Avro in and out, "
+                "RocksDB); wallets: fold them into partial wallets (two facts per line item); "
+                "replay: fold the ledger topic from offset 0 (read to end included)",
+    }
+
+
 def _execution_cluster(settings: OnceflowSettings, stack_dir: Path, prefix: str) -> tuple[
         OnceflowSettings, list[Any]]:
     from infra.roles import agent_specs, start_roles
@@ -245,6 +321,7 @@ def main() -> None:
                 "batched_shell": batched_shell_rate(settings, int(100_000 * s)),
                 "execution": execution_rates(settings, Path(stack_dir), int(10_000 * s),
                                              200, 10 * s),
+                "ledger": ledger_rates(settings, int(50_000 * s)),
             }
     finally:
         broker.stop()
@@ -253,6 +330,7 @@ def main() -> None:
         "submit": round(results["submit"]["units_per_s_in_command"] / raw, 3),
         "batched_shell": round(results["batched_shell"]["events_per_s"] / raw, 3),
         "execution_burst": round(results["execution"]["burst"]["units_per_s"] / raw, 4),
+        "ledger_line_items": round(results["ledger"]["ledger_line_items_per_s"] / raw, 3),
     }
     results["targets"] = {
         "codec_each_way_per_s": 50_000, "submit_units_per_s": 50_000,
