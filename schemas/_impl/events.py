@@ -48,6 +48,7 @@ __all__ = [
     "LlmInvocationFailed",
     "NodeHeartbeat",
     "TrustScoreUpdated",
+    "ViewDefined",
     "WalletUpdated",
     "WorkUnitCancelled",
     "WorkUnitCompleted",
@@ -543,6 +544,25 @@ class BillingAnomaly(Event):
     message: str = ""
 
 
+class ViewDefined(Event):
+    """A ksql-style view over the ledger was created or dropped.
+
+    Kept on a compacted topic keyed by the view's name, so every replica of
+    the views processor, and every restart, holds the same views.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "view.defined"
+    AVRO_NAME: ClassVar[str] = "ViewDefined"
+    ENTITY_FIELD: ClassVar[str] = "view_name"
+    event_type: Literal["view.defined"] = "view.defined"
+    view_name: str
+    kind: Literal["table", "stream"] = "table"
+    statement: str = Field(default="", description="the statement as the user wrote it")
+    query_sql: str = Field(default="", description="the SELECT it runs, in DuckDB's dialect")
+    windowed: bool = False
+    dropped: bool = False
+
+
 # --- control ------------------------------------------------------------------
 
 
@@ -655,6 +675,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     LedgerUnitSettled,
     WalletUpdated,
     BillingAnomaly,
+    ViewDefined,
     ControlSessionPaused,
     ControlSessionResumed,
     ControlSessionCancelRequested,

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 CleanupPolicy = Literal["compact", "delete", "compact,delete"]
-KeyField = Literal["event_id", "node_id", "tenant_id", "wallet_id"]
+KeyField = Literal["event_id", "node_id", "tenant_id", "wallet_id", "view_name"]
 PartitionField = Literal[
     "work_unit_id", "node_id", "tenant_id", "execution_session_id", "event_id", "single"
 ]
@@ -42,6 +42,7 @@ TopicRole = Literal[
     "ledger",
     "wallets",
     "anomalies",
+    "views",
     "control",
     "clock",
     "deadletters",
@@ -104,6 +105,8 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
      "wallets folded from ledger partition p; a wallet is the sum of its partials"),
     ("anomalies", "event_id", "work_unit_id", "compact,delete", -1, None,
      "billing.anomaly findings, in the partition of the unit they were found in"),
+    ("views", "view_name", "single", "compact", -1, 1,
+     "view.defined: ksql-style views over the ledger, latest definition per name"),
     ("control", "event_id", "work_unit_id", "compact,delete", -1, None,
      "pause / resume / cancel, human input, operator resolutions"),
     ("clock", "event_id", "single", "delete", _WEEK_MS, None,

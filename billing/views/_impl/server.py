@@ -1,0 +1,138 @@
+"""The HTTP API, shaped like ksqlDB's: /ksql, /query-stream, /close-query, /info, /healthcheck.
+
+A tenant scope (the `X-Onceflow-Tenant` header, or the `onceflow.tenant`
+property) restricts every query of a request to that tenant's rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from billing.views._impl.service import Row, ViewService
+from billing.views._impl.statements import StatementError
+
+__all__ = ["DELIMITED", "create_app", "encode_row"]
+
+DELIMITED = "application/vnd.ksqlapi.delimited.v1"
+VERSION = "onceflow-views-0.1 (ksqlDB API shape)"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, Decimal):
+        return format(v, "f")  # an exact JSON number, as ksqlDB writes DECIMAL
+    if isinstance(v, bool | int | float | str) or v is None:
+        return json.dumps(v)
+    return json.dumps(str(v))
+
+
+def encode_row(row: Row) -> str:
+    return "[" + ",".join(_value(v) for v in row) + "]"
+
+
+def _error(status: int, code: int, message: str, statement: str = "") -> JSONResponse:
+    return JSONResponse(status_code=status, content={
+        "@type": "statement_error" if code == 40001 else "generic_error",
+        "error_code": code, "message": message, "statementText": statement, "entities": []})
+
+
+def _tenant(header: str | None, properties: dict[str, Any] | None) -> str | None:
+    return header or (properties or {}).get("onceflow.tenant") or None
+
+
+def create_app(service: ViewService) -> FastAPI:
+    app = FastAPI(title="onceflow views", version="0.1")
+
+    @app.exception_handler(StatementError)
+    async def bad_statement(_: Request, exc: StatementError) -> JSONResponse:
+        return _error(400, exc.error_code, str(exc), exc.statement)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Never a stack trace to the client: the type and message, logged in full server-side.
+        return _error(500, 50000, f"{type(exc).__name__}: {exc}")
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise StatementError("the request body must be JSON, e.g. {\"ksql\": \"SHOW "
+                                 "TABLES;\"}") from None
+        if not isinstance(body, dict):
+            raise StatementError("the request body must be a JSON object")
+        return body
+
+    @app.post("/ksql", response_model=None)
+    async def ksql(request: Request,
+                   x_onceflow_tenant: str | None = Header(default=None)) -> Response:
+        body = await body_of(request)
+        text = body.get("ksql")
+        if not isinstance(text, str):
+            raise StatementError("missing \"ksql\": send {\"ksql\": \"SHOW TABLES;\"}")
+        tenant = _tenant(x_onceflow_tenant, body.get("streamsProperties"))
+        entries = service.execute(text, tenant=tenant)
+        # Amounts as exact decimal strings: JSON numbers would pass through floats here.
+        return Response(json.dumps(entries, default=str), media_type="application/json")
+
+    @app.post("/query-stream", response_model=None)
+    async def query_stream(request: Request,
+                           accept: str | None = Header(default=None),
+                           x_onceflow_tenant: str | None = Header(default=None)
+                           ) -> Response:
+        body = await body_of(request)
+        sql = body.get("sql")
+        if not isinstance(sql, str):
+            raise StatementError("missing \"sql\": send {\"sql\": \"SELECT * FROM ledger;\"}")
+        properties = body.get("properties") or {}
+        tenant = _tenant(x_onceflow_tenant, properties)
+        header, rows, push = service.open_query(sql, tenant=tenant, properties=properties)
+        as_json = accept is not None and "application/json" in accept
+        if push is None and as_json:
+            payload = "[" + ",".join([json.dumps(header.as_json()),
+                                      *(encode_row(r) for r in rows if r is not None)]) + "]"
+            return Response(payload, media_type="application/json")
+
+        def chunks() -> Iterator[str]:
+            try:
+                if as_json:
+                    yield "[" + json.dumps(header.as_json())
+                    for r in rows:
+                        yield "" if r is None else "," + encode_row(r)
+                    yield "]"
+                else:
+                    yield json.dumps(header.as_json()) + "\n"
+                    for r in rows:
+                        yield "" if r is None else encode_row(r) + "\n"
+            finally:
+                if push is not None:
+                    service.close_query(push.query_id)
+
+        return StreamingResponse(chunks(), media_type="application/json" if as_json
+                                 else DELIMITED)
+
+    @app.post("/close-query", response_model=None)
+    async def close_query(request: Request) -> Response:
+        body = await body_of(request)
+        query_id = body.get("queryId")
+        if not isinstance(query_id, str) or not service.close_query(query_id):
+            return _error(400, 40001, f"no running push query {query_id!r}: SHOW QUERIES lists "
+                                      "them")
+        return JSONResponse({})
+
+    @app.get("/info")
+    async def info() -> JSONResponse:
+        return JSONResponse({"KsqlServerInfo": {
+            "version": VERSION, "kafkaClusterId": "onceflow", "ksqlServiceId": "onceflow_views",
+            "serverStatus": "RUNNING"}})
+
+    @app.get("/healthcheck")
+    async def healthcheck() -> JSONResponse:
+        return JSONResponse({"isHealthy": True, "details": {
+            "metastore": {"isHealthy": True}, "kafka": {"isHealthy": True}}})
+
+    return app
