@@ -83,10 +83,11 @@ def start_roles(
     *,
     scheduler: bool | int = True,
     billing: bool = False,
+    views_port: int | None = None,
     timeout_s: float = 90.0,
 ) -> list[RoleProcess]:
-    """Start the scheduler (`scheduler` replicas of it), billing and the agents; return once
-    all are ready.
+    """Start the scheduler (`scheduler` replicas of it), billing, the views (HTTP on
+    `views_port`) and the agents; return once all are ready.
 
     Scheduler replicas share its consumer group, so the work-unit partitions
     are split between them (each partition keeps a single writer).
@@ -97,6 +98,9 @@ def start_roles(
         roles.append(_spawn(settings, name, worker_command("scheduler")))
     if billing:
         roles.append(_spawn(settings, "billing", worker_command("billing")))
+    if views_port is not None:
+        roles.append(_spawn(settings, "views", worker_command("views", "--port",
+                                                              str(views_port))))
     for spec in agents:
         args = ["--node-id", spec.node_id, "--kinds", ",".join(spec.kinds),
                 "--concurrency", str(spec.concurrency)]

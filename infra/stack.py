@@ -48,6 +48,7 @@ class StackState:
     broker_pid: int
     started_at: float
     processes: dict[str, int] = field(default_factory=dict)
+    views_url: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -127,6 +128,7 @@ def start_stack_roles(
     agents: int,
     scheduler: bool = True,
     billing: bool = True,
+    views: bool = True,
     concurrency: int = 4,
     region: str | None = None,
     llm_provider: str | None = None,
@@ -146,8 +148,16 @@ def start_stack_roles(
     ]
     want_scheduler = scheduler and "scheduler" not in running
     want_billing = billing and "billing" not in running
-    started = start_roles(settings, specs, scheduler=want_scheduler, billing=want_billing)
+    views_port = None
+    if views and "views" not in running:
+        from infra.broker import free_port
+
+        views_port = free_port()
+    started = start_roles(settings, specs, scheduler=want_scheduler, billing=want_billing,
+                          views_port=views_port)
     running.update({r.name: r.pid for r in started})
     state.processes = running
+    if views_port is not None:
+        state.views_url = f"http://127.0.0.1:{views_port}"
     write_stack(settings, state)
     return running

@@ -100,6 +100,10 @@ class ViewsProcessor:
         for t in self._threads:
             t.join(30)
         self.engine.close()
+        # Drop the clients now, not at garbage collection (maybe after the broker is gone).
+        self._producer.flush()
+        del self._producer
+        self.sink.close()
 
 
 def run_views(settings: OnceflowSettings, *, host: str = "127.0.0.1", port: int = 8088,

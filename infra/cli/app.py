@@ -92,7 +92,7 @@ def up(
     region: Annotated[str | None, typer.Option(help="put every agent in this region")] = None,
     llm_provider: Annotated[str, typer.Option("--llm-provider", help="stub or openai")] = "stub",
 ) -> None:
-    """Start the local stack: broker, topics, scheduler and node agents, in the background."""
+    """Start the local stack: broker, topics, scheduler, billing, views and node agents."""
     from infra.roles import RoleStartError
     from infra.stack import stack_up, start_stack_roles
 
@@ -114,6 +114,12 @@ def up(
         raise _fail(f"a role did not start: {exc}", 1) from None
     for name, pid in sorted(roles.items()):
         console.print(f"{name} running (pid {pid})")
+    from infra.stack import read_stack
+
+    stack = read_stack(settings)
+    if stack is not None and stack.views_url:
+        console.print(f"views API (ksqlDB-shaped) at {stack.views_url}: "
+                      "`onceflow ledger query \"SELECT * FROM wallet_balance;\"`")
 
 
 def _check_provider(name: str) -> None:

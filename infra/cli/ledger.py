@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Annotated, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
+import httpx
 import typer
 
 from streams.settings import OnceflowSettings
 
-__all__ = ["anomalies", "ledger_app", "replay"]
+__all__ = ["anomalies", "ledger_app", "replay", "views_url"]
 
 ledger_app = typer.Typer(help="Wallets and line items of the billing ledger.",
                          no_args_is_help=True)
@@ -197,3 +200,161 @@ def replay(
                 console.print(f"  first difference: {c.first_difference() or 'no live state'}")
     if verify and not all(c.equal for c in checks):
         raise typer.Exit(1)
+
+
+def views_url(settings: OnceflowSettings) -> str:
+    """Where the views API is: ONCEFLOW_VIEWS_URL, else what `up` recorded."""
+    import os
+
+    from infra.cli.app import _fail
+    from infra.stack import read_stack
+
+    url = os.environ.get("ONCEFLOW_VIEWS_URL")
+    if url:
+        return url.rstrip("/")
+    stack = read_stack(settings)
+    if stack is None or not stack.views_url:
+        raise _fail("no views API known: run `onceflow up` (it starts one), or set "
+                    "ONCEFLOW_VIEWS_URL to a running `onceflow worker views`")
+    return stack.views_url
+
+
+def _post(url: str, path: str, body: dict[str, object], tenant: str | None,
+          accept: str | None = None) -> httpx.Response:
+
+    headers = {"X-Onceflow-Tenant": tenant} if tenant else {}
+    if accept:
+        headers["Accept"] = accept
+    return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=60)
+
+
+@ledger_app.command("query")
+def query(
+    sql: Annotated[str, typer.Argument(help="a ksql statement: SELECT ... [EMIT CHANGES], "
+                                            "CREATE TABLE ... AS SELECT, SHOW, DESCRIBE, DROP")],
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's rows")] = None,
+    limit: Annotated[int, typer.Option(help="push queries: stop after N rows (0: until "
+                                            "Ctrl-C)", min=0)] = 0,
+) -> None:
+    """Ask the ledger in SQL: pull queries print once, push queries (EMIT CHANGES) stream."""
+    from rich.live import Live
+    from rich.table import Table
+
+    from billing.views import DELIMITED, parse_statements
+    from infra.cli.app import _fail, _settings, console
+
+    settings = _settings()
+    url = views_url(settings)
+    try:
+        statements = parse_statements(sql)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if any(s.kind != "select" for s in statements):
+        try:
+            resp = _post(url, "/ksql", {"ksql": sql, "streamsProperties": {}}, tenant)
+        except httpx.HTTPError as exc:
+            raise _fail(f"views API at {url} unreachable: {exc}", 1) from None
+        if resp.status_code != 200:
+            raise _fail(resp.json().get("message", resp.text))
+        entries = resp.json()
+        if fmt == "json":
+            print(json.dumps(entries, indent=2))
+            return
+        for e in entries:
+            console.print(_entry_text(e))
+        return
+    if len(statements) != 1:
+        raise _fail("send one SELECT at a time")
+    push = statements[0].push
+    columns: list[str] = []
+    rows: list[list[object]] = []
+    out_table = Table(title=sql)
+    query_id = None
+    with httpx.Client(timeout=None) as client, client.stream(
+            "POST", f"{url}/query-stream", json={"sql": sql, "properties": {}},
+            headers={"Accept": DELIMITED, **({"X-Onceflow-Tenant": tenant} if tenant else {})},
+    ) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            raise _fail(resp.json().get("message", resp.text))
+        lines = resp.iter_lines()
+        header = json.loads(next(lines))
+        columns, query_id = header["columnNames"], header["queryId"]
+        for c in columns:
+            out_table.add_column(c)
+        live = Live(out_table, console=console, transient=False) if push and fmt == "table" \
+            else None
+        try:
+            if live:
+                live.start()
+            for line in lines:
+                if not line.strip():
+                    continue
+                # Amounts arrive as exact JSON numbers; keep them exact.
+                row = json.loads(line, parse_float=Decimal)
+                rows.append(row)
+                if fmt == "json" and push:
+                    print(json.dumps(dict(zip(columns, row, strict=False)), default=str),
+                          flush=True)
+                out_table.add_row(*("NULL" if v is None else str(v) for v in row))
+                if live:
+                    live.refresh()
+                if push and limit and len(rows) >= limit:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if live:
+                live.stop()
+            if push and query_id:
+                with contextlib.suppress(httpx.HTTPError):
+                    _post(url, "/close-query", {"queryId": query_id}, tenant)
+    if fmt == "json" and not push:
+        # Decimals as strings: exact, which a JSON number read as a float would not be.
+        print(json.dumps([dict(zip(columns, r, strict=False)) for r in rows], indent=2,
+                         default=str))
+    elif fmt == "table" and not push:
+        console.print(out_table)
+        console.print(f"{len(rows)} row(s)")
+
+
+def _entry_text(entry: dict[str, Any]) -> str:
+    kind = entry.get("@type")
+    if kind == "currentStatus":
+        status = entry.get("commandStatus") or {}
+        return f"{status.get('status')}: {status.get('message')}"
+    if kind in ("tables", "streams", "queries"):
+        names = [str(i.get("name") or i.get("id")) for i in entry.get(str(kind)) or []]
+        return f"{kind}: " + (", ".join(names) or "(none)")
+    if kind == "sourceDescription":
+        d = entry["sourceDescription"]
+        fields = ", ".join(f"{f['name']} {f['schema']['type']}" for f in d["fields"])
+        return f"{d['name']} ({d['type']}): {fields}"
+    return json.dumps(entry)
+
+
+@ledger_app.command("views")
+def list_views(
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """The tables and streams over the ledger (built-in and created)."""
+    from infra.cli.app import _fail, _settings, console
+
+    settings = _settings()
+    url = views_url(settings)
+    resp = _post(url, "/ksql", {"ksql": "SHOW TABLES; SHOW STREAMS;"}, None)
+    if resp.status_code != 200:
+        raise _fail(resp.json().get("message", resp.text), 1)
+    tables, streams = resp.json()
+    rows = [*tables["tables"], *streams["streams"]]
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    out = Table("name", "type", "windowed", "built in", title="views over the ledger")
+    for r in rows:
+        out.add_row(r["name"], r["type"], "yes" if r["isWindowed"] else "no",
+                    "yes" if r["builtIn"] else "no")
+    console.print(out)

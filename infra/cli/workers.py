@@ -54,6 +54,24 @@ def billing(
     run_billing(settings, ready_file=ready_file)
 
 
+@worker_app.command("views")
+def views(
+    port: Annotated[int, typer.Option(help="HTTP port of the ksql-style API", min=1,
+                                      max=65535)] = 8088,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    ready_file: Annotated[Path | None, typer.Option(help="touched once serving, caught up")]
+    = None,
+) -> None:
+    """The ledger views: DuckDB sink, view definitions, the ksqlDB-shaped HTTP API."""
+    from billing.views.worker import run_views
+    from infra.cli.app import _settings
+    from streams.log import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    run_views(settings, host=host, port=port, ready_file=ready_file)
+
+
 @worker_app.command("agent")
 def agent(
     node_id: Annotated[str, typer.Option("--node-id", help="this node's id, e.g. n1")],

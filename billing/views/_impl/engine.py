@@ -164,13 +164,11 @@ class ViewEngine:
             db.register("incoming", batch)
             try:
                 db.execute("BEGIN TRANSACTION")
-                before = db.execute("SELECT count(*) FROM raw.line_items").fetchone()
-                db.execute(f"INSERT OR IGNORE INTO raw.line_items SELECT {casts}, _partition, "
-                           "_offset FROM incoming")
+                inserted = db.execute(f"INSERT OR IGNORE INTO raw.line_items SELECT {casts}, "
+                                      "_partition, _offset FROM incoming").fetchone()
                 for part, next_offset in sorted(offsets.items()):
                     db.execute("INSERT OR REPLACE INTO raw.offsets VALUES (?, ?, ?)",
                                [topic, part, next_offset])
-                after = db.execute("SELECT count(*) FROM raw.line_items").fetchone()
                 db.execute("COMMIT")
             except Exception:
                 db.execute("ROLLBACK")
@@ -178,7 +176,7 @@ class ViewEngine:
             finally:
                 db.unregister("incoming")
         self._bump()
-        return int(after[0]) - int(before[0]) if after and before else 0
+        return int(inserted[0]) if inserted else 0
 
     def _bump(self) -> None:
         with self.changed:

@@ -13,6 +13,7 @@ import threading
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
@@ -73,14 +74,41 @@ class LedgerSink:
             return None  # a recovery marker, or a hold or settlement: not a line item
         try:
             _, record = self.codec.decode_record(raw)
-            for name in _MONEY:
-                Decimal(record[name])
-        except (CodecError, InvalidOperation, KeyError, TypeError) as exc:
+        except CodecError as exc:
             self._dead_letter(msg, exc)
             return None
         record["_partition"] = msg.partition()
         record["_offset"] = msg.offset()
         return record
+
+    def _ingest(self, rows: list[dict[str, Any]], advanced: dict[int, int]) -> int:
+        try:
+            return self.engine.ingest(line_item_batch(rows), self.topic, advanced)
+        except duckdb.ConversionException:
+            pass  # an amount that is not a decimal: find it, dead-letter it, keep the rest
+        good = []
+        for row in rows:
+            try:
+                for name in _MONEY:
+                    Decimal(row[name])
+                good.append(row)
+            except (InvalidOperation, KeyError, TypeError) as exc:
+                self._dead_letter_row(row, exc)
+        if self._dlq is not None:
+            self._dlq.producer.flush()
+        return self.engine.ingest(line_item_batch(good), self.topic, advanced)
+
+    def _dead_letter_row(self, row: dict[str, Any], exc: Exception) -> None:
+        """A decoded record the database refused: re-read its raw record to dead-letter it."""
+        consumer = make_consumer(self.settings, None)
+        try:
+            tp = TopicPartition(self.topic, row["_partition"], row["_offset"])
+            consumer.assign([tp])
+            msgs = consumer.consume(1, timeout=10)
+            if msgs and msgs[0].error() is None:
+                self._dead_letter(msgs[0], exc)
+        finally:
+            consumer.close()
 
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(self.settings, None, **{"enable.partition.eof": False})
@@ -112,11 +140,15 @@ class LedgerSink:
                 if advanced:
                     if self._dlq is not None:
                         self._dlq.producer.flush()  # dead letters out before the offsets
-                    self.ingested += self.engine.ingest(line_item_batch(rows), self.topic,
-                                                        advanced)
+                    self.ingested += self._ingest(rows, advanced)
                     position.update(advanced)
                 if not self.caught_up.is_set() and all(position[p] >= ends[p] for p in ends):
                     self.caught_up.set()
                     self.log.info("sink.caught_up", line_items=self.ingested)
         finally:
             consumer.close()
+
+    def close(self) -> None:
+        if self._dlq is not None:
+            self._dlq.producer.flush()
+            self._dlq = None
