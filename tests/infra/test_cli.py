@@ -29,7 +29,8 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
     up = _onceflow(["up", "--agents", "2"], env)
     assert "scheduler running" in up.stdout and "agent-n2 running" in up.stdout
     stack = json.loads((tmp_path / "stack" / "stack.json").read_text())
-    assert set(stack["processes"]) == {"scheduler", "billing", "agent-n1", "agent-n2"}
+    assert set(stack["processes"]) == {"scheduler", "billing", "views", "agent-n1", "agent-n2"}
+    assert stack["views_url"].startswith("http://127.0.0.1:")
     try:
         assert pid_alive(stack["broker_pid"])
         again = _onceflow(["up", "--agents", "2"], env)
@@ -71,6 +72,18 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
         assert [i["model"] for i in items if i["line_item_type"] == "llm_tokens"] == ["stub"]
         verify = _onceflow(["replay", "billing", "--verify", "--format", "json"], env)
         assert all(r["equal"] for r in json.loads(verify.stdout))
+        def wallet_view() -> list[dict]:
+            out = _onceflow(["ledger", "query", "SELECT * FROM wallet_balance;",
+                             "--format", "json"], env)
+            return json.loads(out.stdout)
+
+        (row,) = wait_for(lambda: (rows := wallet_view()) and rows[0]["line_items"] == 10002
+                          and rows, timeout=60, interval=1.0, what="the views to catch up")
+        assert Decimal(row["charged_usd"]) == Decimal(billed["debit_usd"])
+        views = json.loads(_onceflow(["ledger", "views", "--format", "json"], env).stdout)
+        assert {"WALLET_BALANCE", "LEDGER"} <= {v["name"] for v in views}
+        refused = _onceflow(["ledger", "query", "DELETE FROM ledger;"], env, check=False)
+        assert refused.returncode == 2 and "not supported" in refused.stderr
         clean = _onceflow(["anomalies", "--reconcile", "--fail-on-flag"], env, check=False)
         assert clean.returncode == 0, clean.stdout + clean.stderr
         unknown = _onceflow(["ledger", "wallet", "nobody"], env, check=False)
