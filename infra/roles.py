@@ -83,6 +83,7 @@ def start_roles(
     *,
     scheduler: bool | int = True,
     billing: bool = False,
+    trust: bool = False,
     views_port: int | None = None,
     timeout_s: float = 90.0,
 ) -> list[RoleProcess]:
@@ -98,6 +99,8 @@ def start_roles(
         roles.append(_spawn(settings, name, worker_command("scheduler")))
     if billing:
         roles.append(_spawn(settings, "billing", worker_command("billing")))
+    if trust:
+        roles.append(_spawn(settings, "trust", worker_command("trust")))
     if views_port is not None:
         roles.append(_spawn(settings, "views", worker_command("views", "--port",
                                                               str(views_port))))

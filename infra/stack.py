@@ -128,6 +128,7 @@ def start_stack_roles(
     agents: int,
     scheduler: bool = True,
     billing: bool = True,
+    trust: bool = True,
     views: bool = True,
     concurrency: int = 4,
     region: str | None = None,
@@ -154,7 +155,7 @@ def start_stack_roles(
 
         views_port = free_port()
     started = start_roles(settings, specs, scheduler=want_scheduler, billing=want_billing,
-                          views_port=views_port)
+                          trust=trust and "trust" not in running, views_port=views_port)
     running.update({r.name: r.pid for r in started})
     state.processes = running
     if views_port is not None:

@@ -23,6 +23,7 @@ __all__ = [
     "ModelPrice",
     "OnceflowSettings",
     "SchedulerSettings",
+    "TrustSettings",
     "load_settings",
 ]
 
@@ -89,6 +90,28 @@ class AgentSettings(BaseModel):
     llm_model: str = "gpt-4o-mini"
     llm_timeout_s: float = 30.0
     llm_usd_per_1k_tokens: str = "0.002000"
+
+
+class TrustSettings(BaseModel):
+    """The trust model (REFERENCE.md's specified model): every constant is a setting."""
+
+    prior_alpha: float = Field(default=2.0, gt=0)
+    prior_beta: float = Field(default=2.0, gt=0)
+    timeout_lambda: float = Field(default=0.2, gt=0, le=1, description="EWMA weight of a new "
+                                                                        "observation")
+    timeout_cap: float = Field(default=0.4, ge=0, le=1)
+    health_penalties: dict[str, float] = Field(default_factory=lambda: {
+        "healthy": 0.0, "degraded": 0.2, "down": 0.5, "draining": 0.0})
+    decay_per_hour: float = Field(default=0.98, gt=0, le=1,
+                                  description="how much of the evidence is kept per hour of "
+                                              "logged time (toward the prior)")
+    quarantine_below: float = Field(default=0.35, ge=0, le=1,
+                                    description="a node scoring below this is not scheduled")
+    release_above: float = Field(default=0.45, ge=0, le=1,
+                                 description="a quarantined node is released above this")
+    min_change: float = Field(default=0.001, ge=0,
+                              description="heartbeats only emit an update when the score moved "
+                                          "this much (outcomes always do)")
 
 
 class ModelPrice(BaseModel):
@@ -197,6 +220,7 @@ class OnceflowSettings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
 
     # --- logging -------------------------------------------------------------------------
     log_format: LogFormat = "auto"

@@ -290,7 +290,7 @@ class NodeAgent:
             work_unit_id=sched.work_unit_id or "", attempt=sched.attempt_index,
             tenant_id=sched.tenant_id, session_id=sched.execution_session_id,
             parameters=dict(sched.parameters), simulated_ms=sched.simulated_ms,
-            prompt=sched.prompt, model=sched.model,
+            prompt=sched.prompt, model=sched.model, node_id=self.node_id,
             idempotency_key=grant.idempotency_key or sched.idempotency_key,
             input_bytes=self.store.get(sched.input_ref) if sched.input_ref else None,
             parent_results=[self.store.get(r) for r in sched.parent_result_refs],

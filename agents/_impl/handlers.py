@@ -61,6 +61,7 @@ class TaskContext:
     input_bytes: bytes | None = None
     parent_results: list[bytes] = field(default_factory=list)
     parent_refs: list[ContentRef] = field(default_factory=list)
+    node_id: str = ""
 
 
 Handler = Callable[[TaskContext], bytes]
@@ -143,6 +144,15 @@ def _fail(ctx: TaskContext) -> bytes:
     """Fails with the error class in `parameters.error_code` (tests and demos of recovery)."""
     code = ctx.parameters.get("error_code", "handler_error")
     raise HandlerError(f"asked to fail with {code}", code=code)
+
+
+@handler("fail_on_nodes")
+def _fail_on_nodes(ctx: TaskContext) -> bytes:
+    """Fails on the nodes listed in `parameters.nodes` (comma-separated), simulates elsewhere:
+    an unreliable node, for trust scoring's tests and demos."""
+    if ctx.node_id in ctx.parameters.get("nodes", "").split(","):
+        raise HandlerError(f"node {ctx.node_id} is set to fail this unit", code="node_fault")
+    return _simulate(ctx)
 
 
 # -- the built-in tool: an append-only effects table in SQLite ------------------------------

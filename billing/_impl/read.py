@@ -44,9 +44,10 @@ def read_billing_records(settings: OnceflowSettings, *, invocations: bool = True
     catalog = TopicCatalog(settings)
     codec = SingleObjectCodec()
     records = BillingRecords(wallets=_latest_partials(settings))
-    for _, event in read_events(settings, catalog["ledger"].name, codec):
+    for msg, event in read_events(settings, catalog["ledger"].name, codec):
         if isinstance(event, LedgerLineItem):
             records.line_items.append(event)
+            records.partition_of[event.line_item_id] = msg.partition() or 0
         elif isinstance(event, LedgerChargeHeld):
             records.held.append(event)
         elif isinstance(event, LedgerUnitSettled):

@@ -40,6 +40,9 @@ class BillingRecords:
     """What reconciliation reads: the ledger's facts, the latest partial wallets, invocations."""
 
     line_items: list[LedgerLineItem] = field(default_factory=list)
+    #: line item id -> the ledger partition it was read from (in partition order), so a
+    #: partial wallet can be compared with exactly the line items it has folded
+    partition_of: dict[str, int] = field(default_factory=dict)
     held: list[LedgerChargeHeld] = field(default_factory=list)
     settled: list[LedgerUnitSettled] = field(default_factory=list)
     wallets: list[WalletUpdated] = field(default_factory=list)
@@ -75,25 +78,17 @@ def reconcile(records: BillingRecords, cfg: BillingSettings) -> list[BillingAnom
                 billed_tokens[key] += item.llm_tokens
     out: list[BillingAnomaly] = []
 
-    wallets = Wallet.combine(records.wallets)
-    for key in sorted(set(billed) | {(w.tenant_id, w.execution_session_id)
-                                     for w in wallets.values() if w.execution_session_id}):
-        tenant, session = key
-        wallet = wallets.get(session_wallet_id(tenant, session))
-        debit = wallet.debit_usd if wallet else Decimal("0")
-        if abs(debit - billed[key]) > _TOLERANCE:
-            out.append(_anomaly(
-                "session_total_mismatch", f"{tenant}/{session}", f"{debit:f}", tenant=tenant,
-                session=session, occurred_at=last_seen[key], expected=f"{billed[key]:f}",
-                message=f"session wallet shows {debit:f} USD, its billed line items sum to "
-                        f"{billed[key]:f} USD"))
+    out.extend(_wallet_checks(records, billed, last_seen))
 
     if cfg.bill_llm_from_invocation:
         accepted = {s.work_unit_id: s.accepted_attempt for s in records.settled
                     if s.outcome == "accepted"}
         used: dict[tuple[str, str], int] = defaultdict(int)
+        # Only invocations the ledger has seen (charged, leaked or held): one it has not
+        # read yet is lag, not a loss.
+        recorded = charged_sources | {h.source_event_id for h in records.held}
         for inv in records.invocations:
-            if accepted.get(inv.work_unit_id) == inv.attempt_index:
+            if accepted.get(inv.work_unit_id) == inv.attempt_index and inv.event_id in recorded:
                 key = (inv.tenant_id, inv.execution_session_id)
                 used[key] += inv.total_tokens
                 last_seen[key] = max(last_seen[key], inv.occurred_at)
@@ -119,6 +114,43 @@ def reconcile(records: BillingRecords, cfg: BillingSettings) -> list[BillingAnom
                         f"although the unit settled ({settled.outcome})"))
 
     out.extend(_cost_spikes(billed, last_seen, cfg))
+    return out
+
+
+def _wallet_checks(records: BillingRecords, billed: dict[tuple[str, str], Decimal],
+                   last_seen: dict[tuple[str, str], int]) -> list[BillingAnomaly]:
+    """Each session's wallet against the line items it has folded.
+
+    With partitions known, a partial wallet that has folded n line items is
+    compared with the first n of its session's line items in that ledger
+    partition, so a wallet that lags the ledger is not a finding.
+    """
+    expected: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    if records.partition_of:
+        folded = {w.wallet_id: w.record_count + w.leakage_count for w in records.wallets
+                  if w.scope == "session"}
+        seen: dict[str, int] = defaultdict(int)
+        for item in records.line_items:
+            part = records.partition_of.get(item.line_item_id)
+            wid = f"{session_wallet_id(item.tenant_id, item.execution_session_id)}@{part}"
+            seen[wid] += 1
+            if seen[wid] <= folded.get(wid, 0) and item.billed:
+                expected[(item.tenant_id, item.execution_session_id)] += item.total_usd
+    else:
+        expected = billed
+    out: list[BillingAnomaly] = []
+    wallets = Wallet.combine(records.wallets)
+    for key in sorted(set(expected) | {(w.tenant_id, w.execution_session_id)
+                                       for w in wallets.values() if w.execution_session_id}):
+        tenant, session = key
+        wallet = wallets.get(session_wallet_id(tenant, session))
+        debit = wallet.debit_usd if wallet else Decimal("0")
+        if abs(debit - expected[key]) > _TOLERANCE:
+            out.append(_anomaly(
+                "session_total_mismatch", f"{tenant}/{session}", f"{debit:f}", tenant=tenant,
+                session=session, occurred_at=last_seen[key], expected=f"{expected[key]:f}",
+                message=f"session wallet shows {debit:f} USD, the billed line items it folded "
+                        f"sum to {expected[key]:f} USD"))
     return out
 
 

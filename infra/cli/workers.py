@@ -54,6 +54,22 @@ def billing(
     run_billing(settings, ready_file=ready_file)
 
 
+@worker_app.command("trust")
+def trust(
+    ready_file: Annotated[Path | None, typer.Option(help="touched once trust is ready")] = None,
+) -> None:
+    """Trust scoring: reliability, timeouts, health and decay per node; quarantine."""
+    from infra.cli.app import _settings
+    from streams.log import configure_logging
+    from streams.runtime.process import tune_for_streaming
+    from streams.trust.worker import run_trust
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    tune_for_streaming()
+    run_trust(settings, ready_file=ready_file)
+
+
 @worker_app.command("views")
 def views(
     port: Annotated[int, typer.Option(help="HTTP port of the ksql-style API", min=1,

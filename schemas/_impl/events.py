@@ -392,6 +392,16 @@ class TrustScoreUpdated(Event):
     health_penalty: float = 0.0
     quarantined: bool = False
     reason: str = ""
+    reliability: float = Field(default=0.5, description="alpha / (alpha + beta)")
+    health_status: str = "healthy"
+    outcome: str = Field(default="", description="what moved the score: success, failure, "
+                                                 "timeout or heartbeat")
+    source_event_id: str = ""
+    previous_alpha: float = 2.0
+    previous_beta: float = 2.0
+    previous_timeout_penalty: float = 0.0
+    previous_at: int = Field(default=0, description="logged time of the previous update, ms")
+    previous_quarantined: bool = False
 
 
 # --- capacity -----------------------------------------------------------------

@@ -38,6 +38,7 @@ TopicRole = Literal[
     "llm",
     "nodes",
     "trust",
+    "outcomes",
     "capacity",
     "ledger",
     "wallets",
@@ -95,6 +96,9 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
      "llm.invocation.completed / failed"),
     ("nodes", "node_id", "node_id", "compact", -1, None, "node.heartbeat, latest per node"),
     ("trust", "node_id", "node_id", "compact", -1, None, "trust.score.updated, latest per node"),
+    ("outcomes", "event_id", "node_id", "delete", _WEEK_MS, None,
+     "how each attempt ended, by the node that ran it (accepted completions, failures, lease "
+     "timeouts): the scheduler's facts routed for trust, co-partitioned with nodes"),
     ("capacity", "event_id", "single", "compact,delete", -1, 1,
      "capacity.scale.requested and capacity.admission.mode.changed"),
     ("ledger", "event_id", "work_unit_id", "compact,delete", -1, None,

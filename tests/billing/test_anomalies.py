@@ -128,14 +128,17 @@ def test_reconcile_finds_a_wallet_that_disagrees_with_its_line_items() -> None:
     assert (found.expected, found.observed) == ("0.002000", "0.001000")
 
 
-def test_reconcile_finds_tokens_used_but_not_billed() -> None:
+def test_reconcile_finds_tokens_billed_differently_from_what_was_used() -> None:
     books = Books()
-    books.feed(accepted("wu1"))
+    inv = invocation("wu1", tokens_in=10, tokens_out=5)
+    books.feed(inv, accepted("wu1"))
     records = records_of(books)
-    records.invocations = [invocation("wu1", tokens_in=10, tokens_out=5)]
+    records.invocations = [inv, invocation("wu9", tokens_in=99)]  # wu9: not read by the ledger
+    records.line_items = [i.model_copy(update={"llm_tokens": 12})
+                          if i.line_item_type == "llm_tokens" else i for i in records.line_items]
     (found,) = reconcile(records, BillingSettings())
     assert found.check == "session_tokens_mismatch"
-    assert (found.expected, found.observed) == ("15", "0")
+    assert (found.expected, found.observed) == ("15", "12")
 
 
 def test_reconcile_finds_a_session_far_above_its_tenant_median() -> None:
@@ -148,3 +151,26 @@ def test_reconcile_finds_a_session_far_above_its_tenant_median() -> None:
     # the same run reconciled again finds the same finding, with the same id
     assert [f.event_id for f in reconcile(records_of(books), BillingSettings())] == \
         [f.event_id for f in found]
+
+
+def test_reconcile_compares_a_lagging_wallet_with_only_what_it_folded() -> None:
+    from streams.settings import OnceflowSettings
+    from streams.topics import TopicCatalog
+
+    ledger = TopicCatalog(OnceflowSettings())["ledger"]
+    books = Books()
+    books.feed(*(accepted(f"wu{n}", cpu="1", session=f"s{n % 2}") for n in range(20)))
+    lagging = {w.wallet_id: w for w in books.wallets[:15]}  # the wallets seen 15 updates ago
+    books.feed(*(accepted(f"wu{n}", cpu="1", session=f"s{n % 2}") for n in range(20, 30)))
+    records = records_of(books)
+    records.wallets = list(lagging.values())
+    records.partition_of = {i.line_item_id: ledger.partition_of(i.work_unit_id or "")
+                            for i in records.line_items}
+    assert reconcile(records, BillingSettings()) == []
+    # the same lag compared with every line item would look like a loss
+    blind = BillingRecords(line_items=records.line_items, wallets=records.wallets)
+    assert {f.check for f in reconcile(blind, BillingSettings())} == {"session_total_mismatch"}
+    first = next(i for i, w in enumerate(records.wallets) if w.scope == "session")
+    wrong = records.wallets[first].model_copy(update={"total_debit_usd": Decimal("9")})
+    records.wallets = [*records.wallets[:first], wrong, *records.wallets[first + 1:]]
+    assert [f.check for f in reconcile(records, BillingSettings())] == ["session_total_mismatch"]

@@ -29,7 +29,8 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
     up = _onceflow(["up", "--agents", "2"], env)
     assert "scheduler running" in up.stdout and "agent-n2 running" in up.stdout
     stack = json.loads((tmp_path / "stack" / "stack.json").read_text())
-    assert set(stack["processes"]) == {"scheduler", "billing", "views", "agent-n1", "agent-n2"}
+    assert set(stack["processes"]) == {"scheduler", "billing", "trust", "views", "agent-n1",
+                                       "agent-n2"}
     assert stack["views_url"].startswith("http://127.0.0.1:")
     try:
         assert pid_alive(stack["broker_pid"])

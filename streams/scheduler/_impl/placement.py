@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 FilterReason = Literal[
-    "disabled", "health_status", "heartbeat_expired", "unsupported_kind",
+    "disabled", "health_status", "quarantined", "heartbeat_expired", "unsupported_kind",
     "insufficient_concurrency", "runtime_version",
 ]
 
@@ -47,6 +47,7 @@ class NodeView:
     region: str | None = None
     version: str = "0.0.0"
     last_seen: int = 0
+    quarantined: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ def _filter(node: NodeView, req: PlacementRequest, now: int,
         return "disabled"
     if node.health_status in ("down", "draining"):
         return "health_status"
+    if node.quarantined:
+        return "quarantined"
     if now - node.last_seen > cfg.node_expiry_ms:
         return "heartbeat_expired"
     if req.kind not in node.supported_kinds:

@@ -135,6 +135,7 @@ class Scheduler(Reducer):
         self.catalog = catalog or TopicCatalog(settings)
         self._dispatch = self.catalog["dispatch"]
         self._reports = self.catalog["reports"]
+        self._outcomes = self.catalog["outcomes"]
         # Which view version each partition's deferred units were last
         # examined against; not state: it only saves work, facts stay the same.
         self._examined: dict[int, int] = {}
@@ -736,6 +737,13 @@ class Scheduler(Reducer):
             return (self._to_node(slim, fact.selected_node_id),)
         if isinstance(fact, ClaimGranted | ClaimRejected):
             return (self._to_node(fact, fact.node_id),)
+        if (isinstance(fact, WorkUnitCompleted) and fact.accepted
+                and fact.settlement_reason == "grant_holder") or (
+                isinstance(fact, WorkUnitFailed) and fact.selected_node_id):
+            # How the attempt ended, to the node's partition of `outcomes`: trust
+            # scoring reads it there beside the node's heartbeats.
+            node = fact.selected_node_id
+            return (Routed(self._outcomes.name, fact, self._outcomes.partition_of(node)),)
         if isinstance(fact, WorkUnitSubmitted):
             return tuple(
                 Routed(self._reports.name, WorkUnitDependencyRegistered(

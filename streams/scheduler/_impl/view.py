@@ -37,6 +37,8 @@ class ClusterView:
     def __init__(self) -> None:
         self.nodes: dict[str, NodeView] = {}
         self.trust: dict[str, float] = {}
+        #: nodes trust scoring has quarantined: filtered out until released
+        self.quarantined: set[str] = set()
         self.mode: AdmissionMode = "OPEN"
         self.dispatched: dict[str, int] = {}
         #: per tenant, per ledger partition: what its partial wallet has charged
@@ -63,6 +65,10 @@ class ClusterView:
             self.dispatched[event.node_id] = 0
         elif isinstance(event, TrustScoreUpdated):
             self.trust[event.node_id] = event.trust_score
+            if event.quarantined:
+                self.quarantined.add(event.node_id)
+            else:
+                self.quarantined.discard(event.node_id)
         elif isinstance(event, CapacityAdmissionModeChanged):
             self.mode = event.new_mode
         elif isinstance(event, WalletUpdated) and event.scope == "tenant":
@@ -79,6 +85,8 @@ class ClusterView:
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
             used = self.dispatched.get(node_id, 0)
+            if node_id in self.quarantined:
+                node = replace(node, quarantined=True)
             if used:
                 node = replace(
                     node, available_concurrency=node.available_concurrency - used,

@@ -1,0 +1,14 @@
+"""Trust scoring: a reducer over heartbeats and attempt outcomes, on the batched shell.
+
+Import from here; `streams.trust._impl` is private.
+"""
+
+from streams.trust._impl.scorer import (
+    NOT_THE_NODES_FAULT,
+    TrustScorer,
+    TrustState,
+    rescore_recorded,
+    score_after,
+)
+
+__all__ = ["NOT_THE_NODES_FAULT", "TrustScorer", "TrustState", "rescore_recorded", "score_after"]
