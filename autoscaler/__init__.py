@@ -1,3 +1,8 @@
-"""autoscaler."""
+"""Autoscaling: the capacity controller (scale requests, admission modes) and the local fleet.
 
-__all__: list[str] = []
+Import from here; `autoscaler._impl` is private.
+"""
+
+from autoscaler._impl.controller import CapacityController, Metrics, Position, recheck, step
+
+__all__ = ["CapacityController", "Metrics", "Position", "recheck", "step"]

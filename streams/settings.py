@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "AgentSettings",
+    "AutoscalerSettings",
     "BillingSettings",
     "BrokerProfile",
     "LogFormat",
@@ -63,6 +64,9 @@ class SchedulerSettings(BaseModel):
         default_factory=lambda: ["network_transient", "node_timeout", "admission_reject"]
     )
     tick_interval_ms: int = Field(default=200, ge=10)
+    queue_sample_ms: int = Field(default=1000, ge=10,
+                                 description="how often (logged time) each partition samples "
+                                             "its queue for the autoscaler")
     deferred_per_tick: int = Field(default=500, ge=1)
 
 
@@ -112,6 +116,31 @@ class TrustSettings(BaseModel):
     min_change: float = Field(default=0.001, ge=0,
                               description="heartbeats only emit an update when the score moved "
                                           "this much (outcomes always do)")
+
+
+class AutoscalerSettings(BaseModel):
+    """The capacity controller's windows, thresholds, cooldowns and bounds (Krako 2.0's)."""
+
+    window_ms: int = Field(default=5000, ge=10, description="fixed windows of logged time")
+    scale_up_queue: int = 200
+    scale_up_wait_p95_ms: float = 2000.0
+    scale_up_utilization: float = 0.80
+    scale_up_windows: int = Field(default=3, ge=1)
+    scale_up_cooldown_ms: int = Field(default=60_000, ge=0)
+    max_replicas: int = Field(default=20, ge=1)
+    scale_down_queue: int = 40
+    scale_down_wait_p95_ms: float = 1000.0
+    scale_down_utilization: float = 0.45
+    scale_down_windows: int = Field(default=6, ge=1)
+    scale_down_cooldown_ms: int = Field(default=180_000, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    throttle_queue: int = 900
+    critical_queue: int = 1000
+    critical_windows: int = Field(default=3, ge=1)
+    open_queue: int = 500
+    open_windows: int = Field(default=6, ge=1)
+    initial_replicas: int | None = Field(
+        default=None, description="replicas before the first window (default: the nodes seen)")
 
 
 class ModelPrice(BaseModel):
@@ -221,6 +250,7 @@ class OnceflowSettings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     trust: TrustSettings = Field(default_factory=TrustSettings)
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
 
     # --- logging -------------------------------------------------------------------------
     log_format: LogFormat = "auto"

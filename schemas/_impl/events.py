@@ -32,6 +32,7 @@ __all__ = [
     "ClaimGranted",
     "ClaimRejected",
     "ClaimRequested",
+    "CapacityWindowClosed",
     "ClockTick",
     "ControlHumanInputSubmitted",
     "ControlOperatorResolved",
@@ -47,6 +48,7 @@ __all__ = [
     "LlmInvocationCompleted",
     "LlmInvocationFailed",
     "NodeHeartbeat",
+    "QueueSampled",
     "TrustScoreUpdated",
     "ViewDefined",
     "WalletUpdated",
@@ -407,6 +409,70 @@ class TrustScoreUpdated(Event):
 # --- capacity -----------------------------------------------------------------
 
 
+class QueueSampled(Event):
+    """One scheduler partition's queue, sampled on its clock: the autoscaler's input.
+
+    `queue` is the work waiting for capacity (deferred for want of a node,
+    scheduled and not yet claimed, waiting to be retried); units held back by
+    THROTTLED admission are counted apart (`throttled`), so that throttling
+    does not keep itself going. Node figures come from the scheduler's view of
+    the heartbeats at the time, recorded because that view is a global table.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "scheduler.queue.sampled"
+    AVRO_NAME: ClassVar[str] = "QueueSampled"
+    ENTITY_FIELD: ClassVar[str] = "event_type"
+    event_type: Literal["scheduler.queue.sampled"] = "scheduler.queue.sampled"
+    partition: int = 0
+    queue: int = 0
+    deferred: int = 0
+    throttled: int = 0
+    running: int = 0
+    wait_p95_ms: float = 0.0
+    waits_sampled: int = 0
+    node_count: int = 0
+    utilization: float = 0.0
+    admission_mode: str = "OPEN"
+
+
+class CapacityWindowClosed(Event):
+    """The autoscaler closed a window: its metrics, the rule streaks after it, and why.
+
+    The record a scaling or mode decision is re-checked from.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "capacity.window.closed"
+    AVRO_NAME: ClassVar[str] = "CapacityWindowClosed"
+    ENTITY_FIELD: ClassVar[str] = "event_type"
+    event_type: Literal["capacity.window.closed"] = "capacity.window.closed"
+    window_start: int
+    window_end: int
+    samples: int = 0
+    queue_depth: int = 0
+    throttled: int = 0
+    wait_p95_ms: float = 0.0
+    utilization: float = 0.0
+    node_count: int = 0
+    up_streak: int = 0
+    down_streak: int = 0
+    critical_streak: int = 0
+    open_streak: int = 0
+    replicas: int = 1
+    mode: Literal["OPEN", "THROTTLED", "CRITICAL"] = "OPEN"
+    previous_up_streak: int = 0
+    previous_down_streak: int = 0
+    previous_critical_streak: int = 0
+    previous_open_streak: int = 0
+    previous_replicas: int = 1
+    previous_mode: Literal["OPEN", "THROTTLED", "CRITICAL"] = "OPEN"
+    last_scale_up_at: int = 0
+    last_scale_down_at: int = 0
+    previous_last_scale_up_at: int = 0
+    previous_last_scale_down_at: int = 0
+    decision: str = Field(default="", description="scale_up, scale_down, a mode change, or "
+                                                  "empty")
+
+
 class CapacityScaleRequested(Event):
     EVENT_TYPE: ClassVar[str] = "capacity.scale.requested"
     AVRO_NAME: ClassVar[str] = "CapacityScaleRequested"
@@ -431,6 +497,10 @@ class CapacityAdmissionModeChanged(Event):
     new_mode: Literal["OPEN", "THROTTLED", "CRITICAL"]
     reason: str
     queue_depth: int = 0
+    wait_p95_ms: float = 0.0
+    utilization: float = 0.0
+    window_start: int = 0
+    window_end: int = 0
 
 
 # --- billing ------------------------------------------------------------------
@@ -680,6 +750,8 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     TrustScoreUpdated,
     CapacityScaleRequested,
     CapacityAdmissionModeChanged,
+    QueueSampled,
+    CapacityWindowClosed,
     LedgerLineItem,
     LedgerChargeHeld,
     LedgerUnitSettled,

@@ -39,6 +39,7 @@ TopicRole = Literal[
     "nodes",
     "trust",
     "outcomes",
+    "queue",
     "capacity",
     "ledger",
     "wallets",
@@ -99,6 +100,8 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
     ("outcomes", "event_id", "node_id", "delete", _WEEK_MS, None,
      "how each attempt ended, by the node that ran it (accepted completions, failures, lease "
      "timeouts): the scheduler's facts routed for trust, co-partitioned with nodes"),
+    ("queue", "event_id", "single", "delete", _WEEK_MS, 1,
+     "scheduler.queue.sampled: each scheduler partition's queue, about once a second"),
     ("capacity", "event_id", "single", "compact,delete", -1, 1,
      "capacity.scale.requested and capacity.admission.mode.changed"),
     ("ledger", "event_id", "work_unit_id", "compact,delete", -1, None,

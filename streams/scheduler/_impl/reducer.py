@@ -41,6 +41,7 @@ from schemas import (
     ControlSessionCancelRequested,
     EffectStaged,
     Event,
+    QueueSampled,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitDeferred,
@@ -78,6 +79,19 @@ _FAR_FUTURE = 10**13 - 1  # the largest 13-digit time: "no entry at all"
 _ENVELOPE = frozenset(
     {"event_id", "event_type", "occurred_at", "causation_id", "schema_version"}
 )
+
+
+_QUEUE = "queue"
+_EMPTY_QUEUE: dict[str, Any] = {"deferred": 0, "throttled": 0, "scheduled": 0, "retry_wait": 0,
+                                "granted": 0, "waits": [], "sampled_at": 0}
+_MAX_WAITS = 512
+
+
+def _queue_bucket(unit: dict[str, Any]) -> str | None:
+    status = unit["status"]
+    if status == "deferred":
+        return "throttled" if unit.get("reason") == "throttled" else "deferred"
+    return status if status in ("scheduled", "retry_wait", "granted") else None
 
 
 def unit_key(work_unit_id: str) -> str:
@@ -136,6 +150,7 @@ class Scheduler(Reducer):
         self._dispatch = self.catalog["dispatch"]
         self._reports = self.catalog["reports"]
         self._outcomes = self.catalog["outcomes"]
+        self._queue = self.catalog["queue"]
         # Which view version each partition's deferred units were last
         # examined against; not state: it only saves work, facts stay the same.
         self._examined: dict[int, int] = {}
@@ -481,7 +496,29 @@ class Scheduler(Reducer):
                 if fact is not None:
                     facts.append(fact)
                     budget -= 1
+        sample = self._sample(state, tick, now)
+        if sample is not None:
+            facts.append(sample)
         return facts
+
+    def _sample(self, state: State, tick: ClockTick, now: int) -> QueueSampled | None:
+        """The partition's queue, once per `queue_sample_ms` of logged time."""
+        q = state.get(_QUEUE) or _EMPTY_QUEUE
+        if now - q.get("sampled_at", 0) < self.cfg.queue_sample_ms:
+            return None
+        waits = sorted(q["waits"])
+        p95 = float(waits[min(len(waits) - 1, int(0.95 * len(waits)))]) if waits else 0.0
+        live = [n for n in self.view.nodes.values()
+                if now - n.last_seen <= self.cfg.node_expiry_ms]
+        util = round(sum(n.utilization for n in live) / len(live), 4) if live else 0.0
+        return QueueSampled(
+            event_id=derive_event_id(tick.event_id, "queue-sampled"), occurred_at=now,
+            causation_id=tick.event_id, partition=tick.partition,
+            queue=q["deferred"] + q["scheduled"] + q["retry_wait"], deferred=q["deferred"],
+            throttled=q["throttled"], running=q["granted"], wait_p95_ms=p95,
+            waits_sampled=len(waits), node_count=len(live), utilization=util,
+            admission_mode=self.view.mode,
+        )
 
     def _replace(self, state: State, unit: dict[str, Any], tick: ClockTick, now: int,
                  hopeless: set[tuple[Any, ...]]) -> Event | None:
@@ -620,10 +657,15 @@ class Scheduler(Reducer):
             else:
                 state.delete(key)
             return
+        if isinstance(fact, QueueSampled):
+            q = dict(state.get(_QUEUE) or _EMPTY_QUEUE)
+            state.set(_QUEUE, {**q, "waits": [], "sampled_at": fact.occurred_at})
+            return
         key = unit_key(fact.work_unit_id or "")
         unit = state.get(key)
         if unit is None:
             return
+        before = unit
         unit = dict(unit)
         if isinstance(fact, WorkUnitScheduled):
             pstate = state.get(_PLACEMENT, {"node": None, "streak": 0, "epoch": 0})
@@ -687,7 +729,22 @@ class Scheduler(Reducer):
             unit.update(parents=parents)
         else:
             return
+        if unit["status"] != before["status"] or unit.get("reason") != before.get("reason"):
+            self._count(state, before, unit, fact)
         state.set(key, unit)
+
+    def _count(self, state: State, before: dict[str, Any], after: dict[str, Any],
+               fact: Event) -> None:
+        """Keep the partition's queue counters (what `QueueSampled` reports) in step."""
+        q = dict(state.get(_QUEUE) or _EMPTY_QUEUE)
+        for unit, step in ((before, -1), (after, 1)):
+            bucket = _queue_bucket(unit)
+            if bucket is not None:
+                q[bucket] = max(0, q[bucket] + step)
+        if isinstance(fact, ClaimGranted):
+            waits = [*q["waits"], max(0, fact.occurred_at - after["submitted_at"])]
+            q["waits"] = waits[-_MAX_WAITS:]
+        state.set(_QUEUE, q)
 
     def _index(self, state: State, unit: dict[str, Any], kind: str | None, at: int) -> None:
         """Move the unit's single index entry (lease, retry or deferred) to a new place."""
@@ -737,6 +794,8 @@ class Scheduler(Reducer):
             return (self._to_node(slim, fact.selected_node_id),)
         if isinstance(fact, ClaimGranted | ClaimRejected):
             return (self._to_node(fact, fact.node_id),)
+        if isinstance(fact, QueueSampled):
+            return (Routed(self._queue.name, fact, 0),)
         if (isinstance(fact, WorkUnitCompleted) and fact.accepted
                 and fact.settlement_reason == "grant_holder") or (
                 isinstance(fact, WorkUnitFailed) and fact.selected_node_id):

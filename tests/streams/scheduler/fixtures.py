@@ -11,6 +11,7 @@ from schemas import (
     EffectStaged,
     Event,
     NodeHeartbeat,
+    QueueSampled,
     WorkUnitCompleted,
     WorkUnitFailed,
     WorkUnitSubmitted,
@@ -47,6 +48,7 @@ class Harness:
     settings: OnceflowSettings = field(default_factory=OnceflowSettings)
     state: MemoryState = field(default_factory=MemoryState)
     outputs: list[Event | Routed] = field(default_factory=list)
+    samples: list[QueueSampled] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.settings)
@@ -92,5 +94,8 @@ class Harness:
         ))
 
     def tick(self, at: int, partition: int = 0) -> list[Event]:
-        return self.feed(ClockTick(event_id=f"tick-{partition}-{at}", occurred_at=at,
-                                   partition=partition))
+        """What a tick decided about units (its queue sample, if any, is in `samples`)."""
+        out = self.feed(ClockTick(event_id=f"tick-{partition}-{at}", occurred_at=at,
+                                  partition=partition))
+        self.samples.extend(f for f in out if isinstance(f, QueueSampled))
+        return [f for f in out if not isinstance(f, QueueSampled)]

@@ -457,3 +457,37 @@ def test_a_lease_set_below_the_scanned_floor_still_falls_due() -> None:
     again = h.tick(T0 + 200)
     assert len(again) == 1 and isinstance(again[0], WorkUnitScheduled)
     assert again[0].attempt_index == 2
+
+
+# -- queue samples for the autoscaler ------------------------------------------------------
+
+
+def test_ticks_sample_the_queue_once_per_interval() -> None:
+    h = ready()  # one node with 8 free slots
+    h.see(heartbeat("n1", available=2))
+    for i in range(5):
+        h.feed(submit(f"wu-{i}"))  # placement only counts what the view allows: 2 placed
+    granted_at = T0 + 300
+    h.claim("wu-0", "n1", 1, at=granted_at)
+    h.tick(T0 + 1000)
+    h.tick(T0 + 1500)  # within the interval: no second sample
+    (sample,) = h.samples
+    assert (sample.queue, sample.deferred, sample.running) == (4, 3, 1)
+    assert sample.wait_p95_ms == 300.0 and sample.waits_sampled == 1
+    assert (sample.node_count, sample.admission_mode) == (1, "OPEN")
+    h.tick(T0 + 2000)
+    assert len(h.samples) == 2 and h.samples[1].waits_sampled == 0  # waits start again
+
+
+def test_throttled_units_are_counted_apart_from_the_queue() -> None:
+    h = ready()
+    h.see(mode("THROTTLED"))
+    h.feed(submit("wu-low", priority="p2"))
+    h.feed(submit("wu-high", priority="p1"))
+    h.tick(T0 + 1000)
+    (sample,) = h.samples
+    assert (sample.queue, sample.throttled, sample.admission_mode) == (1, 1, "THROTTLED")
+    h.see(mode("OPEN"))
+    h.tick(T0 + 2000)  # places the held unit (its sample is the queue the tick found)
+    h.tick(T0 + 3000)
+    assert (h.samples[-1].queue, h.samples[-1].throttled) == (2, 0)
