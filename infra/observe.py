@@ -6,13 +6,21 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from schemas import CodecError, NodeHeartbeat, SingleObjectCodec
-from streams.kafka import make_consumer, partition_count, read_topic_to_end
+from schemas import (
+    CapacityScaleRequested,
+    CapacityWindowClosed,
+    CodecError,
+    NodeHeartbeat,
+    SingleObjectCodec,
+    TrustScoreUpdated,
+)
+from streams.kafka import make_consumer, partition_count, read_events, read_topic_to_end
 from streams.scheduler import UnitProgress
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
 
-__all__ = ["ProgressFollower", "read_nodes", "read_progress"]
+__all__ = ["ProgressFollower", "node_rows", "read_capacity", "read_nodes", "read_progress",
+           "read_trust"]
 
 
 class ProgressFollower:
@@ -85,12 +93,44 @@ def read_nodes(settings: OnceflowSettings) -> dict[str, NodeHeartbeat]:
     return dict(sorted(latest.items()))
 
 
-def node_rows(nodes: dict[str, NodeHeartbeat], now_ms: int) -> list[dict[str, Any]]:
+def read_trust(settings: OnceflowSettings) -> dict[str, TrustScoreUpdated]:
+    """The latest trust score of every node."""
+    latest: dict[str, TrustScoreUpdated] = {}
+    for _, event in read_events(settings, TopicCatalog(settings)["trust"].name,
+                                SingleObjectCodec(),
+                                event_types=frozenset({"trust.score.updated"})):
+        assert isinstance(event, TrustScoreUpdated)
+        latest[event.node_id] = event
+    return latest
+
+
+def read_capacity(settings: OnceflowSettings) -> dict[str, Any]:
+    """The autoscaler's latest view: replicas, admission mode, the last window's metrics."""
+    out: dict[str, Any] = {"replicas": None, "mode": "OPEN", "window": None,
+                           "scale_requests": 0}
+    for _, event in read_events(settings, TopicCatalog(settings)["capacity"].name,
+                                SingleObjectCodec(), event_types=frozenset({
+                                    "capacity.window.closed", "capacity.scale.requested"})):
+        if isinstance(event, CapacityWindowClosed):
+            out.update(replicas=event.replicas, mode=event.mode, window={
+                "queue": event.queue_depth, "throttled": event.throttled,
+                "wait_p95_ms": event.wait_p95_ms, "utilization": event.utilization,
+                "decision": event.decision, "end": event.window_end})
+        elif isinstance(event, CapacityScaleRequested):
+            out["scale_requests"] += 1
+    return out
+
+
+def node_rows(nodes: dict[str, NodeHeartbeat], now_ms: int,
+              trust: dict[str, TrustScoreUpdated] | None = None) -> list[dict[str, Any]]:
+    trust = trust or {}
     return [
         {"node_id": n.node_id, "health": n.health_status, "region": n.region,
          "kinds": n.supported_kinds, "concurrency": n.max_concurrency,
          "queue_depth": n.active_queue_depth, "utilization": n.utilization,
          "free_slots": n.available_concurrency, "version": n.version,
-         "heartbeat_age_s": round(max(0, now_ms - n.occurred_at) / 1000, 1)}
+         "heartbeat_age_s": round(max(0, now_ms - n.occurred_at) / 1000, 1),
+         "trust": trust[n.node_id].trust_score if n.node_id in trust else None,
+         "quarantined": trust[n.node_id].quarantined if n.node_id in trust else False}
         for n in nodes.values()
     ]

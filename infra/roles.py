@@ -84,11 +84,14 @@ def start_roles(
     scheduler: bool | int = True,
     billing: bool = False,
     trust: bool = False,
+    autoscaler: bool = False,
+    fleet: list[str] | None = None,
     views_port: int | None = None,
     timeout_s: float = 90.0,
 ) -> list[RoleProcess]:
-    """Start the scheduler (`scheduler` replicas of it), billing, the views (HTTP on
-    `views_port`) and the agents; return once all are ready.
+    """Start the scheduler (`scheduler` replicas of it), billing, trust, the autoscaler, the
+    fleet manager, the views (HTTP on `views_port`) and the agents; return once all are
+    ready.
 
     Scheduler replicas share its consumer group, so the work-unit partitions
     are split between them (each partition keeps a single writer).
@@ -101,6 +104,10 @@ def start_roles(
         roles.append(_spawn(settings, "billing", worker_command("billing")))
     if trust:
         roles.append(_spawn(settings, "trust", worker_command("trust")))
+    if autoscaler:
+        roles.append(_spawn(settings, "autoscaler", worker_command("autoscaler")))
+    if fleet is not None:  # the fleet manager's options for the agents it starts
+        roles.append(_spawn(settings, "fleet", worker_command("fleet", *fleet)))
     if views_port is not None:
         roles.append(_spawn(settings, "views", worker_command("views", "--port",
                                                               str(views_port))))

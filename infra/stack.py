@@ -97,7 +97,8 @@ def stack_down(settings: OnceflowSettings) -> list[str]:
     stopped: list[str] = []
     if state is None:
         return stopped
-    for name, pid in sorted(state.processes.items()):
+    # The fleet first, so that it starts no agent while the others stop.
+    for name, pid in sorted(state.processes.items(), key=lambda kv: (kv[0] != "fleet", kv[0])):
         if EmbeddedBroker.stop_pid(pid):
             stopped.append(f"{name} (pid {pid})")
     if EmbeddedBroker.stop_pid(state.broker_pid):
@@ -130,6 +131,7 @@ def start_stack_roles(
     billing: bool = True,
     trust: bool = True,
     views: bool = True,
+    autoscale: bool = True,
     concurrency: int = 4,
     region: str | None = None,
     llm_provider: str | None = None,
@@ -154,8 +156,15 @@ def start_stack_roles(
         from infra.broker import free_port
 
         views_port = free_port()
+    fleet = None
+    if autoscale and "fleet" not in running:
+        fleet = ["--concurrency", str(concurrency)]
+        fleet += ["--region", region] if region else []
+        fleet += ["--llm-provider", llm_provider] if llm_provider else []
     started = start_roles(settings, specs, scheduler=want_scheduler, billing=want_billing,
-                          trust=trust and "trust" not in running, views_port=views_port)
+                          trust=trust and "trust" not in running,
+                          autoscaler=autoscale and "autoscaler" not in running, fleet=fleet,
+                          views_port=views_port)
     running.update({r.name: r.pid for r in started})
     state.processes = running
     if views_port is not None:

@@ -88,6 +88,9 @@ class AgentSettings(BaseModel):
     )
     handler_modules: list[str] = Field(default_factory=list,
                                        description="modules imported to register handlers")
+    drain_timeout_s: float = Field(default=120.0, gt=0,
+                                   description="a draining agent stops after this even if "
+                                               "claimed work is still outstanding")
     llm_provider: Literal["stub", "openai"] = "stub"
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None

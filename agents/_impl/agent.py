@@ -102,6 +102,9 @@ class NodeAgent:
                                      f"agent:{node_id}")
         self.log = get_logger(role="agent", node=node_id, incarnation=self.incarnation)
         self._stop = threading.Event()
+        self._draining = threading.Event()
+        self._done = threading.Event()  # this run is over (stopped or drained)
+        self._drain_deadline = 0.0
         self._lock = threading.Lock()
         self._waiting: dict[str, WorkUnitScheduled] = {}
         self._inflight = 0
@@ -116,6 +119,29 @@ class NodeAgent:
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
+
+    def request_drain(self, *_: Any) -> None:
+        """Take no new work, finish what was claimed, then stop (the fleet's scale-down).
+
+        The heartbeat says `draining` at once, so the scheduler places nothing
+        more here; dispatches that still arrive are not claimed, and are placed
+        elsewhere when their claim deadline passes.
+        """
+        if not self._draining.is_set():
+            self._draining.set()
+            self._drain_deadline = time.monotonic() + self.cfg.drain_timeout_s
+            self.log.info("agent.draining")
+            try:
+                self._send_heartbeat(health="draining")
+            except Exception as exc:  # the next beat says it again
+                self.log.warning("heartbeat.failed", error=str(exc)[:200])
+
+    def _drained(self) -> bool:
+        if not self._draining.is_set():
+            return False
+        with self._lock:
+            idle = not self._waiting and self._inflight == 0
+        return idle or time.monotonic() > self._drain_deadline
 
     def run(self, stop: threading.Event | None = None) -> None:
         if stop is not None:
@@ -144,7 +170,11 @@ class NodeAgent:
                 if msgs and time.monotonic() - last_commit > 1.0:
                     consumer.commit(asynchronous=True)
                     last_commit = time.monotonic()
+                if self._drained():
+                    self.log.info("agent.drained", executed=self.executed)
+                    break
         finally:
+            self._done.set()
             self.log.info("agent.stopping", executed=self.executed)
             self._pool.shutdown(wait=True, cancel_futures=False)
             try:
@@ -157,9 +187,9 @@ class NodeAgent:
 
     def _heartbeats(self) -> None:
         interval = self.cfg.heartbeat_interval_ms / 1000
-        while not self._stop.wait(interval):
+        while not self._stop.wait(interval) and not self._done.is_set():
             try:
-                self._send_heartbeat()
+                self._send_heartbeat("draining" if self._draining.is_set() else "healthy")
             except Exception as exc:  # the next beat follows; a missed one only ages trust
                 self.log.warning("heartbeat.failed", error=str(exc)[:200])
 
@@ -209,7 +239,7 @@ class NodeAgent:
             self._dlq.route(msg, exc)
             return
         if isinstance(event, WorkUnitScheduled):
-            if event.selected_node_id != self.node_id:
+            if event.selected_node_id != self.node_id or self._draining.is_set():
                 return
             key = f"{event.work_unit_id}:{event.attempt_index}"
             with self._lock:

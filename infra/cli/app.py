@@ -168,14 +168,22 @@ def status(
             for t in describe_topics(settings, timeout=5)
         ]
         if all(t["exists"] for t in report["topics"]):
-            from infra.observe import node_rows, read_nodes, read_progress
+            from infra.observe import (
+                node_rows,
+                read_capacity,
+                read_nodes,
+                read_progress,
+                read_trust,
+            )
 
             progress = read_progress(settings)
             report["units"] = {"by_state": progress.by_state(), "total": len(progress.status),
                                "completed_by_node": dict(sorted(
                                    progress.completed_by_node.items())),
                                "rejected_completions": progress.rejected_completions}
-            report["nodes"] = node_rows(read_nodes(settings), int(time.time() * 1000))
+            report["nodes"] = node_rows(read_nodes(settings), int(time.time() * 1000),
+                                        read_trust(settings))
+            report["capacity"] = read_capacity(settings)
     if fmt == "json":
         print(json.dumps(report, indent=2))
         return
@@ -192,11 +200,21 @@ def status(
         for state_name, n in units["by_state"].items():
             table.add_row(state_name, str(n))
         console.print(table)
+    capacity = report.get("capacity")
+    if capacity:
+        window = capacity.get("window") or {}
+        console.print(f"admission mode [bold]{capacity['mode']}[/], replicas wanted "
+                      f"{capacity['replicas'] if capacity['replicas'] is not None else '-'}"
+                      + (f"; last window: queue {window['queue']}, wait p95 "
+                         f"{window['wait_p95_ms']:.0f} ms, utilization "
+                         f"{window['utilization']:.0%}" if window else ""))
     if report["nodes"]:
-        nodes = Table("node", "health", "region", "kinds", "queue", "util", "free slots",
-                      "completed", "heartbeat age", title="nodes")
+        nodes = Table("node", "health", "trust", "region", "kinds", "queue", "util",
+                      "free slots", "completed", "heartbeat age", title="nodes")
         for n in report["nodes"]:
-            nodes.add_row(n["node_id"], n["health"], str(n["region"] or "-"),
+            trust = "-" if n["trust"] is None else f"{n['trust']:.2f}" + (
+                " (quarantined)" if n["quarantined"] else "")
+            nodes.add_row(n["node_id"], n["health"], trust, str(n["region"] or "-"),
                           ",".join(n["kinds"]), str(n["queue_depth"]),
                           f"{n['utilization']:.0%}", str(n["free_slots"]),
                           str(units.get("completed_by_node", {}).get(n["node_id"], 0)),

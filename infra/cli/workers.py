@@ -70,6 +70,51 @@ def trust(
     run_trust(settings, ready_file=ready_file)
 
 
+@worker_app.command("autoscaler")
+def autoscaler(
+    ready_file: Annotated[Path | None, typer.Option(help="touched once it runs")] = None,
+) -> None:
+    """The capacity controller: scale requests and admission modes, on the faust shell."""
+    from autoscaler.worker import run_autoscaler
+    from infra.cli.app import _settings
+    from streams.log import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    run_autoscaler(settings, ready_file=ready_file)
+
+
+@worker_app.command("fleet")
+def fleet(
+    concurrency: Annotated[int, typer.Option(help="units each new agent runs at once", min=1)]
+    = 4,
+    kinds: Annotated[str, typer.Option(help="kinds new agents run")] = "cpu,llm_pod,tool",
+    region: Annotated[str | None, typer.Option(help="region of new agents")] = None,
+    llm_provider: Annotated[str | None, typer.Option("--llm-provider")] = None,
+    ready_file: Annotated[Path | None, typer.Option(help="touched once it follows")] = None,
+) -> None:
+    """The local fleet manager: starts and drains node agents to follow scale requests."""
+    import signal
+    import threading
+
+    from infra.cli.app import _settings
+    from infra.fleet import FleetManager
+    from infra.stack import local_settings
+    from streams.log import configure_logging
+
+    settings = local_settings(_settings())
+    configure_logging(settings.log_format, settings.log_level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    manager = FleetManager(settings, concurrency=concurrency,
+                           kinds=tuple(k for k in kinds.split(",") if k), region=region,
+                           llm_provider=llm_provider)
+    if ready_file is not None:
+        ready_file.touch()
+    manager.run(stop)
+
+
 @worker_app.command("views")
 def views(
     port: Annotated[int, typer.Option(help="HTTP port of the ksql-style API", min=1,
@@ -124,6 +169,7 @@ def agent(
                      on_ready=ready_file.touch if ready_file else None)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
+    signal.signal(signal.SIGUSR1, node.request_drain)  # the fleet's scale-down
     from streams.runtime.process import tune_for_streaming
 
     tune_for_streaming()

@@ -72,11 +72,17 @@ def attach_reducer(
     fact_topic: str,
     dead_letter_topic: str,
     codec: EventCodec | None = None,
+    partitions: int | None = None,
 ) -> tuple[Any, Any]:
-    """Create the table and the agent that folds `input_topic` through `reducer`."""
+    """Create the table and the agent that folds `input_topic` through `reducer`.
+
+    `partitions`: the input topic's partition count when it differs from the
+    app's default (faust wants the table's changelog co-partitioned with it).
+    """
     codec = codec or SingleObjectCodec()
     log = get_logger(processor=reducer.name, shell="faust")
-    table = app.Table(f"{reducer.name}-state", default=None, key_type=str, value_type=None)
+    table = app.Table(f"{reducer.name}-state", default=None, key_type=str, value_type=None,
+                      partitions=partitions)
     source = app.topic(input_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     facts = app.topic(fact_topic, key_serializer="raw", value_serializer="raw")

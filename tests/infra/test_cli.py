@@ -25,12 +25,15 @@ def _onceflow(args: list[str], env: dict[str, str], check: bool = True) -> subpr
 def test_up_submit_tail_down(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCEFLOW_")}
     env.update({"ONCEFLOW_STACK_DIR": str(tmp_path / "stack"), "ONCEFLOW_PARTITIONS": "3",
-                "ONCEFLOW_READ_TO_END_IDLE_MS": "300"})
+                "ONCEFLOW_READ_TO_END_IDLE_MS": "300",
+                # the two agents this test starts stay the fleet (autoscaling has its own test)
+                "ONCEFLOW_AUTOSCALER__MIN_REPLICAS": "2", "ONCEFLOW_AUTOSCALER__MAX_REPLICAS": "2",
+                "ONCEFLOW_AUTOSCALER__INITIAL_REPLICAS": "2"})
     up = _onceflow(["up", "--agents", "2"], env)
     assert "scheduler running" in up.stdout and "agent-n2 running" in up.stdout
     stack = json.loads((tmp_path / "stack" / "stack.json").read_text())
-    assert set(stack["processes"]) == {"scheduler", "billing", "trust", "views", "agent-n1",
-                                       "agent-n2"}
+    assert set(stack["processes"]) == {"scheduler", "billing", "trust", "views", "autoscaler",
+                                       "fleet", "agent-n1", "agent-n2"}
     assert stack["views_url"].startswith("http://127.0.0.1:")
     try:
         assert pid_alive(stack["broker_pid"])

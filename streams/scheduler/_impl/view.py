@@ -49,6 +49,9 @@ class ClusterView:
         self.version = 0
 
     def observe(self, event: Event) -> None:
+        if not isinstance(event, NodeHeartbeat | TrustScoreUpdated
+                          | CapacityAdmissionModeChanged | WalletUpdated):
+            return  # the capacity topic also holds the autoscaler's samples and windows
         self.version += 1
         if isinstance(event, NodeHeartbeat):
             current = self.nodes.get(event.node_id)

@@ -1,0 +1,110 @@
+"""Autoscaling end to end: a burst throttles admission, grows the fleet, then it shrinks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from infra.broker import EmbeddedBroker
+from infra.observe import ProgressFollower, read_capacity
+from infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
+from infra.stack import StackState, pid_alive, read_stack, write_stack
+from schemas import CapacityScaleRequested, SingleObjectCodec, WorkUnitDeferred, WorkUnitFailed
+from streams.kafka import EventProducer
+from streams.scheduler import SETTLED_STATES
+from streams.settings import AgentSettings, AutoscalerSettings, OnceflowSettings
+from streams.topics import TopicCatalog, create_topics
+from tests.agents.fixtures import fast_settings, unit
+from tests.fixtures import events, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+
+@pytest.fixture
+def fleet_settings(settings: OnceflowSettings, broker: EmbeddedBroker) -> OnceflowSettings:
+    fast = fast_settings(settings)
+    fast = fast.model_copy(update={
+        "scheduler": fast.scheduler.model_copy(update={"queue_sample_ms": 200}),
+        "agent": AgentSettings(heartbeat_interval_ms=300, drain_timeout_s=60),
+        # windows of half a second, and small numbers, so a test burst is "pressure"
+        "autoscaler": AutoscalerSettings(
+            window_ms=500, scale_up_queue=40, scale_up_windows=2, scale_up_cooldown_ms=1000,
+            scale_down_queue=5, scale_down_utilization=0.6, scale_down_windows=4,
+            scale_down_cooldown_ms=3000, max_replicas=3, min_replicas=1, initial_replicas=1,
+            throttle_queue=150, critical_queue=10**6, open_queue=10, open_windows=2),
+    })
+    create_topics(fast)
+    assert broker.process is not None
+    write_stack(fast, StackState(fast.bootstrap_servers, broker.process.pid, time.time()))
+    return fast
+
+
+@pytest.fixture
+def roles(fleet_settings: OnceflowSettings) -> Iterator[list[RoleProcess]]:
+    started = start_roles(fleet_settings, agent_specs(1, concurrency=2, region="eu-west"),
+                          scheduler=True, autoscaler=True,
+                          fleet=["--concurrency", "2", "--region", "eu-west"])
+    stack = read_stack(fleet_settings)
+    assert stack is not None
+    stack.processes = {r.name: r.pid for r in started}
+    write_stack(fleet_settings, stack)
+    yield started
+    stop_roles(started)
+    stack = read_stack(fleet_settings)
+    for pid in (stack.processes.values() if stack else []):
+        if pid_alive(pid):
+            import os
+            import signal
+            os.kill(pid, signal.SIGTERM)
+
+
+def test_a_burst_throttles_grows_the_fleet_and_it_shrinks_after(
+        fleet_settings: OnceflowSettings, roles: list[RoleProcess]) -> None:
+    s = fleet_settings
+    producer = EventProducer(s, SingleObjectCodec())
+    topic = TopicCatalog(s)["submissions"]
+    burst = [unit(f"burst-{i}", simulated_ms=40) for i in range(400)]
+    for u in burst:
+        producer.send(topic, u)
+    producer.flush()
+
+    wait_for(lambda: read_capacity(s)["mode"] == "THROTTLED", timeout=60,
+             what="admission THROTTLED by the burst")
+    held = [unit(f"held-{i}", simulated_ms=5) for i in range(20)]  # p2, while THROTTLED
+    for u in held:
+        producer.send(topic, u)
+    producer.flush()
+
+    def agents() -> set[str]:
+        stack = read_stack(s)
+        return {n for n, pid in (stack.processes if stack else {}).items()
+                if n.startswith("agent-") and pid_alive(pid)}
+
+    wait_for(lambda: "agent-n2" in agents(), timeout=60, what="the fleet starting agent n2")
+    follower = ProgressFollower(s)
+
+    def settled(units: list) -> bool:
+        follower.poll()
+        return all(follower.progress.status.get(u.work_unit_id) in SETTLED_STATES
+                   for u in units)
+
+    wait_for(lambda: settled(burst + held), timeout=120, what="every unit settled")
+    assert follower.progress.by_state() == {"completed": len(burst) + len(held)}
+    assert follower.progress.completed_by_node.get("n2", 0) > 0, "the new agent took work"
+    facts = events(s, TopicCatalog(s)["workunits"].name)
+    throttled = {f.work_unit_id for f in facts
+                 if isinstance(f, WorkUnitDeferred) and f.reason_code == "throttled"}
+    assert throttled and throttled <= {u.work_unit_id for u in held}
+
+    # quiet: the controller asks for fewer replicas and the fleet drains agents
+    wait_for(lambda: len(agents()) < 2, timeout=90, what="the fleet draining an agent")
+    requests = [e for e in events(s, TopicCatalog(s)["capacity"].name)
+                if isinstance(e, CapacityScaleRequested)]
+    assert any(r.new_replicas > r.previous_replicas for r in requests)
+    assert any(r.new_replicas < r.previous_replicas for r in requests)
+    timeouts = [f for f in events(s, TopicCatalog(s)["workunits"].name)
+                if isinstance(f, WorkUnitFailed) and f.error_code == "node_timeout"]
+    assert timeouts == [], "a drained agent left work behind"
+    follower.close()
