@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.console import Console
 from rich.live import Live
@@ -18,7 +18,7 @@ from streams.scheduler import SETTLED_STATES, percentile
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
 
-__all__ = ["DemoSpec", "demo_units", "run_demo"]
+__all__ = ["PRESSURES", "DemoSpec", "demo_units", "run_demo"]
 
 PROMPTS = (
     "Summarise the quarterly report in three bullet points.",
@@ -39,6 +39,29 @@ class DemoSpec:
     simulated_ms: int = 5
     timeout_s: float = 300.0
     keep: bool = False
+    pressure: str = "none"
+
+
+Pressure = str  # "none" | "low" | "high" | "critical" | "auto"
+PRESSURES = ("none", "low", "high", "critical", "auto")
+
+#: per pressure: waves of (share of the burst, simulated ms per cpu unit, seconds to spread
+#: the wave over, seconds to wait before it)
+_WAVES: dict[str, list[tuple[float, int, float, float]]] = {
+    "none": [(1.0, -1, 0.0, 0.0)],
+    "low": [(0.2, 5, 5.0, 0.0)],
+    "high": [(1.0, 25, 0.0, 0.0)],
+    "critical": [(1.0, 40, 0.0, 0.0), (0.6, 40, 2.0, 4.0)],
+    "auto": [(0.2, 5, 4.0, 0.0), (1.0, 25, 0.0, 2.0), (1.0, 40, 0.0, 3.0), (0.4, 40, 2.0, 4.0)],
+}
+
+
+def demo_autoscaler(settings: OnceflowSettings) -> OnceflowSettings:
+    """Windows of a second and short cooldowns, so scaling shows within a demo."""
+    return settings.model_copy(update={"autoscaler": settings.autoscaler.model_copy(update={
+        "window_ms": 1000, "scale_up_windows": 2, "scale_up_cooldown_ms": 3000,
+        "scale_down_windows": 4, "scale_down_cooldown_ms": 8000, "critical_windows": 2,
+        "open_windows": 3, "max_replicas": 6})})
 
 
 def demo_units(spec: DemoSpec, run_id: str, now_ms: int) -> list[WorkUnitSubmitted]:
@@ -68,7 +91,24 @@ _STATE_ORDER = ("submitted", "waiting", "deferred", "scheduled", "running", "ret
                 "completed", "failed", "rejected", "needs_operator", "cancelled")
 
 
-def _live_table(follower: ProgressFollower, ids: list[str], started: float) -> Table:
+def _capacity_line(settings: OnceflowSettings) -> str:
+    from infra.observe import read_capacity
+    from infra.stack import pid_alive, read_stack
+
+    cap = read_capacity(settings)
+    stack = read_stack(settings)
+    agents = sorted(n for n, pid in (stack.processes if stack else {}).items()
+                    if n.startswith("agent-") and pid_alive(pid))
+    window = cap.get("window") or {}
+    return (f"mode {cap['mode']}, replicas wanted "
+            f"{cap['replicas'] if cap['replicas'] is not None else '-'}, agents running "
+            f"{len(agents)} ({', '.join(a.removeprefix('agent-') for a in agents)})"
+            + (f", last window: queue {window['queue']} (+{window['throttled']} held), "
+               f"utilization {window['utilization']:.0%}" if window else ""))
+
+
+def _live_table(follower: ProgressFollower, ids: list[str], started: float,
+                capacity: str = "") -> Table:
     status = follower.progress.status
     counts: dict[str, int] = {}
     for i in ids:
@@ -81,6 +121,8 @@ def _live_table(follower: ProgressFollower, ids: list[str], started: float) -> T
     for state in ("in flight", *_STATE_ORDER):
         if counts.get(state):
             table.add_row(state, str(counts[state]))
+    if capacity:
+        table.caption = capacity
     return table
 
 
@@ -88,6 +130,8 @@ def run_demo(settings: OnceflowSettings, spec: DemoSpec, console: Console) -> in
     state, _statuses, _ = stack_up(settings)
     console.print(f"[bold]onceflow demo[/]: broker at {state.bootstrap}, topics ready")
     settings = local_settings(settings)
+    if spec.pressure != "none":
+        settings = demo_autoscaler(settings)
     code = 0
     try:
         roles = start_stack_roles(settings, agents=spec.agents, concurrency=4,
@@ -97,28 +141,49 @@ def run_demo(settings: OnceflowSettings, spec: DemoSpec, console: Console) -> in
         follower.poll(timeout=0.5)
         known = set(follower.progress.status)
         run_id = secrets.token_hex(3)
-        units = demo_units(spec, run_id, int(time.time() * 1000))
         producer = EventProducer(settings, SingleObjectCodec())
         topic = TopicCatalog(settings)["submissions"]
         started = time.monotonic()
-        for u in units:
-            producer.send(topic, u)
-        producer.flush()
-        console.print(f"submitted {len(units)} units ({spec.kind}, priority {spec.priority}, "
-                      f"LLM provider {spec.llm_provider}) in {time.monotonic() - started:.2f}s")
-        ids = [u.work_unit_id or "" for u in units]
+        waves = _waves(spec, run_id)
+        ids = [u.work_unit_id or "" for _, _, wave in waves for u in wave]
         deadline = started + spec.timeout_s
-        del producer  # flushed; no client should outlive the broker
+        console.print(f"submitting {len(ids)} units ({spec.kind}, priority {spec.priority}, "
+                      f"LLM provider {spec.llm_provider}, pressure {spec.pressure}) in "
+                      f"{len(waves)} wave(s)")
 
         def pending() -> int:
             status = follower.progress.status
             return sum(1 for i in ids if status.get(i) not in SETTLED_STATES)
 
+        capacity, capacity_at = "", 0.0
         with Live(_live_table(follower, ids, started), console=console,
                   refresh_per_second=4, transient=True) as live:
+            next_wave = started
+            for delay, spread, wave in waves:
+                next_wave += delay
+                while time.monotonic() < next_wave:
+                    follower.poll(timeout=0.25)
+                    live.update(_live_table(follower, ids, started, capacity))
+                pace = spread / max(1, len(wave))
+                for n, u in enumerate(wave):
+                    producer.send(topic, u)
+                    if pace and n % 50 == 49:
+                        producer.flush()
+                        time.sleep(pace * 50)  # pacing the wave, as a client would
+                producer.flush()
             while pending() and time.monotonic() < deadline:
                 follower.poll(timeout=0.25)
-                live.update(_live_table(follower, ids, started))
+                if spec.pressure != "none" and time.monotonic() - capacity_at > 1.0:
+                    capacity, capacity_at = _capacity_line(settings), time.monotonic()
+                live.update(_live_table(follower, ids, started, capacity))
+        del producer  # flushed; no client should outlive the broker
+        if spec.pressure != "none":
+            from infra.observe import read_capacity
+
+            cap = read_capacity(settings)
+            console.print(_capacity_line(settings))
+            console.print(f"scale requests: {', '.join(cap['scale_requests']) or 'none'}; "
+                          f"admission modes: {' -> '.join(['OPEN', *cap['modes']])}")
         elapsed = time.monotonic() - started
         left = pending()
         _summary(console, follower, ids, known, elapsed)
@@ -136,6 +201,17 @@ def run_demo(settings: OnceflowSettings, spec: DemoSpec, console: Console) -> in
         else:
             console.print("the stack keeps running: `onceflow status`, `onceflow down`")
     return code
+
+
+def _waves(spec: DemoSpec, run_id: str) -> list[tuple[float, float, list[WorkUnitSubmitted]]]:
+    """The pressure profile's waves: (delay before, seconds spread over, units)."""
+    out = []
+    for n, (share, simulated_ms, spread, delay) in enumerate(_WAVES[spec.pressure]):
+        wave_spec = replace(spec, burst=max(1, int(spec.burst * share)),
+                            simulated_ms=spec.simulated_ms if simulated_ms < 0 else simulated_ms)
+        out.append((delay, spread, demo_units(wave_spec, f"{run_id}w{n}",
+                                              int(time.time() * 1000))))
+    return out
 
 
 def _summary(console: Console, follower: ProgressFollower, ids: list[str], known: set[str],

@@ -7,6 +7,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from schemas import (
+    CapacityAdmissionModeChanged,
     CapacityScaleRequested,
     CapacityWindowClosed,
     CodecError,
@@ -107,17 +108,20 @@ def read_trust(settings: OnceflowSettings) -> dict[str, TrustScoreUpdated]:
 def read_capacity(settings: OnceflowSettings) -> dict[str, Any]:
     """The autoscaler's latest view: replicas, admission mode, the last window's metrics."""
     out: dict[str, Any] = {"replicas": None, "mode": "OPEN", "window": None,
-                           "scale_requests": 0}
+                           "scale_requests": [], "modes": []}
     for _, event in read_events(settings, TopicCatalog(settings)["capacity"].name,
                                 SingleObjectCodec(), event_types=frozenset({
-                                    "capacity.window.closed", "capacity.scale.requested"})):
+                                    "capacity.window.closed", "capacity.scale.requested",
+                                    "capacity.admission.mode.changed"})):
         if isinstance(event, CapacityWindowClosed):
             out.update(replicas=event.replicas, mode=event.mode, window={
                 "queue": event.queue_depth, "throttled": event.throttled,
                 "wait_p95_ms": event.wait_p95_ms, "utilization": event.utilization,
                 "decision": event.decision, "end": event.window_end})
         elif isinstance(event, CapacityScaleRequested):
-            out["scale_requests"] += 1
+            out["scale_requests"].append(f"{event.previous_replicas}->{event.new_replicas}")
+        elif isinstance(event, CapacityAdmissionModeChanged):
+            out["modes"].append(event.new_mode)
     return out
 
 

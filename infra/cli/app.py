@@ -512,6 +512,9 @@ def demo(
                                               min=0)] = 5,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the burst", min=1)] = 300,
     keep: Annotated[bool, typer.Option(help="leave the stack running afterwards")] = False,
+    simulate_pressure: Annotated[str, typer.Option(
+        "--simulate-pressure", help="none, low, high, critical or auto: waves of work that "
+                                    "drive scaling and admission modes")] = "none",
 ) -> None:
     """The whole path on the local stack: submit a burst, watch it settle, summarise, stop."""
     from infra.demo import DemoSpec, run_demo
@@ -521,9 +524,15 @@ def demo(
     if priority not in ("critical", "p0", "p1", "p2"):
         raise _fail(f"--priority {priority!r} is not known: use critical, p0, p1 or p2")
     _check_provider(llm_provider)
+    from infra.demo import PRESSURES
+
+    if simulate_pressure not in PRESSURES:
+        raise _fail(f"--simulate-pressure {simulate_pressure!r} is not known: use "
+                    f"{', '.join(PRESSURES)}")
     spec = DemoSpec(burst=burst, kind=kind, llm_provider=llm_provider,
                     agents=3 if multi_agent else 1, priority=priority, region=region,
-                    simulated_ms=simulated_ms, timeout_s=timeout, keep=keep)
+                    simulated_ms=simulated_ms, timeout_s=timeout, keep=keep,
+                    pressure=simulate_pressure)
     from infra.roles import RoleStartError
 
     try:
