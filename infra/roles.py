@@ -84,7 +84,7 @@ def start_roles(
     scheduler: bool | int = True,
     billing: bool = False,
     trust: bool = False,
-    autoscaler: bool = False,
+    autoscaler: bool | list[str] = False,
     fleet: list[str] | None = None,
     views_port: int | None = None,
     timeout_s: float = 90.0,
@@ -104,8 +104,9 @@ def start_roles(
         roles.append(_spawn(settings, "billing", worker_command("billing")))
     if trust:
         roles.append(_spawn(settings, "trust", worker_command("trust")))
-    if autoscaler:
-        roles.append(_spawn(settings, "autoscaler", worker_command("autoscaler")))
+    if autoscaler:  # True, or the autoscaler's extra options
+        extra = autoscaler if isinstance(autoscaler, list) else []
+        roles.append(_spawn(settings, "autoscaler", worker_command("autoscaler", *extra)))
     if fleet is not None:  # the fleet manager's options for the agents it starts
         roles.append(_spawn(settings, "fleet", worker_command("fleet", *fleet)))
     if views_port is not None:

@@ -73,6 +73,8 @@ def trust(
 @worker_app.command("autoscaler")
 def autoscaler(
     ready_file: Annotated[Path | None, typer.Option(help="touched once it runs")] = None,
+    fingerprint_file: Annotated[Path | None, typer.Option(
+        help="rewritten every half second with the state's fingerprint")] = None,
 ) -> None:
     """The capacity controller: scale requests and admission modes, on the faust shell."""
     from autoscaler.worker import run_autoscaler
@@ -81,7 +83,7 @@ def autoscaler(
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
-    run_autoscaler(settings, ready_file=ready_file)
+    run_autoscaler(settings, ready_file=ready_file, fingerprint_file=fingerprint_file)
 
 
 @worker_app.command("fleet")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from autoscaler import CapacityController
 from infra.broker import EmbeddedBroker
 from infra.observe import ProgressFollower, read_capacity
 from infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
 from infra.stack import StackState, pid_alive, read_stack, write_stack
 from schemas import CapacityScaleRequested, SingleObjectCodec, WorkUnitDeferred, WorkUnitFailed
 from streams.kafka import EventProducer
+from streams.runtime import fingerprint_items, replay_facts
 from streams.scheduler import SETTLED_STATES
 from streams.settings import AgentSettings, AutoscalerSettings, OnceflowSettings
 from streams.topics import TopicCatalog, create_topics
@@ -42,9 +46,16 @@ def fleet_settings(settings: OnceflowSettings, broker: EmbeddedBroker) -> Oncefl
 
 
 @pytest.fixture
-def roles(fleet_settings: OnceflowSettings) -> Iterator[list[RoleProcess]]:
+def fingerprint_file(tmp_path: Path) -> Path:
+    return tmp_path / "autoscaler.fingerprint.json"
+
+
+@pytest.fixture
+def roles(fleet_settings: OnceflowSettings, fingerprint_file: Path
+          ) -> Iterator[list[RoleProcess]]:
     started = start_roles(fleet_settings, agent_specs(1, concurrency=2, region="eu-west"),
-                          scheduler=True, autoscaler=True,
+                          scheduler=True,
+                          autoscaler=["--fingerprint-file", str(fingerprint_file)],
                           fleet=["--concurrency", "2", "--region", "eu-west"])
     stack = read_stack(fleet_settings)
     assert stack is not None
@@ -61,7 +72,8 @@ def roles(fleet_settings: OnceflowSettings) -> Iterator[list[RoleProcess]]:
 
 
 def test_a_burst_throttles_grows_the_fleet_and_it_shrinks_after(
-        fleet_settings: OnceflowSettings, roles: list[RoleProcess]) -> None:
+        fleet_settings: OnceflowSettings, roles: list[RoleProcess],
+        fingerprint_file: Path) -> None:
     s = fleet_settings
     producer = EventProducer(s, SingleObjectCodec())
     topic = TopicCatalog(s)["submissions"]
@@ -108,3 +120,21 @@ def test_a_burst_throttles_grows_the_fleet_and_it_shrinks_after(
                 if isinstance(f, WorkUnitFailed) and f.error_code == "node_timeout"]
     assert timeouts == [], "a drained agent left work behind"
     follower.close()
+
+    # The controller's live faust table equals a fold of its fact topic from offset 0
+    # (once the scheduler, its only source, has stopped sampling).
+    scheduler = next(r for r in roles if r.name == "scheduler")
+    scheduler.process.terminate()
+    scheduler.process.wait(timeout=30)
+    controller = CapacityController(s.autoscaler)
+
+    def live_equals_replay() -> bool:
+        if not fingerprint_file.exists():
+            return False
+        live = json.loads(fingerprint_file.read_text())["fingerprint"]
+        replayed = replay_facts(controller, s, TopicCatalog(s)["capacity"].name,
+                                SingleObjectCodec())
+        return bool(live == fingerprint_items(replayed[0].raw_items()))
+
+    wait_for(live_equals_replay, timeout=60, interval=1.0,
+             what="the live controller's state to equal the replay of its facts")
