@@ -107,18 +107,7 @@ def batched_shell_rate(settings: OnceflowSettings, n: int) -> dict[str, Any]:
         processor = BatchedProcessor(SubmissionCounter(), settings, inputs=[inp.name],
                                      fact_topic=catalog["workunits"].name,
                                      group_id="bench-shell", state_dir=Path(state_dir))
-        ready = threading.Event()
-        processor.on_ready = ready.set
-        stop = threading.Event()
-        thread = threading.Thread(target=processor.run, kwargs={"stop": stop}, daemon=True)
-        thread.start()
-        ready.wait(60)
-        t = time.perf_counter()
-        while processor.processed < n:
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - t
-        stop.set()
-        thread.join(30)
+        elapsed = _run_until(processor, n)
     facts = len(event_messages(settings, catalog["workunits"].name))
     return {"events": n, "events_per_s": round(n / elapsed), "facts_emitted": facts,
             "note": "Avro decode + reducer + Avro encode of one fact + produce + RocksDB checkpoint"}

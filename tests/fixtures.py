@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from schemas import Event, SingleObjectCodec, WorkUnitSubmitted
@@ -43,3 +45,19 @@ def events(settings: Any, topic: str) -> list[Event]:
     """The decoded events of a topic, in partition order."""
     codec = SingleObjectCodec()
     return [codec.decode(m.value()) for m in event_messages(settings, topic)]
+
+
+@contextmanager
+def running(*processors: Any) -> Iterator[None]:
+    """Processors (anything with `run(stop)`) in threads for the block, then stopped."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, kwargs={"stop": stop}, daemon=True)
+               for p in processors]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)

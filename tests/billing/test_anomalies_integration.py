@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -14,11 +11,10 @@ from billing import read_anomalies
 from billing.worker import build_anomaly_checker
 from schemas import SingleObjectCodec
 from streams.kafka import EventProducer
-from streams.runtime import BatchedProcessor
 from streams.settings import OnceflowSettings
 from streams.topics import TopicCatalog, create_topics
 from tests.billing.fixtures import Books, accepted
-from tests.fixtures import event_messages, wait_for
+from tests.fixtures import event_messages, running, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -27,19 +23,6 @@ def _anomalies_cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "infra.cli", "anomalies", "--fail-on-flag",
                            "--format", "json"], env=env, text=True, capture_output=True,
                           timeout=120)
-
-
-@contextmanager
-def running_checker(settings: OnceflowSettings, group: str) -> Iterator[BatchedProcessor]:
-    checker = build_anomaly_checker(settings, group_id=group)
-    stop = threading.Event()
-    thread = threading.Thread(target=checker.run, kwargs={"stop": stop}, daemon=True)
-    thread.start()
-    try:
-        yield checker
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 def test_a_second_charge_for_one_source_is_flagged_and_fails_the_cli(
@@ -55,7 +38,7 @@ def test_a_second_charge_for_one_source_is_flagged_and_fails_the_cli(
     for item in (first, second, forged):
         producer.send(catalog["ledger"], item)
     producer.flush()
-    with running_checker(settings, f"anomalies-{uid}"):
+    with running(build_anomaly_checker(settings, group_id=f"anomalies-{uid}")):
         found = wait_for(lambda: read_anomalies(settings), timeout=60, what="a finding")
     assert [(f.check, f.subject_id, f.expected) for f in found] == [
         ("duplicate_line_item", "forged", first.line_item_id)]
@@ -63,7 +46,8 @@ def test_a_second_charge_for_one_source_is_flagged_and_fails_the_cli(
     # Its state lost and its position too: it reads everything again, finds the
     # same thing again, and sends nothing twice.
     again = settings.model_copy(update={"state_dir": settings.state_dir / "again"})
-    with running_checker(again, f"anomalies2-{uid}") as checker:
+    checker = build_anomaly_checker(again, group_id=f"anomalies2-{uid}")
+    with running(checker):
         wait_for(lambda: checker.processed >= 3, timeout=60, what="the ledger read again")
     assert len(event_messages(settings, catalog["anomalies"].name)) == 1
     cli = _anomalies_cli(subprocess_env)

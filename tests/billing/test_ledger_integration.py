@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
@@ -17,11 +14,11 @@ from billing.worker import build_ledger, build_wallets
 from infra.roles import start_roles, stop_roles
 from schemas import Event, LedgerLineItem, SingleObjectCodec
 from streams.kafka import EventProducer
-from streams.runtime import BatchedProcessor, verify_replay
+from streams.runtime import verify_replay
 from streams.settings import OnceflowSettings
 from streams.topics import TopicCatalog, create_topics
 from tests.billing.fixtures import Books, accepted, failed_final, invocation
-from tests.fixtures import events, wait_for
+from tests.fixtures import events, running, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -73,21 +70,6 @@ def line_items(settings: OnceflowSettings) -> list[LedgerLineItem]:
 def wallets_folded(settings: OnceflowSettings) -> int:
     return sum(w.record_count + w.leakage_count for w in read_wallets(settings).values()
                if not w.execution_session_id)
-
-
-@contextmanager
-def running(*processors: BatchedProcessor) -> Iterator[None]:
-    stop = threading.Event()
-    threads = [threading.Thread(target=p.run, kwargs={"stop": stop}, daemon=True)
-               for p in processors]
-    for t in threads:
-        t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
 
 
 def assert_books_match(settings: OnceflowSettings, expected: Books) -> None:
