@@ -18,6 +18,7 @@ from streams.topics.provisioning import TopicStatus, create_topics
 
 __all__ = [
     "StackState",
+    "forget_local_state",
     "local_settings",
     "pid_alive",
     "read_stack",
@@ -73,6 +74,25 @@ def write_stack(settings: OnceflowSettings, state: StackState) -> None:
     os.replace(tmp, path)
 
 
+def forget_local_state(settings: OnceflowSettings) -> None:
+    """Remove the roles' local state before a new embedded broker starts.
+
+    The embedded broker keeps nothing across restarts, so state from an
+    earlier run describes a log that no longer exists. The batched shell
+    notices that by itself; faust's tables do not (they stop with a
+    ConsistencyError), and the views' database would keep the old rows. The
+    stack's own state directory is removed; a state directory configured
+    elsewhere only loses its faust tables.
+    """
+    import shutil
+
+    state_dir = local_settings(settings).state_dir.resolve()
+    if state_dir.is_relative_to(settings.stack_dir.resolve()):
+        shutil.rmtree(state_dir, ignore_errors=True)
+    else:
+        shutil.rmtree(state_dir / "faust", ignore_errors=True)
+
+
 def stack_up(settings: OnceflowSettings) -> tuple[StackState, list[TopicStatus], bool]:
     """Start the broker (unless it is already up) and create the topics.
 
@@ -83,6 +103,7 @@ def stack_up(settings: OnceflowSettings) -> tuple[StackState, list[TopicStatus],
         settings = settings.model_copy(update={"bootstrap_servers": existing.bootstrap})
         return existing, create_topics(settings), False
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    forget_local_state(settings)
     broker = EmbeddedBroker(log_path=settings.stack_dir / "broker.log").start(detach=True)
     assert broker.process is not None
     state = StackState(broker.bootstrap, broker.process.pid, time.time())

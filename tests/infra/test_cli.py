@@ -97,6 +97,14 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
     assert not pid_alive(stack["broker_pid"]), "down must leave no process behind"
     assert not any(pid_alive(p) for p in stack["processes"].values())
     assert not (tmp_path / "stack" / "stack.json").exists()
+    # Up again in the same place: a new, empty broker, and the old local state must not
+    # stop any role (faust's tables refuse offsets beyond their changelog's end).
+    again_up = _onceflow(["up", "--agents", "1"], env, check=False)
+    try:
+        assert again_up.returncode == 0, again_up.stderr[-2000:]
+        assert "autoscaler running" in again_up.stdout
+    finally:
+        _onceflow(["down"], env)
 
 
 def test_bad_input_names_the_problem_and_fails(tmp_path: Path) -> None:
