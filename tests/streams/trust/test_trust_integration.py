@@ -26,6 +26,9 @@ def cluster(settings: OnceflowSettings) -> Iterator[Cluster]:
             "retry_base_ms": 20}),
         # evidence fades within seconds of logged time, so a quarantine ends in a test
         "trust": TrustSettings(decay_per_hour=1e-300),
+        # short agent queues: a burst spills over to the released node instead of all of
+        # it queueing on the more trusted one
+        "agent": fast.agent.model_copy(update={"queue_limit": 4}),
     })
     c = Cluster(fast)
     yield c
@@ -60,7 +63,7 @@ def test_a_failing_node_loses_work_and_recovers_after_it_behaves(cluster: Cluste
 
     wait_for(lambda: "n2" not in view.quarantined, timeout=90,
              what="n2 released as its failures fade")
-    after = [unit(f"after-{i}", simulated_ms=5) for i in range(60)]
+    after = [unit(f"after-{i}", simulated_ms=20) for i in range(120)]
     cluster.submit(*after)
     cluster.wait_settled([u.work_unit_id or "" for u in after])
 
