@@ -112,12 +112,12 @@ def test_redelivered_sources_and_a_lost_position_add_no_line_item(
 @pytest.mark.chaos
 def test_billing_killed_mid_stream_bills_everything_once(settings: OnceflowSettings) -> None:
     create_topics(settings)
-    sources = source_events(3000)
+    sources = source_events(5000)
     expected = expected_books(sources)
     produce(settings, sources)
     roles = start_roles(settings, [], scheduler=False, billing=True)
     try:
-        wait_for(lambda: len(line_items(settings)) >= 800, timeout=90,
+        wait_for(lambda: len(line_items(settings)) >= 300, timeout=90, interval=0.05,
                  what="billing under way")
         victim = roles[0]
         os.kill(victim.pid, signal.SIGKILL)
