@@ -111,7 +111,9 @@ class LedgerSink:
             consumer.close()
 
     def run(self, stop: threading.Event) -> None:
-        consumer = make_consumer(self.settings, None, **{"enable.partition.eof": False})
+        # Nobody waits on the views by the millisecond: ask the broker less often.
+        consumer = make_consumer(self.settings, None, **{"enable.partition.eof": False,
+                                                         **self.settings.background_consumer()})
         try:
             parts = partition_count(consumer, self.topic)
             start = self.engine.offsets(self.topic)
