@@ -52,7 +52,7 @@ def _wait_completed(follower: ProgressFollower, n: int) -> None:
         follower.poll()
         return follower.progress.by_state().get("completed", 0) >= n
 
-    wait_for(enough, timeout=60, what=f"{n} completions before the kill")
+    wait_for(enough, timeout=60, interval=0.05, what=f"{n} completions before the kill")
 
 
 def _wait_settled(follower: ProgressFollower, units: list[WorkUnitSubmitted], what: str) -> None:
@@ -92,7 +92,9 @@ def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProc
     _submit(fast, everything)
     follower = ProgressFollower(fast)
     try:
-        _wait_completed(follower, 80)
+        # early in the burst, while n1 surely holds granted work (at 80 completions a
+        # fast run had sometimes finished n1's share already)
+        _wait_completed(follower, 20)
         _sigkill(roles, "agent-n1")
         _wait_settled(follower, everything, "every unit to settle after the kill")
         status = follower.progress.status
