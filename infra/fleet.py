@@ -16,12 +16,10 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
 from infra.roles import AgentSpec, RoleStartError, start_roles
 from infra.stack import pid_alive, read_stack, write_stack
 from schemas import CapacityScaleRequested, CodecError, SingleObjectCodec
-from streams.kafka import make_consumer
+from streams.kafka import TopicFollower, type_fingerprints
 from streams.log import get_logger
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
@@ -99,18 +97,16 @@ class FleetManager:
 
     def run(self, stop: threading.Event) -> None:
         """Follow the capacity topic: each scale request sets the target."""
-        topic = TopicCatalog(self.settings)["capacity"].name
-        consumer = make_consumer(self.settings, None, **{"enable.partition.eof": False,
-                                                         **self.settings.background_consumer()})
-        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        follower = TopicFollower(self.settings, [TopicCatalog(self.settings)["capacity"].name])
         codec = SingleObjectCodec()
+        wanted = type_fingerprints(codec, frozenset({"capacity.scale.requested"}))
         self.log.info("fleet.started", agents=sorted(self.agents()))
         try:
             while not stop.is_set():
                 latest = None
-                for msg in consumer.consume(num_messages=500, timeout=0.5):
-                    raw = msg.value()
-                    if msg.error() is not None or raw is None:
+                for msg in follower.read(timeout=0.5, max_records=500):
+                    raw = msg.value() or b""
+                    if wanted is not None and raw[2:10] not in wanted:
                         continue
                     try:
                         event = codec.decode(raw)
@@ -125,4 +121,4 @@ class FleetManager:
                 else:
                     self.reap()
         finally:
-            consumer.close()
+            follower.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
 from schemas import (
     CapacityAdmissionModeChanged,
     CapacityScaleRequested,
@@ -15,7 +13,7 @@ from schemas import (
     SingleObjectCodec,
     TrustScoreUpdated,
 )
-from streams.kafka import make_consumer, partition_count, read_events, read_topic_to_end
+from streams.kafka import TopicFollower, read_events, read_topic_to_end, type_fingerprints
 from streams.scheduler import UnitProgress
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
@@ -30,42 +28,28 @@ class ProgressFollower:
     def __init__(self, settings: OnceflowSettings, *, only: frozenset[str] | None = None
                  ) -> None:
         """`only`: fold just these event types (checked on the Avro fingerprint, undecoded)."""
-        self.topic = TopicCatalog(settings)["workunits"].name
         self.codec = SingleObjectCodec()
-        self._wanted: frozenset[bytes] | None = None
-        if only is not None:
-            self._wanted = frozenset(fp for fp, entry in self.codec.registry.by_fingerprint.items()
-                                     if entry.event_type in only)
+        self._wanted = None if only is None else type_fingerprints(self.codec, only)
         self.progress = UnitProgress()
-        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
-                                                          **settings.background_consumer()})
-        parts = partition_count(self._consumer, self.topic)
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                               for p in range(parts)])
+        self._follower = TopicFollower(settings, [TopicCatalog(settings)["workunits"].name])
 
     def poll(self, timeout: float = 0.2, max_records: int = 100_000) -> int:
         """Fold what has arrived; return how many facts were read."""
         n = 0
-        while n < max_records:
-            msgs = self._consumer.consume(num_messages=5000, timeout=timeout if n == 0 else 0)
-            if not msgs:
-                break
-            for msg in msgs:
-                raw = msg.value()
-                if msg.error() is not None or raw is None:
-                    continue
-                n += 1
-                if self._wanted is not None and raw[2:10] not in self._wanted:
-                    continue
-                try:
-                    event_type, record = self.codec.decode_record(raw)
-                except CodecError:
-                    continue
-                self.progress.add_record(event_type, record, msg.timestamp()[1])
+        for msg in self._follower.read(timeout, max_records):
+            n += 1
+            raw = msg.value() or b""
+            if self._wanted is not None and raw[2:10] not in self._wanted:
+                continue
+            try:
+                event_type, record = self.codec.decode_record(raw)
+            except CodecError:
+                continue
+            self.progress.add_record(event_type, record, msg.timestamp()[1])
         return n
 
     def close(self) -> None:
-        self._consumer.close()
+        self._follower.close()
 
 
 def read_progress(settings: OnceflowSettings) -> UnitProgress:

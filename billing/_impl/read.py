@@ -6,8 +6,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
 from billing._impl.reconcile import BillingRecords
 from billing._impl.wallets import Wallet
 from schemas import (
@@ -20,7 +18,7 @@ from schemas import (
     SingleObjectCodec,
     WalletUpdated,
 )
-from streams.kafka import make_consumer, partition_count, read_events
+from streams.kafka import TopicFollower, read_events
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
 
@@ -96,31 +94,17 @@ class BillingFollower:
         self.partials: dict[str, WalletUpdated] = {}
         self.by_type: dict[tuple[str, bool], Tally] = defaultdict(Tally)  # (type, billed)
         self.by_model: dict[str, Tally] = defaultdict(Tally)  # billed LLM line items
-        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
-                                                          **settings.background_consumer()})
-        assignment = []
-        for role in ("ledger", "wallets"):
-            name = catalog[role].name
-            assignment += [TopicPartition(name, p, OFFSET_BEGINNING)
-                           for p in range(partition_count(self._consumer, name))]
-        self._consumer.assign(assignment)
+        self._follower = TopicFollower(settings, [catalog["ledger"].name,
+                                                  catalog["wallets"].name])
 
     def poll(self, timeout: float = 0.2, max_records: int = 100_000) -> int:
         n = 0
-        while n < max_records:
-            msgs = self._consumer.consume(num_messages=5000, timeout=timeout if n == 0 else 0)
-            if not msgs:
-                break
-            for msg in msgs:
-                raw = msg.value()
-                if msg.error() is not None or raw is None:
-                    continue
-                n += 1
-                try:
-                    event = self.codec.decode(raw)
-                except CodecError:
-                    continue
-                self._add(event)
+        for msg in self._follower.read(timeout, max_records):
+            n += 1
+            try:
+                self._add(self.codec.decode(msg.value() or b""))
+            except CodecError:
+                continue
         return n
 
     def _add(self, event: object) -> None:
@@ -145,4 +129,4 @@ class BillingFollower:
                    if not w.execution_session_id)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._follower.close()

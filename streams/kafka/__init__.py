@@ -1,11 +1,13 @@
 """Kafka plumbing: the event producer, consumer helpers and dead-letter routing."""
 
 from streams.kafka.consumer import (
+    TopicFollower,
     make_consumer,
     partition_count,
     read_events,
     read_partition_to_end,
     read_topic_to_end,
+    type_fingerprints,
 )
 from streams.kafka.dead_letters import (
     DLQ_HEADER_ERROR,
@@ -31,6 +33,7 @@ __all__ = [
     "DeadLetterRouter",
     "DeliveryError",
     "EventProducer",
+    "TopicFollower",
     "dead_letter_from_message",
     "dead_letter_headers",
     "make_consumer",
@@ -39,4 +42,5 @@ __all__ = [
     "read_events",
     "read_partition_to_end",
     "read_topic_to_end",
+    "type_fingerprints",
 ]

@@ -18,11 +18,13 @@ from schemas import CodecError, Event, EventCodec, SingleObjectCodec
 from streams.settings import OnceflowSettings
 
 __all__ = [
+    "TopicFollower",
     "make_consumer",
     "partition_count",
     "read_events",
     "read_partition_to_end",
     "read_topic_to_end",
+    "type_fingerprints",
 ]
 
 
@@ -137,6 +139,47 @@ def read_topic_to_end(
         consumer.close()
 
 
+def type_fingerprints(codec: EventCodec, event_types: frozenset[str]) -> frozenset[bytes] | None:
+    """The Avro fingerprints of `event_types` (what `raw[2:10]` holds in single-object
+    encoding), to skip other records undecoded; None when the codec has no such header."""
+    if not isinstance(codec, SingleObjectCodec):
+        return None
+    return frozenset(fp for fp, entry in codec.registry.by_fingerprint.items()
+                     if entry.event_type in event_types)
+
+
+class TopicFollower:
+    """Every partition of some topics from the start, then whatever arrives.
+
+    For readers off the hot path (progress and billing views, the fleet), so
+    it asks the broker with the background fetch wait.
+    """
+
+    def __init__(self, settings: OnceflowSettings, topics: list[str]) -> None:
+        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
+                                                          **settings.background_consumer()})
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
+                               for p in range(partition_count(self._consumer, t))])
+
+    def read(self, timeout: float = 0.2, max_records: int = 100_000) -> Iterator[Message]:
+        """What has arrived (waiting up to `timeout` when nothing has), up to `max_records`.
+
+        Only records with a value: recovery markers and consume errors are left out.
+        """
+        n = 0
+        while n < max_records:
+            msgs = self._consumer.consume(num_messages=5000, timeout=timeout if n == 0 else 0)
+            if not msgs:
+                return
+            for msg in msgs:
+                if msg.error() is None and msg.value() is not None:
+                    n += 1
+                    yield msg
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 def read_events(
     settings: OnceflowSettings,
     topic: str,
@@ -150,10 +193,7 @@ def read_events(
     out; so are records that do not decode (a processor has dead-lettered
     them already). `event_types` skips other types before decoding them.
     """
-    wanted: frozenset[bytes] | None = None
-    if event_types is not None and isinstance(codec, SingleObjectCodec):
-        wanted = frozenset(fp for fp, entry in codec.registry.by_fingerprint.items()
-                           if entry.event_type in event_types)
+    wanted = None if event_types is None else type_fingerprints(codec, event_types)
     for msg in read_topic_to_end(settings, topic):
         raw = msg.value()
         if raw is None or (wanted is not None and raw[2:10] not in wanted):
