@@ -45,6 +45,7 @@ _HEADER_LEN = 10
 _CONFLUENT_MAGIC = 0
 _CONFLUENT_HEADER_LEN = 5
 _DECODE_ERRORS = (EOFError, StopIteration, IndexError, struct.error, ValueError, TypeError, KeyError)
+_ENCODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, struct.error, OverflowError)
 
 
 class EventCodec(Protocol):
@@ -62,20 +63,37 @@ class EventCodec(Protocol):
 
 
 def _write_body(entry: EventSchema, record: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
     try:
+        if entry.compiled is not None:
+            return entry.compiled.write(record)
+        buf = io.BytesIO()
         schemaless_writer(buf, entry.parsed, record)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise CodecError(f"cannot encode {entry.event_type}: {exc}") from exc
+    except _ENCODE_ERRORS as exc:
+        raise CodecError(f"cannot encode {entry.event_type}: {type(exc).__name__}: {exc}"
+                         ) from exc
     return buf.getvalue()
 
 
 def _read_body(entry: EventSchema, current: EventSchema, data: bytes, start: int) -> dict[str, Any]:
+    if entry is current and entry.compiled is not None:
+        try:
+            record, end = entry.compiled.read(data, start)
+        except _DECODE_ERRORS as exc:
+            raise TruncatedEventError(
+                f"{entry.event_type} body is truncated or corrupt ({len(data)} bytes): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if end != len(data):
+            raise TruncatedEventError(
+                f"{entry.event_type} body has {len(data) - end} trailing bytes: "
+                "the record is corrupt or was written with another schema"
+            )
+        return record
     buf = io.BytesIO(data)
     buf.seek(start)
     reader = None if entry is current else current.parsed
     try:
-        record = schemaless_reader(buf, entry.parsed, reader)
+        decoded = schemaless_reader(buf, entry.parsed, reader)
     except _DECODE_ERRORS as exc:
         raise TruncatedEventError(
             f"{entry.event_type} body is truncated or corrupt at byte {buf.tell()} "
@@ -86,9 +104,9 @@ def _read_body(entry: EventSchema, current: EventSchema, data: bytes, start: int
             f"{entry.event_type} body has {len(data) - buf.tell()} trailing bytes: "
             "the record is corrupt or was written with another schema"
         )
-    if not isinstance(record, dict):
+    if not isinstance(decoded, dict):
         raise CodecError(f"{entry.event_type} did not decode to a record")
-    return record
+    return decoded
 
 
 def _validate(entry: EventSchema, record: dict[str, Any]) -> Event:

@@ -17,6 +17,7 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from schemas._impl.compiled import CompiledSchema, compile_schema
 from schemas._impl.errors import UnknownEventTypeError, UnknownSchemaError
 from schemas._impl.events import EVENT_MODELS, Event
 
@@ -51,6 +52,9 @@ class EventSchema:
     parsed: Any
     fingerprint: bytes
     released: str | None = None
+    #: the schema compiled to Python (current schemas only: an older writer's
+    #: data is resolved to the current schema by fastavro); None: fastavro
+    compiled: CompiledSchema | None = None
 
 
 @dataclass
@@ -71,6 +75,7 @@ class SchemaRegistry:
             schema=schema,
             parsed=parse_schema(schema),
             fingerprint=avro_fingerprint(schema),
+            compiled=compile_schema(schema),
         )
         self.by_type[event_type] = entry
         self.by_fingerprint[entry.fingerprint] = entry
