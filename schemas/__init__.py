@@ -9,6 +9,7 @@ from schemas._impl.codec import (
     EventCodec,
     SingleObjectCodec,
 )
+from schemas._impl.columnar import ContainerBlock, decode_bodies
 from schemas._impl.errors import (
     CodecError,
     EventValidationError,
@@ -47,6 +48,7 @@ __all__ = [
     "SYSTEM_TENANT",
     "CodecError",
     "ConfluentCodec",
+    "ContainerBlock",
     "ContentRef",
     "EffectLabel",
     "EventCodec",
@@ -65,6 +67,7 @@ __all__ = [
     "UnknownSchemaError",
     "WorkKind",
     "avro_fingerprint",
+    "decode_bodies",
     "default_registry",
     "quantize_money",
     "schema_dir",

@@ -4,11 +4,16 @@ Not a consumer group member: every replica assigns itself every partition of
 the ledger at the offsets its own database holds, so each holds a full copy.
 A batch's rows and the offsets after them commit in one DuckDB transaction;
 after a crash the sink resumes at exactly the offsets its rows reflect, and
-a line item produced twice is ignored by its primary key.
+a line item produced twice is ignored (the engine's window of recent ids).
+
+Line items written with the current schema are decoded a batch at a time
+into Arrow columns (`schemas.decode_bodies`); older versions, and a batch
+with a corrupt body in it, are decoded record by record.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -18,7 +23,13 @@ import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from billing.views._impl.engine import LEDGER_COLUMNS, ViewEngine
-from schemas import CodecError, SingleObjectCodec
+from schemas import (
+    SINGLE_OBJECT_MARKER,
+    CodecError,
+    ContainerBlock,
+    SingleObjectCodec,
+    decode_bodies,
+)
 from streams.kafka import DeadLetterRouter, EventProducer, make_consumer, partition_count
 from streams.log import get_logger
 from streams.runtime.batched import next_batch
@@ -32,6 +43,7 @@ _SCHEMA = pa.schema(
     [(n, _ARROW_TYPES.get(t, pa.string())) for n, t in LEDGER_COLUMNS.items()]
     + [("_partition", pa.int32()), ("_offset", pa.int64())])
 _MONEY = [n for n, t in LEDGER_COLUMNS.items() if t.startswith("DECIMAL")]
+_DECIMAL = pa.decimal128(38, 6)
 
 
 def line_item_batch(records: list[dict[str, Any]]) -> pa.Table:
@@ -43,51 +55,119 @@ def line_item_batch(records: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=_SCHEMA)
 
 
+def _with_decimal_amounts(table: pa.Table) -> pa.Table:
+    """Amount columns cast to decimal in Arrow (vectorised, strict: a string that is not
+    a decimal raises, and the batch is decoded record by record to find it)."""
+    import pyarrow.compute as pc
+
+    for name in _MONEY:
+        i = table.schema.get_field_index(name)
+        try:
+            table = table.set_column(i, name, pc.cast(table.column(i), _DECIMAL))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"{name}: {exc}") from exc
+    return table
+
+
 class LedgerSink:
     name = "views-sink"
 
     def __init__(self, engine: ViewEngine, settings: OnceflowSettings, *,
-                 batch_size: int = 5000) -> None:
+                 batch_size: int = 50_000) -> None:
         self.engine = engine
         self.settings = settings
         self.topic = TopicCatalog(settings)["ledger"].name
         self.batch_size = batch_size
         self.codec = SingleObjectCodec()
-        self._ledger_fp = self.codec.registry.for_type("ledger.line_item").fingerprint
+        entry = self.codec.registry.for_type("ledger.line_item")
+        self._ledger_fp = entry.fingerprint
+        self._block = ContainerBlock(entry.schema)
+        #: known fingerprints of the other events on the ledger topic (holds, settlements)
+        self._others = frozenset(fp for fp, e in self.codec.registry.by_fingerprint.items()
+                                 if e.event_type != "ledger.line_item")
         self.log = get_logger(processor=self.name)
         self.ingested = 0
         self.read = 0
         self.caught_up = threading.Event()
         self._dlq: DeadLetterRouter | None = None
+        self._dlq_lock = threading.Lock()
 
     def _dead_letter(self, msg: Message, exc: Exception) -> None:
-        if self._dlq is None:
-            producer = EventProducer(self.settings, self.codec)
-            self._dlq = DeadLetterRouter(producer, TopicCatalog(self.settings)["deadletters"].name,
-                                         self.name)
+        with self._dlq_lock:  # the reader and the inserter both dead-letter
+            if self._dlq is None:
+                producer = EventProducer(self.settings, self.codec)
+                self._dlq = DeadLetterRouter(
+                    producer, TopicCatalog(self.settings)["deadletters"].name, self.name)
+            dlq = self._dlq
         self.log.warning("record.dead_lettered", offset=msg.offset(), error=str(exc)[:200])
-        self._dlq.route(msg, exc)
+        dlq.route(msg, exc)
 
     def _row(self, msg: Message) -> dict[str, Any] | None:
-        raw = msg.value()
-        if raw is None or raw[2:10] != self._ledger_fp:
-            return None  # a recovery marker, or a hold or settlement: not a line item
+        """One record decoded on its own: the slow path, and the one that finds bad records."""
         try:
-            _, record = self.codec.decode_record(raw)
+            event_type, record = self.codec.decode_record(msg.value() or b"")
         except CodecError as exc:
             self._dead_letter(msg, exc)
+            return None
+        if event_type != "ledger.line_item":
             return None
         record["_partition"] = msg.partition()
         record["_offset"] = msg.offset()
         return record
 
-    def _ingest(self, rows: list[dict[str, Any]], advanced: dict[int, int]) -> int:
+    def _decode(self, msgs: list[Message], advanced: dict[int, int]) -> list[pa.Table]:
+        """The line items among `msgs` as Arrow tables, fast-decoded when they can be;
+        `advanced` gets the offset after the last record read in each partition."""
+        current: list[Message] = []
+        bodies: list[bytes] = []
+        parts: list[int] = []
+        offsets: list[int] = []
+        slow: list[dict[str, Any]] = []
+        ledger_fp, others, marker = self._ledger_fp, self._others, SINGLE_OBJECT_MARKER
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.log.warning("consume.error", error=str(err))
+                continue
+            p, o = msg.partition(), msg.offset()
+            advanced[p] = o + 1  # type: ignore[index, operator]
+            raw = msg.value()
+            if raw is None:
+                continue  # a recovery marker
+            fp = raw[2:10]
+            if fp == ledger_fp and raw[:2] == marker:
+                current.append(msg)
+                bodies.append(raw[10:])
+                parts.append(p)  # type: ignore[arg-type]
+                offsets.append(o)  # type: ignore[arg-type]
+            elif fp not in others or raw[:2] != marker:
+                row = self._row(msg)  # an older line item, or not ours: dead-lettered
+                if row is not None:
+                    slow.append(row)
+            # else: a hold or a settlement, which views do not show
+        self.read += len(msgs)
+        tables: list[pa.Table] = []
+        if current:
+            try:
+                fast = _with_decimal_amounts(decode_bodies(self._block, bodies))
+            except ValueError:
+                rows = (self._row(m) for m in current)  # find the bad one(s)
+                slow.extend(r for r in rows if r is not None)
+            else:
+                tables.append(fast.append_column("_partition", pa.array(parts, pa.int32()))
+                              .append_column("_offset", pa.array(offsets, pa.int64())))
+        if slow:
+            tables.append(line_item_batch(slow))
+        return tables
+
+    def _ingest(self, tables: list[pa.Table], advanced: dict[int, int]) -> int:
         try:
-            return self.engine.ingest(line_item_batch(rows), self.topic, advanced)
+            return self.engine.ingest(tables, self.topic, advanced)
         except duckdb.ConversionException:
             pass  # an amount that is not a decimal: find it, dead-letter it, keep the rest
         good = []
-        for row in rows:
+        for row in (r for t in tables for r in t.to_pylist()):
             try:
                 for name in _MONEY:
                     Decimal(row[name])
@@ -111,9 +191,22 @@ class LedgerSink:
             consumer.close()
 
     def run(self, stop: threading.Event) -> None:
+        """Read and decode here; insert on a second thread, one batch behind.
+
+        Decoding (Python and polars) and inserting (DuckDB, which lets go of
+        the GIL) overlap: about 6 us a line item instead of 8.5 in turn. Batches
+        are inserted in the order read, each with its own offsets, so the sink
+        stays exactly-once; at most one decoded batch waits.
+        """
         # Nobody waits on the views by the millisecond: ask the broker less often.
-        consumer = make_consumer(self.settings, None, **{"enable.partition.eof": False,
-                                                         **self.settings.background_consumer()})
+        # Catching up, a batch is tens of thousands of line items: fetch them in
+        # few large responses rather than many of the 1 MB default.
+        consumer = make_consumer(self.settings, None, **{
+            "enable.partition.eof": False, "max.partition.fetch.bytes": 16 << 20,
+            **self.settings.background_consumer()})
+        work: queue.Queue[tuple[list[pa.Table], dict[int, int]] | None] = queue.Queue(1)
+        failed: list[BaseException] = []
+        inserter: threading.Thread | None = None
         try:
             parts = partition_count(consumer, self.topic)
             start = self.engine.offsets(self.topic)
@@ -123,32 +216,54 @@ class LedgerSink:
                                                       timeout=10)[1] for p in range(parts)}
             position = {p: start.get(p, 0) for p in range(parts)}
             self.log.info("sink.started", topic=self.topic, offsets=start)
-            while not stop.is_set():
+            self._check_caught_up(position, ends)
+            inserter = threading.Thread(target=self._insert_loop,
+                                        args=(work, position, ends, failed),
+                                        name="views-insert", daemon=True)
+            inserter.start()
+            while not stop.is_set() and not failed:
                 msgs = next_batch(consumer, self.batch_size,
                                   self.settings.batch_timeout_ms / 1000)
-                rows: list[dict[str, Any]] = []
                 advanced: dict[int, int] = {}
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            self.log.warning("consume.error", error=str(err))
-                        continue
-                    self.read += 1
-                    advanced[msg.partition() or 0] = (msg.offset() or 0) + 1
-                    row = self._row(msg)
-                    if row is not None:
-                        rows.append(row)
+                tables = self._decode(msgs, advanced)
                 if advanced:
+                    while not failed:
+                        try:
+                            work.put((tables, advanced), timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+        finally:
+            if inserter is not None:
+                work.put(None)  # after whatever is queued: nothing read is dropped
+                inserter.join()
+            consumer.close()
+        if failed:
+            raise failed[0]
+
+    def _insert_loop(self, work: queue.Queue[tuple[list[pa.Table], dict[int, int]] | None],
+                     position: dict[int, int], ends: dict[int, int],
+                     failed: list[BaseException]) -> None:
+        while (item := work.get()) is not None:
+            if failed:
+                continue  # drain: the reader stops at its next batch
+            tables, advanced = item
+            try:
+                with self._dlq_lock:
                     if self._dlq is not None:
                         self._dlq.producer.flush()  # dead letters out before the offsets
-                    self.ingested += self._ingest(rows, advanced)
-                    position.update(advanced)
-                if not self.caught_up.is_set() and all(position[p] >= ends[p] for p in ends):
-                    self.caught_up.set()
-                    self.log.info("sink.caught_up", line_items=self.ingested)
-        finally:
-            consumer.close()
+                self.ingested += self._ingest(tables, advanced)
+            except BaseException as exc:
+                self.log.exception("sink.insert_failed")
+                failed.append(exc)
+                continue
+            position.update(advanced)
+            self._check_caught_up(position, ends)
+
+    def _check_caught_up(self, position: dict[int, int], ends: dict[int, int]) -> None:
+        if not self.caught_up.is_set() and all(position[p] >= ends[p] for p in ends):
+            self.caught_up.set()
+            self.log.info("sink.caught_up", line_items=self.ingested)
 
     def close(self) -> None:
         if self._dlq is not None:

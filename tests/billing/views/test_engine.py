@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from billing.views import BUILTIN_VIEWS, StatementError, ViewEngine, ViewService, parse_statements
+from billing.views._impl.engine import RecentIds
 from tests.billing.views.fixtures import HOUR, exact_total, ingest, ledger_items
 
 
@@ -24,6 +25,32 @@ def test_ingest_is_idempotent_and_stores_offsets_with_the_rows(engine: ViewEngin
     assert engine.offsets("ledger") == {0: len(items)}
     assert engine.count_and_sum() == (len(items), sum((i.total_usd for i in items),
                                                       Decimal("0")))
+
+
+def test_a_line_item_is_recognised_after_a_restart_on_the_same_database(tmp_path) -> None:
+    items = ledger_items(30)
+    first = ViewEngine(tmp_path / "views.duckdb")
+    assert ingest(first, items) == len(items)
+    first.close()
+    again = ViewEngine(tmp_path / "views.duckdb")  # the window is primed from its own rows
+    assert ingest(again, items[-5:], first_offset=len(items)) == 0
+    assert again.count_and_sum()[0] == len(items)
+    again.close()
+
+
+def test_recent_ids_forget_only_the_oldest_beyond_the_window() -> None:
+    recent = RecentIds(3)
+    assert recent.admit(["a", "b", "c"]) == (None, {"a", "b", "c"})
+    assert recent.admit(["c", "d", "d"]) == ([False, True, False], {"d"})
+    recent.admit(["e", "f"])  # 3 ids remain without "a", "b", "c": they leave together
+    assert recent.admit(["a", "d"]) == ([True, False], {"a"})
+
+
+def test_recent_ids_rolled_back_are_admitted_again() -> None:
+    recent = RecentIds(100)
+    _, new = recent.admit(["x", "y"])
+    recent.forget([new])
+    assert recent.admit(["x", "y"]) == (None, {"x", "y"})
 
 
 def test_builtin_views_answer_exactly(engine: ViewEngine) -> None:

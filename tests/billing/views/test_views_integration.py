@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka import Message
 
 from billing.views import DELIMITED, ViewEngine, create_app
 from billing.views.worker import ViewsProcessor
@@ -204,3 +205,27 @@ def test_a_line_item_with_a_malformed_amount_is_dead_lettered_and_the_rest_kept(
     assert [dict(m.headers())[DLQ_HEADER_PROCESSOR] for m in dead] == [b"views-sink"]
     assert "bad" not in {r[0] for r in views.engine.query(
         "SELECT line_item_id FROM ledger").rows}
+
+
+def test_random_bytes_on_the_ledger_topic_are_dead_lettered_and_the_rest_kept(
+        settings: OnceflowSettings, views: ViewsProcessor) -> None:
+    from streams.kafka import DLQ_HEADER_OFFSET, read_topic_to_end
+
+    items = ledger_items(12)
+    catalog = TopicCatalog(settings)
+    producer = EventProducer(settings, SingleObjectCodec())
+    produce(settings, items[:6])
+    producer.send_raw(catalog["ledger"].name, b"\xc3\x01" + bytes(range(40)), key=b"junk",
+                      partition=0)  # the marker, then an unknown fingerprint
+    producer.send_raw(catalog["ledger"].name, b"not avro at all", key=b"junk", partition=0)
+    producer.flush()
+    produce(settings, items[6:])
+    wait_for(lambda: views.engine.count_and_sum()[0] == len(items), what="every line item")
+
+    def junk() -> list[Message]:
+        return [m for m in read_topic_to_end(settings, catalog["deadletters"].name)
+                if m.key() == b"junk"]
+
+    wait_for(lambda: len(junk()) == 2, what="both junk records dead-lettered")
+    dead = junk()
+    assert all(DLQ_HEADER_OFFSET in dict(m.headers()) for m in dead)
