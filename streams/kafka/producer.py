@@ -42,7 +42,10 @@ class EventProducer:
     ) -> None:
         self.settings = settings
         self.codec = codec
-        self._producer = Producer(settings.producer_config(**overrides))
+        # One delivery callback for the producer rather than one per record:
+        # a record then carries no callback reference of its own.
+        self._producer = Producer({**settings.producer_config(**overrides),
+                                   "on_delivery": self._delivery})
         self._errors: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._on_delivered = on_delivered
@@ -82,14 +85,15 @@ class EventProducer:
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"key": key, "on_delivery": self._delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
+        kwargs: dict[str, Any] = {}
         if headers:
-            kwargs["headers"] = list(headers)
+            kwargs["headers"] = headers if isinstance(headers, list) else list(headers)
         while True:
             try:
-                self._producer.produce(topic, value, **kwargs)
+                if partition is None:
+                    self._producer.produce(topic, value, key, **kwargs)
+                else:
+                    self._producer.produce(topic, value, key, partition, **kwargs)
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.

@@ -247,21 +247,25 @@ class BatchedProcessor:
     def _process_batch(self, consumer: Consumer, msgs: list[Message]) -> None:
         started = time.perf_counter()
         facts_before = self.facts_emitted
+        stores, handle = self._stores, self._handle
+        last: dict[tuple[str, int], int] = {}  # the offsets after the batch, set once
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume.error", error=str(err))
                 continue
-            partition = msg.partition() or 0
-            topic = str(msg.topic())
-            store = self._stores.get(partition)
+            partition: int = msg.partition()  # type: ignore[assignment]
+            store = stores.get(partition)
             if store is None:  # revoked while the batch was in flight
                 continue
-            self._handle(store, partition, msg)
-            next_offset = (msg.offset() or 0) + 1
-            store.set_input_offset(topic, next_offset)
-            self._uncommitted[(topic, partition)] = next_offset
+            handle(store, partition, msg)
+            last[(msg.topic(), partition)] = msg.offset() + 1  # type: ignore[index, operator]
+        for (topic, partition), next_offset in last.items():
+            store = stores.get(partition)
+            if store is not None:
+                store.set_input_offset(topic, next_offset)
+                self._uncommitted[(topic, partition)] = next_offset
         self.processed += len(msgs)
         self.sensor.on_batch(self.reducer.name, len(msgs), self.facts_emitted - facts_before,
                              time.perf_counter() - started)
