@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch
+from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch
 
 from streams.state import serde
 
@@ -42,6 +42,14 @@ def _encode(key: bytes, value: Any) -> bytes:
     if key.startswith(_SEEN):
         return b"1"
     return serde.dumps(value)
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest key above every key that starts with `prefix` (None: no such key)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 def _options() -> Options:
@@ -107,7 +115,15 @@ class PartitionStore:
               ) -> Iterator[tuple[bytes, Any]]:
         """Keys in byte order with their values: stored ones as bytes, pending ones as objects."""
         merged: dict[bytes, Any] = {}
-        it = self._db.iter()
+        # An upper bound stops RocksDB at the end of the range. Without it, an
+        # iterator that finds no live key below `stop` walks every tombstone up
+        # to the next live key, which after a burst of completed leases is
+        # thousands of them on every tick.
+        read_opts = ReadOptions()
+        bound = stop if stop is not None else _successor(prefix)
+        if bound is not None:
+            read_opts.set_iterate_upper_bound(bound)
+        it = self._db.iter(read_opts)
         it.seek(start if start is not None and start > prefix else prefix)
         while it.valid():
             key = bytes(it.key())

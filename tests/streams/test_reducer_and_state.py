@@ -43,6 +43,26 @@ def test_items_are_in_byte_order() -> None:
     assert [k for k, _ in state.items()] == ["B", "a", "aa", "b"]
 
 
+def test_rocksdb_ranges_end_at_their_bound_among_deleted_keys(tmp_path: Path) -> None:
+    """Stored, deleted and pending keys merge in order, within [start, stop) and the prefix."""
+    store = open_partition_store(tmp_path, "p", 0)
+    for i in range(20):
+        store.set(f"x:l:{i:03d}", i)
+    store.set("x:m:000", "another prefix")
+    store.set("x:l\xff", "just past the prefix")
+    store.checkpoint()
+    for i in range(3, 17):
+        store.delete(f"x:l:{i:03d}")  # tombstones once checkpointed
+    store.checkpoint()
+    store.set("x:l:004", "pending")
+    assert [k for k, _ in store.items("x:l:", stop="x:l:010")] == [
+        "x:l:000", "x:l:001", "x:l:002", "x:l:004"]
+    assert [k for k, _ in store.items("x:l:", start="x:l:003")] == [
+        "x:l:004", "x:l:017", "x:l:018", "x:l:019"]
+    assert [v for _, v in store.items("x:m:")] == ["another prefix"]
+    store.close()
+
+
 def test_rocksdb_store_checkpoint_is_atomic_with_offsets(tmp_path: Path) -> None:
     store = open_partition_store(tmp_path, "p", 0)
     store.set("x", 1)
