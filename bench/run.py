@@ -387,6 +387,10 @@ def main() -> None:
     from streams.log import configure_logging
 
     configure_logging("json", "WARNING")
+    # The shells measured in this process run as every role process does.
+    from streams.runtime.process import tune_for_streaming
+
+    tune_for_streaming()
     s = args.scale
     broker = EmbeddedBroker().start()
     try:
