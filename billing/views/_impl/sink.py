@@ -80,7 +80,7 @@ class LedgerSink:
         self.batch_size = batch_size
         self.codec = SingleObjectCodec()
         entry = self.codec.registry.for_type("ledger.line_item")
-        self._ledger_fp = entry.fingerprint
+        self._ledger_header = SINGLE_OBJECT_MARKER + entry.fingerprint
         self._block = ContainerBlock(entry.schema)
         #: known fingerprints of the other events on the ledger topic (holds, settlements)
         self._others = frozenset(fp for fp, e in self.codec.registry.by_fingerprint.items()
@@ -118,12 +118,11 @@ class LedgerSink:
     def _decode(self, msgs: list[Message], advanced: dict[int, int]) -> list[pa.Table]:
         """The line items among `msgs` as Arrow tables, fast-decoded when they can be;
         `advanced` gets the offset after the last record read in each partition."""
-        current: list[Message] = []
         bodies: list[bytes] = []
         parts: list[int] = []
         offsets: list[int] = []
         slow: list[dict[str, Any]] = []
-        ledger_fp, others, marker = self._ledger_fp, self._others, SINGLE_OBJECT_MARKER
+        header, others, marker = self._ledger_header, self._others, SINGLE_OBJECT_MARKER
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -135,24 +134,23 @@ class LedgerSink:
             raw = msg.value()
             if raw is None:
                 continue  # a recovery marker
-            fp = raw[2:10]
-            if fp == ledger_fp and raw[:2] == marker:
-                current.append(msg)
+            if raw.startswith(header):
                 bodies.append(raw[10:])
                 parts.append(p)  # type: ignore[arg-type]
                 offsets.append(o)  # type: ignore[arg-type]
-            elif fp not in others or raw[:2] != marker:
+            elif raw[2:10] not in others or raw[:2] != marker:
                 row = self._row(msg)  # an older line item, or not ours: dead-lettered
                 if row is not None:
                     slow.append(row)
             # else: a hold or a settlement, which views do not show
         self.read += len(msgs)
         tables: list[pa.Table] = []
-        if current:
+        if bodies:
             try:
                 fast = _with_decimal_amounts(decode_bodies(self._block, bodies))
-            except ValueError:
-                rows = (self._row(m) for m in current)  # find the bad one(s)
+            except ValueError:  # find the bad one(s): decode the line items one by one
+                rows = (self._row(m) for m in msgs
+                        if m.error() is None and (m.value() or b"").startswith(header))
                 slow.extend(r for r in rows if r is not None)
             else:
                 tables.append(fast.append_column("_partition", pa.array(parts, pa.int32()))
