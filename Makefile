@@ -23,7 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas streams agents billing autoscaler infra
+	$(BIN)/mypy schemas streams agents billing autoscaler infra bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --out bench/results.json

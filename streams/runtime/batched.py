@@ -135,9 +135,10 @@ class BatchedProcessor:
         self._pending: dict[int, FactGroups] = {}
         self._fact_high: dict[int, int] = {}
         # Facts go out as they are decided and the flush waits for the
-        # checkpoint interval, so lingering would only add to every hop.
+        # checkpoint interval; a short linger still groups a batch's facts
+        # into few record batches (see `processor_linger_ms`).
         self._producer = EventProducer(settings, self.codec, on_delivered=self._delivered,
-                                       **{"linger.ms": 1})
+                                       **{"linger.ms": settings.processor_linger_ms})
         self._dlq = DeadLetterRouter(self._producer, self.dead_letter_topic, reducer.name)
         self._consumer: Consumer | None = None
         self._ready_sent = False
