@@ -240,12 +240,12 @@ class OnceflowSettings(BaseSettings):
                     "(a hop's worst added latency; lower costs the broker idle CPU)",
     )
     processor_linger_ms: int = Field(
-        default=5, ge=0,
-        description="linger.ms of the batched shell's producer. Fewer, larger record batches "
-                    "than at 1 ms: the embedded broker's cost per request grows with a "
-                    "partition's batch count (docs/embedded-broker.md), and at 5 ms it spent "
-                    "a third of the CPU on the shell bench (25k against 19-20k events/s) "
-                    "with no worse latency at 200 units/s; 1 shortens a quiet hop by 4 ms",
+        default=1, ge=0,
+        description="linger.ms of the batched shell's producer. 1 keeps a quiet hop short and "
+                    "the facts in flight at a crash few; 5 makes fewer, larger record batches "
+                    "(a third of the embedded broker's CPU on the shell bench, 25k against "
+                    "19-20k events/s), but more facts in flight at a crash: see "
+                    "docs/embedded-broker.md before raising it",
     )
     checkpoint_interval_ms: int = Field(
         default=100, ge=0,
