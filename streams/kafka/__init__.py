@@ -2,6 +2,7 @@
 
 from streams.kafka.consumer import (
     TopicFollower,
+    is_error,
     make_consumer,
     partition_count,
     read_events,
@@ -36,6 +37,7 @@ __all__ = [
     "TopicFollower",
     "dead_letter_from_message",
     "dead_letter_headers",
+    "is_error",
     "make_consumer",
     "message_headers",
     "partition_count",

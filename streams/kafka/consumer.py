@@ -19,6 +19,7 @@ from streams.settings import OnceflowSettings
 
 __all__ = [
     "TopicFollower",
+    "is_error",
     "make_consumer",
     "partition_count",
     "read_events",
@@ -30,6 +31,17 @@ __all__ = [
 
 def make_consumer(settings: OnceflowSettings, group_id: str | None, **overrides: Any) -> Consumer:
     return Consumer(settings.consumer_config(group_id, **overrides))
+
+
+def is_error(msg: Message, log: Any) -> bool:
+    """True when `msg` carries an error instead of a record; logged unless it only
+    says a partition's end was reached."""
+    err = msg.error()
+    if err is None:
+        return False
+    if err.code() != KafkaError._PARTITION_EOF:
+        log.warning("consume.error", error=str(err))
+    return True
 
 
 def partition_count(consumer: Consumer, topic: str, timeout: float = 10.0) -> int:

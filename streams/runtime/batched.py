@@ -22,10 +22,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from schemas import SINGLE_OBJECT_MARKER, CodecError, EventCodec, SingleObjectCodec
-from streams.kafka.consumer import make_consumer, partition_count, read_partition_to_end
+from streams.kafka.consumer import (
+    is_error,
+    make_consumer,
+    partition_count,
+    read_partition_to_end,
+)
 from streams.kafka.dead_letters import DeadLetterRouter, message_headers
 from streams.kafka.producer import EventProducer
 from streams.log import get_logger
@@ -251,10 +256,7 @@ class BatchedProcessor:
         stores, handle = self._stores, self._handle
         last: dict[tuple[str, int], int] = {}  # the offsets after the batch, set once
         for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.log.warning("consume.error", error=str(err))
+            if is_error(msg, self.log):
                 continue
             partition: int = msg.partition()  # type: ignore[assignment]
             store = stores.get(partition)

@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from billing.views._impl.engine import LEDGER_COLUMNS, ViewEngine
 from schemas import (
@@ -30,7 +30,13 @@ from schemas import (
     SingleObjectCodec,
     decode_bodies,
 )
-from streams.kafka import DeadLetterRouter, EventProducer, make_consumer, partition_count
+from streams.kafka import (
+    DeadLetterRouter,
+    EventProducer,
+    is_error,
+    make_consumer,
+    partition_count,
+)
 from streams.log import get_logger
 from streams.runtime.batched import next_batch
 from streams.settings import OnceflowSettings
@@ -124,10 +130,7 @@ class LedgerSink:
         slow: list[dict[str, Any]] = []
         header, others, marker = self._ledger_header, self._others, SINGLE_OBJECT_MARKER
         for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.log.warning("consume.error", error=str(err))
+            if is_error(msg, self.log):
                 continue
             p, o = msg.partition(), msg.offset()
             advanced[p] = o + 1  # type: ignore[index, operator]
