@@ -174,6 +174,11 @@ class BillingSettings(BaseModel):
         default_factory=dict,
         description="tenant -> prepaid USD; such a tenant's new work is rejected with "
                     "BUDGET_EXCEEDED once its balance would go below zero")
+    views_dedupe_window: int = Field(
+        default=200_000, ge=1,
+        description="line item ids the views remember to drop a second copy of one "
+                    "(about 120 bytes each)",
+    )
     cost_spike_factor: float = Field(
         default=10.0, gt=1, description="a session costing this many times its tenant's "
                                         "median session is flagged")

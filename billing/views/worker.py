@@ -28,7 +28,8 @@ class ViewsProcessor:
         self.catalog = TopicCatalog(settings)
         path = db_path or Path(settings.state_dir) / "views" / "ledger.duckdb"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = ViewEngine(path, credits=dict(settings.billing.prepaid_credits))
+        self.engine = ViewEngine(path, credits=dict(settings.billing.prepaid_credits),
+                                 dedupe_window=settings.billing.views_dedupe_window)
         self._producer = EventProducer(settings, SingleObjectCodec())
         self.service = ViewService(self.engine, publish=self._publish)
         self.sink = LedgerSink(self.engine, settings)
