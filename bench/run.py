@@ -121,8 +121,9 @@ def _ledger_sources(n: int) -> list[Any]:
 
     out: list[Any] = []
     for i in range(n):
-        env: dict[str, Any] = {"occurred_at": 1_700_000_000_000 + i, "tenant_id": f"tenant-{i % 5}",
-               "execution_session_id": f"s{i % 97}", "work_unit_id": f"bench-{i}"}
+        env: dict[str, Any] = {
+            "occurred_at": 1_700_000_000_000 + i, "tenant_id": f"tenant-{i % 5}",
+            "execution_session_id": f"s{i % 97}", "work_unit_id": f"bench-{i}"}
         if i % 5 == 4:
             out.append(LlmInvocationCompleted(
                 **env, event_id=f"inv-{i}", node_id="n1", provider="stub", model="stub",
@@ -285,8 +286,9 @@ def views_rates(settings: OnceflowSettings, rows: int, sink_items: int) -> dict[
                 "each with its offsets in one DuckDB transaction, deduplicated by the window "
                 "of recent ids; batch build: Python records to Arrow (the sink's slow path); "
                 "sink: from Kafka to committed rows, from the sink's start (consumer start "
-                "included; after_first_batch: from the first commit on), batch Avro decode (polars) on one thread and inserts on another; "
-                "pull: a per-tenant aggregate over every row",
+                "included; after_first_batch: from the first commit on), batch Avro decode "
+                "(polars) on one thread and inserts on another; pull: a per-tenant aggregate "
+                "over every row",
     }
 
 

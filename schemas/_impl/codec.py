@@ -15,7 +15,6 @@ import json
 import struct
 import types
 import typing
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -148,61 +147,33 @@ def _is_plain(model: type[Event]) -> bool:
     return True
 
 
-def _decoder(entry: EventSchema) -> Callable[[bytes], Event] | None:
-    """Bytes to model for data in the current schema, with the registry lookups done once."""
-    compiled, model = entry.compiled, entry.model
-    if compiled is None or model is None:
-        return None
-    read, validate, name = compiled.read, model.model_validate, entry.event_type
-
-    def decode(data: bytes) -> Event:
-        try:
-            record, end = read(data, _HEADER_LEN)
-        except _DECODE_ERRORS as exc:
-            raise TruncatedEventError(f"{name} body is truncated or corrupt ({len(data)} "
-                                      f"bytes): {type(exc).__name__}: {exc}") from exc
-        if end != len(data):
-            raise TruncatedEventError(f"{name} body has {len(data) - end} trailing bytes: "
-                                      "the record is corrupt or was written with another schema")
-        try:
-            return validate(record)
-        except ValidationError as exc:
-            raise EventValidationError(f"{name} breaks its contract: {exc}") from exc
-
-    return decode
-
-
 class SingleObjectCodec:
     """Avro single-object encoding; no external service needed."""
 
     def __init__(self, registry: SchemaRegistry | None = None) -> None:
         self.registry = registry or default_registry()
-        # Per model class and per fingerprint: the work of finding the schema,
-        # done once (the hot path encodes and decodes the same few types).
-        self._encoders: dict[type[Event], Callable[[Event], bytes]] = {}
-        self._decoders: dict[bytes, Callable[[bytes], Event] | None] = {}
+        # Per model class and per fingerprint: the schema found once (the hot
+        # path encodes and decodes the same few types).
+        self._encoders: dict[type[Event], tuple[EventSchema, bytes, bool] | None] = {}
+        self._current: dict[bytes, EventSchema] = {}
 
-    def _encoder(self, cls: type[Event]) -> Callable[[Event], bytes]:
+    def _encoder(self, cls: type[Event]) -> tuple[EventSchema, bytes, bool] | None:
+        """(schema, header, plain) for the model class of a registered type; None otherwise."""
         entry = self.registry.by_type.get(cls.EVENT_TYPE)
-        if entry is None or entry.compiled is None or entry.model is not cls:
-            return lambda event: self.encode_record(event.event_type, event.model_dump())
-        header, write, name = SINGLE_OBJECT_MARKER + entry.fingerprint, entry.compiled.write, \
-            entry.event_type
-        plain = _is_plain(cls)
-
-        def encode(event: Event) -> bytes:
-            try:
-                return header + write(event.__dict__ if plain else event.model_dump())
-            except _ENCODE_ERRORS as exc:
-                raise CodecError(f"cannot encode {name}: {type(exc).__name__}: {exc}") from exc
-
-        return encode
+        if entry is None or entry.model is not cls:
+            return None
+        return entry, SINGLE_OBJECT_MARKER + entry.fingerprint, _is_plain(cls)
 
     def encode(self, event: Event) -> bytes:
-        encoder = self._encoders.get(type(event))
-        if encoder is None:
-            encoder = self._encoders[type(event)] = self._encoder(type(event))
-        return encoder(event)
+        cls = type(event)
+        try:
+            found = self._encoders[cls]
+        except KeyError:
+            found = self._encoders[cls] = self._encoder(cls)
+        if found is None:
+            return self.encode_record(event.event_type, event.model_dump())
+        entry, header, plain = found
+        return header + _write_body(entry, event.__dict__ if plain else event.model_dump())
 
     def encode_record(self, event_type: str, record: dict[str, Any]) -> bytes:
         entry = self.registry.for_type(event_type)
@@ -229,21 +200,16 @@ class SingleObjectCodec:
         return entry.event_type, _read_body(entry, current, data, _HEADER_LEN)
 
     def decode(self, data: bytes) -> Event:
-        fp = data[2:_HEADER_LEN]
-        try:
-            fast = self._decoders[fp]
-        except KeyError:
-            entry = self.registry.by_fingerprint.get(fp)
-            fast = None
-            if entry is not None and self.registry.by_type.get(entry.event_type) is entry:
-                fast = _decoder(entry)
-            if len(fp) == _HEADER_LEN - 2:
-                self._decoders[fp] = fast
-        if fast is not None and data[:2] == SINGLE_OBJECT_MARKER:
-            return fast(data)
-        entry = self._entry(data)
-        current = self.registry.for_type(entry.event_type)
-        return _validate(current, _read_body(entry, current, data, _HEADER_LEN))
+        current = self._current.get(data[2:_HEADER_LEN])
+        if current is None:
+            entry = self._entry(data)
+            current = self.registry.for_type(entry.event_type)
+            if entry is not current:  # an older writer's data: resolved by fastavro
+                return _validate(current, _read_body(entry, current, data, _HEADER_LEN))
+            self._current[entry.fingerprint] = current
+        elif data[:2] != SINGLE_OBJECT_MARKER:
+            self._entry(data)  # raises the error that says what is wrong with the header
+        return _validate(current, _read_body(current, current, data, _HEADER_LEN))
 
 
 class ConfluentCodec:

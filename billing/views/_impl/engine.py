@@ -135,9 +135,6 @@ class RecentIds:
         self._batches: deque[set[str]] = deque()
         self._size = 0
 
-    def prime(self, ids: list[str]) -> None:
-        self.admit(ids)
-
     def admit(self, ids: list[str]) -> tuple[list[bool] | None, set[str]]:
         """Remember the new ids; returns (a keep mask, or None when all are new; the new ids)."""
         batch = set(ids)
@@ -197,7 +194,7 @@ class ViewEngine:
         self.version = 0  # grows with every ingest and view change
         self._create_schema(credits or {})
         self._recent = RecentIds(dedupe_window)
-        self._recent.prime(self._last_ids(dedupe_window))
+        self._recent.admit(self._last_ids(dedupe_window))
         self._db.execute("SET enable_external_access = false")
         self.views: dict[str, ViewInfo] = {}
         for text in BUILTIN_VIEWS.values():
@@ -262,8 +259,8 @@ class ViewEngine:
             names = [f"incoming_{i}" for i in range(len(parts))]
             for name, table in zip(names, parts, strict=True):
                 db.register(name, table)
-            rows = sum(t.num_rows for t in parts)
-            narrow = (self._ingest_threads is not None and rows >= _LARGE_INSERT
+            inserted = sum(t.num_rows for t in parts)
+            narrow = (self._ingest_threads is not None and inserted >= _LARGE_INSERT
                       and self._ingest_threads != self._query_threads)
             if narrow:
                 db.execute(f"SET threads = {self._ingest_threads}")
@@ -285,7 +282,6 @@ class ViewEngine:
                     db.unregister(name)
                 if narrow:
                     db.execute(f"SET threads = {self._query_threads}")
-            inserted = rows
         self._bump()
         return inserted
 

@@ -36,6 +36,7 @@ from streams.kafka import (
     is_error,
     make_consumer,
     partition_count,
+    type_fingerprints,
 )
 from streams.log import get_logger
 from streams.runtime.batched import next_batch
@@ -89,8 +90,8 @@ class LedgerSink:
         self._ledger_header = SINGLE_OBJECT_MARKER + entry.fingerprint
         self._block = ContainerBlock(entry.schema)
         #: known fingerprints of the other events on the ledger topic (holds, settlements)
-        self._others = frozenset(fp for fp, e in self.codec.registry.by_fingerprint.items()
-                                 if e.event_type != "ledger.line_item")
+        self._others = type_fingerprints(
+            self.codec, frozenset(self.codec.registry.by_type) - {"ledger.line_item"}) or frozenset()
         self.log = get_logger(processor=self.name)
         self.ingested = 0
         self.read = 0
@@ -167,8 +168,11 @@ class LedgerSink:
             return self.engine.ingest(tables, self.topic, advanced)
         except duckdb.ConversionException:
             pass  # an amount that is not a decimal: find it, dead-letter it, keep the rest
+        # Batch-decoded tables hold decimals already: only the slow path's strings can fail.
+        ready = [t for t in tables if t.schema.field(_MONEY[0]).type == _DECIMAL]
         good = []
-        for row in (r for t in tables for r in t.to_pylist()):
+        for row in (r for t in tables if t.schema.field(_MONEY[0]).type != _DECIMAL
+                    for r in t.to_pylist()):
             try:
                 for name in _MONEY:
                     Decimal(row[name])
@@ -177,7 +181,7 @@ class LedgerSink:
                 self._dead_letter_row(row, exc)
         if self._dlq is not None:
             self._dlq.producer.flush()
-        return self.engine.ingest(line_item_batch(good), self.topic, advanced)
+        return self.engine.ingest([*ready, line_item_batch(good)], self.topic, advanced)
 
     def _dead_letter_row(self, row: dict[str, Any], exc: Exception) -> None:
         """A decoded record the database refused: re-read its raw record to dead-letter it."""
