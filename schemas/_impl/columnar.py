@@ -60,7 +60,10 @@ class ContainerBlock:
 
 
 def decode_bodies(block: ContainerBlock, bodies: Sequence[bytes]) -> pa.Table:
-    """The bodies as one Arrow table, a column per field (strings as large_string).
+    """The bodies as one Arrow table, a column per field.
+
+    Strings come as Arrow's string views, polars' own layout, so nothing is
+    copied out of polars (`large_string` would copy every string once more).
 
     Raises `ValueError` when any body does not match the schema; the caller
     then finds the bad ones record by record.
@@ -77,4 +80,4 @@ def decode_bodies(block: ContainerBlock, bodies: Sequence[bytes]) -> pa.Table:
         raise ValueError(f"a body does not match the schema: {exc}") from exc
     if frame.height != len(bodies):
         raise ValueError(f"decoded {frame.height} records from {len(bodies)} bodies")
-    return frame.to_arrow()
+    return frame.to_arrow(compat_level=pl.CompatLevel.newest())
