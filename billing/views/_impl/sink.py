@@ -165,7 +165,8 @@ class LedgerSink:
         slow: list[dict[str, Any]] = []
         header, others, marker = self._ledger_header, self._others, SINGLE_OBJECT_MARKER
         for msg in msgs:
-            if is_error(msg, self.log):
+            if msg.error() is not None:  # checked inline: this loop runs per line item
+                is_error(msg, self.log)
                 continue
             p, o = msg.partition(), msg.offset()
             advanced[p] = o + 1  # type: ignore[index, operator]
