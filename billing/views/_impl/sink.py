@@ -105,7 +105,8 @@ class _Decoded:
                                    firsts["_offset_min"].to_pylist(), strict=True))
                 self.tables = [rest]  # self.advanced stays: the rest commits it
                 return [table.slice(0, whole)], offsets
-        # a slow-decoded part (another schema) goes with everything read, uncut
+        # everything: when asked, when it is whole row groups, or when a slow-decoded
+        # part (another schema) is among it, which is not cut
         self.tables, self.advanced = [], {}
         return tables, advanced
 
