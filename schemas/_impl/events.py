@@ -40,6 +40,7 @@ __all__ = [
     "ControlSessionPaused",
     "ControlSessionResumed",
     "DeadLetterRecorded",
+    "DecisionClosed",
     "EffectStaged",
     "Event",
     "LedgerChargeHeld",
@@ -703,6 +704,29 @@ class ClockTick(Event):
     sequence: int = 0
 
 
+# --- the processor runtime ----------------------------------------------------
+
+
+class DecisionClosed(Event):
+    """The end of a decision whose facts were only partly written before a crash.
+
+    A processor that re-decides an input after a crash normally repeats the
+    facts already in its log byte for byte and writes the rest. When the new
+    decision differs (it read something outside the partition's log, such as
+    a global table), the facts in the log stand: the written part becomes
+    the whole decision, and this event, its last fact, says so. No fact id is
+    written twice and no reader sees two versions of one. Reducers never see
+    it; the shell folds it.
+    """
+
+    EVENT_TYPE: ClassVar[str] = "processor.decision.closed"
+    AVRO_NAME: ClassVar[str] = "ProcessorDecisionClosed"
+    event_type: Literal["processor.decision.closed"] = "processor.decision.closed"
+    processor: str
+    facts_kept: int = Field(ge=0)
+    reason: str = ""
+
+
 # --- dead letters -------------------------------------------------------------
 
 
@@ -764,5 +788,6 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     ControlHumanInputSubmitted,
     ControlOperatorResolved,
     ClockTick,
+    DecisionClosed,
     DeadLetterRecorded,
 )

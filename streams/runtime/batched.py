@@ -24,7 +24,15 @@ from typing import Any, Literal
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from schemas import SINGLE_OBJECT_MARKER, CodecError, EventCodec, SingleObjectCodec
+from schemas import (
+    SINGLE_OBJECT_MARKER,
+    CodecError,
+    DecisionClosed,
+    Event,
+    EventCodec,
+    SingleObjectCodec,
+)
+from streams.ids import derive_event_id
 from streams.kafka.consumer import (
     is_error,
     make_consumer,
@@ -326,24 +334,26 @@ class BatchedProcessor:
             self.log.exception("reducer.decide_failed", event_id=event.event_id)
             self._dead_letter(msg, ReducerError(f"{type(exc).__name__}: {exc}"))
             return
-        if not facts:
-            return
         groups = self._pending.get(partition)
         held = groups.pending.pop(event.event_id, None) if groups else None
+        raws = [self.codec.encode(fact) for fact in facts]
+        if held is not None and not (  # the new decision must go on from the written part
+                len(raws) > len(held)
+                and all(h.raw == r for h, r in zip(held, raws[:len(held)], strict=True))):
+            self._close_held(store, partition, event, held)
+            return
+        if not facts:
+            return
         total = len(facts)
-        matching = True
-        encoded: dict[int, bytes] = {}
-        for i, fact in enumerate(facts, start=1):
-            raw_fact = self.codec.encode(fact)
-            encoded[id(fact)] = raw_fact
-            # After a crash mid-decision, the facts already in the topic are not
-            # sent again as long as the new decision repeats them byte for byte.
-            if matching and held is not None and i <= len(held) and held[i - 1].raw == raw_fact:
+        sent_before = self._sent_before.get(partition, ())
+        for i, (fact, raw_fact) in enumerate(zip(facts, raws, strict=True), start=1):
+            # After a crash mid-decision, the facts already in the topic (the
+            # held part, repeated byte for byte) are not sent again.
+            if held is not None and i <= len(held):
                 pass
-            elif fact.event_id in self._sent_before.get(partition, ()):
-                matching = False  # re-found while rebuilding from inputs: in the topic already
+            elif fact.event_id in sent_before:
+                pass  # re-found while rebuilding from inputs: in the topic already
             else:
-                matching = False
                 self._producer.send_encoded(
                     self._fact_topic, fact, raw_fact, partition=partition,
                     headers=fact_headers(event.event_id, i, total),
@@ -351,9 +361,45 @@ class BatchedProcessor:
                 self.facts_emitted += 1
             self.reducer.evolve(store, fact)
         store.mark_seen(event.event_id)
+        self._route(facts, raws)
+
+    def _route(self, facts: Sequence[Event], raws: Sequence[bytes]) -> None:
+        encoded = {id(fact): raw for fact, raw in zip(facts, raws, strict=True)}
         for fact in facts:
             for routed in self.reducer.route(fact):
                 self._send_routed(routed, encoded.get(id(routed.event)))
+
+    def _close_held(self, store: PartitionStore, partition: int, event: Event,
+                    held: list[FactRecord]) -> None:
+        """Keep the part of a decision written before a crash as the whole decision.
+
+        Re-deciding gave other facts than those in the log (the reducer read
+        something outside the partition's log, such as a global table). What
+        the log holds stands: those facts are folded and routed, and a
+        `DecisionClosed` fact completes their group, so no fact id is written
+        twice and no reader sees two versions of a fact. Whatever the rest of
+        the decision would have done is left to later inputs (a scheduler's
+        ticks re-examine what is still waiting).
+        """
+        closing = DecisionClosed(
+            event_id=derive_event_id(event.event_id, "decision-closed"),
+            occurred_at=event.occurred_at, tenant_id=event.tenant_id,
+            execution_session_id=event.execution_session_id,
+            work_unit_id=event.work_unit_id, causation_id=event.event_id,
+            processor=self.reducer.name, facts_kept=len(held),
+            reason="the decision made again after a restart differs from the facts "
+                   "written before it",
+        )
+        n = len(held) + 1
+        self._producer.send(self._fact_topic, closing, partition=partition,
+                            headers=fact_headers(event.event_id, n, n))
+        self.facts_emitted += 1
+        for record in held:
+            self.reducer.evolve(store, record.fact)
+        store.mark_seen(event.event_id)
+        self._route([r.fact for r in held], [r.raw for r in held])
+        self.log.warning("decision.closed", partition=partition, cause=event.event_id,
+                         facts_kept=len(held))
 
     def _send_routed(self, routed: Routed, raw: bytes | None = None) -> None:
         """Send a derived output; a fact routed as it is reuses its encoding."""

@@ -6,6 +6,11 @@ folded; a trailing, incomplete group (the process died while producing it)
 is held back, and a later fact at position `i` of the same cause replaces
 positions `i..` of the held group. Recovery and replay apply the same rule,
 so they reach the same state.
+
+The shell ends a held group it cannot repeat with a `DecisionClosed` fact
+at the next position (see `BatchedProcessor`): the group then completes with
+the facts that were written. That fact is the shell's own: it is folded
+here and never given to the reducer.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Protocol
 
 from confluent_kafka import Message
 
-from schemas import CodecError, Event, EventCodec
+from schemas import CodecError, DecisionClosed, Event, EventCodec
 from streams.settings import OnceflowSettings
 from streams.state import MemoryState
 from streams.types import Reducer, State
@@ -98,6 +103,8 @@ def fold_fact_records(
         if done is None:
             continue
         for item in done:
+            if isinstance(item.fact, DecisionClosed):
+                continue
             reducer.evolve(state, item.fact)
             yield item
         state.mark_seen(record.cause)

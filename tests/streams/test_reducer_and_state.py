@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas import SingleObjectCodec
+from schemas import DecisionClosed, Event, SingleObjectCodec
 from streams.examples.submission_counter import SubmissionCounted, SubmissionCounter
-from streams.runtime.facts import FactGroups, FactRecord
+from streams.runtime.facts import FactGroups, FactRecord, fold_fact_records
 from streams.runtime.fingerprint import fingerprint_items, fingerprint_partitions
 from streams.state import MemoryState, open_partition_store
 from tests.fixtures import submitted
@@ -127,3 +127,24 @@ def test_a_restarted_decision_replaces_the_held_tail() -> None:
     groups.add(_record("c", 2, 3, 5))
     done = groups.add(_record("c", 3, 3, 6))
     assert done is not None and [r.offset for r in done] == [0, 5, 6]
+
+
+def test_a_closed_decision_folds_the_written_facts_and_not_the_closing_one() -> None:
+    """Facts 1 and 2 of 3, then the shell's `DecisionClosed` at position 3 of 3."""
+
+    class Folded(SubmissionCounter):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def evolve(self, state: object, fact: Event) -> None:
+            self.seen.append(fact.event_id)
+
+    closing = DecisionClosed(event_id="closed", occurred_at=0, causation_id="c",
+                             processor="p", facts_kept=2)
+    records = [_record("c", 1, 3, 0), _record("c", 2, 3, 1),
+               FactRecord("c", 3, 3, closing, SingleObjectCodec().encode(closing), 2)]
+    reducer, state = Folded(), MemoryState()
+    folded = list(fold_fact_records(reducer, state, records, FactGroups()))
+    assert [r.offset for r in folded] == [0, 1]
+    assert reducer.seen == ["ev-0", "ev-1"]  # the reducer never sees the closing fact
+    assert state.has_seen("c")
