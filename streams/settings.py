@@ -245,12 +245,12 @@ class OnceflowSettings(BaseSettings):
                     "(a hop's worst added latency; lower costs the broker idle CPU)",
     )
     processor_linger_ms: int = Field(
-        default=1, ge=0,
-        description="linger.ms of the batched shell's producer. 1 keeps a quiet hop short and "
-                    "the facts in flight at a crash few; 5 makes fewer, larger record batches "
-                    "(a third of the embedded broker's CPU on the shell bench, 25k against "
-                    "19-20k events/s), but more facts in flight at a crash: see "
-                    "docs/embedded-broker.md before raising it",
+        default=5, ge=0,
+        description="linger.ms of the batched shell's producer: 5 makes fewer, larger record "
+                    "batches (on the embedded broker, whose cost per request grows with a "
+                    "partition's batches: a third of its CPU on the shell bench, and p99 "
+                    "166-170 against 202-227 ms at 200 units/s than with 1); see "
+                    "docs/embedded-broker.md",
     )
     checkpoint_interval_ms: int = Field(
         default=100, ge=0,
