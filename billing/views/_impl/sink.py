@@ -115,11 +115,12 @@ class LedgerSink:
     name = "views-sink"
 
     def __init__(self, engine: ViewEngine, settings: OnceflowSettings, *,
-                 batch_size: int = 50_000) -> None:
+                 batch_size: int = 50_000, row_group_rows: int = ROW_GROUP_ROWS) -> None:
         self.engine = engine
         self.settings = settings
         self.topic = TopicCatalog(settings)["ledger"].name
         self.batch_size = batch_size
+        self.row_group_rows = row_group_rows  # the engine's; smaller only in tests
         self.codec = SingleObjectCodec()
         entry = self.codec.registry.for_type("ledger.line_item")
         self._ledger_header = SINGLE_OBJECT_MARKER + entry.fingerprint
@@ -279,7 +280,7 @@ class LedgerSink:
                 # gathering whole row groups. A small read means caught up (the high
                 # watermark cannot tell: see BROKER.md): insert what there is now.
                 behind = len(msgs) >= self.batch_size // 8
-                hand_over(decoded.take(ROW_GROUP_ROWS if behind else None))
+                hand_over(decoded.take(self.row_group_rows if behind else None))
             hand_over(decoded.take(None))
         finally:
             if inserter is not None:

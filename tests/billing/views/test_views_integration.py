@@ -19,11 +19,11 @@ from billing.views.worker import ViewsProcessor
 from infra.broker import free_port
 from infra.roles import start_roles, stop_roles
 from schemas import LedgerLineItem, SingleObjectCodec
-from streams.kafka import EventProducer
+from streams.kafka import EventProducer, read_topic_to_end
 from streams.settings import OnceflowSettings
 from streams.topics import TopicCatalog, create_topics
 from tests.billing.views.fixtures import ingest, ledger_items
-from tests.fixtures import events, wait_for
+from tests.fixtures import events, running, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -229,3 +229,38 @@ def test_random_bytes_on_the_ledger_topic_are_dead_lettered_and_the_rest_kept(
     wait_for(lambda: len(junk()) == 2, what="both junk records dead-lettered")
     dead = junk()
     assert all(DLQ_HEADER_OFFSET in dict(m.headers()) for m in dead)
+
+
+def test_catching_up_in_whole_row_groups_inserts_every_line_item_once(
+        settings: OnceflowSettings) -> None:
+    """A sink far behind gathers whole row groups (made small here) and cuts reads
+    between inserts; each insert's offsets cover exactly its rows."""
+    from billing.views import LedgerSink
+
+    create_topics(settings)
+    items = ledger_items(1500)
+    produce(settings, items)
+    engine = ViewEngine()
+    sizes: list[int] = []
+    ingest = engine.ingest
+
+    def counted(batch, topic, offsets):  # type: ignore[no-untyped-def]
+        n = ingest(batch, topic, offsets)
+        sizes.append(n)
+        return n
+
+    engine.ingest = counted  # type: ignore[method-assign]
+    sink = LedgerSink(engine, settings, batch_size=160, row_group_rows=70)
+    with running(sink):
+        wait_for(sink.caught_up.is_set, what="the sink caught up")
+        wait_for(lambda: engine.count_and_sum()[0] == len(items), what="every line item")
+    assert engine.count_and_sum() == (len(items), sum((i.total_usd for i in items),
+                                                      Decimal("0")))
+    assert engine.query("SELECT count(DISTINCT line_item_id) FROM ledger").rows == [
+        (len(items),)]
+    assert [n for n in sizes if n % 70 == 0 and n > 0], "no insert of whole row groups"
+    ends: dict[int, int] = {}
+    for m in read_topic_to_end(settings, TopicCatalog(settings)["ledger"].name):
+        ends[m.partition() or 0] = (m.offset() or 0) + 1
+    assert engine.offsets(TopicCatalog(settings)["ledger"].name) == ends
+    engine.close()
