@@ -2,7 +2,7 @@
 
 from streams.kafka.consumer import (
     TopicFollower,
-    is_error,
+    log_consume_error,
     make_consumer,
     partition_count,
     read_events,
@@ -37,7 +37,7 @@ __all__ = [
     "TopicFollower",
     "dead_letter_from_message",
     "dead_letter_headers",
-    "is_error",
+    "log_consume_error",
     "make_consumer",
     "message_headers",
     "partition_count",

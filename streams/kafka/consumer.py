@@ -19,7 +19,7 @@ from streams.settings import OnceflowSettings
 
 __all__ = [
     "TopicFollower",
-    "is_error",
+    "log_consume_error",
     "make_consumer",
     "partition_count",
     "read_events",
@@ -33,15 +33,16 @@ def make_consumer(settings: OnceflowSettings, group_id: str | None, **overrides:
     return Consumer(settings.consumer_config(group_id, **overrides))
 
 
-def is_error(msg: Message, log: Any) -> bool:
-    """True when `msg` carries an error instead of a record; logged unless it only
-    says a partition's end was reached."""
+def log_consume_error(msg: Message, log: Any) -> None:
+    """Log the error a consumed `msg` carries instead of a record, unless it only says
+    a partition's end was reached.
+
+    Callers test `msg.error() is not None` themselves: they run it once per
+    record, where a call for every record would cost more than the test.
+    """
     err = msg.error()
-    if err is None:
-        return False
-    if err.code() != KafkaError._PARTITION_EOF:
+    if err is not None and err.code() != KafkaError._PARTITION_EOF:
         log.warning("consume.error", error=str(err))
-    return True
 
 
 def partition_count(consumer: Consumer, topic: str, timeout: float = 10.0) -> int:

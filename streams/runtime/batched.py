@@ -34,7 +34,7 @@ from schemas import (
 )
 from streams.ids import derive_event_id
 from streams.kafka.consumer import (
-    is_error,
+    log_consume_error,
     make_consumer,
     partition_count,
     read_partition_to_end,
@@ -264,7 +264,8 @@ class BatchedProcessor:
         stores, handle = self._stores, self._handle
         last: dict[tuple[str, int], int] = {}  # the offsets after the batch, set once
         for msg in msgs:
-            if is_error(msg, self.log):
+            if msg.error() is not None:
+                log_consume_error(msg, self.log)
                 continue
             partition: int = msg.partition()  # type: ignore[assignment]
             store = stores.get(partition)
@@ -345,15 +346,12 @@ class BatchedProcessor:
         if not facts:
             return
         total = len(facts)
+        # In the topic already: the held part (repeated byte for byte, checked
+        # above), or facts re-found while rebuilding from inputs.
+        written = len(held) if held is not None else 0
         sent_before = self._sent_before.get(partition, ())
         for i, (fact, raw_fact) in enumerate(zip(facts, raws, strict=True), start=1):
-            # After a crash mid-decision, the facts already in the topic (the
-            # held part, repeated byte for byte) are not sent again.
-            if held is not None and i <= len(held):
-                pass
-            elif fact.event_id in sent_before:
-                pass  # re-found while rebuilding from inputs: in the topic already
-            else:
+            if i > written and fact.event_id not in sent_before:
                 self._producer.send_encoded(
                     self._fact_topic, fact, raw_fact, partition=partition,
                     headers=fact_headers(event.event_id, i, total),
@@ -364,22 +362,17 @@ class BatchedProcessor:
         self._route(facts, raws)
 
     def _route(self, facts: Sequence[Event], raws: Sequence[bytes]) -> None:
-        encoded = {id(fact): raw for fact, raw in zip(facts, raws, strict=True)}
-        for fact in facts:
+        for fact, raw in zip(facts, raws, strict=True):
             for routed in self.reducer.route(fact):
-                self._send_routed(routed, encoded.get(id(routed.event)))
+                self._send_routed(routed, raw if routed.event is fact else None)
 
     def _close_held(self, store: PartitionStore, partition: int, event: Event,
                     held: list[FactRecord]) -> None:
-        """Keep the part of a decision written before a crash as the whole decision.
+        """Keep the part of a decision written before a crash as the whole decision
+        (see `DecisionClosed`): fold and route it, and close its group.
 
-        Re-deciding gave other facts than those in the log (the reducer read
-        something outside the partition's log, such as a global table). What
-        the log holds stands: those facts are folded and routed, and a
-        `DecisionClosed` fact completes their group, so no fact id is written
-        twice and no reader sees two versions of a fact. Whatever the rest of
-        the decision would have done is left to later inputs (a scheduler's
-        ticks re-examine what is still waiting).
+        Whatever the rest of the decision would have done is left to later
+        inputs (a scheduler's ticks re-examine what is still waiting).
         """
         closing = DecisionClosed(
             event_id=derive_event_id(event.event_id, "decision-closed"),

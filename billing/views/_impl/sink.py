@@ -33,7 +33,7 @@ from schemas import (
 from streams.kafka import (
     DeadLetterRouter,
     EventProducer,
-    is_error,
+    log_consume_error,
     make_consumer,
     partition_count,
     type_fingerprints,
@@ -167,8 +167,8 @@ class LedgerSink:
         slow: list[dict[str, Any]] = []
         header, others, marker = self._ledger_header, self._others, SINGLE_OBJECT_MARKER
         for msg in msgs:
-            if msg.error() is not None:  # checked inline: this loop runs per line item
-                is_error(msg, self.log)
+            if msg.error() is not None:
+                log_consume_error(msg, self.log)
                 continue
             p, o = msg.partition(), msg.offset()
             advanced[p] = o + 1  # type: ignore[index, operator]
