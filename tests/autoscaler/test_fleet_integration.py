@@ -14,7 +14,13 @@ from infra.broker import EmbeddedBroker
 from infra.observe import ProgressFollower, read_capacity
 from infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
 from infra.stack import StackState, pid_alive, read_stack, write_stack
-from schemas import CapacityScaleRequested, SingleObjectCodec, WorkUnitDeferred, WorkUnitFailed
+from schemas import (
+    CapacityScaleRequested,
+    QueueSampled,
+    SingleObjectCodec,
+    WorkUnitDeferred,
+    WorkUnitFailed,
+)
 from streams.kafka import EventProducer
 from streams.runtime import fingerprint_items, replay_facts
 from streams.scheduler import SETTLED_STATES
@@ -84,6 +90,16 @@ def test_a_burst_throttles_grows_the_fleet_and_it_shrinks_after(
 
     wait_for(lambda: read_capacity(s)["mode"] == "THROTTLED", timeout=60,
              what="admission THROTTLED by the burst")
+
+    def scheduler_admits_as(mode: str) -> bool:
+        # The scheduler learns the mode from a global table, polled between its
+        # batches: the units below must reach it after it has, not just after the
+        # autoscaler has published it. Its queue samples record the mode it saw.
+        return any(isinstance(e, QueueSampled) and e.admission_mode == mode
+                   for e in events(s, TopicCatalog(s)["queue"].name))
+
+    wait_for(lambda: scheduler_admits_as("THROTTLED"), timeout=30,
+             what="the scheduler admitting as THROTTLED")
     held = [unit(f"held-{i}", simulated_ms=5) for i in range(20)]  # p2, while THROTTLED
     for u in held:
         producer.send(topic, u)
