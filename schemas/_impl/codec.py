@@ -112,8 +112,17 @@ def _read_body(entry: EventSchema, current: EventSchema, data: bytes, start: int
 
 
 def _validate(entry: EventSchema, record: dict[str, Any]) -> Event:
+    """The record as its model. `entry` is the current schema, which `record` was
+    decoded (or resolved) to, so its builder may trust the Avro types."""
     if entry.model is None:
         raise EventValidationError(f"event type {entry.event_type!r} has no model to validate into")
+    if entry.build is not None:
+        try:
+            built = entry.build(record)
+        except (KeyError, TypeError):  # not a record of this schema after all
+            built = None
+        if built is not None:
+            return built
     try:
         return entry.model.model_validate(record)
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas._impl.compiled import CompiledSchema, compile_schema
+from schemas._impl.construct import Builder, model_builder
 from schemas._impl.errors import UnknownEventTypeError, UnknownSchemaError
 from schemas._impl.events import EVENT_MODELS, Event
 
@@ -55,6 +56,9 @@ class EventSchema:
     #: the schema compiled to Python (current schemas only: an older writer's
     #: data is resolved to the current schema by fastavro); None: fastavro
     compiled: CompiledSchema | None = None
+    #: builds the model from a record decoded with this schema, checking only what
+    #: Avro did not (see `construct`); None: `model_validate`
+    build: Builder | None = None
 
 
 @dataclass
@@ -76,6 +80,7 @@ class SchemaRegistry:
             parsed=parse_schema(schema),
             fingerprint=avro_fingerprint(schema),
             compiled=compile_schema(schema),
+            build=None if model is None else model_builder(model, schema),
         )
         self.by_type[event_type] = entry
         self.by_fingerprint[entry.fingerprint] = entry

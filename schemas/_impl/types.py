@@ -7,7 +7,7 @@ touches an amount.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
@@ -45,7 +45,12 @@ def _to_decimal(value: object) -> object:
     if isinstance(value, float):
         raise ValueError("money must be a Decimal, int or decimal string, not float")
     if isinstance(value, str | int):
-        return Decimal(value)
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            # A ValueError is what pydantic turns into a ValidationError (and the
+            # codec into a dead letter); decimal's own error would escape both.
+            raise ValueError(f"{str(value)[:40]!r} is not a decimal amount") from None
     return value
 
 

@@ -54,3 +54,19 @@ def test_confluent_framing_through_a_registry_client() -> None:
     assert codec.decode(data) == event
     # A Confluent codec still reads single-object records (live migration).
     assert codec.decode(SingleObjectCodec().encode(event)) == event
+
+
+@pytest.mark.parametrize("amount", ["abc", "", "1.2.3"])
+def test_an_amount_that_is_no_decimal_is_a_validation_error(amount: str) -> None:
+    """decimal's own InvalidOperation used to escape the codec (and crash a processor
+    instead of dead-lettering the record)."""
+    from schemas import EventValidationError, LedgerChargeHeld
+    from tests.schemas.test_contracts import sample_event
+
+    codec = SingleObjectCodec()
+    record = codec.decode_record(codec.encode(sample_event(LedgerChargeHeld)))[1]
+    money = [k for k, f in LedgerChargeHeld.model_fields.items() if "Decimal" in str(f.annotation)]
+    assert money
+    record[money[0]] = amount
+    with pytest.raises(EventValidationError, match="not a decimal amount"):
+        codec.decode(codec.encode_record("ledger.charge.held", record))
