@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench up down status clean install
 
-$(STAMP): pyproject.toml
+# _native.c is compiled by the install, so a change to it installs again.
+$(STAMP): pyproject.toml schemas/_impl/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -40,4 +41,5 @@ status: $(STAMP)
 clean:
 	-$(BIN)/onceflow down 2>/dev/null
 	rm -rf $(VENV) .onceflow build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -f schemas/_impl/_native.*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from schemas import (
     TruncatedEventError,
     default_registry,
 )
-from schemas._impl.compiled import compile_schema
+from schemas._impl.compiled import CompiledSchema, compile_schema, native_available
 
 _PRIMS = {"null", "boolean", "int", "long", "float", "double", "string", "bytes"}
 
@@ -87,6 +88,23 @@ def _fastavro_read(schema: Any, data: bytes) -> Any:
 
 
 EVENT_TYPES = sorted(default_registry().by_type)
+#: the C extension, and the generated Python it stands in for
+IMPLS = ["native", "python"]
+
+
+def _compiled(schema: dict[str, Any], impl: str) -> CompiledSchema:
+    compiled = compile_schema(schema, native=impl == "native")
+    assert compiled is not None
+    assert compiled.native == (impl == "native")
+    return compiled
+
+
+def test_the_c_extension_is_built_and_used() -> None:
+    """`pip install` builds it wherever a C compiler is (optional in pyproject.toml, so a
+    machine without one still installs): here it must have been built."""
+    assert native_available()
+    assert all(e.compiled is not None and e.compiled.native
+               for e in default_registry().by_type.values())
 
 
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
@@ -94,16 +112,17 @@ def test_every_event_schema_compiles(event_type: str) -> None:
     assert default_registry().for_type(event_type).compiled is not None
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
-def test_same_bytes_and_values_as_fastavro(event_type: str) -> None:
+def test_same_bytes_and_values_as_fastavro(event_type: str, impl: str) -> None:
     entry = default_registry().for_type(event_type)
-    assert entry.compiled is not None
+    compiled = _compiled(entry.schema, impl)
     rng = random.Random(event_type)
     for _ in range(40):
         record = _random_value(rng, entry.schema, _named(entry.schema, {}))
         expected = _fastavro_bytes(entry.schema, record)
-        assert entry.compiled.write(record) == expected
-        decoded, end = entry.compiled.read(expected, 0)
+        assert compiled.write(record) == expected
+        decoded, end = compiled.read(expected, 0)
         assert end == len(expected)
         assert decoded == _fastavro_read(entry.schema, expected)
 
@@ -125,9 +144,9 @@ USER_SCHEMA: dict[str, Any] = {
 }
 
 
-def test_user_schema_with_enums_ints_floats_and_named_references() -> None:
-    compiled = compile_schema(USER_SCHEMA)
-    assert compiled is not None
+@pytest.mark.parametrize("impl", IMPLS)
+def test_user_schema_with_enums_ints_floats_and_named_references(impl: str) -> None:
+    compiled = _compiled(USER_SCHEMA, impl)
     rng = random.Random(7)
     for _ in range(50):
         record = _random_value(rng, USER_SCHEMA, _named(USER_SCHEMA, {}))
@@ -136,9 +155,9 @@ def test_user_schema_with_enums_ints_floats_and_named_references() -> None:
         assert compiled.read(expected, 0)[0] == _fastavro_read(USER_SCHEMA, expected)
 
 
-def test_missing_fields_take_their_defaults_as_fastavro_does() -> None:
-    compiled = compile_schema(USER_SCHEMA)
-    assert compiled is not None
+@pytest.mark.parametrize("impl", IMPLS)
+def test_missing_fields_take_their_defaults_as_fastavro_does(impl: str) -> None:
+    compiled = _compiled(USER_SCHEMA, impl)
     record = {"color": "RED", "again": "BLUE", "small": 3, "ratio": 0.5,
               "inner": {"xs": [1, 2], "tags": {}}}
     assert compiled.write(record) == _fastavro_bytes(USER_SCHEMA, record)
@@ -156,12 +175,12 @@ def test_what_is_not_compiled_is_left_to_fastavro(schema: dict[str, Any]) -> Non
     assert compile_schema(schema) is None
 
 
-def test_blocks_with_byte_sizes_from_other_writers_are_read() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_blocks_with_byte_sizes_from_other_writers_are_read(impl: str) -> None:
     """Java writers may emit a negative block count followed by the block's byte size."""
     schema = {"type": "record", "name": "A", "fields": [
         {"name": "xs", "type": {"type": "array", "items": "long"}}]}
-    compiled = compile_schema(schema)
-    assert compiled is not None
+    compiled = _compiled(schema, impl)
     # count -2 (zig-zag 3), block size 2, items 1 and 2 (zig-zag 2, 4), end 0
     data = bytes([3, 4, 2, 4, 0])
     assert compiled.read(data, 0) == ({"xs": [1, 2]}, 5)
@@ -198,3 +217,73 @@ def test_encoding_a_model_gives_the_bytes_of_its_dump(model: type[Event]) -> Non
     expected = codec.encode_record(model.EVENT_TYPE, event.model_dump())
     assert codec.encode(event) == expected
     assert codec.decode(expected) == event
+
+
+_READ_ERRORS = (EOFError, IndexError, ValueError, struct.error)
+
+
+def _fits_64_bits(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_fits_64_bits(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_fits_64_bits(v) for v in value)
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
+
+
+def _outcome(compiled: CompiledSchema, data: bytes) -> str:
+    try:
+        record, end = compiled.read(data, 0)
+    except _READ_ERRORS:
+        return "error"
+    # An Avro long has 64 bits; the generated Python reads a longer varint into a
+    # bigger int, where the C reader refuses it.
+    if not _fits_64_bits(record):
+        return "error"
+    return repr((record, end))  # repr: a NaN read twice is the same NaN
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_the_c_reader_agrees_with_the_python_one_on_corrupt_bodies(event_type: str) -> None:
+    """Bodies cut short, with bytes overwritten, or with bytes added: both readers give
+    the same record or both raise one of the errors the codec turns into a CodecError
+    (never a crash of the process)."""
+    entry = default_registry().for_type(event_type)
+    native, python = _compiled(entry.schema, "native"), _compiled(entry.schema, "python")
+    rng = random.Random(f"corrupt {event_type}")
+    named = _named(entry.schema, {})
+    errors = 0
+    for _ in range(60):
+        body = bytearray(_fastavro_bytes(entry.schema, _random_value(rng, entry.schema, named)))
+        how = rng.choice(["cut", "flip", "add"])
+        if how == "cut":
+            body = body[:rng.randrange(len(body) + 1)]
+        elif how == "flip" and body:
+            for _ in range(rng.choice([1, 2, 5])):
+                body[rng.randrange(len(body))] = rng.randrange(256)
+        else:
+            body[rng.randrange(len(body) + 1):0] = rng.randbytes(rng.choice([1, 3, 12]))
+        got = _outcome(native, bytes(body))
+        assert got == _outcome(python, bytes(body)), (how, bytes(body).hex())
+        errors += got == "error"
+    assert errors > 0
+
+
+def test_the_c_writer_refuses_what_does_not_fit_the_schema() -> None:
+    compiled = _compiled(USER_SCHEMA, "native")
+    good = {"color": "RED", "again": "BLUE", "small": 3, "ratio": 0.5,
+            "inner": {"xs": [1, 2], "tags": {"a": None}}}
+    assert compiled.write(good) == _fastavro_bytes(USER_SCHEMA, good)
+    bad: list[tuple[dict[str, Any], type[Exception]]] = [
+        ({**good, "color": "GREEN"}, KeyError),
+        ({**good, "small": "3"}, TypeError),
+        ({**good, "small": 2.5}, TypeError),
+        ({**good, "small": 2**64}, OverflowError),
+        ({**good, "ratio": "x"}, TypeError),
+        ({**good, "inner": {"xs": [1], "tags": {"a": 5}}}, TypeError),
+        ({**good, "inner": {"xs": None, "tags": {}}}, TypeError),
+        ({**good, "inner": "nope"}, TypeError),
+        ({k: v for k, v in good.items() if k != "small"}, KeyError),
+    ]
+    for record, error in bad:
+        with pytest.raises(error):
+            compiled.write(record)

@@ -1,0 +1,6 @@
+"""The C extension built from `_native.c`: Avro bodies by a schema program."""
+
+from typing import Any
+
+def read(program: Any, data: bytes, pos: int, /) -> tuple[dict[str, Any], int]: ...
+def write(program: Any, record: Any, /) -> bytes: ...
