@@ -85,15 +85,14 @@ class EventProducer:
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {}
-        if headers:
-            kwargs["headers"] = headers if isinstance(headers, list) else list(headers)
+        if headers is not None and not isinstance(headers, list):
+            headers = list(headers)
         while True:
             try:
                 if partition is None:
-                    self._producer.produce(topic, value, key, **kwargs)
+                    self._producer.produce(topic, value, key, headers=headers or None)
                 else:
-                    self._producer.produce(topic, value, key, partition, **kwargs)
+                    self._producer.produce(topic, value, key, partition, headers=headers or None)
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.

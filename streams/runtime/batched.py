@@ -143,6 +143,8 @@ class BatchedProcessor:
             self._ignored = frozenset(
                 fp for fp, entry in self.codec.registry.by_fingerprint.items()
                 if entry.event_type not in reducer.accepts)
+        # A reducer that never overrides `route` derives no outputs: no call per fact.
+        self._routes = type(reducer).route is not Reducer.route
         self._stop = threading.Event()
         self._stores: dict[int, PartitionStore] = {}
         self._pending: dict[int, FactGroups] = {}
@@ -262,7 +264,7 @@ class BatchedProcessor:
         started = time.perf_counter()
         facts_before = self.facts_emitted
         stores, handle = self._stores, self._handle
-        last: dict[tuple[str, int], int] = {}  # the offsets after the batch, set once
+        last: dict[tuple[str, int], Message] = {}  # the last record of each partition
         for msg in msgs:
             if msg.error() is not None:
                 log_consume_error(msg, self.log)
@@ -272,10 +274,11 @@ class BatchedProcessor:
             if store is None:  # revoked while the batch was in flight
                 continue
             handle(store, partition, msg)
-            last[(msg.topic(), partition)] = msg.offset() + 1  # type: ignore[index, operator]
-        for (topic, partition), next_offset in last.items():
+            last[msg.topic(), partition] = msg  # type: ignore[index]
+        for (topic, partition), msg in last.items():
             store = stores.get(partition)
             if store is not None:
+                next_offset: int = msg.offset() + 1  # type: ignore[operator]
                 store.set_input_offset(topic, next_offset)
                 self._uncommitted[(topic, partition)] = next_offset
         self.processed += len(msgs)
@@ -359,7 +362,8 @@ class BatchedProcessor:
                 self.facts_emitted += 1
             self.reducer.evolve(store, fact)
         store.mark_seen(event.event_id)
-        self._route(facts, raws)
+        if self._routes:
+            self._route(facts, raws)
 
     def _route(self, facts: Sequence[Event], raws: Sequence[bytes]) -> None:
         for fact, raw in zip(facts, raws, strict=True):

@@ -41,8 +41,14 @@ FACT_HEADER_CAUSE = "onceflow.cause"
 FACT_HEADER_SEQ = "onceflow.seq"
 
 
+#: "seq/total" of the small groups almost every decision makes, formatted once
+_SEQS = {(seq, total): f"{seq}/{total}".encode() for total in range(1, 9)
+         for seq in range(1, total + 1)}
+
+
 def fact_headers(cause: str, seq: int, total: int) -> list[tuple[str, bytes]]:
-    return [(FACT_HEADER_CAUSE, cause.encode()), (FACT_HEADER_SEQ, f"{seq}/{total}".encode())]
+    encoded = _SEQS.get((seq, total)) or f"{seq}/{total}".encode()
+    return [(FACT_HEADER_CAUSE, cause.encode()), (FACT_HEADER_SEQ, encoded)]
 
 
 @dataclass(frozen=True)
