@@ -85,14 +85,15 @@ class EventProducer:
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> None:
-        if headers is not None and not isinstance(headers, list):
-            headers = list(headers)
+        # librdkafka's typing wants str | bytes | None values: ours are bytes.
+        sent: Any = None if not headers else (
+            headers if isinstance(headers, list) else list(headers))
         while True:
             try:
                 if partition is None:
-                    self._producer.produce(topic, value, key, headers=headers or None)
+                    self._producer.produce(topic, value, key, headers=sent)
                 else:
-                    self._producer.produce(topic, value, key, partition, headers=headers or None)
+                    self._producer.produce(topic, value, key, partition, headers=sent)
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
@@ -120,15 +121,21 @@ class EventProducer:
         headers: Headers | None = None,
     ) -> None:
         name = topic.name if isinstance(topic, Topic) else topic
-        key = event.event_id
-        if isinstance(topic, Topic) and topic.key != "event_id":
-            key = str(getattr(event, topic.key, None) or event.entity_id())
+        key = self.key_for(topic, event)
         if partition is None:
             if isinstance(topic, Topic) and topic.partition_by == "single":
                 partition = 0
             else:
                 partition = partition_for(event.entity_id(), self.partitions_of(name))
         self.send_raw(name, value, key=key, partition=partition, headers=headers)
+
+    @staticmethod
+    def key_for(topic: Topic | str, event: Event) -> str:
+        """The record key the catalog's rule gives an event on a topic (the event id
+        unless the topic is a table keyed by its entity)."""
+        if isinstance(topic, Topic) and topic.key != "event_id":
+            return str(getattr(event, topic.key, None) or event.entity_id())
+        return event.event_id
 
     def poll(self, timeout: float = 0.0) -> int:
         return int(self._producer.poll(timeout))

@@ -132,6 +132,8 @@ class BatchedProcessor:
         # Facts are keyed by the catalog's rule for their topic (a table
         # topic such as wallets is compacted by its entity, not the event id).
         self._fact_topic: Topic | str = self._catalog.by_name(fact_topic) or fact_topic
+        self._facts_keyed_by_id = (not isinstance(self._fact_topic, Topic)
+                                   or self._fact_topic.key == "event_id")
         self.sensor: Sensor = sensor or _NullSensor()
         self.on_ready = on_ready
         self.tables = list(tables)
@@ -352,16 +354,22 @@ class BatchedProcessor:
         # In the topic already: the held part (repeated byte for byte, checked
         # above), or facts re-found while rebuilding from inputs.
         written = len(held) if held is not None else 0
-        sent_before = self._sent_before.get(partition, ())
-        for i, (fact, raw_fact) in enumerate(zip(facts, raws, strict=True), start=1):
-            if i > written and fact.event_id not in sent_before:
-                self._producer.send_encoded(
-                    self._fact_topic, fact, raw_fact, partition=partition,
-                    headers=fact_headers(event.event_id, i, total),
+        sent_before = self._sent_before.get(partition)
+        cause, evolve = event.event_id, self.reducer.evolve
+        for i in range(total):
+            fact = facts[i]
+            if i >= written and (sent_before is None or fact.event_id not in sent_before):
+                # Straight to the producer: the fact topic, its partition and its key
+                # rule are known (send_encoded would look them up for every fact).
+                self._producer.send_raw(
+                    self.fact_topic, raws[i],
+                    key=fact.event_id if self._facts_keyed_by_id
+                    else self._producer.key_for(self._fact_topic, fact),
+                    partition=partition, headers=fact_headers(cause, i + 1, total),
                 )
                 self.facts_emitted += 1
-            self.reducer.evolve(store, fact)
-        store.mark_seen(event.event_id)
+            evolve(store, fact)
+        store.mark_seen(cause)
         if self._routes:
             self._route(facts, raws)
 
