@@ -210,6 +210,16 @@ class SingleObjectCodec:
 
     def decode(self, data: bytes) -> Event:
         current = self._current.get(data[2:_HEADER_LEN])
+        if current is not None and current.decode_body is not None \
+                and data[:2] == SINGLE_OBJECT_MARKER:
+            # The hot path: one call reads and builds. Anything it declines or fails
+            # on goes the slow way below, which names the problem.
+            try:
+                event = current.decode_body(data, _HEADER_LEN)
+            except (*_DECODE_ERRORS, KeyError, TypeError):
+                event = None
+            if event is not None:
+                return event
         if current is None:
             entry = self._entry(data)
             current = self.registry.for_type(entry.event_type)

@@ -32,10 +32,12 @@ from typing import Annotated, Any
 import annotated_types
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-__all__ = ["Builder", "model_builder"]
+__all__ = ["BodyDecoder", "Builder", "body_decoder", "model_builder"]
 
 #: record (decoded against the model's schema) -> model, or None: ask model_validate
 Builder = Callable[[dict[str, Any]], Any]
+#: (data, start of the body) -> model, or None: take the slow path
+BodyDecoder = Callable[[bytes, int], Any]
 
 _CONFIG_KEYS = {"extra", "frozen", "title"}
 _AVRO_KINDS = {
@@ -53,6 +55,18 @@ def model_builder(model: type[BaseModel], schema: dict[str, Any]) -> Builder | N
     """The builder for `model` records decoded with `schema`; None: use model_validate."""
     try:
         return _Gen().model(model, schema)
+    except _NoBuilder:
+        return None
+
+
+def body_decoder(model: type[BaseModel], schema: dict[str, Any],
+                 read: Callable[[bytes, int], tuple[dict[str, Any], int]]) -> BodyDecoder | None:
+    """`decode(data, start)`: read the body at `start` with `read` and build the model,
+    in one call (the codec's hot path). None from it: the body has trailing bytes or a
+    check failed, and the codec's slow path says which; it may also raise whatever
+    `read` raises on a corrupt body."""
+    try:
+        return _Gen().model(model, schema, read=read)
     except _NoBuilder:
         return None
 
@@ -102,10 +116,18 @@ class _Gen:
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
-    def model(self, model: type[BaseModel], schema: dict[str, Any]) -> Builder:
+    def model(self, model: type[BaseModel], schema: dict[str, Any],
+              read: Callable[[bytes, int], tuple[dict[str, Any], int]] | None = None,
+              ) -> Any:
         if not _eligible(model, schema):
             raise _NoBuilder(model.__name__)
-        self.emit(0, "def build(r):")
+        if read is None:
+            self.emit(0, "def build(r):")
+        else:
+            self.emit(0, "def build(data, start):")
+            self.emit(1, f"r, end = {self.const(read)}(data, start)")
+            self.emit(1, "if end != len(data):")
+            self.emit(2, "return None")
         replaced: list[tuple[str, str]] = []
         for f in schema["fields"]:
             name = f["name"]
@@ -121,10 +143,15 @@ class _Gen:
         for name, out in replaced:
             self.emit(1, f"r[{name!r}] = {out}")
         m = self.const(model)
-        fields = self.const(frozenset(model.model_fields))
         self.emit(1, f"m = _new({m})")
         self.emit(1, "_set(m, '__dict__', r)")
-        self.emit(1, f"_set(m, '__pydantic_fields_set__', set({fields}))")
+        if model.model_config.get("frozen"):
+            # Every field is set, and nothing changes the fields set of a frozen model
+            # in place (pydantic's copies copy it first): one set serves every instance.
+            self.emit(1, f"_set(m, '__pydantic_fields_set__', {self.const(set(model.model_fields))})")
+        else:
+            fields = self.const(frozenset(model.model_fields))
+            self.emit(1, f"_set(m, '__pydantic_fields_set__', set({fields}))")
         self.emit(1, "_set(m, '__pydantic_extra__', None)")
         self.emit(1, "_set(m, '__pydantic_private__', None)")
         self.emit(1, "return m")

@@ -18,7 +18,7 @@ from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas._impl.compiled import CompiledSchema, compile_schema
-from schemas._impl.construct import Builder, model_builder
+from schemas._impl.construct import BodyDecoder, Builder, body_decoder, model_builder
 from schemas._impl.errors import UnknownEventTypeError, UnknownSchemaError
 from schemas._impl.events import EVENT_MODELS, Event
 
@@ -59,6 +59,8 @@ class EventSchema:
     #: builds the model from a record decoded with this schema, checking only what
     #: Avro did not (see `construct`); None: `model_validate`
     build: Builder | None = None
+    #: reads a body and builds the model in one call (compiled schemas with a model)
+    decode_body: BodyDecoder | None = None
 
 
 @dataclass
@@ -73,14 +75,17 @@ class SchemaRegistry:
         self, event_type: str, schema: dict[str, Any], model: type[Event] | None = None
     ) -> EventSchema:
         """Add a current schema (users register their own event types the same way)."""
+        compiled = compile_schema(schema)
         entry = EventSchema(
             event_type=event_type,
             model=model,
             schema=schema,
             parsed=parse_schema(schema),
             fingerprint=avro_fingerprint(schema),
-            compiled=compile_schema(schema),
+            compiled=compiled,
             build=None if model is None else model_builder(model, schema),
+            decode_body=(None if model is None or compiled is None
+                         else body_decoder(model, schema, compiled.read)),
         )
         self.by_type[event_type] = entry
         self.by_fingerprint[entry.fingerprint] = entry

@@ -108,7 +108,11 @@ class PartitionStore:
 
     def _mark(self, key: bytes, value: Any) -> None:
         if key not in self._dirty:
-            self._buckets.setdefault(key[:_BUCKET], set()).add(key)
+            bucket = self._buckets.get(key[:_BUCKET])
+            if bucket is None:
+                self._buckets[key[:_BUCKET]] = {key}
+            else:
+                bucket.add(key)
         self._dirty[key] = value
 
     def set(self, key: str, value: Any) -> None:
@@ -140,8 +144,9 @@ class PartitionStore:
                 break
             merged[key] = bytes(it.value())
             it.next()
-        candidates = (self._buckets.get(prefix[:_BUCKET], ()) if len(prefix) >= _BUCKET
-                      else self._dirty.keys())
+        candidates = (self._buckets.get(prefix[:_BUCKET], ())
+                      if len(prefix) >= _BUCKET and prefix.startswith(_STATE)
+                      else self._dirty.keys())  # (dedupe marks are not bucketed)
         for key in candidates:
             if (key.startswith(prefix) and (stop is None or key < stop)
                     and (start is None or key >= start)):
@@ -166,7 +171,9 @@ class PartitionStore:
         return self._has(_SEEN + event_id.encode())
 
     def mark_seen(self, event_id: str) -> None:
-        self._mark(_SEEN + event_id.encode(), _SEEN_MARK)
+        # Not bucketed: buckets serve prefix scans of state keys (`items`), and no scan
+        # of dedupe marks is narrower than the whole namespace.
+        self._dirty[_SEEN + event_id.encode()] = _SEEN_MARK
 
     def input_offset(self, topic: str) -> int | None:
         if topic in self._offsets:

@@ -45,6 +45,11 @@ def test_every_event_type_has_a_builder_that_gives_what_model_validate_gives(
     built = entry.build(dict(record))
     assert built is not None, "a valid sample was not built"
     _same(built, model.model_validate(record))
+    # The codec's hot path reads and builds in one call; trailing bytes are declined.
+    data = SingleObjectCodec().encode(sample_event(model))
+    assert entry.decode_body is not None
+    _same(entry.decode_body(data, 10), model.model_validate(record))
+    assert entry.decode_body(data + b"\x00", 10) is None
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.EVENT_TYPE)
@@ -121,3 +126,14 @@ def test_models_with_validators_or_their_own_configuration_get_no_builder() -> N
     # A schema whose fields are not the model's: no builder.
     other = {"type": "record", "name": "N", "fields": [{"name": "other", "type": "string"}]}
     assert model_builder(Plain, other) is None
+
+
+def test_a_copy_with_changes_leaves_other_built_events_fields_set_alone() -> None:
+    """Built frozen models share one fields set; pydantic copies it before changing it."""
+    codec = SingleObjectCodec()
+    data = codec.encode(WorkUnitSubmitted(event_id="e1", occurred_at=1, work_unit_id="u"))
+    first, second = codec.decode(data), codec.decode(data)
+    before = set(second.model_fields_set)
+    changed = first.model_copy(update={"priority": "p0"})
+    assert changed.priority == "p0"
+    assert second.model_fields_set == before == first.model_fields_set
