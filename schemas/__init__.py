@@ -10,6 +10,7 @@ from schemas._impl.codec import (
     SingleObjectCodec,
 )
 from schemas._impl.columnar import ContainerBlock, decode_bodies
+from schemas._impl.compiled import native_available
 from schemas._impl.errors import (
     CodecError,
     EventValidationError,
@@ -69,6 +70,7 @@ __all__ = [
     "avro_fingerprint",
     "decode_bodies",
     "default_registry",
+    "native_available",
     "quantize_money",
     "schema_dir",
 ]
