@@ -123,6 +123,10 @@ class _Gen:
             raise _NoBuilder(model.__name__)
         if read is None:
             self.emit(0, "def build(r):")
+            # A record resolved from an older writer's schema (fastavro) may list its
+            # fields in another order; the instance's fields must be in the model's.
+            self.emit(1, f"if tuple(r) != {self.const(tuple(model.model_fields))}:")
+            self.emit(2, "return None")
         else:
             self.emit(0, "def build(data, start):")
             self.emit(1, f"r, end = {self.const(read)}(data, start)")
