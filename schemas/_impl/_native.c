@@ -162,18 +162,14 @@ static PyObject *read_value(PyObject *prog, Reader *r, int depth) {
             if (read_long(r, &v) < 0) return NULL;
             return PyLong_FromLongLong(v);
         }
-        case FLOAT_T: {
-            if (r->size - r->pos < 4) { eof(r, 4); return NULL; }
-            double v = PyFloat_Unpack4((const char *)r->buf + r->pos, 1);
-            if (v == -1.0 && PyErr_Occurred()) return NULL;
-            r->pos += 4;
-            return PyFloat_FromDouble(v);
-        }
+        case FLOAT_T:
         case DOUBLE_T: {
-            if (r->size - r->pos < 8) { eof(r, 8); return NULL; }
-            double v = PyFloat_Unpack8((const char *)r->buf + r->pos, 1);
+            Py_ssize_t width = code == FLOAT_T ? 4 : 8;
+            if (r->size - r->pos < width) { eof(r, width); return NULL; }
+            const char *at = (const char *)r->buf + r->pos;
+            double v = width == 4 ? PyFloat_Unpack4(at, 1) : PyFloat_Unpack8(at, 1);
             if (v == -1.0 && PyErr_Occurred()) return NULL;
-            r->pos += 8;
+            r->pos += width;
             return PyFloat_FromDouble(v);
         }
         case STRING_T:
@@ -294,6 +290,12 @@ static int put_long(Writer *w, int64_t v) {
     return 0;
 }
 
+static int put_byte(Writer *w, char b) {
+    if (reserve(w, 1) < 0) return -1;
+    w->buf[w->len++] = b;
+    return 0;
+}
+
 static int put_raw(Writer *w, const char *data, Py_ssize_t len) {
     if (put_long(w, len) < 0 || reserve(w, len) < 0) return -1;
     memcpy(w->buf + w->len, data, len);
@@ -385,9 +387,7 @@ static int write_items(PyObject *prog, PyObject *value, Writer *w, int depth) {
         Py_DECREF(seq);
         if (rc < 0) return -1;
     }
-    if (reserve(w, 1) < 0) return -1;
-    w->buf[w->len++] = 0;
-    return 0;
+    return put_byte(w, 0);  /* the end of the blocks */
 }
 
 static int write_map(PyObject *prog, PyObject *value, Writer *w, int depth) {
@@ -426,9 +426,7 @@ static int write_map(PyObject *prog, PyObject *value, Writer *w, int depth) {
     }
     Py_XDECREF(pairs);
     if (rc < 0) return -1;
-    if (reserve(w, 1) < 0) return -1;
-    w->buf[w->len++] = 0;
-    return 0;
+    return put_byte(w, 0);  /* the end of the blocks */
 }
 
 static int write_value(PyObject *prog, PyObject *value, Writer *w, int depth) {
@@ -446,9 +444,7 @@ static int write_value(PyObject *prog, PyObject *value, Writer *w, int depth) {
             return 0;
         case BOOLEAN_T: {
             int truth = PyObject_IsTrue(value);
-            if (truth < 0 || reserve(w, 1) < 0) return -1;
-            w->buf[w->len++] = (char)truth;
-            return 0;
+            return truth < 0 ? -1 : put_byte(w, (char)truth);
         }
         case LONG_T: {
             int64_t v;

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from schemas._impl.codegen import Source
+
 try:
     import schemas._impl._native as _native_module
 
@@ -67,26 +69,12 @@ class _Unsupported(Exception):
     pass
 
 
-class _Gen:
+class _Gen(Source):
     """Emits the source of one module: a reader and a writer per named record."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.consts: dict[str, Any] = {}
+        super().__init__()
         self.records: dict[str, dict[str, Any]] = {}
-        self._n = 0
-
-    def var(self, stem: str) -> str:
-        self._n += 1
-        return f"{stem}{self._n}"
-
-    def const(self, value: Any) -> str:
-        name = f"_C{len(self.consts)}"
-        self.consts[name] = value
-        return name
-
-    def emit(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
 
     # -- schema walking ----------------------------------------------------------------
 
@@ -378,14 +366,12 @@ def compile_schema(schema: dict[str, Any], *, native: bool = True) -> CompiledSc
     gen.emit(1, f"_write_{top}(out, r)")
     gen.emit(1, "return bytes(out)")
     source = "\n".join(gen.lines) + "\n"
-    namespace: dict[str, Any] = {
+    namespace = gen.run(f"<avro {schema.get('name')}>", {
         "_unpack_double": struct.Struct("<d").unpack_from,
         "_unpack_float": struct.Struct("<f").unpack_from,
         "_pack_double": struct.Struct("<d").pack,
         "_pack_float": struct.Struct("<f").pack,
-        **gen.consts,
-    }
-    exec(compile(source, f"<avro {schema.get('name')}>", "exec"), namespace)
+    })
     if native and _NATIVE is not None:
         try:
             program = _Program(gen).of(schema, schema.get("namespace"))

@@ -32,6 +32,8 @@ from typing import Annotated, Any
 import annotated_types
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from schemas._impl.codegen import Source
+
 __all__ = ["BodyDecoder", "Builder", "body_decoder", "model_builder"]
 
 #: record (decoded against the model's schema) -> model, or None: ask model_validate
@@ -98,24 +100,7 @@ def _avro(t: Any) -> Any:
     return t
 
 
-class _Gen:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.consts: dict[str, Any] = {}
-        self._n = 0
-
-    def var(self, stem: str) -> str:
-        self._n += 1
-        return f"{stem}{self._n}"
-
-    def const(self, value: Any) -> str:
-        name = f"_C{len(self.consts)}"
-        self.consts[name] = value
-        return name
-
-    def emit(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
-
+class _Gen(Source):
     def model(self, model: type[BaseModel], schema: dict[str, Any],
               read: Callable[[bytes, int], tuple[dict[str, Any], int]] | None = None,
               ) -> Any:
@@ -159,12 +144,9 @@ class _Gen:
         self.emit(1, "_set(m, '__pydantic_extra__', None)")
         self.emit(1, "_set(m, '__pydantic_private__', None)")
         self.emit(1, "return m")
-        source = "\n".join(self.lines) + "\n"
-        namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__,
-                                     "_VE": ValidationError, **self.consts}
-        exec(compile(source, f"<build {model.__name__}>", "exec"), namespace)
-        build: Builder = namespace["build"]
-        return build
+        namespace = self.run(f"<build {model.__name__}>", {
+            "_new": object.__new__, "_set": object.__setattr__, "_VE": ValidationError})
+        return namespace["build"]
 
     def field(self, d: int, v: str, ann: Any, metadata: list[Any], avro: Any) -> str:
         """Emit the checks of one value; return the name that holds the value to keep."""
