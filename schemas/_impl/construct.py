@@ -84,8 +84,8 @@ def _eligible(model: type[BaseModel], schema: dict[str, Any]) -> bool:
         return False
     if model.__private_attributes__ or model.__pydantic_post_init__ is not None:
         return False
-    if set(model.model_config) - _CONFIG_KEYS:
-        return False
+    if set(model.model_config) - _CONFIG_KEYS or model.model_config.get("extra") == "allow":
+        return False  # (with extra="allow" an instance holds a dict of extras, not None)
     if any(f.alias or f.validation_alias for f in model.model_fields.values()):
         return False
     # The decoded dict becomes the instance's fields as it is: same names, same order.

@@ -117,8 +117,13 @@ def test_models_with_validators_or_their_own_configuration_get_no_builder() -> N
         name: str = Field(min_length=2)
 
     schema = {"type": "record", "name": "N", "fields": [{"name": "name", "type": "string"}]}
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        name: str
+
     assert model_builder(Checked, schema) is None
     assert model_builder(Stripped, schema) is None
+    assert model_builder(Open, schema) is None
     build = model_builder(Plain, schema)
     assert build is not None
     assert build({"name": "x"}) is None
