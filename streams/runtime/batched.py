@@ -146,7 +146,8 @@ class BatchedProcessor:
                 fp for fp, entry in self.codec.registry.by_fingerprint.items()
                 if entry.event_type not in reducer.accepts)
         # A reducer that never overrides `route` derives no outputs: no call per fact.
-        self._routes = type(reducer).route is not Reducer.route
+        self._routes = (getattr(type(reducer), "route", Reducer.route) is not Reducer.route
+                        or "route" in getattr(reducer, "__dict__", {}))
         self._stop = threading.Event()
         self._stores: dict[int, PartitionStore] = {}
         self._pending: dict[int, FactGroups] = {}

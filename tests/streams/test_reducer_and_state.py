@@ -148,3 +148,23 @@ def test_a_closed_decision_folds_the_written_facts_and_not_the_closing_one() -> 
     assert [r.offset for r in folded] == [0, 1]
     assert reducer.seen == ["ev-0", "ev-1"]  # the reducer never sees the closing fact
     assert state.has_seen("c")
+
+
+def test_the_shell_routes_for_reducers_that_route_and_skips_the_call_for_others() -> None:
+    """The batched shell calls `route` per fact only for a reducer that defines it (in
+    its class or on the instance); the others derive no outputs."""
+    from streams.runtime import BatchedProcessor
+    from streams.settings import OnceflowSettings
+    from streams.types import Routed
+
+    class Routing(SubmissionCounter):
+        def route(self, fact: Event) -> list[Routed]:
+            return [Routed("elsewhere", fact)]
+
+    patched = SubmissionCounter()
+    patched.route = lambda fact: [Routed("elsewhere", fact)]  # type: ignore[method-assign]
+    settings = OnceflowSettings(bootstrap_servers="127.0.0.1:1")
+    routes = {name: BatchedProcessor(r, settings, inputs=["in"], fact_topic="facts")._routes
+              for name, r in [("plain", SubmissionCounter()), ("class", Routing()),
+                              ("instance", patched)]}
+    assert routes == {"plain": False, "class": True, "instance": True}
