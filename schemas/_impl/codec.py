@@ -216,7 +216,7 @@ class SingleObjectCodec:
             # on goes the slow way below, which names the problem.
             try:
                 event = current.decode_body(data, _HEADER_LEN)
-            except (*_DECODE_ERRORS, KeyError, TypeError):
+            except _DECODE_ERRORS:
                 event = None
             if event is not None:
                 return event

@@ -33,9 +33,11 @@ class Source:
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
     def run(self, filename: str, names: dict[str, Any]) -> dict[str, Any]:
         """Execute the module; its namespace (the constants, `names`, what it defines)."""
-        source = "\n".join(self.lines) + "\n"
         namespace: dict[str, Any] = {**names, **self.consts}
-        exec(compile(source, filename, "exec"), namespace)
+        exec(compile(self.text(), filename, "exec"), namespace)
         return namespace

@@ -60,7 +60,8 @@ class CompiledSchema:
 
     read: Reader
     write: Writer
-    source: str
+    #: the generated Python ("" when the C extension runs the schema)
+    source: str = ""
     #: True: `read` and `write` are the C extension's; False: the generated Python's
     native: bool = False
 
@@ -353,6 +354,17 @@ def compile_schema(schema: dict[str, Any], *, native: bool = True) -> CompiledSc
         gen.collect(schema, schema.get("namespace"))
     except _Unsupported:
         return None
+    if native and _NATIVE is not None:
+        # The program needs only the walk above: no Python is generated to be dropped
+        # (generating and compiling it is most of a process's start-up registry).
+        try:
+            program = _Program(gen).of(schema, schema.get("namespace"))
+        except _Unsupported:
+            pass
+        else:
+            return CompiledSchema(read=functools.partial(_NATIVE.read, program),
+                                  write=functools.partial(_NATIVE.write, program),
+                                  native=True)
     for name, rec in gen.records.items():
         if rec["type"] == "record":
             gen.record_reader(name, rec)
@@ -365,23 +377,13 @@ def compile_schema(schema: dict[str, Any], *, native: bool = True) -> CompiledSc
     gen.emit(1, "out = bytearray()")
     gen.emit(1, f"_write_{top}(out, r)")
     gen.emit(1, "return bytes(out)")
-    source = "\n".join(gen.lines) + "\n"
     namespace = gen.run(f"<avro {schema.get('name')}>", {
         "_unpack_double": struct.Struct("<d").unpack_from,
         "_unpack_float": struct.Struct("<f").unpack_from,
         "_pack_double": struct.Struct("<d").pack,
         "_pack_float": struct.Struct("<f").pack,
     })
-    if native and _NATIVE is not None:
-        try:
-            program = _Program(gen).of(schema, schema.get("namespace"))
-        except _Unsupported:
-            pass
-        else:
-            return CompiledSchema(read=functools.partial(_NATIVE.read, program),
-                                  write=functools.partial(_NATIVE.write, program),
-                                  source=source, native=True)
-    return CompiledSchema(read=namespace["read"], write=namespace["write"], source=source)
+    return CompiledSchema(read=namespace["read"], write=namespace["write"], source=gen.text())
 
 
 # Codes and node layouts shared with _native.c (its header comment lists them).

@@ -34,7 +34,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from schemas._impl.codegen import Source
 
-__all__ = ["BodyDecoder", "Builder", "body_decoder", "model_builder"]
+__all__ = ["BodyDecoder", "Builder", "model_builder", "model_builders"]
 
 #: record (decoded against the model's schema) -> model, or None: ask model_validate
 Builder = Callable[[dict[str, Any]], Any]
@@ -60,24 +60,28 @@ _BOUNDS = {annotated_types.Ge: (">=", "ge"), annotated_types.Gt: (">", "gt"),
            annotated_types.Le: ("<=", "le"), annotated_types.Lt: ("<", "lt")}
 
 
+def model_builders(model: type[BaseModel], schema: dict[str, Any],
+                   read: Callable[[bytes, int], tuple[dict[str, Any], int]] | None = None,
+                   ) -> tuple[Builder, BodyDecoder | None] | None:
+    """`model`'s builder for records decoded with `schema`, and with a `read`, its body
+    decoder; None: no builder, use model_validate.
+
+    The body decoder, `decode(data, start)`, reads the body at `start` with `read`
+    and builds the model in one call (the codec's hot path). None from it: the body
+    has trailing bytes or a check failed, and the codec's slow path says which; it
+    may also raise whatever `read` raises on a corrupt body. Both functions share
+    the one set of checks generated for the model.
+    """
+    try:
+        return _Gen().model(model, schema, read)
+    except _NoBuilder:
+        return None
+
+
 def model_builder(model: type[BaseModel], schema: dict[str, Any]) -> Builder | None:
-    """The builder for `model` records decoded with `schema`; None: use model_validate."""
-    try:
-        return _Gen().model(model, schema)
-    except _NoBuilder:
-        return None
-
-
-def body_decoder(model: type[BaseModel], schema: dict[str, Any],
-                 read: Callable[[bytes, int], tuple[dict[str, Any], int]]) -> BodyDecoder | None:
-    """`decode(data, start)`: read the body at `start` with `read` and build the model,
-    in one call (the codec's hot path). None from it: the body has trailing bytes or a
-    check failed, and the codec's slow path says which; it may also raise whatever
-    `read` raises on a corrupt body."""
-    try:
-        return _Gen().model(model, schema, read=read)
-    except _NoBuilder:
-        return None
+    """The builder alone (see `model_builders`)."""
+    built = model_builders(model, schema)
+    return None if built is None else built[0]
 
 
 class _NoBuilder(Exception):
@@ -110,20 +114,9 @@ def _avro(t: Any) -> Any:
 class _Gen(Source):
     def model(self, model: type[BaseModel], schema: dict[str, Any],
               read: Callable[[bytes, int], tuple[dict[str, Any], int]] | None = None,
-              ) -> Any:
+              ) -> tuple[Builder, BodyDecoder | None]:
         if not _eligible(model, schema):
             raise _NoBuilder(model.__name__)
-        if read is None:
-            self.emit(0, "def build(r):")
-            # A record resolved from an older writer's schema (fastavro) may list its
-            # fields in another order; the instance's fields must be in the model's.
-            self.emit(1, f"if tuple(r) != {self.const(tuple(model.model_fields))}:")
-            self.emit(2, "return None")
-        else:
-            self.emit(0, "def build(data, start):")
-            self.emit(1, f"r, end = {self.const(read)}(data, start)")
-            self.emit(1, "if end != len(data):")
-            self.emit(2, "return None")
         replaced: list[tuple[str, str]] = []
         for f in schema["fields"]:
             name = f["name"]
@@ -151,9 +144,22 @@ class _Gen(Source):
         self.emit(1, "_set_extra(m, None)")
         self.emit(1, "_set_private(m, None)")
         self.emit(1, "return m")
+        # The checks once, under two heads: a decoded record, or a body to read first.
+        body, self.lines = self.lines, ["def build(r):"]
+        # A record resolved from an older writer's schema (fastavro) may list its
+        # fields in another order; the instance's fields must be in the model's.
+        self.emit(1, f"if tuple(r) != {self.const(tuple(model.model_fields))}:")
+        self.emit(2, "return None")
+        self.lines += body
+        if read is not None:
+            self.emit(0, "def decode(data, start):")
+            self.emit(1, f"r, end = {self.const(read)}(data, start)")
+            self.emit(1, "if end != len(data):")
+            self.emit(2, "return None")
+            self.lines += body
         namespace = self.run(f"<build {model.__name__}>", {
             "_new": object.__new__, "_VE": ValidationError, **_SLOT_SETTERS})
-        return namespace["build"]
+        return namespace["build"], namespace.get("decode")
 
     def field(self, d: int, v: str, ann: Any, metadata: list[Any], avro: Any) -> str:
         """Emit the checks of one value; return the name that holds the value to keep."""
@@ -256,8 +262,8 @@ class _Gen(Source):
             self.emit(d + 1, "return None")
 
     def builder(self, model: type[BaseModel], schema: dict[str, Any]) -> str:
-        sub = _Gen().model(model, schema)  # raises _NoBuilder: the field goes to pydantic
-        return self.const(sub)
+        build, _ = _Gen().model(model, schema)  # raises _NoBuilder: the field goes to pydantic
+        return self.const(build)
 
     def nested(self, d: int, v: str, model: type[BaseModel], avro: dict[str, Any]) -> str | None:
         try:

@@ -18,7 +18,7 @@ from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas._impl.compiled import CompiledSchema, compile_schema
-from schemas._impl.construct import BodyDecoder, Builder, body_decoder, model_builder
+from schemas._impl.construct import BodyDecoder, Builder, model_builders
 from schemas._impl.errors import UnknownEventTypeError, UnknownSchemaError
 from schemas._impl.events import EVENT_MODELS, Event
 
@@ -76,6 +76,8 @@ class SchemaRegistry:
     ) -> EventSchema:
         """Add a current schema (users register their own event types the same way)."""
         compiled = compile_schema(schema)
+        builders = None if model is None else model_builders(
+            model, schema, None if compiled is None else compiled.read)
         entry = EventSchema(
             event_type=event_type,
             model=model,
@@ -83,9 +85,8 @@ class SchemaRegistry:
             parsed=parse_schema(schema),
             fingerprint=avro_fingerprint(schema),
             compiled=compiled,
-            build=None if model is None else model_builder(model, schema),
-            decode_body=(None if model is None or compiled is None
-                         else body_decoder(model, schema, compiled.read)),
+            build=None if builders is None else builders[0],
+            decode_body=None if builders is None else builders[1],
         )
         self.by_type[event_type] = entry
         self.by_fingerprint[entry.fingerprint] = entry

@@ -38,10 +38,9 @@ class _Pending:
         self.value = value
 
 
-def _encode(key: bytes, value: Any) -> bytes:
-    if key.startswith(_SEEN):
-        return b"1"
-    return serde.dumps(value)
+def _encode(value: Any) -> bytes:
+    """A pending value as stored: a dedupe mark as b"1", state as canonical JSON."""
+    return b"1" if value is _SEEN_MARK else serde.dumps(value)
 
 
 def _successor(prefix: bytes) -> bytes | None:
@@ -191,14 +190,12 @@ class PartitionStore:
     def checkpoint(self, fact_offset: int | None = None) -> None:
         """Write state changes, dedupe marks and offsets in one atomic write batch."""
         wb = WriteBatch(raw_mode=True)
-        put, dumps = wb.put, serde.dumps
+        put = wb.put
         for key, value in self._dirty.items():
-            if value is _SEEN_MARK:  # half the keys of a batch: no test of the prefix
-                put(key, b"1")
-            elif value is None:
+            if value is None:
                 wb.delete(key)
             else:
-                put(key, _encode(key, value) if key.startswith(_SEEN) else dumps(value))
+                put(key, _encode(value))
         for topic, offset in self._offsets.items():
             wb.put(_META + b"in:" + topic.encode(), str(offset).encode())
         if fact_offset is not None or self.fresh:
@@ -223,7 +220,7 @@ class PartitionStore:
         """State and dedupe entries (not offsets): what a fingerprint covers."""
         for prefix in (_STATE, _SEEN):
             for key, value in self._scan(prefix):
-                yield key, _encode(key, value.value) if isinstance(value, _Pending) else value
+                yield key, _encode(value.value) if isinstance(value, _Pending) else value
 
     def close(self) -> None:
         self._db.close()
