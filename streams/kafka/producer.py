@@ -7,6 +7,7 @@ flushes before committing its input can never commit past a lost output.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from streams.topics.catalog import Topic, partition_for
 __all__ = ["DeliveryError", "EventProducer", "Headers"]
 
 Headers = Sequence[tuple[str, bytes]]
+
+_EVENT_ID: Callable[[Event], str] = operator.attrgetter("event_id")
 
 
 class DeliveryError(RuntimeError):
@@ -121,7 +124,7 @@ class EventProducer:
         headers: Headers | None = None,
     ) -> None:
         name = topic.name if isinstance(topic, Topic) else topic
-        key = self.key_for(topic, event)
+        key = self.key_rule(topic)(event)
         if partition is None:
             if isinstance(topic, Topic) and topic.partition_by == "single":
                 partition = 0
@@ -130,12 +133,14 @@ class EventProducer:
         self.send_raw(name, value, key=key, partition=partition, headers=headers)
 
     @staticmethod
-    def key_for(topic: Topic | str, event: Event) -> str:
-        """The record key the catalog's rule gives an event on a topic (the event id
-        unless the topic is a table keyed by its entity)."""
+    def key_rule(topic: Topic | str) -> Callable[[Event], str]:
+        """The record key the catalog's rule gives an event on a topic: the event id,
+        unless the topic is a table keyed by its entity. A caller sending many events
+        to one topic looks the rule up once."""
         if isinstance(topic, Topic) and topic.key != "event_id":
-            return str(getattr(event, topic.key, None) or event.entity_id())
-        return event.event_id
+            field = topic.key
+            return lambda event: str(getattr(event, field, None) or event.entity_id())
+        return _EVENT_ID
 
     def poll(self, timeout: float = 0.0) -> int:
         return int(self._producer.poll(timeout))

@@ -132,8 +132,6 @@ class BatchedProcessor:
         # Facts are keyed by the catalog's rule for their topic (a table
         # topic such as wallets is compacted by its entity, not the event id).
         self._fact_topic: Topic | str = self._catalog.by_name(fact_topic) or fact_topic
-        self._facts_keyed_by_id = (not isinstance(self._fact_topic, Topic)
-                                   or self._fact_topic.key == "event_id")
         self.sensor: Sensor = sensor or _NullSensor()
         self.on_ready = on_ready
         self.tables = list(tables)
@@ -157,6 +155,7 @@ class BatchedProcessor:
         # into few record batches (see `processor_linger_ms`).
         self._producer = EventProducer(settings, self.codec, on_delivered=self._delivered,
                                        **{"linger.ms": settings.processor_linger_ms})
+        self._fact_key = self._producer.key_rule(self._fact_topic)
         self._dlq = DeadLetterRouter(self._producer, self.dead_letter_topic, reducer.name)
         self._consumer: Consumer | None = None
         self._ready_sent = False
@@ -363,9 +362,7 @@ class BatchedProcessor:
                 # Straight to the producer: the fact topic, its partition and its key
                 # rule are known (send_encoded would look them up for every fact).
                 self._producer.send_raw(
-                    self.fact_topic, raws[i],
-                    key=fact.event_id if self._facts_keyed_by_id
-                    else self._producer.key_for(self._fact_topic, fact),
+                    self.fact_topic, raws[i], key=self._fact_key(fact),
                     partition=partition, headers=fact_headers(cause, i + 1, total),
                 )
                 self.facts_emitted += 1
