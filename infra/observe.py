@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from confluent_kafka import Message
+
 from schemas import (
     CapacityAdmissionModeChanged,
     CapacityScaleRequested,
@@ -38,15 +40,23 @@ class ProgressFollower:
         n = 0
         for msg in self._follower.read(timeout, max_records):
             n += 1
-            raw = msg.value() or b""
-            if self._wanted is not None and raw[2:10] not in self._wanted:
-                continue
-            try:
-                event_type, record = self.codec.decode_record(raw)
-            except CodecError:
-                continue
-            self.progress.add_record(event_type, record, msg.timestamp()[1])
+            self._fold(msg)
         return n
+
+    def catch_up(self) -> None:
+        """Fold everything the topic holds now (up to its high watermarks)."""
+        for msg in self._follower.read_to_end():
+            self._fold(msg)
+
+    def _fold(self, msg: Message) -> None:
+        raw = msg.value() or b""
+        if self._wanted is not None and raw[2:10] not in self._wanted:
+            return
+        try:
+            event_type, record = self.codec.decode_record(raw)
+        except CodecError:
+            return
+        self.progress.add_record(event_type, record, msg.timestamp()[1])
 
     def close(self) -> None:
         self._follower.close()
@@ -55,8 +65,7 @@ class ProgressFollower:
 def read_progress(settings: OnceflowSettings) -> UnitProgress:
     follower = ProgressFollower(settings)
     try:
-        while follower.poll(timeout=settings.read_to_end_idle_ms / 1000):
-            pass
+        follower.catch_up()
         return follower.progress
     finally:
         follower.close()

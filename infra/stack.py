@@ -1,7 +1,10 @@
-"""The local stack: the embedded broker, the topics, and the processes `up` starts.
+"""The local stack: the embedded Kafka broker, the topics, and the processes `up` starts.
 
 State lives in `.onceflow/stack.json` so that `status` and `down` (and every
-command that needs the broker's address) find what `up` started.
+command that needs the broker's address) find what `up` started. The broker's
+data lives in `.onceflow/kafka/` and the roles' local state in
+`.onceflow/state/`: both are kept across `down` / `up`, and `up --fresh`
+(or `onceflow reset`) removes them together.
 """
 
 from __future__ import annotations
@@ -10,37 +13,24 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from infra.broker import EmbeddedBroker
+from infra.broker import EmbeddedKafka, pid_alive, stop_pid
 from streams.settings import OnceflowSettings
 from streams.topics.provisioning import TopicStatus, create_topics
 
 __all__ = [
     "StackState",
-    "forget_local_state",
+    "broker_for",
     "local_settings",
     "pid_alive",
     "read_stack",
+    "reset_stack",
     "stack_down",
     "stack_up",
     "start_stack_roles",
 ]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is not alive.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 @dataclass
@@ -50,6 +40,7 @@ class StackState:
     started_at: float
     processes: dict[str, int] = field(default_factory=dict)
     views_url: str | None = None
+    broker_data: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -74,27 +65,35 @@ def write_stack(settings: OnceflowSettings, state: StackState) -> None:
     os.replace(tmp, path)
 
 
-def forget_local_state(settings: OnceflowSettings) -> None:
-    """Remove the roles' local state before a new embedded broker starts.
+def broker_for(settings: OnceflowSettings) -> EmbeddedKafka:
+    """The stack's embedded broker (not started): its data under the stack directory."""
+    return EmbeddedKafka(data_dir=settings.stack_dir / "kafka",
+                         log_path=settings.stack_dir / "broker.log",
+                         heap_mb=settings.embedded_kafka_heap_mb)
 
-    The embedded broker keeps nothing across restarts, so state from an
-    earlier run describes a log that no longer exists. The batched shell
-    notices that by itself; faust's tables do not (they stop with a
-    ConsistencyError), and the views' database would keep the old rows. The
-    stack's own state directory is removed; a state directory configured
-    elsewhere only loses its faust tables.
+
+def reset_stack(settings: OnceflowSettings) -> list[Path]:
+    """Remove the broker's data and the roles' local state; return what was removed.
+
+    The two go together: local state remembers offsets in a log, and a new
+    log would make it describe records that do not exist. A state directory
+    configured outside the stack directory is left alone (it may be shared).
+    The stack must be down.
     """
     import shutil
 
-    state_dir = local_settings(settings).state_dir.resolve()
-    if state_dir.is_relative_to(settings.stack_dir.resolve()):
-        shutil.rmtree(state_dir, ignore_errors=True)
-    else:
-        shutil.rmtree(state_dir / "faust", ignore_errors=True)
+    removed: list[Path] = []
+    stack_dir = settings.stack_dir.resolve()
+    for path in (settings.stack_dir / "kafka", local_settings(settings).state_dir):
+        resolved = path.resolve()
+        if resolved.is_relative_to(stack_dir) and resolved.exists():
+            shutil.rmtree(resolved, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def stack_up(settings: OnceflowSettings) -> tuple[StackState, list[TopicStatus], bool]:
-    """Start the broker (unless it is already up) and create the topics.
+    """Start the broker (unless it is already up) and create the topics that are missing.
 
     Returns the stack, the topic statuses and whether the broker was started now.
     """
@@ -103,26 +102,31 @@ def stack_up(settings: OnceflowSettings) -> tuple[StackState, list[TopicStatus],
         settings = settings.model_copy(update={"bootstrap_servers": existing.bootstrap})
         return existing, create_topics(settings), False
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
-    forget_local_state(settings)
-    broker = EmbeddedBroker(log_path=settings.stack_dir / "broker.log").start(detach=True)
+    broker = broker_for(settings).start(detach=True)
     assert broker.process is not None
-    state = StackState(broker.bootstrap, broker.process.pid, time.time())
+    state = StackState(broker.bootstrap, broker.process.pid, time.time(),
+                       broker_data=str(broker.data_dir))
     write_stack(settings, state)
     settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
     return state, create_topics(settings), True
 
 
 def stack_down(settings: OnceflowSettings) -> list[str]:
-    """Stop every process `up` started, then the broker; return what was stopped."""
+    """Stop every process `up` started, then the broker; return what was stopped.
+
+    The roles get SIGTERM and finish their checkpoint before the broker goes;
+    the broker gets SIGTERM and is waited for (a clean shutdown flushes its
+    logs and tells the controller it left, so the next `up` is quick).
+    """
     state = read_stack(settings)
     stopped: list[str] = []
     if state is None:
         return stopped
     # The fleet first, so that it starts no agent while the others stop.
     for name, pid in sorted(state.processes.items(), key=lambda kv: (kv[0] != "fleet", kv[0])):
-        if EmbeddedBroker.stop_pid(pid):
+        if stop_pid(pid):
             stopped.append(f"{name} (pid {pid})")
-    if EmbeddedBroker.stop_pid(state.broker_pid):
+    if stop_pid(state.broker_pid, timeout=60):
         stopped.append(f"broker (pid {state.broker_pid})")
     settings.stack_file().unlink(missing_ok=True)
     return stopped
@@ -130,8 +134,6 @@ def stack_down(settings: OnceflowSettings) -> list[str]:
 
 def local_settings(settings: OnceflowSettings) -> OnceflowSettings:
     """The stack's broker, with state and content under the stack directory by default."""
-    from pathlib import Path
-
     update: dict[str, Any] = {}
     state = read_stack(settings)
     if state is not None:

@@ -1,8 +1,8 @@
 """Settings for every onceflow process (pydantic-settings, prefix `ONCEFLOW_`).
 
-The embedded broker needs short group timeouts and no aiokafka idempotence
-(see BROKER.md); those live here, behind `broker_profile`, so that pointing
-onceflow at a real cluster is a matter of environment variables, never code.
+The embedded Kafka broker gets Kafka's defaults plus short group timeouts and
+fetch waits, behind `broker_profile`, so that pointing onceflow at a real
+cluster is a matter of environment variables, never code.
 """
 
 from __future__ import annotations
@@ -228,7 +228,8 @@ class OnceflowSettings(BaseSettings):
     content_store_fsync: bool | None = Field(
         default=None,
         description="fsync local content before a fact points at it; default: on for a real "
-                    "cluster, off for the embedded broker, which keeps nothing across restarts",
+                    "cluster, off for the embedded broker (which leaves its own log to the page "
+                    "cache too: a process crash loses neither, a power cut both)",
     )
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
@@ -237,28 +238,27 @@ class OnceflowSettings(BaseSettings):
     # --- processes --------------------------------------------------------------------
     state_dir: Path = Path(".onceflow/state")
     stack_dir: Path = Path(".onceflow")
+    embedded_kafka_heap_mb: int = Field(
+        default=512, ge=128,
+        description="the embedded Kafka broker's JVM heap (`onceflow up`, the tests, the bench)",
+    )
     batch_size: int = Field(default=2000, ge=1)
     batch_timeout_ms: int = Field(default=50, ge=1)
     embedded_fetch_wait_ms: int = Field(
-        default=10, ge=1,
-        description="fetch.wait.max.ms on the embedded broker for hot-path consumers "
-                    "(a hop's worst added latency; lower costs the broker idle CPU)",
+        default=100, ge=1,
+        description="fetch.wait.max.ms for hot-path consumers on the embedded broker: how "
+                    "long an idle fetch waits (Kafka answers a waiting fetch as soon as a "
+                    "record arrives, so this costs no latency; shorter costs idle CPU)",
     )
     processor_linger_ms: int = Field(
         default=5, ge=0,
-        description="linger.ms of the batched shell's producer: 5 makes fewer, larger record "
-                    "batches (on the embedded broker, whose cost per request grows with a "
-                    "partition's batches: a third of its CPU on the shell bench, and p99 "
-                    "166-170 against 202-227 ms at 200 units/s than with 1); see "
-                    "docs/embedded-broker.md",
+        description="linger.ms of the batched shell's producer: a batch's facts go out in "
+                    "few record batches; see bench/ for the figures",
     )
     checkpoint_interval_ms: int = Field(
         default=100, ge=0,
         description="how often the batched shell waits for its outputs and writes state "
                     "and offsets (0: after every batch)",
-    )
-    read_to_end_idle_ms: int = Field(
-        default=400, ge=1, description="quiet window after the high watermark that ends a read"
     )
 
     # --- roles ----------------------------------------------------------------------------
@@ -323,24 +323,18 @@ class OnceflowSettings(BaseSettings):
             conf["group.id"] = "onceflow-reader"  # librdkafka wants one; never joined
         if self.broker_profile == "embedded":
             conf.update({
+                # Kafka's smallest session (group.min.session.timeout.ms): a
+                # killed role's partitions move on within seconds on one machine.
                 "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
-                # The embedded broker answers a waiting fetch only when
-                # fetch.wait.max.ms runs out, even when records arrive meanwhile
-                # (measured: p50 252 ms hand-over at the 500 ms default, 7 ms at
-                # 10 ms); each waiting consumer then costs the broker CPU (about
-                # 0.3 of a core for a 4-role stack at 10 ms, 0.08 at 100 ms).
                 "fetch.wait.max.ms": self.embedded_fetch_wait_ms,
             })
         conf.update(overrides)
         return conf
 
     def background_consumer(self) -> dict[str, Any]:
-        """Overrides for consumers off the hot path (tables, readers, progress views).
-
-        On the embedded broker every waiting fetch costs it CPU (see
-        `consumer_config`), so consumers that nobody waits on ask less often.
-        """
-        return {"fetch.wait.max.ms": 200} if self.broker_profile == "embedded" else {}
+        """Overrides for consumers off the hot path (tables, readers, progress views):
+        Kafka's own fetch wait (500 ms), which costs them no latency either."""
+        return {"fetch.wait.max.ms": 500}
 
     def admin_config(self) -> dict[str, Any]:
         return self.kafka_common()
@@ -354,17 +348,7 @@ class OnceflowSettings(BaseSettings):
             "topic_partitions": self.partitions,
         }
         if self.broker_profile == "embedded":
-            kw.update(
-                {
-                    "broker_session_timeout": 6.0,
-                    "broker_heartbeat_interval": 1.0,
-                    "producer_enable_idempotence": False,
-                    # One record per produce batch: the embedded broker reports a
-                    # short high watermark after a multi-record batch, and faust
-                    # restores a table's changelog only up to the high watermark.
-                    "producer_max_batch_size": 1,
-                }
-            )
+            kw.update({"broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0})
         return kw
 
     def topic_partitions(self, topic: str, default: int | None = None) -> int:

@@ -1,4 +1,8 @@
-"""One embedded broker per pytest session; unique topics and group ids per test."""
+"""One embedded Kafka broker per pytest session; unique topics and group ids per test.
+
+Each test's topics are deleted when it ends, so that a session's broker holds
+the partitions of the tests running now, not of every test that ran before.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from infra.broker import EmbeddedBroker
+from infra.broker import EmbeddedKafka
 from streams.settings import OnceflowSettings
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    log = tmp_path_factory.mktemp("broker") / "broker.log"
-    b = EmbeddedBroker(log_path=log).start()
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    b = EmbeddedKafka(data_dir=tmp_path_factory.mktemp("kafka")).start()
     yield b
     b.stop()
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete every topic whose name starts with `prefix` (a test's own)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            future.result()
 
 
 @pytest.fixture
@@ -27,18 +41,19 @@ def uid() -> str:
 
 
 @pytest.fixture
-def settings(broker: EmbeddedBroker, tmp_path: Path, uid: str) -> OnceflowSettings:
+def settings(broker: EmbeddedKafka, tmp_path: Path, uid: str) -> Iterator[OnceflowSettings]:
     """Settings pointing at the session broker, with a per-test topic prefix and state dir."""
-    return OnceflowSettings(
+    yield OnceflowSettings(
         bootstrap_servers=broker.bootstrap,
         topic_prefix=f"t{uid}.",
         partitions=3,
         state_dir=tmp_path / "state",
         stack_dir=tmp_path / "stack",
         content_store_url=f"file://{tmp_path / 'content'}",
-        read_to_end_idle_ms=300,
         log_format="json",
     )
+    if broker.process is not None:
+        delete_topics(broker.bootstrap, f"t{uid}.")
 
 
 @pytest.fixture
@@ -49,5 +64,4 @@ def subprocess_env(settings: OnceflowSettings) -> dict[str, str]:
         "ONCEFLOW_TOPIC_PREFIX": settings.topic_prefix,
         "ONCEFLOW_PARTITIONS": str(settings.partitions),
         "ONCEFLOW_LOG_FORMAT": "json",
-        "ONCEFLOW_READ_TO_END_IDLE_MS": str(settings.read_to_end_idle_ms),
     }

@@ -73,7 +73,8 @@ def _require_broker(settings: OnceflowSettings) -> None:
     from infra.broker import wait_for_port
 
     host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
-    if settings.broker_profile == "embedded" and not wait_for_port(host or "127.0.0.1", int(port), 2.0):
+    if (settings.broker_profile == "embedded"
+            and not wait_for_port(host or "127.0.0.1", int(port), 2.0)):
         raise _fail(
             f"no broker at {settings.bootstrap_servers}: run `onceflow up` first, or set "
             "ONCEFLOW_BOOTSTRAP_SERVERS to your Kafka cluster"
@@ -91,15 +92,28 @@ def up(
     concurrency: Annotated[int, typer.Option(help="units each agent runs at once", min=1)] = 4,
     region: Annotated[str | None, typer.Option(help="put every agent in this region")] = None,
     llm_provider: Annotated[str, typer.Option("--llm-provider", help="stub or openai")] = "stub",
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="wipe the broker's data and the roles' state first (every unit, "
+                        "offset and ledger row is lost)")] = False,
 ) -> None:
-    """Start the local stack: broker, topics, scheduler, billing, views and node agents."""
+    """Start the local stack: Kafka, topics, scheduler, billing, views and node agents.
+
+    The broker's data and the roles' state are kept across `down` / `up`."""
+    from infra.broker import BrokerStartError
     from infra.roles import RoleStartError
     from infra.stack import stack_up, start_stack_roles
 
     settings = _settings()
-    state, statuses, started = stack_up(settings)
-    verb = "started" if started else "already running"
-    console.print(f"broker {verb} at [bold]{state.bootstrap}[/] (pid {state.broker_pid})")
+    if fresh:
+        _reset(settings)
+    began = time.monotonic()
+    try:
+        state, statuses, started = stack_up(settings)
+    except BrokerStartError as exc:
+        raise _fail(str(exc), 1) from None
+    verb = f"started in {time.monotonic() - began:.1f} s" if started else "already running"
+    console.print(f"Kafka {verb} at [bold]{state.bootstrap}[/] (pid {state.broker_pid}), "
+                  f"data in {state.broker_data or settings.stack_dir / 'kafka'}")
     bad = [s for s in statuses if s.error]
     for s in bad:
         err_console.print(f"[yellow]topic {s.name}[/]: {s.error}")
@@ -127,9 +141,29 @@ def _check_provider(name: str) -> None:
         raise _fail(f"--llm-provider {name!r} is not known: use stub or openai")
 
 
+def _reset(settings: OnceflowSettings) -> None:
+    from infra.stack import pid_alive, read_stack, reset_stack
+
+    stack = read_stack(settings)
+    if stack is not None and pid_alive(stack.broker_pid):
+        raise _fail("the stack is running: `onceflow down` first, then reset")
+    removed = reset_stack(settings)
+    if removed:
+        console.print("[bold yellow]wiped[/] " + ", ".join(str(p) for p in removed)
+                      + ": every topic, unit, offset, ledger row and role state is gone")
+    else:
+        console.print(f"nothing to wipe under {settings.stack_dir}")
+
+
+@app.command()
+def reset() -> None:
+    """Wipe the local stack's data: the broker's topics and offsets and the roles' state."""
+    _reset(_settings())
+
+
 @app.command()
 def down() -> None:
-    """Stop everything `onceflow up` started."""
+    """Stop everything `onceflow up` started (the data stays for the next `up`)."""
     from infra.stack import stack_down
 
     stopped = stack_down(_settings())
@@ -481,10 +515,9 @@ def tail(
     shown = 0
     out = sys.stdout
     for msg in read_topic_to_end(settings, name, start_offsets=starts,
-                                 timeout_s=10**9 if follow else 600,
-                                 idle_ms=10**9 if follow else None):
+                                 follow=follow):
         if msg.value() is None:
-            continue  # a processor's recovery marker, not an event
+            continue  # a tombstone, not an event
         out.write(_render(msg, codec, fmt, dead_letters) + "\n")
         shown += 1
         if limit and shown >= limit:
@@ -533,12 +566,15 @@ def demo(
                     agents=3 if multi_agent else 1, priority=priority, region=region,
                     simulated_ms=simulated_ms, timeout_s=timeout, keep=keep,
                     pressure=simulate_pressure)
+    from infra.broker import BrokerStartError
     from infra.roles import RoleStartError
 
     try:
         code = run_demo(_settings(), spec, console)
     except RoleStartError as exc:
         raise _fail(f"a role did not start: {exc}", 1) from None
+    except BrokerStartError as exc:
+        raise _fail(str(exc), 1) from None
     if code:
         raise typer.Exit(code)
 

@@ -85,8 +85,7 @@ def tail(
     codec = SingleObjectCodec()
     shown = 0
     for msg in read_topic_to_end(settings, TopicCatalog(settings)["ledger"].name,
-                                 timeout_s=10**9 if follow else 600,
-                                 idle_ms=10**9 if follow else None):
+                                 follow=follow):
         try:
             item = codec.decode(msg.value() or b"")
         except CodecError:

@@ -1,9 +1,9 @@
-"""Consumer helpers, and reading a topic to its end on a broker with a wrong watermark.
+"""Consumer helpers, and reading a topic to its end.
 
-The embedded broker reports a high watermark that can lag right after a
-multi-record batch, so "the end" is: past the watermark *and* quiet for an
-idle window. The window is a setting; on a real cluster it only costs its
-length once per read.
+"The end" is the high watermark of each partition when the read begins: a
+read stops once every partition yielded the record before it, or reported
+that it reached the end of the log (compaction, transaction markers and
+retention can leave the offset before the watermark without a record).
 """
 
 from __future__ import annotations
@@ -53,54 +53,38 @@ def partition_count(consumer: Consumer, topic: str, timeout: float = 10.0) -> in
     return len(meta.partitions)
 
 
+def _watermarks(consumer: Consumer, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    return {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+            for t, p in tps}
+
+
 def _read_assigned(
     consumer: Consumer,
     targets: dict[tuple[str, int], int],
-    idle_s: float,
+    starts: dict[tuple[str, int], int],
     deadline: float,
+    *,
+    follow: bool = False,
     batch: int = 5000,
-    starts: dict[tuple[str, int], int] | None = None,
 ) -> Iterator[Message]:
-    """Yield records until every partition is at its end.
-
-    A partition is at its end once its position passed the high watermark
-    seen at the start and either nothing arrived for `idle_s` (the watermark
-    can be short, see BROKER.md) or it already yielded a record written after
-    the read began (a topic written to all the time, like one carrying clock
-    ticks, is never idle). A partition read from an offset at its end yields
-    nothing and has no position yet: its position is then where it started.
-    """
-    starts = starts or {}
-    started_ms = int(time.time() * 1000)
-    began = time.monotonic()
-    last_record: dict[tuple[str, int], float] = {}
-    fresh: set[tuple[str, int]] = set()
-    while True:
-        msgs = consumer.consume(num_messages=batch, timeout=min(0.1, idle_s))
-        now = time.monotonic()
+    """Yield records until every partition reached its target offset (or, with
+    `follow`, for ever). The consumer must have `enable.partition.eof` on."""
+    left = {tp for tp, high in targets.items() if starts.get(tp, 0) < high}
+    while left or follow:
+        msgs = consumer.consume(num_messages=batch, timeout=0.1 if not follow else 0.5)
         for msg in msgs:
             err = msg.error()
+            tp_key = (str(msg.topic()), msg.partition() or 0)
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
+                    left.discard(tp_key)
                     continue
                 raise RuntimeError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
-            tp_key = (str(msg.topic()), msg.partition() or 0)
-            last_record[tp_key] = now
-            if msg.timestamp()[1] >= started_ms:
-                fresh.add(tp_key)
+            if (msg.offset() or 0) + 1 >= targets.get(tp_key, 0):
+                left.discard(tp_key)
             yield msg
-        positions = consumer.position([TopicPartition(t, p) for (t, p) in targets])
-        if all(
-            (targets[(tp.topic, tp.partition)] <= 0
-             or (tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), 0))
-             >= targets[(tp.topic, tp.partition)])
-            and ((tp.topic, tp.partition) in fresh
-                 or now - last_record.get((tp.topic, tp.partition), began) >= idle_s)
-            for tp in positions
-        ):
-            return
-        if now > deadline:
-            raise TimeoutError(f"reading to the end of {sorted(targets)} took too long")
+        if left and time.monotonic() > deadline:
+            raise TimeoutError(f"reading to the end of {sorted(left)} took too long")
 
 
 def read_partition_to_end(
@@ -109,13 +93,12 @@ def read_partition_to_end(
     partition: int,
     start_offset: int = 0,
     *,
-    idle_ms: int | None = None,
     timeout_s: float = 600.0,
 ) -> Iterator[Message]:
     """Every record of one partition from `start_offset` to the end (see module doc)."""
     yield from read_topic_to_end(
         settings, topic, partitions=[partition], start_offsets={partition: start_offset},
-        idle_ms=idle_ms, timeout_s=timeout_s,
+        timeout_s=timeout_s,
     )
 
 
@@ -125,29 +108,25 @@ def read_topic_to_end(
     *,
     partitions: list[int] | None = None,
     start_offsets: dict[int, int] | None = None,
-    idle_ms: int | None = None,
     timeout_s: float = 600.0,
+    follow: bool = False,
 ) -> Iterator[Message]:
-    """Every record of a topic (or some partitions) from the given offsets to the end."""
-    consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
+    """Every record of a topic (or some partitions) from the given offsets to the end;
+    with `follow`, then every record that arrives, until the caller stops."""
+    consumer = make_consumer(settings, None, **{"enable.partition.eof": True,
                                                 **settings.background_consumer()})
     try:
         if partitions is None:
             partitions = list(range(partition_count(consumer, topic)))
         start_offsets = start_offsets or {}
-        assignment = [
+        consumer.assign([
             TopicPartition(topic, p, start_offsets.get(p, 0) or OFFSET_BEGINNING)
             for p in partitions
-        ]
-        consumer.assign(assignment)
-        targets: dict[tuple[str, int], int] = {}
-        for p in partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            targets[(topic, p)] = high
-        idle_s = (idle_ms if idle_ms is not None else settings.read_to_end_idle_ms) / 1000
+        ])
+        targets = _watermarks(consumer, [(topic, p) for p in partitions])
         starts = {(topic, p): start_offsets.get(p, 0) for p in partitions}
-        yield from _read_assigned(consumer, targets, idle_s, time.monotonic() + timeout_s,
-                                  starts=starts)
+        yield from _read_assigned(consumer, targets, starts, time.monotonic() + timeout_s,
+                                  follow=follow)
     finally:
         consumer.close()
 
@@ -171,8 +150,27 @@ class TopicFollower:
     def __init__(self, settings: OnceflowSettings, topics: list[str]) -> None:
         self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
                                                           **settings.background_consumer()})
-        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
-                               for p in range(partition_count(self._consumer, t))])
+        self._partitions = [(t, p) for t in topics
+                            for p in range(partition_count(self._consumer, t))]
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
+                               for t, p in self._partitions])
+        self._next: dict[tuple[str, int], int] = {}
+
+    def caught_up(self) -> bool:
+        """Whether every partition was read up to its high watermark as of now."""
+        return all(self._next.get(tp, 0) >= high
+                   for tp, high in _watermarks(self._consumer, self._partitions).items()
+                   if high > 0)
+
+    def read_to_end(self, timeout_s: float = 600.0) -> Iterator[Message]:
+        """What the topics hold up to their high watermarks as of now (records with a value)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            yield from self.read(timeout=0.1)
+            if self.caught_up():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading to the end of {self._partitions} took too long")
 
     def read(self, timeout: float = 0.2, max_records: int = 100_000) -> Iterator[Message]:
         """What has arrived (waiting up to `timeout` when nothing has), up to `max_records`.
@@ -185,9 +183,12 @@ class TopicFollower:
             if not msgs:
                 return
             for msg in msgs:
-                if msg.error() is None and msg.value() is not None:
-                    n += 1
-                    yield msg
+                if msg.error() is None:
+                    tp = (str(msg.topic()), msg.partition() or 0)
+                    self._next[tp] = (msg.offset() or 0) + 1
+                    if msg.value() is not None:
+                        n += 1
+                        yield msg
 
     def close(self) -> None:
         self._consumer.close()

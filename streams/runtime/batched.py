@@ -34,12 +34,13 @@ from schemas import (
 )
 from streams.ids import derive_event_id
 from streams.kafka.consumer import (
+    TopicFollower,
     log_consume_error,
     make_consumer,
     partition_count,
     read_partition_to_end,
 )
-from streams.kafka.dead_letters import DeadLetterRouter, message_headers
+from streams.kafka.dead_letters import DeadLetterRouter
 from streams.kafka.producer import EventProducer
 from streams.log import get_logger
 from streams.runtime.facts import (
@@ -54,8 +55,7 @@ from streams.state.rocksdb import PartitionStore, open_partition_store
 from streams.topics.catalog import Topic, TopicCatalog
 from streams.types import Reducer, Routed, Sensor
 
-__all__ = ["MARKER_HEADER", "MARKER_KEY", "BatchedProcessor", "Recovery", "ReducerError",
-           "next_batch"]
+__all__ = ["BatchedProcessor", "Recovery", "ReducerError", "next_batch"]
 
 #: How a partition's state comes back after a restart.
 #: "facts": the state is the fold of the processor's own facts (deciders:
@@ -64,11 +64,6 @@ __all__ = ["MARKER_HEADER", "MARKER_KEY", "BatchedProcessor", "Recovery", "Reduc
 #: checkpointed offsets (from 0 when the local state is gone) and decided
 #: again, and facts already in the topic are not sent twice.
 Recovery = Literal["facts", "inputs"]
-
-#: the key and header of the empty record recovery appends to find the end of its facts
-MARKER_KEY = b"onceflow.recovery-marker"
-MARKER_HEADER = "onceflow.marker"
-
 
 def next_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
     """Whatever is ready now, up to `max_records`; wait up to `wait_s` only when nothing is.
@@ -135,7 +130,7 @@ class BatchedProcessor:
         self.sensor: Sensor = sensor or _NullSensor()
         self.on_ready = on_ready
         self.tables = list(tables)
-        self._tables_consumer: Consumer | None = None
+        self._tables: TopicFollower | None = None
         self.log = get_logger(processor=reducer.name)
         # Known event types the reducer ignores, by Avro fingerprint: skipped undecoded.
         self._ignored: frozenset[bytes] = frozenset()
@@ -197,8 +192,8 @@ class BatchedProcessor:
             self._open_tables()
         try:
             while not self._stop.is_set():
-                if self._tables_consumer is not None:
-                    self._poll_tables(self._tables_consumer, timeout=0)
+                if self._tables is not None:
+                    self._observe_tables(self._tables.read(timeout=0))
                 msgs = next_batch(consumer, self.settings.batch_size,
                                   self.settings.batch_timeout_ms / 1000)
                 if msgs:
@@ -212,8 +207,8 @@ class BatchedProcessor:
                 if self._uncommitted:
                     self._checkpoint(consumer, wait=True)
                 consumer.close()
-                if self._tables_consumer is not None:
-                    self._tables_consumer.close()
+                if self._tables is not None:
+                    self._tables.close()
             finally:
                 for store in self._stores.values():
                     store.close()
@@ -222,36 +217,18 @@ class BatchedProcessor:
     # -- global tables ---------------------------------------------------------------
 
     def _open_tables(self) -> None:
-        """Read every partition of the table topics from the start, then keep following."""
-        from confluent_kafka import OFFSET_BEGINNING
+        """Read every partition of the table topics up to their ends before deciding
+        anything; later records are picked up between batches."""
+        self._tables = TopicFollower(self.settings, self.tables)
+        self._observe_tables(self._tables.read_to_end())
 
-        tc = make_consumer(self.settings, None, **self.settings.background_consumer())
-        assignment = [
-            TopicPartition(topic, p, OFFSET_BEGINNING)
-            for topic in self.tables for p in range(partition_count(tc, topic))
-        ]
-        tc.assign(assignment)
-        self._tables_consumer = tc
-        # Load what is there now before deciding anything (until a poll comes
-        # back empty, or a few seconds at most: tables written all the time,
-        # like heartbeats, are never quiet); later records are picked up
-        # between batches.
-        give_up = time.monotonic() + 3 * self.settings.read_to_end_idle_ms / 1000
-        while time.monotonic() < give_up and self._poll_tables(tc, timeout=0.1):
-            pass
-
-    def _poll_tables(self, tc: Consumer, timeout: float) -> int:
-        msgs = tc.consume(num_messages=1000, timeout=timeout)
+    def _observe_tables(self, msgs: Iterator[Message]) -> None:
         for msg in msgs:
-            raw = msg.value()
-            if msg.error() is not None or raw is None:
-                continue
             try:
-                self.reducer.observe(self.codec.decode(raw))
+                self.reducer.observe(self.codec.decode(msg.value()))  # type: ignore[arg-type]
             except CodecError as exc:
                 # Not ours to dead-letter: every reader of the table would.
                 self.log.warning("table.record_skipped", topic=msg.topic(), error=str(exc)[:200])
-        return len(msgs)
 
     # -- the batch -----------------------------------------------------------------
 
@@ -321,8 +298,6 @@ class BatchedProcessor:
 
     def _handle(self, store: PartitionStore, partition: int, msg: Message) -> None:
         raw = msg.value()
-        if raw is None and any(k == MARKER_HEADER for k, _ in message_headers(msg)):
-            return  # another processor's recovery marker in a topic we read
         if raw is not None and raw[2:10] in self._ignored and raw[:2] == SINGLE_OBJECT_MARKER:
             return  # a well-formed event of a type this reducer never acts on
         try:
@@ -455,21 +430,28 @@ class BatchedProcessor:
         consumer.unassign()
         self.log.info("partitions.revoked", partitions=sorted({tp.partition for tp in partitions}))
 
+    def _log_end(self, partition: int) -> int:
+        """The fact partition's high watermark: where its facts end now."""
+        assert self._consumer is not None
+        _low, high = self._consumer.get_watermark_offsets(
+            TopicPartition(self.fact_topic, partition), timeout=10, cached=False)
+        return int(high)
+
     def _recover(
         self, partition: int, committed: dict[tuple[str, int], TopicPartition]
     ) -> PartitionStore:
         store = open_partition_store(self.state_dir, self.reducer.name, partition)
-        marker = self._write_marker(partition)
-        if store.fact_offset() > marker:
+        log_end = self._log_end(partition)
+        if store.fact_offset() > log_end:
             # The checkpoint is beyond the end of the log: the topic was
-            # recreated (an embedded broker keeps nothing across restarts), so
+            # deleted and created again (or the broker's data was wiped), so
             # this state describes a log that no longer exists.
             self.log.warning("state.discarded", partition=partition,
-                             checkpoint=store.fact_offset(), log_end=marker)
+                             checkpoint=store.fact_offset(), log_end=log_end)
             store.close()
             store = open_partition_store(self.state_dir, self.reducer.name, partition, wipe=True)
         if self.recovery == "inputs":
-            return self._recover_from_inputs(partition, store, marker)
+            return self._recover_from_inputs(partition, store, log_end)
         start = store.fact_offset()
         # The commit metadata remembers the fact offset of the last checkpoint,
         # so facts after it (whose derived outputs may not have been sent) can
@@ -483,30 +465,15 @@ class BatchedProcessor:
         started = time.perf_counter()
         groups = FactGroups()
         folded = 0
-        last = start - 1
         reroute: list[FactRecord] = []
 
         def records() -> Iterator[FactRecord]:
-            # Read up to our own marker: its offset is a true end of the
-            # partition, where the broker's high watermark may be short and an
-            # idle window may close early under load (facts missed here would
-            # be decided, and emitted, a second time).
-            nonlocal last
-            offset = start
-            deadline = time.monotonic() + 600
-            while offset <= marker:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.fact_topic}[{partition}]: marker {marker} unseen")
-                for msg in read_partition_to_end(self.settings, self.fact_topic, partition,
-                                                 offset):
-                    offset = (msg.offset() or 0) + 1
-                    if offset > marker:
-                        break
-                    last = offset - 1
-                    record = fact_record(msg, self.codec)
-                    if record is not None:
-                        yield record
-            last = max(last, marker)
+            if start >= log_end:
+                return
+            for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
+                record = fact_record(msg, self.codec)
+                if record is not None:
+                    yield record
 
         for item in fold_fact_records(self.reducer, store, records(), groups):
             folded += 1
@@ -516,7 +483,9 @@ class BatchedProcessor:
             for routed in self.reducer.route(item.fact):
                 self._send_routed(routed)
         self._producer.flush()
-        store.checkpoint(last + 1)
+        # Compaction may have removed the records just before the end, and
+        # nothing is written here while the partition is being recovered.
+        store.checkpoint(max(log_end, start))
         self._pending[partition] = groups
         self.log.info(
             "partition.recovered", partition=partition, from_offset=start, facts=folded,
@@ -525,46 +494,27 @@ class BatchedProcessor:
         )
         return store
 
-    def _recover_from_inputs(self, partition: int, store: PartitionStore, marker: int
+    def _recover_from_inputs(self, partition: int, store: PartitionStore, log_end: int
                              ) -> PartitionStore:
         """Re-read the inputs from the checkpoint (0 when the state is gone), remembering
         which facts are in the topic already so that re-deciding sends none twice."""
         started = time.perf_counter()
         start = store.fact_offset()
         sent: set[str] = set()
-        offset = start
-        while offset <= marker:
-            for msg in read_partition_to_end(self.settings, self.fact_topic, partition, offset):
-                offset = (msg.offset() or 0) + 1
-                if offset > marker:
-                    break
+        if start < log_end:
+            for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
                 record = fact_record(msg, self.codec)
                 if record is not None:
                     sent.add(record.fact.event_id)
         if store.fresh:
             for topic in self.inputs:
                 store.set_input_offset(topic, 0)
-        store.checkpoint(marker + 1)
+        store.checkpoint(max(log_end, start))
         self._sent_before[partition] = sent
         self.log.info("partition.recovered", partition=partition, mode="inputs",
                       from_offset=start, facts_in_topic=len(sent),
                       seconds=round(time.perf_counter() - started, 3))
         return store
-
-    def _write_marker(self, partition: int) -> int:
-        """Append an empty record to the fact partition; return its offset.
-
-        It carries no value (readers skip it: it is not an event) and a key of
-        its own, so compaction on a real cluster removes only markers.
-        """
-        self._fact_high.pop(partition, None)
-        self._producer.send_raw(self.fact_topic, None, key=MARKER_KEY, partition=partition,
-                                headers=[(MARKER_HEADER, self.reducer.name.encode())])
-        self._producer.flush()
-        offset = self._fact_high.get(partition)
-        if offset is None:
-            raise RuntimeError(f"no delivery report for the marker in {self.fact_topic}[{partition}]")
-        return offset
 
     # -- inspection ------------------------------------------------------------------
 

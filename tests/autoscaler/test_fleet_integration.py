@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from autoscaler import CapacityController
-from infra.broker import EmbeddedBroker
+from infra.broker import EmbeddedKafka
 from infra.observe import ProgressFollower, read_capacity
 from infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
 from infra.stack import StackState, pid_alive, read_stack, write_stack
@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
 @pytest.fixture
-def fleet_settings(settings: OnceflowSettings, broker: EmbeddedBroker) -> OnceflowSettings:
+def fleet_settings(settings: OnceflowSettings, broker: EmbeddedKafka) -> OnceflowSettings:
     fast = fast_settings(settings)
     fast = fast.model_copy(update={
         "scheduler": fast.scheduler.model_copy(update={"queue_sample_ms": 200}),
