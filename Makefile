@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The embedded Kafka broker's jars, fetched once from Maven Central (infra/kafka/pom.xml).
+KAFKA_LIBS := infra/kafka/target/kafka-libs
+KAFKA := $(KAFKA_LIBS)/.complete
 
 .PHONY: demo test lint bench up down status clean install
 
@@ -14,22 +17,28 @@ $(STAMP): pyproject.toml schemas/_impl/_native.c
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# A new pom fetches into an empty folder, so no jar of an older Kafka stays on the classpath.
+$(KAFKA): infra/kafka/pom.xml
+	rm -rf $(KAFKA_LIBS)
+	cd infra/kafka && mvn -B -q dependency:copy-dependencies
+	sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' infra/kafka/pom.xml > $@
 
-demo: $(STAMP)
+install: $(STAMP) $(KAFKA)
+
+demo: $(STAMP) $(KAFKA)
 	$(BIN)/onceflow demo
 
-test: $(STAMP)
+test: $(STAMP) $(KAFKA)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy schemas streams agents billing autoscaler infra bench
 
-bench: $(STAMP)
+bench: $(STAMP) $(KAFKA)
 	$(BIN)/python -m bench.run --out bench/results.json
 
-up: $(STAMP)
+up: $(STAMP) $(KAFKA)
 	$(BIN)/onceflow up
 
 down: $(STAMP)
@@ -40,6 +49,6 @@ status: $(STAMP)
 
 clean:
 	-$(BIN)/onceflow down 2>/dev/null
-	rm -rf $(VENV) .onceflow build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .onceflow build *.egg-info .mypy_cache .ruff_cache .pytest_cache infra/kafka/target
 	rm -f schemas/_impl/_native.*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

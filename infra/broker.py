@@ -129,7 +129,8 @@ def kafka_libs_dir() -> Path:
 def ensure_kafka_libs(libs: Path | None = None) -> Path:
     """The folder of broker jars, fetched through Maven the first time (cached after)."""
     libs = libs or kafka_libs_dir()
-    if (libs / _READY_MARK).exists():
+    mark = libs / _READY_MARK
+    if mark.exists() and mark.read_text().strip() == KAFKA_VERSION:
         return libs
     mvn = shutil.which("mvn")
     if mvn is None or not _POM.exists():
@@ -139,6 +140,7 @@ def ensure_kafka_libs(libs: Path | None = None) -> Path:
             f"and run `make install`, or point {_LIBS_ENV} at a folder of Kafka {KAFKA_VERSION} "
             "jars"
         )
+    shutil.rmtree(libs, ignore_errors=True)  # no jar of another version on the classpath
     libs.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [mvn, "-B", "-q", "-f", str(_POM), "dependency:copy-dependencies",

@@ -148,7 +148,7 @@ class TopicFollower:
     """
 
     def __init__(self, settings: OnceflowSettings, topics: list[str]) -> None:
-        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": False,
+        self._consumer = make_consumer(settings, None, **{"enable.partition.eof": True,
                                                           **settings.background_consumer()})
         self._partitions = [(t, p) for t in topics
                             for p in range(partition_count(self._consumer, t))]
@@ -156,19 +156,18 @@ class TopicFollower:
                                for t, p in self._partitions])
         self._next: dict[tuple[str, int], int] = {}
 
-    def caught_up(self) -> bool:
-        """Whether every partition was read up to its high watermark as of now."""
-        return all(self._next.get(tp, 0) >= high
-                   for tp, high in _watermarks(self._consumer, self._partitions).items()
-                   if high > 0)
+    def caught_up(self, targets: dict[tuple[str, int], int] | None = None) -> bool:
+        """Whether every partition was read up to `targets` (its high watermark now)."""
+        targets = targets or _watermarks(self._consumer, self._partitions)
+        return all(self._next.get(tp, 0) >= high for tp, high in targets.items())
 
     def read_to_end(self, timeout_s: float = 600.0) -> Iterator[Message]:
-        """What the topics hold up to their high watermarks as of now (records with a value)."""
+        """What the topics hold up to their high watermarks as of the call (records
+        with a value); a topic written all the time still ends."""
+        targets = _watermarks(self._consumer, self._partitions)
         deadline = time.monotonic() + timeout_s
-        while True:
+        while not self.caught_up(targets):
             yield from self.read(timeout=0.1)
-            if self.caught_up():
-                return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading to the end of {self._partitions} took too long")
 
@@ -183,12 +182,17 @@ class TopicFollower:
             if not msgs:
                 return
             for msg in msgs:
-                if msg.error() is None:
-                    tp = (str(msg.topic()), msg.partition() or 0)
+                err = msg.error()
+                tp = (str(msg.topic()), msg.partition() or 0)
+                if err is None:
                     self._next[tp] = (msg.offset() or 0) + 1
                     if msg.value() is not None:
                         n += 1
                         yield msg
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    # The end of the log at the fetch: past any record that
+                    # compaction, retention or a transaction marker left missing.
+                    self._next[tp] = max(self._next.get(tp, 0), msg.offset() or 0)
 
     def close(self) -> None:
         self._consumer.close()

@@ -22,12 +22,16 @@ def test_security_settings_pass_through(monkeypatch: pytest.MonkeyPatch) -> None
     assert "session.timeout.ms" not in conf  # cluster profile keeps Kafka's defaults
 
 
-def test_embedded_profile_sets_broker_workarounds() -> None:
+def test_embedded_profile_is_kafka_defaults_with_fast_groups() -> None:
     s = OnceflowSettings()
-    assert s.consumer_config("g")["session.timeout.ms"] == 6000
+    conf = s.consumer_config("g")
+    assert conf["session.timeout.ms"] == 6000
+    assert conf["fetch.wait.max.ms"] == s.embedded_fetch_wait_ms
     faust_kw = s.faust_broker_settings()
-    assert faust_kw["producer_enable_idempotence"] is False
-    assert faust_kw["producer_max_batch_size"] == 1
+    # No workaround for a broker that gets idempotence or watermarks wrong.
+    assert "producer_enable_idempotence" not in faust_kw
+    assert "producer_max_batch_size" not in faust_kw
+    assert faust_kw["broker_session_timeout"] == 6.0
     assert faust_kw["processing_guarantee"] == "at_least_once"
     producer = s.producer_config()
     assert producer["enable.idempotence"] is True and producer["acks"] == "all"
