@@ -12,7 +12,13 @@ from billing.views._impl.server import create_app
 from billing.views._impl.service import ViewService
 from billing.views._impl.sink import LedgerSink
 from schemas import SingleObjectCodec, ViewDefined
-from streams.kafka import EventProducer, make_consumer, partition_count, read_topic_to_end
+from streams.kafka import (
+    EventProducer,
+    make_consumer,
+    partition_count,
+    read_topic_to_end,
+    watermarks,
+)
 from streams.log import get_logger
 from streams.settings import OnceflowSettings
 from streams.topics.catalog import TopicCatalog
@@ -58,13 +64,10 @@ class ViewsProcessor:
         self._definitions_from = self._views_end()
 
     def _views_end(self) -> int:
-        from confluent_kafka import TopicPartition
-
         c = make_consumer(self.settings, None)
         try:
             partition_count(c, self.catalog["views"].name)
-            return int(c.get_watermark_offsets(TopicPartition(self.catalog["views"].name, 0),
-                                               timeout=10)[1])
+            return watermarks(c, self.catalog["views"].name, 0)[1]
         finally:
             c.close()
 

@@ -489,9 +489,8 @@ def tail(
     last: Annotated[int, typer.Option(help="only the last N events of each partition", min=0)] = 0,
 ) -> None:
     """Decode and print the events of a topic, as readable lines or JSON."""
-    from confluent_kafka import TopicPartition
 
-    from streams.kafka import make_consumer, partition_count, read_topic_to_end
+    from streams.kafka import make_consumer, partition_count, read_topic_to_end, watermarks
     from streams.topics.catalog import TopicCatalog
 
     settings = _settings()
@@ -509,7 +508,7 @@ def tail(
     starts: dict[int, int] = {}
     if last:
         for p in range(parts):
-            low, high = probe.get_watermark_offsets(TopicPartition(name, p), timeout=5)
+            low, high = watermarks(probe, name, p)
             starts[p] = max(low, high - last)
     probe.close()
     shown = 0

@@ -9,6 +9,7 @@ from streams.kafka.consumer import (
     read_partition_to_end,
     read_topic_to_end,
     type_fingerprints,
+    watermarks,
 )
 from streams.kafka.dead_letters import (
     DLQ_HEADER_ERROR,
@@ -45,4 +46,5 @@ __all__ = [
     "read_partition_to_end",
     "read_topic_to_end",
     "type_fingerprints",
+    "watermarks",
 ]

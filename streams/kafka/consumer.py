@@ -12,7 +12,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from schemas import CodecError, Event, EventCodec, SingleObjectCodec
 from streams.settings import OnceflowSettings
@@ -26,6 +33,7 @@ __all__ = [
     "read_partition_to_end",
     "read_topic_to_end",
     "type_fingerprints",
+    "watermarks",
 ]
 
 
@@ -53,9 +61,32 @@ def partition_count(consumer: Consumer, topic: str, timeout: float = 10.0) -> in
     return len(meta.partitions)
 
 
+#: what a partition answers for a moment after its topic was created or its broker restarted
+_NOT_READY = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+                        KafkaError._UNKNOWN_TOPIC})
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0
+               ) -> tuple[int, int]:
+    """A partition's low and high watermark, asked of its leader (not a cached value),
+    waiting out the moment a new or restarted partition has no leader yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=10, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            retriable = err.code() in _NOT_READY or err.retriable()
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _watermarks(consumer: Consumer, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    return {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
-            for t, p in tps}
+    return {(t, p): watermarks(consumer, t, p)[1] for t, p in tps}
 
 
 def _read_assigned(

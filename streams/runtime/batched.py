@@ -39,13 +39,16 @@ from streams.kafka.consumer import (
     make_consumer,
     partition_count,
     read_partition_to_end,
+    watermarks,
 )
 from streams.kafka.dead_letters import DeadLetterRouter
 from streams.kafka.producer import EventProducer
 from streams.log import get_logger
 from streams.runtime.facts import (
+    FACT_HEADER_INPUTS,
     FactGroups,
     FactRecord,
+    dedupes_by_position,
     fact_headers,
     fact_record,
     fold_fact_records,
@@ -151,6 +154,12 @@ class BatchedProcessor:
         self._producer = EventProducer(settings, self.codec, on_delivered=self._delivered,
                                        **{"linger.ms": settings.processor_linger_ms})
         self._fact_key = self._producer.key_rule(self._fact_topic)
+        # A table fact topic (compacted by entity) keeps only the latest fact
+        # per key, so what was decided is known by input position, carried in
+        # each fact's headers, not by dedupe marks (see streams.runtime.facts).
+        self._by_position = dedupes_by_position(settings, fact_topic)
+        self._input_index = {t: i for i, t in enumerate(self.inputs)}
+        self._positions: dict[int, list[int]] = {}
         self._dlq = DeadLetterRouter(self._producer, self.dead_letter_topic, reducer.name)
         self._consumer: Consumer | None = None
         self._ready_sent = False
@@ -242,7 +251,8 @@ class BatchedProcessor:
     def _process_batch(self, consumer: Consumer, msgs: list[Message]) -> None:
         started = time.perf_counter()
         facts_before = self.facts_emitted
-        stores, handle = self._stores, self._handle
+        stores = self._stores
+        handle = self._handle_at_position if self._by_position else self._handle
         last: dict[tuple[str, int], Message] = {}  # the last record of each partition
         for msg in msgs:
             if msg.error() is not None:
@@ -296,7 +306,14 @@ class BatchedProcessor:
         elif offsets:
             consumer.commit(offsets=offsets, asynchronous=True)
 
-    def _handle(self, store: PartitionStore, partition: int, msg: Message) -> None:
+    def _handle_at_position(self, store: PartitionStore, partition: int, msg: Message) -> None:
+        positions = self._positions[partition]
+        positions[self._input_index[msg.topic()]] = msg.offset() + 1  # type: ignore[index,operator]
+        self._handle(store, partition, msg,
+                     ((FACT_HEADER_INPUTS, ",".join(map(str, positions)).encode()),))
+
+    def _handle(self, store: PartitionStore, partition: int, msg: Message,
+                position: tuple[tuple[str, bytes], ...] = ()) -> None:
         raw = msg.value()
         if raw is not None and raw[2:10] in self._ignored and raw[:2] == SINGLE_OBJECT_MARKER:
             return  # a well-formed event of a type this reducer never acts on
@@ -321,7 +338,7 @@ class BatchedProcessor:
         if held is not None and not (  # the new decision must go on from the written part
                 len(raws) > len(held)
                 and all(h.raw == r for h, r in zip(held, raws[:len(held)], strict=True))):
-            self._close_held(store, partition, event, held)
+            self._close_held(store, partition, event, held, position)
             return
         if not facts:
             return
@@ -336,13 +353,15 @@ class BatchedProcessor:
             if i >= written and (sent_before is None or fact.event_id not in sent_before):
                 # Straight to the producer: the fact topic, its partition and its key
                 # rule are known (send_encoded would look them up for every fact).
+                headers = fact_headers(cause, i + 1, total)
                 self._producer.send_raw(
-                    self.fact_topic, raws[i], key=self._fact_key(fact),
-                    partition=partition, headers=fact_headers(cause, i + 1, total),
+                    self.fact_topic, raws[i], key=self._fact_key(fact), partition=partition,
+                    headers=[*headers, *position] if position else headers,
                 )
                 self.facts_emitted += 1
             evolve(store, fact)
-        store.mark_seen(cause)
+        if not position:
+            store.mark_seen(cause)
         if self._routes:
             self._route(facts, raws)
 
@@ -352,7 +371,8 @@ class BatchedProcessor:
                 self._send_routed(routed, raw if routed.event is fact else None)
 
     def _close_held(self, store: PartitionStore, partition: int, event: Event,
-                    held: list[FactRecord]) -> None:
+                    held: list[FactRecord], position: tuple[tuple[str, bytes], ...] = ()
+                    ) -> None:
         """Keep the part of a decision written before a crash as the whole decision
         (see `DecisionClosed`): fold and route it, and close its group.
 
@@ -370,11 +390,12 @@ class BatchedProcessor:
         )
         n = len(held) + 1
         self._producer.send(self._fact_topic, closing, partition=partition,
-                            headers=fact_headers(event.event_id, n, n))
+                            headers=[*fact_headers(event.event_id, n, n), *position])
         self.facts_emitted += 1
         for record in held:
             self.reducer.evolve(store, record.fact)
-        store.mark_seen(event.event_id)
+        if not position:
+            store.mark_seen(event.event_id)
         self._route([r.fact for r in held], [r.raw for r in held])
         self.log.warning("decision.closed", partition=partition, cause=event.event_id,
                          facts_kept=len(held))
@@ -410,6 +431,14 @@ class BatchedProcessor:
             offset = self._stores[tp.partition].input_offset(tp.topic)
             if offset is not None:
                 tp.offset = offset
+        if self._by_position:
+            for p in wanted:
+                self._positions[p] = [-1] * len(self.inputs)
+            for tp in partitions:
+                start = tp.offset
+                if start < 0 and (tp.topic, tp.partition) in committed:
+                    start = committed[(tp.topic, tp.partition)].offset
+                self._positions[tp.partition][self._input_index[tp.topic]] = max(start, -1)
         consumer.assign(partitions)
         self.log.info("partitions.assigned", partitions=wanted)
         if not self._ready_sent and self.on_ready is not None:
@@ -427,15 +456,14 @@ class BatchedProcessor:
             if store is not None:
                 store.close()
             self._pending.pop(p, None)
+            self._positions.pop(p, None)
         consumer.unassign()
         self.log.info("partitions.revoked", partitions=sorted({tp.partition for tp in partitions}))
 
     def _log_end(self, partition: int) -> int:
         """The fact partition's high watermark: where its facts end now."""
         assert self._consumer is not None
-        _low, high = self._consumer.get_watermark_offsets(
-            TopicPartition(self.fact_topic, partition), timeout=10, cached=False)
-        return int(high)
+        return watermarks(self._consumer, self.fact_topic, partition)[1]
 
     def _recover(
         self, partition: int, committed: dict[tuple[str, int], TopicPartition]
@@ -475,10 +503,18 @@ class BatchedProcessor:
                 if record is not None:
                     yield record
 
-        for item in fold_fact_records(self.reducer, store, records(), groups):
+        position: tuple[int, ...] | None = None
+        for item in fold_fact_records(self.reducer, store, records(), groups,
+                                      mark_seen=not self._by_position):
             folded += 1
+            position = item.inputs or position
             if item.offset >= reroute_from:
                 reroute.append(item)
+        if self._by_position and position is not None:
+            # Inputs up to the last folded decision are decided: resume after them.
+            for topic, offset in zip(self.inputs, position, strict=False):
+                if offset >= 0 and offset > (store.input_offset(topic) or -1):
+                    store.set_input_offset(topic, offset)
         for item in reroute:
             for routed in self.reducer.route(item.fact):
                 self._send_routed(routed)

@@ -11,6 +11,20 @@ The shell ends a held group it cannot repeat with a `DecisionClosed` fact
 at the next position (see `BatchedProcessor`): the group then completes with
 the facts that were written. That fact is the shell's own: it is folded
 here and never given to the reducer.
+
+Two kinds of fact topic, two ways to know which inputs were decided:
+
+- an *event* topic (keyed by `event_id`: the scheduler's, the ledger's) keeps
+  every decision through compaction, which only collapses a redelivered copy
+  of the same fact; its causes are remembered as dedupe marks in the state;
+- a *table* topic (keyed by its entity: trust by node, wallets by wallet)
+  keeps only the latest fact per key once the cleaner has run, so marks
+  folded from it would depend on what compaction removed. Its facts carry
+  instead the input position they were decided at (`onceflow.inputs`: the
+  next offset of each input, in the processor's input order). Positions only
+  grow, the last fact of a partition is never compacted away, and the state
+  (the latest value per key) is the same before and after compaction: so is
+  the recovered state, with no marks, and its fingerprint.
 """
 
 from __future__ import annotations
@@ -28,9 +42,11 @@ from streams.types import Reducer, State
 
 __all__ = [
     "FACT_HEADER_CAUSE",
+    "FACT_HEADER_INPUTS",
     "FACT_HEADER_SEQ",
     "FactGroups",
     "FactRecord",
+    "dedupes_by_position",
     "fact_headers",
     "fact_record",
     "fold_fact_records",
@@ -39,6 +55,16 @@ __all__ = [
 
 FACT_HEADER_CAUSE = "onceflow.cause"
 FACT_HEADER_SEQ = "onceflow.seq"
+FACT_HEADER_INPUTS = "onceflow.inputs"
+
+
+def dedupes_by_position(settings: OnceflowSettings, fact_topic: str) -> bool:
+    """Whether a fact topic is a table topic (compacted by entity): its processor
+    knows what it decided by input position, not by dedupe marks (module doc)."""
+    from streams.topics.catalog import TopicCatalog
+
+    topic = TopicCatalog(settings).by_name(fact_topic)
+    return topic is not None and topic.key != "event_id"
 
 
 #: "seq/total" of the small groups almost every decision makes, formatted once
@@ -59,6 +85,8 @@ class FactRecord:
     fact: Event
     raw: bytes
     offset: int
+    #: the next offset of each input when the fact was decided (table topics only)
+    inputs: tuple[int, ...] | None = None
 
 
 def fact_record(msg: Message, codec: EventCodec) -> FactRecord | None:
@@ -75,7 +103,9 @@ def fact_record(msg: Message, codec: EventCodec) -> FactRecord | None:
         fact = codec.decode(raw)
     except CodecError:
         return None
-    return FactRecord(cause.decode(), i, n, fact, raw, msg.offset() or 0)
+    positions = headers.get(FACT_HEADER_INPUTS)
+    inputs = tuple(int(x) for x in positions.decode().split(",")) if positions else None
+    return FactRecord(cause.decode(), i, n, fact, raw, msg.offset() or 0, inputs)
 
 
 class FoldTarget(State, Protocol):
@@ -101,9 +131,12 @@ class FactGroups:
 
 
 def fold_fact_records(
-    reducer: Reducer, state: FoldTarget, records: Iterable[FactRecord], groups: FactGroups
+    reducer: Reducer, state: FoldTarget, records: Iterable[FactRecord], groups: FactGroups,
+    *, mark_seen: bool = True,
 ) -> Iterator[FactRecord]:
-    """Evolve `state` with every complete group; yield the facts folded."""
+    """Evolve `state` with every complete group; yield the facts folded.
+
+    `mark_seen=False` for a table topic's facts, which dedupe by position."""
     for record in records:
         done = groups.add(record)
         if done is None:
@@ -113,7 +146,8 @@ def fold_fact_records(
                 continue
             reducer.evolve(state, item.fact)
             yield item
-        state.mark_seen(record.cause)
+        if mark_seen:
+            state.mark_seen(record.cause)
 
 
 def replay_facts(
@@ -142,6 +176,7 @@ def replay_facts(
     if not partitions:
         return states
     groups = {p: FactGroups() for p in partitions}
+    mark = not dedupes_by_position(settings, fact_topic)
     ends = until or {}
     # One read of every partition at once: the end of the topic is waited
     # for once, not once per partition.
@@ -152,6 +187,7 @@ def replay_facts(
             continue
         record = fact_record(msg, codec)
         if record is not None:
-            for _ in fold_fact_records(reducer, states[p], (record,), groups[p]):
+            for _ in fold_fact_records(reducer, states[p], (record,), groups[p],
+                                       mark_seen=mark):
                 pass
     return states

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -49,11 +50,13 @@ def ensure_topics(
             ],
             operation_timeout=timeout,
         )
+    created = []
     for topic in topics:
         if topic.name in futures:
             try:
                 futures[topic.name].result(timeout)
                 statuses.append(TopicStatus(topic.name, True, topic.partitions, created=True))
+                created.append(topic.name)
             except KafkaException as exc:
                 err = exc.args[0]
                 if getattr(err, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
@@ -69,7 +72,23 @@ def ensure_topics(
                     "co-partitioned processors need them equal"
                 )
             statuses.append(status)
+    _wait_for_leaders(admin, created, timeout)
     return statuses
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Return once every partition of `names` has a leader: a topic is usable when its
+    creation is committed *and* its broker leads its partitions, a moment later."""
+    deadline = time.monotonic() + timeout
+    while names:
+        topics = admin.list_topics(timeout=timeout).topics
+        names = [n for n in names
+                 if n not in topics or topics[n].error is not None
+                 or any(p.leader < 0 or p.error is not None
+                        for p in topics[n].partitions.values())]
+        if not names or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 def create_topics(settings: OnceflowSettings, *, timeout: float = 15.0) -> list[TopicStatus]:

@@ -25,7 +25,6 @@ def _onceflow(args: list[str], env: dict[str, str], check: bool = True) -> subpr
 def test_up_submit_tail_down(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCEFLOW_")}
     env.update({"ONCEFLOW_STACK_DIR": str(tmp_path / "stack"), "ONCEFLOW_PARTITIONS": "3",
-                "ONCEFLOW_READ_TO_END_IDLE_MS": "300",
                 # the two agents this test starts stay the fleet (autoscaling has its own test)
                 "ONCEFLOW_AUTOSCALER__MIN_REPLICAS": "2", "ONCEFLOW_AUTOSCALER__MAX_REPLICAS": "2",
                 "ONCEFLOW_AUTOSCALER__INITIAL_REPLICAS": "2"})
@@ -97,12 +96,31 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
     assert not pid_alive(stack["broker_pid"]), "down must leave no process behind"
     assert not any(pid_alive(p) for p in stack["processes"].values())
     assert not (tmp_path / "stack" / "stack.json").exists()
-    # Up again in the same place: a new, empty broker, and the old local state must not
-    # stop any role (faust's tables refuse offsets beyond their changelog's end).
-    again_up = _onceflow(["up", "--agents", "1"], env, check=False)
+    # Up again in the same place: the same data, nothing run or billed again.
+    again_up = _onceflow(["up", "--agents", "2"], env, check=False)
     try:
         assert again_up.returncode == 0, again_up.stderr[-2000:]
-        assert "autoscaler running" in again_up.stdout
+        assert "0 created" in again_up.stdout and "autoscaler running" in again_up.stdout
+        after = status()
+        assert after["units"]["by_state"] == {"completed": 10001}
+        assert after["units"]["completed_by_node"] == final["units"]["completed_by_node"]
+        assert after["units"]["rejected_completions"] == 0
+        assert wallet()["line_items"] == 10002
+        items_after = _onceflow(["ledger", "tail", "--format", "json"], env).stdout.splitlines()
+        assert len(items_after) == 10002
+        for role in ("billing", "scheduler"):
+            verify = _onceflow(["replay", role, "--verify", "--format", "json"], env)
+            assert all(r["equal"] for r in json.loads(verify.stdout)), role
+        refused = _onceflow(["up", "--fresh"], env, check=False)
+        assert refused.returncode == 2 and "onceflow down" in refused.stderr
+    finally:
+        _onceflow(["down"], env)
+    # --fresh wipes the broker's data and the roles' state, and says so.
+    fresh = _onceflow(["up", "--agents", "1", "--fresh"], env, check=False)
+    try:
+        assert fresh.returncode == 0, fresh.stderr[-2000:]
+        assert "wiped" in fresh.stdout and "17 created" in fresh.stdout
+        assert status()["units"]["by_state"] == {}
     finally:
         _onceflow(["down"], env)
 

@@ -136,7 +136,7 @@ def test_faust_shell_rebuilds_lost_state_after_sigkill(
     producer = EventProducer(settings, SingleObjectCodec())
     for e in events[: n // 2]:
         producer.send(inp, e)
-    producer.send_raw(inp.name, b"not an event", partition=0)
+    producer.send_raw(inp.name, b"not an event", key=b"junk", partition=0)
     producer.flush()
     state_dir = tmp_path / "faust-state"
     fp_file = tmp_path / "fingerprint.json"

@@ -37,6 +37,7 @@ from streams.kafka import (
     make_consumer,
     partition_count,
     type_fingerprints,
+    watermarks,
 )
 from streams.log import get_logger
 from streams.runtime.batched import next_batch
@@ -252,8 +253,7 @@ class LedgerSink:
             start = self.engine.offsets(self.topic)
             consumer.assign([TopicPartition(self.topic, p, start.get(p, OFFSET_BEGINNING))
                              for p in range(parts)])
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p),
-                                                      timeout=10)[1] for p in range(parts)}
+            ends = {p: watermarks(consumer, self.topic, p)[1] for p in range(parts)}
             position = {p: start.get(p, 0) for p in range(parts)}
             self.log.info("sink.started", topic=self.topic, offsets=start)
             self._check_caught_up(position, ends)
