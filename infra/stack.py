@@ -30,6 +30,7 @@ __all__ = [
     "stack_down",
     "stack_up",
     "start_stack_roles",
+    "write_stack",
 ]
 
 

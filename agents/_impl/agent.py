@@ -46,7 +46,7 @@ from schemas import (
 )
 from streams.content import open_content_store
 from streams.ids import derive_event_id
-from streams.kafka import DeadLetterRouter, EventProducer, make_consumer
+from streams.kafka import DeadLetterRouter, EventProducer, assign_from_committed, make_consumer
 from streams.log import get_logger
 from streams.runtime.batched import next_batch
 from streams.settings import OnceflowSettings
@@ -147,8 +147,8 @@ class NodeAgent:
         if stop is not None:
             self._stop = stop
         consumer = make_consumer(self.settings, f"{self.settings.topic_prefix}agent.{self.node_id}")
-        consumer.assign([TopicPartition(self._dispatch.name,
-                                        self._dispatch.partition_of(self.node_id))])
+        assign_from_committed(consumer, [TopicPartition(
+            self._dispatch.name, self._dispatch.partition_of(self.node_id))])
         self._send_heartbeat()
         self.producer.flush()
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)

@@ -2,6 +2,7 @@
 
 from streams.kafka.consumer import (
     TopicFollower,
+    assign_from_committed,
     log_consume_error,
     make_consumer,
     partition_count,
@@ -36,6 +37,7 @@ __all__ = [
     "DeliveryError",
     "EventProducer",
     "TopicFollower",
+    "assign_from_committed",
     "dead_letter_from_message",
     "dead_letter_headers",
     "log_consume_error",

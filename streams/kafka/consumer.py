@@ -26,6 +26,7 @@ from streams.settings import OnceflowSettings
 
 __all__ = [
     "TopicFollower",
+    "assign_from_committed",
     "log_consume_error",
     "make_consumer",
     "partition_count",
@@ -83,6 +84,29 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 
             if not retriable or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def assign_from_committed(consumer: Consumer, partitions: list[TopicPartition],
+                          default: int = OFFSET_BEGINNING, timeout: float = 60.0) -> None:
+    """Assign `partitions` from the group's committed offsets (`default` where none),
+    asked here and retried while the group coordinator is still loading.
+
+    A bare `assign()` leaves that question to librdkafka, which on a broker
+    whose offsets topic is still loading can leave a partition without a
+    position, fetching nothing, for good.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+            break
+        except KafkaException as exc:
+            if time.monotonic() > deadline or not exc.args[0].retriable():
+                raise
+            time.sleep(0.1)
+    consumer.assign([TopicPartition(tp.topic, tp.partition,
+                                    tp.offset if tp.offset >= 0 else default)
+                     for tp in committed])
 
 
 def _watermarks(consumer: Consumer, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:

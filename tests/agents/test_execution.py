@@ -161,7 +161,8 @@ def test_replaying_the_facts_matches_the_live_scheduler_and_decisions_recheck(
     for d in decisions:
         region = by_unit[d.work_unit_id].region
         assert rank_recorded(d.candidates, Streak(d.streak_node_id, d.streak_length), region,
-                             settings.scheduler) == (d.selected_node_id, d.reason_code)
+                             settings.scheduler, recorded_reason=d.reason_code) == \
+            (d.selected_node_id, d.reason_code)
 
 
 def test_an_operator_resolves_a_parked_unit_from_the_cli(

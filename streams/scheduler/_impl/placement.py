@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from schemas import PlacementCandidate
 from streams.settings import SchedulerSettings
 
 __all__ = [
+    "QUARANTINE_FALLBACK",
     "FilterReason",
     "NodeView",
     "Placement",
@@ -26,6 +27,9 @@ __all__ = [
     "rank_recorded",
     "version_tuple",
 ]
+
+#: the reason code of a placement on a quarantined node because no other node could take it
+QUARANTINE_FALLBACK = "quarantine_fallback"
 
 FilterReason = Literal[
     "disabled", "health_status", "quarantined", "heartbeat_expired", "unsupported_kind",
@@ -173,21 +177,35 @@ def place(
     streak: Streak,
     cfg: SchedulerSettings,
 ) -> Placement:
-    """Choose a node for one unit, or say why none can take it."""
+    """Choose a node for one unit, or say why none can take it.
+
+    Quarantine keeps a node out only while another node can take the unit:
+    when every node that passes the other filters is quarantined (a broker
+    outage times out every lease at once, say), the best of them is chosen
+    (`quarantine_fallback`), so low trust never wedges the cluster, and the
+    work it then does is the evidence that can release it.
+    """
     counts: dict[str, int] = {}
     eligible: list[PlacementCandidate] = []
+    quarantined: list[PlacementCandidate] = []
     for node in sorted(nodes, key=lambda n: n.node_id):
         reason = _filter(node, req, now, cfg)
         if reason is not None:
             counts[reason] = counts.get(reason, 0) + 1
-            continue
-        eligible.append(candidate_for(
+            if reason != "quarantined" or _filter(
+                    replace(node, quarantined=False), req, now, cfg) is not None:
+                continue
+        (quarantined if reason else eligible).append(candidate_for(
             node_id=node.node_id, available=node.available_concurrency,
             queue_depth=node.queue_depth, utilization=node.utilization,
             raw_trust=trust.get(node.node_id, cfg.default_trust),
             heartbeat_age_ms=max(0, now - node.last_seen), unit_region=req.region,
             node_region=node.region, cfg=cfg,
         ))
+    if not eligible and quarantined:
+        ranked = _ranked(quarantined)
+        chosen, _code = _choose(ranked, streak, cfg)
+        return Placement(chosen, ranked, 0, QUARANTINE_FALLBACK, dict(sorted(counts.items())))
     if not eligible:
         return Placement(None, [], 0, "no_eligible_node", dict(sorted(counts.items())))
     ranked = _ranked(eligible)
@@ -200,11 +218,14 @@ def rank_recorded(
     streak: Streak,
     unit_region: str | None,
     cfg: SchedulerSettings,
+    *,
+    recorded_reason: str | None = None,
 ) -> tuple[str, str]:
     """Re-run a recorded decision: rescore from the recorded raw inputs, rank, choose.
 
     Returns (node id, reason code); equal to what the record says when the
-    decision was made by the rules in force now.
+    decision was made by the rules in force now. A `quarantine_fallback`
+    record's candidates are the quarantined nodes, ranked by the same rules.
     """
     rescored = [
         candidate_for(
@@ -216,4 +237,5 @@ def rank_recorded(
         for c in candidates
     ]
     chosen, reason = _choose(_ranked(rescored), streak, cfg)
-    return chosen.node_id, reason
+    return chosen.node_id, (QUARANTINE_FALLBACK if recorded_reason == QUARANTINE_FALLBACK
+                            else reason)

@@ -129,3 +129,29 @@ def test_a_node_silent_past_the_expiry_is_filtered_out() -> None:
     result = place(CPU, [node("gone", last_seen=gone), node("here")], {}, NOW, Streak(), CFG)
     assert result.selected is not None and result.selected.node_id == "here"
     assert result.filter_counts == {"heartbeat_expired": 1}
+
+
+def test_a_quarantined_node_gets_no_work_while_another_can_take_it() -> None:
+    nodes = [node("a", quarantined=True, utilization=0.0), node("b", utilization=0.9)]
+    result = place(CPU, nodes, {"a": 0.1, "b": 0.9}, NOW, Streak(), CFG)
+    assert result.selected is not None and result.selected.node_id == "b"
+    assert result.filter_counts == {"quarantined": 1}
+
+
+def test_when_every_able_node_is_quarantined_the_best_of_them_takes_the_work() -> None:
+    # A broker outage times out every lease at once: quarantine must not wedge the cluster.
+    nodes = [node("a", quarantined=True), node("b", quarantined=True, utilization=0.5),
+             node("c", quarantined=True, supported_kinds=("llm_pod",)), node("d", enabled=False)]
+    result = place(CPU, nodes, {"a": 0.2, "b": 0.3}, NOW, Streak(), CFG)
+    assert result.selected is not None and result.selected.node_id == "a"
+    assert result.reason_code == "quarantine_fallback" and result.eligible == 0
+    assert [c.node_id for c in result.candidates] == ["a", "b"]  # c cannot run cpu work
+    assert result.filter_counts == {"disabled": 1, "quarantined": 3}
+    assert rank_recorded(result.candidates, Streak(), None, CFG,
+                         recorded_reason=result.reason_code) == ("a", "quarantine_fallback")
+
+
+def test_a_quarantined_node_that_fails_another_filter_stays_out() -> None:
+    gone = NOW - CFG.node_expiry_ms - 1
+    result = place(CPU, [node("a", quarantined=True, last_seen=gone)], {}, NOW, Streak(), CFG)
+    assert result.selected is None and result.reason_code == "no_eligible_node"
