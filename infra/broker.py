@@ -80,6 +80,18 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
+def _port_soon_free(host: str, port: int, within: float = 10.0) -> bool:
+    """Whether `port` is free, or frees up within `within` seconds: a broker killed a
+    moment ago leaves its port held while the kernel closes its connections, and the
+    clients that know its address reconnect only to the same port."""
+    deadline = time.monotonic() + within
+    while not _port_free(host, port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -274,7 +286,7 @@ class EmbeddedKafka:
                 continue
             old = saved.get(key)
             taken = {self.port, self.controller_port}
-            if old and old not in taken and _port_free(self.host, old):
+            if old and old not in taken and _port_soon_free(self.host, old):
                 setattr(self, attr, old)
             else:
                 port = free_port(self.host)

@@ -35,7 +35,7 @@ def submitted(i: int, *, tenant: str | None = None, unit: str | None = None) -> 
 
 
 def event_messages(settings: Any, topic: str) -> list[Any]:
-    """A topic's records that carry an event: recovery markers (no value) are left out."""
+    """A topic's records that carry an event: tombstones (no value) are left out."""
     from streams.kafka import read_topic_to_end
 
     return [m for m in read_topic_to_end(settings, topic) if m.value() is not None]

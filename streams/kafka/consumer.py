@@ -231,7 +231,7 @@ class TopicFollower:
     def read(self, timeout: float = 0.2, max_records: int = 100_000) -> Iterator[Message]:
         """What has arrived (waiting up to `timeout` when nothing has), up to `max_records`.
 
-        Only records with a value: recovery markers and consume errors are left out.
+        Only records with a value: tombstones and consume errors are left out.
         """
         n = 0
         while n < max_records:
@@ -264,7 +264,7 @@ def read_events(
 ) -> Iterator[tuple[Message, Event]]:
     """A topic's events from offset 0 to the end, decoded, in partition order.
 
-    Recovery markers (records without a value) are not events and are left
+    Tombstones (records without a value) are not events and are left
     out; so are records that do not decode (a processor has dead-lettered
     them already). `event_types` skips other types before decoding them.
     """

@@ -175,7 +175,7 @@ class LedgerSink:
             advanced[p] = o + 1  # type: ignore[index, operator]
             raw = msg.value()
             if raw is None:
-                continue  # a recovery marker
+                continue  # a tombstone: not an event
             if raw.startswith(header):
                 bodies.append(raw[10:])
                 parts.append(p)  # type: ignore[arg-type]
@@ -277,8 +277,9 @@ class LedgerSink:
                 advanced: dict[int, int] = {}
                 decoded.add(self._decode(msgs, advanced), advanced)
                 # Thousands of records ready at once mean the sink is behind: keep
-                # gathering whole row groups. A small read means caught up (the high
-                # watermark cannot tell: see BROKER.md): insert what there is now.
+                # gathering whole row groups. A small read means caught up (asking
+                # the high watermarks after every batch would cost a request per
+                # partition): insert what there is now.
                 behind = len(msgs) >= self.batch_size // 8
                 hand_over(decoded.take(self.row_group_rows if behind else None))
             hand_over(decoded.take(None))

@@ -179,19 +179,22 @@ def place(
 ) -> Placement:
     """Choose a node for one unit, or say why none can take it.
 
-    Quarantine keeps a node out only while another node can take the unit:
-    when every node that passes the other filters is quarantined (a broker
-    outage times out every lease at once, say), the best of them is chosen
-    (`quarantine_fallback`), so low trust never wedges the cluster, and the
-    work it then does is the evidence that can release it.
+    Quarantine keeps a node out only while another node can take the unit,
+    now or once it has a free slot: when every node that passes the other
+    filters is quarantined (a broker outage times out every lease at once,
+    say), the best of them is chosen (`quarantine_fallback`), so low trust
+    never wedges the cluster, and the work it then does is the evidence that
+    can release it.
     """
     counts: dict[str, int] = {}
     eligible: list[PlacementCandidate] = []
     quarantined: list[PlacementCandidate] = []
+    busy = False  # a node out of trouble is only full: the unit waits for it
     for node in sorted(nodes, key=lambda n: n.node_id):
         reason = _filter(node, req, now, cfg)
         if reason is not None:
             counts[reason] = counts.get(reason, 0) + 1
+            busy = busy or reason == "insufficient_concurrency"
             if reason != "quarantined" or _filter(
                     replace(node, quarantined=False), req, now, cfg) is not None:
                 continue
@@ -202,7 +205,7 @@ def place(
             heartbeat_age_ms=max(0, now - node.last_seen), unit_region=req.region,
             node_region=node.region, cfg=cfg,
         ))
-    if not eligible and quarantined:
+    if not eligible and not busy and quarantined:
         ranked = _ranked(quarantined)
         chosen, _code = _choose(ranked, streak, cfg)
         return Placement(chosen, ranked, 0, QUARANTINE_FALLBACK, dict(sorted(counts.items())))

@@ -155,3 +155,10 @@ def test_a_quarantined_node_that_fails_another_filter_stays_out() -> None:
     gone = NOW - CFG.node_expiry_ms - 1
     result = place(CPU, [node("a", quarantined=True, last_seen=gone)], {}, NOW, Streak(), CFG)
     assert result.selected is None and result.reason_code == "no_eligible_node"
+
+
+def test_a_quarantined_node_gets_no_work_while_a_trusted_one_is_only_full() -> None:
+    nodes = [node("a", quarantined=True), node("b", available_concurrency=0)]
+    result = place(CPU, nodes, {}, NOW, Streak(), CFG)
+    assert result.selected is None and result.reason_code == "no_eligible_node"
+    assert result.filter_counts == {"insufficient_concurrency": 1, "quarantined": 1}
