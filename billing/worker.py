@@ -4,8 +4,9 @@ The three run as threads of one `onceflow worker billing` process: one
 process keeps the local stack small on a 2-core machine, and each can still
 be scaled on its own on a cluster, since each is its own consumer group with
 its own state. Nobody waits on billing the way agents wait on the
-scheduler, so its consumers ask the broker less often (the background
-fetch wait): a few hundred milliseconds of billing lag for less broker CPU.
+scheduler, so its consumers use the background fetch wait: an idle fetch
+waits longer (less broker CPU), and Kafka still answers it as soon as a
+record arrives.
 """
 
 from __future__ import annotations

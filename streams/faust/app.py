@@ -13,8 +13,9 @@ __all__ = ["make_app"]
 
 
 def make_app(app_id: str, settings: OnceflowSettings, **options: Any) -> faust.App:
-    """`at_least_once` only: faust's exactly_once has known duplicate bugs and the
-    embedded broker cannot do transactions; dedupe state makes redelivery harmless."""
+    """`at_least_once` only: faust's exactly_once has known duplicate bugs, and
+    correctness must not depend on broker transactions (a cluster may not offer
+    them); dedupe state makes redelivery harmless."""
     datadir = Path(settings.state_dir) / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {

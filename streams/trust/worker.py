@@ -17,7 +17,8 @@ def build_trust(settings: OnceflowSettings, *, on_ready: Callable[[], None] | No
                 group_id: str | None = None) -> BatchedProcessor:
     catalog = TopicCatalog(settings)
     # Heartbeats come every half second from every node and nobody waits on a
-    # trust update by the millisecond: the background fetch wait is enough.
+    # trust update by the millisecond: the background fetch wait (fewer idle
+    # fetches) is enough.
     return BatchedProcessor(
         TrustScorer(settings.trust), settings,
         inputs=[catalog["nodes"].name, catalog["outcomes"].name],
