@@ -242,19 +242,8 @@ class NodeAgent:
             if event.selected_node_id != self.node_id or self._draining.is_set():
                 return
             key = f"{event.work_unit_id}:{event.attempt_index}"
-            target = self.queue_target()
             with self._lock:
-                queued = len(self._waiting) + self._inflight
-                full = queued >= target
-                if not full:
-                    self._waiting[key] = event
-            if full:
-                # More than this node said it could take (a heartbeat can overtake
-                # dispatches still on their way): claimed, it would wait here past its
-                # lease. Unclaimed, the claim deadline places it on another node.
-                self.log.info("dispatch.declined", work_unit=event.work_unit_id,
-                              attempt=event.attempt_index, queued=queued, target=target)
-                return
+                self._waiting[key] = event
             self.producer.send(self._reports, ClaimRequested(
                 event_id=derive_event_id(event.event_id, f"claim:{self.incarnation}"),
                 occurred_at=_now_ms(), tenant_id=event.tenant_id,

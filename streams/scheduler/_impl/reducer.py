@@ -353,6 +353,7 @@ class Scheduler(Reducer):
         assert unit is not None
         now = max(event.occurred_at, unit["decided_at"])
         spec = unit["spec"]
+        self.view.note_arrived(event.node_id, spec["required_concurrency"])
         return (ClaimGranted(
             **self._envelope(unit, event, "claim-granted", now),
             node_id=event.node_id, attempt_index=event.attempt_index,
@@ -474,6 +475,7 @@ class Scheduler(Reducer):
                 continue
             if unit["status"] == "scheduled":
                 # Nobody claimed it: nothing ran, so any label may be placed again.
+                self.view.note_arrived(unit["node"], unit["spec"]["required_concurrency"])
                 facts.append(self._placed(state, unit, tick, now, f"reclaim:{unit['attempt']}"))
             elif unit["status"] == "granted":
                 facts.extend(self._attempt_ended(

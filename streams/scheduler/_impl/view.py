@@ -29,9 +29,12 @@ AdmissionMode = str  # "OPEN" | "THROTTLED" | "CRITICAL"
 class ClusterView:
     """Latest heartbeat per node, latest trust per node, the admission mode.
 
-    `dispatched` counts what this process placed on a node since that node's
-    last heartbeat, so that a burst does not pile onto a node whose reported
-    free capacity is already spoken for.
+    `dispatched` counts what this process placed on a node that the node has
+    not claimed yet (nor let run out to its claim deadline): work on its way,
+    which no heartbeat can count yet. A heartbeat does not reset it, since a
+    heartbeat can be written before dispatches placed just earlier arrive;
+    a burst would otherwise pile onto a node whose free capacity is already
+    spoken for, and wait there past its lease.
     """
 
     def __init__(self) -> None:
@@ -65,7 +68,6 @@ class ClusterView:
                 queue_depth=event.active_queue_depth, utilization=event.utilization,
                 region=event.region, version=event.version, last_seen=event.occurred_at,
             )
-            self.dispatched[event.node_id] = 0
         elif isinstance(event, TrustScoreUpdated):
             self.trust[event.node_id] = event.trust_score
             if event.quarantined:
@@ -100,3 +102,7 @@ class ClusterView:
 
     def note_dispatch(self, node_id: str, slots: int = 1) -> None:
         self.dispatched[node_id] = self.dispatched.get(node_id, 0) + slots
+
+    def note_arrived(self, node_id: str, slots: int = 1) -> None:
+        """A dispatch the node claimed, or that ran out to its claim deadline."""
+        self.dispatched[node_id] = max(0, self.dispatched.get(node_id, 0) - slots)

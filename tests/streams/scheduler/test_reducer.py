@@ -438,13 +438,34 @@ def test_folding_the_facts_rebuilds_the_same_state() -> None:
     assert statuses == {"completed", "needs_operator", "retry_wait"}
 
 
-def test_dispatches_since_the_last_heartbeat_count_against_a_node() -> None:
+def test_dispatches_on_their_way_count_against_a_node_until_claimed() -> None:
     h = Harness()
     h.see(heartbeat("n1", available=2))
     kinds = [type(h.feed(submit(f"wu-{i}"))[-1]) for i in range(3)]
     assert kinds == [WorkUnitScheduled, WorkUnitScheduled, WorkUnitDeferred]
+    # A heartbeat written before the two dispatches arrived frees nothing.
     h.see(heartbeat("n1", at=T0 + 1000, available=2))
-    assert isinstance(h.tick(T0 + 1100)[0], WorkUnitScheduled)
+    assert [o for o in h.tick(T0 + 1100) if isinstance(o, WorkUnitScheduled)] == []
+    # Both arrived and were claimed: the node's heartbeats count them from now on.
+    assert isinstance(h.claim("wu-0", "n1", 1, at=T0 + 1150)[0], ClaimGranted)
+    assert isinstance(h.claim("wu-1", "n1", 1, at=T0 + 1160)[0], ClaimGranted)
+    h.see(heartbeat("n1", at=T0 + 1200, available=0))  # both running
+    assert [o for o in h.tick(T0 + 1250) if isinstance(o, WorkUnitScheduled)] == []
+    h.see(heartbeat("n1", at=T0 + 1300, available=1))  # one of them done
+    placed = [o for o in h.tick(T0 + 1350) if isinstance(o, WorkUnitScheduled)]
+    assert [p.work_unit_id for p in placed] == ["wu-2"]
+
+
+def test_a_dispatch_nobody_claimed_returns_its_slot() -> None:
+    cfg = OnceflowSettings().scheduler
+    h = Harness()
+    h.see(heartbeat("n1", available=1))
+    assert isinstance(h.feed(submit("wu-0"))[-1], WorkUnitScheduled)
+    assert isinstance(h.feed(submit("wu-1"))[-1], WorkUnitDeferred)
+    h.see(heartbeat("n1", at=T0 + cfg.claim_timeout_ms, available=1))
+    again = [o for o in h.tick(T0 + cfg.claim_timeout_ms + 1)
+             if isinstance(o, WorkUnitScheduled)]
+    assert [a.work_unit_id for a in again] == ["wu-0"]  # placed again, on its returned slot
 
 
 def test_a_lease_set_below_the_scanned_floor_still_falls_due() -> None:
