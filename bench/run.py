@@ -400,18 +400,25 @@ def execution_rates(settings: OnceflowSettings, stack_dir: Path, n: int,
             "single_unit_idle": _single_units(producer, topic, follower, 100),
             "paced": _paced(producer, topic, follower, paced_rate, paced_seconds, "paced"),
         }
-        burst = _cpu_units(n, "burst")
-        t0 = time.monotonic()
-        for u in burst:
-            producer.send(topic, u)
-        producer.flush()
-        ids = [u.work_unit_id or "" for u in burst]
-        t1 = _await_completed(follower, ids, timeout=600)
-        lat = [float(follower.progress.latency_ms[i]) for i in ids]
+        # A burst's rate varies by a third from run to run on this 2-core machine:
+        # the median of three, every run listed.
+        runs = []
+        for k in range(3):
+            burst = _cpu_units(n, f"burst{k}")
+            t0 = time.monotonic()
+            for u in burst:
+                producer.send(topic, u)
+            producer.flush()
+            ids = [u.work_unit_id or "" for u in burst]
+            t1 = _await_completed(follower, ids, timeout=600)
+            lat = [float(follower.progress.latency_ms[i]) for i in ids]
+            runs.append({"units_per_s": round(n / (t1 - t0)),
+                         "latency_p50_ms": percentile(lat, 50),
+                         "latency_p99_ms": percentile(lat, 99)})
+        median = sorted(runs, key=lambda r: r["units_per_s"])[1]
         result["burst"] = {
             "units": n, "simulated_ms": 0, "agents": 3, "agent_concurrency": 4,
-            "units_per_s": round(n / (t1 - t0)), "latency_p50_ms": percentile(lat, 50),
-            "latency_p99_ms": percentile(lat, 99),
+            **median, "runs": runs,
         }
         result["paced_after_burst"] = _paced(producer, topic, follower, paced_rate,
                                              paced_seconds / 2, "again")

@@ -236,8 +236,15 @@ logger.groupmeta.level = WARN
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 characters).
+
+    Never one that starts with "-", as Kafka's own ids never do: the storage
+    tool's argument parser would read it as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass
@@ -381,7 +388,8 @@ class EmbeddedKafka:
             id_file.write_text(_cluster_id())
         proc = subprocess.run(
             [*self._jvm(java, libs), "kafka.tools.StorageTool", "format",
-             "-t", id_file.read_text().strip(), "-c", str(props), "--ignore-formatted"],
+             f"--cluster-id={id_file.read_text().strip()}", f"--config={props}",
+             "--ignore-formatted"],
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:

@@ -250,8 +250,13 @@ class OnceflowSettings(BaseSettings):
                     "long an idle fetch waits (Kafka answers a waiting fetch as soon as a "
                     "record arrives, so this costs no latency; shorter costs idle CPU)",
     )
+    producer_linger_ms: int = Field(
+        default=1, ge=0,
+        description="linger.ms of every other producer (agents' claims and reports, clients): "
+                    "each hop of a unit waits up to this long for company",
+    )
     processor_linger_ms: int = Field(
-        default=5, ge=0,
+        default=1, ge=0,
         description="linger.ms of the batched shell's producer: a batch's facts go out in "
                     "few record batches; see bench/ for the figures",
     )
@@ -300,7 +305,7 @@ class OnceflowSettings(BaseSettings):
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": "lz4",
-            "linger.ms": 5,
+            "linger.ms": self.producer_linger_ms,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 500_000,
         }
