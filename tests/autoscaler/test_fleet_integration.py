@@ -37,7 +37,11 @@ def fleet_settings(settings: OnceflowSettings, broker: EmbeddedKafka) -> Onceflo
     fast = fast_settings(settings)
     fast = fast.model_copy(update={
         "scheduler": fast.scheduler.model_copy(update={"queue_sample_ms": 200}),
-        "agent": AgentSettings(heartbeat_interval_ms=300, drain_timeout_s=60),
+        # A node asks for half a second of queued work: well inside the 3 s leases of
+        # these units even on a loaded machine (the 2 s default left 0.5 s of margin
+        # once the lease safety is taken off, and a busy CI machine ran over it).
+        "agent": AgentSettings(heartbeat_interval_ms=300, drain_timeout_s=60,
+                               queue_horizon_s=0.5),
         # windows of half a second, and small numbers, so a test burst is "pressure"
         "autoscaler": AutoscalerSettings(
             window_ms=500, scale_up_queue=40, scale_up_windows=2, scale_up_cooldown_ms=1000,
