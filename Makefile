@@ -31,9 +31,15 @@ demo: $(STAMP) $(KAFKA)
 test: $(STAMP) $(KAFKA)
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# mypy reads the package as it is installed, `onceflow.*`: a tree of links to the folders.
+TYPECHECK := build/typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas streams agents billing autoscaler infra bench
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/onceflow
+	ln -s ../../../infra/_root/__init__.py $(TYPECHECK)/onceflow/__init__.py
+	for d in schemas streams agents billing autoscaler infra; do ln -s ../../../$$d $(TYPECHECK)/onceflow/$$d; done
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p onceflow
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy bench
 
 bench: $(STAMP) $(KAFKA)
 	$(BIN)/python -m bench.run --out bench/results.json

@@ -5,8 +5,8 @@ Register your own work with `register_handler` (cpu) or `register_tool`
 `onceflow worker agent`.
 """
 
-from agents._impl.agent import AGENT_VERSION, NodeAgent
-from agents._impl.handlers import (
+from onceflow.agents._impl.agent import AGENT_VERSION, NodeAgent
+from onceflow.agents._impl.handlers import (
     HandlerError,
     RetryableError,
     TaskContext,
@@ -17,7 +17,7 @@ from agents._impl.handlers import (
     register_handler,
     register_tool,
 )
-from agents._impl.providers import (
+from onceflow.agents._impl.providers import (
     LlmProvider,
     LlmResult,
     OpenAICompatibleProvider,

@@ -3,6 +3,12 @@
 Import from here; `autoscaler._impl` is private.
 """
 
-from autoscaler._impl.controller import CapacityController, Metrics, Position, recheck, step
+from onceflow.autoscaler._impl.controller import (
+    CapacityController,
+    Metrics,
+    Position,
+    recheck,
+    step,
+)
 
 __all__ = ["CapacityController", "Metrics", "Position", "recheck", "step"]

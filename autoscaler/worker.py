@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from autoscaler._impl.controller import CapacityController
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.autoscaler._impl.controller import CapacityController
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["run_autoscaler"]
 
@@ -21,7 +21,7 @@ def run_autoscaler(settings: OnceflowSettings, *, ready_file: Path | None = None
     `fingerprint_file`: rewritten every half second with the state's fingerprint,
     so a replay of the capacity topic can be compared with the live table.
     """
-    from streams.faust import attach_reducer, make_app
+    from onceflow.streams.faust import attach_reducer, make_app
 
     catalog = TopicCatalog(settings)
     app = make_app(f"{settings.topic_prefix}autoscaler", settings)
@@ -38,8 +38,8 @@ def run_autoscaler(settings: OnceflowSettings, *, ready_file: Path | None = None
     if fingerprint_file is not None:
         @app.timer(0.5)
         async def write_fingerprint() -> None:
-            from streams.faust import TableState
-            from streams.runtime.fingerprint import fingerprint_items
+            from onceflow.streams.faust import TableState
+            from onceflow.streams.runtime.fingerprint import fingerprint_items
 
             items = list(TableState(table).raw_items())
             tmp = fingerprint_file.with_suffix(".tmp")

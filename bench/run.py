@@ -20,19 +20,19 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from infra.broker import KAFKA_VERSION, EmbeddedKafka
-from schemas import SingleObjectCodec, native_available
-from streams.examples.submission_counter import SubmissionCounter
-from streams.kafka import EventProducer
-from streams.runtime import BatchedProcessor
-from streams.settings import OnceflowSettings
-from streams.topics import TopicCatalog, create_topics
+from onceflow.infra.broker import KAFKA_VERSION, EmbeddedKafka
+from onceflow.schemas import SingleObjectCodec, native_available
+from onceflow.streams.examples.submission_counter import SubmissionCounter
+from onceflow.streams.kafka import EventProducer
+from onceflow.streams.runtime import BatchedProcessor
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.fixtures import event_messages, submitted
 
 
 def raw_broker(settings: OnceflowSettings, n: int) -> dict[str, float]:
-    from streams.topics.catalog import Topic
-    from streams.topics.provisioning import ensure_topics
+    from onceflow.streams.topics.catalog import Topic
+    from onceflow.streams.topics.provisioning import ensure_topics
 
     ensure_topics(settings, [Topic("submissions", "bench.raw", "event_id", "event_id", "delete",
                                    settings.partitions, -1, "raw")])
@@ -84,7 +84,7 @@ def submit_rate(settings: OnceflowSettings, n: int, stack_dir: Path) -> dict[str
            "ONCEFLOW_TOPIC_PREFIX": settings.topic_prefix,
            "ONCEFLOW_PARTITIONS": str(settings.partitions), "ONCEFLOW_STACK_DIR": str(stack_dir)}
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "infra.cli", "submit", "--count", str(n),
+    out = subprocess.run([sys.executable, "-m", "onceflow.infra.cli", "submit", "--count", str(n),
                           "--quiet"], env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t
     reported = float(out.stdout.rsplit(":", 1)[1].split()[0].replace(",", ""))
@@ -133,7 +133,7 @@ def _ledger_sources(n: int) -> list[Any]:
     """n accepted completions, every fifth with an LLM invocation: about 1.2 line items each."""
     from decimal import Decimal
 
-    from schemas import LlmInvocationCompleted, WorkUnitCompleted
+    from onceflow.schemas import LlmInvocationCompleted, WorkUnitCompleted
 
     out: list[Any] = []
     for i in range(n):
@@ -171,8 +171,8 @@ def _run_until(processor: BatchedProcessor, inputs: int) -> float:
 
 def ledger_rates(settings: OnceflowSettings, n: int) -> dict[str, Any]:
     """The ledger deciding line items, the wallets folding them, and a replay of the ledger."""
-    from billing.worker import build_ledger, build_wallets
-    from streams.runtime import replay_facts
+    from onceflow.billing.worker import build_ledger, build_wallets
+    from onceflow.streams.runtime import replay_facts
 
     settings = settings.model_copy(update={"topic_prefix": "bench.ledger."})
     create_topics(settings)
@@ -208,13 +208,13 @@ def ledger_rates(settings: OnceflowSettings, n: int) -> dict[str, Any]:
 
 def _line_item_record() -> dict[str, Any]:
     """One real line item, made by the ledger reducer, as a decoded Avro record."""
-    from billing import Ledger, load_price_book
-    from streams.settings import BillingSettings
+    from onceflow.billing import Ledger, load_price_book
+    from onceflow.streams.settings import BillingSettings
 
     cfg = BillingSettings()
     ledger = Ledger(cfg, load_price_book(cfg))
     (settled,) = [e for e in _ledger_sources(1) if e.event_type == "workunit.completed"]
-    item = ledger.decide(__import__("streams.state", fromlist=["MemoryState"]).MemoryState(),
+    item = ledger.decide(__import__("onceflow.streams.state", fromlist=["MemoryState"]).MemoryState(),
                          settled)[1]
     return dict(item.model_dump(mode="json"))
 
@@ -224,7 +224,7 @@ def views_rates(settings: OnceflowSettings, rows: int, sink_items: int) -> dict[
     sink's rate from Kafka (decode included) over `sink_items` line items."""
     import statistics
 
-    from billing.views import LedgerSink, ViewEngine, line_item_batch
+    from onceflow.billing.views import LedgerSink, ViewEngine, line_item_batch
 
     base = _line_item_record()
 
@@ -313,7 +313,7 @@ def views_rates(settings: OnceflowSettings, rows: int, sink_items: int) -> dict[
 
 def _execution_cluster(settings: OnceflowSettings, stack_dir: Path, prefix: str) -> tuple[
         OnceflowSettings, list[Any]]:
-    from infra.roles import agent_specs, start_roles
+    from onceflow.infra.roles import agent_specs, start_roles
 
     settings = settings.model_copy(update={
         "topic_prefix": prefix, "stack_dir": stack_dir / prefix,
@@ -326,7 +326,7 @@ def _execution_cluster(settings: OnceflowSettings, stack_dir: Path, prefix: str)
 
 
 def _cpu_units(n: int, tag: str) -> list[Any]:
-    from schemas import WorkUnitSubmitted
+    from onceflow.schemas import WorkUnitSubmitted
 
     now = int(time.time() * 1000)
     return [WorkUnitSubmitted(event_id=f"{tag}-{i}", occurred_at=now, tenant_id="bench",
@@ -349,7 +349,7 @@ def _await_completed(follower: Any, ids: list[str], timeout: float) -> float:
 
 def _paced(producer: Any, topic: Any, follower: Any, rate: int, seconds: float,
            tag: str) -> dict[str, Any]:
-    from streams.scheduler import percentile
+    from onceflow.streams.scheduler import percentile
 
     units = _cpu_units(int(rate * seconds), tag)
     interval = 1.0 / rate
@@ -371,7 +371,7 @@ def _paced(producer: Any, topic: Any, follower: Any, rate: int, seconds: float,
 
 def _single_units(producer: Any, topic: Any, follower: Any, n: int) -> dict[str, Any]:
     """One unit at a time on an idle stack: each submitted once the one before settled."""
-    from streams.scheduler import percentile
+    from onceflow.streams.scheduler import percentile
 
     lat: list[float] = []
     for u in _cpu_units(n, "single"):
@@ -387,8 +387,8 @@ def execution_rates(settings: OnceflowSettings, stack_dir: Path, n: int,
                     paced_rate: int, paced_seconds: float) -> dict[str, Any]:
     """Scheduler + 3 node agents as processes: single units on an idle stack, a paced
     stream, a burst, the stream again."""
-    from infra.observe import ProgressFollower
-    from streams.scheduler import percentile
+    from onceflow.infra.observe import ProgressFollower
+    from onceflow.streams.scheduler import percentile
 
     settings, roles = _execution_cluster(settings, stack_dir, "bench.exec.")
     try:
@@ -425,7 +425,7 @@ def execution_rates(settings: OnceflowSettings, stack_dir: Path, n: int,
         follower.close()
         return result
     finally:
-        from infra.roles import stop_roles
+        from onceflow.infra.roles import stop_roles
 
         stop_roles(roles)
 
@@ -434,7 +434,7 @@ def _cli(args: list[str], cwd: Path, timeout: float = 600) -> tuple[float, str]:
     """Run `onceflow ARGS` in `cwd` (its own .onceflow stack); its wall time and stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCEFLOW_")}
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "infra.cli", *args], cwd=cwd, env=env,
+    out = subprocess.run([sys.executable, "-m", "onceflow.infra.cli", *args], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=timeout, check=True)
     return time.perf_counter() - t, out.stdout
 
@@ -470,11 +470,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args()
-    from streams.log import configure_logging
+    from onceflow.streams.log import configure_logging
 
     configure_logging("json", "WARNING")
     # The shells measured in this process run as every role process does.
-    from streams.runtime.process import tune_for_streaming
+    from onceflow.streams.runtime.process import tune_for_streaming
 
     tune_for_streaming()
     s = args.scale

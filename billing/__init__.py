@@ -6,18 +6,24 @@ anomaly checker and `reconcile` check both. Import from here; `billing._impl`
 is private.
 """
 
-from billing._impl.anomalies import AnomalyChecker
-from billing._impl.ledger import Ledger, line_item_id
-from billing._impl.pricing import ModelRate, PriceBook, PriceBookError, load_price_book, money
-from billing._impl.read import (
+from onceflow.billing._impl.anomalies import AnomalyChecker
+from onceflow.billing._impl.ledger import Ledger, line_item_id
+from onceflow.billing._impl.pricing import (
+    ModelRate,
+    PriceBook,
+    PriceBookError,
+    load_price_book,
+    money,
+)
+from onceflow.billing._impl.read import (
     BillingFollower,
     Tally,
     read_anomalies,
     read_billing_records,
     read_wallets,
 )
-from billing._impl.reconcile import BillingRecords, reconcile
-from billing._impl.wallets import Wallet, WalletFolder, session_wallet_id, tenant_wallet_id
+from onceflow.billing._impl.reconcile import BillingRecords, reconcile
+from onceflow.billing._impl.wallets import Wallet, WalletFolder, session_wallet_id, tenant_wallet_id
 
 __all__ = [
     "AnomalyChecker",

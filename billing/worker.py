@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from billing._impl.anomalies import AnomalyChecker
-from billing._impl.ledger import Ledger
-from billing._impl.pricing import load_price_book
-from billing._impl.wallets import WalletFolder
-from streams.log import get_logger
-from streams.runtime.batched import BatchedProcessor
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.billing._impl.anomalies import AnomalyChecker
+from onceflow.billing._impl.ledger import Ledger
+from onceflow.billing._impl.pricing import load_price_book
+from onceflow.billing._impl.wallets import WalletFolder
+from onceflow.streams.log import get_logger
+from onceflow.streams.runtime.batched import BatchedProcessor
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["build_anomaly_checker", "build_billing", "build_ledger", "build_wallets",
            "run_billing"]

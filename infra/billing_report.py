@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.table import Table
 
-from billing import BillingFollower, Wallet
-from schemas import BillingAnomaly
+from onceflow.billing import BillingFollower, Wallet
+from onceflow.schemas import BillingAnomaly
 
 __all__ = ["anomaly_table", "breakdown_tables", "print_all", "wallet_table"]
 

@@ -10,13 +10,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from infra.observe import ProgressFollower
-from infra.stack import local_settings, stack_down, stack_up, start_stack_roles
-from schemas import SingleObjectCodec, WorkUnitSubmitted
-from streams.kafka import EventProducer
-from streams.scheduler import SETTLED_STATES, percentile
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.infra.observe import ProgressFollower
+from onceflow.infra.stack import local_settings, stack_down, stack_up, start_stack_roles
+from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
+from onceflow.streams.kafka import EventProducer
+from onceflow.streams.scheduler import SETTLED_STATES, percentile
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["PRESSURES", "DemoSpec", "demo_units", "run_demo"]
 
@@ -92,8 +92,8 @@ _STATE_ORDER = ("submitted", "waiting", "deferred", "scheduled", "running", "ret
 
 
 def _capacity_line(settings: OnceflowSettings) -> str:
-    from infra.observe import read_capacity
-    from infra.stack import pid_alive, read_stack
+    from onceflow.infra.observe import read_capacity
+    from onceflow.infra.stack import pid_alive, read_stack
 
     cap = read_capacity(settings)
     stack = read_stack(settings)
@@ -178,7 +178,7 @@ def run_demo(settings: OnceflowSettings, spec: DemoSpec, console: Console) -> in
                 live.update(_live_table(follower, ids, started, capacity))
         del producer  # flushed; no client should outlive the broker
         if spec.pressure != "none":
-            from infra.observe import read_capacity
+            from onceflow.infra.observe import read_capacity
 
             cap = read_capacity(settings)
             console.print(_capacity_line(settings))
@@ -243,8 +243,13 @@ def _billing_summary(settings: OnceflowSettings, console: Console,
                      settled: dict[str, str | None], started: float, deadline: float) -> bool:
     """Wait until the ledger has billed every settled unit and the wallets folded it all,
     then show the wallets, the breakdown and what reconciliation finds."""
-    from billing import BillingFollower, read_anomalies, read_billing_records, reconcile
-    from infra.billing_report import anomaly_table, breakdown_tables, print_all, wallet_table
+    from onceflow.billing import BillingFollower, read_anomalies, read_billing_records, reconcile
+    from onceflow.infra.billing_report import (
+        anomaly_table,
+        breakdown_tables,
+        print_all,
+        wallet_table,
+    )
 
     billable = [i for i, s in settled.items() if s in ("completed", "failed", "cancelled")]
     follower = BillingFollower(settings, only=set(settled))

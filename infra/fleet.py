@@ -16,13 +16,13 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-from infra.roles import AgentSpec, RoleStartError, start_roles
-from infra.stack import pid_alive, read_stack, write_stack
-from schemas import CapacityScaleRequested, CodecError, SingleObjectCodec
-from streams.kafka import TopicFollower, type_fingerprints
-from streams.log import get_logger
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.infra.roles import AgentSpec, RoleStartError, start_roles
+from onceflow.infra.stack import pid_alive, read_stack, write_stack
+from onceflow.schemas import CapacityScaleRequested, CodecError, SingleObjectCodec
+from onceflow.streams.kafka import TopicFollower, type_fingerprints
+from onceflow.streams.log import get_logger
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["FleetManager"]
 

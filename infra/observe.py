@@ -6,7 +6,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from schemas import (
+from onceflow.schemas import (
     CapacityAdmissionModeChanged,
     CapacityScaleRequested,
     CapacityWindowClosed,
@@ -15,10 +15,10 @@ from schemas import (
     SingleObjectCodec,
     TrustScoreUpdated,
 )
-from streams.kafka import TopicFollower, read_events, read_topic_to_end, type_fingerprints
-from streams.scheduler import UnitProgress
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.streams.kafka import TopicFollower, read_events, read_topic_to_end, type_fingerprints
+from onceflow.streams.scheduler import UnitProgress
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["ProgressFollower", "node_rows", "read_capacity", "read_nodes", "read_progress",
            "read_trust"]

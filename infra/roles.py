@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.settings import OnceflowSettings
+from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["AgentSpec", "RoleProcess", "RoleStartError", "agent_specs", "start_roles",
            "stop_roles", "worker_command"]
@@ -60,7 +60,7 @@ def agent_specs(count: int, *, concurrency: int = 4, kinds: tuple[str, ...] = ("
 
 
 def worker_command(role: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "infra.cli", "worker", role, *args]
+    return [sys.executable, "-m", "onceflow.infra.cli", "worker", role, *args]
 
 
 def _spawn(settings: OnceflowSettings, name: str, cmd: list[str]) -> RoleProcess:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.broker import EmbeddedKafka, pid_alive, stop_pid
-from streams.settings import OnceflowSettings
-from streams.topics.provisioning import TopicStatus, create_topics
+from onceflow.infra.broker import EmbeddedKafka, pid_alive, stop_pid
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.provisioning import TopicStatus, create_topics
 
 __all__ = [
     "StackState",
@@ -161,7 +161,7 @@ def start_stack_roles(
     llm_provider: str | None = None,
 ) -> dict[str, int]:
     """Start the roles that are not running yet; record them for `status` and `down`."""
-    from infra.roles import AgentSpec, agent_specs, start_roles
+    from onceflow.infra.roles import AgentSpec, agent_specs, start_roles
 
     state = read_stack(settings)
     if state is None:
@@ -177,7 +177,7 @@ def start_stack_roles(
     want_billing = billing and "billing" not in running
     views_port = None
     if views and "views" not in running:
-        from infra.broker import free_port
+        from onceflow.infra.broker import free_port
 
         views_port = free_port()
     fleet = None

@@ -3,15 +3,15 @@
 Import everything from here; `schemas._impl` is private.
 """
 
-from schemas._impl.codec import (
+from onceflow.schemas._impl.codec import (
     SINGLE_OBJECT_MARKER,
     ConfluentCodec,
     EventCodec,
     SingleObjectCodec,
 )
-from schemas._impl.columnar import ContainerBlock, decode_bodies
-from schemas._impl.compiled import native_available
-from schemas._impl.errors import (
+from onceflow.schemas._impl.columnar import ContainerBlock, decode_bodies
+from onceflow.schemas._impl.compiled import native_available
+from onceflow.schemas._impl.errors import (
     CodecError,
     EventValidationError,
     NotAvroSingleObjectError,
@@ -19,17 +19,17 @@ from schemas._impl.errors import (
     UnknownEventTypeError,
     UnknownSchemaError,
 )
-from schemas._impl.events import *  # noqa: F403
-from schemas._impl.events import SYSTEM_TENANT
-from schemas._impl.events import __all__ as _event_names
-from schemas._impl.registry import (
+from onceflow.schemas._impl.events import *  # noqa: F403
+from onceflow.schemas._impl.events import SYSTEM_TENANT
+from onceflow.schemas._impl.events import __all__ as _event_names
+from onceflow.schemas._impl.registry import (
     EventSchema,
     SchemaRegistry,
     avro_fingerprint,
     default_registry,
     schema_dir,
 )
-from schemas._impl.types import (
+from onceflow.schemas._impl.types import (
     MONEY_QUANTUM,
     ContentRef,
     EffectLabel,

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from streams.settings import LogFormat
+from onceflow.streams.settings import LogFormat
 
 __all__ = ["configure_logging", "get_logger"]
 

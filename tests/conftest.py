@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.broker import EmbeddedKafka
-from streams.settings import OnceflowSettings
+from onceflow.infra.broker import EmbeddedKafka
+from onceflow.streams.settings import OnceflowSettings
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from schemas import Event, SingleObjectCodec, WorkUnitSubmitted
+from onceflow.schemas import Event, SingleObjectCodec, WorkUnitSubmitted
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ def submitted(i: int, *, tenant: str | None = None, unit: str | None = None) -> 
 
 def event_messages(settings: Any, topic: str) -> list[Any]:
     """A topic's records that carry an event: tombstones (no value) are left out."""
-    from streams.kafka import read_topic_to_end
+    from onceflow.streams.kafka import read_topic_to_end
 
     return [m for m in read_topic_to_end(settings, topic) if m.value() is not None]
 

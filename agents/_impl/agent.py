@@ -21,15 +21,15 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from agents._impl.handlers import (
+from onceflow.agents._impl.handlers import (
     HandlerError,
     TaskContext,
     import_handler_modules,
     lookup_handler,
     lookup_tool,
 )
-from agents._impl.providers import LlmProvider, ProviderError, provider_from_settings
-from schemas import (
+from onceflow.agents._impl.providers import LlmProvider, ProviderError, provider_from_settings
+from onceflow.schemas import (
     ClaimGranted,
     ClaimRejected,
     ClaimRequested,
@@ -44,14 +44,19 @@ from schemas import (
     WorkUnitScheduled,
     quantize_money,
 )
-from streams.content import open_content_store
-from streams.ids import derive_event_id
-from streams.kafka import DeadLetterRouter, EventProducer, assign_from_committed, make_consumer
-from streams.log import get_logger
-from streams.runtime.batched import next_batch
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
-from streams.types import ContentStore
+from onceflow.streams.content import open_content_store
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.kafka import (
+    DeadLetterRouter,
+    EventProducer,
+    assign_from_committed,
+    make_consumer,
+)
+from onceflow.streams.log import get_logger
+from onceflow.streams.runtime.batched import next_batch
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
+from onceflow.streams.types import ContentStore
 
 __all__ = ["AGENT_VERSION", "NodeAgent"]
 

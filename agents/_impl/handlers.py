@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import ContentRef
+from onceflow.schemas import ContentRef
 
 __all__ = [
     "HandlerError",

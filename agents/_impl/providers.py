@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from schemas import quantize_money
-from streams.settings import AgentSettings
+from onceflow.schemas import quantize_money
+from onceflow.streams.settings import AgentSettings
 
 __all__ = [
     "LlmProvider",

@@ -27,16 +27,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from schemas import (
+from onceflow.schemas import (
     CapacityAdmissionModeChanged,
     CapacityScaleRequested,
     CapacityWindowClosed,
     Event,
     QueueSampled,
 )
-from streams.ids import derive_event_id
-from streams.settings import AutoscalerSettings
-from streams.types import Reducer, State
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.settings import AutoscalerSettings
+from onceflow.streams.types import Reducer, State
 
 __all__ = ["CapacityController", "Metrics", "Position", "recheck", "step"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas import (
+from onceflow.schemas import (
     MONEY_QUANTUM,
     BillingAnomaly,
     ClaimGranted,
@@ -34,8 +34,8 @@ from schemas import (
     WorkUnitCompleted,
     WorkUnitScheduled,
 )
-from streams.ids import derive_event_id
-from streams.types import Reducer, State
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.types import Reducer, State
 
 __all__ = ["AnomalyChecker", "finding"]
 

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from billing._impl.pricing import PriceBook
-from schemas import (
+from onceflow.billing._impl.pricing import PriceBook
+from onceflow.schemas import (
     Event,
     LedgerChargeHeld,
     LedgerLineItem,
@@ -38,9 +38,9 @@ from schemas import (
     WorkUnitCompleted,
     WorkUnitFailed,
 )
-from streams.ids import derive_event_id
-from streams.settings import BillingSettings
-from streams.types import Reducer, State
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.settings import BillingSettings
+from onceflow.streams.types import Reducer, State
 
 __all__ = ["Ledger", "LineItemType", "line_item_id"]
 

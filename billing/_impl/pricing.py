@@ -13,8 +13,8 @@ from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
 
-from schemas import quantize_money
-from streams.settings import BillingSettings
+from onceflow.schemas import quantize_money
+from onceflow.streams.settings import BillingSettings
 
 __all__ = ["ModelRate", "PriceBook", "PriceBookError", "load_price_book", "money"]
 

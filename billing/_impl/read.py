@@ -6,9 +6,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from billing._impl.reconcile import BillingRecords
-from billing._impl.wallets import Wallet
-from schemas import (
+from onceflow.billing._impl.reconcile import BillingRecords
+from onceflow.billing._impl.wallets import Wallet
+from onceflow.schemas import (
     BillingAnomaly,
     CodecError,
     LedgerChargeHeld,
@@ -18,9 +18,9 @@ from schemas import (
     SingleObjectCodec,
     WalletUpdated,
 )
-from streams.kafka import TopicFollower, read_events
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.streams.kafka import TopicFollower, read_events
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["BillingFollower", "Tally", "read_anomalies", "read_billing_records", "read_wallets"]
 

@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from billing._impl.wallets import Wallet, session_wallet_id
-from schemas import (
+from onceflow.billing._impl.wallets import Wallet, session_wallet_id
+from onceflow.schemas import (
     BillingAnomaly,
     LedgerChargeHeld,
     LedgerLineItem,
@@ -27,8 +27,8 @@ from schemas import (
     LlmInvocationCompleted,
     WalletUpdated,
 )
-from streams.ids import derive_event_id
-from streams.settings import BillingSettings
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.settings import BillingSettings
 
 __all__ = ["BillingRecords", "reconcile"]
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from schemas import Event, LedgerLineItem, WalletUpdated, quantize_money
-from streams.ids import derive_event_id
-from streams.settings import BillingSettings
-from streams.topics.catalog import Topic
-from streams.types import Reducer, State
+from onceflow.schemas import Event, LedgerLineItem, WalletUpdated, quantize_money
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.settings import BillingSettings
+from onceflow.streams.topics.catalog import Topic
+from onceflow.streams.types import Reducer, State
 
 __all__ = ["Wallet", "WalletFolder", "session_wallet_id", "tenant_wallet_id"]
 

@@ -3,11 +3,16 @@
 Import from here; `billing.views._impl` is private.
 """
 
-from billing.views._impl.engine import BUILTIN_VIEWS, LEDGER_COLUMNS, QueryResult, ViewEngine
-from billing.views._impl.server import DELIMITED, create_app, encode_row
-from billing.views._impl.service import PushQuery, QueryHeader, ViewService
-from billing.views._impl.sink import LedgerSink, line_item_batch
-from billing.views._impl.statements import Statement, StatementError, parse_statements
+from onceflow.billing.views._impl.engine import (
+    BUILTIN_VIEWS,
+    LEDGER_COLUMNS,
+    QueryResult,
+    ViewEngine,
+)
+from onceflow.billing.views._impl.server import DELIMITED, create_app, encode_row
+from onceflow.billing.views._impl.service import PushQuery, QueryHeader, ViewService
+from onceflow.billing.views._impl.sink import LedgerSink, line_item_batch
+from onceflow.billing.views._impl.statements import Statement, StatementError, parse_statements
 
 __all__ = [
     "BUILTIN_VIEWS",

@@ -7,21 +7,21 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from billing.views._impl.engine import ViewEngine
-from billing.views._impl.server import create_app
-from billing.views._impl.service import ViewService
-from billing.views._impl.sink import LedgerSink
-from schemas import SingleObjectCodec, ViewDefined
-from streams.kafka import (
+from onceflow.billing.views._impl.engine import ViewEngine
+from onceflow.billing.views._impl.server import create_app
+from onceflow.billing.views._impl.service import ViewService
+from onceflow.billing.views._impl.sink import LedgerSink
+from onceflow.schemas import SingleObjectCodec, ViewDefined
+from onceflow.streams.kafka import (
     EventProducer,
     make_consumer,
     partition_count,
     read_topic_to_end,
     watermarks,
 )
-from streams.log import get_logger
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.streams.log import get_logger
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["ViewsProcessor", "run_views"]
 

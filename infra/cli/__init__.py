@@ -1,5 +1,5 @@
 """The `onceflow` command line tool."""
 
-from infra.cli.app import app, main
+from onceflow.infra.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -1,3 +1,3 @@
-from infra.cli.app import main
+from onceflow.infra.cli.app import main
 
 main()

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
-from schemas import CodecError, SingleObjectCodec
-from streams.settings import OnceflowSettings, load_settings
+from onceflow.infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
+from onceflow.schemas import CodecError, SingleObjectCodec
+from onceflow.streams.settings import OnceflowSettings, load_settings
 
 __all__ = ["app", "main"]
 
@@ -30,8 +30,8 @@ app.add_typer(topics_app, name="topics")
 
 
 def _add_workers() -> None:
-    from infra.cli.ledger import anomalies, ledger_app, replay
-    from infra.cli.workers import worker_app
+    from onceflow.infra.cli.ledger import anomalies, ledger_app, replay
+    from onceflow.infra.cli.workers import worker_app
 
     app.add_typer(worker_app, name="worker")
     app.add_typer(ledger_app, name="ledger")
@@ -61,7 +61,7 @@ def _settings(**overrides: Any) -> OnceflowSettings:
             for e in exc.errors()
         )
         raise _fail(f"invalid settings: {problems}") from None
-    from streams.log import configure_logging
+    from onceflow.streams.log import configure_logging
 
     configure_logging(settings.log_format, "WARNING" if settings.log_level == "INFO" else settings.log_level)
     return settings
@@ -70,7 +70,7 @@ def _settings(**overrides: Any) -> OnceflowSettings:
 def _require_broker(settings: OnceflowSettings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    from infra.broker import wait_for_port
+    from onceflow.infra.broker import wait_for_port
 
     host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
     if (settings.broker_profile == "embedded"
@@ -99,9 +99,9 @@ def up(
     """Start the local stack: Kafka, topics, scheduler, billing, views and node agents.
 
     The broker's data and the roles' state are kept across `down` / `up`."""
-    from infra.broker import BrokerStartError
-    from infra.roles import RoleStartError
-    from infra.stack import stack_up, start_stack_roles
+    from onceflow.infra.broker import BrokerStartError
+    from onceflow.infra.roles import RoleStartError
+    from onceflow.infra.stack import stack_up, start_stack_roles
 
     settings = _settings()
     if fresh:
@@ -128,7 +128,7 @@ def up(
         raise _fail(f"a role did not start: {exc}", 1) from None
     for name, pid in sorted(roles.items()):
         console.print(f"{name} running (pid {pid})")
-    from infra.stack import read_stack
+    from onceflow.infra.stack import read_stack
 
     stack = read_stack(settings)
     if stack is not None and stack.views_url:
@@ -142,7 +142,7 @@ def _check_provider(name: str) -> None:
 
 
 def _reset(settings: OnceflowSettings) -> None:
-    from infra.stack import pid_alive, read_stack, reset_stack
+    from onceflow.infra.stack import pid_alive, read_stack, reset_stack
 
     stack = read_stack(settings)
     if stack is not None and pid_alive(stack.broker_pid):
@@ -164,7 +164,7 @@ def reset() -> None:
 @app.command()
 def down() -> None:
     """Stop everything `onceflow up` started (the data stays for the next `up`)."""
-    from infra.stack import stack_down
+    from onceflow.infra.stack import stack_down
 
     stopped = stack_down(_settings())
     if not stopped:
@@ -178,8 +178,8 @@ def status(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """The local stack and its topics."""
-    from infra.stack import pid_alive, read_stack
-    from streams.topics.provisioning import describe_topics
+    from onceflow.infra.stack import pid_alive, read_stack
+    from onceflow.streams.topics.provisioning import describe_topics
 
     settings = _settings()
     stack = read_stack(settings)
@@ -202,7 +202,7 @@ def status(
             for t in describe_topics(settings, timeout=5)
         ]
         if all(t["exists"] for t in report["topics"]):
-            from infra.observe import (
+            from onceflow.infra.observe import (
                 node_rows,
                 read_capacity,
                 read_nodes,
@@ -266,7 +266,7 @@ def status(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every catalog topic that is missing (safe to run again)."""
-    from streams.topics.provisioning import create_topics
+    from onceflow.streams.topics.provisioning import create_topics
 
     settings = _settings()
     _require_broker(settings)
@@ -281,8 +281,8 @@ def topics_describe(
     fmt: Annotated[OutputFormat, typer.Option("--format")] = "table",
 ) -> None:
     """The catalog beside the live partition counts and configs."""
-    from streams.topics.catalog import TopicCatalog
-    from streams.topics.provisioning import describe_topics
+    from onceflow.streams.topics.catalog import TopicCatalog
+    from onceflow.streams.topics.provisioning import describe_topics
 
     settings = _settings()
     _require_broker(settings)
@@ -331,8 +331,8 @@ def submit(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Submit one work unit (from flags or --file) or --count generated ones."""
-    from streams.kafka import DeliveryError, EventProducer
-    from streams.topics.catalog import TopicCatalog, partition_for
+    from onceflow.streams.kafka import DeliveryError, EventProducer
+    from onceflow.streams.topics.catalog import TopicCatalog, partition_for
 
     settings = _settings()
     fields: dict[str, Any] = {
@@ -370,7 +370,7 @@ def submit(
         return
 
     template = unit.model_dump()
-    from infra.cli.submit import submission_event_id
+    from onceflow.infra.cli.submit import submission_event_id
 
     digest = submission_event_id({k: v for k, v in template.items()
                                   if k not in ("work_unit_id", "execution_session_id",
@@ -416,9 +416,9 @@ def resolve(
     """Resolve a unit parked in needs_operator: run it again, mark it done, or abandon it."""
     import uuid
 
-    from schemas import ControlOperatorResolved
-    from streams.kafka import DeliveryError, EventProducer
-    from streams.topics.catalog import TopicCatalog
+    from onceflow.schemas import ControlOperatorResolved
+    from onceflow.streams.kafka import DeliveryError, EventProducer
+    from onceflow.streams.topics.catalog import TopicCatalog
 
     if action not in ("retry", "mark_done", "abandon"):
         raise _fail(f"--action {action!r} is not known: use retry, mark_done or abandon")
@@ -430,7 +430,7 @@ def resolve(
     _require_broker(settings)
     ref = None
     if result_file is not None:
-        from streams.content import open_content_store
+        from onceflow.streams.content import open_content_store
 
         ref = open_content_store(settings).put(result_file.read_bytes())
     event = ControlOperatorResolved(
@@ -452,7 +452,7 @@ def resolve(
 
 
 def _render(msg: Any, codec: SingleObjectCodec, fmt: TailFormat, dead_letters: bool) -> str:
-    from streams.kafka import dead_letter_from_message
+    from onceflow.streams.kafka import dead_letter_from_message
 
     meta = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
     if dead_letters:
@@ -490,8 +490,8 @@ def tail(
 ) -> None:
     """Decode and print the events of a topic, as readable lines or JSON."""
 
-    from streams.kafka import make_consumer, partition_count, read_topic_to_end, watermarks
-    from streams.topics.catalog import TopicCatalog
+    from onceflow.streams.kafka import make_consumer, partition_count, read_topic_to_end, watermarks
+    from onceflow.streams.topics.catalog import TopicCatalog
 
     settings = _settings()
     _require_broker(settings)
@@ -549,14 +549,14 @@ def demo(
                                     "drive scaling and admission modes")] = "none",
 ) -> None:
     """The whole path on the local stack: submit a burst, watch it settle, summarise, stop."""
-    from infra.demo import DemoSpec, run_demo
+    from onceflow.infra.demo import DemoSpec, run_demo
 
     if kind not in ("mixed", "cpu", "llm_pod"):
         raise _fail(f"--kind {kind!r} is not known: use mixed, cpu or llm_pod")
     if priority not in ("critical", "p0", "p1", "p2"):
         raise _fail(f"--priority {priority!r} is not known: use critical, p0, p1 or p2")
     _check_provider(llm_provider)
-    from infra.demo import PRESSURES
+    from onceflow.infra.demo import PRESSURES
 
     if simulate_pressure not in PRESSURES:
         raise _fail(f"--simulate-pressure {simulate_pressure!r} is not known: use "
@@ -565,8 +565,8 @@ def demo(
                     agents=3 if multi_agent else 1, priority=priority, region=region,
                     simulated_ms=simulated_ms, timeout_s=timeout, keep=keep,
                     pressure=simulate_pressure)
-    from infra.broker import BrokerStartError
-    from infra.roles import RoleStartError
+    from onceflow.infra.broker import BrokerStartError
+    from onceflow.infra.roles import RoleStartError
 
     try:
         code = run_demo(_settings(), spec, console)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import typer
 
-from streams.settings import OnceflowSettings
+from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["anomalies", "ledger_app", "replay", "views_url"]
 
@@ -23,8 +23,8 @@ ReplayRole = Literal["billing", "scheduler"]
 
 
 def _ready_settings() -> OnceflowSettings:
-    from infra.cli.app import _require_broker, _settings
-    from infra.stack import local_settings
+    from onceflow.infra.cli.app import _require_broker, _settings
+    from onceflow.infra.stack import local_settings
 
     settings = local_settings(_settings())
     _require_broker(settings)
@@ -39,9 +39,9 @@ def wallet(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """A tenant's wallet: charged, prepaid credit and balance, unbilled leakage."""
-    from billing import read_wallets, tenant_wallet_id
-    from infra.billing_report import wallet_table
-    from infra.cli.app import _fail, console
+    from onceflow.billing import read_wallets, tenant_wallet_id
+    from onceflow.infra.billing_report import wallet_table
+    from onceflow.infra.cli.app import _fail, console
 
     settings = _ready_settings()
     wallets = read_wallets(settings)
@@ -77,9 +77,9 @@ def tail(
     = "text",
 ) -> None:
     """Print line items as the ledger writes them."""
-    from schemas import CodecError, LedgerLineItem, SingleObjectCodec
-    from streams.kafka import read_topic_to_end
-    from streams.topics.catalog import TopicCatalog
+    from onceflow.schemas import CodecError, LedgerLineItem, SingleObjectCodec
+    from onceflow.streams.kafka import read_topic_to_end
+    from onceflow.streams.topics.catalog import TopicCatalog
 
     settings = _ready_settings()
     codec = SingleObjectCodec()
@@ -117,12 +117,12 @@ def anomalies(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """The billing anomalies found so far (by the checker, and by --reconcile)."""
-    from billing import read_anomalies, read_billing_records, reconcile
-    from infra.billing_report import anomaly_table
-    from infra.cli.app import console
-    from schemas import SingleObjectCodec
-    from streams.kafka import EventProducer
-    from streams.topics.catalog import TopicCatalog
+    from onceflow.billing import read_anomalies, read_billing_records, reconcile
+    from onceflow.infra.billing_report import anomaly_table
+    from onceflow.infra.cli.app import console
+    from onceflow.schemas import SingleObjectCodec
+    from onceflow.streams.kafka import EventProducer
+    from onceflow.streams.topics.catalog import TopicCatalog
 
     settings = _ready_settings()
     if reconcile_now:
@@ -157,12 +157,12 @@ def replay(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """Rebuild a role's state from offset 0 into scratch state and fingerprint it."""
-    from billing import Ledger, WalletFolder, load_price_book
-    from infra.cli.app import console
-    from streams.runtime import verify_replay
-    from streams.scheduler import Scheduler
-    from streams.topics.catalog import TopicCatalog
-    from streams.types import Reducer
+    from onceflow.billing import Ledger, WalletFolder, load_price_book
+    from onceflow.infra.cli.app import console
+    from onceflow.streams.runtime import verify_replay
+    from onceflow.streams.scheduler import Scheduler
+    from onceflow.streams.topics.catalog import TopicCatalog
+    from onceflow.streams.types import Reducer
 
     settings = _ready_settings()
     catalog = TopicCatalog(settings)
@@ -205,8 +205,8 @@ def views_url(settings: OnceflowSettings) -> str:
     """Where the views API is: ONCEFLOW_VIEWS_URL, else what `up` recorded."""
     import os
 
-    from infra.cli.app import _fail
-    from infra.stack import read_stack
+    from onceflow.infra.cli.app import _fail
+    from onceflow.infra.stack import read_stack
 
     url = os.environ.get("ONCEFLOW_VIEWS_URL")
     if url:
@@ -240,8 +240,8 @@ def query(
     from rich.live import Live
     from rich.table import Table
 
-    from billing.views import DELIMITED, parse_statements
-    from infra.cli.app import _fail, _settings, console
+    from onceflow.billing.views import DELIMITED, parse_statements
+    from onceflow.infra.cli.app import _fail, _settings, console
 
     settings = _settings()
     url = views_url(settings)
@@ -338,7 +338,7 @@ def list_views(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """The tables and streams over the ledger (built-in and created)."""
-    from infra.cli.app import _fail, _settings, console
+    from onceflow.infra.cli.app import _fail, _settings, console
 
     settings = _settings()
     url = views_url(settings)

@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas import WorkUnitSubmitted
-from streams.ids import derive_event_id
-from streams.state import serde
+from onceflow.schemas import WorkUnitSubmitted
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.state import serde
 
 __all__ = ["SubmitInputError", "generated_record", "submission_event_id", "unit_from_file"]
 

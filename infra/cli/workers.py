@@ -21,10 +21,10 @@ def scheduler(
     clock: Annotated[bool, typer.Option(help="also produce clock ticks")] = True,
 ) -> None:
     """The scheduler: admission, placement, claims, settlement, leases, retries."""
-    from infra.cli.app import _settings
-    from streams.log import configure_logging
-    from streams.runtime.process import tune_for_streaming
-    from streams.scheduler.worker import run_scheduler
+    from onceflow.infra.cli.app import _settings
+    from onceflow.streams.log import configure_logging
+    from onceflow.streams.runtime.process import tune_for_streaming
+    from onceflow.streams.scheduler.worker import run_scheduler
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -38,11 +38,11 @@ def billing(
     = None,
 ) -> None:
     """Billing: the ledger, the wallets and the anomaly checker."""
-    from billing import PriceBookError, load_price_book
-    from billing.worker import run_billing
-    from infra.cli.app import _fail, _settings
-    from streams.log import configure_logging
-    from streams.runtime.process import tune_for_streaming
+    from onceflow.billing import PriceBookError, load_price_book
+    from onceflow.billing.worker import run_billing
+    from onceflow.infra.cli.app import _fail, _settings
+    from onceflow.streams.log import configure_logging
+    from onceflow.streams.runtime.process import tune_for_streaming
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -59,10 +59,10 @@ def trust(
     ready_file: Annotated[Path | None, typer.Option(help="touched once trust is ready")] = None,
 ) -> None:
     """Trust scoring: reliability, timeouts, health and decay per node; quarantine."""
-    from infra.cli.app import _settings
-    from streams.log import configure_logging
-    from streams.runtime.process import tune_for_streaming
-    from streams.trust.worker import run_trust
+    from onceflow.infra.cli.app import _settings
+    from onceflow.streams.log import configure_logging
+    from onceflow.streams.runtime.process import tune_for_streaming
+    from onceflow.streams.trust.worker import run_trust
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -77,9 +77,9 @@ def autoscaler(
         help="rewritten every half second with the state's fingerprint")] = None,
 ) -> None:
     """The capacity controller: scale requests and admission modes, on the faust shell."""
-    from autoscaler.worker import run_autoscaler
-    from infra.cli.app import _settings
-    from streams.log import configure_logging
+    from onceflow.autoscaler.worker import run_autoscaler
+    from onceflow.infra.cli.app import _settings
+    from onceflow.streams.log import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -99,10 +99,10 @@ def fleet(
     import signal
     import threading
 
-    from infra.cli.app import _settings
-    from infra.fleet import FleetManager
-    from infra.stack import local_settings
-    from streams.log import configure_logging
+    from onceflow.infra.cli.app import _settings
+    from onceflow.infra.fleet import FleetManager
+    from onceflow.infra.stack import local_settings
+    from onceflow.streams.log import configure_logging
 
     settings = local_settings(_settings())
     configure_logging(settings.log_format, settings.log_level)
@@ -126,9 +126,9 @@ def views(
     = None,
 ) -> None:
     """The ledger views: DuckDB sink, view definitions, the ksqlDB-shaped HTTP API."""
-    from billing.views.worker import run_views
-    from infra.cli.app import _settings
-    from streams.log import configure_logging
+    from onceflow.billing.views.worker import run_views
+    from onceflow.infra.cli.app import _settings
+    from onceflow.streams.log import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -149,9 +149,9 @@ def agent(
     """A node agent: claims what is scheduled on it, executes what it is granted."""
     import signal
 
-    from agents import NodeAgent, provider_from_settings
-    from infra.cli.app import _fail, _settings
-    from streams.log import configure_logging
+    from onceflow.agents import NodeAgent, provider_from_settings
+    from onceflow.infra.cli.app import _fail, _settings
+    from onceflow.streams.log import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -172,7 +172,7 @@ def agent(
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     signal.signal(signal.SIGUSR1, node.request_drain)  # the fleet's scale-down
-    from streams.runtime.process import tune_for_streaming
+    from onceflow.streams.runtime.process import tune_for_streaming
 
     tune_for_streaming()
     node.run()

@@ -15,8 +15,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from schemas._impl.events import Event
-from schemas._impl.types import quantize_money
+from onceflow.schemas._impl.events import Event
+from onceflow.schemas._impl.types import quantize_money
 
 __all__ = ["AVRO_NAMESPACE", "avro_schema_for"]
 
@@ -119,8 +119,8 @@ def write_schema_files() -> list[str]:
     """Regenerate `schemas/avro/*.avsc` from the models (`make schemas`)."""
     import json
 
-    from schemas._impl.events import EVENT_MODELS
-    from schemas._impl.registry import schema_dir
+    from onceflow.schemas._impl.events import EVENT_MODELS
+    from onceflow.schemas._impl.registry import schema_dir
 
     written = []
     for model in EVENT_MODELS:

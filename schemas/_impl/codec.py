@@ -20,15 +20,15 @@ from typing import Any, Protocol
 from fastavro import schemaless_reader, schemaless_writer
 from pydantic import PlainSerializer, ValidationError, WrapSerializer
 
-from schemas._impl.errors import (
+from onceflow.schemas._impl.errors import (
     CodecError,
     EventValidationError,
     NotAvroSingleObjectError,
     TruncatedEventError,
     UnknownSchemaError,
 )
-from schemas._impl.events import Event
-from schemas._impl.registry import (
+from onceflow.schemas._impl.events import Event
+from onceflow.schemas._impl.registry import (
     EventSchema,
     SchemaRegistry,
     avro_fingerprint,

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from schemas._impl.codegen import Source
+from onceflow.schemas._impl.codegen import Source
 
 try:
-    import schemas._impl._native as _native_module
+    import onceflow.schemas._impl._native as _native_module
 
     _NATIVE: ModuleType | None = _native_module
 except ImportError:  # no C compiler where the package was installed

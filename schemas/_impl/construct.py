@@ -32,7 +32,7 @@ from typing import Annotated, Any
 import annotated_types
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from schemas._impl.codegen import Source
+from onceflow.schemas._impl.codegen import Source
 
 __all__ = ["BodyDecoder", "Builder", "model_builder", "model_builders"]
 

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas._impl.types import (
+from onceflow.schemas._impl.types import (
     ContentRef,
     EffectLabel,
     HealthStatus,

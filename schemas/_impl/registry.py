@@ -17,10 +17,10 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas._impl.compiled import CompiledSchema, compile_schema
-from schemas._impl.construct import BodyDecoder, Builder, model_builders
-from schemas._impl.errors import UnknownEventTypeError, UnknownSchemaError
-from schemas._impl.events import EVENT_MODELS, Event
+from onceflow.schemas._impl.compiled import CompiledSchema, compile_schema
+from onceflow.schemas._impl.construct import BodyDecoder, Builder, model_builders
+from onceflow.schemas._impl.errors import UnknownEventTypeError, UnknownSchemaError
+from onceflow.schemas._impl.events import EVENT_MODELS, Event
 
 __all__ = [
     "EventSchema",
@@ -32,11 +32,11 @@ __all__ = [
 
 
 def schema_dir() -> Path:
-    return Path(str(resources.files("schemas"))) / "avro"
+    return Path(str(resources.files("onceflow.schemas"))) / "avro"
 
 
 def released_dir() -> Path:
-    return Path(str(resources.files("schemas"))) / "released"
+    return Path(str(resources.files("onceflow.schemas"))) / "released"
 
 
 def avro_fingerprint(schema: dict[str, Any]) -> bytes:

@@ -1,8 +1,8 @@
 """The content-addressed store for payloads that do not belong in the log."""
 
-from streams.content.local import LocalContentStore
-from streams.content.s3 import S3ContentStore
-from streams.content.store import (
+from onceflow.streams.content.local import LocalContentStore
+from onceflow.streams.content.s3 import S3ContentStore
+from onceflow.streams.content.store import (
     ContentIntegrityError,
     ContentNotFoundError,
     content_ref_for,

@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from schemas import ContentRef
-from streams.content.store import ContentNotFoundError, content_ref_for, verify
+from onceflow.schemas import ContentRef
+from onceflow.streams.content.store import ContentNotFoundError, content_ref_for, verify
 
 __all__ = ["LocalContentStore"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import ContentRef
-from streams.content.store import ContentNotFoundError, content_ref_for, verify
+from onceflow.schemas import ContentRef
+from onceflow.streams.content.store import ContentNotFoundError, content_ref_for, verify
 
 __all__ = ["S3ContentStore"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import urlparse
 
-from schemas import ContentRef
-from streams.settings import OnceflowSettings
-from streams.types import ContentStore
+from onceflow.schemas import ContentRef
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.types import ContentStore
 
 __all__ = [
     "ContentIntegrityError",
@@ -45,14 +45,14 @@ def open_content_store(settings: OnceflowSettings) -> ContentStore:
     url = settings.content_store_url
     parsed = urlparse(url)
     if parsed.scheme == "file":
-        from streams.content.local import LocalContentStore
+        from onceflow.streams.content.local import LocalContentStore
 
         fsync = settings.content_store_fsync
         if fsync is None:
             fsync = settings.broker_profile != "embedded"
         return LocalContentStore(parsed.netloc + parsed.path, fsync=fsync)
     if parsed.scheme == "s3":
-        from streams.content.s3 import S3ContentStore
+        from onceflow.streams.content.s3 import S3ContentStore
 
         if not parsed.netloc:
             raise ValueError(f"content store URL {url!r} names no bucket: use s3://bucket/prefix")

@@ -15,16 +15,16 @@ import os
 import sys
 from pathlib import Path
 
-from streams.examples.submission_counter import SubmissionCounter
+from onceflow.streams.examples.submission_counter import SubmissionCounter
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from streams.faust import attach_reducer, make_app
-    from streams.runtime.fingerprint import fingerprint_items
-    from streams.settings import load_settings
-    from streams.topics.catalog import TopicCatalog
+    from onceflow.streams.faust import attach_reducer, make_app
+    from onceflow.streams.runtime.fingerprint import fingerprint_items
+    from onceflow.streams.settings import load_settings
+    from onceflow.streams.topics.catalog import TopicCatalog
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", required=True)
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @app.timer(0.5)
     async def write_fingerprint() -> None:
-        from streams.faust import TableState
+        from onceflow.streams.faust import TableState
 
         items = list(TableState(table).raw_items())
         tmp = args.fingerprint_file.with_suffix(".tmp")

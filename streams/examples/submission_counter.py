@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from schemas import Event, WorkUnitSubmitted, default_registry
-from schemas._impl.avro_from_model import avro_schema_for
-from streams.ids import derive_event_id
-from streams.types import Reducer, State
+from onceflow.schemas import Event, WorkUnitSubmitted, default_registry
+from onceflow.schemas._impl.avro_from_model import avro_schema_for
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.types import Reducer, State
 
 __all__ = ["SubmissionCounted", "SubmissionCounter", "main"]
 
@@ -72,9 +72,9 @@ class SubmissionCounter(Reducer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from streams.log import configure_logging
-    from streams.runtime.batched import BatchedProcessor
-    from streams.settings import load_settings
+    from onceflow.streams.log import configure_logging
+    from onceflow.streams.runtime.batched import BatchedProcessor
+    from onceflow.streams.settings import load_settings
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--input", required=True)

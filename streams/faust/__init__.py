@@ -5,10 +5,10 @@ event type, an app factory with the broker settings already right, and
 `attach_reducer` to run a `Reducer` as a faust agent over a RocksDB table.
 """
 
-from streams.faust.app import make_app
-from streams.faust.codec import CODEC_NAME, OnceflowAvroCodec, register_codec
-from streams.faust.records import RECORDS, record_for, to_event, to_record
-from streams.faust.shell import TableState, attach_reducer
+from onceflow.streams.faust.app import make_app
+from onceflow.streams.faust.codec import CODEC_NAME, OnceflowAvroCodec, register_codec
+from onceflow.streams.faust.records import RECORDS, record_for, to_event, to_record
+from onceflow.streams.faust.shell import TableState, attach_reducer
 
 __all__ = [
     "CODEC_NAME",

@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from streams.settings import OnceflowSettings
+from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["make_app"]
 

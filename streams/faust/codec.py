@@ -11,8 +11,8 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
-from schemas import Event, EventCodec, SingleObjectCodec
-from streams.faust.records import to_event, to_record
+from onceflow.schemas import Event, EventCodec, SingleObjectCodec
+from onceflow.streams.faust.records import to_event, to_record
 
 __all__ = ["CODEC_NAME", "OnceflowAvroCodec", "register_codec"]
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import faust
 from pydantic import BaseModel
 
-from schemas import EVENT_MODELS, Event, default_registry
+from onceflow.schemas import EVENT_MODELS, Event, default_registry
 
 __all__ = ["RECORDS", "record_for", "to_event", "to_record"]
 

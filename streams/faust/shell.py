@@ -7,12 +7,12 @@ from typing import Any
 
 import faust
 
-from schemas import CodecError, Event, EventCodec, SingleObjectCodec
-from streams.kafka.dead_letters import dead_letter_headers
-from streams.log import get_logger
-from streams.runtime.facts import fact_headers
-from streams.state import serde
-from streams.types import Reducer
+from onceflow.schemas import CodecError, Event, EventCodec, SingleObjectCodec
+from onceflow.streams.kafka.dead_letters import dead_letter_headers
+from onceflow.streams.log import get_logger
+from onceflow.streams.runtime.facts import fact_headers
+from onceflow.streams.state import serde
+from onceflow.streams.types import Reducer
 
 __all__ = ["TableState", "attach_reducer"]
 

@@ -1,6 +1,6 @@
 """Kafka plumbing: the event producer, consumer helpers and dead-letter routing."""
 
-from streams.kafka.consumer import (
+from onceflow.streams.kafka.consumer import (
     TopicFollower,
     assign_from_committed,
     log_consume_error,
@@ -12,7 +12,7 @@ from streams.kafka.consumer import (
     type_fingerprints,
     watermarks,
 )
-from streams.kafka.dead_letters import (
+from onceflow.streams.kafka.dead_letters import (
     DLQ_HEADER_ERROR,
     DLQ_HEADER_ERROR_TYPE,
     DLQ_HEADER_OFFSET,
@@ -24,7 +24,7 @@ from streams.kafka.dead_letters import (
     dead_letter_headers,
     message_headers,
 )
-from streams.kafka.producer import DeliveryError, EventProducer
+from onceflow.streams.kafka.producer import DeliveryError, EventProducer
 
 __all__ = [
     "DLQ_HEADER_ERROR",

@@ -21,8 +21,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from schemas import CodecError, Event, EventCodec, SingleObjectCodec
-from streams.settings import OnceflowSettings
+from onceflow.schemas import CodecError, Event, EventCodec, SingleObjectCodec
+from onceflow.streams.settings import OnceflowSettings
 
 __all__ = [
     "TopicFollower",

@@ -12,8 +12,8 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from schemas import DeadLetterRecorded
-from streams.kafka.producer import EventProducer
+from onceflow.schemas import DeadLetterRecorded
+from onceflow.streams.kafka.producer import EventProducer
 
 __all__ = [
     "DLQ_HEADER_ERROR",

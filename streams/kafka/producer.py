@@ -14,9 +14,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from schemas import Event, EventCodec
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import Topic, partition_for
+from onceflow.schemas import Event, EventCodec
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import Topic, partition_for
 
 __all__ = ["DeliveryError", "EventProducer", "Headers"]
 

@@ -4,16 +4,16 @@ The batched shell (`BatchedProcessor`) runs hot-path roles; the faust shell
 (`streams.faust`) runs low-rate windowed roles and users' own agents.
 """
 
-from streams.runtime.batched import BatchedProcessor, ReducerError
-from streams.runtime.facts import (
+from onceflow.streams.runtime.batched import BatchedProcessor, ReducerError
+from onceflow.streams.runtime.facts import (
     FACT_HEADER_CAUSE,
     FACT_HEADER_SEQ,
     FactGroups,
     FactRecord,
     replay_facts,
 )
-from streams.runtime.fingerprint import fingerprint_items, fingerprint_partitions
-from streams.runtime.replay import PartitionCheck, ReplayCheck, verify_replay
+from onceflow.streams.runtime.fingerprint import fingerprint_items, fingerprint_partitions
+from onceflow.streams.runtime.replay import PartitionCheck, ReplayCheck, verify_replay
 
 __all__ = [
     "FACT_HEADER_CAUSE",

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from schemas import (
+from onceflow.schemas import (
     SINGLE_OBJECT_MARKER,
     CodecError,
     DecisionClosed,
@@ -32,8 +32,8 @@ from schemas import (
     EventCodec,
     SingleObjectCodec,
 )
-from streams.ids import derive_event_id
-from streams.kafka.consumer import (
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.kafka.consumer import (
     TopicFollower,
     log_consume_error,
     make_consumer,
@@ -41,10 +41,10 @@ from streams.kafka.consumer import (
     read_partition_to_end,
     watermarks,
 )
-from streams.kafka.dead_letters import DeadLetterRouter
-from streams.kafka.producer import EventProducer
-from streams.log import get_logger
-from streams.runtime.facts import (
+from onceflow.streams.kafka.dead_letters import DeadLetterRouter
+from onceflow.streams.kafka.producer import EventProducer
+from onceflow.streams.log import get_logger
+from onceflow.streams.runtime.facts import (
     FACT_HEADER_INPUTS,
     FactGroups,
     FactRecord,
@@ -53,10 +53,10 @@ from streams.runtime.facts import (
     fact_record,
     fold_fact_records,
 )
-from streams.settings import OnceflowSettings
-from streams.state.rocksdb import PartitionStore, open_partition_store
-from streams.topics.catalog import Topic, TopicCatalog
-from streams.types import Reducer, Routed, Sensor
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state.rocksdb import PartitionStore, open_partition_store
+from onceflow.streams.topics.catalog import Topic, TopicCatalog
+from onceflow.streams.types import Reducer, Routed, Sensor
 
 __all__ = ["BatchedProcessor", "Recovery", "ReducerError", "next_batch"]
 
@@ -555,7 +555,7 @@ class BatchedProcessor:
     # -- inspection ------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        from streams.runtime.fingerprint import fingerprint_partitions
+        from onceflow.streams.runtime.fingerprint import fingerprint_partitions
 
         return fingerprint_partitions({p: list(s.raw_items()) for p, s in self._stores.items()})
 

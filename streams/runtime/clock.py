@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 import time
 
-from schemas import ClockTick, EventCodec, SingleObjectCodec
-from streams.ids import derive_event_id
-from streams.kafka.producer import EventProducer
-from streams.log import get_logger
-from streams.settings import OnceflowSettings
+from onceflow.schemas import ClockTick, EventCodec, SingleObjectCodec
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.kafka.producer import EventProducer
+from onceflow.streams.log import get_logger
+from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["Ticker", "tick_event"]
 

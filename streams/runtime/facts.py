@@ -35,10 +35,10 @@ from typing import Protocol
 
 from confluent_kafka import Message
 
-from schemas import CodecError, DecisionClosed, Event, EventCodec
-from streams.settings import OnceflowSettings
-from streams.state import MemoryState
-from streams.types import Reducer, State
+from onceflow.schemas import CodecError, DecisionClosed, Event, EventCodec
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import MemoryState
+from onceflow.streams.types import Reducer, State
 
 __all__ = [
     "FACT_HEADER_CAUSE",
@@ -61,7 +61,7 @@ FACT_HEADER_INPUTS = "onceflow.inputs"
 def dedupes_by_position(settings: OnceflowSettings, fact_topic: str) -> bool:
     """Whether a fact topic is a table topic (compacted by entity): its processor
     knows what it decided by input position, not by dedupe marks (module doc)."""
-    from streams.topics.catalog import TopicCatalog
+    from onceflow.streams.topics.catalog import TopicCatalog
 
     topic = TopicCatalog(settings).by_name(fact_topic)
     return topic is not None and topic.key != "event_id"
@@ -90,7 +90,7 @@ class FactRecord:
 
 
 def fact_record(msg: Message, codec: EventCodec) -> FactRecord | None:
-    from streams.kafka.dead_letters import message_headers
+    from onceflow.streams.kafka.dead_letters import message_headers
 
     headers = dict(message_headers(msg))
     cause = headers.get(FACT_HEADER_CAUSE)
@@ -164,7 +164,7 @@ def replay_facts(
     `until`: per partition, the offset to stop before (a checkpoint's fact
     offset), so a replay can be compared with the state of that checkpoint.
     """
-    from streams.kafka.consumer import make_consumer, partition_count, read_topic_to_end
+    from onceflow.streams.kafka.consumer import make_consumer, partition_count, read_topic_to_end
 
     if partitions is None:
         consumer = make_consumer(settings, None)

@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import EventCodec, SingleObjectCodec
-from streams.kafka.consumer import make_consumer, partition_count
-from streams.runtime.facts import replay_facts
-from streams.runtime.fingerprint import fingerprint_items
-from streams.settings import OnceflowSettings
-from streams.state.rocksdb import open_partition_snapshot
-from streams.types import Reducer
+from onceflow.schemas import EventCodec, SingleObjectCodec
+from onceflow.streams.kafka.consumer import make_consumer, partition_count
+from onceflow.streams.runtime.facts import replay_facts
+from onceflow.streams.runtime.fingerprint import fingerprint_items
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state.rocksdb import open_partition_snapshot
+from onceflow.streams.types import Reducer
 
 __all__ = ["PartitionCheck", "ReplayCheck", "verify_replay"]
 

@@ -5,7 +5,7 @@ batched shell with its clock. Placement is a pure function too, so a
 decision can be re-checked from its record (`rank_recorded`).
 """
 
-from streams.scheduler._impl.placement import (
+from onceflow.streams.scheduler._impl.placement import (
     NodeView,
     Placement,
     PlacementRequest,
@@ -15,16 +15,16 @@ from streams.scheduler._impl.placement import (
     rank_recorded,
     version_tuple,
 )
-from streams.scheduler._impl.progress import SETTLED_STATES, UnitProgress, percentile
-from streams.scheduler._impl.reducer import (
+from onceflow.streams.scheduler._impl.progress import SETTLED_STATES, UnitProgress, percentile
+from onceflow.streams.scheduler._impl.reducer import (
     TERMINAL,
     Scheduler,
     idempotency_key_for,
     payload_digest,
     unit_key,
 )
-from streams.scheduler._impl.retry import retry_delay_ms
-from streams.scheduler._impl.view import ClusterView
+from onceflow.streams.scheduler._impl.retry import retry_delay_ms
+from onceflow.streams.scheduler._impl.view import ClusterView
 
 __all__ = [
     "SETTLED_STATES",

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.log import get_logger
-from streams.runtime.batched import BatchedProcessor
-from streams.runtime.clock import Ticker
-from streams.scheduler._impl.reducer import Scheduler
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.streams.log import get_logger
+from onceflow.streams.runtime.batched import BatchedProcessor
+from onceflow.streams.runtime.clock import Ticker
+from onceflow.streams.scheduler._impl.reducer import Scheduler
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["build_clock", "build_scheduler", "run_scheduler"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from streams.state import serde
+from onceflow.streams.state import serde
 
 __all__ = ["MemoryState"]
 

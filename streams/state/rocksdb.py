@@ -15,7 +15,7 @@ from typing import Any
 
 from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch
 
-from streams.state import serde
+from onceflow.streams.state import serde
 
 __all__ = ["PartitionStore", "open_partition_snapshot", "open_partition_store",
            "partition_store_path"]

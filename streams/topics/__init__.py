@@ -1,6 +1,6 @@
 """The topic catalog and its provisioning."""
 
-from streams.topics.catalog import (
+from onceflow.streams.topics.catalog import (
     CleanupPolicy,
     KeyField,
     Topic,
@@ -8,7 +8,7 @@ from streams.topics.catalog import (
     TopicRole,
     partition_for,
 )
-from streams.topics.provisioning import TopicStatus, create_topics, describe_topics
+from onceflow.streams.topics.provisioning import TopicStatus, create_topics, describe_topics
 
 __all__ = [
     "CleanupPolicy",

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from streams.settings import OnceflowSettings
+from onceflow.streams.settings import OnceflowSettings
 
 __all__ = [
     "CleanupPolicy",

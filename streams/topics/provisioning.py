@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import Topic, TopicCatalog
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import Topic, TopicCatalog
 
 __all__ = ["TopicStatus", "create_topics", "describe_topics", "ensure_topics"]
 

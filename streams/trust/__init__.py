@@ -3,7 +3,7 @@
 Import from here; `streams.trust._impl` is private.
 """
 
-from streams.trust._impl.scorer import (
+from onceflow.streams.trust._impl.scorer import (
     NOT_THE_NODES_FAULT,
     TrustScorer,
     TrustState,

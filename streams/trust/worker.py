@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.runtime.batched import BatchedProcessor
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
-from streams.trust._impl.scorer import TrustScorer
+from onceflow.streams.runtime.batched import BatchedProcessor
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
+from onceflow.streams.trust._impl.scorer import TrustScorer
 
 __all__ = ["build_trust", "run_trust"]
 

@@ -1,7 +1,7 @@
 """Interfaces shared across onceflow's packages, kept here so implementations
 never import each other in circles (the faust habit)."""
 
-from streams.types.interfaces import (
+from onceflow.streams.types.interfaces import (
     ContentStore,
     Reducer,
     Routed,

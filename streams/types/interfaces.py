@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from schemas import ContentRef, Event
+from onceflow.schemas import ContentRef, Event
 
 __all__ = ["ContentStore", "Reducer", "Routed", "Sensor", "State", "StateValue"]
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents import NodeAgent
-from infra.observe import ProgressFollower
-from schemas import SingleObjectCodec, WorkUnitSubmitted
-from streams.kafka import EventProducer
-from streams.runtime import BatchedProcessor
-from streams.scheduler.worker import build_clock, build_scheduler
-from streams.settings import AgentSettings, OnceflowSettings, SchedulerSettings
-from streams.topics import TopicCatalog, create_topics
+from onceflow.agents import NodeAgent
+from onceflow.infra.observe import ProgressFollower
+from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
+from onceflow.streams.kafka import EventProducer
+from onceflow.streams.runtime import BatchedProcessor
+from onceflow.streams.scheduler.worker import build_clock, build_scheduler
+from onceflow.streams.settings import AgentSettings, OnceflowSettings, SchedulerSettings
+from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.fixtures import wait_for
 
 T_START = int(time.time() * 1000)
@@ -93,7 +93,7 @@ class Cluster:
 
     def start_billing(self) -> list[BatchedProcessor]:
         """The ledger, wallets and anomaly checker, as `onceflow worker billing` runs them."""
-        from billing.worker import build_billing
+        from onceflow.billing.worker import build_billing
 
         ready = threading.Event()
         processors = build_billing(self.settings, on_ready=ready.set)
@@ -120,7 +120,7 @@ class Cluster:
         return self.follower
 
     def wait_settled(self, ids: list[str], timeout: float = 60.0) -> dict[str, str]:
-        from streams.scheduler import SETTLED_STATES
+        from onceflow.streams.scheduler import SETTLED_STATES
 
         def done() -> bool:
             status = self.progress().progress.status

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from infra.observe import ProgressFollower
-from infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
-from schemas import SingleObjectCodec, WorkUnitFailed, WorkUnitSubmitted
-from streams.kafka import EventProducer
-from streams.scheduler import SETTLED_STATES
-from streams.settings import OnceflowSettings
-from streams.topics import TopicCatalog, create_topics
+from onceflow.infra.observe import ProgressFollower
+from onceflow.infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
+from onceflow.schemas import SingleObjectCodec, WorkUnitFailed, WorkUnitSubmitted
+from onceflow.streams.kafka import EventProducer
+from onceflow.streams.scheduler import SETTLED_STATES
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.agents.fixtures import effect_rows, fast_settings, unit
 from tests.fixtures import events, wait_for
 

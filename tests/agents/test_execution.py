@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from schemas import (
+from onceflow.schemas import (
     LlmInvocationCompleted,
     SingleObjectCodec,
     WorkUnitCompleted,
     WorkUnitScheduled,
 )
-from streams.kafka import read_topic_to_end
-from streams.runtime import fingerprint_partitions, replay_facts
-from streams.scheduler import Scheduler, Streak, rank_recorded
-from streams.settings import OnceflowSettings
-from streams.state import open_partition_store
-from streams.topics import TopicCatalog
+from onceflow.streams.kafka import read_topic_to_end
+from onceflow.streams.runtime import fingerprint_partitions, replay_facts
+from onceflow.streams.scheduler import Scheduler, Streak, rank_recorded
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import open_partition_store
+from onceflow.streams.topics import TopicCatalog
 from tests.agents.fixtures import Cluster, effect_rows, fast_settings, unit
 from tests.fixtures import event_messages
 
@@ -180,7 +180,7 @@ def test_an_operator_resolves_a_parked_unit_from_the_cli(
     result = tmp_path / "result.json"
     result.write_text('{"done": "by hand"}')
     env = {**subprocess_env, "ONCEFLOW_CONTENT_STORE_URL": cluster.settings.content_store_url}
-    out = subprocess.run([sys.executable, "-m", "infra.cli", "resolve", "parked", "--action",
+    out = subprocess.run([sys.executable, "-m", "onceflow.infra.cli", "resolve", "parked", "--action",
                           "mark_done", "--result-file", str(result), "--note", "checked"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

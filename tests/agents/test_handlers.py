@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import HandlerError, TaskContext, lookup_handler, lookup_tool, register_handler
+from onceflow.agents import HandlerError, TaskContext, lookup_handler, lookup_tool, register_handler
 from tests.agents.fixtures import effect_rows
 
 

@@ -11,8 +11,13 @@ from typing import Any
 
 import pytest
 
-from agents import OpenAICompatibleProvider, ProviderError, StubProvider, provider_from_settings
-from streams.settings import AgentSettings
+from onceflow.agents import (
+    OpenAICompatibleProvider,
+    ProviderError,
+    StubProvider,
+    provider_from_settings,
+)
+from onceflow.streams.settings import AgentSettings
 
 
 class ChatServer:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler import CapacityController, recheck
-from schemas import (
+from onceflow.autoscaler import CapacityController, recheck
+from onceflow.schemas import (
     CapacityAdmissionModeChanged,
     CapacityScaleRequested,
     CapacityWindowClosed,
@@ -13,9 +13,9 @@ from schemas import (
     QueueSampled,
     SingleObjectCodec,
 )
-from streams.runtime import fingerprint_items
-from streams.settings import AutoscalerSettings
-from streams.state import MemoryState
+from onceflow.streams.runtime import fingerprint_items
+from onceflow.streams.settings import AutoscalerSettings
+from onceflow.streams.state import MemoryState
 
 T0 = 1_700_000_000_000
 W = 5000

@@ -9,23 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler import CapacityController
-from infra.broker import EmbeddedKafka
-from infra.observe import ProgressFollower, read_capacity
-from infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
-from infra.stack import StackState, pid_alive, read_stack, write_stack
-from schemas import (
+from onceflow.autoscaler import CapacityController
+from onceflow.infra.broker import EmbeddedKafka
+from onceflow.infra.observe import ProgressFollower, read_capacity
+from onceflow.infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
+from onceflow.infra.stack import StackState, pid_alive, read_stack, write_stack
+from onceflow.schemas import (
     CapacityScaleRequested,
     QueueSampled,
     SingleObjectCodec,
     WorkUnitDeferred,
     WorkUnitFailed,
 )
-from streams.kafka import EventProducer
-from streams.runtime import fingerprint_items, replay_facts
-from streams.scheduler import SETTLED_STATES
-from streams.settings import AgentSettings, AutoscalerSettings, OnceflowSettings
-from streams.topics import TopicCatalog, create_topics
+from onceflow.streams.kafka import EventProducer
+from onceflow.streams.runtime import fingerprint_items, replay_facts
+from onceflow.streams.scheduler import SETTLED_STATES
+from onceflow.streams.settings import AgentSettings, AutoscalerSettings, OnceflowSettings
+from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.agents.fixtures import fast_settings, unit
 from tests.fixtures import events, wait_for
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from billing import Ledger, WalletFolder, load_price_book
-from schemas import (
+from onceflow.billing import Ledger, WalletFolder, load_price_book
+from onceflow.schemas import (
     Event,
     LedgerLineItem,
     LlmInvocationCompleted,
@@ -16,9 +16,9 @@ from schemas import (
     WorkUnitCompleted,
     WorkUnitFailed,
 )
-from streams.settings import BillingSettings, OnceflowSettings
-from streams.state import MemoryState
-from streams.topics.catalog import TopicCatalog
+from onceflow.streams.settings import BillingSettings, OnceflowSettings
+from onceflow.streams.state import MemoryState
+from onceflow.streams.topics.catalog import TopicCatalog
 
 T0 = 1_700_000_000_000
 

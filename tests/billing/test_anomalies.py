@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from billing import AnomalyChecker, BillingRecords, reconcile
-from schemas import BillingAnomaly, ClaimGranted, Event, LedgerLineItem, WorkUnitScheduled
-from streams.settings import BillingSettings
-from streams.state import MemoryState
+from onceflow.billing import AnomalyChecker, BillingRecords, reconcile
+from onceflow.schemas import BillingAnomaly, ClaimGranted, Event, LedgerLineItem, WorkUnitScheduled
+from onceflow.streams.settings import BillingSettings
+from onceflow.streams.state import MemoryState
 from tests.billing.fixtures import T0, Books, accepted, invocation
 
 
@@ -97,7 +97,7 @@ def test_a_charge_for_an_attempt_that_was_not_accepted_is_flagged() -> None:
 
 
 def records_of(books: Books) -> BillingRecords:
-    from schemas import LedgerChargeHeld, LedgerUnitSettled
+    from onceflow.schemas import LedgerChargeHeld, LedgerUnitSettled
 
     latest = {w.wallet_id: w for w in books.wallets}
     return BillingRecords(
@@ -154,8 +154,8 @@ def test_reconcile_finds_a_session_far_above_its_tenant_median() -> None:
 
 
 def test_reconcile_compares_a_lagging_wallet_with_only_what_it_folded() -> None:
-    from streams.settings import OnceflowSettings
-    from streams.topics import TopicCatalog
+    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.topics import TopicCatalog
 
     ledger = TopicCatalog(OnceflowSettings())["ledger"]
     books = Books()

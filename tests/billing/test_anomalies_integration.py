@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from billing import read_anomalies
-from billing.worker import build_anomaly_checker
-from schemas import SingleObjectCodec
-from streams.kafka import EventProducer
-from streams.settings import OnceflowSettings
-from streams.topics import TopicCatalog, create_topics
+from onceflow.billing import read_anomalies
+from onceflow.billing.worker import build_anomaly_checker
+from onceflow.schemas import SingleObjectCodec
+from onceflow.streams.kafka import EventProducer
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.billing.fixtures import Books, accepted
 from tests.fixtures import event_messages, running, wait_for
 
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration]
 
 
 def _anomalies_cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "infra.cli", "anomalies", "--fail-on-flag",
+    return subprocess.run([sys.executable, "-m", "onceflow.infra.cli", "anomalies", "--fail-on-flag",
                            "--format", "json"], env=env, text=True, capture_output=True,
                           timeout=120)
 

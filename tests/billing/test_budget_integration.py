@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from schemas import WorkUnitRejected
-from streams.settings import BillingSettings, OnceflowSettings
+from onceflow.schemas import WorkUnitRejected
+from onceflow.streams.settings import BillingSettings, OnceflowSettings
 from tests.agents.fixtures import Cluster, fast_settings, unit
 from tests.fixtures import events, wait_for
 

@@ -6,9 +6,9 @@ import itertools
 import random
 from decimal import Decimal
 
-from billing import Wallet, line_item_id, money, tenant_wallet_id
-from schemas import LedgerChargeHeld, LedgerLineItem, LedgerUnitSettled
-from streams.state import MemoryState
+from onceflow.billing import Wallet, line_item_id, money, tenant_wallet_id
+from onceflow.schemas import LedgerChargeHeld, LedgerLineItem, LedgerUnitSettled
+from onceflow.streams.state import MemoryState
 from tests.billing.fixtures import (
     Books,
     accepted,
@@ -162,8 +162,8 @@ def test_a_long_run_wallet_equals_the_exact_sum_of_its_line_items() -> None:
 
 def test_folding_the_decoded_facts_rebuilds_ledger_and_wallet_state() -> None:
     """What replay does: evolve with the facts as read back from Avro, not the live objects."""
-    from schemas import SingleObjectCodec
-    from streams.runtime import fingerprint_items
+    from onceflow.schemas import SingleObjectCodec
+    from onceflow.streams.runtime import fingerprint_items
 
     codec = SingleObjectCodec()
     books = Books()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from billing import PriceBook, PriceBookError, load_price_book, money
-from streams.settings import BillingSettings
+from onceflow.billing import PriceBook, PriceBookError, load_price_book, money
+from onceflow.streams.settings import BillingSettings
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

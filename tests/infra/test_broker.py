@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import broker as broker_module
-from infra.broker import KAFKA_VERSION, EmbeddedKafka, JavaMissingError, java_binary
+from onceflow.infra import broker as broker_module
+from onceflow.infra.broker import KAFKA_VERSION, EmbeddedKafka, JavaMissingError, java_binary
 
 POM = Path(broker_module.__file__).resolve().parent / "kafka" / "pom.xml"
 

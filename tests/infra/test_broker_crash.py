@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from billing.worker import build_ledger, build_wallets
-from infra.broker import pid_alive, stop_pid
-from infra.observe import ProgressFollower
-from infra.stack import (
+from onceflow.billing.worker import build_ledger, build_wallets
+from onceflow.infra.broker import pid_alive, stop_pid
+from onceflow.infra.observe import ProgressFollower
+from onceflow.infra.stack import (
     broker_for,
     read_stack,
     stack_down,
@@ -23,14 +23,19 @@ from infra.stack import (
     start_stack_roles,
     write_stack,
 )
-from schemas import LedgerLineItem, SingleObjectCodec, WorkUnitNeedsOperator, WorkUnitSubmitted
-from streams.kafka import EventProducer
-from streams.runtime import fingerprint_partitions, replay_facts
-from streams.scheduler import SETTLED_STATES
-from streams.scheduler.worker import build_scheduler
-from streams.settings import OnceflowSettings
-from streams.state import open_partition_store
-from streams.topics import TopicCatalog
+from onceflow.schemas import (
+    LedgerLineItem,
+    SingleObjectCodec,
+    WorkUnitNeedsOperator,
+    WorkUnitSubmitted,
+)
+from onceflow.streams.kafka import EventProducer
+from onceflow.streams.runtime import fingerprint_partitions, replay_facts
+from onceflow.streams.scheduler import SETTLED_STATES
+from onceflow.streams.scheduler.worker import build_scheduler
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import open_partition_store
+from onceflow.streams.topics import TopicCatalog
 from tests.agents.fixtures import effect_rows, fast_settings, unit
 from tests.fixtures import events, wait_for
 

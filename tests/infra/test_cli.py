@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.stack import pid_alive
+from onceflow.infra.stack import pid_alive
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def _onceflow(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "onceflow.infra.cli", *args], env=env, text=True,
                           capture_output=True, check=check, timeout=180)
 
 

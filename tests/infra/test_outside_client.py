@@ -84,8 +84,8 @@ def _poll(condition: Any, timeout: float, what: str) -> Any:
 def test_an_outside_client_submits_and_reads_back_results_line_items_and_dead_letters(
         settings: Any) -> None:
     # The platform: onceflow's roles as processes (the client below does not touch them).
-    from infra.roles import agent_specs, start_roles, stop_roles
-    from streams.topics import create_topics
+    from onceflow.infra.roles import agent_specs, start_roles, stop_roles
+    from onceflow.streams.topics import create_topics
 
     create_topics(settings)
     roles = start_roles(settings, agent_specs(2, concurrency=4), billing=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas import (
+from onceflow.schemas import (
     ConfluentCodec,
     NotAvroSingleObjectError,
     SingleObjectCodec,
@@ -60,7 +60,7 @@ def test_confluent_framing_through_a_registry_client() -> None:
 def test_an_amount_that_is_no_decimal_is_a_validation_error(amount: str) -> None:
     """decimal's own InvalidOperation used to escape the codec (and crash a processor
     instead of dead-lettering the record)."""
-    from schemas import EventValidationError, LedgerChargeHeld
+    from onceflow.schemas import EventValidationError, LedgerChargeHeld
     from tests.schemas.test_contracts import sample_event
 
     codec = SingleObjectCodec()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from schemas import ContainerBlock, SingleObjectCodec, decode_bodies, default_registry
+from onceflow.schemas import ContainerBlock, SingleObjectCodec, decode_bodies, default_registry
 from tests.schemas.test_compiled import _named, _random_value
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from schemas import (
+from onceflow.schemas import (
     EVENT_MODELS,
     CodecError,
     Event,
@@ -18,7 +18,7 @@ from schemas import (
     TruncatedEventError,
     default_registry,
 )
-from schemas._impl.compiled import CompiledSchema, compile_schema, native_available
+from onceflow.schemas._impl.compiled import CompiledSchema, compile_schema, native_available
 
 _PRIMS = {"null", "boolean", "int", "long", "float", "double", "string", "bytes"}
 

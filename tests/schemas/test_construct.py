@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas import (
+from onceflow.schemas import (
     EVENT_MODELS,
     Event,
     EventValidationError,
@@ -17,7 +17,7 @@ from schemas import (
     WorkUnitSubmitted,
     default_registry,
 )
-from schemas._impl.construct import model_builder
+from onceflow.schemas._impl.construct import model_builder
 from tests.schemas.test_compiled import _named, _random_value
 from tests.schemas.test_contracts import sample_event
 

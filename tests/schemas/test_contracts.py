@@ -12,7 +12,7 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas import (
+from onceflow.schemas import (
     EVENT_MODELS,
     ContentRef,
     Event,
@@ -23,7 +23,7 @@ from schemas import (
     default_registry,
     schema_dir,
 )
-from schemas._impl.avro_from_model import avro_schema_for
+from onceflow.schemas._impl.avro_from_model import avro_schema_for
 
 RELEASED = Path(schema_dir()).parent / "released"
 
@@ -156,7 +156,7 @@ def test_every_released_fingerprint_is_known_to_the_reader() -> None:
     registry = default_registry()
     for version in _released_versions():
         for path in version.glob("*.avsc"):
-            from schemas import avro_fingerprint
+            from onceflow.schemas import avro_fingerprint
 
             assert avro_fingerprint(json.loads(path.read_text())) in registry.by_fingerprint
 

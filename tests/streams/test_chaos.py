@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from schemas import SingleObjectCodec, WorkUnitSubmitted
-from streams.examples.submission_counter import SubmissionCounter
-from streams.kafka import EventProducer, read_topic_to_end
-from streams.runtime import fingerprint_items, fingerprint_partitions, replay_facts
-from streams.settings import OnceflowSettings
-from streams.state import MemoryState, open_partition_store
-from streams.topics import TopicCatalog, create_topics
+from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
+from onceflow.streams.examples.submission_counter import SubmissionCounter
+from onceflow.streams.kafka import EventProducer, read_topic_to_end
+from onceflow.streams.runtime import fingerprint_items, fingerprint_partitions, replay_facts
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import MemoryState, open_partition_store
+from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.fixtures import event_messages, submitted, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -32,7 +32,7 @@ def _events() -> list[WorkUnitSubmitted]:
 
 def _reference(events: list[WorkUnitSubmitted], partitions: int) -> str:
     """What the state must be: the inputs folded purely, per partition, in order."""
-    from streams.topics.catalog import partition_for
+    from onceflow.streams.topics.catalog import partition_for
 
     reducer = SubmissionCounter()
     states: dict[int, MemoryState] = {p: MemoryState() for p in range(partitions)}
@@ -55,7 +55,7 @@ def _committed(settings: OnceflowSettings, group: str, topic: str,
                ends: dict[int, int]) -> dict[int, int]:
     from confluent_kafka import TopicPartition
 
-    from streams.kafka import make_consumer
+    from onceflow.streams.kafka import make_consumer
 
     consumer = make_consumer(settings, group)  # never subscribes: only reads the group's offsets
     try:
@@ -82,7 +82,7 @@ def test_batched_shell_survives_sigkill_and_lost_state(
     producer.flush()
     state_dir = tmp_path / "counter-state"
     ready = tmp_path / "ready"
-    cmd = [sys.executable, "-m", "streams.examples.submission_counter", "--input", inp.name,
+    cmd = [sys.executable, "-m", "onceflow.streams.examples.submission_counter", "--input", inp.name,
            "--facts", facts, "--group", f"g-{uid}", "--state-dir", str(state_dir),
            "--ready-file", str(ready)]
     proc = subprocess.Popen(cmd, env=subprocess_env)
@@ -140,7 +140,7 @@ def test_faust_shell_rebuilds_lost_state_after_sigkill(
     producer.flush()
     state_dir = tmp_path / "faust-state"
     fp_file = tmp_path / "fingerprint.json"
-    cmd = [sys.executable, "-m", "streams.examples.faust_counter", "--input", inp.name,
+    cmd = [sys.executable, "-m", "onceflow.streams.examples.faust_counter", "--input", inp.name,
            "--facts", facts, "--app-id", f"fc-{uid}", "--state-dir", str(state_dir),
            "--fingerprint-file", str(fp_file), "worker"]
 

@@ -21,18 +21,18 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from billing.worker import build_ledger, build_wallets
-from infra.observe import ProgressFollower
-from infra.roles import agent_specs, start_roles, stop_roles
-from schemas import SingleObjectCodec
-from streams.kafka import EventProducer, make_consumer, read_topic_to_end
-from streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
-from streams.scheduler import SETTLED_STATES
-from streams.scheduler.worker import build_scheduler
-from streams.settings import OnceflowSettings
-from streams.state import open_partition_store
-from streams.topics import TopicCatalog, create_topics
-from streams.trust.worker import build_trust
+from onceflow.billing.worker import build_ledger, build_wallets
+from onceflow.infra.observe import ProgressFollower
+from onceflow.infra.roles import agent_specs, start_roles, stop_roles
+from onceflow.schemas import SingleObjectCodec
+from onceflow.streams.kafka import EventProducer, make_consumer, read_topic_to_end
+from onceflow.streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
+from onceflow.streams.scheduler import SETTLED_STATES
+from onceflow.streams.scheduler.worker import build_scheduler
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import open_partition_store
+from onceflow.streams.topics import TopicCatalog, create_topics
+from onceflow.streams.trust.worker import build_trust
 from tests.agents.fixtures import fast_settings, unit
 from tests.fixtures import submitted, wait_for
 

@@ -8,23 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from schemas import ContentRef
-from streams.content import (
+from onceflow.schemas import ContentRef
+from onceflow.streams.content import (
     ContentIntegrityError,
     ContentNotFoundError,
     LocalContentStore,
     S3ContentStore,
     open_content_store,
 )
-from streams.settings import OnceflowSettings
-from streams.types import ContentStore
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.types import ContentStore
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    from infra.broker import free_port
+    from onceflow.infra.broker import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from schemas import DecisionClosed, Event, SingleObjectCodec, WorkUnitSubmitted
-from streams.examples.submission_counter import SubmissionCounted
-from streams.ids import derive_event_id
-from streams.kafka import EventProducer
-from streams.runtime import BatchedProcessor, fingerprint_items, replay_facts
-from streams.runtime.facts import fact_headers
-from streams.settings import OnceflowSettings
-from streams.state import MemoryState, open_partition_store
-from streams.topics import TopicCatalog, create_topics
-from streams.topics.catalog import partition_for
-from streams.types import Reducer, State
+from onceflow.schemas import DecisionClosed, Event, SingleObjectCodec, WorkUnitSubmitted
+from onceflow.streams.examples.submission_counter import SubmissionCounted
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.kafka import EventProducer
+from onceflow.streams.runtime import BatchedProcessor, fingerprint_items, replay_facts
+from onceflow.streams.runtime.facts import fact_headers
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import MemoryState, open_partition_store
+from onceflow.streams.topics import TopicCatalog, create_topics
+from onceflow.streams.topics.catalog import partition_for
+from onceflow.streams.types import Reducer, State
 from tests.fixtures import events, running, submitted, wait_for
 
 pytestmark = [pytest.mark.integration]

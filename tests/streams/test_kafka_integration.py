@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from schemas import SingleObjectCodec
-from streams.examples.submission_counter import SubmissionCounted, SubmissionCounter
-from streams.kafka import (
+from onceflow.schemas import SingleObjectCodec
+from onceflow.streams.examples.submission_counter import SubmissionCounted, SubmissionCounter
+from onceflow.streams.kafka import (
     DLQ_HEADER_OFFSET,
     DLQ_HEADER_PROCESSOR,
     DLQ_HEADER_TOPIC,
@@ -20,9 +20,9 @@ from streams.kafka import (
     EventProducer,
     read_topic_to_end,
 )
-from streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
-from streams.settings import OnceflowSettings
-from streams.topics import TopicCatalog, create_topics, describe_topics
+from onceflow.streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics import TopicCatalog, create_topics, describe_topics
 from tests.fixtures import event_messages, submitted, wait_for
 
 pytestmark = pytest.mark.integration
@@ -106,7 +106,7 @@ class _PickyCounter(SubmissionCounter):
 def test_types_a_reducer_ignores_are_skipped_and_garbage_still_dead_lettered(
     settings: OnceflowSettings, uid: str
 ) -> None:
-    from schemas import NodeHeartbeat
+    from onceflow.schemas import NodeHeartbeat
 
     create_topics(settings)
     catalog = TopicCatalog(settings)
@@ -181,7 +181,7 @@ def test_replay_of_facts_equals_live_state(settings: OnceflowSettings, uid: str,
 def test_reading_a_partition_from_its_end_returns_at_once(settings: OnceflowSettings) -> None:
     # A restart with its state intact recovers from the checkpointed offset,
     # which is often the end: nothing is read and there is no position yet.
-    from streams.kafka import read_partition_to_end
+    from onceflow.streams.kafka import read_partition_to_end
 
     create_topics(settings)
     topic = TopicCatalog(settings)["workunits"]

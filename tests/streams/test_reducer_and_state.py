@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas import DecisionClosed, Event, SingleObjectCodec
-from streams.examples.submission_counter import SubmissionCounted, SubmissionCounter
-from streams.runtime.facts import FactGroups, FactRecord, fold_fact_records
-from streams.runtime.fingerprint import fingerprint_items, fingerprint_partitions
-from streams.state import MemoryState, open_partition_store
+from onceflow.schemas import DecisionClosed, Event, SingleObjectCodec
+from onceflow.streams.examples.submission_counter import SubmissionCounted, SubmissionCounter
+from onceflow.streams.runtime.facts import FactGroups, FactRecord, fold_fact_records
+from onceflow.streams.runtime.fingerprint import fingerprint_items, fingerprint_partitions
+from onceflow.streams.state import MemoryState, open_partition_store
 from tests.fixtures import submitted
 
 
@@ -153,9 +153,9 @@ def test_a_closed_decision_folds_the_written_facts_and_not_the_closing_one() -> 
 def test_the_shell_routes_for_reducers_that_route_and_skips_the_call_for_others() -> None:
     """The batched shell calls `route` per fact only for a reducer that defines it (in
     its class or on the instance); the others derive no outputs."""
-    from streams.runtime import BatchedProcessor
-    from streams.settings import OnceflowSettings
-    from streams.types import Routed
+    from onceflow.streams.runtime import BatchedProcessor
+    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.types import Routed
 
     class Routing(SubmissionCounter):
         def route(self, fact: Event) -> list[Routed]:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog, partition_for
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog, partition_for
 
 
 def test_security_settings_pass_through(monkeypatch: pytest.MonkeyPatch) -> None:

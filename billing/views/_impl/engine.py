@@ -33,8 +33,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from billing.views._impl.statements import Statement, StatementError, parse_statements
-from schemas import LedgerLineItem
+from onceflow.billing.views._impl.statements import Statement, StatementError, parse_statements
+from onceflow.schemas import LedgerLineItem
 
 __all__ = ["BUILTIN_VIEWS", "LEDGER_COLUMNS", "QueryResult", "ViewEngine", "ViewInfo"]
 

@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from billing.views._impl.service import Row, ViewService
-from billing.views._impl.statements import StatementError
+from onceflow.billing.views._impl.service import Row, ViewService
+from onceflow.billing.views._impl.statements import StatementError
 
 __all__ = ["DELIMITED", "create_app", "encode_row"]
 

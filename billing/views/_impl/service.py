@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from billing.views._impl.engine import BUILTIN_VIEWS, QueryResult, ViewEngine
-from billing.views._impl.statements import (
+from onceflow.billing.views._impl.engine import BUILTIN_VIEWS, QueryResult, ViewEngine
+from onceflow.billing.views._impl.statements import (
     Statement,
     StatementError,
     StatementKind,
     parse_statements,
 )
-from schemas import ViewDefined
+from onceflow.schemas import ViewDefined
 
 __all__ = ["PushQuery", "QueryHeader", "ViewService"]
 

@@ -22,15 +22,15 @@ import duckdb
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
-from billing.views._impl.engine import LEDGER_COLUMNS, ViewEngine
-from schemas import (
+from onceflow.billing.views._impl.engine import LEDGER_COLUMNS, ViewEngine
+from onceflow.schemas import (
     SINGLE_OBJECT_MARKER,
     CodecError,
     ContainerBlock,
     SingleObjectCodec,
     decode_bodies,
 )
-from streams.kafka import (
+from onceflow.streams.kafka import (
     DeadLetterRouter,
     EventProducer,
     log_consume_error,
@@ -39,10 +39,10 @@ from streams.kafka import (
     type_fingerprints,
     watermarks,
 )
-from streams.log import get_logger
-from streams.runtime.batched import next_batch
-from streams.settings import OnceflowSettings
-from streams.topics.catalog import TopicCatalog
+from onceflow.streams.log import get_logger
+from onceflow.streams.runtime.batched import next_batch
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["ROW_GROUP_ROWS", "LedgerSink", "line_item_batch"]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from schemas import PlacementCandidate
-from streams.settings import SchedulerSettings
+from onceflow.schemas import PlacementCandidate
+from onceflow.streams.settings import SchedulerSettings
 
 __all__ = [
     "QUARANTINE_FALLBACK",

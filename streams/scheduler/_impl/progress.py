@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import Event
+from onceflow.schemas import Event
 
 __all__ = ["SETTLED_STATES", "UnitProgress", "percentile"]
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from schemas import (
+from onceflow.schemas import (
     ClaimGranted,
     ClaimRejected,
     ClaimRequested,
@@ -54,13 +54,13 @@ from schemas import (
     WorkUnitScheduled,
     WorkUnitSubmitted,
 )
-from streams.ids import derive_event_id
-from streams.scheduler._impl.placement import PlacementRequest, Streak, place
-from streams.scheduler._impl.retry import retry_delay_ms
-from streams.scheduler._impl.view import ClusterView
-from streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
-from streams.topics.catalog import TopicCatalog
-from streams.types import Reducer, Routed, State
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
+from onceflow.streams.scheduler._impl.retry import retry_delay_ms
+from onceflow.streams.scheduler._impl.view import ClusterView
+from onceflow.streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
+from onceflow.streams.topics.catalog import TopicCatalog
+from onceflow.streams.types import Reducer, Routed, State
 
 __all__ = [
     "TERMINAL",
@@ -110,7 +110,7 @@ def _index_key(kind: str, at: int, work_unit_id: str) -> str:
 def payload_digest(event: WorkUnitSubmitted) -> str:
     """What makes two submissions of one id "the same": everything but the envelope."""
     body = event.model_dump(mode="json", exclude=set(_ENVELOPE))
-    from streams.state import serde
+    from onceflow.streams.state import serde
 
     return hashlib.sha256(serde.dumps(body)).hexdigest()[:32]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from streams.settings import SchedulerSettings
+from onceflow.streams.settings import SchedulerSettings
 
 __all__ = ["retry_delay_ms"]
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
-from schemas import (
+from onceflow.schemas import (
     CapacityAdmissionModeChanged,
     Event,
     NodeHeartbeat,
     TrustScoreUpdated,
     WalletUpdated,
 )
-from streams.scheduler._impl.placement import NodeView
+from onceflow.streams.scheduler._impl.placement import NodeView
 
 __all__ = ["AdmissionMode", "ClusterView"]
 

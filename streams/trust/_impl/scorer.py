@@ -24,10 +24,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schemas import Event, NodeHeartbeat, TrustScoreUpdated, WorkUnitCompleted, WorkUnitFailed
-from streams.ids import derive_event_id
-from streams.settings import TrustSettings
-from streams.types import Reducer, State
+from onceflow.schemas import (
+    Event,
+    NodeHeartbeat,
+    TrustScoreUpdated,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+)
+from onceflow.streams.ids import derive_event_id
+from onceflow.streams.settings import TrustSettings
+from onceflow.streams.types import Reducer, State
 
 __all__ = ["NOT_THE_NODES_FAULT", "TrustScorer", "TrustState", "rescore_recorded", "score_after"]
 

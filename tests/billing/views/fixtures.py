@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from billing.views import ViewEngine, line_item_batch
-from schemas import LedgerLineItem, SingleObjectCodec
+from onceflow.billing.views import ViewEngine, line_item_batch
+from onceflow.schemas import LedgerLineItem, SingleObjectCodec
 from tests.billing.fixtures import T0, Books, accepted, invocation
 
 HOUR = 3_600_000

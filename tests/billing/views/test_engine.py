@@ -6,8 +6,14 @@ from decimal import Decimal
 
 import pytest
 
-from billing.views import BUILTIN_VIEWS, StatementError, ViewEngine, ViewService, parse_statements
-from billing.views._impl.engine import RecentIds
+from onceflow.billing.views import (
+    BUILTIN_VIEWS,
+    StatementError,
+    ViewEngine,
+    ViewService,
+    parse_statements,
+)
+from onceflow.billing.views._impl.engine import RecentIds
 from tests.billing.views.fixtures import HOUR, exact_total, ingest, ledger_items
 
 

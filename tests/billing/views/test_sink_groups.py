@@ -11,7 +11,7 @@ import random
 
 import pyarrow as pa
 
-from billing.views._impl.sink import _Decoded
+from onceflow.billing.views._impl.sink import _Decoded
 
 _SCHEMA = pa.schema([("line_item_id", pa.string()), ("_partition", pa.int32()),
                      ("_offset", pa.int64())])

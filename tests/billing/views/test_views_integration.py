@@ -14,14 +14,14 @@ import httpx
 import pytest
 from confluent_kafka import Message
 
-from billing.views import DELIMITED, ViewEngine, create_app
-from billing.views.worker import ViewsProcessor
-from infra.broker import free_port
-from infra.roles import start_roles, stop_roles
-from schemas import LedgerLineItem, SingleObjectCodec
-from streams.kafka import EventProducer, read_topic_to_end
-from streams.settings import OnceflowSettings
-from streams.topics import TopicCatalog, create_topics
+from onceflow.billing.views import DELIMITED, ViewEngine, create_app
+from onceflow.billing.views.worker import ViewsProcessor
+from onceflow.infra.broker import free_port
+from onceflow.infra.roles import start_roles, stop_roles
+from onceflow.schemas import LedgerLineItem, SingleObjectCodec
+from onceflow.streams.kafka import EventProducer, read_topic_to_end
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.billing.views.fixtures import ingest, ledger_items
 from tests.fixtures import events, running, wait_for
 
@@ -187,7 +187,7 @@ def test_views_killed_mid_stream_lose_and_duplicate_nothing(settings: OnceflowSe
 
 def test_a_line_item_with_a_malformed_amount_is_dead_lettered_and_the_rest_kept(
         settings: OnceflowSettings, views: ViewsProcessor) -> None:
-    from streams.kafka import DLQ_HEADER_PROCESSOR, read_topic_to_end
+    from onceflow.streams.kafka import DLQ_HEADER_PROCESSOR, read_topic_to_end
 
     items = ledger_items(10)
     codec = SingleObjectCodec()
@@ -209,7 +209,7 @@ def test_a_line_item_with_a_malformed_amount_is_dead_lettered_and_the_rest_kept(
 
 def test_random_bytes_on_the_ledger_topic_are_dead_lettered_and_the_rest_kept(
         settings: OnceflowSettings, views: ViewsProcessor) -> None:
-    from streams.kafka import DLQ_HEADER_OFFSET, read_topic_to_end
+    from onceflow.streams.kafka import DLQ_HEADER_OFFSET, read_topic_to_end
 
     items = ledger_items(12)
     catalog = TopicCatalog(settings)
@@ -235,7 +235,7 @@ def test_catching_up_in_whole_row_groups_inserts_every_line_item_once(
         settings: OnceflowSettings) -> None:
     """A sink far behind gathers whole row groups (made small here) and cuts reads
     between inserts; each insert's offsets cover exactly its rows."""
-    from billing.views import LedgerSink
+    from onceflow.billing.views import LedgerSink
 
     create_topics(settings)
     items = ledger_items(1500)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import (
+from onceflow.schemas import (
     ClaimRequested,
     ClockTick,
     EffectStaged,
@@ -16,10 +16,10 @@ from schemas import (
     WorkUnitFailed,
     WorkUnitSubmitted,
 )
-from streams.scheduler import Scheduler, unit_key
-from streams.settings import OnceflowSettings
-from streams.state import MemoryState
-from streams.types import Routed
+from onceflow.streams.scheduler import Scheduler, unit_key
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import MemoryState
+from onceflow.streams.types import Routed
 
 T0 = 1_700_000_000_000
 

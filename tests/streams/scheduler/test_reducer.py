@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from schemas import (
+from onceflow.schemas import (
     CapacityAdmissionModeChanged,
     ClaimGranted,
     ClaimRejected,
@@ -24,11 +24,11 @@ from schemas import (
     WorkUnitScheduled,
     WorkUnitSubmitted,
 )
-from streams.runtime import fingerprint_items
-from streams.scheduler import Scheduler, retry_delay_ms
-from streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
-from streams.state import MemoryState
-from streams.types import Routed
+from onceflow.streams.runtime import fingerprint_items
+from onceflow.streams.scheduler import Scheduler, retry_delay_ms
+from onceflow.streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
+from onceflow.streams.state import MemoryState
+from onceflow.streams.types import Routed
 from tests.streams.scheduler.fixtures import T0, Harness, heartbeat, submit
 
 REF = ContentRef(sha256="ab" * 32, size=3)

@@ -6,17 +6,17 @@ from decimal import Decimal
 
 import pytest
 
-from schemas import (
+from onceflow.schemas import (
     NodeHeartbeat,
     SingleObjectCodec,
     TrustScoreUpdated,
     WorkUnitCompleted,
     WorkUnitFailed,
 )
-from streams.runtime import fingerprint_items
-from streams.settings import TrustSettings
-from streams.state import MemoryState
-from streams.trust import TrustScorer, rescore_recorded
+from onceflow.streams.runtime import fingerprint_items
+from onceflow.streams.settings import TrustSettings
+from onceflow.streams.state import MemoryState
+from onceflow.streams.trust import TrustScorer, rescore_recorded
 
 T0 = 1_700_000_000_000
 HOUR = 3_600_000

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from schemas import TrustScoreUpdated, WorkUnitScheduled
-from streams.runtime import verify_replay
-from streams.settings import OnceflowSettings, SchedulerSettings, TrustSettings
-from streams.trust.worker import build_trust
+from onceflow.schemas import TrustScoreUpdated, WorkUnitScheduled
+from onceflow.streams.runtime import verify_replay
+from onceflow.streams.settings import OnceflowSettings, SchedulerSettings, TrustSettings
+from onceflow.streams.trust.worker import build_trust
 from tests.agents.fixtures import Cluster, fast_settings, unit
 from tests.fixtures import events, wait_for
 
