@@ -10,13 +10,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from onceflow.infra.cli.common import (
+    KINDS,
+    PRIORITIES,
+    OutputFormat,
+    cli_settings,
+    console,
+    err_console,
+    fail,
+    require_broker,
+)
+from onceflow.infra.cli.ledger import anomalies, ledger_app, replay
 from onceflow.infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
+from onceflow.infra.cli.workers import worker_app
 from onceflow.schemas import CodecError, SingleObjectCodec
-from onceflow.streams.settings import OnceflowSettings, load_settings
+from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["app", "main"]
 
@@ -27,59 +38,13 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Create and inspect the topic catalog.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+app.add_typer(worker_app, name="worker")
+app.add_typer(ledger_app, name="ledger")
+app.command()(anomalies)
+app.command()(replay)
 
 
-def _add_workers() -> None:
-    from onceflow.infra.cli.ledger import anomalies, ledger_app, replay
-    from onceflow.infra.cli.workers import worker_app
-
-    app.add_typer(worker_app, name="worker")
-    app.add_typer(ledger_app, name="ledger")
-    app.command()(anomalies)
-    app.command()(replay)
-
-console = Console()
-err_console = Console(stderr=True)
-
-OutputFormat = Literal["table", "json"]
 TailFormat = Literal["text", "json"]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
-def _settings(**overrides: Any) -> OnceflowSettings:
-    from pydantic import ValidationError
-
-    try:
-        settings = load_settings(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"ONCEFLOW_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise _fail(f"invalid settings: {problems}") from None
-    from onceflow.streams.log import configure_logging
-
-    configure_logging(settings.log_format, "WARNING" if settings.log_level == "INFO" else settings.log_level)
-    return settings
-
-
-def _require_broker(settings: OnceflowSettings) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    from onceflow.infra.broker import wait_for_port
-
-    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
-    if (settings.broker_profile == "embedded"
-            and not wait_for_port(host or "127.0.0.1", int(port), 2.0)):
-        raise _fail(
-            f"no broker at {settings.bootstrap_servers}: run `onceflow up` first, or set "
-            "ONCEFLOW_BOOTSTRAP_SERVERS to your Kafka cluster"
-        )
-    AdminClient(settings.admin_config())
 
 
 # -- stack ----------------------------------------------------------------------------
@@ -103,14 +68,14 @@ def up(
     from onceflow.infra.roles import RoleStartError
     from onceflow.infra.stack import stack_up, start_stack_roles
 
-    settings = _settings()
+    settings = cli_settings()
     if fresh:
         _reset(settings)
     began = time.monotonic()
     try:
         state, statuses, started = stack_up(settings)
     except BrokerStartError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     verb = f"started in {time.monotonic() - began:.1f} s" if started else "already running"
     console.print(f"Kafka {verb} at [bold]{state.bootstrap}[/] (pid {state.broker_pid}), "
                   f"data in {state.broker_data or settings.stack_dir / 'kafka'}")
@@ -125,7 +90,7 @@ def up(
                                   concurrency=concurrency, region=region,
                                   llm_provider=llm_provider)
     except RoleStartError as exc:
-        raise _fail(f"a role did not start: {exc}", 1) from None
+        raise fail(f"a role did not start: {exc}", 1) from None
     for name, pid in sorted(roles.items()):
         console.print(f"{name} running (pid {pid})")
     from onceflow.infra.stack import read_stack
@@ -138,7 +103,7 @@ def up(
 
 def _check_provider(name: str) -> None:
     if name not in ("stub", "openai"):
-        raise _fail(f"--llm-provider {name!r} is not known: use stub or openai")
+        raise fail(f"--llm-provider {name!r} is not known: use stub or openai")
 
 
 def _reset(settings: OnceflowSettings) -> None:
@@ -146,7 +111,7 @@ def _reset(settings: OnceflowSettings) -> None:
 
     stack = read_stack(settings)
     if stack is not None and pid_alive(stack.broker_pid):
-        raise _fail("the stack is running: `onceflow down` first, then reset")
+        raise fail("the stack is running: `onceflow down` first, then reset")
     removed = reset_stack(settings)
     if removed:
         console.print("[bold yellow]wiped[/] " + ", ".join(str(p) for p in removed)
@@ -158,7 +123,7 @@ def _reset(settings: OnceflowSettings) -> None:
 @app.command()
 def reset() -> None:
     """Wipe the local stack's data: the broker's topics and offsets and the roles' state."""
-    _reset(_settings())
+    _reset(cli_settings())
 
 
 @app.command()
@@ -166,7 +131,7 @@ def down() -> None:
     """Stop everything `onceflow up` started (the data stays for the next `up`)."""
     from onceflow.infra.stack import stack_down
 
-    stopped = stack_down(_settings())
+    stopped = stack_down(cli_settings())
     if not stopped:
         console.print("nothing was running")
     for name in stopped:
@@ -181,7 +146,7 @@ def status(
     from onceflow.infra.stack import pid_alive, read_stack
     from onceflow.streams.topics.provisioning import describe_topics
 
-    settings = _settings()
+    settings = cli_settings()
     stack = read_stack(settings)
     report: dict[str, Any] = {
         "bootstrap": settings.bootstrap_servers,
@@ -268,8 +233,8 @@ def topics_create() -> None:
     """Create every catalog topic that is missing (safe to run again)."""
     from onceflow.streams.topics.provisioning import create_topics
 
-    settings = _settings()
-    _require_broker(settings)
+    settings = cli_settings()
+    require_broker(settings)
     for s in create_topics(settings):
         state = "created" if s.created else ("exists" if s.exists else "FAILED")
         line = f"{s.name:<28} {state:<8} partitions={s.partitions}"
@@ -284,8 +249,8 @@ def topics_describe(
     from onceflow.streams.topics.catalog import TopicCatalog
     from onceflow.streams.topics.provisioning import describe_topics
 
-    settings = _settings()
-    _require_broker(settings)
+    settings = cli_settings()
+    require_broker(settings)
     live = {s.name: s for s in describe_topics(settings)}
     rows: list[dict[str, Any]] = []
     for topic in TopicCatalog(settings):
@@ -334,7 +299,7 @@ def submit(
     from onceflow.streams.kafka import DeliveryError, EventProducer
     from onceflow.streams.topics.catalog import TopicCatalog, partition_for
 
-    settings = _settings()
+    settings = cli_settings()
     fields: dict[str, Any] = {
         "kind": kind, "tenant_id": tenant, "priority": priority, "region": region,
         "effect": effect, "idempotency_class": idempotency_class, "handler": handler,
@@ -351,21 +316,21 @@ def submit(
             unit = build_unit({k: v for k, v in {"work_unit_id": work_unit_id, **fields}.items()
                                if v is not None})
     except SubmitInputError as exc:
-        raise _fail(str(exc)) from None
-    _require_broker(settings)
+        raise fail(str(exc)) from None
+    require_broker(settings)
     codec = SingleObjectCodec()
     producer = EventProducer(settings, codec)
     topic = TopicCatalog(settings)["submissions"]
     try:
         partitions = producer.partitions_of(topic.name)
     except RuntimeError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if not count:
         producer.send(topic, unit)
         try:
             producer.flush()
         except DeliveryError as exc:
-            raise _fail(str(exc), 1) from None
+            raise fail(str(exc), 1) from None
         console.print(f"submitted {unit.work_unit_id} (event {unit.event_id})")
         return
 
@@ -394,7 +359,7 @@ def submit(
         try:
             producer.flush(120)
         except DeliveryError as exc:
-            raise _fail(str(exc), 1) from None
+            raise fail(str(exc), 1) from None
         progress.update(task, completed=count)
     elapsed = time.perf_counter() - started
     console.print(f"submitted {count} work units (run {run_id}) in {elapsed:.2f}s: "
@@ -421,13 +386,13 @@ def resolve(
     from onceflow.streams.topics.catalog import TopicCatalog
 
     if action not in ("retry", "mark_done", "abandon"):
-        raise _fail(f"--action {action!r} is not known: use retry, mark_done or abandon")
+        raise fail(f"--action {action!r} is not known: use retry, mark_done or abandon")
     if result_file is not None and action != "mark_done":
-        raise _fail("--result-file goes with --action mark_done only")
+        raise fail("--result-file goes with --action mark_done only")
     if result_file is not None and not result_file.is_file():
-        raise _fail(f"{result_file} does not exist; pass the file that holds the result")
-    settings = _settings()
-    _require_broker(settings)
+        raise fail(f"{result_file} does not exist; pass the file that holds the result")
+    settings = cli_settings()
+    require_broker(settings)
     ref = None
     if result_file is not None:
         from onceflow.streams.content import open_content_store
@@ -443,7 +408,7 @@ def resolve(
     try:
         producer.flush()
     except DeliveryError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     console.print(f"{action} requested for {work_unit_id} (event {event.event_id}); the scheduler "
                   "applies it only if the unit is in needs_operator")
 
@@ -493,8 +458,8 @@ def tail(
     from onceflow.streams.kafka import make_consumer, partition_count, read_topic_to_end, watermarks
     from onceflow.streams.topics.catalog import TopicCatalog
 
-    settings = _settings()
-    _require_broker(settings)
+    settings = cli_settings()
+    require_broker(settings)
     catalog = TopicCatalog(settings)
     name = catalog.resolve(topic)
     dead_letters = name == catalog["deadletters"].name
@@ -504,7 +469,7 @@ def tail(
         parts = partition_count(probe, name)
     except RuntimeError:
         known = ", ".join(t.role for t in catalog)
-        raise _fail(f"topic {name!r} does not exist; known roles: {known}") from None
+        raise fail(f"topic {name!r} does not exist; known roles: {known}") from None
     starts: dict[int, int] = {}
     if last:
         for p in range(parts):
@@ -551,15 +516,15 @@ def demo(
     """The whole path on the local stack: submit a burst, watch it settle, summarise, stop."""
     from onceflow.infra.demo import DemoSpec, run_demo
 
-    if kind not in ("mixed", "cpu", "llm_pod"):
-        raise _fail(f"--kind {kind!r} is not known: use mixed, cpu or llm_pod")
-    if priority not in ("critical", "p0", "p1", "p2"):
-        raise _fail(f"--priority {priority!r} is not known: use critical, p0, p1 or p2")
+    if kind not in ("mixed", *(k for k in KINDS if k != "tool")):
+        raise fail(f"--kind {kind!r} is not known: use mixed, cpu or llm_pod")
+    if priority not in PRIORITIES:
+        raise fail(f"--priority {priority!r} is not known: use {', '.join(PRIORITIES)}")
     _check_provider(llm_provider)
     from onceflow.infra.demo import PRESSURES
 
     if simulate_pressure not in PRESSURES:
-        raise _fail(f"--simulate-pressure {simulate_pressure!r} is not known: use "
+        raise fail(f"--simulate-pressure {simulate_pressure!r} is not known: use "
                     f"{', '.join(PRESSURES)}")
     spec = DemoSpec(burst=burst, kind=kind, llm_provider=llm_provider,
                     agents=3 if multi_agent else 1, priority=priority, region=region,
@@ -569,16 +534,15 @@ def demo(
     from onceflow.infra.roles import RoleStartError
 
     try:
-        code = run_demo(_settings(), spec, console)
+        code = run_demo(cli_settings(), spec, console)
     except RoleStartError as exc:
-        raise _fail(f"a role did not start: {exc}", 1) from None
+        raise fail(f"a role did not start: {exc}", 1) from None
     except BrokerStartError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     if code:
         raise typer.Exit(code)
 
 
-_add_workers()
 
 
 def main() -> None:

@@ -11,6 +11,13 @@ from typing import Annotated, Any, Literal
 import httpx
 import typer
 
+from onceflow.infra.cli.common import (
+    OutputFormat,
+    cli_settings,
+    console,
+    fail,
+    ready_settings,
+)
 from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["anomalies", "ledger_app", "replay", "views_url"]
@@ -18,17 +25,7 @@ __all__ = ["anomalies", "ledger_app", "replay", "views_url"]
 ledger_app = typer.Typer(help="Wallets and line items of the billing ledger.",
                          no_args_is_help=True)
 
-OutputFormat = Literal["table", "json"]
 ReplayRole = Literal["billing", "scheduler"]
-
-
-def _ready_settings() -> OnceflowSettings:
-    from onceflow.infra.cli.app import _require_broker, _settings
-    from onceflow.infra.stack import local_settings
-
-    settings = local_settings(_settings())
-    _require_broker(settings)
-    return settings
 
 
 @ledger_app.command("wallet")
@@ -41,14 +38,13 @@ def wallet(
     """A tenant's wallet: charged, prepaid credit and balance, unbilled leakage."""
     from onceflow.billing import read_wallets, tenant_wallet_id
     from onceflow.infra.billing_report import wallet_table
-    from onceflow.infra.cli.app import _fail, console
 
-    settings = _ready_settings()
+    settings = ready_settings()
     wallets = read_wallets(settings)
     mine = wallets.get(tenant_wallet_id(tenant))
     if mine is None:
         known = sorted({w.tenant_id for w in wallets.values()})
-        raise _fail(f"no wallet for tenant {tenant!r}: nothing has been billed to it yet"
+        raise fail(f"no wallet for tenant {tenant!r}: nothing has been billed to it yet"
                     + (f"; tenants with wallets: {', '.join(known)}" if known else ""), 1)
     session_wallets = sorted(
         (w for w in wallets.values() if w.execution_session_id and w.tenant_id == tenant),
@@ -81,7 +77,7 @@ def tail(
     from onceflow.streams.kafka import read_topic_to_end
     from onceflow.streams.topics.catalog import TopicCatalog
 
-    settings = _ready_settings()
+    settings = ready_settings()
     codec = SingleObjectCodec()
     shown = 0
     for msg in read_topic_to_end(settings, TopicCatalog(settings)["ledger"].name,
@@ -119,12 +115,11 @@ def anomalies(
     """The billing anomalies found so far (by the checker, and by --reconcile)."""
     from onceflow.billing import read_anomalies, read_billing_records, reconcile
     from onceflow.infra.billing_report import anomaly_table
-    from onceflow.infra.cli.app import console
     from onceflow.schemas import SingleObjectCodec
     from onceflow.streams.kafka import EventProducer
     from onceflow.streams.topics.catalog import TopicCatalog
 
-    settings = _ready_settings()
+    settings = ready_settings()
     if reconcile_now:
         known = {f.event_id for f in read_anomalies(settings)}
         found = [f for f in reconcile(read_billing_records(settings), settings.billing)
@@ -158,13 +153,12 @@ def replay(
 ) -> None:
     """Rebuild a role's state from offset 0 into scratch state and fingerprint it."""
     from onceflow.billing import Ledger, WalletFolder, load_price_book
-    from onceflow.infra.cli.app import console
     from onceflow.streams.runtime import verify_replay
     from onceflow.streams.scheduler import Scheduler
     from onceflow.streams.topics.catalog import TopicCatalog
     from onceflow.streams.types import Reducer
 
-    settings = _ready_settings()
+    settings = ready_settings()
     catalog = TopicCatalog(settings)
     targets: list[tuple[Reducer, str]]
     if role == "billing":
@@ -205,7 +199,6 @@ def views_url(settings: OnceflowSettings) -> str:
     """Where the views API is: ONCEFLOW_VIEWS_URL, else what `up` recorded."""
     import os
 
-    from onceflow.infra.cli.app import _fail
     from onceflow.infra.stack import read_stack
 
     url = os.environ.get("ONCEFLOW_VIEWS_URL")
@@ -213,7 +206,7 @@ def views_url(settings: OnceflowSettings) -> str:
         return url.rstrip("/")
     stack = read_stack(settings)
     if stack is None or not stack.views_url:
-        raise _fail("no views API known: run `onceflow up` (it starts one), or set "
+        raise fail("no views API known: run `onceflow up` (it starts one), or set "
                     "ONCEFLOW_VIEWS_URL to a running `onceflow worker views`")
     return stack.views_url
 
@@ -241,21 +234,20 @@ def query(
     from rich.table import Table
 
     from onceflow.billing.views import DELIMITED, parse_statements
-    from onceflow.infra.cli.app import _fail, _settings, console
 
-    settings = _settings()
+    settings = cli_settings()
     url = views_url(settings)
     try:
         statements = parse_statements(sql)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if any(s.kind != "select" for s in statements):
         try:
             resp = _post(url, "/ksql", {"ksql": sql, "streamsProperties": {}}, tenant)
         except httpx.HTTPError as exc:
-            raise _fail(f"views API at {url} unreachable: {exc}", 1) from None
+            raise fail(f"views API at {url} unreachable: {exc}", 1) from None
         if resp.status_code != 200:
-            raise _fail(resp.json().get("message", resp.text))
+            raise fail(resp.json().get("message", resp.text))
         entries = resp.json()
         if fmt == "json":
             print(json.dumps(entries, indent=2))
@@ -264,7 +256,7 @@ def query(
             console.print(_entry_text(e))
         return
     if len(statements) != 1:
-        raise _fail("send one SELECT at a time")
+        raise fail("send one SELECT at a time")
     push = statements[0].push
     columns: list[str] = []
     rows: list[list[object]] = []
@@ -276,7 +268,7 @@ def query(
     ) as resp:
         if resp.status_code != 200:
             resp.read()
-            raise _fail(resp.json().get("message", resp.text))
+            raise fail(resp.json().get("message", resp.text))
         lines = resp.iter_lines()
         header = json.loads(next(lines))
         columns, query_id = header["columnNames"], header["queryId"]
@@ -338,13 +330,12 @@ def list_views(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """The tables and streams over the ledger (built-in and created)."""
-    from onceflow.infra.cli.app import _fail, _settings, console
 
-    settings = _settings()
+    settings = cli_settings()
     url = views_url(settings)
     resp = _post(url, "/ksql", {"ksql": "SHOW TABLES; SHOW STREAMS;"}, None)
     if resp.status_code != 200:
-        raise _fail(resp.json().get("message", resp.text), 1)
+        raise fail(resp.json().get("message", resp.text), 1)
     tables, streams = resp.json()
     rows = [*tables["tables"], *streams["streams"]]
     if fmt == "json":

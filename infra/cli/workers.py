@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
+from onceflow.infra.cli.common import KINDS, cli_settings, fail
+
 __all__ = ["worker_app"]
 
 worker_app = typer.Typer(help="Run one role in the foreground.", no_args_is_help=True)
 
-KNOWN_KINDS = ("cpu", "llm_pod", "tool")
 
 
 @worker_app.command("scheduler")
@@ -21,13 +22,10 @@ def scheduler(
     clock: Annotated[bool, typer.Option(help="also produce clock ticks")] = True,
 ) -> None:
     """The scheduler: admission, placement, claims, settlement, leases, retries."""
-    from onceflow.infra.cli.app import _settings
-    from onceflow.streams.log import configure_logging
     from onceflow.streams.runtime.process import tune_for_streaming
     from onceflow.streams.scheduler.worker import run_scheduler
 
-    settings = _settings()
-    configure_logging(settings.log_format, settings.log_level)
+    settings = cli_settings(role=True)
     tune_for_streaming()
     run_scheduler(settings, ready_file=ready_file, with_clock=clock)
 
@@ -40,16 +38,13 @@ def billing(
     """Billing: the ledger, the wallets and the anomaly checker."""
     from onceflow.billing import PriceBookError, load_price_book
     from onceflow.billing.worker import run_billing
-    from onceflow.infra.cli.app import _fail, _settings
-    from onceflow.streams.log import configure_logging
     from onceflow.streams.runtime.process import tune_for_streaming
 
-    settings = _settings()
-    configure_logging(settings.log_format, settings.log_level)
+    settings = cli_settings(role=True)
     try:
         load_price_book(settings.billing)
     except PriceBookError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     tune_for_streaming()
     run_billing(settings, ready_file=ready_file)
 
@@ -59,13 +54,10 @@ def trust(
     ready_file: Annotated[Path | None, typer.Option(help="touched once trust is ready")] = None,
 ) -> None:
     """Trust scoring: reliability, timeouts, health and decay per node; quarantine."""
-    from onceflow.infra.cli.app import _settings
-    from onceflow.streams.log import configure_logging
     from onceflow.streams.runtime.process import tune_for_streaming
     from onceflow.streams.trust.worker import run_trust
 
-    settings = _settings()
-    configure_logging(settings.log_format, settings.log_level)
+    settings = cli_settings(role=True)
     tune_for_streaming()
     run_trust(settings, ready_file=ready_file)
 
@@ -78,11 +70,8 @@ def autoscaler(
 ) -> None:
     """The capacity controller: scale requests and admission modes, on the faust shell."""
     from onceflow.autoscaler.worker import run_autoscaler
-    from onceflow.infra.cli.app import _settings
-    from onceflow.streams.log import configure_logging
 
-    settings = _settings()
-    configure_logging(settings.log_format, settings.log_level)
+    settings = cli_settings(role=True)
     run_autoscaler(settings, ready_file=ready_file, fingerprint_file=fingerprint_file)
 
 
@@ -99,13 +88,10 @@ def fleet(
     import signal
     import threading
 
-    from onceflow.infra.cli.app import _settings
     from onceflow.infra.fleet import FleetManager
     from onceflow.infra.stack import local_settings
-    from onceflow.streams.log import configure_logging
 
-    settings = local_settings(_settings())
-    configure_logging(settings.log_format, settings.log_level)
+    settings = local_settings(cli_settings(role=True))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -127,11 +113,8 @@ def views(
 ) -> None:
     """The ledger views: DuckDB sink, view definitions, the ksqlDB-shaped HTTP API."""
     from onceflow.billing.views.worker import run_views
-    from onceflow.infra.cli.app import _settings
-    from onceflow.streams.log import configure_logging
 
-    settings = _settings()
-    configure_logging(settings.log_format, settings.log_level)
+    settings = cli_settings(role=True)
     run_views(settings, host=host, port=port, ready_file=ready_file)
 
 
@@ -150,22 +133,19 @@ def agent(
     import signal
 
     from onceflow.agents import NodeAgent, provider_from_settings
-    from onceflow.infra.cli.app import _fail, _settings
-    from onceflow.streams.log import configure_logging
 
-    settings = _settings()
-    configure_logging(settings.log_format, settings.log_level)
+    settings = cli_settings(role=True)
     wanted = [k.strip() for k in kinds.split(",") if k.strip()]
-    unknown = [k for k in wanted if k not in KNOWN_KINDS]
+    unknown = [k for k in wanted if k not in KINDS]
     if not wanted or unknown:
-        raise _fail(f"--kinds {kinds!r}: unknown kind(s) {unknown or '(none given)'}; "
-                    f"use a comma-separated list of {', '.join(KNOWN_KINDS)}")
+        raise fail(f"--kinds {kinds!r}: unknown kind(s) {unknown or '(none given)'}; "
+                    f"use a comma-separated list of {', '.join(KINDS)}")
     provider = None
     if "llm_pod" in wanted:
         try:
             provider = provider_from_settings(settings.agent, llm_provider)
         except ValueError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     node = NodeAgent(settings, node_id=node_id, region=region, kinds=wanted,
                      concurrency=concurrency, provider=provider,
                      on_ready=ready_file.touch if ready_file else None)
