@@ -49,3 +49,30 @@ def test_catalog_covers_every_family_and_partitions_by_entity() -> None:
     assert wu.partition_of("wu-1") == partition_for("wu-1", 6)
     spread = {partition_for(f"wu-{i}", 6) for i in range(100)}
     assert spread == set(range(6))
+
+
+def test_the_configuration_reference_is_current() -> None:
+    from pathlib import Path
+
+    from onceflow.streams.settings import configuration_reference
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert doc.read_text() == configuration_reference(), (
+        "docs/configuration.md is stale: run "
+        "`python -m onceflow.streams.settings > docs/configuration.md`")
+
+
+def test_every_setting_says_what_it_means() -> None:
+    from pydantic import BaseModel
+
+    def undocumented(model: type[BaseModel], prefix: str) -> list[str]:
+        out: list[str] = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if model is OnceflowSettings and isinstance(ann, type) and issubclass(ann, BaseModel):
+                out += undocumented(ann, f"{prefix}{name.upper()}__")
+            elif not field.description:
+                out.append(f"{prefix}{name.upper()}")
+        return out
+
+    assert undocumented(OnceflowSettings, "ONCEFLOW_") == []
