@@ -55,8 +55,8 @@ _MONEY = [n for n, t in LEDGER_COLUMNS.items() if t.startswith("DECIMAL")]
 #: DuckDB's row group. An insert of whole row groups is compressed and written
 #: to the database file once, as it is inserted ("optimistic write"); rows that
 #: part-fill a row group go through the write-ahead log first and are written
-#: again at the next checkpoint. With a file database that is 2.5-3 us a line
-#: item in whole row groups against 8-9 us in inserts of 50,000.
+#: again at the next checkpoint, which costs a file database several times
+#: more per line item (the views figures in bench/results.json).
 ROW_GROUP_ROWS = 122_880
 
 
