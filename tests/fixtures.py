@@ -61,3 +61,29 @@ def running(*processors: Any) -> Iterator[None]:
         stop.set()
         for t in threads:
             t.join(30)
+
+
+def submit_units(settings: Any, units: list[WorkUnitSubmitted]) -> None:
+    """Publish work units to the submissions topic and wait for every delivery."""
+    from onceflow.schemas import SingleObjectCodec
+    from onceflow.streams.kafka import EventProducer
+    from onceflow.streams.topics import TopicCatalog
+
+    producer = EventProducer(settings, SingleObjectCodec())
+    topic = TopicCatalog(settings)["submissions"]
+    for u in units:
+        producer.send(topic, u)
+    producer.flush(60)
+
+
+def live_fingerprint(state_dir: Any, processor: str, partitions: int) -> str:
+    """The fingerprint of a stopped processor's RocksDB state, all partitions."""
+    from onceflow.streams.runtime import fingerprint_partitions
+    from onceflow.streams.state import open_partition_store
+
+    stores = [open_partition_store(state_dir, processor, p) for p in range(partitions)]
+    try:
+        return fingerprint_partitions({p: list(s.raw_items()) for p, s in enumerate(stores)})
+    finally:
+        for s in stores:
+            s.close()

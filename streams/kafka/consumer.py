@@ -115,35 +115,6 @@ def _watermarks(consumer: Consumer, tps: list[tuple[str, int]]) -> dict[tuple[st
     return {(t, p): watermarks(consumer, t, p)[1] for t, p in tps}
 
 
-def _read_assigned(
-    consumer: Consumer,
-    targets: dict[tuple[str, int], int],
-    starts: dict[tuple[str, int], int],
-    deadline: float,
-    *,
-    follow: bool = False,
-    batch: int = 5000,
-) -> Iterator[Message]:
-    """Yield records until every partition reached its target offset (or, with
-    `follow`, for ever). The consumer must have `enable.partition.eof` on."""
-    left = {tp for tp, high in targets.items() if starts.get(tp, 0) < high}
-    while left or follow:
-        msgs = consumer.consume(num_messages=batch, timeout=0.1 if not follow else 0.5)
-        for msg in msgs:
-            err = msg.error()
-            tp_key = (str(msg.topic()), msg.partition() or 0)
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    left.discard(tp_key)
-                    continue
-                raise RuntimeError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
-            if (msg.offset() or 0) + 1 >= targets.get(tp_key, 0):
-                left.discard(tp_key)
-            yield msg
-        if left and time.monotonic() > deadline:
-            raise TimeoutError(f"reading to the end of {sorted(left)} took too long")
-
-
 def read_partition_to_end(
     settings: OnceflowSettings,
     topic: str,
@@ -169,23 +140,16 @@ def read_topic_to_end(
     follow: bool = False,
 ) -> Iterator[Message]:
     """Every record of a topic (or some partitions) from the given offsets to the end;
-    with `follow`, then every record that arrives, until the caller stops."""
-    consumer = make_consumer(settings, None, **{"enable.partition.eof": True,
-                                                **settings.background_consumer()})
+    with `follow`, then every record that arrives, until the caller stops. Records
+    without a value (tombstones) are not events and are left out."""
+    follower = TopicFollower(settings, [topic], partitions=partitions,
+                             start_offsets=start_offsets)
     try:
-        if partitions is None:
-            partitions = list(range(partition_count(consumer, topic)))
-        start_offsets = start_offsets or {}
-        consumer.assign([
-            TopicPartition(topic, p, start_offsets.get(p, 0) or OFFSET_BEGINNING)
-            for p in partitions
-        ])
-        targets = _watermarks(consumer, [(topic, p) for p in partitions])
-        starts = {(topic, p): start_offsets.get(p, 0) for p in partitions}
-        yield from _read_assigned(consumer, targets, starts, time.monotonic() + timeout_s,
-                                  follow=follow)
+        yield from follower.read_to_end(timeout_s, strict=True)
+        while follow:
+            yield from follower.read(timeout=0.5)
     finally:
-        consumer.close()
+        follower.close()
 
 
 def type_fingerprints(codec: EventCodec, event_types: frozenset[str]) -> frozenset[bytes] | None:
@@ -204,34 +168,45 @@ class TopicFollower:
     it asks the broker with the background fetch wait.
     """
 
-    def __init__(self, settings: OnceflowSettings, topics: list[str]) -> None:
+    def __init__(self, settings: OnceflowSettings, topics: list[str], *,
+                 partitions: list[int] | None = None,
+                 start_offsets: dict[int, int] | None = None) -> None:
+        """`partitions` and `start_offsets` (by partition) narrow a one-topic read."""
         self._consumer = make_consumer(settings, None, **{"enable.partition.eof": True,
                                                           **settings.background_consumer()})
-        self._partitions = [(t, p) for t in topics
-                            for p in range(partition_count(self._consumer, t))]
-        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
+        starts = start_offsets or {}
+        self._partitions = [(t, p) for t in topics for p in (
+            partitions if partitions is not None
+            else range(partition_count(self._consumer, t)))]
+        self._consumer.assign([TopicPartition(t, p, starts.get(p, 0) or OFFSET_BEGINNING)
                                for t, p in self._partitions])
-        self._next: dict[tuple[str, int], int] = {}
+        #: per partition, the offset after the last record read (or the end of log seen)
+        self._next: dict[tuple[str, int], int] = {(t, p): starts.get(p, 0)
+                                                  for t, p in self._partitions}
 
     def caught_up(self, targets: dict[tuple[str, int], int] | None = None) -> bool:
         """Whether every partition was read up to `targets` (its high watermark now)."""
         targets = targets or _watermarks(self._consumer, self._partitions)
         return all(self._next.get(tp, 0) >= high for tp, high in targets.items())
 
-    def read_to_end(self, timeout_s: float = 600.0) -> Iterator[Message]:
+    def read_to_end(self, timeout_s: float = 600.0, *, strict: bool = False
+                    ) -> Iterator[Message]:
         """What the topics hold up to their high watermarks as of the call (records
-        with a value); a topic written all the time still ends."""
+        with a value); a topic written all the time still ends. `strict`: a consume
+        error other than the end of a partition raises instead of being skipped."""
         targets = _watermarks(self._consumer, self._partitions)
         deadline = time.monotonic() + timeout_s
         while not self.caught_up(targets):
-            yield from self.read(timeout=0.1)
+            yield from self.read(timeout=0.1, strict=strict)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading to the end of {self._partitions} took too long")
 
-    def read(self, timeout: float = 0.2, max_records: int = 100_000) -> Iterator[Message]:
+    def read(self, timeout: float = 0.2, max_records: int = 100_000, *,
+             strict: bool = False) -> Iterator[Message]:
         """What has arrived (waiting up to `timeout` when nothing has), up to `max_records`.
 
-        Only records with a value: tombstones and consume errors are left out.
+        Only records with a value: tombstones and consume errors are left out (with
+        `strict`, an error other than a partition's end raises).
         """
         n = 0
         while n < max_records:
@@ -250,6 +225,8 @@ class TopicFollower:
                     # The end of the log at the fetch: past any record that
                     # compaction, retention or a transaction marker left missing.
                     self._next[tp] = max(self._next.get(tp, 0), msg.offset() or 0)
+                elif strict:
+                    raise RuntimeError(f"reading {msg.topic()}[{msg.partition()}]: {err}")
 
     def close(self) -> None:
         self._consumer.close()

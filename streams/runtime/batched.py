@@ -360,7 +360,7 @@ class BatchedProcessor:
                 )
                 self.facts_emitted += 1
             evolve(store, fact)
-        if not position:
+        if not self._by_position:
             store.mark_seen(cause)
         if self._routes:
             self._route(facts, raws)
@@ -394,7 +394,7 @@ class BatchedProcessor:
         self.facts_emitted += 1
         for record in held:
             self.reducer.evolve(store, record.fact)
-        if not position:
+        if not self._by_position:
             store.mark_seen(event.event_id)
         self._route([r.fact for r in held], [r.raw for r in held])
         self.log.warning("decision.closed", partition=partition, cause=event.event_id,
@@ -460,16 +460,12 @@ class BatchedProcessor:
         consumer.unassign()
         self.log.info("partitions.revoked", partitions=sorted({tp.partition for tp in partitions}))
 
-    def _log_end(self, partition: int) -> int:
-        """The fact partition's high watermark: where its facts end now."""
-        assert self._consumer is not None
-        return watermarks(self._consumer, self.fact_topic, partition)[1]
-
     def _recover(
         self, partition: int, committed: dict[tuple[str, int], TopicPartition]
     ) -> PartitionStore:
         store = open_partition_store(self.state_dir, self.reducer.name, partition)
-        log_end = self._log_end(partition)
+        assert self._consumer is not None
+        log_end = watermarks(self._consumer, self.fact_topic, partition)[1]  # where facts end
         if store.fact_offset() > log_end:
             # The checkpoint is beyond the end of the log: the topic was
             # deleted and created again (or the broker's data was wiped), so

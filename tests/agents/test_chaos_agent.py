@@ -12,13 +12,12 @@ import pytest
 
 from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
-from onceflow.schemas import SingleObjectCodec, WorkUnitFailed, WorkUnitSubmitted
-from onceflow.streams.kafka import EventProducer
+from onceflow.schemas import WorkUnitFailed, WorkUnitSubmitted
 from onceflow.streams.scheduler import SETTLED_STATES
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.agents.fixtures import effect_rows, fast_settings, unit
-from tests.fixtures import events, wait_for
+from tests.fixtures import events, submit_units, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -37,14 +36,6 @@ def _burst(db: Path) -> dict[str, list[WorkUnitSubmitted]]:
         "readback": [unit(f"rb-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=30,
                           idempotency_class="readback", parameters=tool) for i in range(50)],
     }
-
-
-def _submit(settings: OnceflowSettings, units: list[WorkUnitSubmitted]) -> None:
-    producer = EventProducer(settings, SingleObjectCodec())
-    topic = TopicCatalog(settings)["submissions"]
-    for u in units:
-        producer.send(topic, u)
-    producer.flush()
 
 
 def _wait_completed(follower: ProgressFollower, n: int) -> None:
@@ -89,7 +80,7 @@ def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProc
     # interleave the groups so that the killed node holds every kind
     everything.sort(key=lambda u: (int((u.work_unit_id or "").rsplit("-", 1)[1]) % 50,
                                    u.work_unit_id))
-    _submit(fast, everything)
+    submit_units(fast, everything)
     follower = ProgressFollower(fast)
     try:
         # early in the burst, while n1 surely holds granted work (at 80 completions a
@@ -133,7 +124,7 @@ def test_scheduler_killed_mid_burst_settles_every_unit_once(
     units = [unit(f"p-{i}", simulated_ms=5) for i in range(600)] + [
         unit(f"w-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=5,
              parameters={"db": str(db)}) for i in range(100)]
-    _submit(fast, units)
+    submit_units(fast, units)
     follower = ProgressFollower(fast)
     try:
         _wait_completed(follower, 150)

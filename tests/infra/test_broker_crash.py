@@ -29,15 +29,13 @@ from onceflow.schemas import (
     WorkUnitNeedsOperator,
     WorkUnitSubmitted,
 )
-from onceflow.streams.kafka import EventProducer
 from onceflow.streams.runtime import fingerprint_partitions, replay_facts
 from onceflow.streams.scheduler import SETTLED_STATES
 from onceflow.streams.scheduler.worker import build_scheduler
 from onceflow.streams.settings import OnceflowSettings
-from onceflow.streams.state import open_partition_store
 from onceflow.streams.topics import TopicCatalog
 from tests.agents.fixtures import effect_rows, fast_settings, unit
-from tests.fixtures import events, wait_for
+from tests.fixtures import events, live_fingerprint, submit_units, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -75,14 +73,6 @@ def _mixed(prefix: str, n: int, db: Path) -> list[WorkUnitSubmitted]:
     return out
 
 
-def _submit(settings: OnceflowSettings, units: list[WorkUnitSubmitted]) -> None:
-    producer = EventProducer(settings, SingleObjectCodec())
-    topic = TopicCatalog(settings)["submissions"]
-    for u in units:
-        producer.send(topic, u)
-    producer.flush(60)
-
-
 def _settled_count(follower: ProgressFollower, ids: list[str]) -> int:
     follower.poll()
     return sum(1 for i in ids if follower.progress.status.get(i) in SETTLED_STATES)
@@ -110,21 +100,12 @@ def _stop_roles(settings: OnceflowSettings) -> None:
     write_stack(settings, state)
 
 
-def _live(settings: OnceflowSettings, name: str) -> str:
-    stores = [open_partition_store(settings.state_dir, name, p) for p in range(settings.partitions)]
-    try:
-        return fingerprint_partitions({p: list(s.raw_items()) for p, s in enumerate(stores)})
-    finally:
-        for s in stores:
-            s.close()
-
-
 def test_the_broker_killed_and_restarted_mid_burst_loses_and_doubles_nothing(
         stack: OnceflowSettings, tmp_path: Path) -> None:
     db = tmp_path / "effects.sqlite"
     burst = _mixed("k", 2000, db)
     ids = [u.work_unit_id or "" for u in burst]
-    _submit(stack, burst)
+    submit_units(stack, burst)
     follower = ProgressFollower(stack)
     try:
         wait_for(lambda: _settled_count(follower, ids) >= 300, timeout=120, interval=0.05,
@@ -135,7 +116,7 @@ def test_the_broker_killed_and_restarted_mid_burst_loses_and_doubles_nothing(
         # Then `down` and `up` in the middle of a second burst.
         second = _mixed("d", 600, db)
         second_ids = [u.work_unit_id or "" for u in second]
-        _submit(stack, second)
+        submit_units(stack, second)
         wait_for(lambda: _settled_count(follower, second_ids) >= 100, timeout=120,
                  interval=0.05, what="the second burst to be under way")
     finally:
@@ -195,4 +176,4 @@ def test_the_broker_killed_and_restarted_mid_burst_loses_and_doubles_nothing(
         replayed = replay_facts(build(stack).reducer, stack, catalog[topic].name,  # type: ignore[index]
                                 SingleObjectCodec())
         assert fingerprint_partitions({p: list(s.raw_items()) for p, s in replayed.items()}) \
-            == _live(stack, name), f"{name}: replay differs from live state"
+            == live_fingerprint(stack.state_dir, name, stack.partitions), f"{name}: replay differs from live state"

@@ -1,5 +1,5 @@
 """A client that knows only the contracts: the `.avsc` files, the topic names, the key and
-partition rules and the dead-letter headers. It imports nothing of onceflow; the platform
+partition rules and the dead-letter headers. Its code uses nothing of onceflow; the platform
 it talks to is onceflow's roles, running as processes on the embedded Kafka."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from tests.fixtures import wait_for  # the test harness's polling, not onceflow code
 
 pytestmark = pytest.mark.integration
 
@@ -72,15 +74,6 @@ def _read(bootstrap: str, topic: str, partitions: int) -> Iterator[Any]:
         consumer.close()
 
 
-def _poll(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-    return result
-
-
 def test_an_outside_client_submits_and_reads_back_results_line_items_and_dead_letters(
         settings: Any) -> None:
     # The platform: onceflow's roles as processes (the client below does not touch them).
@@ -120,7 +113,7 @@ def _outside_client(bootstrap: str, prefix: str, partitions: int) -> None:
                 done[decoded[1]["work_unit_id"]] = decoded[1]
         return done if set(units) <= set(done) else None
 
-    results = _poll(completed, 120, "every unit completed")
+    results = wait_for(completed, timeout=120, interval=0.5, what="every unit completed")
     assert all(results[wu]["result_ref"] for wu in units)
 
     def line_items() -> list[dict[str, Any]] | None:
@@ -130,7 +123,7 @@ def _outside_client(bootstrap: str, prefix: str, partitions: int) -> None:
         want = {(wu, "workunit_cpu") for wu in units}
         return items if want <= billed else None
 
-    items = _poll(line_items, 120, "every unit billed")
+    items = wait_for(line_items, timeout=120, interval=0.5, what="every unit billed")
     assert {i["tenant_id"] for i in items} == {"outsider"}
     assert any(i["line_item_type"] == "llm_tokens" and i["llm_tokens"] > 0 for i in items)
     assert len({i["line_item_id"] for i in items}) == len(items)
@@ -141,7 +134,7 @@ def _outside_client(bootstrap: str, prefix: str, partitions: int) -> None:
                 return msg
         return None
 
-    letter = _poll(dead, 60, "the garbage dead-lettered")
+    letter = wait_for(dead, timeout=60, interval=0.5, what="the garbage dead-lettered")
     headers = dict(letter.headers())
     assert headers["onceflow.dlq.origin.topic"] == f"{prefix}submissions".encode()
     assert headers["onceflow.dlq.origin.partition"] == b"0"

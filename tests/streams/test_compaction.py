@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -25,16 +23,15 @@ from onceflow.billing.worker import build_ledger, build_wallets
 from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
 from onceflow.schemas import SingleObjectCodec
-from onceflow.streams.kafka import EventProducer, make_consumer, read_topic_to_end
+from onceflow.streams.kafka import EventProducer, make_consumer, read_topic_to_end, watermarks
 from onceflow.streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
 from onceflow.streams.scheduler import SETTLED_STATES
 from onceflow.streams.scheduler.worker import build_scheduler
 from onceflow.streams.settings import OnceflowSettings
-from onceflow.streams.state import open_partition_store
 from onceflow.streams.topics import TopicCatalog, create_topics
 from onceflow.streams.trust.worker import build_trust
 from tests.agents.fixtures import fast_settings, unit
-from tests.fixtures import submitted, wait_for
+from tests.fixtures import live_fingerprint, submitted, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -60,37 +57,31 @@ def _records(settings: OnceflowSettings, topic: str) -> list[tuple[int, bytes | 
             for m in read_topic_to_end(settings, topic)]
 
 
+def _watermarks(settings: OnceflowSettings, topic: str) -> list[tuple[int, int]]:
+    consumer = make_consumer(settings, None)
+    try:
+        parts = TopicCatalog(settings).by_name(topic)
+        assert parts is not None
+        return [watermarks(consumer, topic, p) for p in range(parts.partitions)]
+    finally:
+        consumer.close()
+
+
 def _gaps(settings: OnceflowSettings, topic: str) -> int:
     """Offsets between each partition's low and high watermark that hold no record
     any more: what the cleaner removed."""
-    consumer = make_consumer(settings, None)
-    try:
-        span = 0
-        parts = TopicCatalog(settings).by_name(topic)
-        assert parts is not None
-        for p in range(parts.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            span += high - low
-    finally:
-        consumer.close()
+    span = sum(high - low for low, high in _watermarks(settings, topic))
     return span - len(_records(settings, topic))
 
 
 def _log_end(settings: OnceflowSettings, topic: str) -> list[int]:
-    consumer = make_consumer(settings, None)
-    try:
-        parts = TopicCatalog(settings).by_name(topic)
-        assert parts is not None
-        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(parts.partitions)]
-    finally:
-        consumer.close()
+    return [high for _low, high in _watermarks(settings, topic)]
 
 
 def _roll(producer: EventProducer, topic: str, partitions: int, tag: str) -> None:
-    """One record per partition after segment.ms: it rolls the segment the earlier records
-    are in, which the cleaner may then clean (it never cleans the active one)."""
-    time.sleep(0.15)  # segment.ms must have passed for the next write to roll: not a sync
+    """One record per partition. The first write once segment.ms has passed rolls the
+    segment the earlier records are in, which the cleaner may then clean (it never
+    cleans the active one), so the conditions below roll on every poll until they hold."""
     for p in range(partitions):
         producer.send_raw(topic, b"roll", key=f"roll-{tag}-{p}".encode(), partition=p)
     producer.flush()
@@ -110,9 +101,9 @@ def test_a_table_topic_keeps_the_latest_value_per_key(settings: OnceflowSettings
             producer.send_raw(topic.name, f"{k}:v{version}".encode(), key=k.encode(),
                               partition=topic.partition_of(k))
     producer.flush()
-    _roll(producer, topic.name, topic.partitions, "a")
 
     def cleaned() -> dict[str, list[bytes]] | None:
+        _roll(producer, topic.name, topic.partitions, "a")
         seen: dict[str, list[bytes]] = {}
         for _p, key, value in _records(settings, topic.name):
             seen.setdefault((key or b"").decode(), []).append(value)
@@ -137,23 +128,14 @@ def test_an_event_topic_loses_retried_duplicates_and_keeps_every_event(
         producer.send(topic, e)
     producer.flush()
     assert len(_records(settings, topic.name)) == 150
-    _roll(producer, topic.name, topic.partitions, "b")
 
     def distinct() -> Counter[bytes] | None:
+        _roll(producer, topic.name, topic.partitions, "b")
         keys = Counter(k or b"" for _p, k, v in _records(settings, topic.name) if v != b"roll")
         return keys if max(keys.values()) == 1 else None
 
     keys = wait_for(distinct, timeout=60, interval=0.5, what="the cleaner to drop retries")
     assert set(keys) == {e.event_id.encode() for e in events}
-
-
-def _live_fingerprint(state_dir: Path, name: str, partitions: int) -> str:
-    stores = [open_partition_store(state_dir, name, p) for p in range(partitions)]
-    try:
-        return fingerprint_partitions({p: list(s.raw_items()) for p, s in enumerate(stores)})
-    finally:
-        for s in stores:
-            s.close()
 
 
 def _recover(build: Callable[..., BatchedProcessor], settings: OnceflowSettings,
@@ -168,7 +150,7 @@ def _recover(build: Callable[..., BatchedProcessor], settings: OnceflowSettings,
     finally:
         stop.set()
         thread.join(60)
-    return _live_fingerprint(settings.state_dir, name, settings.partitions)
+    return live_fingerprint(settings.state_dir, name, settings.partitions)
 
 
 def _caught_up(settings: OnceflowSettings, group: str, topics: list[str]) -> bool:
@@ -227,7 +209,7 @@ def test_every_role_recovers_from_a_compacted_changelog(settings: OnceflowSettin
                 timeout=60, what=f"{group} to commit every input")
     finally:
         stop_roles(list(by_name.values()))  # SIGTERM: each role checkpoints before it exits
-    live = {name: _live_fingerprint(fast.state_dir, name, fast.partitions)
+    live = {name: live_fingerprint(fast.state_dir, name, fast.partitions)
             for name in changelogs}
     reducers = {"scheduler": build_scheduler(fast).reducer, "ledger": build_ledger(fast).reducer,
                 "wallets": build_wallets(fast).reducer, "trust": build_trust(fast).reducer}
@@ -236,10 +218,13 @@ def test_every_role_recovers_from_a_compacted_changelog(settings: OnceflowSettin
         {n: live[n] for n in ("ledger", "wallets", "trust")}
     # The last fact of each partition stays in the active segment; a roll makes the rest
     # cleanable. The table changelogs (wallets, trust) hold superseded values.
-    for name in ("wallets", "trust"):
-        _roll(producer, changelogs[name], catalog[name].partitions, name)  # type: ignore[index]
-    wait_for(lambda: _gaps(fast, changelogs["wallets"]) > 0
-             and _gaps(fast, changelogs["trust"]) > 0, timeout=60, interval=0.5,
+
+    def compacted() -> bool:
+        for name in ("wallets", "trust"):
+            _roll(producer, changelogs[name], catalog[name].partitions, name)  # type: ignore[index]
+        return _gaps(fast, changelogs["wallets"]) > 0 and _gaps(fast, changelogs["trust"]) > 0
+
+    wait_for(compacted, timeout=60, interval=0.5,
              what="the cleaner to compact the wallets and trust changelogs")
     after = {name: _replayed(fast, reducers[name], topic) for name, topic in changelogs.items()}
     assert after == before, "a replay of a compacted changelog must reach the same state"
