@@ -25,9 +25,11 @@ from onceflow.agents._impl.providers import (
     StubProvider,
     provider_from_settings,
 )
+from onceflow.agents.settings import AgentSettings
 
 __all__ = [
     "AGENT_VERSION",
+    "AgentSettings",
     "HandlerError",
     "LlmProvider",
     "LlmResult",

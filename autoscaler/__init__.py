@@ -10,5 +10,13 @@ from onceflow.autoscaler._impl.controller import (
     recheck,
     step,
 )
+from onceflow.autoscaler.settings import AutoscalerSettings
 
-__all__ = ["CapacityController", "Metrics", "Position", "recheck", "step"]
+__all__ = [
+    "AutoscalerSettings",
+    "CapacityController",
+    "Metrics",
+    "Position",
+    "recheck",
+    "step",
+]

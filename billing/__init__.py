@@ -12,6 +12,7 @@ from onceflow.billing._impl.pricing import (
     ModelRate,
     PriceBook,
     PriceBookError,
+    cost_estimator,
     load_price_book,
     money,
 )
@@ -24,18 +25,22 @@ from onceflow.billing._impl.read import (
 )
 from onceflow.billing._impl.reconcile import BillingRecords, reconcile
 from onceflow.billing._impl.wallets import Wallet, WalletFolder, session_wallet_id, tenant_wallet_id
+from onceflow.billing.settings import BillingSettings, ModelPrice
 
 __all__ = [
     "AnomalyChecker",
     "BillingFollower",
     "BillingRecords",
+    "BillingSettings",
     "Ledger",
+    "ModelPrice",
     "ModelRate",
     "PriceBook",
     "PriceBookError",
     "Tally",
     "Wallet",
     "WalletFolder",
+    "cost_estimator",
     "line_item_id",
     "load_price_book",
     "money",

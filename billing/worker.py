@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onceflow.billing._impl.anomalies import AnomalyChecker
 from onceflow.billing._impl.ledger import Ledger
@@ -23,8 +23,10 @@ from onceflow.billing._impl.pricing import load_price_book
 from onceflow.billing._impl.wallets import WalletFolder
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.batched import BatchedProcessor
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["build_anomaly_checker", "build_billing", "build_ledger", "build_wallets",
            "run_billing"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from onceflow.streams.settings import LogFormat
+if TYPE_CHECKING:
+    from onceflow.streams.settings import LogFormat
+
 
 __all__ = ["configure_logging", "get_logger"]
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import TopicPartition
 
@@ -39,13 +39,14 @@ from onceflow.schemas import (
     LlmInvocationFailed,
     NodeHeartbeat,
     SingleObjectCodec,
-    WorkUnitCompleted,
     WorkUnitFailed,
+    WorkUnitResultReported,
     WorkUnitScheduled,
+    max_tokens_of,
     quantize_money,
 )
 from onceflow.streams.content import open_content_store
-from onceflow.streams.ids import derive_event_id
+from onceflow.streams.ids import caused_by, derive_event_id
 from onceflow.streams.kafka import (
     DeadLetterRouter,
     EventProducer,
@@ -54,9 +55,11 @@ from onceflow.streams.kafka import (
 )
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.batched import next_batch
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.types import ContentStore
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["AGENT_VERSION", "NodeAgent"]
 
@@ -250,10 +253,7 @@ class NodeAgent:
             with self._lock:
                 self._waiting[key] = event
             self.producer.send(self._reports, ClaimRequested(
-                event_id=derive_event_id(event.event_id, f"claim:{self.incarnation}"),
-                occurred_at=_now_ms(), tenant_id=event.tenant_id,
-                execution_session_id=event.execution_session_id,
-                work_unit_id=event.work_unit_id, causation_id=event.event_id,
+                **caused_by(event, f"claim:{self.incarnation}", occurred_at=_now_ms()),
                 node_id=self.node_id, attempt_index=event.attempt_index,
                 scheduling_epoch=event.scheduling_epoch, incarnation=self.incarnation,
             ))
@@ -284,8 +284,8 @@ class NodeAgent:
             result, media_type, tokens = self._run_kind(sched, grant, ctx)
             ref = self.store.put(result, media_type)
             seconds = quantize_money(Decimal(str(time.perf_counter() - t0)))
-            self.producer.send(self._reports, WorkUnitCompleted(
-                **self._envelope(sched, grant, "completed"), selected_node_id=self.node_id,
+            self.producer.send(self._reports, WorkUnitResultReported(
+                **caused_by(grant, "completed", occurred_at=_now_ms()), node_id=self.node_id,
                 attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
                 result_ref=ref, cpu_seconds=seconds, llm_tokens=tokens, started_at=started,
                 finished_at=_now_ms(), kind=sched.kind, incarnation=self.incarnation,
@@ -305,17 +305,10 @@ class NodeAgent:
                 avg = self._unit_seconds
                 self._unit_seconds = took if avg is None else 0.9 * avg + 0.1 * took
 
-    def _envelope(self, sched: WorkUnitScheduled, grant: ClaimGranted, role: str) -> dict[str, Any]:
-        return {
-            "event_id": derive_event_id(grant.event_id, role), "occurred_at": _now_ms(),
-            "tenant_id": sched.tenant_id, "execution_session_id": sched.execution_session_id,
-            "work_unit_id": sched.work_unit_id, "causation_id": grant.event_id,
-        }
-
     def _report_failure(self, sched: WorkUnitScheduled, grant: ClaimGranted, code: str,
                         reason: str) -> None:
         self.producer.send(self._reports, WorkUnitFailed(
-            **self._envelope(sched, grant, "failed"), selected_node_id=self.node_id,
+            **caused_by(grant, "failed", occurred_at=_now_ms()), selected_node_id=self.node_id,
             attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
             error_code=code, error_reason=reason[:500], incarnation=self.incarnation,
         ))
@@ -345,12 +338,11 @@ class NodeAgent:
         if self.provider is None:
             raise HandlerError("this agent has no LLM provider", "unsupported_kind")
         prompt = ctx.prompt or ""
-        max_tokens = int(ctx.parameters["max_tokens"]) if "max_tokens" in ctx.parameters else None
         try:
-            result = self.provider.complete(prompt, ctx.model, max_tokens)
+            result = self.provider.complete(prompt, ctx.model, max_tokens_of(ctx.parameters))
         except ProviderError as exc:
             self.producer.send(self._llm, LlmInvocationFailed(
-                **self._envelope(sched, grant, "llm"), node_id=self.node_id,
+                **caused_by(grant, "llm", occurred_at=_now_ms()), node_id=self.node_id,
                 attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
                 provider=self.provider.name, model=ctx.model or "", error_code=exc.code,
                 error_reason=str(exc)[:500],
@@ -358,7 +350,7 @@ class NodeAgent:
             raise
         ref = self.store.put(result.text.encode(), "text/plain; charset=utf-8")
         self.producer.send(self._llm, LlmInvocationCompleted(
-            **self._envelope(sched, grant, "llm"), node_id=self.node_id,
+            **caused_by(grant, "llm", occurred_at=_now_ms()), node_id=self.node_id,
             attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
             provider=result.provider, model=result.model, tokens_in=result.tokens_in,
             tokens_out=result.tokens_out, total_tokens=result.total_tokens,
@@ -376,7 +368,7 @@ class NodeAgent:
             if already is not None:
                 return already  # the effect happened in an earlier attempt: commit from readback
         self.producer.send(self._reports, EffectStaged(
-            **self._envelope(sched, grant, "staged"), node_id=self.node_id,
+            **caused_by(grant, "staged", occurred_at=_now_ms()), node_id=self.node_id,
             attempt_index=sched.attempt_index, idempotency_key=ctx.idempotency_key,
             description=f"tool {sched.handler or 'effects.append'}",
         ))

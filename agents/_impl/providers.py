@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from onceflow.schemas import quantize_money
-from onceflow.streams.settings import AgentSettings
+from onceflow.agents.settings import AgentSettings
+from onceflow.schemas import estimated_input_tokens, estimated_output_tokens, quantize_money
 
 __all__ = [
     "LlmProvider",
@@ -60,7 +59,7 @@ class _PerThousand:
 
 
 class StubProvider(_PerThousand):
-    """Deterministic: tokens_in = ceil(len(prompt) / 4) (Krako 2.0's rule), no network."""
+    """Deterministic, no network: tokens by the estimate billing prices budgets with."""
 
     name = "stub"
 
@@ -69,9 +68,9 @@ class StubProvider(_PerThousand):
         self.model = model
 
     def complete(self, prompt: str, model: str | None, max_tokens: int | None) -> LlmResult:
-        tokens_in = math.ceil(len(prompt) / 4)
+        tokens_in = estimated_input_tokens(prompt)
+        tokens_out = estimated_output_tokens(prompt, max_tokens)
         digest = hashlib.sha256(prompt.encode()).hexdigest()
-        tokens_out = max_tokens if max_tokens else 8 + int(digest[:2], 16) % 57
         return LlmResult(f"stub:{digest[:16]}", tokens_in, tokens_out, 0, self.name,
                          model or self.model)
 

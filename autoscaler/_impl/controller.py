@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from onceflow.autoscaler.settings import AutoscalerSettings
 from onceflow.schemas import (
     CapacityAdmissionModeChanged,
     CapacityScaleRequested,
@@ -35,7 +36,6 @@ from onceflow.schemas import (
     QueueSampled,
 )
 from onceflow.streams.ids import derive_event_id
-from onceflow.streams.settings import AutoscalerSettings
 from onceflow.streams.types import Reducer, State
 
 __all__ = ["CapacityController", "Metrics", "Position", "recheck", "step"]

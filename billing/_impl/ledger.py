@@ -23,28 +23,28 @@ source gives the same line item whichever order the inputs came in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from decimal import Decimal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from onceflow.billing._impl.pricing import PriceBook
+from onceflow.billing.settings import BillingSettings
 from onceflow.schemas import (
     Event,
     LedgerChargeHeld,
     LedgerLineItem,
+    LedgerOutcome,
     LedgerUnitSettled,
+    LineItemType,
     LlmInvocationCompleted,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitFailed,
 )
-from onceflow.streams.ids import derive_event_id
-from onceflow.streams.settings import BillingSettings
+from onceflow.streams.ids import caused_by, derive_event_id
 from onceflow.streams.types import Reducer, State
 
-__all__ = ["Ledger", "LineItemType", "line_item_id"]
-
-LineItemType = str  # "workunit_cpu" | "llm_tokens"
+__all__ = ["Ledger", "SettledUnit", "line_item_id"]
 
 
 def line_item_id(source_event_id: str, line_item_type: LineItemType) -> str:
@@ -58,6 +58,29 @@ def _unit_key(work_unit_id: str) -> str:
 
 def _held_prefix(work_unit_id: str) -> str:
     return f"h:{work_unit_id}:"
+
+
+@dataclass(frozen=True, slots=True)
+class SettledUnit:
+    """How a unit ended, as far as charging goes: which attempt (if any) may be billed."""
+
+    outcome: LedgerOutcome
+    accepted_attempt: int
+
+    @classmethod
+    def load(cls, state: State, work_unit_id: str) -> SettledUnit | None:
+        d = state.get(_unit_key(work_unit_id))
+        return None if d is None else cls(d["outcome"], d["accepted"])
+
+    def save(self, state: State, work_unit_id: str) -> None:
+        state.set(_unit_key(work_unit_id), {"outcome": self.outcome,
+                                            "accepted": self.accepted_attempt})
+
+
+def _held_charges(state: State, work_unit_id: str) -> Iterator[LedgerChargeHeld]:
+    """A unit's invocations waiting for its settlement, in source-id order."""
+    for _, held in state.items(_held_prefix(work_unit_id)):
+        yield LedgerChargeHeld.model_validate(held)
 
 
 class Ledger(Reducer):
@@ -89,29 +112,30 @@ class Ledger(Reducer):
         if not event.accepted:
             return (self._cpu_item(event, billed=False,
                                    leakage=f"completion_rejected:{event.settlement_reason}"),)
-        if state.get(_unit_key(wu)) is not None:
+        if SettledUnit.load(state, wu) is not None:
             return ()  # settled already: the scheduler accepts one completion per unit
         facts: list[Event] = [LedgerUnitSettled(
-            **self._envelope(event, "unit-settled"), outcome="accepted",
+            **caused_by(event, "unit-settled"), outcome="accepted",
             accepted_attempt=event.attempt_index, source_event_id=event.event_id,
             settlement_reason=event.settlement_reason,
         ), self._cpu_item(event, billed=True)]
         if self.cfg.bill_llm_from_completion and event.llm_tokens > 0:
             facts.append(self._completion_tokens_item(event))
-        for _, held in state.items(_held_prefix(wu)):
-            facts.append(self._held_item(held, event.attempt_index, "accepted"))
+        facts.extend(self._held_item(held, SettledUnit("accepted", event.attempt_index))
+                     for held in _held_charges(state, wu))
         return facts
 
-    def _on_closed(self, state: State, event: Event, outcome: str) -> Sequence[Event]:
+    def _on_closed(self, state: State, event: Event, outcome: LedgerOutcome
+                   ) -> Sequence[Event]:
         wu = event.work_unit_id or ""
-        if state.get(_unit_key(wu)) is not None:
+        if SettledUnit.load(state, wu) is not None:
             return ()
         facts: list[Event] = [LedgerUnitSettled(
-            **self._envelope(event, "unit-settled"), outcome=outcome,  # type: ignore[arg-type]
+            **caused_by(event, "unit-settled"), outcome=outcome,
             accepted_attempt=0, source_event_id=event.event_id,
         )]
-        for _, held in state.items(_held_prefix(wu)):
-            facts.append(self._held_item(held, 0, outcome))
+        facts.extend(self._held_item(held, SettledUnit(outcome, 0))
+                     for held in _held_charges(state, wu))
         return facts
 
     def _on_invocation(self, state: State, event: LlmInvocationCompleted) -> Sequence[Event]:
@@ -119,7 +143,7 @@ class Ledger(Reducer):
             return ()  # tokens are charged from the completion instead
         rate = self.prices.rate_for(event.model)
         held = LedgerChargeHeld(
-            **self._envelope(event, "charge-held"), source_event_id=event.event_id,
+            **caused_by(event, "charge-held"), source_event_id=event.event_id,
             source_event_type=event.event_type, source_occurred_at=event.occurred_at,
             attempt_index=event.attempt_index, correlation_id=event.correlation_id,
             node_id=event.node_id, model=event.model, provider=event.provider,
@@ -129,32 +153,19 @@ class Ledger(Reducer):
             llm_output_price_usd_per_1k=rate.output_usd_per_1k,
             pricing_version=self.prices.version,
         )
-        unit = state.get(_unit_key(event.work_unit_id or ""))
-        if unit is None:
+        settled = SettledUnit.load(state, event.work_unit_id or "")
+        if settled is None:
             return (held,)
-        return (self._held_item(held.model_dump(mode="json"), unit["accepted"], unit["outcome"]),)
+        return (self._held_item(held, settled),)
 
     # -- line items ----------------------------------------------------------------------------
 
-    def _envelope(self, event: Event, role: str) -> dict[str, Any]:
-        return {
-            "event_id": derive_event_id(event.event_id, role),
-            "occurred_at": event.occurred_at,
-            "tenant_id": event.tenant_id,
-            "execution_session_id": event.execution_session_id,
-            "work_unit_id": event.work_unit_id,
-            "causation_id": event.event_id,
-        }
-
     def _source_envelope(self, source: Event, kind: LineItemType) -> dict[str, Any]:
+        """A line item's envelope: its id is its source's and its type's, its time the source's."""
         item_id = line_item_id(source.event_id, kind)
-        return {
-            "event_id": item_id, "line_item_id": item_id, "occurred_at": source.occurred_at,
-            "tenant_id": source.tenant_id, "execution_session_id": source.execution_session_id,
-            "work_unit_id": source.work_unit_id, "causation_id": source.event_id,
-            "source_event_id": source.event_id, "source_event_type": source.event_type,
-            "line_item_type": kind, "pricing_version": self.prices.version,
-        }
+        return caused_by(source, f"line_item:{kind}", line_item_id=item_id,
+                         source_event_id=source.event_id, source_event_type=source.event_type,
+                         line_item_type=kind, pricing_version=self.prices.version)
 
     def _cpu_item(self, event: WorkUnitCompleted, *, billed: bool, leakage: str = ""
                   ) -> LedgerLineItem:
@@ -181,32 +192,31 @@ class Ledger(Reducer):
             subtotal_llm_input_usd=subtotal, subtotal_llm_usd=subtotal, total_usd=subtotal,
         )
 
-    def _held_item(self, held: dict[str, Any], accepted_attempt: int, outcome: str
-                   ) -> LedgerLineItem:
+    def _held_item(self, held: LedgerChargeHeld, settled: SettledUnit) -> LedgerLineItem:
         """A held invocation's line item: charged only for the accepted attempt."""
-        price_in = Decimal(held["llm_input_price_usd_per_1k"])
-        price_out = Decimal(held["llm_output_price_usd_per_1k"])
-        sub_in = PriceBook.token_cost(held["tokens_in"], price_in)
-        sub_out = PriceBook.token_cost(held["tokens_out"], price_out)
-        attempt = held["attempt_index"]
-        billed = outcome == "accepted" and attempt == accepted_attempt
+        price_in = held.llm_input_price_usd_per_1k
+        price_out = held.llm_output_price_usd_per_1k
+        sub_in = PriceBook.token_cost(held.tokens_in, price_in)
+        sub_out = PriceBook.token_cost(held.tokens_out, price_out)
+        attempt = held.attempt_index
+        billed = settled.outcome == "accepted" and attempt == settled.accepted_attempt
         if billed:
             leakage = ""
-        elif outcome == "accepted":
-            leakage = f"attempt_not_accepted:{attempt}!={accepted_attempt}"
+        elif settled.outcome == "accepted":
+            leakage = f"attempt_not_accepted:{attempt}!={settled.accepted_attempt}"
         else:
-            leakage = f"unit_{outcome}"
-        item_id = line_item_id(held["source_event_id"], "llm_tokens")
+            leakage = f"unit_{settled.outcome}"
+        item_id = line_item_id(held.source_event_id, "llm_tokens")
         return LedgerLineItem(
-            event_id=item_id, line_item_id=item_id, occurred_at=held["source_occurred_at"],
-            tenant_id=held["tenant_id"], execution_session_id=held["execution_session_id"],
-            work_unit_id=held["work_unit_id"], causation_id=held["source_event_id"],
-            source_event_id=held["source_event_id"], source_event_type=held["source_event_type"],
-            line_item_type="llm_tokens", pricing_version=held["pricing_version"],
-            correlation_id=held["correlation_id"], node_id=held["node_id"], model=held["model"],
-            attempt_index=attempt, llm_tokens=held["total_tokens"],
-            llm_tokens_event_total=held["total_tokens"], llm_tokens_in=held["tokens_in"],
-            llm_tokens_out=held["tokens_out"], llm_unit_price_usd_per_1k=price_in,
+            event_id=item_id, line_item_id=item_id, occurred_at=held.source_occurred_at,
+            tenant_id=held.tenant_id, execution_session_id=held.execution_session_id,
+            work_unit_id=held.work_unit_id, causation_id=held.source_event_id,
+            source_event_id=held.source_event_id, source_event_type=held.source_event_type,
+            line_item_type="llm_tokens", pricing_version=held.pricing_version,
+            correlation_id=held.correlation_id, node_id=held.node_id, model=held.model,
+            attempt_index=attempt, llm_tokens=held.total_tokens,
+            llm_tokens_event_total=held.total_tokens, llm_tokens_in=held.tokens_in,
+            llm_tokens_out=held.tokens_out, llm_unit_price_usd_per_1k=price_in,
             llm_input_price_usd_per_1k=price_in, llm_output_price_usd_per_1k=price_out,
             subtotal_llm_input_usd=sub_in, subtotal_llm_output_usd=sub_out,
             subtotal_llm_usd=sub_in + sub_out, total_usd=sub_in + sub_out, billed=billed,
@@ -220,7 +230,6 @@ class Ledger(Reducer):
         if isinstance(fact, LedgerChargeHeld):
             state.set(f"{_held_prefix(wu)}{fact.source_event_id}", fact.model_dump(mode="json"))
         elif isinstance(fact, LedgerUnitSettled):
-            state.set(_unit_key(wu), {"outcome": fact.outcome,
-                                      "accepted": fact.accepted_attempt})
+            SettledUnit(fact.outcome, fact.accepted_attempt).save(state, wu)
         elif isinstance(fact, LedgerLineItem) and fact.line_item_type == "llm_tokens":
             state.delete(f"{_held_prefix(wu)}{fact.source_event_id}")

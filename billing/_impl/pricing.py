@@ -13,10 +13,18 @@ from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
 
-from onceflow.schemas import quantize_money
-from onceflow.streams.settings import BillingSettings
+from onceflow.billing.settings import BillingSettings
+from onceflow.schemas import (
+    WorkUnitSubmitted,
+    estimated_input_tokens,
+    estimated_output_tokens,
+    max_tokens_of,
+    quantize_money,
+)
+from onceflow.streams.types import CostEstimator
 
-__all__ = ["ModelRate", "PriceBook", "PriceBookError", "load_price_book", "money"]
+__all__ = ["ModelRate", "PriceBook", "PriceBookError", "cost_estimator", "load_price_book",
+           "money"]
 
 
 class PriceBookError(ValueError):
@@ -62,6 +70,26 @@ class PriceBook:
         with localcontext() as ctx:
             ctx.prec = 60
             return money(Decimal(tokens) * usd_per_1k / 1000)
+
+    def estimate(self, unit: WorkUnitSubmitted) -> Decimal:
+        """What a unit will likely cost, priced like its line items will be (a `CostEstimator`).
+
+        CPU time is `simulated_ms` (the only duration a submission states).
+        An LLM unit's input tokens are its `llm_tokens`, or its prompt's
+        estimate; its output tokens are its `max_tokens` cap, or the estimate
+        for that prompt; each at its model's own input and output price.
+        """
+        cost = self.cpu_cost(Decimal(unit.simulated_ms) / 1000)
+        prompt = unit.prompt or ""
+        tokens_in = unit.llm_tokens or (estimated_input_tokens(prompt) if prompt else 0)
+        tokens_out = 0
+        if unit.kind == "llm_pod" and prompt:
+            tokens_out = estimated_output_tokens(prompt, max_tokens_of(unit.parameters))
+        if tokens_in or tokens_out:
+            rate = self.rate_for(unit.model)
+            cost += (self.token_cost(tokens_in, rate.input_usd_per_1k)
+                     + self.token_cost(tokens_out, rate.output_usd_per_1k))
+        return cost
 
 
 def _amount(value: Any, where: str) -> Decimal:
@@ -128,3 +156,8 @@ def load_price_book(settings: BillingSettings) -> PriceBook:
         models={name: ModelRate(r.input_usd_per_1k, r.output_usd_per_1k)
                 for name, r in sorted(settings.models.items())},
     )
+
+
+def cost_estimator(settings: BillingSettings) -> CostEstimator:
+    """Billing's estimate of a unit's cost, for the scheduler's budget admission."""
+    return load_price_book(settings)

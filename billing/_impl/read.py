@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from onceflow.billing._impl.reconcile import BillingRecords
 from onceflow.billing._impl.wallets import Wallet
@@ -19,8 +20,10 @@ from onceflow.schemas import (
     WalletUpdated,
 )
 from onceflow.streams.kafka import TopicFollower, read_events
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["BillingFollower", "Tally", "read_anomalies", "read_billing_records", "read_wallets"]
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from onceflow.billing._impl.wallets import Wallet, session_wallet_id
+from onceflow.billing.settings import BillingSettings
 from onceflow.schemas import (
     BillingAnomaly,
     LedgerChargeHeld,
@@ -28,7 +29,6 @@ from onceflow.schemas import (
     WalletUpdated,
 )
 from onceflow.streams.ids import derive_event_id
-from onceflow.streams.settings import BillingSettings
 
 __all__ = ["BillingRecords", "reconcile"]
 

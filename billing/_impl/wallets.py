@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from onceflow.billing.settings import BillingSettings
 from onceflow.schemas import Event, LedgerLineItem, WalletUpdated, quantize_money
-from onceflow.streams.ids import derive_event_id
-from onceflow.streams.settings import BillingSettings
+from onceflow.streams.ids import caused_by
 from onceflow.streams.topics.catalog import Topic
 from onceflow.streams.types import Reducer, State
 
@@ -114,10 +114,9 @@ class WalletFolder(Reducer):
                 leakage += event.total_usd
                 leaks += 1
             facts.append(WalletUpdated(
-                event_id=derive_event_id(event.event_id, f"wallet:{scope}"),
-                occurred_at=event.occurred_at, tenant_id=tenant,
-                execution_session_id=event.execution_session_id if scope == "session" else "",
-                work_unit_id=event.work_unit_id, causation_id=event.event_id,
+                **caused_by(event, f"wallet:{scope}", tenant_id=tenant,
+                            execution_session_id=(event.execution_session_id
+                                                  if scope == "session" else "")),
                 balance_usd=-debit, total_debit_usd=debit,
                 total_credit_usd=credit if credit is not None else _ZERO,
                 record_count=count, last_line_item_id=event.line_item_id, wallet_id=key,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onceflow.billing.views._impl.engine import ViewEngine
 from onceflow.billing.views._impl.server import create_app
@@ -20,8 +20,10 @@ from onceflow.streams.kafka import (
     watermarks,
 )
 from onceflow.streams.log import get_logger
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["ViewsProcessor", "run_views"]
 

@@ -27,6 +27,7 @@ from onceflow.infra.cli.ledger import anomalies, ledger_app, replay
 from onceflow.infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
 from onceflow.infra.cli.workers import worker_app
 from onceflow.schemas import CodecError, SingleObjectCodec
+from onceflow.streams.ids import payload_digest
 from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["app", "main"]
@@ -335,11 +336,7 @@ def submit(
         return
 
     template = unit.model_dump()
-    from onceflow.infra.cli.submit import submission_event_id
-
-    digest = submission_event_id({k: v for k, v in template.items()
-                                  if k not in ("work_unit_id", "execution_session_id",
-                                               "correlation_id")})
+    digest = payload_digest(unit)
     run_id = secrets.token_hex(4)
     now_ms = int(time.time() * 1000)
     encode = codec.encode_record

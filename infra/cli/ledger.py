@@ -152,7 +152,7 @@ def replay(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """Rebuild a role's state from offset 0 into scratch state and fingerprint it."""
-    from onceflow.billing import Ledger, WalletFolder, load_price_book
+    from onceflow.billing import Ledger, WalletFolder, cost_estimator, load_price_book
     from onceflow.streams.runtime import verify_replay
     from onceflow.streams.scheduler import Scheduler
     from onceflow.streams.topics.catalog import TopicCatalog
@@ -167,7 +167,9 @@ def replay(
             (WalletFolder(settings.billing, catalog["ledger"]), catalog["wallets"].name),
         ]
     else:
-        targets = [(Scheduler(settings, catalog=catalog), catalog["workunits"].name)]
+        targets = [(Scheduler(settings, catalog=catalog,
+                              estimator=cost_estimator(settings.billing)),
+                    catalog["workunits"].name)]
     checks = [verify_replay(reducer, settings, topic) for reducer, topic in targets]
     report = [{
         "processor": c.processor, "fact_topic": c.fact_topic, "equal": c.equal,

@@ -11,22 +11,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from onceflow.schemas import WorkUnitSubmitted
-from onceflow.streams.ids import derive_event_id
-from onceflow.streams.state import serde
+from onceflow.streams.ids import payload_digest, submission_event_id
 
-__all__ = ["SubmitInputError", "generated_record", "submission_event_id", "unit_from_file"]
+__all__ = ["SubmitInputError", "generated_record", "unit_from_file"]
 
 
 class SubmitInputError(ValueError):
     pass
-
-
-def submission_event_id(record: dict[str, Any]) -> str:
-    """Same work unit and same payload give the same event id (a resend is a duplicate);
-    the same work unit id with another payload gets another id, which the scheduler
-    rejects as a conflicting submission."""
-    body = {k: v for k, v in record.items() if k not in ("event_id", "occurred_at")}
-    return hashlib.sha256(serde.dumps(body)).hexdigest()[:32]
 
 
 def unit_from_file(path: Path, overrides: dict[str, Any]) -> WorkUnitSubmitted:
@@ -58,19 +49,24 @@ def build_unit(data: dict[str, Any]) -> WorkUnitSubmitted:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise SubmitInputError(f"the work unit is invalid: {problems}") from None
-    record = unit.model_dump()
-    return unit.model_copy(update={"event_id": submission_event_id(record)})
+    # Same unit and payload, same event id (a resend is a duplicate); another payload
+    # under the same id gets another event id, which the scheduler rejects.
+    event_id = submission_event_id(unit.work_unit_id or "", payload_digest(unit))
+    return unit.model_copy(update={"event_id": event_id})
 
 
 def generated_record(
     template: dict[str, Any], digest: str, run_id: str, index: int, now_ms: int
 ) -> dict[str, Any]:
-    """The i-th generated unit as an Avro-ready dict (the fast path of `submit --count`)."""
+    """The i-th generated unit as an Avro-ready dict (the fast path of `submit --count`).
+
+    `digest` is the template's `payload_digest`: generated units differ only in
+    their ids, and hashing each one would cost more than sending it."""
     wu = f"wu-{run_id}-{index:08d}"
     record = dict(template)
     record["work_unit_id"] = wu
     record["execution_session_id"] = f"sess:{wu}"
     record["correlation_id"] = record["execution_session_id"]
     record["occurred_at"] = now_ms
-    record["event_id"] = derive_event_id(wu, digest)
+    record["event_id"] = submission_event_id(wu, digest)
     return record

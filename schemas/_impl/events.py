@@ -9,10 +9,21 @@ defaults, never rename or retype one.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from onceflow.schemas._impl.reasons import (
+    ClaimRejectionReason,
+    DeferralReason,
+    LedgerOutcome,
+    LineItemType,
+    NeedsOperatorReason,
+    PlacementReason,
+    RejectionReason,
+    RetryReason,
+    SettlementReason,
+)
 from onceflow.schemas._impl.types import (
     ContentRef,
     EffectLabel,
@@ -61,6 +72,7 @@ __all__ = [
     "WorkUnitFailed",
     "WorkUnitNeedsOperator",
     "WorkUnitRejected",
+    "WorkUnitResultReported",
     "WorkUnitRetryScheduled",
     "WorkUnitScheduled",
     "WorkUnitSubmitted",
@@ -84,13 +96,33 @@ class Event(BaseModel):
     ENTITY_FIELD: ClassVar[str] = "work_unit_id"
 
     event_id: str = Field(min_length=1)
-    event_type: str
+    #: each event class's own type string (see `__init_subclass__`)
+    event_type: str = ""
     occurred_at: int = Field(ge=0, description="producer timestamp, ms since the epoch")
     tenant_id: str = SYSTEM_TENANT
     execution_session_id: str = ""
     work_unit_id: str | None = None
     causation_id: str | None = None
-    schema_version: int = 1
+    schema_version: int = Field(
+        default=2, description="the schema release the writer used (schemas/released/v<n>)")
+
+    def __init_subclass__(cls, *, event_type: str = "", avro_name: str = "",
+                          **kwargs: Any) -> None:
+        """One declaration per event class: `class X(Event, event_type="a.b")`.
+
+        The type string becomes the class's `EVENT_TYPE`, the `event_type`
+        field's only value and its default; the Avro record is named after
+        the class unless `avro_name` keeps an older released name. Pydantic
+        collects the fields after this runs, so the narrowed annotation is
+        what it sees.
+        """
+        super().__init_subclass__(**kwargs)
+        if not event_type:
+            return
+        cls.EVENT_TYPE = event_type
+        cls.AVRO_NAME = avro_name or cls.__name__
+        cls.__annotations__["event_type"] = Literal[event_type]
+        setattr(cls, "event_type", event_type)  # noqa: B010 (a field default, not an attribute)
 
     def entity_id(self) -> str:
         value = getattr(self, self.ENTITY_FIELD)
@@ -100,10 +132,7 @@ class Event(BaseModel):
 # --- work units -------------------------------------------------------------
 
 
-class WorkUnitSubmitted(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.submitted"
-    AVRO_NAME: ClassVar[str] = "WorkUnitSubmitted"
-    event_type: Literal["workunit.submitted"] = "workunit.submitted"
+class WorkUnitSubmitted(Event, event_type="workunit.submitted"):
     kind: WorkKind = "cpu"
     priority: Priority = "p2"
     region: str | None = None
@@ -124,15 +153,12 @@ class WorkUnitSubmitted(Event):
     parameters: dict[str, str] = Field(default_factory=dict)
 
 
-class WorkUnitScheduled(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.scheduled"
-    AVRO_NAME: ClassVar[str] = "WorkUnitScheduled"
-    event_type: Literal["workunit.scheduled"] = "workunit.scheduled"
+class WorkUnitScheduled(Event, event_type="workunit.scheduled"):
     selected_node_id: str
     attempt_index: int = Field(ge=1)
     score: float
     eligible_node_count: int = Field(ge=0)
-    reason_code: str
+    reason_code: PlacementReason
     scheduling_epoch: int = Field(ge=0)
     decided_at: int = Field(ge=0)
     lease_expires_at: int = Field(ge=0)
@@ -157,11 +183,8 @@ class WorkUnitScheduled(Event):
     tenant_correlation_id: str | None = None
 
 
-class WorkUnitDeferred(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.deferred"
-    AVRO_NAME: ClassVar[str] = "WorkUnitDeferred"
-    event_type: Literal["workunit.deferred"] = "workunit.deferred"
-    reason_code: str
+class WorkUnitDeferred(Event, event_type="workunit.deferred"):
+    reason_code: DeferralReason
     reason: str = ""
     eligible_node_count: int = 0
     decided_at: int = 0
@@ -170,30 +193,29 @@ class WorkUnitDeferred(Event):
     candidates: list[PlacementCandidate] = Field(default_factory=list)
 
 
-class WorkUnitRejected(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.rejected"
-    AVRO_NAME: ClassVar[str] = "WorkUnitRejected"
-    event_type: Literal["workunit.rejected"] = "workunit.rejected"
-    reason_code: str
+class WorkUnitRejected(Event, event_type="workunit.rejected"):
+    reason_code: RejectionReason
     reason: str = ""
     decided_at: int = 0
 
 
-class WorkUnitRetryScheduled(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.retry.scheduled"
-    AVRO_NAME: ClassVar[str] = "WorkUnitRetryScheduled"
-    event_type: Literal["workunit.retry.scheduled"] = "workunit.retry.scheduled"
+class WorkUnitRetryScheduled(Event, event_type="workunit.retry.scheduled"):
     attempt_index: int = Field(ge=1, description="the attempt that will run next")
     delay_ms: int = Field(ge=0)
     retry_at: int = Field(ge=0)
     error_code: str = ""
-    reason_code: str = ""
+    reason_code: RetryReason = "retryable_error"
 
 
-class WorkUnitCompleted(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.completed"
-    AVRO_NAME: ClassVar[str] = "WorkUnitCompleted"
-    event_type: Literal["workunit.completed"] = "workunit.completed"
+class WorkUnitCompleted(Event, event_type="workunit.completed"):
+    """The scheduler's settlement of a reported result: accepted, or refused and why.
+
+    Only the scheduler writes it (to `workunits`); what an agent reports is a
+    `workunit.result.reported`. A refused result is settled too, so the
+    ledger can show what the fenced attempt cost. Records from before the
+    report had its own type carry `settlement_reason` "" and were reports.
+    """
+
     selected_node_id: str
     attempt_index: int = Field(ge=1)
     correlation_id: str | None = None
@@ -204,19 +226,35 @@ class WorkUnitCompleted(Event):
     finished_at: int = 0
     kind: WorkKind = "cpu"
     accepted: bool = Field(
-        default=False, description="set by the scheduler: the grant holder's completion"
+        default=False, description="the result is the unit's: the grant holder's, or an operator's"
     )
-    settlement_reason: str = Field(
-        default="", description="why the scheduler accepted or rejected this completion"
+    settlement_reason: SettlementReason = Field(
+        default="", description="why the scheduler accepted or refused this result"
     )
     incarnation: str = ""
     submitted_at: int = 0
 
 
-class WorkUnitFailed(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.failed"
-    AVRO_NAME: ClassVar[str] = "WorkUnitFailed"
-    event_type: Literal["workunit.failed"] = "workunit.failed"
+class WorkUnitResultReported(Event, event_type="workunit.result.reported"):
+    """An agent's report that its attempt finished with a result (to `reports`).
+
+    A claim, not a fact: the scheduler settles it (`workunit.completed`),
+    accepting it only from the attempt that holds the grant.
+    """
+
+    node_id: str = Field(description="the node whose agent ran the attempt")
+    attempt_index: int = Field(ge=1)
+    incarnation: str = Field(default="", description="which run of the node's agent ran it")
+    correlation_id: str | None = None
+    result_ref: ContentRef | None = None
+    cpu_seconds: Money = Decimal("0")
+    llm_tokens: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    kind: WorkKind = "cpu"
+
+
+class WorkUnitFailed(Event, event_type="workunit.failed"):
     selected_node_id: str = ""
     attempt_index: int = Field(default=1, ge=1)
     correlation_id: str | None = None
@@ -230,50 +268,38 @@ class WorkUnitFailed(Event):
     )
 
 
-class WorkUnitNeedsOperator(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.needs_operator"
-    AVRO_NAME: ClassVar[str] = "WorkUnitNeedsOperator"
-    event_type: Literal["workunit.needs_operator"] = "workunit.needs_operator"
+class WorkUnitNeedsOperator(Event, event_type="workunit.needs_operator"):
     attempt_index: int = Field(ge=1)
     selected_node_id: str = ""
     effect: EffectLabel = "WORLD_MUTATING"
     idempotency_class: IdempotencyClass = "none"
-    reason_code: str
+    reason_code: NeedsOperatorReason
     reason: str = ""
 
 
-class WorkUnitDependencyRegistered(Event):
+class WorkUnitDependencyRegistered(Event, event_type="workunit.dependency.registered"):
     """A child asks its parent's partition to tell it when the parent is done.
 
     Keyed and partitioned by the parent (`work_unit_id`), so the parent's
     single writer answers, whichever partition the child lives in.
     """
 
-    EVENT_TYPE: ClassVar[str] = "workunit.dependency.registered"
-    AVRO_NAME: ClassVar[str] = "WorkUnitDependencyRegistered"
-    event_type: Literal["workunit.dependency.registered"] = "workunit.dependency.registered"
     child_work_unit_id: str
-    parent_outcome: str = Field(
+    parent_outcome: Literal["", "completed", "failed"] = Field(
         default="", description="set by the parent's scheduler once it knows: completed | failed"
     )
     parent_result_ref: ContentRef | None = None
 
 
-class WorkUnitDependencyResolved(Event):
+class WorkUnitDependencyResolved(Event, event_type="workunit.dependency.resolved"):
     """The parent's outcome, sent to the child's partition (`work_unit_id` is the child)."""
 
-    EVENT_TYPE: ClassVar[str] = "workunit.dependency.resolved"
-    AVRO_NAME: ClassVar[str] = "WorkUnitDependencyResolved"
-    event_type: Literal["workunit.dependency.resolved"] = "workunit.dependency.resolved"
     parent_work_unit_id: str
     outcome: Literal["completed", "failed"]
     result_ref: ContentRef | None = None
 
 
-class WorkUnitCancelled(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.cancelled"
-    AVRO_NAME: ClassVar[str] = "WorkUnitCancelled"
-    event_type: Literal["workunit.cancelled"] = "workunit.cancelled"
+class WorkUnitCancelled(Event, event_type="workunit.cancelled"):
     reason: str = ""
     requested_by: str = ""
 
@@ -281,10 +307,7 @@ class WorkUnitCancelled(Event):
 # --- claims -----------------------------------------------------------------
 
 
-class ClaimRequested(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.claim.requested"
-    AVRO_NAME: ClassVar[str] = "ClaimRequested"
-    event_type: Literal["workunit.claim.requested"] = "workunit.claim.requested"
+class ClaimRequested(Event, event_type="workunit.claim.requested"):
     node_id: str
     attempt_index: int = Field(ge=1)
     scheduling_epoch: int = 0
@@ -293,31 +316,33 @@ class ClaimRequested(Event):
     )
 
 
-class ClaimGranted(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.claim.granted"
-    AVRO_NAME: ClassVar[str] = "ClaimGranted"
-    event_type: Literal["workunit.claim.granted"] = "workunit.claim.granted"
-    node_id: str
+class ClaimGranted(Event, event_type="workunit.claim.granted"):
+    """A claim the scheduler granted: the claim record of Krako 2.0 (unit, nodes, dispatch)."""
+
+    node_id: str = Field(description="the node that claimed")
     attempt_index: int = Field(ge=1)
     lease_expires_at: int = 0
     idempotency_key: str | None = None
     incarnation: str = ""
+    selected_node_id: str = Field(default="", description="the node the scheduler selected")
+    dispatch_event_id: str = Field(
+        default="", description="the `workunit.scheduled` fact that dispatched this attempt")
 
 
-class ClaimRejected(Event):
-    EVENT_TYPE: ClassVar[str] = "workunit.claim.rejected"
-    AVRO_NAME: ClassVar[str] = "ClaimRejected"
-    event_type: Literal["workunit.claim.rejected"] = "workunit.claim.rejected"
-    node_id: str
+class ClaimRejected(Event, event_type="workunit.claim.rejected"):
+    """A claim the scheduler refused, naming the node it selected (if any) beside the claimant."""
+
+    node_id: str = Field(description="the node that claimed")
     attempt_index: int = Field(ge=1)
-    reason_code: str
+    reason_code: ClaimRejectionReason
     incarnation: str = ""
+    selected_node_id: str = Field(
+        default="", description="the node the scheduler selected ('' for an unknown unit)")
+    dispatch_event_id: str = Field(
+        default="", description="the `workunit.scheduled` fact of the unit's current attempt")
 
 
-class EffectStaged(Event):
-    EVENT_TYPE: ClassVar[str] = "effect.staged"
-    AVRO_NAME: ClassVar[str] = "EffectStaged"
-    event_type: Literal["effect.staged"] = "effect.staged"
+class EffectStaged(Event, event_type="effect.staged"):
     node_id: str
     attempt_index: int = Field(ge=1)
     idempotency_key: str | None = None
@@ -328,10 +353,7 @@ class EffectStaged(Event):
 # --- LLM ----------------------------------------------------------------------
 
 
-class LlmInvocationCompleted(Event):
-    EVENT_TYPE: ClassVar[str] = "llm.invocation.completed"
-    AVRO_NAME: ClassVar[str] = "LlmInvocationCompleted"
-    event_type: Literal["llm.invocation.completed"] = "llm.invocation.completed"
+class LlmInvocationCompleted(Event, event_type="llm.invocation.completed"):
     node_id: str
     attempt_index: int = Field(default=1, ge=1)
     correlation_id: str | None = None
@@ -345,10 +367,7 @@ class LlmInvocationCompleted(Event):
     response_ref: ContentRef | None = None
 
 
-class LlmInvocationFailed(Event):
-    EVENT_TYPE: ClassVar[str] = "llm.invocation.failed"
-    AVRO_NAME: ClassVar[str] = "LlmInvocationFailed"
-    event_type: Literal["llm.invocation.failed"] = "llm.invocation.failed"
+class LlmInvocationFailed(Event, event_type="llm.invocation.failed"):
     node_id: str
     attempt_index: int = Field(default=1, ge=1)
     correlation_id: str | None = None
@@ -363,11 +382,8 @@ class LlmInvocationFailed(Event):
 # --- nodes and trust ----------------------------------------------------------
 
 
-class NodeHeartbeat(Event):
-    EVENT_TYPE: ClassVar[str] = "node.heartbeat"
-    AVRO_NAME: ClassVar[str] = "NodeHeartbeat"
+class NodeHeartbeat(Event, event_type="node.heartbeat"):
     ENTITY_FIELD: ClassVar[str] = "node_id"
-    event_type: Literal["node.heartbeat"] = "node.heartbeat"
     node_id: str
     enabled: bool = True
     health_status: HealthStatus = "healthy"
@@ -381,11 +397,8 @@ class NodeHeartbeat(Event):
     sequence: int = 0
 
 
-class TrustScoreUpdated(Event):
-    EVENT_TYPE: ClassVar[str] = "trust.score.updated"
-    AVRO_NAME: ClassVar[str] = "TrustScoreUpdated"
+class TrustScoreUpdated(Event, event_type="trust.score.updated"):
     ENTITY_FIELD: ClassVar[str] = "node_id"
-    event_type: Literal["trust.score.updated"] = "trust.score.updated"
     node_id: str
     trust_score: float
     previous_score: float = 0.5
@@ -410,7 +423,7 @@ class TrustScoreUpdated(Event):
 # --- capacity -----------------------------------------------------------------
 
 
-class QueueSampled(Event):
+class QueueSampled(Event, event_type="scheduler.queue.sampled"):
     """One scheduler partition's queue, sampled on its clock: the autoscaler's input.
 
     `queue` is the work waiting for capacity (deferred for want of a node,
@@ -420,10 +433,7 @@ class QueueSampled(Event):
     the heartbeats at the time, recorded because that view is a global table.
     """
 
-    EVENT_TYPE: ClassVar[str] = "scheduler.queue.sampled"
-    AVRO_NAME: ClassVar[str] = "QueueSampled"
     ENTITY_FIELD: ClassVar[str] = "event_type"
-    event_type: Literal["scheduler.queue.sampled"] = "scheduler.queue.sampled"
     partition: int = 0
     queue: int = 0
     deferred: int = 0
@@ -436,16 +446,13 @@ class QueueSampled(Event):
     admission_mode: str = "OPEN"
 
 
-class CapacityWindowClosed(Event):
+class CapacityWindowClosed(Event, event_type="capacity.window.closed"):
     """The autoscaler closed a window: its metrics, the rule streaks after it, and why.
 
     The record a scaling or mode decision is re-checked from.
     """
 
-    EVENT_TYPE: ClassVar[str] = "capacity.window.closed"
-    AVRO_NAME: ClassVar[str] = "CapacityWindowClosed"
     ENTITY_FIELD: ClassVar[str] = "event_type"
-    event_type: Literal["capacity.window.closed"] = "capacity.window.closed"
     window_start: int
     window_end: int
     samples: int = 0
@@ -474,11 +481,8 @@ class CapacityWindowClosed(Event):
                                                   "empty")
 
 
-class CapacityScaleRequested(Event):
-    EVENT_TYPE: ClassVar[str] = "capacity.scale.requested"
-    AVRO_NAME: ClassVar[str] = "CapacityScaleRequested"
+class CapacityScaleRequested(Event, event_type="capacity.scale.requested"):
     ENTITY_FIELD: ClassVar[str] = "event_type"
-    event_type: Literal["capacity.scale.requested"] = "capacity.scale.requested"
     previous_replicas: int
     new_replicas: int
     reason: str
@@ -489,11 +493,8 @@ class CapacityScaleRequested(Event):
     window_end: int = 0
 
 
-class CapacityAdmissionModeChanged(Event):
-    EVENT_TYPE: ClassVar[str] = "capacity.admission.mode.changed"
-    AVRO_NAME: ClassVar[str] = "CapacityAdmissionModeChanged"
+class CapacityAdmissionModeChanged(Event, event_type="capacity.admission.mode.changed"):
     ENTITY_FIELD: ClassVar[str] = "event_type"
-    event_type: Literal["capacity.admission.mode.changed"] = "capacity.admission.mode.changed"
     previous_mode: Literal["OPEN", "THROTTLED", "CRITICAL"]
     new_mode: Literal["OPEN", "THROTTLED", "CRITICAL"]
     reason: str
@@ -507,15 +508,12 @@ class CapacityAdmissionModeChanged(Event):
 # --- billing ------------------------------------------------------------------
 
 
-class LedgerLineItem(Event):
-    EVENT_TYPE: ClassVar[str] = "ledger.line_item"
-    AVRO_NAME: ClassVar[str] = "LedgerLineItem"
-    event_type: Literal["ledger.line_item"] = "ledger.line_item"
+class LedgerLineItem(Event, event_type="ledger.line_item"):
     line_item_id: str
     source_event_id: str
     source_event_type: str
     correlation_id: str | None = None
-    line_item_type: Literal["workunit_cpu", "llm_tokens"]
+    line_item_type: LineItemType
     node_id: str | None = None
     model: str | None = None
     cpu_seconds: Money = Decimal("0")
@@ -543,7 +541,7 @@ class LedgerLineItem(Event):
     )
 
 
-class LedgerChargeHeld(Event):
+class LedgerChargeHeld(Event, event_type="ledger.charge.held"):
     """An LLM invocation priced and waiting for its unit to settle.
 
     Only the accepted attempt's invocations are charged, and which attempt
@@ -552,9 +550,6 @@ class LedgerChargeHeld(Event):
     restarted ledger knows what it is holding.
     """
 
-    EVENT_TYPE: ClassVar[str] = "ledger.charge.held"
-    AVRO_NAME: ClassVar[str] = "LedgerChargeHeld"
-    event_type: Literal["ledger.charge.held"] = "ledger.charge.held"
     source_event_id: str
     source_event_type: str
     source_occurred_at: int = 0
@@ -571,7 +566,7 @@ class LedgerChargeHeld(Event):
     pricing_version: str = ""
 
 
-class LedgerUnitSettled(Event):
+class LedgerUnitSettled(Event, event_type="ledger.unit.settled"):
     """The ledger learned how a unit ended: which attempt, if any, may be charged.
 
     Invocations that arrive after this are decided at once (billed when they
@@ -579,20 +574,14 @@ class LedgerUnitSettled(Event):
     are decided in the same decision.
     """
 
-    EVENT_TYPE: ClassVar[str] = "ledger.unit.settled"
-    AVRO_NAME: ClassVar[str] = "LedgerUnitSettled"
-    event_type: Literal["ledger.unit.settled"] = "ledger.unit.settled"
-    outcome: Literal["accepted", "failed", "cancelled"]
+    outcome: LedgerOutcome
     accepted_attempt: int = Field(default=0, ge=0, description="0 when no attempt was accepted")
     source_event_id: str = ""
-    settlement_reason: str = ""
+    settlement_reason: SettlementReason = ""
 
 
-class WalletUpdated(Event):
-    EVENT_TYPE: ClassVar[str] = "wallet.updated"
-    AVRO_NAME: ClassVar[str] = "WalletUpdated"
+class WalletUpdated(Event, event_type="wallet.updated"):
     ENTITY_FIELD: ClassVar[str] = "tenant_id"
-    event_type: Literal["wallet.updated"] = "wallet.updated"
     balance_usd: Money
     total_debit_usd: Money
     total_credit_usd: Money
@@ -612,11 +601,8 @@ class WalletUpdated(Event):
     leakage_count: int = 0
 
 
-class BillingAnomaly(Event):
-    EVENT_TYPE: ClassVar[str] = "billing.anomaly"
-    AVRO_NAME: ClassVar[str] = "BillingAnomaly"
+class BillingAnomaly(Event, event_type="billing.anomaly"):
     ENTITY_FIELD: ClassVar[str] = "execution_session_id"
-    event_type: Literal["billing.anomaly"] = "billing.anomaly"
     check: str
     severity: Literal["info", "warning", "flag"] = "flag"
     subject_id: str = ""
@@ -625,17 +611,14 @@ class BillingAnomaly(Event):
     message: str = ""
 
 
-class ViewDefined(Event):
+class ViewDefined(Event, event_type="view.defined"):
     """A ksql-style view over the ledger was created or dropped.
 
     Kept on a compacted topic keyed by the view's name, so every replica of
     the views processor, and every restart, holds the same views.
     """
 
-    EVENT_TYPE: ClassVar[str] = "view.defined"
-    AVRO_NAME: ClassVar[str] = "ViewDefined"
     ENTITY_FIELD: ClassVar[str] = "view_name"
-    event_type: Literal["view.defined"] = "view.defined"
     view_name: str
     kind: Literal["table", "stream"] = "table"
     statement: str = Field(default="", description="the statement as the user wrote it")
@@ -647,59 +630,41 @@ class ViewDefined(Event):
 # --- control ------------------------------------------------------------------
 
 
-class ControlSessionPaused(Event):
-    EVENT_TYPE: ClassVar[str] = "control.session.paused"
-    AVRO_NAME: ClassVar[str] = "ControlSessionPaused"
+class ControlSessionPaused(Event, event_type="control.session.paused"):
     ENTITY_FIELD: ClassVar[str] = "execution_session_id"
-    event_type: Literal["control.session.paused"] = "control.session.paused"
     requested_by: str = ""
     reason: str = ""
 
 
-class ControlSessionResumed(Event):
-    EVENT_TYPE: ClassVar[str] = "control.session.resumed"
-    AVRO_NAME: ClassVar[str] = "ControlSessionResumed"
+class ControlSessionResumed(Event, event_type="control.session.resumed"):
     ENTITY_FIELD: ClassVar[str] = "execution_session_id"
-    event_type: Literal["control.session.resumed"] = "control.session.resumed"
     requested_by: str = ""
     reason: str = ""
 
 
-class ControlSessionCancelRequested(Event):
-    EVENT_TYPE: ClassVar[str] = "control.cancel.requested"
-    AVRO_NAME: ClassVar[str] = "ControlSessionCancelRequested"
-    event_type: Literal["control.cancel.requested"] = "control.cancel.requested"
+class ControlSessionCancelRequested(Event, event_type="control.cancel.requested"):
     requested_by: str = ""
     reason: str = ""
 
 
-class ControlHumanInputSubmitted(Event):
-    EVENT_TYPE: ClassVar[str] = "control.human_input.submitted"
-    AVRO_NAME: ClassVar[str] = "ControlHumanInputSubmitted"
-    event_type: Literal["control.human_input.submitted"] = "control.human_input.submitted"
+class ControlHumanInputSubmitted(Event, event_type="control.human_input.submitted"):
     prompt_id: str
     input_ref: ContentRef | None = None
     text: str | None = None
     submitted_by: str = ""
 
 
-class ControlOperatorResolved(Event):
-    EVENT_TYPE: ClassVar[str] = "control.operator.resolved"
-    AVRO_NAME: ClassVar[str] = "ControlOperatorResolved"
-    event_type: Literal["control.operator.resolved"] = "control.operator.resolved"
+class ControlOperatorResolved(Event, event_type="control.operator.resolved"):
     resolution: Literal["retry", "mark_done", "abandon"]
     result_ref: ContentRef | None = None
     operator: str = ""
     note: str = ""
 
 
-class ClockTick(Event):
+class ClockTick(Event, event_type="clock.tick"):
     """Time entering the log: reducers never read the wall clock."""
 
-    EVENT_TYPE: ClassVar[str] = "clock.tick"
-    AVRO_NAME: ClassVar[str] = "ClockTick"
     ENTITY_FIELD: ClassVar[str] = "event_id"
-    event_type: Literal["clock.tick"] = "clock.tick"
     partition: int = 0
     sequence: int = 0
 
@@ -707,7 +672,8 @@ class ClockTick(Event):
 # --- the processor runtime ----------------------------------------------------
 
 
-class DecisionClosed(Event):
+class DecisionClosed(Event, event_type="processor.decision.closed",
+                     avro_name="ProcessorDecisionClosed"):
     """The end of a decision whose facts were only partly written before a crash.
 
     A processor that re-decides an input after a crash normally repeats the
@@ -719,9 +685,6 @@ class DecisionClosed(Event):
     it; the shell folds it.
     """
 
-    EVENT_TYPE: ClassVar[str] = "processor.decision.closed"
-    AVRO_NAME: ClassVar[str] = "ProcessorDecisionClosed"
-    event_type: Literal["processor.decision.closed"] = "processor.decision.closed"
     processor: str
     facts_kept: int = Field(ge=0)
     reason: str = ""
@@ -730,7 +693,7 @@ class DecisionClosed(Event):
 # --- dead letters -------------------------------------------------------------
 
 
-class DeadLetterRecorded(Event):
+class DeadLetterRecorded(Event, event_type="deadletter.recorded"):
     """How a dead letter reads once its headers are decoded.
 
     The dead-letter topic keeps the failed record's bytes unchanged; this
@@ -738,10 +701,7 @@ class DeadLetterRecorded(Event):
     origin headers.
     """
 
-    EVENT_TYPE: ClassVar[str] = "deadletter.recorded"
-    AVRO_NAME: ClassVar[str] = "DeadLetterRecorded"
     ENTITY_FIELD: ClassVar[str] = "event_id"
-    event_type: Literal["deadletter.recorded"] = "deadletter.recorded"
     origin_topic: str
     origin_partition: int
     origin_offset: int
@@ -759,6 +719,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     WorkUnitRejected,
     WorkUnitRetryScheduled,
     WorkUnitCompleted,
+    WorkUnitResultReported,
     WorkUnitFailed,
     WorkUnitNeedsOperator,
     WorkUnitCancelled,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from onceflow.schemas import ContentRef
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.types import ContentStore
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = [
     "ContentIntegrityError",

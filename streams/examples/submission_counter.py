@@ -13,20 +13,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
 
 from onceflow.schemas import Event, WorkUnitSubmitted, default_registry
 from onceflow.schemas._impl.avro_from_model import avro_schema_for
-from onceflow.streams.ids import derive_event_id
+from onceflow.streams.ids import caused_by
 from onceflow.streams.types import Reducer, State
 
 __all__ = ["SubmissionCounted", "SubmissionCounter", "main"]
 
 
-class SubmissionCounted(Event):
-    EVENT_TYPE: ClassVar[str] = "example.submission.counted"
-    AVRO_NAME: ClassVar[str] = "ExampleSubmissionCounted"
-    event_type: Literal["example.submission.counted"] = "example.submission.counted"
+class SubmissionCounted(Event, event_type="example.submission.counted",
+                        avro_name="ExampleSubmissionCounted"):
+    """A user's own event type: one declaration names it, as for onceflow's own."""
+
     count: int
     last_work_unit_id: str
 
@@ -53,12 +52,7 @@ class SubmissionCounter(Reducer):
         count = int(state.get(f"unit:{event.work_unit_id}", {}).get("count", 0)) + 1
         return (
             SubmissionCounted(
-                event_id=derive_event_id(event.event_id, "counted"),
-                occurred_at=event.occurred_at,
-                tenant_id=event.tenant_id,
-                execution_session_id=event.execution_session_id,
-                work_unit_id=event.work_unit_id,
-                causation_id=event.event_id,
+                **caused_by(event, "counted"),
                 count=count,
                 last_work_unit_id=event.work_unit_id or "",
             ),

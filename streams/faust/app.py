@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
-from onceflow.streams.settings import OnceflowSettings
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
+
 
 __all__ = ["make_app"]
 

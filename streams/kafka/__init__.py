@@ -25,6 +25,7 @@ from onceflow.streams.kafka.dead_letters import (
     message_headers,
 )
 from onceflow.streams.kafka.producer import DeliveryError, EventProducer
+from onceflow.streams.kafka.settings import BrokerProfile, KafkaSettings, SecurityProtocol
 
 __all__ = [
     "DLQ_HEADER_ERROR",
@@ -33,9 +34,12 @@ __all__ = [
     "DLQ_HEADER_PARTITION",
     "DLQ_HEADER_PROCESSOR",
     "DLQ_HEADER_TOPIC",
+    "BrokerProfile",
     "DeadLetterRouter",
     "DeliveryError",
     "EventProducer",
+    "KafkaSettings",
+    "SecurityProtocol",
     "TopicFollower",
     "assign_from_committed",
     "dead_letter_from_message",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -22,7 +22,9 @@ from confluent_kafka import (
 )
 
 from onceflow.schemas import CodecError, Event, EventCodec, SingleObjectCodec
-from onceflow.streams.settings import OnceflowSettings
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = [
     "TopicFollower",

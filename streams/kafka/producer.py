@@ -10,13 +10,15 @@ from __future__ import annotations
 import operator
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
 from onceflow.schemas import Event, EventCodec
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import Topic, partition_for
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["DeliveryError", "EventProducer", "Headers"]
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -32,7 +32,7 @@ from onceflow.schemas import (
     EventCodec,
     SingleObjectCodec,
 )
-from onceflow.streams.ids import derive_event_id
+from onceflow.streams.ids import caused_by
 from onceflow.streams.kafka.consumer import (
     TopicFollower,
     log_consume_error,
@@ -53,10 +53,12 @@ from onceflow.streams.runtime.facts import (
     fact_record,
     fold_fact_records,
 )
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state.rocksdb import PartitionStore, open_partition_store
 from onceflow.streams.topics.catalog import Topic, TopicCatalog
 from onceflow.streams.types import Reducer, Routed, Sensor
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["BatchedProcessor", "Recovery", "ReducerError", "next_batch"]
 
@@ -380,11 +382,7 @@ class BatchedProcessor:
         inputs (a scheduler's ticks re-examine what is still waiting).
         """
         closing = DecisionClosed(
-            event_id=derive_event_id(event.event_id, "decision-closed"),
-            occurred_at=event.occurred_at, tenant_id=event.tenant_id,
-            execution_session_id=event.execution_session_id,
-            work_unit_id=event.work_unit_id, causation_id=event.event_id,
-            processor=self.reducer.name, facts_kept=len(held),
+            **caused_by(event, "decision-closed"), processor=self.reducer.name, facts_kept=len(held),
             reason="the decision made again after a restart differs from the facts "
                    "written before it",
         )

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from onceflow.schemas import ClockTick, EventCodec, SingleObjectCodec
 from onceflow.streams.ids import derive_event_id
 from onceflow.streams.kafka.producer import EventProducer
 from onceflow.streams.log import get_logger
-from onceflow.streams.settings import OnceflowSettings
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["Ticker", "tick_event"]
 

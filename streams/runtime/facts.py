@@ -31,14 +31,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from confluent_kafka import Message
 
 from onceflow.schemas import CodecError, DecisionClosed, Event, EventCodec
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Reducer, State
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = [
     "FACT_HEADER_CAUSE",

@@ -12,14 +12,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onceflow.schemas import EventCodec, SingleObjectCodec
 from onceflow.streams.kafka.consumer import make_consumer, partition_count
 from onceflow.streams.runtime.facts import replay_facts
 from onceflow.streams.runtime.fingerprint import fingerprint_items
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state.rocksdb import open_partition_snapshot
 from onceflow.streams.types import Reducer
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["PartitionCheck", "ReplayCheck", "verify_replay"]
 

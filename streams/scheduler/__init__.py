@@ -16,15 +16,17 @@ from onceflow.streams.scheduler._impl.placement import (
     version_tuple,
 )
 from onceflow.streams.scheduler._impl.progress import SETTLED_STATES, UnitProgress, percentile
-from onceflow.streams.scheduler._impl.reducer import (
+from onceflow.streams.scheduler._impl.reducer import Scheduler
+from onceflow.streams.scheduler._impl.retry import retry_delay_ms
+from onceflow.streams.scheduler._impl.unit import (
     TERMINAL,
-    Scheduler,
-    idempotency_key_for,
-    payload_digest,
+    UnitRecord,
+    UnitSpec,
+    UnitStatus,
     unit_key,
 )
-from onceflow.streams.scheduler._impl.retry import retry_delay_ms
 from onceflow.streams.scheduler._impl.view import ClusterView
+from onceflow.streams.scheduler.settings import SchedulerSettings
 
 __all__ = [
     "SETTLED_STATES",
@@ -34,11 +36,13 @@ __all__ = [
     "Placement",
     "PlacementRequest",
     "Scheduler",
+    "SchedulerSettings",
     "Streak",
     "UnitProgress",
+    "UnitRecord",
+    "UnitSpec",
+    "UnitStatus",
     "candidate_for",
-    "idempotency_key_for",
-    "payload_digest",
     "percentile",
     "place",
     "rank_recorded",

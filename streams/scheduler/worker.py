@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.batched import BatchedProcessor
 from onceflow.streams.runtime.clock import Ticker
 from onceflow.streams.scheduler._impl.reducer import Scheduler
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
+from onceflow.streams.types import CostEstimator
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["build_clock", "build_scheduler", "run_scheduler"]
 
@@ -18,12 +22,15 @@ __all__ = ["build_clock", "build_scheduler", "run_scheduler"]
 def build_scheduler(
     settings: OnceflowSettings,
     *,
+    estimator: CostEstimator | None = None,
     on_ready: Callable[[], None] | None = None,
     group_id: str | None = None,
 ) -> BatchedProcessor:
+    """The scheduler on the batched shell; `estimator` prices budget admission
+    (billing's `cost_estimator`; None only where no tenant has prepaid credit)."""
     catalog = TopicCatalog(settings)
     return BatchedProcessor(
-        Scheduler(settings, catalog=catalog), settings,
+        Scheduler(settings, catalog=catalog, estimator=estimator), settings,
         inputs=[catalog["submissions"].name, catalog["reports"].name, catalog["control"].name],
         fact_topic=catalog["workunits"].name,
         # Wallets only matter to budget admission, which only prepaid tenants have.
@@ -40,11 +47,12 @@ def build_clock(settings: OnceflowSettings) -> Ticker:
     return Ticker(settings, reports.name, reports.partitions, settings.scheduler.tick_interval_ms)
 
 
-def run_scheduler(settings: OnceflowSettings, *, ready_file: Path | None = None,
-                  with_clock: bool = True) -> None:
+def run_scheduler(settings: OnceflowSettings, *, estimator: CostEstimator | None = None,
+                  ready_file: Path | None = None, with_clock: bool = True) -> None:
     """Block until SIGTERM: schedule, arbitrate claims, settle, recover."""
     log = get_logger(role="scheduler")
-    processor = build_scheduler(settings, on_ready=ready_file.touch if ready_file else None)
+    processor = build_scheduler(settings, estimator=estimator,
+                                on_ready=ready_file.touch if ready_file else None)
     processor.install_signal_handlers()
     ticker = None
     if with_clock:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from onceflow.streams.settings import OnceflowSettings
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
+
 
 __all__ = [
     "CleanupPolicy",
@@ -87,7 +89,7 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
     ("submissions", "event_id", "work_unit_id", "compact,delete", -1, None,
      "workunit.submitted from clients; the scheduler's intake"),
     ("reports", "event_id", "work_unit_id", "compact,delete", _WEEK_MS, None,
-     "what node agents report about a unit (claims, staged effects, completions, failures), "
+     "what node agents report about a unit (claims, staged effects, results reported, failures), "
      "dependency notices, and the scheduler's clock ticks, ordered with the reports"),
     ("workunits", "event_id", "work_unit_id", "compact,delete", -1, None,
      "the scheduler's facts (its changelog): scheduled, deferred, grants, settlements, retries"),

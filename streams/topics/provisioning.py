@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import Topic, TopicCatalog
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["TopicStatus", "create_topics", "describe_topics", "ensure_topics"]
 

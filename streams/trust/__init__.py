@@ -10,5 +10,13 @@ from onceflow.streams.trust._impl.scorer import (
     rescore_recorded,
     score_after,
 )
+from onceflow.streams.trust.settings import TrustSettings
 
-__all__ = ["NOT_THE_NODES_FAULT", "TrustScorer", "TrustState", "rescore_recorded", "score_after"]
+__all__ = [
+    "NOT_THE_NODES_FAULT",
+    "TrustScorer",
+    "TrustSettings",
+    "TrustState",
+    "rescore_recorded",
+    "score_after",
+]

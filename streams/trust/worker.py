@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onceflow.streams.runtime.batched import BatchedProcessor
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.trust._impl.scorer import TrustScorer
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["build_trust", "run_trust"]
 

@@ -3,11 +3,14 @@ never import each other in circles (the faust habit)."""
 
 from onceflow.streams.types.interfaces import (
     ContentStore,
+    CostEstimator,
     Reducer,
     Routed,
     Sensor,
     State,
     StateValue,
 )
+from onceflow.streams.types.settings import SettingsGroup
 
-__all__ = ["ContentStore", "Reducer", "Routed", "Sensor", "State", "StateValue"]
+__all__ = ["ContentStore", "CostEstimator", "Reducer", "Routed", "Sensor", "SettingsGroup", "State",
+           "StateValue"]

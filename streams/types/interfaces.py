@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from onceflow.schemas import ContentRef, Event
+from onceflow.schemas import ContentRef, Event, WorkUnitSubmitted
 
-__all__ = ["ContentStore", "Reducer", "Routed", "Sensor", "State", "StateValue"]
+__all__ = ["ContentStore", "CostEstimator", "Reducer", "Routed", "Sensor", "State",
+           "StateValue"]
 
 #: What a state key may hold: JSON-shaped data, so that state serialises
 #: canonically and two replays can be compared byte for byte.
@@ -103,6 +105,16 @@ class ContentStore(Protocol):
     def get(self, ref: ContentRef) -> bytes: ...
 
     def exists(self, ref: ContentRef) -> bool: ...
+
+
+class CostEstimator(Protocol):
+    """What a unit will likely cost before it runs: billing's rule, the scheduler's input.
+
+    Budget admission asks it; billing implements it from its price book, so
+    an estimate and a bill never use two different sets of prices.
+    """
+
+    def estimate(self, unit: WorkUnitSubmitted) -> Decimal: ...
 
 
 class Sensor(Protocol):

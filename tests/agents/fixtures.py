@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from onceflow.agents import NodeAgent
+from onceflow.billing import cost_estimator
 from onceflow.infra.observe import ProgressFollower
 from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
 from onceflow.streams.kafka import EventProducer
@@ -71,7 +72,8 @@ class Cluster:
 
     def start_scheduler(self) -> None:
         ready = threading.Event()
-        self.scheduler = build_scheduler(self.settings, on_ready=ready.set)
+        self.scheduler = build_scheduler(self.settings, on_ready=ready.set,
+                                         estimator=cost_estimator(self.settings.billing))
         self._spawn(lambda: self.scheduler.run(self.stop))  # type: ignore[union-attr]
         self.ticker = build_clock(self.settings)
         self.ticker.start()

@@ -36,7 +36,8 @@ def accepted(wu: str, *, attempt: int = 1, cpu: str = "1.000000", tokens: int = 
 
 
 def report(wu: str, *, attempt: int = 1) -> WorkUnitCompleted:
-    """An agent's completion report: not a settlement, never billed."""
+    """A release-1 agent's report, written as `workunit.completed` without a
+    settlement reason: not a settlement, never billed."""
     return WorkUnitCompleted(event_id=f"report-{wu}-{attempt}", occurred_at=T0,
                              tenant_id="acme", execution_session_id="s1", work_unit_id=wu,
                              selected_node_id="n1", attempt_index=attempt,

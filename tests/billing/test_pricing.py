@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from onceflow.billing import PriceBook, PriceBookError, load_price_book, money
+from onceflow.agents import StubProvider
+from onceflow.billing import PriceBook, PriceBookError, cost_estimator, load_price_book, money
+from onceflow.schemas import WorkUnitSubmitted
 from onceflow.streams.settings import BillingSettings
 
 
@@ -94,3 +96,43 @@ def test_a_missing_price_book_names_the_setting(tmp_path: Path) -> None:
 def test_both_token_switches_on_is_refused() -> None:
     with pytest.raises(ValueError, match="charge the same tokens twice"):
         BillingSettings(bill_llm_from_invocation=True, bill_llm_from_completion=True)
+
+
+def _llm_unit(**fields: object) -> WorkUnitSubmitted:
+    return WorkUnitSubmitted(event_id="s", occurred_at=1, work_unit_id="wu", kind="llm_pod",
+                             **fields)  # type: ignore[arg-type]
+
+
+def test_the_estimate_prices_input_and_output_tokens_at_the_units_model(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({
+        "version": "v9", "cpu_usd_per_second": "0.001",
+        "default_model": {"input_usd_per_1k": "0.001", "output_usd_per_1k": "0.002"},
+        "models": {"big": {"input_usd_per_1k": "0.010", "output_usd_per_1k": "0.030"}},
+    }))
+    book = load_price_book(BillingSettings(price_book_file=path))
+    unit = _llm_unit(prompt="x" * 400, model="big", simulated_ms=500,
+                     parameters={"max_tokens": "200"})
+    # 0.5 s of CPU + 100 input tokens at 0.010/1k + 200 output tokens (the cap) at 0.030/1k
+    assert book.estimate(unit) == Decimal("0.0005") + Decimal("0.001") + Decimal("0.006")
+    default = _llm_unit(prompt="x" * 400, parameters={"max_tokens": "200"})
+    assert book.estimate(default) == Decimal("0.0001") + Decimal("0.0004")
+
+
+def test_the_estimate_is_what_the_stub_provider_then_bills() -> None:
+    """One token rule: the budget estimate of an LLM unit equals the stub's invocation
+    priced by the same book (plus the CPU the unit states)."""
+    book = cost_estimator(BillingSettings())
+    assert isinstance(book, PriceBook)
+    for prompt in ("hello", "a longer prompt " * 20, "x"):
+        result = StubProvider().complete(prompt, None, None)
+        rate = book.rate_for(result.model)
+        billed = (book.token_cost(result.tokens_in, rate.input_usd_per_1k)
+                  + book.token_cost(result.tokens_out, rate.output_usd_per_1k))
+        assert book.estimate(_llm_unit(prompt=prompt)) == billed
+
+
+def test_a_cpu_unit_is_estimated_by_its_stated_time_only() -> None:
+    book = cost_estimator(BillingSettings(cpu_usd_per_second=Decimal("0.002")))
+    unit = WorkUnitSubmitted(event_id="s", occurred_at=1, work_unit_id="wu", simulated_ms=250)
+    assert book.estimate(unit) == Decimal("0.0005")

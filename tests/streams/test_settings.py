@@ -76,3 +76,24 @@ def test_every_setting_says_what_it_means() -> None:
         return out
 
     assert undocumented(OnceflowSettings, "ONCEFLOW_") == []
+
+
+def test_each_settings_group_lives_beside_what_it_configures() -> None:
+    from onceflow.agents.settings import AgentSettings
+    from onceflow.autoscaler.settings import AutoscalerSettings
+    from onceflow.billing.settings import BillingSettings
+    from onceflow.streams.kafka.settings import KafkaSettings
+    from onceflow.streams.scheduler.settings import SchedulerSettings
+    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.trust.settings import TrustSettings
+
+    groups = {name: field.annotation for name, field in OnceflowSettings.model_fields.items()
+              if name in ("scheduler", "agent", "billing", "trust", "autoscaler")}
+    assert groups == {"scheduler": SchedulerSettings, "agent": AgentSettings,
+                      "billing": BillingSettings, "trust": TrustSettings,
+                      "autoscaler": AutoscalerSettings}
+    # the Kafka client settings and the configs built from them are the Kafka layer's
+    assert issubclass(OnceflowSettings, KafkaSettings)
+    assert OnceflowSettings.consumer_config is KafkaSettings.consumer_config
+    assert "bootstrap_servers" in KafkaSettings.model_fields
+    assert "scheduler" not in KafkaSettings.model_fields

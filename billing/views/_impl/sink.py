@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -41,8 +41,10 @@ from onceflow.streams.kafka import (
 )
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.batched import next_batch
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["ROW_GROUP_ROWS", "LedgerSink", "line_item_batch"]
 

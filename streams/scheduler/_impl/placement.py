@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from onceflow.schemas import PlacementCandidate
-from onceflow.streams.settings import SchedulerSettings
+from onceflow.schemas import PlacementCandidate, PlacementReason
+from onceflow.streams.scheduler.settings import SchedulerSettings
 
 __all__ = [
     "QUARANTINE_FALLBACK",
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: the reason code of a placement on a quarantined node because no other node could take it
-QUARANTINE_FALLBACK = "quarantine_fallback"
+QUARANTINE_FALLBACK: PlacementReason = "quarantine_fallback"
 
 FilterReason = Literal[
     "disabled", "health_status", "quarantined", "heartbeat_expired", "unsupported_kind",
@@ -78,7 +78,7 @@ class Placement:
     selected: PlacementCandidate | None
     candidates: list[PlacementCandidate]
     eligible: int
-    reason_code: str
+    reason_code: PlacementReason | Literal["no_eligible_node"]
     filter_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -153,7 +153,7 @@ def candidate_for(
 
 def _choose(
     ranked: Sequence[PlacementCandidate], streak: Streak, cfg: SchedulerSettings
-) -> tuple[PlacementCandidate, str]:
+) -> tuple[PlacementCandidate, PlacementReason]:
     top = ranked[0]
     if (
         len(ranked) > 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from onceflow.streams.settings import SchedulerSettings
+from onceflow.streams.scheduler.settings import SchedulerSettings
 
 __all__ = ["retry_delay_ms"]
 

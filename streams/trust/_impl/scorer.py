@@ -31,8 +31,8 @@ from onceflow.schemas import (
     WorkUnitCompleted,
     WorkUnitFailed,
 )
-from onceflow.streams.ids import derive_event_id
-from onceflow.streams.settings import TrustSettings
+from onceflow.streams.ids import caused_by
+from onceflow.streams.trust.settings import TrustSettings
 from onceflow.streams.types import Reducer, State
 
 __all__ = ["NOT_THE_NODES_FAULT", "TrustScorer", "TrustState", "rescore_recorded", "score_after"]
@@ -140,9 +140,7 @@ class TrustScorer(Reducer):
         else:
             reason = outcome
         return (TrustScoreUpdated(
-            event_id=derive_event_id(event.event_id, f"trust:{node}"),
-            occurred_at=event.occurred_at, tenant_id=event.tenant_id,
-            work_unit_id=event.work_unit_id, causation_id=event.event_id, node_id=node,
+            **caused_by(event, f"trust:{node}", execution_session_id=""), node_id=node,
             trust_score=score, previous_score=max(prev_score, 0.0), alpha=new.alpha,
             beta=new.beta, timeout_penalty=new.timeout_penalty, health_penalty=health_penalty,
             quarantined=new.quarantined, reason=reason, reliability=reliability,

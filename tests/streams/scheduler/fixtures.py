@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from onceflow.billing import cost_estimator
 from onceflow.schemas import (
     ClaimRequested,
     ClockTick,
@@ -12,11 +13,11 @@ from onceflow.schemas import (
     Event,
     NodeHeartbeat,
     QueueSampled,
-    WorkUnitCompleted,
     WorkUnitFailed,
+    WorkUnitResultReported,
     WorkUnitSubmitted,
 )
-from onceflow.streams.scheduler import Scheduler, unit_key
+from onceflow.streams.scheduler import Scheduler, UnitRecord
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Routed
@@ -51,7 +52,8 @@ class Harness:
     samples: list[QueueSampled] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.scheduler = Scheduler(self.settings)
+        self.scheduler = Scheduler(self.settings,
+                                   estimator=cost_estimator(self.settings.billing))
 
     def see(self, *events: Event) -> None:
         for e in events:
@@ -62,10 +64,10 @@ class Harness:
         self.outputs.extend(out)
         return [o for o in out if not isinstance(o, Routed)]
 
-    def unit(self, wu: str) -> dict[str, Any]:
-        value = self.state.get(unit_key(wu))
+    def unit(self, wu: str) -> UnitRecord:
+        value = UnitRecord.load(self.state, wu)
         assert value is not None, f"no unit {wu}"
-        return dict(value)
+        return value
 
     def claim(self, wu: str, node: str, attempt: int, *, at: int, inc: str = "i1") -> list[Event]:
         return self.feed(ClaimRequested(
@@ -75,9 +77,9 @@ class Harness:
 
     def complete(self, wu: str, node: str, attempt: int, *, at: int,
                  inc: str = "i1") -> list[Event]:
-        return self.feed(WorkUnitCompleted(
+        return self.feed(WorkUnitResultReported(
             event_id=f"done-{wu}-{node}-{attempt}-{inc}-{at}", occurred_at=at, work_unit_id=wu,
-            selected_node_id=node, attempt_index=attempt, incarnation=inc,
+            node_id=node, attempt_index=attempt, incarnation=inc,
         ))
 
     def fail(self, wu: str, node: str, attempt: int, code: str, *, at: int,

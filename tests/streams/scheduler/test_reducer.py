@@ -20,12 +20,13 @@ from onceflow.schemas import (
     WorkUnitFailed,
     WorkUnitNeedsOperator,
     WorkUnitRejected,
+    WorkUnitResultReported,
     WorkUnitRetryScheduled,
     WorkUnitScheduled,
     WorkUnitSubmitted,
 )
 from onceflow.streams.runtime import fingerprint_items
-from onceflow.streams.scheduler import Scheduler, retry_delay_ms
+from onceflow.streams.scheduler import Scheduler, UnitRecord, retry_delay_ms
 from onceflow.streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Routed
@@ -66,7 +67,7 @@ def test_submit_schedules_with_a_decision_record() -> None:
     routed = [o for o in h.outputs if isinstance(o, Routed)]
     assert len(routed) == 1 and routed[0].event.event_id == sched.event_id
     assert routed[0].event.candidates == []  # the node gets the work, not the record
-    assert routed[0].partition == h.scheduler.catalog["dispatch"].partition_of(sched.selected_node_id)
+    assert routed[0].partition == h.scheduler.ctx.dispatch.partition_of(sched.selected_node_id)
 
 
 def test_same_unit_submitted_twice_runs_once() -> None:
@@ -83,8 +84,8 @@ def test_same_id_with_a_different_payload_is_rejected_and_the_first_kept() -> No
     assert len(facts) == 1 and isinstance(facts[0], WorkUnitRejected)
     assert facts[0].reason_code == "duplicate_id_different_payload"
     assert "new work_unit_id" in facts[0].reason
-    assert h.unit("wu-1")["status"] == "scheduled"
-    assert h.unit("wu-1")["spec"]["simulated_ms"] == 5
+    assert h.unit("wu-1").status == "scheduled"
+    assert h.unit("wu-1").spec.simulated_ms == 5
 
 
 def test_no_eligible_node_defers_with_reason_and_counts_then_tick_places() -> None:
@@ -134,7 +135,7 @@ def test_critical_rejects_below_p1(priority: str, outcome: type) -> None:
     assert isinstance(facts[-1], outcome)
     if outcome is WorkUnitRejected:
         assert facts[-1].reason_code == "critical_mode"
-        assert h.unit("wu-1")["status"] == "rejected"
+        assert h.unit("wu-1").status == "rejected"
 
 
 def test_critical_can_be_configured_to_reject_p1() -> None:
@@ -214,6 +215,39 @@ def test_claim_from_a_node_that_was_not_chosen_is_rejected() -> None:
     assert isinstance(rejected, ClaimRejected) and rejected.reason_code == "not_selected_node"
 
 
+def test_claim_answers_name_the_selected_node_the_claimant_and_the_dispatch() -> None:
+    h = ready("n1")
+    scheduled = h.feed(submit("wu-1"))[-1]
+    assert isinstance(scheduled, WorkUnitScheduled)
+    rejected = h.claim("wu-1", "n2", 1, at=T0 + 5)[0]
+    assert isinstance(rejected, ClaimRejected)
+    assert (rejected.node_id, rejected.selected_node_id) == ("n2", "n1")
+    assert rejected.dispatch_event_id == scheduled.event_id
+    granted = h.claim("wu-1", "n1", 1, at=T0 + 6)[0]
+    assert isinstance(granted, ClaimGranted)
+    assert (granted.node_id, granted.selected_node_id) == ("n1", "n1")
+    assert granted.dispatch_event_id == scheduled.event_id
+    unknown = h.claim("nope", "n1", 1, at=T0 + 7)[0]
+    assert isinstance(unknown, ClaimRejected) and unknown.selected_node_id == ""
+
+
+def test_a_release_1_report_is_settled_as_the_report_it_was() -> None:
+    """Agents of release 1 reported results as `workunit.completed` with no settlement
+    reason; during a rolling upgrade the scheduler settles those as reports."""
+    h = ready()
+    node, attempt, _ = run_to_grant(h, "wu-1")
+    legacy = WorkUnitCompleted(event_id="v1-report", occurred_at=T0 + 20, work_unit_id="wu-1",
+                               tenant_id="acme", execution_session_id="s1",
+                               selected_node_id=node, attempt_index=attempt, incarnation="i1",
+                               cpu_seconds=Decimal("0.5"))
+    (settled,) = h.feed(legacy)
+    assert isinstance(settled, WorkUnitCompleted) and settled.accepted
+    assert settled.settlement_reason == "grant_holder"
+    assert settled.causation_id == "v1-report" and settled.cpu_seconds == Decimal("0.5")
+    assert h.unit("wu-1").status == "completed"
+    assert h.feed(settled) == []  # a settlement is never an input
+
+
 def test_grant_lease_covers_the_units_lease_and_simulated_time() -> None:
     h = ready()
     _, _, deadline = run_to_grant(h, "wu-1", lease_ms=1000, simulated_ms=50)
@@ -232,7 +266,7 @@ def test_completion_from_the_grant_holder_is_accepted_and_others_rejected() -> N
     late = h.complete("wu-1", node, attempt, at=T0 + 40, inc="late")[0]
     assert isinstance(late, WorkUnitCompleted) and not late.accepted
     assert late.settlement_reason == "already_settled"
-    assert h.unit("wu-1")["status"] == "completed"
+    assert h.unit("wu-1").status == "completed"
 
 
 def test_a_committed_completion_is_never_rerun() -> None:
@@ -240,7 +274,7 @@ def test_a_committed_completion_is_never_rerun() -> None:
     node, attempt, deadline = run_to_grant(h, "wu-1")
     h.complete("wu-1", node, attempt, at=T0 + 30)
     assert h.tick(deadline + 60_000) == []
-    assert h.unit("wu-1")["status"] == "completed"
+    assert h.unit("wu-1").status == "completed"
 
 
 # -- leases and recovery by effect label ---------------------------------------------------
@@ -284,7 +318,7 @@ def test_world_mutating_staged_without_safe_class_goes_to_the_operator() -> None
     facts = h.tick(deadline)
     assert isinstance(facts[-1], WorkUnitNeedsOperator)
     assert facts[-1].reason_code == "unsafe_to_retry"
-    assert h.unit("wu-1")["status"] == "needs_operator"
+    assert h.unit("wu-1").status == "needs_operator"
     assert h.tick(deadline + 600_000) == []  # parked: never re-placed on its own
 
 
@@ -310,7 +344,7 @@ def test_non_retryable_error_fails_for_good() -> None:
     facts = h.fail("wu-1", node, attempt, "handler_error", at=T0 + 20)
     assert len(facts) == 1 and isinstance(facts[0], WorkUnitFailed) and facts[0].final
     assert facts[0].error_reason.startswith("non_retryable_error")
-    assert h.unit("wu-1")["status"] == "failed"
+    assert h.unit("wu-1").status == "failed"
 
 
 def test_attempt_cap_ends_retries() -> None:
@@ -335,7 +369,7 @@ def test_failure_from_a_fenced_attempt_changes_nothing() -> None:
     h = ready()
     node, attempt, _ = run_to_grant(h, "wu-1")
     assert h.fail("wu-1", node, attempt, "network_transient", at=T0 + 20, inc="zombie") == []
-    assert h.unit("wu-1")["status"] == "granted"
+    assert h.unit("wu-1").status == "granted"
 
 
 def test_backoff_is_exponential_capped_and_deterministic() -> None:
@@ -360,7 +394,7 @@ def test_operator_resolutions() -> None:
         h.feed(ControlOperatorResolved(event_id=f"op-{resolution}", occurred_at=deadline + 5,
                                        work_unit_id="wu-1", resolution=resolution,  # type: ignore[arg-type]
                                        result_ref=REF if resolution == "mark_done" else None))
-        assert h.unit("wu-1")["status"] == status
+        assert h.unit("wu-1").status == status
 
 
 # -- dependencies ---------------------------------------------------------------------------
@@ -377,9 +411,10 @@ def test_child_waits_for_its_parent_and_gets_the_parents_result() -> None:
     # the parent's partition (here the same state) records the child
     h.feed(registration[0])
     node, attempt, _ = run_to_grant(h, "parent")
-    done = h.feed(WorkUnitCompleted(event_id="done-parent", occurred_at=T0 + 50,
-                                    work_unit_id="parent", selected_node_id=node,
-                                    attempt_index=attempt, incarnation="i1", result_ref=REF))
+    done = h.feed(WorkUnitResultReported(event_id="done-parent", occurred_at=T0 + 50,
+                                         work_unit_id="parent", node_id=node,
+                                         attempt_index=attempt, incarnation="i1",
+                                         result_ref=REF))
     notice = [f for f in done if isinstance(f, WorkUnitDependencyRegistered)]
     assert len(notice) == 1 and notice[0].parent_outcome == "completed"
     resolved = [o.event for o in h.outputs
@@ -404,7 +439,7 @@ def test_a_failed_parent_fails_the_child() -> None:
     h.feed(submit("child", depends_on=["parent"]))
     h.feed(WorkUnitDependencyResolved(event_id="r", occurred_at=T0 + 5, work_unit_id="child",
                                       parent_work_unit_id="parent", outcome="failed"))
-    assert h.unit("child")["status"] == "failed"
+    assert h.unit("child").status == "failed"
 
 
 # -- replay --------------------------------------------------------------------------------
@@ -434,7 +469,7 @@ def test_folding_the_facts_rebuilds_the_same_state() -> None:
     for key, value in h.state.items():
         live.set(key, value)
     assert fingerprint_items(replayed.raw_items()) == fingerprint_items(live.raw_items())
-    statuses = {v["status"] for k, v in h.state.items("u:")}
+    statuses = {UnitRecord.from_state(v).status for k, v in h.state.items("u:")}
     assert statuses == {"completed", "needs_operator", "retry_wait"}
 
 

@@ -1,0 +1,45 @@
+"""Reason codes: the closed vocabularies the scheduler and the ledger decide with.
+
+On the wire they are Avro strings (a new code never breaks an older reader);
+in Python they are `Literal`s, so a misspelt code is a type error and a
+reader can match on every case.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = [
+    "ClaimRejectionReason",
+    "DeferralReason",
+    "LedgerOutcome",
+    "LineItemType",
+    "NeedsOperatorReason",
+    "PlacementReason",
+    "RejectionReason",
+    "RetryReason",
+    "SettlementReason",
+]
+
+#: why a node was chosen (the alternatives were recorded beside it)
+PlacementReason = Literal["best_score", "anti_affinity", "quarantine_fallback"]
+#: why a unit waits: admission throttled, parents not done, no node can take it now
+DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node"]
+#: why a submission was refused for good
+RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode"]
+#: why another attempt follows
+RetryReason = Literal["retryable_error", "operator_retry"]
+#: why a unit waits for an operator
+NeedsOperatorReason = Literal["unsafe_to_retry"]
+#: why a claim was refused
+ClaimRejectionReason = Literal[
+    "unknown_unit", "stale_attempt", "already_granted", "not_claimable", "not_selected_node"]
+#: how a reported result was settled: accepted (`grant_holder`, `operator_mark_done`)
+#: or refused (the rest); "" only on results written before the report had its own type
+SettlementReason = Literal[
+    "grant_holder", "operator_mark_done", "unknown_unit", "already_settled", "stale_attempt",
+    "not_grant_holder", "lease_expired", ""]
+#: how the ledger learned a unit ended
+LedgerOutcome = Literal["accepted", "failed", "cancelled"]
+#: what a ledger line item charges for
+LineItemType = Literal["workunit_cpu", "llm_tokens"]

@@ -1,0 +1,208 @@
+"""Admission and placement: a submission becomes a unit, then a placed (or deferred) attempt.
+
+Admission refuses a resent id with another payload, a prepaid tenant's unit
+its balance cannot cover (priced by billing's estimator), and what the
+admission mode does not admit; placement picks a node or says why none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from onceflow.schemas import (
+    DeferralReason,
+    Event,
+    WorkUnitDeferred,
+    WorkUnitRejected,
+    WorkUnitScheduled,
+    WorkUnitSubmitted,
+)
+from onceflow.streams.ids import idempotency_key_for, payload_digest, restated
+from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
+from onceflow.streams.scheduler._impl.unit import PlacementMemory, UnitRecord, unit_key
+from onceflow.streams.types import Routed, State
+
+__all__ = [
+    "RECORDED_CANDIDATES",
+    "deferred",
+    "evolve_deferred",
+    "evolve_rejected",
+    "evolve_scheduled",
+    "evolve_submitted",
+    "on_submitted",
+    "placed",
+    "route_scheduled",
+]
+
+#: how many placement candidates a decision record keeps (the best ones)
+RECORDED_CANDIDATES = 8
+
+
+def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
+                 ) -> Sequence[Event]:
+    wu = event.work_unit_id
+    if not wu:
+        raise ValueError("workunit.submitted without work_unit_id")
+    existing = UnitRecord.load(state, wu)
+    digest = payload_digest(event)
+    if existing is not None:
+        if existing.digest == digest:
+            return ()  # the same unit again: it runs once
+        return (WorkUnitRejected(
+            **ctx.envelope(existing, event, "duplicate", event.occurred_at),
+            reason_code="duplicate_id_different_payload",
+            reason=f"work unit {wu} was already submitted with a different payload; "
+                   "submit the new payload under a new work_unit_id",
+            decided_at=event.occurred_at,
+        ),)
+    admitted = restated(event, "admitted")
+    ctx.digest_memo = (admitted.event_id, digest)
+    unit = UnitRecord.submitted(event, digest)
+    facts: list[Event] = [admitted]
+    now = event.occurred_at
+    over_budget = _over_budget(ctx, event)
+    if over_budget:
+        facts.append(WorkUnitRejected(
+            **ctx.envelope(unit, event, "rejected", now), reason_code="BUDGET_EXCEEDED",
+            reason=over_budget, decided_at=now,
+        ))
+        return facts
+    mode = ctx.view.mode
+    if mode == "CRITICAL" and event.priority not in ctx.cfg.critical_admits:
+        facts.append(WorkUnitRejected(
+            **ctx.envelope(unit, event, "rejected", now), reason_code="critical_mode",
+            reason=f"admission mode is CRITICAL and priority {event.priority} is not admitted",
+            decided_at=now,
+        ))
+        return facts
+    if mode == "THROTTLED" and event.priority not in ctx.cfg.throttled_admits:
+        facts.append(deferred(ctx, unit, event, now, "throttled",
+                              f"admission mode is THROTTLED; {event.priority} waits"))
+        return facts
+    if event.depends_on:
+        facts.append(deferred(
+            ctx, unit, event, now, "waiting_on_parents",
+            f"waiting for {len(event.depends_on)} parent unit(s) to complete",
+        ))
+        return facts
+    facts.append(placed(ctx, state, unit, event, now, "placed"))
+    return facts
+
+
+def _over_budget(ctx: SchedulerContext, event: WorkUnitSubmitted) -> str:
+    """Why a prepaid tenant cannot afford this unit ("" when it can, or is not prepaid).
+
+    The reason records the inputs (credit, charged, estimate) because the
+    wallets are a global table, not part of this partition's log.
+    """
+    credit = ctx.prepaid.get(event.tenant_id)
+    if credit is None or ctx.estimator is None:
+        return ""
+    charged = ctx.view.charged_to(event.tenant_id)
+    estimate = ctx.estimator.estimate(event)
+    balance = credit - charged
+    if balance - estimate >= 0:
+        return ""
+    return (f"tenant {event.tenant_id}: balance {balance:f} USD (credit {credit:f} - charged "
+            f"{charged:f}) cannot cover the unit's estimated {estimate:f} USD; add prepaid "
+            "credit (ONCEFLOW_BILLING__PREPAID_CREDITS) to admit more work")
+
+
+def deferred(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
+             code: DeferralReason, reason: str, role: str = "deferred",
+             filter_counts: dict[str, int] | None = None) -> WorkUnitDeferred:
+    return WorkUnitDeferred(
+        **ctx.envelope(unit, cause, role, now), reason_code=code, reason=reason,
+        decided_at=now, filter_counts=filter_counts or {},
+    )
+
+
+def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, now: int,
+           role: str) -> WorkUnitScheduled | WorkUnitDeferred:
+    """Place a unit now: a `scheduled` fact, or a `deferred` one that says why not."""
+    spec = unit.spec
+    memory = PlacementMemory.load(state)
+    streak = Streak(memory.node, memory.streak)
+    result = place(
+        PlacementRequest(spec.kind, spec.region, spec.required_concurrency,
+                         spec.min_runtime_version),
+        ctx.view.placeable(), ctx.view.trust, now, streak, ctx.cfg,
+    )
+    code = result.reason_code
+    if result.selected is None or code == "no_eligible_node":
+        counts = ", ".join(f"{k}={v}" for k, v in result.filter_counts.items()) or "no nodes"
+        return deferred(ctx, unit, cause, now, "no_eligible_node",
+                        f"no node can take it ({counts})", role=role,
+                        filter_counts=result.filter_counts)
+    chosen = result.selected
+    ctx.view.note_dispatch(chosen.node_id, spec.required_concurrency)
+    return WorkUnitScheduled(
+        **ctx.envelope(unit, cause, role, now),
+        selected_node_id=chosen.node_id,
+        attempt_index=unit.attempt + 1,
+        score=chosen.score,
+        eligible_node_count=result.eligible,
+        reason_code=code,
+        scheduling_epoch=memory.epoch + 1,
+        decided_at=now,
+        lease_expires_at=now + ctx.cfg.claim_timeout_ms,
+        candidates=result.candidates[:RECORDED_CANDIDATES],
+        kind=spec.kind, priority=spec.priority, effect=spec.effect,
+        idempotency_class=spec.idempotency_class,
+        idempotency_key=idempotency_key_for(unit.work_unit_id),
+        handler=spec.handler, simulated_ms=spec.simulated_ms,
+        prompt=spec.prompt, model=spec.model,
+        input_ref=spec.input_ref, parameters=spec.parameters,
+        parent_result_refs=[ref for p in spec.depends_on
+                            if (ref := unit.parents.get(p)) is not None],
+        streak_node_id=streak.node_id, streak_length=streak.length,
+        admission_mode=ctx.view.mode,
+        tenant_correlation_id=spec.correlation_id,
+    )
+
+
+# -- evolve ----------------------------------------------------------------------------
+
+
+def evolve_submitted(ctx: SchedulerContext, state: State, fact: WorkUnitSubmitted) -> None:
+    memo_id, memo = ctx.digest_memo
+    digest = memo if memo_id == fact.event_id else payload_digest(fact)
+    unit = UnitRecord.submitted(fact, digest)
+    state.set(unit_key(unit.work_unit_id), unit.to_state())
+
+
+def evolve_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                     fact: WorkUnitScheduled) -> UnitRecord:
+    memory = PlacementMemory.load(state)
+    streak = Streak(memory.node, memory.streak).after(fact.selected_node_id)
+    PlacementMemory(streak.node_id, streak.length,
+                    max(memory.epoch, fact.scheduling_epoch)).save(state)
+    return unit.but(status="scheduled", attempt=fact.attempt_index, node=fact.selected_node_id,
+                    incarnation="", staged=False, decided_at=fact.decided_at,
+                    deadline=fact.lease_expires_at, reason="",
+                    dispatch_event_id=fact.event_id)
+
+
+def evolve_deferred(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                    fact: WorkUnitDeferred) -> UnitRecord:
+    waiting = fact.reason_code == "waiting_on_parents"
+    return unit.but(status="waiting" if waiting else "deferred", reason=fact.reason_code,
+                    decided_at=fact.decided_at)
+
+
+def evolve_rejected(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                    fact: WorkUnitRejected) -> UnitRecord | None:
+    if fact.reason_code == "duplicate_id_different_payload":
+        return None  # the original unit is untouched
+    return unit.but(status="rejected", reason=fact.reason_code)
+
+
+# -- route -----------------------------------------------------------------------------
+
+
+def route_scheduled(ctx: SchedulerContext, fact: WorkUnitScheduled) -> Sequence[Routed]:
+    # The node needs the work, not the decision record: the candidates stay in
+    # the fact topic and the dispatch copy is lighter to move.
+    slim = fact.model_copy(update={"candidates": []})
+    return (Routed(ctx.dispatch.name, slim, ctx.dispatch.partition_of(fact.selected_node_id)),)

@@ -1,0 +1,110 @@
+"""The clock and the leases: what a tick finds due, and the queue sample it takes.
+
+Ticks ride on the report partitions. An agent records `effect.staged` (and
+waits for the broker's ack) before it acts, and never starts acting after
+its lease deadline. A tick at or after that deadline is produced later in
+wall time, so in the shared partition it comes after any staged record, and
+the scheduler cannot miss a staged effect when it decides what an expired
+lease means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from onceflow.schemas import ClockTick, Event, QueueSampled, WorkUnitDeferred
+from onceflow.streams.ids import caused_by
+from onceflow.streams.scheduler._impl.admission import placed
+from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.settlement import attempt_ended
+from onceflow.streams.scheduler._impl.unit import QueueCounters, UnitRecord
+from onceflow.streams.types import Routed, State
+
+__all__ = ["evolve_queue_sampled", "on_tick", "route_queue_sampled"]
+
+
+def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Event]:
+    now = tick.occurred_at
+    facts: list[Event] = []
+    budget = ctx.cfg.deferred_per_tick
+    for wu, _at in ctx.due(state, "lease", now, budget):
+        unit = UnitRecord.load(state, wu)
+        if unit is None:
+            continue
+        if unit.status == "scheduled":
+            # Nobody claimed it: nothing ran, so any label may be placed again.
+            ctx.view.note_arrived(unit.node, unit.spec.required_concurrency)
+            facts.append(placed(ctx, state, unit, tick, now, f"reclaim:{unit.attempt}"))
+        elif unit.status == "granted":
+            facts.extend(attempt_ended(
+                ctx, state, unit, tick, now, "node_timeout",
+                f"lease of attempt {unit.attempt} on {unit.node} ended at "
+                f"{unit.deadline} without a completion",
+            ))
+    budget -= len(facts)
+    hopeless: set[tuple[Any, ...]] = set()  # shapes that found no node in this tick
+    examine_deferred = ctx.examined.get(tick.partition) != ctx.view.version
+    ctx.examined[tick.partition] = ctx.view.version
+    for kind, until in (("retry", now), ("deferred", None)):
+        if budget <= 0 or (kind == "deferred" and not examine_deferred):
+            continue
+        for wu, _at in ctx.due(state, kind, until, budget):  # type: ignore[arg-type]
+            unit = UnitRecord.load(state, wu)
+            if unit is None:
+                continue
+            fact = _look_again(ctx, state, unit, tick, now, hopeless)
+            if fact is not None:
+                facts.append(fact)
+                budget -= 1
+    sample = _sample(ctx, state, tick, now)
+    if sample is not None:
+        facts.append(sample)
+    return facts
+
+
+def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: ClockTick,
+                now: int, hopeless: set[tuple[Any, ...]]) -> Event | None:
+    """A due retry or a deferred unit, looked at again; None when nothing changed."""
+    deferred = unit.status == "deferred"
+    if (deferred and unit.reason == "throttled" and ctx.view.mode == "THROTTLED"
+            and unit.spec.priority not in ctx.cfg.throttled_admits):
+        return None
+    shape = unit.spec.shape()
+    if deferred and shape in hopeless:
+        return None
+    fact = placed(ctx, state, unit, tick, now, f"place:{unit.attempt}")
+    if isinstance(fact, WorkUnitDeferred):
+        hopeless.add(shape)
+        if deferred:
+            return None  # still nowhere to go; no new fact, no change
+    return fact
+
+
+def _sample(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
+            ) -> QueueSampled | None:
+    """The partition's queue, once per `queue_sample_ms` of logged time."""
+    q = QueueCounters.load(state)
+    if now - q.sampled_at < ctx.cfg.queue_sample_ms:
+        return None
+    waits = sorted(q.waits)
+    p95 = float(waits[min(len(waits) - 1, int(0.95 * len(waits)))]) if waits else 0.0
+    live = [n for n in ctx.view.nodes.values() if now - n.last_seen <= ctx.cfg.node_expiry_ms]
+    util = round(sum(n.utilization for n in live) / len(live), 4) if live else 0.0
+    return QueueSampled(
+        **caused_by(tick, "queue-sampled", occurred_at=now), partition=tick.partition,
+        queue=q.queued, deferred=q.deferred, throttled=q.throttled, running=q.granted,
+        wait_p95_ms=p95, waits_sampled=len(waits), node_count=len(live), utilization=util,
+        admission_mode=ctx.view.mode,
+    )
+
+
+def evolve_queue_sampled(ctx: SchedulerContext, state: State, fact: QueueSampled) -> None:
+    """A sample starts the next window of claim waits."""
+    q = QueueCounters.load(state)
+    QueueCounters(q.deferred, q.throttled, q.scheduled, q.retry_wait, q.granted, (),
+                  fact.occurred_at).save(state)
+
+
+def route_queue_sampled(ctx: SchedulerContext, fact: QueueSampled) -> Sequence[Routed]:
+    return (Routed(ctx.queue.name, fact, 0),)

@@ -1,0 +1,141 @@
+"""What every part of the scheduler's reducer shares: settings, the cluster view, topics.
+
+The reducer is split by concern (admission and placement, claims and
+settlement, clock and leases, dependencies, operator actions); each part is
+a set of functions of this context, the partition's state and one event.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from onceflow.schemas import Event
+from onceflow.streams.ids import caused_by
+from onceflow.streams.scheduler._impl.unit import (
+    IndexKind,
+    UnitRecord,
+    index_key,
+    unit_key,
+)
+from onceflow.streams.scheduler._impl.view import ClusterView
+from onceflow.streams.scheduler.settings import SchedulerSettings
+from onceflow.streams.topics.catalog import Topic, TopicCatalog
+from onceflow.streams.types import CostEstimator, State
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
+
+__all__ = ["SchedulerContext"]
+
+#: the largest 13-digit time: "no index entry at all"
+_FAR_FUTURE = 10**13 - 1
+
+
+@dataclass
+class SchedulerContext:
+    cfg: SchedulerSettings
+    view: ClusterView
+    dispatch: Topic
+    reports: Topic
+    outcomes: Topic
+    queue: Topic
+    #: prices a unit for budget admission (billing's rule); None: no budgets
+    estimator: CostEstimator | None
+    #: which tenants have prepaid credit, and how much
+    prepaid: dict[str, Any]
+    #: which view version each partition's deferred units were last examined
+    #: against; not state: it only saves work, the facts stay the same
+    examined: dict[int, int] = field(default_factory=dict)
+    floors: _IndexFloors = field(default_factory=lambda: _IndexFloors())
+    #: the digest of the submission just decided, so evolving its admitted copy
+    #: does not hash the payload a second time
+    digest_memo: tuple[str, str] = ("", "")
+
+    @classmethod
+    def create(cls, settings: OnceflowSettings, view: ClusterView, catalog: TopicCatalog,
+               estimator: CostEstimator | None) -> SchedulerContext:
+        prepaid = dict(settings.billing.prepaid_credits)
+        if prepaid and estimator is None:
+            raise ValueError("prepaid credits (ONCEFLOW_BILLING__PREPAID_CREDITS) need a cost "
+                             "estimator: pass billing's cost_estimator(settings.billing)")
+        return cls(cfg=settings.scheduler, view=view, dispatch=catalog["dispatch"],
+                   reports=catalog["reports"], outcomes=catalog["outcomes"],
+                   queue=catalog["queue"], estimator=estimator, prepaid=prepaid)
+
+    @staticmethod
+    def envelope(unit: UnitRecord, cause: Event, role: str, at: int) -> dict[str, Any]:
+        """A fact about `unit` caused by `cause`; the unit is part of the role, since
+        one tick decides for many units."""
+        return caused_by(cause, f"{role}:{unit.work_unit_id}", occurred_at=at,
+                         tenant_id=unit.tenant_id, execution_session_id=unit.session_id,
+                         work_unit_id=unit.work_unit_id)
+
+    # -- the unit table and its time indexes -------------------------------------------
+
+    def save(self, state: State, before: UnitRecord | None, unit: UnitRecord) -> None:
+        """Store a unit and move its index entry to where its new status puts it."""
+        old = None if before is None else before.index_key()
+        new = unit.index_key()
+        if old != new:
+            if old is not None:
+                state.delete(old)
+            entry = unit.index_entry()
+            if new is not None and entry is not None:
+                state.set(new, 1)
+                self.floors.lower(state, entry[0], entry[1])
+        state.set(unit_key(unit.work_unit_id), unit.to_state())
+
+    def due(self, state: State, kind: IndexKind, until: int | None,
+            budget: int) -> list[tuple[str, int]]:
+        """Up to `budget` index entries at or before `until` (None: all), oldest first,
+        as (work unit, time).
+
+        The scan starts at the floor this process knows for the partition:
+        entries that were due and handled leave tombstones in RocksDB, and
+        walking past thousands of them on every tick is what made a scheduler
+        with a long history slow.
+        """
+        prefix = f"x:{kind}:"
+        stop = None if until is None else index_key(kind, until + 1, "")
+        floor = self.floors.get(state, kind)
+        start = None if floor is None else index_key(kind, floor, "")
+        rows = []
+        for key, _ in state.items(prefix, stop=stop, start=start):
+            _, _, at, wu = key.split(":", 3)
+            rows.append((wu, int(at)))
+            if len(rows) > budget:
+                break
+        if len(rows) <= budget:
+            # Everything live below `stop` is in `rows` and about to be handled;
+            # what handling puts back lowers the floor again (see `save`).
+            if until is not None:
+                self.floors.set(state, kind, until + 1)
+            else:
+                self.floors.set(state, kind, rows[0][1] if rows else _FAR_FUTURE)
+        return rows[:budget]
+
+
+class _IndexFloors:
+    """Per partition state and index kind: a time at or below every live index entry.
+
+    A cache in this process, not state: unknown (scan from the start) for a
+    state it has not scanned yet, so a restart or a reassignment is safe.
+    """
+
+    def __init__(self) -> None:
+        self._by_state: weakref.WeakKeyDictionary[Any, dict[str, int]] = (
+            weakref.WeakKeyDictionary())
+
+    def get(self, state: State, kind: IndexKind) -> int | None:
+        return self._by_state.get(state, {}).get(kind)
+
+    def set(self, state: State, kind: IndexKind, at: int) -> None:
+        self._by_state.setdefault(state, {})[kind] = at
+
+    def lower(self, state: State, kind: IndexKind, at: int) -> None:
+        floors = self._by_state.get(state)
+        if floors is not None and kind in floors and at < floors[kind]:
+            floors[kind] = at
+

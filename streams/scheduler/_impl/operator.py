@@ -1,0 +1,69 @@
+"""Operator actions: resolving a unit that waits for an operator, and cancelling a unit.
+
+Both are events on the log (`control.operator.resolved`,
+`control.cancel.requested`), so what an operator did replays like anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from onceflow.schemas import (
+    ControlOperatorResolved,
+    ControlSessionCancelRequested,
+    Event,
+    WorkUnitCancelled,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+    WorkUnitRetryScheduled,
+)
+from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.dependencies import notify_dependents
+from onceflow.streams.scheduler._impl.unit import UnitRecord
+from onceflow.streams.types import State
+
+__all__ = ["evolve_cancelled", "on_cancel", "on_operator"]
+
+
+def on_operator(ctx: SchedulerContext, state: State, event: ControlOperatorResolved
+                ) -> Sequence[Event]:
+    unit = UnitRecord.load(state, event.work_unit_id or "")
+    if unit is None or unit.status != "needs_operator":
+        return ()
+    now = event.occurred_at
+    if event.resolution == "retry":
+        return (WorkUnitRetryScheduled(
+            **ctx.envelope(unit, event, "retry", now), attempt_index=unit.attempt + 1,
+            delay_ms=0, retry_at=now, reason_code="operator_retry",
+        ),)
+    if event.resolution == "mark_done":
+        done = WorkUnitCompleted(
+            **ctx.envelope(unit, event, "settled", now), selected_node_id=unit.node,
+            attempt_index=unit.attempt, result_ref=event.result_ref, kind=unit.spec.kind,
+            accepted=True, settlement_reason="operator_mark_done",
+            submitted_at=unit.submitted_at, finished_at=now,
+        )
+        return [done, *notify_dependents(ctx, state, unit, event, now, "completed",
+                                         event.result_ref)]
+    failed = WorkUnitFailed(
+        **ctx.envelope(unit, event, "abandoned", now), selected_node_id=unit.node,
+        attempt_index=max(1, unit.attempt), error_code="abandoned_by_operator",
+        error_reason=event.note, final=True, reported_by_scheduler=True,
+    )
+    return [failed, *notify_dependents(ctx, state, unit, event, now, "failed", None)]
+
+
+def on_cancel(ctx: SchedulerContext, state: State, event: ControlSessionCancelRequested
+              ) -> Sequence[Event]:
+    unit = UnitRecord.load(state, event.work_unit_id or "")
+    if unit is None or unit.terminal or unit.status == "granted":
+        return ()  # a granted attempt runs to its end; its result then settles it
+    now = event.occurred_at
+    cancelled = WorkUnitCancelled(**ctx.envelope(unit, event, "cancelled", now),
+                                  reason=event.reason, requested_by=event.requested_by)
+    return [cancelled, *notify_dependents(ctx, state, unit, event, now, "failed", None)]
+
+
+def evolve_cancelled(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                     fact: WorkUnitCancelled) -> UnitRecord:
+    return unit.but(status="cancelled", reason="cancelled")

@@ -1,0 +1,268 @@
+"""Claims and settlement: who may run an attempt, and whose result becomes the unit's.
+
+A claim is granted only to the node the scheduler selected, for the current
+attempt; a result is accepted only from the attempt that holds the grant
+(node, attempt and agent incarnation). Everything else is fenced: refused,
+and recorded as refused so the ledger can show what it cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from onceflow.schemas import (
+    ClaimGranted,
+    ClaimRejected,
+    ClaimRejectionReason,
+    ClaimRequested,
+    EffectStaged,
+    Event,
+    SettlementReason,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+    WorkUnitNeedsOperator,
+    WorkUnitResultReported,
+    WorkUnitRetryScheduled,
+)
+from onceflow.streams.ids import caused_by, idempotency_key_for, restated
+from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.dependencies import notify_dependents
+from onceflow.streams.scheduler._impl.retry import retry_delay_ms
+from onceflow.streams.scheduler._impl.unit import UnitRecord
+from onceflow.streams.types import Routed, State
+
+__all__ = [
+    "attempt_ended",
+    "evolve_completed",
+    "evolve_failed",
+    "evolve_granted",
+    "evolve_needs_operator",
+    "evolve_retry_scheduled",
+    "evolve_staged",
+    "on_claim",
+    "on_failed",
+    "on_legacy_completed",
+    "on_reported",
+    "on_staged",
+    "route_attempt_outcome",
+    "route_claim_answer",
+]
+
+#: the idempotency classes whose effects a retry may repeat safely
+_RETRY_SAFE = frozenset({"token", "readback"})
+
+
+def _holds_grant(unit: UnitRecord | None, attempt: int, node: str, incarnation: str) -> bool:
+    return (
+        unit is not None and unit.status == "granted" and unit.attempt == attempt
+        and unit.node == node and unit.incarnation == incarnation
+    )
+
+
+def on_claim(ctx: SchedulerContext, state: State, event: ClaimRequested) -> Sequence[Event]:
+    wu = event.work_unit_id or ""
+    unit = UnitRecord.load(state, wu)
+    reason: ClaimRejectionReason | None = None
+    if unit is None:
+        reason = "unknown_unit"
+    elif event.attempt_index != unit.attempt:
+        reason = "stale_attempt"
+    elif unit.status == "granted":
+        reason = "already_granted"
+    elif unit.status != "scheduled":
+        reason = "not_claimable"
+    elif event.node_id != unit.node:
+        reason = "not_selected_node"
+    if reason is not None:
+        envelope = (caused_by(event, f"claim-rejected:{wu}") if unit is None
+                    else ctx.envelope(unit, event, "claim-rejected", event.occurred_at))
+        return (ClaimRejected(
+            **envelope, node_id=event.node_id, attempt_index=event.attempt_index,
+            reason_code=reason, incarnation=event.incarnation,
+            selected_node_id=unit.node if unit else "",
+            dispatch_event_id=unit.dispatch_event_id if unit else "",
+        ),)
+    assert unit is not None
+    now = max(event.occurred_at, unit.decided_at)
+    ctx.view.note_arrived(event.node_id, unit.spec.required_concurrency)
+    return (ClaimGranted(
+        **ctx.envelope(unit, event, "claim-granted", now),
+        node_id=event.node_id, attempt_index=event.attempt_index,
+        lease_expires_at=now + unit.spec.lease_ms + unit.spec.simulated_ms,
+        idempotency_key=idempotency_key_for(wu), incarnation=event.incarnation,
+        selected_node_id=unit.node, dispatch_event_id=unit.dispatch_event_id,
+    ),)
+
+
+def on_staged(ctx: SchedulerContext, state: State, event: EffectStaged) -> Sequence[Event]:
+    unit = UnitRecord.load(state, event.work_unit_id or "")
+    if unit is None or unit.status != "granted" or unit.attempt != event.attempt_index:
+        return ()
+    if unit.staged:
+        return ()
+    return (restated(event, "staged"),)
+
+
+def on_reported(ctx: SchedulerContext, state: State, event: WorkUnitResultReported
+                ) -> Sequence[Event]:
+    """Settle a reported result: accepted from the grant holder, refused (and said why) else."""
+    unit = UnitRecord.load(state, event.work_unit_id or "")
+    reason: SettlementReason
+    if unit is None:
+        reason = "unknown_unit"
+    elif unit.terminal:
+        reason = "already_settled"
+    elif unit.attempt != event.attempt_index:
+        reason = "stale_attempt"
+    elif not _holds_grant(unit, event.attempt_index, event.node_id, event.incarnation):
+        reason = "not_grant_holder" if unit.status == "granted" else "lease_expired"
+    else:
+        reason = "grant_holder"
+    accepted = reason == "grant_holder"
+    settled = WorkUnitCompleted(
+        **caused_by(event, "settled"), selected_node_id=event.node_id,
+        attempt_index=event.attempt_index, correlation_id=event.correlation_id,
+        result_ref=event.result_ref, cpu_seconds=event.cpu_seconds,
+        llm_tokens=event.llm_tokens, started_at=event.started_at,
+        finished_at=event.finished_at, kind=event.kind, incarnation=event.incarnation,
+        accepted=accepted, settlement_reason=reason,
+        submitted_at=unit.submitted_at if unit else 0,
+    )
+    if not accepted or unit is None:
+        return (settled,)
+    return [settled, *notify_dependents(ctx, state, unit, event, event.occurred_at,
+                                        "completed", event.result_ref)]
+
+
+def on_legacy_completed(ctx: SchedulerContext, state: State, event: WorkUnitCompleted
+                        ) -> Sequence[Event]:
+    """A result reported by an agent of release 1, which reported as `workunit.completed`.
+
+    A settlement (ours, with its reason) is never an input; a v1 report has no
+    reason yet and is settled as the report it is, under the ids it had then.
+    """
+    if event.accepted or event.settlement_reason:
+        return ()
+    report = WorkUnitResultReported(
+        **event.model_dump(include={
+            "event_id", "occurred_at", "tenant_id", "execution_session_id", "work_unit_id",
+            "causation_id", "attempt_index", "incarnation", "correlation_id", "result_ref",
+            "cpu_seconds", "llm_tokens", "started_at", "finished_at", "kind"}),
+        node_id=event.selected_node_id,
+    )
+    return on_reported(ctx, state, report)
+
+
+def on_failed(ctx: SchedulerContext, state: State, event: WorkUnitFailed) -> Sequence[Event]:
+    if event.reported_by_scheduler:
+        return ()
+    unit = UnitRecord.load(state, event.work_unit_id or "")
+    if unit is None or not _holds_grant(unit, event.attempt_index, event.selected_node_id,
+                                        event.incarnation):
+        return ()  # a fenced attempt's failure changes nothing
+    return attempt_ended(ctx, state, unit, event, event.occurred_at, event.error_code,
+                         event.error_reason, reported=event)
+
+
+def attempt_ended(
+    ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, now: int,
+    error_code: str, error_reason: str, reported: WorkUnitFailed | None = None,
+) -> list[Event]:
+    """An attempt that held the grant ended without a result: recover by effect label."""
+    spec = unit.spec
+    failures = unit.failures + 1
+    retryable = error_code in ctx.cfg.retryable_errors
+    unsafe = (spec.effect == "WORLD_MUTATING" and unit.staged
+              and spec.idempotency_class not in _RETRY_SAFE)
+    failed = WorkUnitFailed(
+        **ctx.envelope(unit, cause, "attempt-failed", now), selected_node_id=unit.node,
+        attempt_index=unit.attempt, correlation_id=spec.correlation_id, error_code=error_code,
+        error_reason=error_reason, retryable=retryable, final=False,
+        incarnation=unit.incarnation, reported_by_scheduler=reported is None,
+    )
+    if unsafe:
+        return [failed, WorkUnitNeedsOperator(
+            **ctx.envelope(unit, cause, "needs-operator", now),
+            attempt_index=unit.attempt, selected_node_id=unit.node,
+            effect=spec.effect, idempotency_class=spec.idempotency_class,
+            reason_code="unsafe_to_retry",
+            reason=f"{error_code}: a world-mutating effect was staged and its idempotency "
+                   f"class '{spec.idempotency_class}' does not make a retry safe; "
+                   "resolve with retry, mark_done or abandon",
+        )]
+    if not retryable or failures >= spec.max_attempts:
+        code = "non_retryable_error" if not retryable else "attempt_cap_exceeded"
+        final = failed.model_copy(update={"final": True, "error_reason":
+                                          f"{code}: {error_reason}".strip(": ")})
+        return [final, *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
+    delay = retry_delay_ms(unit.work_unit_id, failures, ctx.cfg)
+    return [failed, WorkUnitRetryScheduled(
+        **ctx.envelope(unit, cause, "retry", now), attempt_index=unit.attempt + 1,
+        delay_ms=delay, retry_at=now + delay, error_code=error_code,
+        reason_code="retryable_error",
+    )]
+
+
+# -- evolve ----------------------------------------------------------------------------
+
+
+def evolve_granted(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                   fact: ClaimGranted) -> UnitRecord:
+    return unit.but(status="granted", incarnation=fact.incarnation,
+                    deadline=fact.lease_expires_at, decided_at=fact.occurred_at)
+
+
+def evolve_staged(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                  fact: EffectStaged) -> UnitRecord:
+    return unit.but(staged=True)
+
+
+def evolve_completed(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                     fact: WorkUnitCompleted) -> UnitRecord | None:
+    if not fact.accepted:
+        return None
+    return unit.but(status="completed", reason=fact.settlement_reason,
+                    result_ref=fact.result_ref)
+
+
+def evolve_failed(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                  fact: WorkUnitFailed) -> UnitRecord:
+    if fact.final:
+        return unit.but(status="failed", reason=fact.error_code)
+    return unit.but(failures=unit.failures + 1, reason=fact.error_code)
+
+
+def evolve_retry_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                           fact: WorkUnitRetryScheduled) -> UnitRecord:
+    # The next attempt's number is taken now: only a `scheduled` unit takes
+    # claims and only a `granted` one takes results, so the ended attempt's
+    # late claims and results are fenced off from here on.
+    return unit.but(status="retry_wait", attempt=fact.attempt_index - 1, staged=False,
+                    reason=fact.reason_code, incarnation="", retry_at=fact.retry_at)
+
+
+def evolve_needs_operator(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                          fact: WorkUnitNeedsOperator) -> UnitRecord:
+    return unit.but(status="needs_operator", reason=fact.reason_code)
+
+
+# -- route -----------------------------------------------------------------------------
+
+
+def route_claim_answer(ctx: SchedulerContext, fact: ClaimGranted | ClaimRejected
+                       ) -> Sequence[Routed]:
+    """The answer to a claim, to the claiming node's dispatch partition."""
+    return (Routed(ctx.dispatch.name, fact, ctx.dispatch.partition_of(fact.node_id)),)
+
+
+def route_attempt_outcome(ctx: SchedulerContext, fact: WorkUnitCompleted | WorkUnitFailed
+                          ) -> Sequence[Routed]:
+    """How an attempt on a node ended, to that node's partition of `outcomes`: trust
+    scoring reads it there beside the node's heartbeats."""
+    if isinstance(fact, WorkUnitCompleted):
+        if not (fact.accepted and fact.settlement_reason == "grant_holder"):
+            return ()
+    elif not fact.selected_node_id:
+        return ()
+    node = fact.selected_node_id
+    return (Routed(ctx.outcomes.name, fact, ctx.outcomes.partition_of(node)),)

@@ -1,0 +1,315 @@
+"""The scheduler's typed state: one record per work unit, and the partition's small tables.
+
+State stores JSON (canonical, so two replays compare byte for byte); these
+records are what the reducer works with, converted at the state boundary
+by `to_state` / `from_state` and nowhere else.
+
+States of a unit::
+
+    waiting ─┐                      ┌─> completed
+    deferred ┼─> scheduled ─> granted ┼─> retry_wait ─> scheduled ...
+    retry_wait┘     │ claim timeout   ├─> needs_operator ─> (operator)
+                    └─> scheduled (next attempt, elsewhere)  └─> failed
+    rejected, cancelled: terminal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from onceflow.schemas import (
+    ContentRef,
+    EffectLabel,
+    IdempotencyClass,
+    Priority,
+    WorkKind,
+    WorkUnitSubmitted,
+)
+from onceflow.streams.types import State
+
+__all__ = [
+    "QUEUE_KEY",
+    "TERMINAL",
+    "IndexKind",
+    "PlacementMemory",
+    "QueueBucket",
+    "QueueCounters",
+    "UnitRecord",
+    "UnitSpec",
+    "UnitStatus",
+    "deps_key",
+    "index_key",
+    "unit_key",
+]
+
+UnitStatus = Literal[
+    "submitted", "waiting", "deferred", "scheduled", "granted", "retry_wait",
+    "needs_operator", "completed", "failed", "rejected", "cancelled",
+]
+TERMINAL: frozenset[UnitStatus] = frozenset({"completed", "failed", "rejected", "cancelled"})
+
+#: The time-ordered indexes a tick reads: lease deadlines (claims and running
+#: attempts), due retries, and deferred units in submission order.
+IndexKind = Literal["lease", "retry", "deferred"]
+
+QueueBucket = Literal["deferred", "throttled", "scheduled", "retry_wait", "granted"]
+
+QUEUE_KEY = "queue"
+PLACEMENT_KEY = "placement"
+_MAX_WAITS = 512
+
+
+def unit_key(work_unit_id: str) -> str:
+    return f"u:{work_unit_id}"
+
+
+def deps_key(parent_id: str) -> str:
+    """Where a parent's waiting children are listed."""
+    return f"deps:{parent_id}"
+
+
+def index_key(kind: IndexKind, at: int, work_unit_id: str) -> str:
+    # Zero-padded times sort as numbers, so a tick reads only what is due.
+    return f"x:{kind}:{at:013d}:{work_unit_id}"
+
+
+def _ref_in(value: dict[str, Any] | None) -> ContentRef | None:
+    return None if value is None else ContentRef.model_validate(value)
+
+
+def _ref_out(ref: ContentRef | None) -> dict[str, Any] | None:
+    return None if ref is None else ref.model_dump(mode="json")
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSpec:
+    """What the submission asked for: fixed for the unit's life."""
+
+    kind: WorkKind
+    priority: Priority
+    region: str | None
+    required_concurrency: int
+    min_runtime_version: str
+    effect: EffectLabel
+    idempotency_class: IdempotencyClass
+    max_attempts: int
+    lease_ms: int
+    depends_on: tuple[str, ...]
+    handler: str | None
+    simulated_ms: int
+    prompt: str | None
+    model: str | None
+    llm_tokens: int
+    correlation_id: str | None
+    input_ref: ContentRef | None
+    parameters: dict[str, str]
+
+    @classmethod
+    def of(cls, event: WorkUnitSubmitted) -> UnitSpec:
+        return cls(
+            kind=event.kind, priority=event.priority, region=event.region,
+            required_concurrency=event.required_concurrency,
+            min_runtime_version=event.min_runtime_version, effect=event.effect,
+            idempotency_class=event.idempotency_class, max_attempts=event.max_attempts,
+            lease_ms=event.lease_ms, depends_on=tuple(event.depends_on), handler=event.handler,
+            simulated_ms=event.simulated_ms, prompt=event.prompt, model=event.model,
+            llm_tokens=event.llm_tokens, correlation_id=event.correlation_id,
+            input_ref=event.input_ref, parameters=dict(event.parameters),
+        )
+
+    def shape(self) -> tuple[Any, ...]:
+        """What placement looks at: units of one shape fit the same nodes."""
+        return (self.kind, self.region, self.required_concurrency, self.min_runtime_version)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "priority": self.priority, "region": self.region,
+            "required_concurrency": self.required_concurrency,
+            "min_runtime_version": self.min_runtime_version, "effect": self.effect,
+            "idempotency_class": self.idempotency_class, "max_attempts": self.max_attempts,
+            "lease_ms": self.lease_ms, "depends_on": list(self.depends_on),
+            "handler": self.handler, "simulated_ms": self.simulated_ms, "prompt": self.prompt,
+            "model": self.model, "llm_tokens": self.llm_tokens,
+            "correlation_id": self.correlation_id, "input_ref": _ref_out(self.input_ref),
+            "parameters": self.parameters,
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> UnitSpec:
+        return cls(
+            kind=d["kind"], priority=d["priority"], region=d["region"],
+            required_concurrency=d["required_concurrency"],
+            min_runtime_version=d["min_runtime_version"], effect=d["effect"],
+            idempotency_class=d["idempotency_class"], max_attempts=d["max_attempts"],
+            lease_ms=d["lease_ms"], depends_on=tuple(d["depends_on"]), handler=d["handler"],
+            simulated_ms=d["simulated_ms"], prompt=d["prompt"], model=d["model"],
+            llm_tokens=d["llm_tokens"], correlation_id=d["correlation_id"],
+            input_ref=_ref_in(d["input_ref"]), parameters=d["parameters"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRecord:
+    """One work unit as the scheduler knows it: its spec and where its state machine is."""
+
+    work_unit_id: str
+    tenant_id: str
+    session_id: str
+    #: the submission's payload digest: a resend with another payload is rejected
+    digest: str
+    spec: UnitSpec
+    submitted_at: int
+    status: UnitStatus = "submitted"
+    #: the reason code (or error code) of the fact that last moved the unit
+    reason: str = ""
+    #: the current attempt (0 before the first placement)
+    attempt: int = 0
+    node: str = ""
+    incarnation: str = ""
+    #: the `workunit.scheduled` fact of the current attempt
+    dispatch_event_id: str = ""
+    failures: int = 0
+    staged: bool = False
+    #: when the claim window (scheduled) or the lease (granted) runs out
+    deadline: int = 0
+    retry_at: int = 0
+    decided_at: int = 0
+    #: each parent's result, once it has completed
+    parents: dict[str, ContentRef | None] = field(default_factory=dict)
+    result_ref: ContentRef | None = None
+
+    @classmethod
+    def submitted(cls, event: WorkUnitSubmitted, digest: str) -> UnitRecord:
+        return cls(
+            work_unit_id=event.work_unit_id or "", tenant_id=event.tenant_id,
+            session_id=event.execution_session_id, digest=digest, spec=UnitSpec.of(event),
+            submitted_at=event.occurred_at, decided_at=event.occurred_at,
+        )
+
+    def but(self, **changes: Any) -> UnitRecord:
+        """A copy with `changes`: records are immutable, state is set anew."""
+        return replace(self, **changes)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def parents_done(self) -> bool:
+        return set(self.parents) >= set(self.spec.depends_on)
+
+    def index_entry(self) -> tuple[IndexKind, int] | None:
+        """Which time index the unit belongs in now, and at what time (None: none).
+
+        Derived from the status, so the index can never disagree with it.
+        """
+        if self.status in ("scheduled", "granted"):
+            return ("lease", self.deadline)
+        if self.status == "retry_wait":
+            return ("retry", self.retry_at)
+        if self.status == "deferred":
+            return ("deferred", self.submitted_at)
+        return None
+
+    def index_key(self) -> str | None:
+        entry = self.index_entry()
+        return None if entry is None else index_key(entry[0], entry[1], self.work_unit_id)
+
+    def queue_bucket(self) -> QueueBucket | None:
+        if self.status == "deferred":
+            return "throttled" if self.reason == "throttled" else "deferred"
+        if self.status in ("scheduled", "retry_wait", "granted"):
+            return self.status
+        return None
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "id": self.work_unit_id, "tenant": self.tenant_id, "session": self.session_id,
+            "digest": self.digest, "spec": self.spec.to_state(),
+            "submitted_at": self.submitted_at, "status": self.status, "reason": self.reason,
+            "attempt": self.attempt, "node": self.node, "incarnation": self.incarnation,
+            "dispatch": self.dispatch_event_id, "failures": self.failures,
+            "staged": self.staged, "deadline": self.deadline, "retry_at": self.retry_at,
+            "decided_at": self.decided_at,
+            "parents": {p: _ref_out(r) for p, r in sorted(self.parents.items())},
+            "result_ref": _ref_out(self.result_ref),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> UnitRecord:
+        return cls(
+            work_unit_id=d["id"], tenant_id=d["tenant"], session_id=d["session"],
+            digest=d["digest"], spec=UnitSpec.from_state(d["spec"]),
+            submitted_at=d["submitted_at"], status=d["status"], reason=d["reason"],
+            attempt=d["attempt"], node=d["node"], incarnation=d["incarnation"],
+            dispatch_event_id=d["dispatch"], failures=d["failures"], staged=d["staged"],
+            deadline=d["deadline"], retry_at=d["retry_at"], decided_at=d["decided_at"],
+            parents={p: _ref_in(r) for p, r in d["parents"].items()},
+            result_ref=_ref_in(d["result_ref"]),
+        )
+
+    @classmethod
+    def load(cls, state: State, work_unit_id: str) -> UnitRecord | None:
+        value = state.get(unit_key(work_unit_id))
+        return None if value is None else cls.from_state(value)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementMemory:
+    """The partition's anti-affinity streak and the last scheduling epoch it used."""
+
+    node: str | None = None
+    streak: int = 0
+    epoch: int = 0
+
+    @classmethod
+    def load(cls, state: State) -> PlacementMemory:
+        d = state.get(PLACEMENT_KEY)
+        return cls() if d is None else cls(d["node"], d["streak"], d["epoch"])
+
+    def save(self, state: State) -> None:
+        state.set(PLACEMENT_KEY, {"node": self.node, "streak": self.streak, "epoch": self.epoch})
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounters:
+    """The partition's queue by bucket and the claim waits since the last sample."""
+
+    deferred: int = 0
+    throttled: int = 0
+    scheduled: int = 0
+    retry_wait: int = 0
+    granted: int = 0
+    waits: tuple[int, ...] = ()
+    sampled_at: int = 0
+
+    @classmethod
+    def load(cls, state: State) -> QueueCounters:
+        d = state.get(QUEUE_KEY)
+        if d is None:
+            return cls()
+        return cls(d["deferred"], d["throttled"], d["scheduled"], d["retry_wait"], d["granted"],
+                   tuple(d["waits"]), d["sampled_at"])
+
+    def save(self, state: State) -> None:
+        state.set(QUEUE_KEY, {
+            "deferred": self.deferred, "throttled": self.throttled, "scheduled": self.scheduled,
+            "retry_wait": self.retry_wait, "granted": self.granted, "waits": list(self.waits),
+            "sampled_at": self.sampled_at,
+        })
+
+    def moved(self, before: QueueBucket | None, after: QueueBucket | None) -> QueueCounters:
+        """The counters after one unit moved from one bucket to another."""
+        changes: dict[str, int] = {}
+        if before is not None:
+            changes[before] = max(0, getattr(self, before) - 1)
+        if after is not None:
+            changes[after] = changes.get(after, getattr(self, after)) + 1
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def waited(self, wait_ms: int) -> QueueCounters:
+        return replace(self, waits=(*self.waits, wait_ms)[-_MAX_WAITS:])
+
+    @property
+    def queued(self) -> int:
+        return self.deferred + self.scheduled + self.retry_wait
