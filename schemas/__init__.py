@@ -32,6 +32,8 @@ from onceflow.schemas._impl.reasons import (
     RejectionReason,
     RetryReason,
     SettlementReason,
+    TrustOutcome,
+    TrustReason,
 )
 from onceflow.schemas._impl.registry import (
     EventSchema,
@@ -89,6 +91,8 @@ __all__ = [
     "SettlementReason",
     "SingleObjectCodec",
     "TruncatedEventError",
+    "TrustOutcome",
+    "TrustReason",
     "UnknownEventTypeError",
     "UnknownSchemaError",
     "WorkKind",

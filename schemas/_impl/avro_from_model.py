@@ -44,8 +44,9 @@ def _avro_type(annotation: Any, defined: set[str]) -> Any:
     if optional:
         return ["null", _avro_type(inner, defined)]
     origin = get_origin(annotation)
-    if origin is Literal:
-        return "string"
+    if origin is Literal or (origin in (Union, types.UnionType) and all(
+            get_origin(a) is Literal for a in get_args(annotation))):
+        return "string"  # a closed vocabulary in Python, an open string on the wire
     if origin is list:
         (item,) = get_args(annotation)
         return {"type": "array", "items": _avro_type(item, defined)}

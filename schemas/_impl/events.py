@@ -23,6 +23,8 @@ from onceflow.schemas._impl.reasons import (
     RejectionReason,
     RetryReason,
     SettlementReason,
+    TrustOutcome,
+    TrustReason,
 )
 from onceflow.schemas._impl.types import (
     ContentRef,
@@ -37,6 +39,7 @@ from onceflow.schemas._impl.types import (
 
 __all__ = [
     "EVENT_MODELS",
+    "AttemptResult",
     "BillingAnomaly",
     "CapacityAdmissionModeChanged",
     "CapacityScaleRequested",
@@ -207,42 +210,9 @@ class WorkUnitRetryScheduled(Event, event_type="workunit.retry.scheduled"):
     reason_code: RetryReason = "retryable_error"
 
 
-class WorkUnitCompleted(Event, event_type="workunit.completed"):
-    """The scheduler's settlement of a reported result: accepted, or refused and why.
+class AttemptResult(Event):
+    """What an attempt produced: reported by the agent, restated in its settlement."""
 
-    Only the scheduler writes it (to `workunits`); what an agent reports is a
-    `workunit.result.reported`. A refused result is settled too, so the
-    ledger can show what the fenced attempt cost. Records from before the
-    report had its own type carry `settlement_reason` "" and were reports.
-    """
-
-    selected_node_id: str
-    attempt_index: int = Field(ge=1)
-    correlation_id: str | None = None
-    result_ref: ContentRef | None = None
-    cpu_seconds: Money = Decimal("0")
-    llm_tokens: int = 0
-    started_at: int = 0
-    finished_at: int = 0
-    kind: WorkKind = "cpu"
-    accepted: bool = Field(
-        default=False, description="the result is the unit's: the grant holder's, or an operator's"
-    )
-    settlement_reason: SettlementReason = Field(
-        default="", description="why the scheduler accepted or refused this result"
-    )
-    incarnation: str = ""
-    submitted_at: int = 0
-
-
-class WorkUnitResultReported(Event, event_type="workunit.result.reported"):
-    """An agent's report that its attempt finished with a result (to `reports`).
-
-    A claim, not a fact: the scheduler settles it (`workunit.completed`),
-    accepting it only from the attempt that holds the grant.
-    """
-
-    node_id: str = Field(description="the node whose agent ran the attempt")
     attempt_index: int = Field(ge=1)
     incarnation: str = Field(default="", description="which run of the node's agent ran it")
     correlation_id: str | None = None
@@ -252,6 +222,35 @@ class WorkUnitResultReported(Event, event_type="workunit.result.reported"):
     started_at: int = 0
     finished_at: int = 0
     kind: WorkKind = "cpu"
+
+
+class WorkUnitResultReported(AttemptResult, event_type="workunit.result.reported"):
+    """An agent's report that its attempt finished with a result (to `reports`).
+
+    A claim, not a fact: the scheduler settles it (`workunit.completed`),
+    accepting it only from the attempt that holds the grant.
+    """
+
+    node_id: str = Field(description="the node whose agent ran the attempt")
+
+
+class WorkUnitCompleted(AttemptResult, event_type="workunit.completed"):
+    """The scheduler's settlement of a reported result: accepted, or refused and why.
+
+    Only the scheduler writes it (to `workunits`); what an agent reports is a
+    `workunit.result.reported`. A refused result is settled too, so the
+    ledger can show what the fenced attempt cost. Records from before the
+    report had its own type carry `settlement_reason` "" and were reports.
+    """
+
+    selected_node_id: str = Field(description="the node that ran the attempt")
+    accepted: bool = Field(
+        default=False, description="the result is the unit's: the grant holder's, or an operator's"
+    )
+    settlement_reason: SettlementReason = Field(
+        default="", description="why the scheduler accepted or refused this result"
+    )
+    submitted_at: int = 0
 
 
 class WorkUnitFailed(Event, event_type="workunit.failed"):
@@ -407,11 +406,11 @@ class TrustScoreUpdated(Event, event_type="trust.score.updated"):
     timeout_penalty: float = 0.0
     health_penalty: float = 0.0
     quarantined: bool = False
-    reason: str = ""
+    reason: TrustReason | Literal[""] = ""
     reliability: float = Field(default=0.5, description="alpha / (alpha + beta)")
     health_status: str = "healthy"
-    outcome: str = Field(default="", description="what moved the score: success, failure, "
-                                                 "timeout or heartbeat")
+    outcome: TrustOutcome | Literal[""] = Field(
+        default="", description="what moved the score: success, failure, timeout or heartbeat")
     source_event_id: str = ""
     previous_alpha: float = 2.0
     previous_beta: float = 2.0

@@ -19,6 +19,8 @@ __all__ = [
     "RejectionReason",
     "RetryReason",
     "SettlementReason",
+    "TrustOutcome",
+    "TrustReason",
 ]
 
 #: why a node was chosen (the alternatives were recorded beside it)
@@ -39,6 +41,10 @@ ClaimRejectionReason = Literal[
 SettlementReason = Literal[
     "grant_holder", "operator_mark_done", "unknown_unit", "already_settled", "stale_attempt",
     "not_grant_holder", "lease_expired", ""]
+#: what moved a node's trust score
+TrustOutcome = Literal["success", "failure", "timeout", "heartbeat"]
+#: why a trust score was published: its outcome, or a change of quarantine
+TrustReason = Literal["success", "failure", "timeout", "heartbeat", "quarantined", "released"]
 #: how the ledger learned a unit ended
 LedgerOutcome = Literal["accepted", "failed", "cancelled"]
 #: what a ledger line item charges for

@@ -76,6 +76,9 @@ def _fix_literals(model: type[Event], data: dict[str, Any]) -> dict[str, Any]:
         args = typing.get_args(ann)
         if typing.get_origin(ann) is typing.Literal:
             data[key] = info.default if isinstance(info.default, str) else args[0]
+        elif args and all(typing.get_origin(a) is typing.Literal for a in args):
+            data[key] = info.default if isinstance(info.default, str) else \
+                typing.get_args(args[0])[0]
     return data
 
 

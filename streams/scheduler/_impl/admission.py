@@ -20,7 +20,7 @@ from onceflow.schemas import (
 from onceflow.streams.ids import idempotency_key_for, payload_digest, restated
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
-from onceflow.streams.scheduler._impl.unit import PlacementMemory, UnitRecord, unit_key
+from onceflow.streams.scheduler._impl.unit import PlacementMemory, UnitRecord
 from onceflow.streams.types import Routed, State
 
 __all__ = [
@@ -44,7 +44,7 @@ def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
     wu = event.work_unit_id
     if not wu:
         raise ValueError("workunit.submitted without work_unit_id")
-    existing = UnitRecord.load(state, wu)
+    existing = ctx.load(state, wu)
     digest = payload_digest(event)
     if existing is not None:
         if existing.digest == digest:
@@ -57,8 +57,8 @@ def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
             decided_at=event.occurred_at,
         ),)
     admitted = restated(event, "admitted")
-    ctx.digest_memo = (admitted.event_id, digest)
     unit = UnitRecord.submitted(event, digest)
+    ctx.admitted = (admitted.event_id, unit)
     facts: list[Event] = [admitted]
     now = event.occurred_at
     over_budget = _over_budget(ctx, event)
@@ -166,10 +166,10 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
 
 
 def evolve_submitted(ctx: SchedulerContext, state: State, fact: WorkUnitSubmitted) -> None:
-    memo_id, memo = ctx.digest_memo
-    digest = memo if memo_id == fact.event_id else payload_digest(fact)
-    unit = UnitRecord.submitted(fact, digest)
-    state.set(unit_key(unit.work_unit_id), unit.to_state())
+    memo_id, unit = ctx.admitted
+    if unit is None or memo_id != fact.event_id:
+        unit = UnitRecord.submitted(fact, payload_digest(fact))
+    ctx.save(state, None, unit)
 
 
 def evolve_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,

@@ -29,7 +29,7 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
     facts: list[Event] = []
     budget = ctx.cfg.deferred_per_tick
     for wu, _at in ctx.due(state, "lease", now, budget):
-        unit = UnitRecord.load(state, wu)
+        unit = ctx.load(state, wu)
         if unit is None:
             continue
         if unit.status == "scheduled":
@@ -50,7 +50,7 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
         if budget <= 0 or (kind == "deferred" and not examine_deferred):
             continue
         for wu, _at in ctx.due(state, kind, until, budget):  # type: ignore[arg-type]
-            unit = UnitRecord.load(state, wu)
+            unit = ctx.load(state, wu)
             if unit is None:
                 continue
             fact = _look_again(ctx, state, unit, tick, now, hopeless)
@@ -102,8 +102,9 @@ def _sample(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
 def evolve_queue_sampled(ctx: SchedulerContext, state: State, fact: QueueSampled) -> None:
     """A sample starts the next window of claim waits."""
     q = QueueCounters.load(state)
-    QueueCounters(q.deferred, q.throttled, q.scheduled, q.retry_wait, q.granted, (),
-                  fact.occurred_at).save(state)
+    q.waits.clear()
+    q.sampled_at = fact.occurred_at
+    q.save(state)
 
 
 def route_queue_sampled(ctx: SchedulerContext, fact: QueueSampled) -> Sequence[Routed]:

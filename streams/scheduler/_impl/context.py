@@ -31,6 +31,8 @@ __all__ = ["SchedulerContext"]
 
 #: the largest 13-digit time: "no index entry at all"
 _FAR_FUTURE = 10**13 - 1
+#: how many converted records the context keeps at most (a batch's worth)
+_RECORDS_KEPT = 4096
 
 
 @dataclass
@@ -49,9 +51,14 @@ class SchedulerContext:
     #: against; not state: it only saves work, the facts stay the same
     examined: dict[int, int] = field(default_factory=dict)
     floors: _IndexFloors = field(default_factory=lambda: _IndexFloors())
-    #: the digest of the submission just decided, so evolving its admitted copy
-    #: does not hash the payload a second time
-    digest_memo: tuple[str, str] = ("", "")
+    #: the unit of the submission just decided (by its admitted copy's event id),
+    #: so evolving that copy neither hashes the payload nor converts it again
+    admitted: tuple[str, UnitRecord | None] = ("", None)
+    #: records by the identity of the state value they were read from or saved as
+    #: (kept with the value, so the identity cannot be reused); not state: the
+    #: RocksDB store hands back the value it was given until it checkpoints, so
+    #: deciding and then evolving one unit converts it from JSON once
+    records: dict[int, tuple[Any, UnitRecord]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: OnceflowSettings, view: ClusterView, catalog: TopicCatalog,
@@ -74,18 +81,36 @@ class SchedulerContext:
 
     # -- the unit table and its time indexes -------------------------------------------
 
+    def load(self, state: State, work_unit_id: str) -> UnitRecord | None:
+        raw = state.get(unit_key(work_unit_id))
+        if raw is None:
+            return None
+        hit = self.records.get(id(raw))
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        unit = UnitRecord.from_state(raw)
+        self._remember(raw, unit)
+        return unit
+
+    def _remember(self, raw: Any, unit: UnitRecord) -> None:
+        if len(self.records) >= _RECORDS_KEPT:
+            self.records.clear()
+        self.records[id(raw)] = (raw, unit)
+
     def save(self, state: State, before: UnitRecord | None, unit: UnitRecord) -> None:
         """Store a unit and move its index entry to where its new status puts it."""
-        old = None if before is None else before.index_key()
-        new = unit.index_key()
+        old = None if before is None else before.index_entry()
+        new = unit.index_entry()
         if old != new:
+            wu = unit.work_unit_id
             if old is not None:
-                state.delete(old)
-            entry = unit.index_entry()
-            if new is not None and entry is not None:
-                state.set(new, 1)
-                self.floors.lower(state, entry[0], entry[1])
-        state.set(unit_key(unit.work_unit_id), unit.to_state())
+                state.delete(index_key(old[0], old[1], wu))
+            if new is not None:
+                state.set(index_key(new[0], new[1], wu), 1)
+                self.floors.lower(state, new[0], new[1])
+        raw = unit.to_state()
+        self._remember(raw, unit)
+        state.set(unit_key(unit.work_unit_id), raw)
 
     def due(self, state: State, kind: IndexKind, until: int | None,
             budget: int) -> list[tuple[str, int]]:

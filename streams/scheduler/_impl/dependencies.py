@@ -54,7 +54,7 @@ def on_dependency_registered(ctx: SchedulerContext, state: State,
                              event: WorkUnitDependencyRegistered) -> Sequence[Event]:
     if event.parent_outcome:
         return ()  # our own notice, seen again
-    parent = UnitRecord.load(state, event.work_unit_id or "")
+    parent = ctx.load(state, event.work_unit_id or "")
     outcome: Literal["", "completed", "failed"] = ""
     ref = None
     if parent is not None and parent.status == "completed":
@@ -66,7 +66,7 @@ def on_dependency_registered(ctx: SchedulerContext, state: State,
 
 def on_dependency_resolved(ctx: SchedulerContext, state: State,
                            event: WorkUnitDependencyResolved) -> Sequence[Event]:
-    unit = UnitRecord.load(state, event.work_unit_id or "")
+    unit = ctx.load(state, event.work_unit_id or "")
     if unit is None or unit.status != "waiting" or event.parent_work_unit_id in unit.parents:
         return ()
     recorded = restated(event, "resolved")

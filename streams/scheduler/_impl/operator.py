@@ -27,7 +27,7 @@ __all__ = ["evolve_cancelled", "on_cancel", "on_operator"]
 
 def on_operator(ctx: SchedulerContext, state: State, event: ControlOperatorResolved
                 ) -> Sequence[Event]:
-    unit = UnitRecord.load(state, event.work_unit_id or "")
+    unit = ctx.load(state, event.work_unit_id or "")
     if unit is None or unit.status != "needs_operator":
         return ()
     now = event.occurred_at
@@ -55,7 +55,7 @@ def on_operator(ctx: SchedulerContext, state: State, event: ControlOperatorResol
 
 def on_cancel(ctx: SchedulerContext, state: State, event: ControlSessionCancelRequested
               ) -> Sequence[Event]:
-    unit = UnitRecord.load(state, event.work_unit_id or "")
+    unit = ctx.load(state, event.work_unit_id or "")
     if unit is None or unit.terminal or unit.status == "granted":
         return ()  # a granted attempt runs to its end; its result then settles it
     now = event.occurred_at

@@ -147,7 +147,7 @@ class Scheduler(Reducer):
         step = _EVOLVE_UNIT.get(type(fact))
         if step is None:
             return
-        before = UnitRecord.load(state, fact.work_unit_id or "")
+        before = self.ctx.load(state, fact.work_unit_id or "")
         if before is None:
             return
         after = step(self.ctx, state, before, fact)
@@ -159,9 +159,10 @@ class Scheduler(Reducer):
 
     def _count(self, state: State, before: UnitRecord, after: UnitRecord, fact: Event) -> None:
         """Keep the partition's queue counters (what `QueueSampled` reports) in step."""
-        q = QueueCounters.load(state).moved(before.queue_bucket(), after.queue_bucket())
+        q = QueueCounters.load(state)
+        q.move(before.queue_bucket(), after.queue_bucket())
         if isinstance(fact, ClaimGranted):
-            q = q.waited(max(0, fact.occurred_at - after.submitted_at))
+            q.wait(max(0, fact.occurred_at - after.submitted_at))
         q.save(state)
 
     def route(self, fact: Event) -> Sequence[Routed]:

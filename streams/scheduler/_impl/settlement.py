@@ -9,8 +9,10 @@ and recorded as refused so the ledger can show what it cost.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from onceflow.schemas import (
+    AttemptResult,
     ClaimGranted,
     ClaimRejected,
     ClaimRejectionReason,
@@ -52,6 +54,14 @@ __all__ = [
 _RETRY_SAFE = frozenset({"token", "readback"})
 
 
+#: what an attempt produced, as the report and its settlement both carry it
+_RESULT_FIELDS = frozenset(AttemptResult.model_fields) - frozenset(Event.model_fields)
+
+
+def _result_of(event: AttemptResult) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in _RESULT_FIELDS}
+
+
 def _holds_grant(unit: UnitRecord | None, attempt: int, node: str, incarnation: str) -> bool:
     return (
         unit is not None and unit.status == "granted" and unit.attempt == attempt
@@ -61,7 +71,7 @@ def _holds_grant(unit: UnitRecord | None, attempt: int, node: str, incarnation: 
 
 def on_claim(ctx: SchedulerContext, state: State, event: ClaimRequested) -> Sequence[Event]:
     wu = event.work_unit_id or ""
-    unit = UnitRecord.load(state, wu)
+    unit = ctx.load(state, wu)
     reason: ClaimRejectionReason | None = None
     if unit is None:
         reason = "unknown_unit"
@@ -95,7 +105,7 @@ def on_claim(ctx: SchedulerContext, state: State, event: ClaimRequested) -> Sequ
 
 
 def on_staged(ctx: SchedulerContext, state: State, event: EffectStaged) -> Sequence[Event]:
-    unit = UnitRecord.load(state, event.work_unit_id or "")
+    unit = ctx.load(state, event.work_unit_id or "")
     if unit is None or unit.status != "granted" or unit.attempt != event.attempt_index:
         return ()
     if unit.staged:
@@ -106,7 +116,7 @@ def on_staged(ctx: SchedulerContext, state: State, event: EffectStaged) -> Seque
 def on_reported(ctx: SchedulerContext, state: State, event: WorkUnitResultReported
                 ) -> Sequence[Event]:
     """Settle a reported result: accepted from the grant holder, refused (and said why) else."""
-    unit = UnitRecord.load(state, event.work_unit_id or "")
+    unit = ctx.load(state, event.work_unit_id or "")
     reason: SettlementReason
     if unit is None:
         reason = "unknown_unit"
@@ -120,11 +130,7 @@ def on_reported(ctx: SchedulerContext, state: State, event: WorkUnitResultReport
         reason = "grant_holder"
     accepted = reason == "grant_holder"
     settled = WorkUnitCompleted(
-        **caused_by(event, "settled"), selected_node_id=event.node_id,
-        attempt_index=event.attempt_index, correlation_id=event.correlation_id,
-        result_ref=event.result_ref, cpu_seconds=event.cpu_seconds,
-        llm_tokens=event.llm_tokens, started_at=event.started_at,
-        finished_at=event.finished_at, kind=event.kind, incarnation=event.incarnation,
+        **caused_by(event, "settled"), **_result_of(event), selected_node_id=event.node_id,
         accepted=accepted, settlement_reason=reason,
         submitted_at=unit.submitted_at if unit else 0,
     )
@@ -144,11 +150,9 @@ def on_legacy_completed(ctx: SchedulerContext, state: State, event: WorkUnitComp
     if event.accepted or event.settlement_reason:
         return ()
     report = WorkUnitResultReported(
-        **event.model_dump(include={
-            "event_id", "occurred_at", "tenant_id", "execution_session_id", "work_unit_id",
-            "causation_id", "attempt_index", "incarnation", "correlation_id", "result_ref",
-            "cpu_seconds", "llm_tokens", "started_at", "finished_at", "kind"}),
-        node_id=event.selected_node_id,
+        event_id=event.event_id, occurred_at=event.occurred_at, tenant_id=event.tenant_id,
+        execution_session_id=event.execution_session_id, work_unit_id=event.work_unit_id,
+        causation_id=event.causation_id, **_result_of(event), node_id=event.selected_node_id,
     )
     return on_reported(ctx, state, report)
 
@@ -156,7 +160,7 @@ def on_legacy_completed(ctx: SchedulerContext, state: State, event: WorkUnitComp
 def on_failed(ctx: SchedulerContext, state: State, event: WorkUnitFailed) -> Sequence[Event]:
     if event.reported_by_scheduler:
         return ()
-    unit = UnitRecord.load(state, event.work_unit_id or "")
+    unit = ctx.load(state, event.work_unit_id or "")
     if unit is None or not _holds_grant(unit, event.attempt_index, event.selected_node_id,
                                         event.incarnation):
         return ()  # a fenced attempt's failure changes nothing

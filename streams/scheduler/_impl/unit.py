@@ -104,9 +104,16 @@ class UnitSpec:
     correlation_id: str | None
     input_ref: ContentRef | None
     parameters: dict[str, str]
+    #: the spec as state holds it: a spec never changes, so it is converted once
+    stored: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, event: WorkUnitSubmitted) -> UnitSpec:
+        spec = cls._of(event)
+        return replace(spec, stored=spec.to_state())
+
+    @classmethod
+    def _of(cls, event: WorkUnitSubmitted) -> UnitSpec:
         return cls(
             kind=event.kind, priority=event.priority, region=event.region,
             required_concurrency=event.required_concurrency,
@@ -123,6 +130,8 @@ class UnitSpec:
         return (self.kind, self.region, self.required_concurrency, self.min_runtime_version)
 
     def to_state(self) -> dict[str, Any]:
+        if self.stored is not None:
+            return self.stored
         return {
             "kind": self.kind, "priority": self.priority, "region": self.region,
             "required_concurrency": self.required_concurrency,
@@ -145,7 +154,7 @@ class UnitSpec:
             lease_ms=d["lease_ms"], depends_on=tuple(d["depends_on"]), handler=d["handler"],
             simulated_ms=d["simulated_ms"], prompt=d["prompt"], model=d["model"],
             llm_tokens=d["llm_tokens"], correlation_id=d["correlation_id"],
-            input_ref=_ref_in(d["input_ref"]), parameters=d["parameters"],
+            input_ref=_ref_in(d["input_ref"]), parameters=d["parameters"], stored=d,
         )
 
 
@@ -188,8 +197,24 @@ class UnitRecord:
         )
 
     def but(self, **changes: Any) -> UnitRecord:
-        """A copy with `changes`: records are immutable, state is set anew."""
-        return replace(self, **changes)
+        """A copy with `changes`: records are immutable, state is set anew.
+
+        Spelled out rather than `dataclasses.replace` (which validates the
+        names and re-runs `__init__` by keyword): this runs for every fact the
+        scheduler folds. A test checks it covers every field.
+        """
+        get = changes.get
+        return UnitRecord(
+            get("work_unit_id", self.work_unit_id), get("tenant_id", self.tenant_id),
+            get("session_id", self.session_id), get("digest", self.digest),
+            get("spec", self.spec), get("submitted_at", self.submitted_at),
+            get("status", self.status), get("reason", self.reason), get("attempt", self.attempt),
+            get("node", self.node), get("incarnation", self.incarnation),
+            get("dispatch_event_id", self.dispatch_event_id), get("failures", self.failures),
+            get("staged", self.staged), get("deadline", self.deadline),
+            get("retry_at", self.retry_at), get("decided_at", self.decided_at),
+            get("parents", self.parents), get("result_ref", self.result_ref),
+        )
 
     @property
     def terminal(self) -> bool:
@@ -210,10 +235,6 @@ class UnitRecord:
         if self.status == "deferred":
             return ("deferred", self.submitted_at)
         return None
-
-    def index_key(self) -> str | None:
-        entry = self.index_entry()
-        return None if entry is None else index_key(entry[0], entry[1], self.work_unit_id)
 
     def queue_bucket(self) -> QueueBucket | None:
         if self.status == "deferred":
@@ -271,16 +292,20 @@ class PlacementMemory:
         state.set(PLACEMENT_KEY, {"node": self.node, "streak": self.streak, "epoch": self.epoch})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueueCounters:
-    """The partition's queue by bucket and the claim waits since the last sample."""
+    """The partition's queue by bucket and the claim waits since the last sample.
+
+    Mutable, unlike the unit record: it is loaded, moved and saved within one
+    fold of one fact, many times a second, and never shared.
+    """
 
     deferred: int = 0
     throttled: int = 0
     scheduled: int = 0
     retry_wait: int = 0
     granted: int = 0
-    waits: tuple[int, ...] = ()
+    waits: list[int] = field(default_factory=list)
     sampled_at: int = 0
 
     @classmethod
@@ -289,26 +314,26 @@ class QueueCounters:
         if d is None:
             return cls()
         return cls(d["deferred"], d["throttled"], d["scheduled"], d["retry_wait"], d["granted"],
-                   tuple(d["waits"]), d["sampled_at"])
+                   list(d["waits"]), d["sampled_at"])
 
     def save(self, state: State) -> None:
         state.set(QUEUE_KEY, {
             "deferred": self.deferred, "throttled": self.throttled, "scheduled": self.scheduled,
-            "retry_wait": self.retry_wait, "granted": self.granted, "waits": list(self.waits),
+            "retry_wait": self.retry_wait, "granted": self.granted, "waits": self.waits,
             "sampled_at": self.sampled_at,
         })
 
-    def moved(self, before: QueueBucket | None, after: QueueBucket | None) -> QueueCounters:
-        """The counters after one unit moved from one bucket to another."""
-        changes: dict[str, int] = {}
+    def move(self, before: QueueBucket | None, after: QueueBucket | None) -> None:
+        """One unit moved from one bucket to another."""
         if before is not None:
-            changes[before] = max(0, getattr(self, before) - 1)
+            setattr(self, before, max(0, getattr(self, before) - 1))
         if after is not None:
-            changes[after] = changes.get(after, getattr(self, after)) + 1
-        return replace(self, **changes)  # type: ignore[arg-type]
+            setattr(self, after, getattr(self, after) + 1)
 
-    def waited(self, wait_ms: int) -> QueueCounters:
-        return replace(self, waits=(*self.waits, wait_ms)[-_MAX_WAITS:])
+    def wait(self, wait_ms: int) -> None:
+        """A claim was granted after this long in the queue."""
+        self.waits.append(wait_ms)
+        del self.waits[:-_MAX_WAITS]
 
     @property
     def queued(self) -> int:

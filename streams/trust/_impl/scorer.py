@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from onceflow.schemas import (
     Event,
     NodeHeartbeat,
+    TrustOutcome,
+    TrustReason,
     TrustScoreUpdated,
     WorkUnitCompleted,
     WorkUnitFailed,
@@ -55,7 +58,7 @@ def _clamp(x: float) -> float:
     return 0.0 if x < 0 else 1.0 if x > 1 else x
 
 
-def score_after(prev: TrustState, outcome: str, at: int, health: str, cfg: TrustSettings
+def score_after(prev: TrustState, outcome: TrustOutcome | Literal[""], at: int, health: str, cfg: TrustSettings
                 ) -> tuple[TrustState, float, float, float]:
     """Decay `prev` to `at`, apply one outcome; returns (state, score, reliability, health
     penalty). The one function both deciding and re-checking use."""
@@ -107,6 +110,7 @@ class TrustScorer(Reducer):
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         health: str | None = None
+        outcome: TrustOutcome
         if isinstance(event, NodeHeartbeat):
             node, outcome, health = event.node_id, "heartbeat", event.health_status
         elif isinstance(event, WorkUnitCompleted):
@@ -135,6 +139,7 @@ class TrustScorer(Reducer):
                 and new.quarantined == prev.quarantined
                 and abs(score - prev_score) < self.cfg.min_change):
             return ()  # nothing worth telling the scheduler; the state stays as recorded
+        reason: TrustReason
         if new.quarantined != prev.quarantined:
             reason = "quarantined" if new.quarantined else "released"
         else:

@@ -48,3 +48,18 @@ def test_parents_are_done_once_each_dependency_has_an_answer() -> None:
     assert not unit.parents_done()
     assert not unit.but(parents={"p1": REF}).parents_done()
     assert unit.but(parents={"p1": REF, "p2": None}).parents_done()
+
+
+def test_a_changed_copy_changes_exactly_the_fields_named() -> None:
+    from dataclasses import fields
+
+    unit = _unit()
+    assert unit.but() == unit
+    for f in fields(UnitRecord):
+        value = {"spec": _unit().spec.__class__.of(submit("wu-2")), "parents": {"p": None},
+                 "result_ref": REF, "staged": True}.get(f.name, 4242 if isinstance(
+                     getattr(unit, f.name), int) else "changed")
+        changed = unit.but(**{f.name: value})
+        assert getattr(changed, f.name) == value, f.name
+        assert all(getattr(changed, g.name) == getattr(unit, g.name)
+                   for g in fields(UnitRecord) if g.name != f.name), f.name
