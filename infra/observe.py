@@ -128,6 +128,6 @@ def node_rows(nodes: dict[str, NodeHeartbeat], now_ms: int,
          "free_slots": n.available_concurrency, "version": n.version,
          "heartbeat_age_s": round(max(0, now_ms - n.occurred_at) / 1000, 1),
          "trust": trust[n.node_id].trust_score if n.node_id in trust else None,
-         "quarantined": trust[n.node_id].quarantined if n.node_id in trust else False}
+         "breaker": trust[n.node_id].breaker if n.node_id in trust else "closed"}
         for n in nodes.values()
     ]

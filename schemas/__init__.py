@@ -23,6 +23,7 @@ from onceflow.schemas._impl.events import *  # noqa: F403
 from onceflow.schemas._impl.events import SYSTEM_TENANT
 from onceflow.schemas._impl.events import __all__ as _event_names
 from onceflow.schemas._impl.reasons import (
+    BreakerState,
     ClaimRejectionReason,
     DeferralReason,
     LedgerOutcome,
@@ -62,6 +63,7 @@ from onceflow.schemas._impl.types import (
 
 __all__ = [
     *_event_names,
+    "BreakerState",
     "MONEY_QUANTUM",
     "SINGLE_OBJECT_MARKER",
     "SYSTEM_TENANT",

@@ -232,7 +232,7 @@ class NodeAgent:
             supported_kinds=self.kinds, max_concurrency=self.concurrency,
             available_concurrency=free, active_queue_depth=queued,
             utilization=round(min(1.0, running / self.concurrency), 4), region=self.region,
-            version=self.version, sequence=seq,
+            version=self.version, sequence=seq, incarnation=self.incarnation,
         ))
 
     # -- intake ----------------------------------------------------------------------

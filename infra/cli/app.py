@@ -213,7 +213,7 @@ def status(
                       "free slots", "completed", "heartbeat age", title="nodes")
         for n in report["nodes"]:
             trust = "-" if n["trust"] is None else f"{n['trust']:.2f}" + (
-                " (quarantined)" if n["quarantined"] else "")
+                "" if n["breaker"] == "closed" else f" (breaker {n['breaker']})")
             nodes.add_row(n["node_id"], n["health"], trust, str(n["region"] or "-"),
                           ",".join(n["kinds"]), str(n["queue_depth"]),
                           f"{n['utilization']:.0%}", str(n["free_slots"]),

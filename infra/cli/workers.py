@@ -58,7 +58,7 @@ def billing(
 def trust(
     ready_file: Annotated[Path | None, typer.Option(help="touched once trust is ready")] = None,
 ) -> None:
-    """Trust scoring: reliability, timeouts, health and decay per node; quarantine."""
+    """Trust scoring: reliability, timeouts, health and decay per node; each node's breaker."""
     from onceflow.streams.runtime.process import tune_for_streaming
     from onceflow.streams.trust.worker import run_trust
 

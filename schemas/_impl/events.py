@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from onceflow.schemas._impl.reasons import (
+    BreakerState,
     ClaimRejectionReason,
     DeferralReason,
     LedgerOutcome,
@@ -394,6 +395,8 @@ class NodeHeartbeat(Event, event_type="node.heartbeat"):
     region: str | None = None
     version: str = "0.0.0"
     sequence: int = 0
+    incarnation: str = Field(
+        default="", description="which run of the node's agent: a new one means a restart")
 
 
 class TrustScoreUpdated(Event, event_type="trust.score.updated"):
@@ -405,7 +408,8 @@ class TrustScoreUpdated(Event, event_type="trust.score.updated"):
     beta: float = 2.0
     timeout_penalty: float = 0.0
     health_penalty: float = 0.0
-    quarantined: bool = False
+    quarantined: bool = Field(
+        default=False, description="the breaker is open (what release-1 readers filter on)")
     reason: TrustReason | Literal[""] = ""
     reliability: float = Field(default=0.5, description="alpha / (alpha + beta)")
     health_status: str = "healthy"
@@ -417,6 +421,11 @@ class TrustScoreUpdated(Event, event_type="trust.score.updated"):
     previous_timeout_penalty: float = 0.0
     previous_at: int = Field(default=0, description="logged time of the previous update, ms")
     previous_quarantined: bool = False
+    breaker: BreakerState = Field(
+        default="closed", description="the node's circuit breaker after this update")
+    breaker_until: int = Field(
+        default=0, description="when an open breaker turns half-open (logged time, ms)")
+    incarnation: str = Field(default="", description="the agent run the node's heartbeats name")
 
 
 # --- capacity -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 __all__ = [
+    "BreakerState",
     "ClaimRejectionReason",
     "DeferralReason",
     "LedgerOutcome",
@@ -43,8 +44,15 @@ SettlementReason = Literal[
     "not_grant_holder", "lease_expired", ""]
 #: what moved a node's trust score
 TrustOutcome = Literal["success", "failure", "timeout", "heartbeat"]
-#: why a trust score was published: its outcome, or a change of quarantine
-TrustReason = Literal["success", "failure", "timeout", "heartbeat", "quarantined", "released"]
+#: a node's circuit breaker: closed (work flows), open (none, for a while),
+#: half_open (one probe unit at a time, until enough succeed)
+BreakerState = Literal["closed", "open", "half_open"]
+#: why a trust score was published: its outcome, a breaker that changed state, an
+#: agent restarted under the node's id; quarantined / released only in records
+#: written before the breaker replaced quarantine
+TrustReason = Literal[
+    "success", "failure", "timeout", "heartbeat", "breaker_opened", "breaker_half_open",
+    "breaker_closed", "restarted", "quarantined", "released"]
 #: how the ledger learned a unit ended
 LedgerOutcome = Literal["accepted", "failed", "cancelled"]
 #: what a ledger line item charges for

@@ -45,6 +45,8 @@ class SchedulerSettings(SettingsGroup):
     """the longest retry backoff"""
     retry_jitter_ratio: float = 0.2
     """deterministic jitter added to a backoff, as a share of it"""
+    breaker_probe_interval_ms: int = Field(default=5000, ge=0)
+    """a half-open node (its breaker probing) gets one unit per this much logged time"""
     retryable_errors: list[str] = Field(
         default_factory=lambda: ["network_transient", "node_timeout", "admission_reject"]
     )

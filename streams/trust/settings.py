@@ -10,7 +10,7 @@ __all__ = ["TrustSettings"]
 
 
 class TrustSettings(SettingsGroup):
-    """The trust model: Beta-Binomial reliability, timeout and health penalties, decay; every constant is a setting."""
+    """The trust model (Beta-Binomial reliability, timeout and health penalties, decay) and each node's circuit breaker; every constant is a setting."""
 
     prior_alpha: float = Field(default=2.0, gt=0)
     """Beta-Binomial prior successes of a new node"""
@@ -26,10 +26,20 @@ class TrustSettings(SettingsGroup):
     decay_per_hour: float = Field(default=0.98, gt=0, le=1,
                                   description="how much of the evidence is kept per hour of "
                                               "logged time (toward the prior)")
-    quarantine_below: float = Field(default=0.35, ge=0, le=1,
-                                    description="a node scoring below this is not scheduled")
-    release_above: float = Field(default=0.45, ge=0, le=1,
-                                 description="a quarantined node is released above this")
+    breaker_window_ms: int = Field(default=60_000, ge=1000)
+    """the breaker counts a node's attempts over this much logged time"""
+    breaker_min_attempts: int = Field(default=60, ge=1)
+    """attempts in the window before the failure ratio can open the breaker"""
+    breaker_failure_ratio: float = Field(default=0.5, ge=0, le=1)
+    """the breaker opens when more than this share of the window's attempts failed"""
+    breaker_timeout_window_ms: int = Field(default=30_000, ge=1000)
+    """the breaker counts a node's lease timeouts over this much logged time"""
+    breaker_timeouts: int = Field(default=20, ge=1)
+    """lease timeouts in the timeout window that open the breaker"""
+    breaker_open_ms: int = Field(default=30_000, ge=0)
+    """how long an open breaker keeps work away before it lets probes through"""
+    breaker_close_after: int = Field(default=5, ge=1)
+    """successful probes in a row that close a half-open breaker"""
     min_change: float = Field(default=0.001, ge=0,
                               description="heartbeats only emit an update when the score moved "
                                           "this much (outcomes always do)")

@@ -12,7 +12,7 @@ import pytest
 
 from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
-from onceflow.schemas import WorkUnitFailed, WorkUnitSubmitted
+from onceflow.schemas import TrustScoreUpdated, WorkUnitFailed, WorkUnitSubmitted
 from onceflow.streams.scheduler import SETTLED_STATES
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
@@ -145,3 +145,56 @@ def test_scheduler_killed_mid_burst_settles_every_unit_once(
             assert status[wu] == "completed" and accepted[wu] == 1, (wu, status[wu])
         else:
             assert status[wu] in ("completed", "needs_operator") and rows[wu] <= 1, wu
+
+
+def test_two_agents_killed_mid_burst_never_wedge_the_cluster(
+    settings: OnceflowSettings, tmp_path: Path
+) -> None:
+    """The wedge: two of three agents SIGKILLed mid-burst, one restarted under its old id.
+
+    Under quarantine, the restarted node scored 0.00 and every later unit stayed
+    deferred for days of logged time; with breakers the fleet settles and new
+    work completes within a minute.
+    """
+    fast = fast_settings(settings)
+    create_topics(fast)
+    specs = agent_specs(3, concurrency=4, region="eu-west")
+    roles = start_roles(fast, specs, trust=True)
+    tool = {"db": str(tmp_path / "effects.sqlite"), "honour_key": "true"}
+    burst = ([unit(f"pure-{i}", simulated_ms=20) for i in range(300)]
+             + [unit(f"llm-{i}", kind="llm_pod", effect="READ_ONLY_NONDET",
+                     prompt=f"question {i}") for i in range(100)]
+             + [unit(f"tok-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=20,
+                     idempotency_class="token", parameters=tool) for i in range(100)])
+    burst.sort(key=lambda u: (int((u.work_unit_id or "").rsplit("-", 1)[1]) % 50,
+                              u.work_unit_id))
+    follower = ProgressFollower(fast)
+    try:
+        submit_units(fast, burst)
+        _wait_completed(follower, 40)
+        _sigkill(roles, "agent-n1")
+        _sigkill(roles, "agent-n2")
+        roles += start_roles(fast, specs[:1], scheduler=False)  # n1 again, a new incarnation
+        _wait_settled(follower, burst, "the burst to settle after the kills")
+        assert {follower.progress.status[u.work_unit_id or ""] for u in burst} == {"completed"}
+
+        more = [unit(f"more-{i}", simulated_ms=10) for i in range(100)]
+        submit_units(fast, more)
+
+        def all_completed() -> bool:
+            follower.poll()
+            return all(follower.progress.status.get(u.work_unit_id or "") == "completed"
+                       for u in more)
+
+        wait_for(all_completed, timeout=60, what="100 units after the kills to complete")
+    finally:
+        follower.close()
+        stop_roles(roles)
+    timeouts = [f for f in events(fast, TopicCatalog(fast)["workunits"].name)
+                if isinstance(f, WorkUnitFailed) and f.error_code == "node_timeout"]
+    assert timeouts, "the kills interrupted no granted work; the test proved nothing"
+    # the restarted agent was seen as a new run: probed back from the prior, not starved
+    restarted = [f for f in events(fast, TopicCatalog(fast)["trust"].name)
+                 if isinstance(f, TrustScoreUpdated) and f.node_id == "n1"
+                 and f.reason == "restarted"]
+    assert restarted and restarted[0].breaker == "half_open"

@@ -127,7 +127,8 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
     result = place(
         PlacementRequest(spec.kind, spec.region, spec.required_concurrency,
                          spec.min_runtime_version),
-        ctx.view.placeable(), ctx.view.trust, now, streak, ctx.cfg,
+        ctx.view.placeable(now, ctx.cfg.breaker_probe_interval_ms), ctx.view.trust, now, streak,
+        ctx.cfg,
     )
     code = result.reason_code
     if result.selected is None or code == "no_eligible_node":
@@ -136,7 +137,7 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
                         f"no node can take it ({counts})", role=role,
                         filter_counts=result.filter_counts)
     chosen = result.selected
-    ctx.view.note_dispatch(chosen.node_id, spec.required_concurrency)
+    ctx.view.note_dispatch(chosen.node_id, spec.required_concurrency, now)
     return WorkUnitScheduled(
         **ctx.envelope(unit, cause, role, now),
         selected_node_id=chosen.node_id,

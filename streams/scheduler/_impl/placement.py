@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
-from onceflow.schemas import PlacementCandidate, PlacementReason
+from onceflow.schemas import BreakerState, PlacementCandidate, PlacementReason
 from onceflow.streams.scheduler.settings import SchedulerSettings
 
 __all__ = [
@@ -28,12 +28,13 @@ __all__ = [
     "version_tuple",
 ]
 
-#: the reason code of a placement on a quarantined node because no other node could take it
+#: the reason code of a release-1 placement on a quarantined node (quarantine is gone:
+#: a node's breaker opens for a while instead); kept to re-check old records
 QUARANTINE_FALLBACK: PlacementReason = "quarantine_fallback"
 
 FilterReason = Literal[
-    "disabled", "health_status", "quarantined", "heartbeat_expired", "unsupported_kind",
-    "insufficient_concurrency", "runtime_version",
+    "disabled", "health_status", "breaker_open", "breaker_probing", "heartbeat_expired",
+    "unsupported_kind", "insufficient_concurrency", "runtime_version",
 ]
 
 
@@ -51,7 +52,10 @@ class NodeView:
     region: str | None = None
     version: str = "0.0.0"
     last_seen: int = 0
-    quarantined: bool = False
+    #: the node's circuit breaker: open keeps work away; half-open lets a probe through
+    breaker: BreakerState = "closed"
+    #: half-open: whether the next probe is due (one per `breaker_probe_interval_ms`)
+    probe_due: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,10 @@ def _filter(node: NodeView, req: PlacementRequest, now: int,
         return "disabled"
     if node.health_status in ("down", "draining"):
         return "health_status"
-    if node.quarantined:
-        return "quarantined"
+    if node.breaker == "open":
+        return "breaker_open"
+    if node.breaker == "half_open" and not node.probe_due:
+        return "breaker_probing"
     if now - node.last_seen > cfg.node_expiry_ms:
         return "heartbeat_expired"
     if req.kind not in node.supported_kinds:
@@ -179,36 +185,25 @@ def place(
 ) -> Placement:
     """Choose a node for one unit, or say why none can take it.
 
-    Quarantine keeps a node out only while another node can take the unit,
-    now or once it has a free slot: when every node that passes the other
-    filters is quarantined (a broker outage times out every lease at once,
-    say), the best of them is chosen (`quarantine_fallback`), so low trust
-    never wedges the cluster, and the work it then does is the evidence that
-    can release it.
+    A node whose breaker is open gets nothing and a half-open one only its
+    probe; when that leaves no node, the unit is deferred (and counted as
+    queue, which is what asks the autoscaler for capacity). Breakers close
+    or probe within `breaker_open_ms`, so no node stays out for long.
     """
     counts: dict[str, int] = {}
     eligible: list[PlacementCandidate] = []
-    quarantined: list[PlacementCandidate] = []
-    busy = False  # a node out of trouble is only full: the unit waits for it
     for node in sorted(nodes, key=lambda n: n.node_id):
         reason = _filter(node, req, now, cfg)
         if reason is not None:
             counts[reason] = counts.get(reason, 0) + 1
-            busy = busy or reason == "insufficient_concurrency"
-            if reason != "quarantined" or _filter(
-                    replace(node, quarantined=False), req, now, cfg) is not None:
-                continue
-        (quarantined if reason else eligible).append(candidate_for(
+            continue
+        eligible.append(candidate_for(
             node_id=node.node_id, available=node.available_concurrency,
             queue_depth=node.queue_depth, utilization=node.utilization,
             raw_trust=trust.get(node.node_id, cfg.default_trust),
             heartbeat_age_ms=max(0, now - node.last_seen), unit_region=req.region,
             node_region=node.region, cfg=cfg,
         ))
-    if not eligible and not busy and quarantined:
-        ranked = _ranked(quarantined)
-        chosen, _code = _choose(ranked, streak, cfg)
-        return Placement(chosen, ranked, 0, QUARANTINE_FALLBACK, dict(sorted(counts.items())))
     if not eligible:
         return Placement(None, [], 0, "no_eligible_node", dict(sorted(counts.items())))
     ranked = _ranked(eligible)

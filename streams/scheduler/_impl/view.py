@@ -13,6 +13,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 from onceflow.schemas import (
+    BreakerState,
     CapacityAdmissionModeChanged,
     Event,
     NodeHeartbeat,
@@ -40,8 +41,10 @@ class ClusterView:
     def __init__(self) -> None:
         self.nodes: dict[str, NodeView] = {}
         self.trust: dict[str, float] = {}
-        #: nodes trust scoring has quarantined: filtered out until released
-        self.quarantined: set[str] = set()
+        #: each node's breaker as trust scoring last published it: (state, open until)
+        self.breakers: dict[str, tuple[BreakerState, int]] = {}
+        #: when this process last placed a probe on each half-open node (logged time)
+        self.probed_at: dict[str, int] = {}
         self.mode: AdmissionMode = "OPEN"
         self.dispatched: dict[str, int] = {}
         #: per tenant, per ledger partition: what its partial wallet has charged
@@ -70,10 +73,10 @@ class ClusterView:
             )
         elif isinstance(event, TrustScoreUpdated):
             self.trust[event.node_id] = event.trust_score
-            if event.quarantined:
-                self.quarantined.add(event.node_id)
+            if event.breaker == "closed":
+                self.breakers.pop(event.node_id, None)
             else:
-                self.quarantined.discard(event.node_id)
+                self.breakers[event.node_id] = (event.breaker, event.breaker_until)
         elif isinstance(event, CapacityAdmissionModeChanged):
             self.mode = event.new_mode
         elif isinstance(event, WalletUpdated) and event.scope == "tenant":
@@ -84,14 +87,25 @@ class ClusterView:
         """What the ledger has charged a tenant so far (the sum of its partial wallets)."""
         return sum(self.charged.get(tenant, {}).values(), Decimal("0"))
 
-    def placeable(self) -> list[NodeView]:
-        """Nodes with their free capacity net of what was placed since their heartbeat."""
+    def breaker_at(self, node_id: str, now: int) -> BreakerState:
+        """A node's breaker at logged time `now`: an open one past its time probes."""
+        state, until = self.breakers.get(node_id, ("closed", 0))
+        if state == "open" and now >= until:
+            return "half_open"
+        return state
+
+    def placeable(self, now: int, probe_interval_ms: int) -> list[NodeView]:
+        """Nodes with their free capacity net of what was placed since their heartbeat,
+        and their breakers as of `now`."""
         out = []
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
             used = self.dispatched.get(node_id, 0)
-            if node_id in self.quarantined:
-                node = replace(node, quarantined=True)
+            breaker = self.breaker_at(node_id, now)
+            if breaker != "closed":
+                last = self.probed_at.get(node_id)
+                node = replace(node, breaker=breaker, probe_due=(
+                    last is None or now - last >= probe_interval_ms))
             if used:
                 node = replace(
                     node, available_concurrency=node.available_concurrency - used,
@@ -100,8 +114,10 @@ class ClusterView:
             out.append(node)
         return out
 
-    def note_dispatch(self, node_id: str, slots: int = 1) -> None:
+    def note_dispatch(self, node_id: str, slots: int, now: int) -> None:
         self.dispatched[node_id] = self.dispatched.get(node_id, 0) + slots
+        if self.breaker_at(node_id, now) != "closed":
+            self.probed_at[node_id] = now
 
     def note_arrived(self, node_id: str, slots: int = 1) -> None:
         """A dispatch the node claimed, or that ran out to its claim deadline."""

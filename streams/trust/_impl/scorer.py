@@ -12,11 +12,13 @@ partition holds everything about its nodes:
 - the evidence decays toward the prior over logged time (0.98 per hour);
 - score = reliability - timeout penalty - health penalty, clamped to [0, 1].
 
-A node scoring below `quarantine_below` is quarantined (the scheduler filters
-it out) until it scores above `release_above`. Each update records the state
-it started from and the input it applied, so `rescore_recorded` re-runs it
-from its record alone: the two input topics may interleave differently in a
-replay, but every decision can be checked.
+The score ranks nodes in placement; it never keeps a node out. What keeps
+work off a failing node is its circuit breaker (`breaker.py`), which opens for
+30 s at a time and then probes, so a node that works again gets work again.
+An agent restarted under the node's id (a new incarnation in its heartbeats)
+starts from the prior with a half-open breaker. Each update records the
+score state it started from and the input it applied, so `rescore_recorded`
+re-runs the score from its record alone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from onceflow.schemas import (
+    BreakerState,
     Event,
     NodeHeartbeat,
     TrustOutcome,
@@ -35,14 +38,20 @@ from onceflow.schemas import (
     WorkUnitFailed,
 )
 from onceflow.streams.ids import caused_by
+from onceflow.streams.trust._impl.breaker import Breaker
 from onceflow.streams.trust.settings import TrustSettings
 from onceflow.streams.types import Reducer, State
 
-__all__ = ["NOT_THE_NODES_FAULT", "TrustScorer", "TrustState", "rescore_recorded", "score_after"]
+__all__ = ["NOT_THE_NODES_FAULT", "NodeTrust", "TrustScorer", "TrustState", "rescore_recorded",
+           "score_after"]
 
 _HOUR_MS = 3_600_000
-#: failures the scheduler reports that say nothing about the node
-NOT_THE_NODES_FAULT = frozenset({"parent_failed", "abandoned_by_operator"})
+#: failures that say nothing about the node: the scheduler's own (a parent failed, an
+#: operator abandoned the unit) and the unit's (no such handler, the handler's own
+#: error, a provider refusing the request or rate-limiting it)
+NOT_THE_NODES_FAULT = frozenset({
+    "parent_failed", "abandoned_by_operator", "unknown_handler", "handler_error",
+    "provider_rejected", "admission_reject"})
 
 
 @dataclass(frozen=True)
@@ -51,15 +60,14 @@ class TrustState:
     beta: float
     timeout_penalty: float
     at: int
-    quarantined: bool = False
 
 
 def _clamp(x: float) -> float:
     return 0.0 if x < 0 else 1.0 if x > 1 else x
 
 
-def score_after(prev: TrustState, outcome: TrustOutcome | Literal[""], at: int, health: str, cfg: TrustSettings
-                ) -> tuple[TrustState, float, float, float]:
+def score_after(prev: TrustState, outcome: TrustOutcome | Literal[""], at: int, health: str,
+                cfg: TrustSettings) -> tuple[TrustState, float, float, float]:
     """Decay `prev` to `at`, apply one outcome; returns (state, score, reliability, health
     penalty). The one function both deciding and re-checking use."""
     alpha, beta, penalty = prev.alpha, prev.beta, prev.timeout_penalty
@@ -80,25 +88,53 @@ def score_after(prev: TrustState, outcome: TrustOutcome | Literal[""], at: int, 
     reliability = alpha / (alpha + beta)
     health_penalty = cfg.health_penalties.get(health, 0.0)
     score = _clamp(reliability - penalty - health_penalty)
-    # Hysteresis: out below one threshold, back only above a higher one.
-    quarantined = score <= cfg.release_above if prev.quarantined else score < cfg.quarantine_below
-    state = TrustState(round(alpha, 9), round(beta, 9), round(penalty, 9), max(at, prev.at),
-                       quarantined)
+    state = TrustState(round(alpha, 9), round(beta, 9), round(penalty, 9), max(at, prev.at))
     return state, round(score, 9), round(reliability, 9), health_penalty
 
 
 def rescore_recorded(fact: TrustScoreUpdated, cfg: TrustSettings
-                     ) -> tuple[float, bool, float, float, float]:
-    """(score, quarantined, alpha, beta, timeout penalty) from the update's own record."""
+                     ) -> tuple[float, float, float, float]:
+    """(score, alpha, beta, timeout penalty) from the update's own record."""
     prev = TrustState(fact.previous_alpha, fact.previous_beta, fact.previous_timeout_penalty,
-                      fact.previous_at, fact.previous_quarantined)
+                      fact.previous_at)
     state, score, _, _ = score_after(prev, fact.outcome, fact.occurred_at, fact.health_status,
                                      cfg)
-    return score, state.quarantined, state.alpha, state.beta, state.timeout_penalty
+    return score, state.alpha, state.beta, state.timeout_penalty
 
 
 def _key(node: str) -> str:
     return f"n:{node}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTrust:
+    """What trust scoring keeps per node."""
+
+    score_state: TrustState
+    health: str
+    score: float
+    breaker: Breaker
+    incarnation: str
+
+    @classmethod
+    def load(cls, state: State, node: str) -> NodeTrust | None:
+        d = state.get(_key(node))
+        if d is None:
+            return None
+        return cls(TrustState(d["alpha"], d["beta"], d["penalty"], d["at"]), d["health"],
+                   d["score"], Breaker.from_state(d.get("breaker")), d.get("incarnation", ""))
+
+    def save(self, state: State, node: str) -> None:
+        t = self.score_state
+        state.set(_key(node), {
+            "alpha": t.alpha, "beta": t.beta, "penalty": t.timeout_penalty, "at": t.at,
+            "health": self.health, "score": self.score, "breaker": self.breaker.to_state(),
+            "incarnation": self.incarnation,
+        })
+
+
+_BREAKER_REASON: dict[BreakerState, TrustReason] = {
+    "open": "breaker_opened", "half_open": "breaker_half_open", "closed": "breaker_closed"}
 
 
 class TrustScorer(Reducer):
@@ -110,9 +146,11 @@ class TrustScorer(Reducer):
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         health: str | None = None
+        incarnation = ""
         outcome: TrustOutcome
         if isinstance(event, NodeHeartbeat):
             node, outcome, health = event.node_id, "heartbeat", event.health_status
+            incarnation = event.incarnation
         elif isinstance(event, WorkUnitCompleted):
             if not event.accepted:
                 return ()  # a report, or a fenced attempt: its lease expiry counted already
@@ -124,41 +162,63 @@ class TrustScorer(Reducer):
             node, outcome = event.selected_node_id, "timeout" if timeout else "failure"
         else:
             return ()
-        known = state.get(_key(node))
+        now = event.occurred_at
+        known = NodeTrust.load(state, node)
+        prior = TrustState(self.cfg.prior_alpha, self.cfg.prior_beta, 0.0, now)
+        restarted = (known is not None and bool(incarnation) and bool(known.incarnation)
+                     and incarnation != known.incarnation)
         if known is None:
-            prev = TrustState(self.cfg.prior_alpha, self.cfg.prior_beta, 0.0, event.occurred_at)
-            prev_health, prev_score = "healthy", -1.0
+            prev, prev_health, prev_score, breaker = prior, "healthy", -1.0, Breaker()
+        elif restarted:
+            # A new run of the node's agent: what the old one did says little about it,
+            # and it must earn full load through probes, not wait for evidence to fade.
+            prev, prev_health, prev_score = prior, known.health, known.score
+            breaker = Breaker("half_open")
         else:
-            prev = TrustState(known["alpha"], known["beta"], known["penalty"], known["at"],
-                              known["quarantined"])
-            prev_health, prev_score = known["health"], known["score"]
+            prev, prev_health, prev_score, breaker = (known.score_state, known.health,
+                                                      known.score, known.breaker)
+        prev_breaker = known.breaker.state if known is not None else "closed"
         health = health or prev_health
-        new, score, reliability, health_penalty = score_after(prev, outcome, event.occurred_at,
-                                                              health, self.cfg)
-        if (outcome == "heartbeat" and known is not None and health == prev_health
-                and new.quarantined == prev.quarantined
+        new, score, reliability, health_penalty = score_after(prev, outcome, now, health,
+                                                              self.cfg)
+        breaker = breaker.after(outcome, now, self.cfg)
+        if (outcome == "heartbeat" and known is not None and not restarted
+                and health == prev_health and breaker.state == prev_breaker
                 and abs(score - prev_score) < self.cfg.min_change):
             return ()  # nothing worth telling the scheduler; the state stays as recorded
         reason: TrustReason
-        if new.quarantined != prev.quarantined:
-            reason = "quarantined" if new.quarantined else "released"
+        if restarted:
+            reason = "restarted"
+        elif breaker.state != prev_breaker:
+            reason = _BREAKER_REASON[breaker.state]
         else:
             reason = outcome
         return (TrustScoreUpdated(
             **caused_by(event, f"trust:{node}", execution_session_id=""), node_id=node,
             trust_score=score, previous_score=max(prev_score, 0.0), alpha=new.alpha,
             beta=new.beta, timeout_penalty=new.timeout_penalty, health_penalty=health_penalty,
-            quarantined=new.quarantined, reason=reason, reliability=reliability,
+            quarantined=breaker.state == "open", reason=reason, reliability=reliability,
             health_status=health, outcome=outcome, source_event_id=event.event_id,
             previous_alpha=prev.alpha, previous_beta=prev.beta,
             previous_timeout_penalty=prev.timeout_penalty, previous_at=prev.at,
-            previous_quarantined=prev.quarantined,
+            previous_quarantined=prev_breaker == "open", breaker=breaker.state,
+            breaker_until=breaker.until,
+            incarnation=incarnation or (known.incarnation if known is not None else ""),
         ),)
 
     def evolve(self, state: State, fact: Event) -> None:
-        if isinstance(fact, TrustScoreUpdated):
-            state.set(_key(fact.node_id), {
-                "alpha": fact.alpha, "beta": fact.beta, "penalty": fact.timeout_penalty,
-                "at": max(fact.occurred_at, fact.previous_at), "quarantined": fact.quarantined,
-                "health": fact.health_status, "score": fact.trust_score,
-            })
+        if not isinstance(fact, TrustScoreUpdated):
+            return
+        known = NodeTrust.load(state, fact.node_id)
+        # The breaker's windows are not in the record (they would make every update
+        # as large as a minute of attempts); they are re-derived by folding the same
+        # outcome into the stored breaker, the one function deciding used.
+        breaker = known.breaker if known is not None else Breaker()
+        if fact.reason == "restarted":
+            breaker = Breaker("half_open")
+        if fact.outcome:
+            breaker = breaker.after(fact.outcome, fact.occurred_at, self.cfg)
+        NodeTrust(TrustState(fact.alpha, fact.beta, fact.timeout_penalty,
+                             max(fact.occurred_at, fact.previous_at)),
+                  fact.health_status, fact.trust_score, breaker, fact.incarnation,
+                  ).save(state, fact.node_id)

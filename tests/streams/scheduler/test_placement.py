@@ -131,34 +131,31 @@ def test_a_node_silent_past_the_expiry_is_filtered_out() -> None:
     assert result.filter_counts == {"heartbeat_expired": 1}
 
 
-def test_a_quarantined_node_gets_no_work_while_another_can_take_it() -> None:
-    nodes = [node("a", quarantined=True, utilization=0.0), node("b", utilization=0.9)]
-    result = place(CPU, nodes, {"a": 0.1, "b": 0.9}, NOW, Streak(), CFG)
+def test_a_node_whose_breaker_is_open_gets_no_work_while_another_can_take_it() -> None:
+    nodes = [node("a", breaker="open", utilization=0.0), node("b", utilization=0.9)]
+    result = place(CPU, nodes, {"a": 0.9, "b": 0.1}, NOW, Streak(), CFG)
     assert result.selected is not None and result.selected.node_id == "b"
-    assert result.filter_counts == {"quarantined": 1}
+    assert result.filter_counts == {"breaker_open": 1}
 
 
-def test_when_every_able_node_is_quarantined_the_best_of_them_takes_the_work() -> None:
-    # A broker outage times out every lease at once: quarantine must not wedge the cluster.
-    nodes = [node("a", quarantined=True), node("b", quarantined=True, utilization=0.5),
-             node("c", quarantined=True, supported_kinds=("llm_pod",)), node("d", enabled=False)]
-    result = place(CPU, nodes, {"a": 0.2, "b": 0.3}, NOW, Streak(), CFG)
-    assert result.selected is not None and result.selected.node_id == "a"
-    assert result.reason_code == "quarantine_fallback" and result.eligible == 0
-    assert [c.node_id for c in result.candidates] == ["a", "b"]  # c cannot run cpu work
-    assert result.filter_counts == {"disabled": 1, "quarantined": 3}
-    assert rank_recorded(result.candidates, Streak(), None, CFG,
-                         recorded_reason=result.reason_code) == ("a", "quarantine_fallback")
-
-
-def test_a_quarantined_node_that_fails_another_filter_stays_out() -> None:
-    gone = NOW - CFG.node_expiry_ms - 1
-    result = place(CPU, [node("a", quarantined=True, last_seen=gone)], {}, NOW, Streak(), CFG)
-    assert result.selected is None and result.reason_code == "no_eligible_node"
-
-
-def test_a_quarantined_node_gets_no_work_while_a_trusted_one_is_only_full() -> None:
-    nodes = [node("a", quarantined=True), node("b", available_concurrency=0)]
+def test_when_every_able_node_is_open_the_unit_waits_as_queue() -> None:
+    # Nothing is placed on an open breaker: the deferred unit counts as queue,
+    # which is what asks the autoscaler for capacity, and the breakers probe soon.
+    nodes = [node("a", breaker="open"), node("b", breaker="open"), node("d", enabled=False)]
     result = place(CPU, nodes, {}, NOW, Streak(), CFG)
     assert result.selected is None and result.reason_code == "no_eligible_node"
-    assert result.filter_counts == {"insufficient_concurrency": 1, "quarantined": 1}
+    assert result.filter_counts == {"breaker_open": 2, "disabled": 1}
+
+
+def test_a_half_open_node_takes_its_probe_and_nothing_more_until_the_next_is_due() -> None:
+    due = place(CPU, [node("a", breaker="half_open", probe_due=True)], {}, NOW, Streak(), CFG)
+    assert due.selected is not None and due.selected.node_id == "a"
+    waiting = place(CPU, [node("a", breaker="half_open", probe_due=False)], {}, NOW, Streak(),
+                    CFG)
+    assert waiting.selected is None and waiting.filter_counts == {"breaker_probing": 1}
+
+
+def test_a_release_1_quarantine_fallback_record_still_re_checks() -> None:
+    result = place(CPU, [node("a"), node("b", utilization=0.5)], {}, NOW, Streak(), CFG)
+    assert rank_recorded(result.candidates, Streak(), None, CFG,
+                         recorded_reason="quarantine_fallback") == ("a", "quarantine_fallback")

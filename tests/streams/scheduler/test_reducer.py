@@ -12,6 +12,7 @@ from onceflow.schemas import (
     ClaimRejected,
     ContentRef,
     ControlOperatorResolved,
+    TrustScoreUpdated,
     WalletUpdated,
     WorkUnitCompleted,
     WorkUnitDeferred,
@@ -547,3 +548,29 @@ def test_throttled_units_are_counted_apart_from_the_queue() -> None:
     h.tick(T0 + 2000)  # places the held unit (its sample is the queue the tick found)
     h.tick(T0 + 3000)
     assert (h.samples[-1].queue, h.samples[-1].throttled) == (2, 0)
+
+
+def _breaker(node: str, state: str, until: int, at: int) -> TrustScoreUpdated:
+    return TrustScoreUpdated(event_id=f"trust-{node}-{state}-{at}", occurred_at=at, node_id=node,
+                             trust_score=0.1, breaker=state,  # type: ignore[arg-type]
+                             breaker_until=until)
+
+
+def test_an_open_node_gets_nothing_then_one_probe_per_interval() -> None:
+    h = ready("n1")
+    until = T0 + 30_000
+    h.see(_breaker("n1", "open", until, T0))
+    deferred = h.feed(submit("wu-1"))[-1]
+    assert isinstance(deferred, WorkUnitDeferred)
+    assert deferred.filter_counts == {"breaker_open": 1}
+    h.see(heartbeat("n1", at=until))
+    probe = h.feed(submit("wu-2", at=until))[-1]  # past its time: half-open, a probe is due
+    assert isinstance(probe, WorkUnitScheduled) and probe.selected_node_id == "n1"
+    held = h.feed(submit("wu-3", at=until + 10))[-1]
+    assert isinstance(held, WorkUnitDeferred) and held.filter_counts == {"breaker_probing": 1}
+    interval = h.settings.scheduler.breaker_probe_interval_ms
+    next_probe = h.feed(submit("wu-4", at=until + interval))[-1]
+    assert isinstance(next_probe, WorkUnitScheduled)
+    h.see(_breaker("n1", "closed", 0, until + interval + 1))
+    assert all(isinstance(h.feed(submit(f"wu-{i}", at=until + interval + 2))[-1],
+                          WorkUnitScheduled) for i in range(5, 9))

@@ -1,4 +1,4 @@
-"""The trust reducer: the Beta-Binomial, the timeout EWMA, health, decay, quarantine."""
+"""The trust reducer: the Beta-Binomial, the timeout EWMA, health, decay, and each node's breaker."""
 
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ from onceflow.schemas import (
 from onceflow.streams.runtime import fingerprint_items
 from onceflow.streams.settings import TrustSettings
 from onceflow.streams.state import MemoryState
-from onceflow.streams.trust import TrustScorer, rescore_recorded
+from onceflow.streams.trust import NOT_THE_NODES_FAULT, TrustScorer, rescore_recorded
 
 T0 = 1_700_000_000_000
 HOUR = 3_600_000
 
 
-def hb(node: str, at: int, health: str = "healthy") -> NodeHeartbeat:
-    return NodeHeartbeat(event_id=f"hb-{node}-{at}-{health}", occurred_at=at, node_id=node,
-                         health_status=health)  # type: ignore[arg-type]
+def hb(node: str, at: int, health: str = "healthy", incarnation: str = "") -> NodeHeartbeat:
+    return NodeHeartbeat(event_id=f"hb-{node}-{at}-{health}-{incarnation}", occurred_at=at,
+                         node_id=node, health_status=health,  # type: ignore[arg-type]
+                         incarnation=incarnation)
 
 
 def ok(node: str, n: int, at: int) -> WorkUnitCompleted:
@@ -34,7 +35,7 @@ def ok(node: str, n: int, at: int) -> WorkUnitCompleted:
 
 
 def bad(node: str, n: int, at: int, *, timeout: bool = False,
-        code: str = "handler_error") -> WorkUnitFailed:
+        code: str = "node_fault") -> WorkUnitFailed:
     return WorkUnitFailed(event_id=f"bad-{node}-{n}-{code}", occurred_at=at,
                           work_unit_id=f"wu{n}", selected_node_id=node, attempt_index=1,
                           error_code="node_timeout" if timeout else code,
@@ -110,25 +111,87 @@ def test_heartbeats_that_change_nothing_emit_nothing() -> None:
     assert len(t.feed(hb("n1", T0 + 1500, "degraded"))) == 1
 
 
-def test_a_failing_node_is_quarantined_and_released_when_it_behaves() -> None:
+def test_one_lease_timeout_does_not_keep_a_fresh_node_out() -> None:
+    """Quarantine used to shut a fresh node out for days after a single timeout."""
     t = Trust()
-    t.feed(hb("n2", T0))
-    t.feed(*(bad("n2", i, T0 + i) for i in range(3)))
-    assert t.last("n2").quarantined and t.last("n2").reason in ("quarantined", "failure")
-    assert t.last("n2").trust_score < t.cfg.quarantine_below
-    n = 0
-    while t.last("n2").quarantined:
-        n += 1
-        t.feed(ok("n2", 100 + n, T0 + 100 + n))
-        assert n < 50, "never released"
-    assert t.last("n2").trust_score > t.cfg.release_above
-    assert t.last("n2").reason == "released"
+    t.feed(hb("n1", T0), bad("n1", 0, T0 + 10, timeout=True))
+    assert t.last("n1").breaker == "closed" and not t.last("n1").quarantined
 
 
-def test_failures_that_are_not_the_nodes_fault_do_not_count() -> None:
+def test_a_node_failing_most_of_a_minute_of_attempts_opens_its_breaker() -> None:
     t = Trust()
-    assert t.feed(bad("n1", 0, T0, code="parent_failed"),
-                  bad("n1", 1, T0, code="abandoned_by_operator")) == []
+    t.feed(hb("n1", T0))
+    # 59 attempts, all failing: not yet enough attempts to judge
+    t.feed(*(bad("n1", i, T0 + i * 500) for i in range(59)))
+    assert t.last("n1").breaker == "closed"
+    (opened,) = t.feed(bad("n1", 59, T0 + 59 * 500))
+    assert opened.breaker == "open" and opened.reason == "breaker_opened" and opened.quarantined
+    assert opened.breaker_until == T0 + 59 * 500 + t.cfg.breaker_open_ms
+
+
+def test_half_of_the_attempts_failing_is_not_more_than_half() -> None:
+    t = Trust()
+    t.feed(*(bad("n1", i, T0 + i * 100) if i % 2 else ok("n1", i, T0 + i * 100)
+             for i in range(80)))
+    assert t.last("n1").breaker == "closed"
+
+
+def test_attempts_older_than_the_window_do_not_count() -> None:
+    t = Trust()
+    t.feed(*(bad("n1", i, T0 + i * 2000) for i in range(70)))  # 70 failures over 140 s
+    assert all(f.breaker == "closed" for f in t.facts)
+
+
+def test_twenty_timeouts_in_thirty_seconds_open_the_breaker() -> None:
+    t = Trust()
+    t.feed(*(bad("n1", i, T0 + i * 1000, timeout=True) for i in range(19)))
+    assert t.last("n1").breaker == "closed"
+    t.feed(bad("n1", 19, T0 + 19 * 1000, timeout=True))
+    assert t.last("n1").breaker == "open"
+
+
+def _opened(t: Trust) -> int:
+    t.feed(*(bad("n1", i, T0 + i * 100, timeout=True) for i in range(20)))
+    assert t.last("n1").breaker == "open"
+    return t.last("n1").breaker_until
+
+
+def test_an_open_breaker_half_opens_after_its_time_and_closes_after_five_probes() -> None:
+    t = Trust()
+    until = _opened(t)
+    assert t.feed(hb("n1", until - 1)) == [] or t.last("n1").breaker == "open"
+    (half,) = t.feed(hb("n1", until))
+    assert half.breaker == "half_open" and half.reason == "breaker_half_open"
+    for i in range(4):
+        t.feed(ok("n1", 100 + i, until + 1000 * (i + 1)))
+        assert t.last("n1").breaker == "half_open"
+    t.feed(ok("n1", 104, until + 5000))
+    assert t.last("n1").breaker == "closed" and t.last("n1").reason == "breaker_closed"
+
+
+def test_a_failed_probe_opens_the_breaker_again() -> None:
+    t = Trust()
+    until = _opened(t)
+    t.feed(hb("n1", until), ok("n1", 100, until + 10))
+    (again,) = t.feed(bad("n1", 101, until + 20))
+    assert again.breaker == "open" and again.breaker_until == until + 20 + t.cfg.breaker_open_ms
+
+
+def test_an_agent_restarted_under_the_node_id_starts_half_open_from_the_prior() -> None:
+    t = Trust()
+    t.feed(hb("n1", T0, incarnation="run-1"))
+    t.feed(*(bad("n1", i, T0 + i * 100, timeout=True) for i in range(25)))
+    assert t.last("n1").breaker == "open" and t.last("n1").trust_score < 0.2
+    (restarted,) = t.feed(hb("n1", T0 + 3000, incarnation="run-2"))
+    assert restarted.reason == "restarted" and restarted.breaker == "half_open"
+    assert restarted.trust_score == pytest.approx(0.5)  # the prior, not the old score
+    assert restarted.incarnation == "run-2"
+
+
+@pytest.mark.parametrize("code", sorted(NOT_THE_NODES_FAULT))
+def test_failures_that_are_not_the_nodes_fault_do_not_count(code: str) -> None:
+    t = Trust()
+    assert t.feed(*(bad("n1", i, T0 + i, code=code) for i in range(100))) == []
 
 
 def test_every_update_re_runs_from_its_record_and_folding_rebuilds_the_state() -> None:
@@ -143,10 +206,27 @@ def test_every_update_re_runs_from_its_record_and_folding_rebuilds_the_state() -
     for f in t.facts:
         decoded = codec.decode(codec.encode(f))
         assert isinstance(decoded, TrustScoreUpdated)
-        score, quarantined, alpha, beta, penalty = rescore_recorded(decoded, t.cfg)
-        assert (score, quarantined, alpha, beta, penalty) == (
-            decoded.trust_score, decoded.quarantined, decoded.alpha, decoded.beta,
-            decoded.timeout_penalty)
+        score, alpha, beta, penalty = rescore_recorded(decoded, t.cfg)
+        assert (score, alpha, beta, penalty) == (
+            decoded.trust_score, decoded.alpha, decoded.beta, decoded.timeout_penalty)
         t.scorer.evolve(rebuilt, decoded)
+    assert fingerprint_items(rebuilt.raw_items()) == fingerprint_items(
+        [(k, v) for k, v in t.state.raw_items() if k.startswith(b"s\x00")])
+
+
+def test_folding_the_updates_rebuilds_the_breakers_too() -> None:
+    t = Trust()
+    t.feed(hb("n1", T0, incarnation="a"))
+    until = _opened(t)
+    t.feed(hb("n1", until), ok("n1", 200, until + 1), bad("n1", 201, until + 2),
+           hb("n1", until + 2 + t.cfg.breaker_open_ms),
+           *(ok("n1", 300 + i, until + 40_000 + i) for i in range(5)),
+           *(bad("n1", 400 + i, until + 50_000 + i * 10, timeout=i % 2 == 0)
+             for i in range(10)),
+           hb("n1", until + 60_000, incarnation="b"))
+    assert {f.breaker for f in t.facts} == {"closed", "open", "half_open"}
+    rebuilt = MemoryState()
+    for f in t.facts:
+        t.scorer.evolve(rebuilt, f)
     assert fingerprint_items(rebuilt.raw_items()) == fingerprint_items(
         [(k, v) for k, v in t.state.raw_items() if k.startswith(b"s\x00")])

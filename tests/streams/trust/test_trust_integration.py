@@ -1,4 +1,4 @@
-"""Trust end to end: a node that keeps failing stops getting work, and comes back."""
+"""Trust end to end: a node that keeps failing is paused by its breaker, and probed back."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ pytestmark = [pytest.mark.integration]
 def cluster(settings: OnceflowSettings) -> Iterator[Cluster]:
     fast = fast_settings(settings)
     fast = fast.model_copy(update={
-        # the failing node's units are retried elsewhere
+        # the failing node's units are retried elsewhere; a half-open node is probed often
         "scheduler": fast.scheduler.model_copy(update={
             "retryable_errors": [*SchedulerSettings().retryable_errors, "node_fault"],
-            "retry_base_ms": 20}),
-        # evidence fades within seconds of logged time, so a quarantine ends in a test
-        "trust": TrustSettings(decay_per_hour=1e-300),
-        # short agent queues: a burst spills over to the released node instead of all of
-        # it queueing on the more trusted one
+            "retry_base_ms": 20, "breaker_probe_interval_ms": 100}),
+        # a breaker that judges after 10 attempts and stays open 3 s, so a test sees it all
+        "trust": TrustSettings(breaker_min_attempts=10, breaker_open_ms=3000),
+        # short agent queues: a burst spills over to the recovered node instead of all of
+        # it queueing on the other one
         "agent": fast.agent.model_copy(update={"queue_limit": 4}),
     })
     c = Cluster(fast)
@@ -35,7 +35,13 @@ def cluster(settings: OnceflowSettings) -> Iterator[Cluster]:
     c.close()
 
 
-def test_a_failing_node_loses_work_and_recovers_after_it_behaves(cluster: Cluster) -> None:
+def _trust_of(cluster: Cluster, node: str) -> list[TrustScoreUpdated]:
+    return [f for f in events(cluster.settings, cluster.catalog["trust"].name)
+            if isinstance(f, TrustScoreUpdated) and f.node_id == node]
+
+
+def test_a_failing_node_is_paused_by_its_breaker_then_probed_back_to_work(
+        cluster: Cluster) -> None:
     cluster.start_scheduler()
     trust = build_trust(cluster.settings)
     cluster._spawn(lambda: trust.run(cluster.stop))
@@ -46,34 +52,31 @@ def test_a_failing_node_loses_work_and_recovers_after_it_behaves(cluster: Cluste
     flaky = [unit(f"flaky-{i}", handler="fail_on_nodes", parameters={"nodes": "n2"},
                   simulated_ms=5) for i in range(40)]
     cluster.submit(*flaky)
-    wait_for(lambda: "n2" in view.quarantined, timeout=60, what="n2 quarantined")
-    assert "n1" not in view.quarantined
+    opened = wait_for(lambda: next((f for f in _trust_of(cluster, "n2")
+                                    if f.breaker == "open"), None),
+                      timeout=60, what="n2's breaker open")
+    assert all(f.breaker == "closed" for f in _trust_of(cluster, "n1"))
     during = [unit(f"during-{i}", simulated_ms=5) for i in range(40)]
     cluster.submit(*during)
     assert set(cluster.wait_settled([u.work_unit_id or "" for u in during]).values()) == \
         {"completed"}
+    # retried elsewhere: every flaky unit completes on n1 in the end
+    assert set(cluster.wait_settled([u.work_unit_id or "" for u in flaky]).values()) == \
+        {"completed"}
+    # nothing was placed on n2 while its breaker was open
     facts = events(cluster.settings, cluster.catalog["workunits"].name)
-    placed = {(f.work_unit_id, f.selected_node_id) for f in facts
-              if isinstance(f, WorkUnitScheduled) and (f.work_unit_id or "").startswith("during")}
-    assert placed and {node for _, node in placed} == {"n1"}, "a quarantined node got work"
-    # retried elsewhere (a unit that drew n2 for all its attempts before the quarantine
-    # took effect has failed for good)
-    assert "completed" in set(cluster.wait_settled([u.work_unit_id or "" for u in flaky])
-                              .values())
+    while_open = [f for f in facts if isinstance(f, WorkUnitScheduled)
+                  and opened.occurred_at < f.decided_at < opened.breaker_until]
+    assert while_open and all(f.selected_node_id == "n1" for f in while_open)
 
-    wait_for(lambda: "n2" not in view.quarantined, timeout=90,
-             what="n2 released as its failures fade")
+    # then it is probed, and the probes' successes close it: n2 works again
     after = [unit(f"after-{i}", simulated_ms=20) for i in range(120)]
     cluster.submit(*after)
     cluster.wait_settled([u.work_unit_id or "" for u in after])
-
-    def n2_succeeded() -> TrustScoreUpdated | None:
-        mine = [f for f in events(cluster.settings, cluster.catalog["trust"].name)
-                if isinstance(f, TrustScoreUpdated) and f.node_id == "n2"]
-        return next((f for f in reversed(mine) if f.outcome == "success"), None)
-
-    recovered = wait_for(n2_succeeded, timeout=30, what="n2 completing work again")
-    assert not recovered.quarantined
-    assert recovered.trust_score > cluster.settings.trust.release_above
+    closed = wait_for(lambda: next((f for f in _trust_of(cluster, "n2")
+                                    if f.reason == "breaker_closed"), None),
+                      timeout=60, what="n2's breaker closed by its probes")
+    assert closed.breaker == "closed" and view.breaker_at("n2", closed.occurred_at) == "closed"
+    assert any(f.reason == "breaker_half_open" for f in _trust_of(cluster, "n2"))
     check = verify_replay(trust.reducer, cluster.settings, cluster.catalog["trust"].name)
     assert check.equal, check.first_difference()
