@@ -41,6 +41,8 @@ class AgentSettings(SettingsGroup):
     """the OpenAI-compatible server's API key"""
     llm_model: str = "gpt-4o-mini"
     """the model used when a unit names none"""
+    llm_backoff_ms: int = Field(default=1000, ge=0)
+    """how long to leave an LLM scope alone after a 429 or 503 that named no Retry-After"""
     llm_timeout_s: float = 30.0
     """how long one LLM call may take"""
     llm_usd_per_1k_tokens: str = "0.002000"

@@ -50,6 +50,7 @@ from onceflow.schemas._impl.tokens import (
 )
 from onceflow.schemas._impl.types import (
     MONEY_QUANTUM,
+    BreakerBucket,
     ContentRef,
     EffectLabel,
     HealthStatus,
@@ -63,6 +64,7 @@ from onceflow.schemas._impl.types import (
 
 __all__ = [
     *_event_names,
+    "BreakerBucket",
     "BreakerState",
     "MONEY_QUANTUM",
     "SINGLE_OBJECT_MARKER",

@@ -70,6 +70,16 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _Backoff(Exception):
+    """A provider asked this node to call again at `until` (wall ms, which agents log)."""
+
+    def __init__(self, message: str, until: int, provider: str, model: str) -> None:
+        super().__init__(message)
+        self.until = until
+        self.provider = provider
+        self.model = model
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -114,6 +124,8 @@ class NodeAgent:
         self._done = threading.Event()  # this run is over (stopped or drained)
         self._drain_deadline = 0.0
         self._lock = threading.Lock()
+        #: per LLM scope (the units' model): until when its provider asked this node to wait
+        self._paused_until: dict[str, int] = {}
         self._waiting: dict[str, WorkUnitScheduled] = {}
         self._inflight = 0
         self._running = 0
@@ -291,6 +303,10 @@ class NodeAgent:
                 finished_at=_now_ms(), kind=sched.kind, incarnation=self.incarnation,
             ))
             self.executed += 1
+        except _Backoff as exc:
+            log.info("unit.provider_backoff", until=exc.until, model=exc.model)
+            self._report_failure(sched, grant, "provider_backoff", str(exc), retry_at=exc.until,
+                                 provider=exc.provider, model=exc.model)
         except (HandlerError, ProviderError) as exc:
             log.warning("unit.failed", error_code=exc.code, error=str(exc)[:200])
             self._report_failure(sched, grant, exc.code, str(exc))
@@ -306,11 +322,13 @@ class NodeAgent:
                 self._unit_seconds = took if avg is None else 0.9 * avg + 0.1 * took
 
     def _report_failure(self, sched: WorkUnitScheduled, grant: ClaimGranted, code: str,
-                        reason: str) -> None:
+                        reason: str, *, retry_at: int = 0, provider: str = "",
+                        model: str = "") -> None:
         self.producer.send(self._reports, WorkUnitFailed(
             **caused_by(grant, "failed", occurred_at=_now_ms()), selected_node_id=self.node_id,
             attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
             error_code=code, error_reason=reason[:500], incarnation=self.incarnation,
+            retry_at=retry_at, provider=provider, model=model,
         ))
 
     def _context(self, sched: WorkUnitScheduled, grant: ClaimGranted) -> TaskContext:
@@ -338,6 +356,14 @@ class NodeAgent:
         if self.provider is None:
             raise HandlerError("this agent has no LLM provider", "unsupported_kind")
         prompt = ctx.prompt or ""
+        scope = ctx.model or ""
+        with self._lock:
+            paused = self._paused_until.get(scope, 0)
+        if paused > _now_ms():
+            # This node was told to wait: no call until then (the scheduler pauses the
+            # scope for every node once it settles the first refusal).
+            raise _Backoff(f"the provider asked to wait until {paused}", paused,
+                           self.provider.name, scope)
         try:
             result = self.provider.complete(prompt, ctx.model, max_tokens_of(ctx.parameters))
         except ProviderError as exc:
@@ -347,6 +373,12 @@ class NodeAgent:
                 provider=self.provider.name, model=ctx.model or "", error_code=exc.code,
                 error_reason=str(exc)[:500],
             ))
+            if exc.code == "provider_backoff":
+                until = _now_ms() + (exc.retry_after_ms if exc.retry_after_ms is not None
+                                     else self.cfg.llm_backoff_ms)
+                with self._lock:
+                    self._paused_until[scope] = max(until, self._paused_until.get(scope, 0))
+                raise _Backoff(str(exc), until, self.provider.name, scope) from exc
             raise
         ref = self.store.put(result.text.encode(), "text/plain; charset=utf-8")
         self.producer.send(self._llm, LlmInvocationCompleted(

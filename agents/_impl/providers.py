@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -18,6 +20,7 @@ __all__ = [
     "ProviderError",
     "StubProvider",
     "provider_from_settings",
+    "retry_after_ms",
 ]
 
 
@@ -36,11 +39,40 @@ class LlmResult:
 
 
 class ProviderError(Exception):
-    """A failed call, with an error class the scheduler's retry rules understand."""
+    """A failed call, with an error class the scheduler's retry rules understand.
 
-    def __init__(self, message: str, code: str = "network_transient") -> None:
+    `provider_backoff` (429, 503) carries how long the provider asked to wait,
+    when it said (`Retry-After`); the agent turns it into a time to come back.
+    """
+
+    def __init__(self, message: str, code: str = "network_transient",
+                 retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after_ms = retry_after_ms
+
+
+def retry_after_ms(headers: Mapping[str, str]) -> int | None:
+    """How long a 429 / 503 answer asks to wait: `retry-after-ms`, or `retry-after` in
+    seconds or as an HTTP date; None when it names no time."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0, int(float(value)))
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0, int(float(value) * 1000))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0, int((when.timestamp() - time.time()) * 1000))
 
 
 class LlmProvider(Protocol):
@@ -100,9 +132,11 @@ class OpenAICompatibleProvider(_PerThousand):
             )
         except (self._openai.APIConnectionError, self._openai.APITimeoutError) as exc:
             raise ProviderError(f"{type(exc).__name__}: {exc}", "network_transient") from exc
-        except self._openai.RateLimitError as exc:
-            raise ProviderError(f"rate limited: {exc}", "admission_reject") from exc
         except self._openai.APIStatusError as exc:
+            if exc.status_code in (429, 503):  # RateLimitError is the 429 case
+                raise ProviderError(f"HTTP {exc.status_code}, come back later: {exc.message}",
+                                    "provider_backoff",
+                                    retry_after_ms(exc.response.headers)) from exc
             code = "network_transient" if exc.status_code >= 500 else "provider_rejected"
             raise ProviderError(f"HTTP {exc.status_code}: {exc.message}", code) from exc
         latency = int((time.perf_counter() - started) * 1000)

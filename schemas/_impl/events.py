@@ -28,6 +28,7 @@ from onceflow.schemas._impl.reasons import (
     TrustReason,
 )
 from onceflow.schemas._impl.types import (
+    BreakerBucket,
     ContentRef,
     EffectLabel,
     HealthStatus,
@@ -64,6 +65,7 @@ __all__ = [
     "LlmInvocationCompleted",
     "LlmInvocationFailed",
     "NodeHeartbeat",
+    "ProviderScopePaused",
     "QueueSampled",
     "TrustScoreUpdated",
     "ViewDefined",
@@ -266,6 +268,10 @@ class WorkUnitFailed(Event, event_type="workunit.failed"):
     reported_by_scheduler: bool = Field(
         default=False, description="a lease expiry the scheduler decided, not an agent's report"
     )
+    retry_at: int = Field(
+        default=0, description="provider_backoff: when the provider said to come back (ms)")
+    provider: str = Field(default="", description="provider_backoff: the provider that said so")
+    model: str = Field(default="", description="provider_backoff: the model that was called")
 
 
 class WorkUnitNeedsOperator(Event, event_type="workunit.needs_operator"):
@@ -297,6 +303,22 @@ class WorkUnitDependencyResolved(Event, event_type="workunit.dependency.resolved
     parent_work_unit_id: str
     outcome: Literal["completed", "failed"]
     result_ref: ContentRef | None = None
+
+
+class ProviderScopePaused(Event, event_type="provider.scope.paused"):
+    """An LLM scope paused for every tenant: its provider answered 429 or 503.
+
+    Written by the scheduler partition that settled the failed attempt, and
+    sent to every scheduler partition, which defers that scope's units until
+    `paused_until` instead of letting them run into the same answer.
+    """
+
+    scope: str = Field(description="what is paused: model:<the units' model> ('' the default)")
+    paused_until: int = Field(ge=0, description="logged time the provider named, ms")
+    provider: str = ""
+    model: str = Field(default="", description="the model the provider was called with")
+    broadcast: bool = Field(
+        default=True, description="the deciding partition's fact, sent on to every partition")
 
 
 class WorkUnitCancelled(Event, event_type="workunit.cancelled"):
@@ -425,6 +447,9 @@ class TrustScoreUpdated(Event, event_type="trust.score.updated"):
         default="closed", description="the node's circuit breaker after this update")
     breaker_until: int = Field(
         default=0, description="when an open breaker turns half-open (logged time, ms)")
+    breaker_probes_ok: int = Field(default=0, description="half-open: probes that succeeded")
+    breaker_buckets: list[BreakerBucket] = Field(
+        default_factory=list, description="closed: the attempts its windows count, by bucket")
     incarnation: str = Field(default="", description="the agent run the node's heartbeats name")
 
 
@@ -733,6 +758,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     WorkUnitCancelled,
     WorkUnitDependencyRegistered,
     WorkUnitDependencyResolved,
+    ProviderScopePaused,
     ClaimRequested,
     ClaimGranted,
     ClaimRejected,

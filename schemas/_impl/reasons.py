@@ -27,11 +27,12 @@ __all__ = [
 #: why a node was chosen (the alternatives were recorded beside it)
 PlacementReason = Literal["best_score", "anti_affinity", "quarantine_fallback"]
 #: why a unit waits: admission throttled, parents not done, no node can take it now
-DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node"]
+DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node",
+                         "provider_paused"]
 #: why a submission was refused for good
 RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode"]
 #: why another attempt follows
-RetryReason = Literal["retryable_error", "operator_retry"]
+RetryReason = Literal["retryable_error", "operator_retry", "provider_backoff"]
 #: why a unit waits for an operator
 NeedsOperatorReason = Literal["unsafe_to_retry"]
 #: why a claim was refused

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 
 __all__ = [
     "MONEY_QUANTUM",
+    "BreakerBucket",
     "ContentRef",
     "EffectLabel",
     "HealthStatus",
@@ -69,6 +70,17 @@ class ContentRef(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
     media_type: str = "application/octet-stream"
+
+
+class BreakerBucket(BaseModel):
+    """A node's attempts in one bucket of logged time, as its breaker counts them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: int = Field(description="logged time // breaker_bucket_ms")
+    attempts: int = 0
+    failed: int = 0
+    timeouts: int = 0
 
 
 class PlacementCandidate(BaseModel):

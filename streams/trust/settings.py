@@ -26,6 +26,8 @@ class TrustSettings(SettingsGroup):
     decay_per_hour: float = Field(default=0.98, gt=0, le=1,
                                   description="how much of the evidence is kept per hour of "
                                               "logged time (toward the prior)")
+    breaker_bucket_ms: int = Field(default=5000, ge=100)
+    """the breaker counts attempts in buckets of this much logged time (its windows' grain)"""
     breaker_window_ms: int = Field(default=60_000, ge=1000)
     """the breaker counts a node's attempts over this much logged time"""
     breaker_min_attempts: int = Field(default=60, ge=1)

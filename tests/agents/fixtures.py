@@ -6,11 +6,13 @@ In-process (threads) for speed where nothing is killed; the chaos tests use
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +153,89 @@ class Cluster:
         self.ticker = None
         del self.producer
         gc.collect()
+
+
+class ChatServer:
+    """A tiny server that speaks the chat-completions API, counting tokens by words.
+
+    It can refuse like a rate-limited provider: with `fail_with` every request, or
+    with `refuse_for_s` every request during that long after the first one, each
+    time with `fail_headers` (`Retry-After`, say). It records each request's
+    arrival and how many were in flight at once.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fail_with: int | None = None
+        self.fail_headers: dict[str, str] = {}
+        self.refuse_for_s: float | None = None
+        self.answer_delay_s = 0.0
+        self.first_at: float | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.refused_at: list[float] = []
+        self.answered_at: list[float] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                now = time.monotonic()
+                with server._lock:
+                    server.requests.append({"path": self.path, "body": body,
+                                            "auth": self.headers.get("Authorization"),
+                                            "at": now})
+                    server.first_at = server.first_at if server.first_at is not None else now
+                    refusing = server.fail_with is not None or (
+                        server.refuse_for_s is not None
+                        and now - server.first_at < server.refuse_for_s)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if refusing:
+                        with server._lock:
+                            server.refused_at.append(now)
+                        self._reply(server.fail_with or 429,
+                                    {"error": {"message": "slow down", "type": "x"}},
+                                    server.fail_headers)
+                        return
+                    if server.answer_delay_s:
+                        time.sleep(server.answer_delay_s)  # the provider thinking
+                    prompt = body["messages"][-1]["content"]
+                    answer = "echo: " + prompt
+                    with server._lock:
+                        server.answered_at.append(time.monotonic())
+                    self._reply(200, {
+                        "id": "chatcmpl-1", "object": "chat.completion", "created": 1,
+                        "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": answer}}],
+                        "usage": {"prompt_tokens": len(prompt.split()),
+                                  "completion_tokens": len(answer.split()),
+                                  "total_tokens": len(prompt.split()) + len(answer.split())},
+                    })
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _reply(self, code: int, payload: dict[str, Any],
+                       headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()

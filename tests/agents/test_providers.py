@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
+import email.utils
+import time
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
@@ -17,54 +15,9 @@ from onceflow.agents import (
     StubProvider,
     provider_from_settings,
 )
+from onceflow.agents._impl.providers import retry_after_ms
 from onceflow.streams.settings import AgentSettings
-
-
-class ChatServer:
-    """A tiny server that speaks the chat-completions API, counting tokens by words."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.fail_with: int | None = None
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "body": body,
-                                        "auth": self.headers.get("Authorization")})
-                if server.fail_with:
-                    self._reply(server.fail_with, {"error": {"message": "boom", "type": "x"}})
-                    return
-                prompt = body["messages"][-1]["content"]
-                answer = "echo: " + prompt
-                self._reply(200, {
-                    "id": "chatcmpl-1", "object": "chat.completion", "created": 1,
-                    "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": answer}}],
-                    "usage": {"prompt_tokens": len(prompt.split()),
-                              "completion_tokens": len(answer.split()),
-                              "total_tokens": len(prompt.split()) + len(answer.split())},
-                })
-
-            def _reply(self, code: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
+from tests.agents.fixtures import ChatServer
 
 
 @pytest.fixture
@@ -100,7 +53,8 @@ def test_openai_provider_reads_usage_from_a_chat_completions_server(
 
 
 @pytest.mark.parametrize(("status", "code"), [(500, "network_transient"),
-                                              (429, "admission_reject"),
+                                              (429, "provider_backoff"),
+                                              (503, "provider_backoff"),
                                               (400, "provider_rejected")])
 def test_openai_errors_map_to_error_classes(chat_server: ChatServer, status: int,
                                             code: str) -> None:
@@ -121,3 +75,24 @@ def test_unreachable_server_is_a_transient_error() -> None:
 def test_openai_provider_without_a_key_says_how_to_set_one() -> None:
     with pytest.raises(ValueError, match="ONCEFLOW_AGENT__LLM_API_KEY"):
         provider_from_settings(AgentSettings(llm_provider="openai"))
+
+
+@pytest.mark.parametrize(("headers", "wait_ms"), [
+    ({"retry-after": "2"}, 2000), ({"retry-after": "0.5"}, 500),
+    ({"retry-after-ms": "1500", "retry-after": "9"}, 1500), ({}, None),
+    ({"retry-after": "soon"}, None),
+])
+def test_a_429_says_how_long_the_provider_asked_to_wait(
+        chat_server: ChatServer, headers: dict[str, str], wait_ms: int | None) -> None:
+    chat_server.fail_with = 429
+    chat_server.fail_headers = headers
+    provider = OpenAICompatibleProvider(chat_server.url, "k", "m", 5.0, Decimal("0.01"))
+    with pytest.raises(ProviderError) as err:
+        provider.complete("hi", None, None)
+    assert err.value.code == "provider_backoff" and err.value.retry_after_ms == wait_ms
+
+
+def test_retry_after_as_an_http_date_counts_from_now() -> None:
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    wait = retry_after_ms({"retry-after": later})
+    assert wait is not None and 28_000 <= wait <= 30_000

@@ -18,6 +18,7 @@ from onceflow.schemas import (
     WorkUnitSubmitted,
 )
 from onceflow.streams.ids import idempotency_key_for, payload_digest, restated
+from onceflow.streams.scheduler._impl.backoff import paused_until, scope_of
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
 from onceflow.streams.scheduler._impl.unit import PlacementMemory, UnitRecord
@@ -111,10 +112,11 @@ def _over_budget(ctx: SchedulerContext, event: WorkUnitSubmitted) -> str:
 
 def deferred(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
              code: DeferralReason, reason: str, role: str = "deferred",
-             filter_counts: dict[str, int] | None = None) -> WorkUnitDeferred:
+             filter_counts: dict[str, int] | None = None,
+             retry_at: int | None = None) -> WorkUnitDeferred:
     return WorkUnitDeferred(
         **ctx.envelope(unit, cause, role, now), reason_code=code, reason=reason,
-        decided_at=now, filter_counts=filter_counts or {},
+        decided_at=now, filter_counts=filter_counts or {}, retry_at=retry_at,
     )
 
 
@@ -122,6 +124,13 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
            role: str) -> WorkUnitScheduled | WorkUnitDeferred:
     """Place a unit now: a `scheduled` fact, or a `deferred` one that says why not."""
     spec = unit.spec
+    scope = scope_of(spec)
+    if scope is not None:
+        until = paused_until(state, scope)
+        if until > now:
+            return deferred(ctx, unit, cause, now, "provider_paused",
+                            f"{scope} is paused until {until}: its provider asked to be "
+                            "called again then", role=role, retry_at=until)
     memory = PlacementMemory.load(state)
     streak = Streak(memory.node, memory.streak)
     result = place(
@@ -189,7 +198,7 @@ def evolve_deferred(ctx: SchedulerContext, state: State, unit: UnitRecord,
                     fact: WorkUnitDeferred) -> UnitRecord:
     waiting = fact.reason_code == "waiting_on_parents"
     return unit.but(status="waiting" if waiting else "deferred", reason=fact.reason_code,
-                    decided_at=fact.decided_at)
+                    decided_at=fact.decided_at, retry_at=fact.retry_at or 0)
 
 
 def evolve_rejected(ctx: SchedulerContext, state: State, unit: UnitRecord,

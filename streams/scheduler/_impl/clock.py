@@ -75,6 +75,10 @@ def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: Clo
         return None
     fact = placed(ctx, state, unit, tick, now, f"place:{unit.attempt}")
     if isinstance(fact, WorkUnitDeferred):
+        if fact.reason_code == "provider_paused":
+            # the pause was extended: the unit is due again at its new end
+            same = deferred and unit.reason == "provider_paused" and unit.retry_at == fact.retry_at
+            return None if same else fact
         hopeless.add(shape)
         if deferred:
             return None  # still nowhere to go; no new fact, no change

@@ -26,6 +26,7 @@ from onceflow.schemas import (
     ControlSessionCancelRequested,
     EffectStaged,
     Event,
+    ProviderScopePaused,
     QueueSampled,
     WorkUnitCancelled,
     WorkUnitCompleted,
@@ -42,6 +43,7 @@ from onceflow.schemas import (
 )
 from onceflow.streams.scheduler._impl import (
     admission,
+    backoff,
     clock,
     dependencies,
     operator,
@@ -77,12 +79,14 @@ _DECIDE: dict[type[Event], Decide] = {
     WorkUnitDependencyResolved: dependencies.on_dependency_resolved,
     ControlOperatorResolved: operator.on_operator,
     ControlSessionCancelRequested: operator.on_cancel,
+    ProviderScopePaused: backoff.on_scope_paused,
 }
 
 _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
     WorkUnitSubmitted: admission.evolve_submitted,
     WorkUnitDependencyRegistered: dependencies.evolve_dependency_registered,
     QueueSampled: clock.evolve_queue_sampled,
+    ProviderScopePaused: backoff.evolve_scope_paused,
 }
 
 _EVOLVE_UNIT: dict[type[Event], EvolveUnit] = {
@@ -108,6 +112,7 @@ _ROUTE: dict[type[Event], Route] = {
     QueueSampled: clock.route_queue_sampled,
     WorkUnitSubmitted: dependencies.route_submitted,
     WorkUnitDependencyRegistered: dependencies.route_dependency_registered,
+    ProviderScopePaused: backoff.route_scope_paused,
 }
 
 

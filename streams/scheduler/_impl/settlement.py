@@ -27,6 +27,7 @@ from onceflow.schemas import (
     WorkUnitRetryScheduled,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for, restated
+from onceflow.streams.scheduler._impl.backoff import BACKOFF, on_backoff
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
 from onceflow.streams.scheduler._impl.retry import retry_delay_ms
@@ -164,6 +165,8 @@ def on_failed(ctx: SchedulerContext, state: State, event: WorkUnitFailed) -> Seq
     if unit is None or not _holds_grant(unit, event.attempt_index, event.selected_node_id,
                                         event.incarnation):
         return ()  # a fenced attempt's failure changes nothing
+    if event.error_code == BACKOFF:
+        return on_backoff(ctx, state, unit, event)
     return attempt_ended(ctx, state, unit, event, event.occurred_at, event.error_code,
                          event.error_reason, reported=event)
 
@@ -233,6 +236,8 @@ def evolve_failed(ctx: SchedulerContext, state: State, unit: UnitRecord,
                   fact: WorkUnitFailed) -> UnitRecord:
     if fact.final:
         return unit.but(status="failed", reason=fact.error_code)
+    if fact.error_code == BACKOFF:
+        return unit.but(reason=fact.error_code)  # the provider's "later" is not a failure
     return unit.but(failures=unit.failures + 1, reason=fact.error_code)
 
 

@@ -233,12 +233,16 @@ class UnitRecord:
         if self.status == "retry_wait":
             return ("retry", self.retry_at)
         if self.status == "deferred":
+            if self.reason == "provider_paused":
+                return ("retry", self.retry_at)  # due again when the pause ends
             return ("deferred", self.submitted_at)
         return None
 
     def queue_bucket(self) -> QueueBucket | None:
         if self.status == "deferred":
-            return "throttled" if self.reason == "throttled" else "deferred"
+            # Held back on purpose, not for want of nodes: not queue the autoscaler scales for.
+            held = self.reason in ("throttled", "provider_paused")
+            return "throttled" if held else "deferred"
         if self.status in ("scheduled", "retry_wait", "granted"):
             return self.status
         return None

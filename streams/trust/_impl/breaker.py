@@ -9,31 +9,20 @@ under the node's id starts half-open. No state lasts longer than that, so a
 node that works again always gets work again: trust scores rank nodes, the
 breaker only pauses one.
 
-Windows are counted in one-second buckets of logged time, so the state stays
-small on a busy node and a replay counts the same.
+Windows are counted in buckets of logged time (5 s by default), so the state
+is small enough to travel whole in every trust update: the trust changelog is
+a table (the latest update per node is the node's state), and a replay of a
+compacted one must reach the same breaker.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from onceflow.schemas import BreakerState, TrustOutcome
+from onceflow.schemas import BreakerBucket, BreakerState, TrustOutcome, TrustScoreUpdated
 from onceflow.streams.trust.settings import TrustSettings
 
 __all__ = ["Breaker"]
-
-
-def _bucketed(buckets: tuple[tuple[int, int, int], ...], second: int, since: int,
-              failed: bool) -> tuple[tuple[int, int, int], ...]:
-    """(second, count, failed) buckets newer than `since`, with one more entry at `second`."""
-    kept = [b for b in buckets if b[0] > since]
-    if kept and kept[-1][0] == second:
-        _, n, f = kept.pop()
-        kept.append((second, n + 1, f + int(failed)))
-    else:
-        kept.append((second, 1, int(failed)))
-    return tuple(kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +32,8 @@ class Breaker:
     until: int = 0
     #: half-open: successful probes so far
     probes_ok: int = 0
-    #: closed: attempts per second of logged time, as (second, attempts, failed)
-    attempts: tuple[tuple[int, int, int], ...] = ()
-    #: closed: lease timeouts per second, as (second, timeouts, timeouts)
-    timeouts: tuple[tuple[int, int, int], ...] = ()
+    #: closed: the node's attempts by bucket of logged time, oldest first
+    buckets: tuple[BreakerBucket, ...] = ()
 
     def at(self, now: int) -> Breaker:
         """The breaker once logged time reaches `now` (an open one may have turned half-open)."""
@@ -67,30 +54,32 @@ class Breaker:
             if b.probes_ok + 1 >= cfg.breaker_close_after:
                 return Breaker()
             return Breaker("half_open", probes_ok=b.probes_ok + 1)
-        second = now // 1000
-        attempts = _bucketed(b.attempts, second, second - cfg.breaker_window_ms // 1000, failed)
-        timeouts = b.timeouts
-        if outcome == "timeout":
-            timeouts = _bucketed(timeouts, second,
-                                 second - cfg.breaker_timeout_window_ms // 1000, True)
-        ran = sum(n for _, n, _ in attempts)
-        failures = sum(f for _, _, f in attempts)
-        timeouts_since = second - cfg.breaker_timeout_window_ms // 1000
-        timed_out = sum(n for s, n, _ in timeouts if s > timeouts_since)
+        bucket = now // cfg.breaker_bucket_ms
+        oldest = bucket - max(cfg.breaker_window_ms, cfg.breaker_timeout_window_ms) \
+            // cfg.breaker_bucket_ms
+        kept = [x for x in b.buckets if x.bucket > oldest]
+        timed_out = int(outcome == "timeout")
+        if kept and kept[-1].bucket == bucket:
+            last = kept.pop()
+            kept.append(BreakerBucket(bucket=bucket, attempts=last.attempts + 1,
+                                      failed=last.failed + int(failed),
+                                      timeouts=last.timeouts + timed_out))
+        else:
+            kept.append(BreakerBucket(bucket=bucket, attempts=1, failed=int(failed),
+                                      timeouts=timed_out))
+        window = [x for x in kept if x.bucket > bucket - cfg.breaker_window_ms
+                  // cfg.breaker_bucket_ms]
+        ran = sum(x.attempts for x in window)
+        failures = sum(x.failed for x in window)
+        timeouts = sum(x.timeouts for x in kept if x.bucket > bucket
+                       - cfg.breaker_timeout_window_ms // cfg.breaker_bucket_ms)
         if ((ran >= cfg.breaker_min_attempts and failures > cfg.breaker_failure_ratio * ran)
-                or timed_out >= cfg.breaker_timeouts):
+                or timeouts >= cfg.breaker_timeouts):
             return Breaker("open", now + cfg.breaker_open_ms)
-        return Breaker("closed", attempts=attempts, timeouts=timeouts)
-
-    def to_state(self) -> dict[str, Any]:
-        return {"state": self.state, "until": self.until, "probes_ok": self.probes_ok,
-                "attempts": [list(b) for b in self.attempts],
-                "timeouts": [list(b) for b in self.timeouts]}
+        return Breaker("closed", buckets=tuple(kept))
 
     @classmethod
-    def from_state(cls, d: dict[str, Any] | None) -> Breaker:
-        if d is None:
-            return cls()
-        return cls(d["state"], d["until"], d["probes_ok"],
-                   tuple((s, n, f) for s, n, f in d["attempts"]),
-                   tuple((s, n, f) for s, n, f in d["timeouts"]))
+    def recorded(cls, fact: TrustScoreUpdated) -> Breaker:
+        """The breaker an update left: every update records it whole."""
+        return cls(fact.breaker, fact.breaker_until, fact.breaker_probes_ok,
+                   tuple(fact.breaker_buckets))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from onceflow.schemas import (
+    BreakerBucket,
     BreakerState,
     Event,
     NodeHeartbeat,
@@ -48,10 +49,10 @@ __all__ = ["NOT_THE_NODES_FAULT", "NodeTrust", "TrustScorer", "TrustState", "res
 _HOUR_MS = 3_600_000
 #: failures that say nothing about the node: the scheduler's own (a parent failed, an
 #: operator abandoned the unit) and the unit's (no such handler, the handler's own
-#: error, a provider refusing the request or rate-limiting it)
+#: error, a provider refusing the request or asking to be called later)
 NOT_THE_NODES_FAULT = frozenset({
     "parent_failed", "abandoned_by_operator", "unknown_handler", "handler_error",
-    "provider_rejected", "admission_reject"})
+    "provider_rejected", "admission_reject", "provider_backoff"})
 
 
 @dataclass(frozen=True)
@@ -121,15 +122,29 @@ class NodeTrust:
         d = state.get(_key(node))
         if d is None:
             return None
+        b = d["breaker"]
+        breaker = Breaker(b["state"], b["until"], b["probes_ok"], tuple(
+            BreakerBucket(bucket=x[0], attempts=x[1], failed=x[2], timeouts=x[3])
+            for x in b["buckets"]))
         return cls(TrustState(d["alpha"], d["beta"], d["penalty"], d["at"]), d["health"],
-                   d["score"], Breaker.from_state(d.get("breaker")), d.get("incarnation", ""))
+                   d["score"], breaker, d["incarnation"])
+
+    @classmethod
+    def recorded(cls, fact: TrustScoreUpdated) -> NodeTrust:
+        """The node's state an update left: a function of the update alone, since the
+        trust changelog is a table (compaction keeps only each node's latest)."""
+        return cls(TrustState(fact.alpha, fact.beta, fact.timeout_penalty,
+                              max(fact.occurred_at, fact.previous_at)),
+                   fact.health_status, fact.trust_score, Breaker.recorded(fact), fact.incarnation)
 
     def save(self, state: State, node: str) -> None:
-        t = self.score_state
+        t, b = self.score_state, self.breaker
         state.set(_key(node), {
             "alpha": t.alpha, "beta": t.beta, "penalty": t.timeout_penalty, "at": t.at,
-            "health": self.health, "score": self.score, "breaker": self.breaker.to_state(),
-            "incarnation": self.incarnation,
+            "health": self.health, "score": self.score, "incarnation": self.incarnation,
+            "breaker": {"state": b.state, "until": b.until, "probes_ok": b.probes_ok,
+                        "buckets": [[x.bucket, x.attempts, x.failed, x.timeouts]
+                                    for x in b.buckets]},
         })
 
 
@@ -202,23 +217,11 @@ class TrustScorer(Reducer):
             previous_alpha=prev.alpha, previous_beta=prev.beta,
             previous_timeout_penalty=prev.timeout_penalty, previous_at=prev.at,
             previous_quarantined=prev_breaker == "open", breaker=breaker.state,
-            breaker_until=breaker.until,
+            breaker_until=breaker.until, breaker_probes_ok=breaker.probes_ok,
+            breaker_buckets=list(breaker.buckets),
             incarnation=incarnation or (known.incarnation if known is not None else ""),
         ),)
 
     def evolve(self, state: State, fact: Event) -> None:
-        if not isinstance(fact, TrustScoreUpdated):
-            return
-        known = NodeTrust.load(state, fact.node_id)
-        # The breaker's windows are not in the record (they would make every update
-        # as large as a minute of attempts); they are re-derived by folding the same
-        # outcome into the stored breaker, the one function deciding used.
-        breaker = known.breaker if known is not None else Breaker()
-        if fact.reason == "restarted":
-            breaker = Breaker("half_open")
-        if fact.outcome:
-            breaker = breaker.after(fact.outcome, fact.occurred_at, self.cfg)
-        NodeTrust(TrustState(fact.alpha, fact.beta, fact.timeout_penalty,
-                             max(fact.occurred_at, fact.previous_at)),
-                  fact.health_status, fact.trust_score, breaker, fact.incarnation,
-                  ).save(state, fact.node_id)
+        if isinstance(fact, TrustScoreUpdated):
+            NodeTrust.recorded(fact).save(state, fact.node_id)

@@ -230,3 +230,20 @@ def test_folding_the_updates_rebuilds_the_breakers_too() -> None:
         t.scorer.evolve(rebuilt, f)
     assert fingerprint_items(rebuilt.raw_items()) == fingerprint_items(
         [(k, v) for k, v in t.state.raw_items() if k.startswith(b"s\x00")])
+
+
+def test_the_latest_update_of_a_node_is_its_whole_state() -> None:
+    """The trust changelog is a table: after compaction only each node's latest update
+    is left, and folding that alone must give the node's state, breaker included."""
+    t = Trust()
+    t.feed(hb("n1", T0), hb("n2", T0))
+    t.feed(*(bad("n1", i, T0 + i * 700, timeout=i % 3 == 0) for i in range(40)),
+           *(ok("n2", i, T0 + i * 300) if i % 4 else bad("n2", i, T0 + i * 300)
+             for i in range(50)))
+    assert any(f.breaker_buckets for f in t.facts)
+    latest = {f.node_id: f for f in t.facts}
+    compacted = MemoryState()
+    for f in latest.values():
+        t.scorer.evolve(compacted, f)
+    assert fingerprint_items(compacted.raw_items()) == fingerprint_items(
+        [(k, v) for k, v in t.state.raw_items() if k.startswith(b"s\x00")])
