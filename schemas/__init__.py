@@ -33,6 +33,7 @@ from onceflow.schemas._impl.reasons import (
     RejectionReason,
     RetryReason,
     SettlementReason,
+    SlotReleaseReason,
     TrustOutcome,
     TrustReason,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "RetryReason",
     "SchemaRegistry",
     "SettlementReason",
+    "SlotReleaseReason",
     "SingleObjectCodec",
     "TruncatedEventError",
     "TrustOutcome",

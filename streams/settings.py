@@ -21,6 +21,7 @@ from onceflow.agents.settings import AgentSettings
 from onceflow.autoscaler.settings import AutoscalerSettings
 from onceflow.billing.settings import BillingSettings, ModelPrice
 from onceflow.streams.kafka.settings import BrokerProfile, KafkaSettings, SecurityProtocol
+from onceflow.streams.limits.settings import LimitsSettings
 from onceflow.streams.scheduler.settings import SchedulerSettings
 from onceflow.streams.trust.settings import TrustSettings
 
@@ -30,6 +31,7 @@ __all__ = [
     "BillingSettings",
     "BrokerProfile",
     "KafkaSettings",
+    "LimitsSettings",
     "LogFormat",
     "ModelPrice",
     "OnceflowSettings",
@@ -100,6 +102,7 @@ class OnceflowSettings(KafkaSettings):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     trust: TrustSettings = Field(default_factory=TrustSettings)
     autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     # --- logging -------------------------------------------------------------------------
     log_format: LogFormat = "auto"

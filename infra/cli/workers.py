@@ -23,13 +23,15 @@ def scheduler(
 ) -> None:
     """The scheduler: admission, placement, claims, settlement, leases, retries."""
     from onceflow.billing import PriceBookError, cost_estimator
+    from onceflow.streams.limits import ConcurrencyLimits, LimitsFileError
     from onceflow.streams.runtime.process import tune_for_streaming
     from onceflow.streams.scheduler.worker import run_scheduler
 
     settings = cli_settings(role=True)
     try:
         estimator = cost_estimator(settings.billing)
-    except PriceBookError as exc:
+        ConcurrencyLimits.from_settings(settings.limits)
+    except (PriceBookError, LimitsFileError) as exc:
         raise fail(str(exc)) from None
     tune_for_streaming()
     run_scheduler(settings, estimator=estimator, ready_file=ready_file, with_clock=clock)

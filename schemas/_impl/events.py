@@ -24,6 +24,7 @@ from onceflow.schemas._impl.reasons import (
     RejectionReason,
     RetryReason,
     SettlementReason,
+    SlotReleaseReason,
     TrustOutcome,
     TrustReason,
 )
@@ -67,6 +68,10 @@ __all__ = [
     "NodeHeartbeat",
     "ProviderScopePaused",
     "QueueSampled",
+    "SlotGranted",
+    "SlotQueued",
+    "SlotReleased",
+    "SlotRequested",
     "TrustScoreUpdated",
     "ViewDefined",
     "WalletUpdated",
@@ -319,6 +324,42 @@ class ProviderScopePaused(Event, event_type="provider.scope.paused"):
     model: str = Field(default="", description="the model the provider was called with")
     broadcast: bool = Field(
         default=True, description="the deciding partition's fact, sent on to every partition")
+
+
+class SlotRequested(Event, event_type="flow.slot.requested"):
+    """A unit asks for a slot in every limited scope it belongs to (to the limiter).
+
+    Written by the scheduler when a unit with a limited scope is ready to be
+    placed; the limiter grants all its scopes at once or queues the request.
+    """
+
+    attempt_index: int = Field(ge=1, description="the attempt the slots are for")
+    scopes: list[str] = Field(description="e.g. global, tenant:acme, model:gpt-x")
+
+
+class SlotGranted(Event, event_type="flow.slot.granted"):
+    """The limiter took a slot in each of the unit's scopes; the unit may be placed."""
+
+    attempt_index: int = Field(ge=1)
+    scopes: list[str] = Field(default_factory=list)
+    waited_ms: int = Field(default=0, ge=0, description="from the request to this grant")
+
+
+class SlotQueued(Event, event_type="flow.slot.queued"):
+    """No slot now: the request waits in order. Names the full scope, its count and limit."""
+
+    attempt_index: int = Field(ge=1)
+    scopes: list[str] = Field(default_factory=list)
+    scope: str = Field(description="the first of the unit's scopes that is full")
+    in_use: int = Field(ge=0)
+    limit: int = Field(ge=0)
+    position: int = Field(default=0, ge=0, description="the request's place in the queue")
+
+
+class SlotReleased(Event, event_type="flow.slot.released"):
+    """A unit gives its slots back: it ended, was cancelled, or its attempt's lease ran out."""
+
+    reason: SlotReleaseReason
 
 
 class WorkUnitCancelled(Event, event_type="workunit.cancelled"):
@@ -759,6 +800,10 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     WorkUnitDependencyRegistered,
     WorkUnitDependencyResolved,
     ProviderScopePaused,
+    SlotRequested,
+    SlotGranted,
+    SlotQueued,
+    SlotReleased,
     ClaimRequested,
     ClaimGranted,
     ClaimRejected,

@@ -20,6 +20,7 @@ __all__ = [
     "RejectionReason",
     "RetryReason",
     "SettlementReason",
+    "SlotReleaseReason",
     "TrustOutcome",
     "TrustReason",
 ]
@@ -28,7 +29,7 @@ __all__ = [
 PlacementReason = Literal["best_score", "anti_affinity", "quarantine_fallback"]
 #: why a unit waits: admission throttled, parents not done, no node can take it now
 DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node",
-                         "provider_paused"]
+                         "provider_paused", "concurrency_limited"]
 #: why a submission was refused for good
 RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode"]
 #: why another attempt follows
@@ -54,6 +55,9 @@ BreakerState = Literal["closed", "open", "half_open"]
 TrustReason = Literal[
     "success", "failure", "timeout", "heartbeat", "breaker_opened", "breaker_half_open",
     "breaker_closed", "restarted", "quarantined", "released"]
+#: why a unit gave its concurrency slots back
+SlotReleaseReason = Literal["completed", "failed", "cancelled", "attempt_ended",
+                            "needs_operator", "rejected"]
 #: how the ledger learned a unit ended
 LedgerOutcome = Literal["accepted", "failed", "cancelled"]
 #: what a ledger line item charges for

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onceflow.streams.limits import ConcurrencyLimits
+from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.batched import BatchedProcessor
 from onceflow.streams.runtime.clock import Ticker
@@ -49,7 +52,8 @@ def build_clock(settings: OnceflowSettings) -> Ticker:
 
 def run_scheduler(settings: OnceflowSettings, *, estimator: CostEstimator | None = None,
                   ready_file: Path | None = None, with_clock: bool = True) -> None:
-    """Block until SIGTERM: schedule, arbitrate claims, settle, recover."""
+    """Block until SIGTERM: schedule, arbitrate claims, settle, recover; and, when a
+    concurrency limit is configured, count the slots (the limiter, in a thread)."""
     log = get_logger(role="scheduler")
     processor = build_scheduler(settings, estimator=estimator,
                                 on_ready=ready_file.touch if ready_file else None)
@@ -58,9 +62,19 @@ def run_scheduler(settings: OnceflowSettings, *, estimator: CostEstimator | None
     if with_clock:
         ticker = build_clock(settings)
         ticker.start()
-    log.info("scheduler.starting", clock=with_clock)
+    limiter_stop = threading.Event()
+    limiter = None
+    if ConcurrencyLimits.from_settings(settings.limits).any:
+        limiter_processor = build_limiter(settings)
+        limiter = threading.Thread(target=limiter_processor.run, args=(limiter_stop,),
+                                   name="limiter", daemon=True)
+        limiter.start()
+    log.info("scheduler.starting", clock=with_clock, limiter=limiter is not None)
     try:
         processor.run()
     finally:
+        limiter_stop.set()
+        if limiter is not None:
+            limiter.join(timeout=30)
         if ticker is not None:
             ticker.stop()

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from onceflow.schemas import (
     DeferralReason,
     Event,
+    SlotGranted,
+    SlotRequested,
     WorkUnitDeferred,
     WorkUnitRejected,
     WorkUnitScheduled,
@@ -21,6 +23,7 @@ from onceflow.streams.ids import idempotency_key_for, payload_digest, restated
 from onceflow.streams.scheduler._impl.backoff import paused_until, scope_of
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
+from onceflow.streams.scheduler._impl.slots import request_slots
 from onceflow.streams.scheduler._impl.unit import PlacementMemory, UnitRecord
 from onceflow.streams.types import Routed, State
 
@@ -31,6 +34,7 @@ __all__ = [
     "evolve_rejected",
     "evolve_scheduled",
     "evolve_submitted",
+    "on_slot_granted",
     "on_submitted",
     "placed",
     "route_scheduled",
@@ -121,8 +125,9 @@ def deferred(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
 
 
 def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, now: int,
-           role: str) -> WorkUnitScheduled | WorkUnitDeferred:
-    """Place a unit now: a `scheduled` fact, or a `deferred` one that says why not."""
+           role: str) -> WorkUnitScheduled | WorkUnitDeferred | SlotRequested:
+    """Place a unit now: a `scheduled` fact, a `deferred` one that says why not, or its
+    request for concurrency slots when it has a limited scope and holds none yet."""
     spec = unit.spec
     scope = scope_of(spec)
     if scope is not None:
@@ -131,6 +136,9 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
             return deferred(ctx, unit, cause, now, "provider_paused",
                             f"{scope} is paused until {until}: its provider asked to be "
                             "called again then", role=role, retry_at=until)
+    request = request_slots(ctx, unit, cause, now, role)
+    if request is not None:
+        return request
     memory = PlacementMemory.load(state)
     streak = Streak(memory.node, memory.streak)
     result = place(
@@ -170,6 +178,16 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
         admission_mode=ctx.view.mode,
         tenant_correlation_id=spec.correlation_id,
     )
+
+
+def on_slot_granted(ctx: SchedulerContext, state: State, event: SlotGranted
+                    ) -> Sequence[Event]:
+    """The limiter's grant: record it and place the unit now."""
+    unit = ctx.load(state, event.work_unit_id or "")
+    if unit is None or unit.status != "waiting_for_slot":
+        return ()  # a grant seen again, or for a unit that gave its request back
+    return (restated(event, "slots-recorded"),
+            placed(ctx, state, unit.but(slots=True), event, event.occurred_at, "placed"))
 
 
 # -- evolve ----------------------------------------------------------------------------

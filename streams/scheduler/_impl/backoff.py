@@ -20,6 +20,7 @@ from onceflow.schemas import (
 )
 from onceflow.streams.ids import derive_event_id, restated
 from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.slots import release_slots
 from onceflow.streams.scheduler._impl.unit import UnitRecord, UnitSpec
 from onceflow.streams.types import Routed, State
 
@@ -64,6 +65,7 @@ def on_backoff(ctx: SchedulerContext, state: State, unit: UnitRecord, event: Wor
         incarnation=unit.incarnation, retry_at=until, provider=event.provider,
         model=event.model,
     )]
+    facts.extend(release_slots(ctx, unit, event, now, "attempt_ended"))
     scope = scope_of(unit.spec)
     if scope is not None and until > paused_until(state, scope):
         facts.append(ProviderScopePaused(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from onceflow.schemas import Event
 from onceflow.streams.ids import caused_by
+from onceflow.streams.limits import ConcurrencyLimits
 from onceflow.streams.scheduler._impl.unit import (
     IndexKind,
     UnitRecord,
@@ -47,6 +48,11 @@ class SchedulerContext:
     estimator: CostEstimator | None
     #: which tenants have prepaid credit, and how much
     prepaid: dict[str, Any]
+    #: concurrency limits per scope (none: no unit ever waits for a slot)
+    limits: ConcurrencyLimits
+    limits_topic: Topic
+    #: the provider LLM units call unless their `provider` parameter names another
+    default_provider: str
     #: which view version each partition's deferred units were last examined
     #: against; not state: it only saves work, the facts stay the same
     examined: dict[int, int] = field(default_factory=dict)
@@ -69,7 +75,10 @@ class SchedulerContext:
                              "estimator: pass billing's cost_estimator(settings.billing)")
         return cls(cfg=settings.scheduler, view=view, dispatch=catalog["dispatch"],
                    reports=catalog["reports"], outcomes=catalog["outcomes"],
-                   queue=catalog["queue"], estimator=estimator, prepaid=prepaid)
+                   queue=catalog["queue"], estimator=estimator, prepaid=prepaid,
+                   limits=ConcurrencyLimits.from_settings(settings.limits),
+                   limits_topic=catalog["limits"],
+                   default_provider=settings.agent.llm_provider)
 
     @staticmethod
     def envelope(unit: UnitRecord, cause: Event, role: str, at: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from onceflow.schemas import (
 )
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
+from onceflow.streams.scheduler._impl.slots import release_slots
 from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import State
 
@@ -61,7 +62,8 @@ def on_cancel(ctx: SchedulerContext, state: State, event: ControlSessionCancelRe
     now = event.occurred_at
     cancelled = WorkUnitCancelled(**ctx.envelope(unit, event, "cancelled", now),
                                   reason=event.reason, requested_by=event.requested_by)
-    return [cancelled, *notify_dependents(ctx, state, unit, event, now, "failed", None)]
+    return [*release_slots(ctx, unit, event, now, "cancelled"), cancelled,
+            *notify_dependents(ctx, state, unit, event, now, "failed", None)]
 
 
 def evolve_cancelled(ctx: SchedulerContext, state: State, unit: UnitRecord,

@@ -28,6 +28,10 @@ from onceflow.schemas import (
     Event,
     ProviderScopePaused,
     QueueSampled,
+    SlotGranted,
+    SlotQueued,
+    SlotReleased,
+    SlotRequested,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitDeferred,
@@ -48,6 +52,7 @@ from onceflow.streams.scheduler._impl import (
     dependencies,
     operator,
     settlement,
+    slots,
 )
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.unit import QueueCounters, UnitRecord
@@ -80,6 +85,8 @@ _DECIDE: dict[type[Event], Decide] = {
     ControlOperatorResolved: operator.on_operator,
     ControlSessionCancelRequested: operator.on_cancel,
     ProviderScopePaused: backoff.on_scope_paused,
+    SlotGranted: admission.on_slot_granted,
+    SlotQueued: slots.on_slot_queued,
 }
 
 _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
@@ -101,6 +108,10 @@ _EVOLVE_UNIT: dict[type[Event], EvolveUnit] = {
     WorkUnitNeedsOperator: settlement.evolve_needs_operator,
     WorkUnitCancelled: operator.evolve_cancelled,
     WorkUnitDependencyResolved: dependencies.evolve_dependency_resolved,
+    SlotRequested: slots.evolve_slot_requested,
+    SlotGranted: slots.evolve_slot_granted,
+    SlotQueued: slots.evolve_slot_queued,
+    SlotReleased: slots.evolve_slot_released,
 }
 
 _ROUTE: dict[type[Event], Route] = {
@@ -113,6 +124,8 @@ _ROUTE: dict[type[Event], Route] = {
     WorkUnitSubmitted: dependencies.route_submitted,
     WorkUnitDependencyRegistered: dependencies.route_dependency_registered,
     ProviderScopePaused: backoff.route_scope_paused,
+    SlotRequested: slots.route_to_limiter,
+    SlotReleased: slots.route_to_limiter,
 }
 
 

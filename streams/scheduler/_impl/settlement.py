@@ -31,6 +31,7 @@ from onceflow.streams.scheduler._impl.backoff import BACKOFF, on_backoff
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
 from onceflow.streams.scheduler._impl.retry import retry_delay_ms
+from onceflow.streams.scheduler._impl.slots import release_slots
 from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import Routed, State
 
@@ -137,8 +138,9 @@ def on_reported(ctx: SchedulerContext, state: State, event: WorkUnitResultReport
     )
     if not accepted or unit is None:
         return (settled,)
-    return [settled, *notify_dependents(ctx, state, unit, event, event.occurred_at,
-                                        "completed", event.result_ref)]
+    return [settled, *release_slots(ctx, unit, event, event.occurred_at, "completed"),
+            *notify_dependents(ctx, state, unit, event, event.occurred_at, "completed",
+                               event.result_ref)]
 
 
 def on_legacy_completed(ctx: SchedulerContext, state: State, event: WorkUnitCompleted
@@ -187,8 +189,9 @@ def attempt_ended(
         error_reason=error_reason, retryable=retryable, final=False,
         incarnation=unit.incarnation, reported_by_scheduler=reported is None,
     )
+    released = release_slots(ctx, unit, cause, now, "attempt_ended")
     if unsafe:
-        return [failed, WorkUnitNeedsOperator(
+        return [failed, *released, WorkUnitNeedsOperator(
             **ctx.envelope(unit, cause, "needs-operator", now),
             attempt_index=unit.attempt, selected_node_id=unit.node,
             effect=spec.effect, idempotency_class=spec.idempotency_class,
@@ -201,9 +204,10 @@ def attempt_ended(
         code = "non_retryable_error" if not retryable else "attempt_cap_exceeded"
         final = failed.model_copy(update={"final": True, "error_reason":
                                           f"{code}: {error_reason}".strip(": ")})
-        return [final, *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
+        return [final, *released,
+                *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
     delay = retry_delay_ms(unit.work_unit_id, failures, ctx.cfg)
-    return [failed, WorkUnitRetryScheduled(
+    return [failed, *released, WorkUnitRetryScheduled(
         **ctx.envelope(unit, cause, "retry", now), attempt_index=unit.attempt + 1,
         delay_ms=delay, retry_at=now + delay, error_code=error_code,
         reason_code="retryable_error",

@@ -44,8 +44,8 @@ __all__ = [
 ]
 
 UnitStatus = Literal[
-    "submitted", "waiting", "deferred", "scheduled", "granted", "retry_wait",
-    "needs_operator", "completed", "failed", "rejected", "cancelled",
+    "submitted", "waiting", "deferred", "waiting_for_slot", "scheduled", "granted",
+    "retry_wait", "needs_operator", "completed", "failed", "rejected", "cancelled",
 ]
 TERMINAL: frozenset[UnitStatus] = frozenset({"completed", "failed", "rejected", "cancelled"})
 
@@ -187,6 +187,8 @@ class UnitRecord:
     #: each parent's result, once it has completed
     parents: dict[str, ContentRef | None] = field(default_factory=dict)
     result_ref: ContentRef | None = None
+    #: holds its concurrency slots (granted by the limiter, not yet given back)
+    slots: bool = False
 
     @classmethod
     def submitted(cls, event: WorkUnitSubmitted, digest: str) -> UnitRecord:
@@ -214,6 +216,7 @@ class UnitRecord:
             get("staged", self.staged), get("deadline", self.deadline),
             get("retry_at", self.retry_at), get("decided_at", self.decided_at),
             get("parents", self.parents), get("result_ref", self.result_ref),
+            get("slots", self.slots),
         )
 
     @property
@@ -243,6 +246,8 @@ class UnitRecord:
             # Held back on purpose, not for want of nodes: not queue the autoscaler scales for.
             held = self.reason in ("throttled", "provider_paused")
             return "throttled" if held else "deferred"
+        if self.status == "waiting_for_slot":
+            return "throttled"  # held back by a limit: more nodes would not help
         if self.status in ("scheduled", "retry_wait", "granted"):
             return self.status
         return None
@@ -257,7 +262,7 @@ class UnitRecord:
             "staged": self.staged, "deadline": self.deadline, "retry_at": self.retry_at,
             "decided_at": self.decided_at,
             "parents": {p: _ref_out(r) for p, r in sorted(self.parents.items())},
-            "result_ref": _ref_out(self.result_ref),
+            "result_ref": _ref_out(self.result_ref), "slots": self.slots,
         }
 
     @classmethod
@@ -270,7 +275,7 @@ class UnitRecord:
             dispatch_event_id=d["dispatch"], failures=d["failures"], staged=d["staged"],
             deadline=d["deadline"], retry_at=d["retry_at"], decided_at=d["decided_at"],
             parents={p: _ref_in(r) for p, r in d["parents"].items()},
-            result_ref=_ref_in(d["result_ref"]),
+            result_ref=_ref_in(d["result_ref"]), slots=d["slots"],
         )
 
     @classmethod

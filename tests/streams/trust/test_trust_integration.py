@@ -69,13 +69,18 @@ def test_a_failing_node_is_paused_by_its_breaker_then_probed_back_to_work(
                   and opened.occurred_at < f.decided_at < opened.breaker_until]
     assert while_open and all(f.selected_node_id == "n1" for f in while_open)
 
-    # then it is probed, and the probes' successes close it: n2 works again
-    after = [unit(f"after-{i}", simulated_ms=20) for i in range(120)]
-    cluster.submit(*after)
-    cluster.wait_settled([u.work_unit_id or "" for u in after])
-    closed = wait_for(lambda: next((f for f in _trust_of(cluster, "n2")
-                                    if f.reason == "breaker_closed"), None),
-                      timeout=60, what="n2's breaker closed by its probes")
+    # then it is probed, and the probes' successes close it: n2 works again (work keeps
+    # coming, as it would on a live stack, so that there is something to probe with)
+    batches = iter(range(10_000))
+
+    def closed_by_probes() -> TrustScoreUpdated | None:
+        batch = next(batches)
+        cluster.submit(*(unit(f"after-{batch}-{i}", simulated_ms=20) for i in range(8)))
+        return next((f for f in _trust_of(cluster, "n2") if f.reason == "breaker_closed"),
+                    None)
+
+    closed = wait_for(closed_by_probes, timeout=60, interval=0.2,
+                      what="n2's breaker closed by its probes")
     assert closed.breaker == "closed" and view.breaker_at("n2", closed.occurred_at) == "closed"
     assert any(f.reason == "breaker_half_open" for f in _trust_of(cluster, "n2"))
     check = verify_replay(trust.reducer, cluster.settings, cluster.catalog["trust"].name)

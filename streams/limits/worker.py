@@ -1,0 +1,28 @@
+"""Run the limiter: its reducer on the batched shell over the one-partition `limits` topic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from onceflow.streams.limits._impl.limiter import Limiter
+from onceflow.streams.limits._impl.scopes import ConcurrencyLimits
+from onceflow.streams.runtime.batched import BatchedProcessor
+from onceflow.streams.topics.catalog import TopicCatalog
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
+
+__all__ = ["build_limiter"]
+
+
+def build_limiter(settings: OnceflowSettings, *, on_ready: Callable[[], None] | None = None,
+                  group_id: str | None = None) -> BatchedProcessor:
+    """The limiter; schedulers start it beside themselves when a limit is configured."""
+    catalog = TopicCatalog(settings)
+    limits = ConcurrencyLimits.from_settings(settings.limits)
+    return BatchedProcessor(
+        Limiter(limits, catalog["reports"], settings.limits.queue_scan), settings,
+        inputs=[catalog["limits"].name], fact_topic=catalog["flow"].name, on_ready=on_ready,
+        group_id=group_id or f"{settings.topic_prefix}limiter",
+    )

@@ -1,0 +1,100 @@
+"""Concurrency slots, the scheduler's side: ask the limiter before placing, give back after.
+
+A unit in a limited scope (`onceflow.streams.limits`) is placed only once the
+limiter granted it a slot in each of its scopes; until then it waits as
+`waiting_for_slot` (its queue place, scope, count and limit recorded when the
+limiter queues it). It gives the slots back when its attempt ends (completion,
+failure, a lease that ran out, a provider's backoff) or when it is cancelled;
+a unit re-placed after an unclaimed dispatch keeps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from onceflow.schemas import (
+    Event,
+    SlotGranted,
+    SlotQueued,
+    SlotReleased,
+    SlotReleaseReason,
+    SlotRequested,
+)
+from onceflow.streams.ids import restated
+from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.unit import UnitRecord
+from onceflow.streams.types import Routed, State
+
+__all__ = [
+    "evolve_slot_granted",
+    "evolve_slot_queued",
+    "evolve_slot_released",
+    "evolve_slot_requested",
+    "on_slot_queued",
+    "release_slots",
+    "request_slots",
+    "route_to_limiter",
+    "scopes_of",
+]
+
+
+def scopes_of(ctx: SchedulerContext, unit: UnitRecord) -> list[str]:
+    spec = unit.spec
+    return ctx.limits.scopes_for(
+        tenant=unit.tenant_id, session=unit.session_id, kind=spec.kind,
+        provider=spec.parameters.get("provider") or ctx.default_provider, model=spec.model,
+        tool=spec.handler)
+
+
+def request_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
+                  role: str) -> SlotRequested | None:
+    """The request a unit must make before it is placed (None: it needs no slot)."""
+    if unit.slots:
+        return None
+    scopes = scopes_of(ctx, unit)
+    if not scopes:
+        return None
+    return SlotRequested(**ctx.envelope(unit, cause, f"{role}:slots", now),
+                         attempt_index=unit.attempt + 1, scopes=scopes)
+
+
+def release_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
+                  reason: SlotReleaseReason) -> list[Event]:
+    """Give a unit's slots (or its place in the limiter's queue) back; nothing if it has none."""
+    if not unit.slots and unit.status != "waiting_for_slot":
+        return []
+    return [SlotReleased(**ctx.envelope(unit, cause, "slots-released", now), reason=reason)]
+
+
+def on_slot_queued(ctx: SchedulerContext, state: State, event: SlotQueued) -> Sequence[Event]:
+    """The limiter queued the request: record why, in the unit's log."""
+    unit = ctx.load(state, event.work_unit_id or "")
+    if unit is None or unit.status != "waiting_for_slot" or unit.reason == "concurrency_limited":
+        return ()
+    return (restated(event, "queue-recorded"),)
+
+
+def evolve_slot_requested(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                          fact: SlotRequested) -> UnitRecord:
+    return unit.but(status="waiting_for_slot", reason="waiting_for_slot",
+                    decided_at=fact.occurred_at)
+
+
+def evolve_slot_granted(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                        fact: SlotGranted) -> UnitRecord:
+    return unit.but(slots=True)
+
+
+def evolve_slot_queued(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                       fact: SlotQueued) -> UnitRecord:
+    return unit.but(reason="concurrency_limited")
+
+
+def evolve_slot_released(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                         fact: SlotReleased) -> UnitRecord:
+    return unit.but(slots=False)
+
+
+def route_to_limiter(ctx: SchedulerContext, fact: SlotRequested | SlotReleased
+                     ) -> Sequence[Routed]:
+    return (Routed(ctx.limits_topic.name, fact, 0),)

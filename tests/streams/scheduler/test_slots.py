@@ -1,0 +1,148 @@
+"""Concurrency slots in the scheduler: ask before placing, give back on every way out."""
+
+from __future__ import annotations
+
+from onceflow.schemas import (
+    ControlSessionCancelRequested,
+    Event,
+    SlotGranted,
+    SlotQueued,
+    SlotReleased,
+    SlotRequested,
+    WorkUnitFailed,
+    WorkUnitScheduled,
+)
+from onceflow.streams.limits import LimitsSettings
+from onceflow.streams.runtime import fingerprint_items
+from onceflow.streams.scheduler import Scheduler
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import MemoryState
+from onceflow.streams.types import Routed
+from tests.streams.scheduler.fixtures import T0, Harness, heartbeat, submit
+
+
+def _harness() -> Harness:
+    h = Harness(settings=OnceflowSettings(limits=LimitsSettings(tenant_concurrency=5)))
+    h.see(heartbeat("n1"))
+    return h
+
+
+def _grant(wu: str, at: int, attempt: int = 1) -> SlotGranted:
+    return SlotGranted(event_id=f"slot-{wu}-{attempt}-{at}", occurred_at=at, work_unit_id=wu,
+                       tenant_id="acme", attempt_index=attempt, scopes=["tenant:acme"])
+
+
+def _requested(facts: list[Event]) -> SlotRequested:
+    (req,) = [f for f in facts if isinstance(f, SlotRequested)]
+    return req
+
+
+def _released(facts: list[Event]) -> list[SlotReleased]:
+    return [f for f in facts if isinstance(f, SlotReleased)]
+
+
+def _running(h: Harness, wu: str) -> tuple[str, int]:
+    req = _requested(h.feed(submit(wu)))
+    placed = h.feed(_grant(wu, T0 + 1, req.attempt_index))
+    sched = placed[-1]
+    assert isinstance(sched, WorkUnitScheduled), placed
+    h.claim(wu, sched.selected_node_id, sched.attempt_index, at=T0 + 2)
+    return sched.selected_node_id, sched.attempt_index
+
+
+def test_a_limited_unit_asks_the_limiter_first_and_is_placed_on_its_grant() -> None:
+    h = _harness()
+    facts = h.feed(submit("wu-1"))
+    req = _requested(facts)
+    assert req.scopes == ["tenant:acme"] and req.attempt_index == 1
+    assert h.unit("wu-1").status == "waiting_for_slot"
+    to_limiter = [o for o in h.outputs if isinstance(o, Routed) and o.event is req]
+    assert to_limiter and to_limiter[0].topic.endswith("limits") and to_limiter[0].partition == 0
+    placed = h.feed(_grant("wu-1", T0 + 1))
+    assert isinstance(placed[-1], WorkUnitScheduled)
+    assert h.unit("wu-1").slots
+    assert h.feed(_grant("wu-1", T0 + 2)) == []  # a grant seen again changes nothing
+
+
+def test_a_queued_request_is_recorded_with_the_scope_count_and_limit() -> None:
+    h = _harness()
+    h.feed(submit("wu-1"))
+    queued = SlotQueued(event_id="q-1", occurred_at=T0 + 1, work_unit_id="wu-1",
+                        tenant_id="acme", attempt_index=1, scopes=["tenant:acme"],
+                        scope="tenant:acme", in_use=5, limit=5)
+    (recorded,) = h.feed(queued)
+    assert isinstance(recorded, SlotQueued) and recorded.in_use == 5 and recorded.limit == 5
+    assert h.unit("wu-1").reason == "concurrency_limited"
+    assert h.tick(T0 + 60_000) == []  # waiting for the limiter, not for the clock
+
+
+def test_a_unit_without_a_limited_scope_never_waits() -> None:
+    h = Harness()
+    h.see(heartbeat("n1"))
+    assert isinstance(h.feed(submit("wu-1"))[-1], WorkUnitScheduled)
+
+
+def test_completion_gives_the_slots_back() -> None:
+    h = _harness()
+    node, attempt = _running(h, "wu-1")
+    (released,) = _released(h.complete("wu-1", node, attempt, at=T0 + 10))
+    assert released.reason == "completed" and not h.unit("wu-1").slots
+
+
+def test_a_failed_attempt_gives_them_back_and_its_retry_asks_again() -> None:
+    h = _harness()
+    node, attempt = _running(h, "wu-1")
+    facts = h.fail("wu-1", node, attempt, "network_transient", at=T0 + 10)
+    assert [r.reason for r in _released(facts)] == ["attempt_ended"]
+    retry_at = h.unit("wu-1").retry_at
+    again = _requested(h.tick(retry_at))
+    assert again.attempt_index == attempt + 1
+
+
+def test_a_lease_that_runs_out_gives_them_back() -> None:
+    h = _harness()
+    _running(h, "wu-1")
+    facts = h.tick(h.unit("wu-1").deadline)
+    assert any(isinstance(f, WorkUnitFailed) for f in facts)
+    assert [r.reason for r in _released(facts)] == ["attempt_ended"]
+
+
+def test_a_final_failure_gives_them_back() -> None:
+    h = _harness()
+    node, attempt = _running(h, "wu-1")
+    facts = h.fail("wu-1", node, attempt, "handler_error", at=T0 + 10)
+    assert any(isinstance(f, WorkUnitFailed) and f.final for f in facts)
+    assert [r.reason for r in _released(facts)] == ["attempt_ended"]
+
+
+def test_cancelling_a_waiting_unit_gives_its_queue_place_back() -> None:
+    h = _harness()
+    h.feed(submit("wu-1"))
+    facts = h.feed(ControlSessionCancelRequested(
+        event_id="cancel-1", occurred_at=T0 + 5, work_unit_id="wu-1", tenant_id="acme",
+        reason="not needed", requested_by="ops"))
+    assert [r.reason for r in _released(facts)] == ["cancelled"]
+    assert h.feed(_grant("wu-1", T0 + 6)) == []  # a late grant does not place it
+
+
+def test_an_unclaimed_dispatch_is_placed_again_with_the_same_slots() -> None:
+    h = _harness()
+    req = _requested(h.feed(submit("wu-1")))
+    sched = h.feed(_grant("wu-1", T0 + 1, req.attempt_index))[-1]
+    assert isinstance(sched, WorkUnitScheduled)
+    facts = h.tick(sched.lease_expires_at)
+    assert isinstance(facts[-1], WorkUnitScheduled) and not _released(facts)
+    assert not [f for f in facts if isinstance(f, SlotRequested)]
+
+
+def test_replay_with_slots_equals_the_live_state() -> None:
+    h = _harness()
+    node, attempt = _running(h, "wu-1")
+    h.complete("wu-1", node, attempt, at=T0 + 10)
+    _running(h, "wu-2")
+    h.feed(submit("wu-3"))
+    replayed = MemoryState()
+    fresh = Scheduler(h.settings)
+    for fact in (o for o in h.outputs if not isinstance(o, Routed)):
+        fresh.evolve(replayed, fact)
+    assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
