@@ -311,6 +311,101 @@ def views_rates(settings: OnceflowSettings, rows: int, sink_items: int) -> dict[
     }
 
 
+def _scheduler_run(n: int, limited: bool) -> tuple[float, float]:
+    """The scheduler's reducer (and, with limits, the limiter's) over RocksDB state in this
+    process: each unit submitted, granted its slots if limited, claimed and reported.
+    Returns (units per second of the scheduler's time, limiter inputs per second)."""
+    from onceflow.schemas import (
+        ClaimRequested,
+        NodeHeartbeat,
+        SlotGranted,
+        SlotReleased,
+        SlotRequested,
+        WorkUnitResultReported,
+        WorkUnitScheduled,
+        WorkUnitSubmitted,
+    )
+    from onceflow.streams.limits import ConcurrencyLimits, Limiter, LimitsSettings
+    from onceflow.streams.scheduler import Scheduler
+    from onceflow.streams.state import open_partition_store
+    from onceflow.streams.types import Routed
+
+    limits = LimitsSettings(tenant_concurrency=1_000_000, model_concurrency=1_000_000)
+    settings = OnceflowSettings(limits=limits) if limited else OnceflowSettings()
+    scheduler = Scheduler(settings)
+    limiter = Limiter(ConcurrencyLimits.from_settings(limits),
+                      TopicCatalog(settings)["reports"])
+    t0 = 1_700_000_000_000
+    scheduler.observe(NodeHeartbeat(
+        event_id="hb", occurred_at=t0, node_id="n1", supported_kinds=["cpu"],
+        available_concurrency=10**9, max_concurrency=10**9))
+    with tempfile.TemporaryDirectory() as d:
+        state = open_partition_store(Path(d), "scheduler", 0)
+        limiter_state = open_partition_store(Path(d), "limiter", 0)
+        to_limiter: list[Any] = []
+        scheduler_s = limiter_s = 0.0
+        inputs = limiter_inputs = 0
+
+        def feed(event: Any) -> list[Any]:
+            nonlocal scheduler_s, inputs
+            started = time.perf_counter()
+            _, out = scheduler.apply(state, event)
+            scheduler_s += time.perf_counter() - started
+            inputs += 1
+            to_limiter.extend(o.event for o in out if isinstance(o, Routed)
+                              and isinstance(o.event, SlotRequested | SlotReleased))
+            return [o for o in out if not isinstance(o, Routed)]
+
+        def limit() -> list[Any]:
+            nonlocal limiter_s, limiter_inputs
+            grants = []
+            for event in to_limiter:
+                started = time.perf_counter()
+                _, out = limiter.apply(limiter_state, event)
+                limiter_s += time.perf_counter() - started
+                limiter_inputs += 1
+                grants += [o for o in out if not isinstance(o, Routed)
+                           and isinstance(o, SlotGranted)]
+            to_limiter.clear()
+            return grants
+
+        for i in range(n):
+            wu, at = f"wu-{i}", t0 + i
+            facts = feed(WorkUnitSubmitted(event_id=f"s{i}", occurred_at=at, work_unit_id=wu,
+                                           tenant_id=f"t{i % 10}", simulated_ms=5))
+            for grant in limit():
+                facts += feed(grant)
+            sched = next(f for f in facts if isinstance(f, WorkUnitScheduled))
+            feed(ClaimRequested(event_id=f"c{i}", occurred_at=at + 1, work_unit_id=wu,
+                                node_id=sched.selected_node_id, attempt_index=1,
+                                incarnation="i"))
+            feed(WorkUnitResultReported(event_id=f"d{i}", occurred_at=at + 2, work_unit_id=wu,
+                                        node_id=sched.selected_node_id, attempt_index=1,
+                                        incarnation="i"))
+            limit()
+        state.close()
+        limiter_state.close()
+    return n / scheduler_s, (limiter_inputs / limiter_s if limiter_s else 0.0)
+
+
+def scheduler_rates(n: int, runs: int = 3) -> dict[str, Any]:
+    """The scheduler's units per second with concurrency limits on, beside without."""
+    plain = sorted(_scheduler_run(n, False)[0] for _ in range(runs))[runs // 2]
+    limited_runs = sorted(_scheduler_run(n, True) for _ in range(runs))
+    with_limits, limiter = limited_runs[runs // 2]
+    return {
+        "units": n, "units_per_s_without_limits": round(plain),
+        "units_per_s_with_limits": round(with_limits),
+        "limiter_inputs_per_s": round(limiter),
+        "cost_of_limits": round(1 - with_limits / plain, 3),
+        "note": "the scheduler's reducer over RocksDB state in one process (submit, claim, "
+                f"report per unit), median of {runs} runs; with limits each unit also asks "
+                "for its slots, is placed on the grant and gives them back, and the limiter "
+                "(its own processor) decides those; provider pauses, reservations and fair "
+                "queuing are not in this figure",
+    }
+
+
 def _execution_cluster(settings: OnceflowSettings, stack_dir: Path, prefix: str) -> tuple[
         OnceflowSettings, list[Any]]:
     from onceflow.infra.roles import agent_specs, start_roles
@@ -499,6 +594,7 @@ def main() -> None:
                 "codec_one_core": codec_rates(int(100_000 * s)),
                 "submit": submit_rate(settings, int(100_000 * s), Path(stack_dir)),
                 "batched_shell": batched_shell_rate(settings, int(100_000 * s)),
+                "scheduler": scheduler_rates(int(5_000 * s)),
                 "execution": execution_rates(settings, Path(stack_dir), int(10_000 * s),
                                              200, 10 * s),
                 "ledger": ledger_rates(settings, int(50_000 * s)),

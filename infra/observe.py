@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from confluent_kafka import Message
@@ -12,6 +13,7 @@ from onceflow.schemas import (
     CapacityWindowClosed,
     CodecError,
     NodeHeartbeat,
+    ProviderScopePaused,
     SingleObjectCodec,
     TrustScoreUpdated,
 )
@@ -96,6 +98,45 @@ def read_trust(settings: OnceflowSettings) -> dict[str, TrustScoreUpdated]:
         assert isinstance(event, TrustScoreUpdated)
         latest[event.node_id] = event
     return latest
+
+
+def read_limits(settings: OnceflowSettings, now_ms: int) -> dict[str, Any]:
+    """What holds work back right now: each limited scope's slots in use and waiting
+    requests (the limiter's facts, folded), provider pauses, and breakers not closed."""
+    from onceflow.streams.limits import ConcurrencyLimits, Limiter
+    from onceflow.streams.state import MemoryState
+
+    catalog = TopicCatalog(settings)
+    limits = ConcurrencyLimits.from_settings(settings.limits)
+    limiter = Limiter(limits, catalog["reports"])
+    state = MemoryState()
+    for _, event in read_events(settings, catalog["flow"].name, SingleObjectCodec()):
+        limiter.evolve(state, event)
+    waiting: Counter[str] = Counter()
+    for _, request in state.items("q:"):
+        full = next((s for s in request["scopes"]
+                     if (limits.limit_of(s) or 0) <= state.get(f"s:{s}", 0)), "")
+        waiting[full] += 1
+    scopes = sorted({*limits.per_scope, *(k.removeprefix("s:") for k, _ in state.items("s:"))})
+    slots = [{"scope": s, "in_use": state.get(f"s:{s}", 0), "limit": limits.limit_of(s),
+              "waiting": waiting.get(s, 0)} for s in scopes]
+    pauses: dict[str, ProviderScopePaused] = {}
+    for _, event in read_events(settings, catalog["workunits"].name, SingleObjectCodec(),
+                                event_types=frozenset({"provider.scope.paused"})):
+        assert isinstance(event, ProviderScopePaused)
+        if event.paused_until > now_ms and (
+                event.scope not in pauses or pauses[event.scope].paused_until < event.paused_until):
+            pauses[event.scope] = event
+    breakers = [{"node_id": t.node_id, "breaker": t.breaker, "until": t.breaker_until}
+                for t in read_trust(settings).values() if t.breaker != "closed"]
+    return {
+        "limits": {"per_kind": limits.per_kind, "per_scope": limits.per_scope},
+        "slots": slots, "waiting": sum(waiting.values()),
+        "pauses": [{"scope": p.scope, "until": p.paused_until, "provider": p.provider,
+                    "model": p.model, "remaining_ms": p.paused_until - now_ms}
+                   for p in sorted(pauses.values(), key=lambda p: p.scope)],
+        "breakers": breakers,
+    }
 
 
 def read_capacity(settings: OnceflowSettings) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from onceflow.infra.cli.common import (
     console,
     err_console,
     fail,
+    ready_settings,
     require_broker,
 )
 from onceflow.infra.cli.ledger import anomalies, ledger_app, replay
@@ -171,6 +172,7 @@ def status(
             from onceflow.infra.observe import (
                 node_rows,
                 read_capacity,
+                read_limits,
                 read_nodes,
                 read_progress,
                 read_trust,
@@ -184,6 +186,7 @@ def status(
             report["nodes"] = node_rows(read_nodes(settings), int(time.time() * 1000),
                                         read_trust(settings))
             report["capacity"] = read_capacity(settings)
+            report["limits"] = read_limits(settings, int(time.time() * 1000))
     if fmt == "json":
         print(json.dumps(report, indent=2))
         return
@@ -220,10 +223,46 @@ def status(
                           str(units.get("completed_by_node", {}).get(n["node_id"], 0)),
                           f"{n['heartbeat_age_s']}s")
         console.print(nodes)
+    if report.get("limits"):
+        _print_limits(report["limits"])
     table = Table("topic", "partitions", "exists")
     for t in report["topics"]:
         table.add_row(t["name"], str(t["partitions"]), "yes" if t["exists"] else "no")
     console.print(table)
+
+
+@app.command()
+def limits(
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """What holds work back now: slots per limited scope, provider pauses, open breakers."""
+    from onceflow.infra.observe import read_limits
+
+    settings = ready_settings()
+    report = read_limits(settings, int(time.time() * 1000))
+    if fmt == "json":
+        print(json.dumps(report, indent=2))
+        return
+    if not (report["slots"] or report["pauses"] or report["breakers"]):
+        console.print("nothing holds work back: no concurrency limit is set "
+                      "(ONCEFLOW_LIMITS__*), no provider asked to wait, every breaker is closed")
+        return
+    _print_limits(report)
+
+
+def _print_limits(report: dict[str, Any]) -> None:
+    if report["slots"]:
+        slots = Table("scope", "in use", "limit", "waiting", title="concurrency slots")
+        for s in report["slots"]:
+            slots.add_row(s["scope"], str(s["in_use"]), str(s["limit"] or "-"),
+                          str(s["waiting"]))
+        console.print(slots)
+    for p in report["pauses"]:
+        console.print(f"[yellow]paused[/] {p['scope']} ({p['provider'] or '?'}) for "
+                      f"{p['remaining_ms'] / 1000:.1f} s more: the provider asked to wait")
+    for b in report["breakers"]:
+        console.print(f"[yellow]breaker {b['breaker']}[/] on node {b['node_id']}"
+                      + (f" until {b['until']}" if b["breaker"] == "open" else ""))
 
 
 # -- topics -----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ queue; a release frees the slots and grants the waiting requests that now fit,
 oldest first. Its facts (`flow`) are its changelog, so a replay counts the same.
 
 State: `s:<scope>` the slots in use; `h:<unit>` what a unit holds; `q:<seq>` a
-waiting request and `w:<unit>` its place; `seq` the next place.
+waiting request and `w:<unit>` its place; `seq` the next place; `waiting` how
+many wait (a release with nobody waiting scans nothing).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Limiter(Reducer):
         facts: list[Event] = [restated(event, "freed")]
         if held is None:
             return facts  # it gave up its place in the queue; no slot comes free
+        if not state.get("waiting", 0):
+            return facts  # nobody waits: nothing to scan for
         taken = {s: _in_use(state, s) - 1 for s in held["scopes"]}
         for _, waiting in state.items("q:"):
             if len(facts) > self.queue_scan:
@@ -110,10 +113,7 @@ class Limiter(Reducer):
                 for s in fact.scopes:
                     state.set(f"s:{s}", _in_use(state, s) + 1)
             state.set(f"h:{wu}", {"scopes": fact.scopes, "attempt": fact.attempt_index})
-            place = state.get(f"w:{wu}")
-            if place is not None:
-                state.delete(f"q:{place:012d}")
-                state.delete(f"w:{wu}")
+            self._unqueue(state, wu)
         elif isinstance(fact, SlotQueued):
             seq: int = state.get("seq", 0)
             state.set(f"q:{seq:012d}", {"id": wu, "tenant": fact.tenant_id,
@@ -122,6 +122,7 @@ class Limiter(Reducer):
                                         "at": fact.occurred_at})
             state.set(f"w:{wu}", seq)
             state.set("seq", seq + 1)
+            state.set("waiting", state.get("waiting", 0) + 1)
         elif isinstance(fact, SlotReleased):
             held = state.get(f"h:{wu}")
             if held is not None:
@@ -132,10 +133,19 @@ class Limiter(Reducer):
                     else:
                         state.delete(f"s:{s}")
                 state.delete(f"h:{wu}")
-            place = state.get(f"w:{wu}")
-            if place is not None:
-                state.delete(f"q:{place:012d}")
-                state.delete(f"w:{wu}")
+            self._unqueue(state, wu)
+
+    @staticmethod
+    def _unqueue(state: State, wu: str) -> None:
+        place = state.get(f"w:{wu}")
+        if place is not None:
+            state.delete(f"q:{place:012d}")
+            state.delete(f"w:{wu}")
+            left = state.get("waiting", 0) - 1
+            if left > 0:
+                state.set("waiting", left)
+            else:
+                state.delete("waiting")
 
     # -- route -------------------------------------------------------------------------
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -57,6 +61,12 @@ def test_throttling_100_never_has_more_than_3_calls_at_the_provider(
     flow = events(cluster.settings, cluster.catalog["flow"].name)
     assert sum(isinstance(f, SlotGranted) for f in flow) == 100
     assert any(isinstance(f, SlotQueued) and f.limit == 3 for f in flow)
+    # what `onceflow limits` shows afterwards: the scope, its limit, nothing held
+    shown = subprocess.run([sys.executable, "-m", "onceflow", "limits", "--format", "json"],
+                           env={**os.environ, **cluster.settings.to_env()}, capture_output=True,
+                           text=True, timeout=60, check=True)
+    slots = json.loads(shown.stdout)["slots"]
+    assert slots == [{"scope": "provider:openai", "in_use": 0, "limit": 3, "waiting": 0}]
     for reducer, topic in ((cluster.scheduler.reducer, "workunits"),  # type: ignore[union-attr]
                            (build_limiter(cluster.settings).reducer, "flow")):
         check = verify_replay(reducer, cluster.settings, cluster.catalog[topic].name)
