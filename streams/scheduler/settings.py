@@ -45,6 +45,10 @@ class SchedulerSettings(SettingsGroup):
     """the longest retry backoff"""
     retry_jitter_ratio: float = 0.2
     """deterministic jitter added to a backoff, as a share of it"""
+    retry_budget: float = Field(default=40, ge=0)
+    """retries a tenant may spend in a burst (Krako 2.0's token bucket); each scheduler partition holds its share"""
+    retry_budget_per_minute: float = Field(default=20, ge=0)
+    """how fast a tenant's retry budget refills, per minute of logged time"""
     breaker_probe_interval_ms: int = Field(default=5000, ge=0)
     """a half-open node (its breaker probing) gets one unit per this much logged time"""
     retryable_errors: list[str] = Field(

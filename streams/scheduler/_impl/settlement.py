@@ -200,8 +200,11 @@ def attempt_ended(
                    f"class '{spec.idempotency_class}' does not make a retry safe; "
                    "resolve with retry, mark_done or abandon",
         )]
-    if not retryable or failures >= spec.max_attempts:
-        code = "non_retryable_error" if not retryable else "attempt_cap_exceeded"
+    exhausted = (retryable and failures < spec.max_attempts and spends_retry_budget(error_code)
+                 and retry_tokens(ctx, state, unit.tenant_id, now) < 1)
+    if not retryable or failures >= spec.max_attempts or exhausted:
+        code = ("non_retryable_error" if not retryable else "retry_budget_exhausted"
+                if exhausted else "attempt_cap_exceeded")
         final = failed.model_copy(update={"final": True, "error_reason":
                                           f"{code}: {error_reason}".strip(": ")})
         return [final, *released,
@@ -245,8 +248,35 @@ def evolve_failed(ctx: SchedulerContext, state: State, unit: UnitRecord,
     return unit.but(failures=unit.failures + 1, reason=fact.error_code)
 
 
+def spends_retry_budget(error_code: str) -> bool:
+    """Whether retrying after this error spends the tenant's retry budget: an error of the
+    work does; a lease that ran out (a node that died or stalled) is not the tenant's."""
+    return error_code != "node_timeout"
+
+
+def retry_tokens(ctx: SchedulerContext, state: State, tenant: str, now: int) -> float:
+    """A tenant's retry budget in this partition at logged time `now`.
+
+    The budget is a token bucket per tenant (Krako 2.0: 40, refilled 20 a
+    minute); each of the P scheduler partitions keeps 1/P of it, since a
+    tenant's units are spread over all of them by their ids.
+    """
+    share = ctx.reports.partitions
+    cap = ctx.cfg.retry_budget / share
+    bucket = state.get(f"rb:{tenant}")
+    if bucket is None:
+        return cap
+    refill = (now - bucket["at"]) * ctx.cfg.retry_budget_per_minute / 60_000 / share
+    return min(cap, bucket["tokens"] + max(0.0, refill))
+
+
 def evolve_retry_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,
                            fact: WorkUnitRetryScheduled) -> UnitRecord:
+    if fact.reason_code == "retryable_error" and spends_retry_budget(fact.error_code):
+        # the retry spends one of the tenant's retry tokens (a lease timeout, a backoff or
+        # an operator's retry does not)
+        tokens = retry_tokens(ctx, state, unit.tenant_id, fact.occurred_at) - 1
+        state.set(f"rb:{unit.tenant_id}", {"tokens": round(tokens, 9), "at": fact.occurred_at})
     # The next attempt's number is taken now: only a `scheduled` unit takes
     # claims and only a `granted` one takes results, so the ended attempt's
     # late claims and results are fenced off from here on.

@@ -23,7 +23,8 @@ def cluster(settings: OnceflowSettings) -> Iterator[Cluster]:
         # the failing node's units are retried elsewhere; a half-open node is probed often
         "scheduler": fast.scheduler.model_copy(update={
             "retryable_errors": [*SchedulerSettings().retryable_errors, "node_fault"],
-            "retry_base_ms": 20, "breaker_probe_interval_ms": 100}),
+            "retry_base_ms": 20, "breaker_probe_interval_ms": 100,
+            "retry_budget": 10_000}),  # this test is about breakers, not the retry budget
         # a breaker that judges after 10 attempts and stays open 3 s, so a test sees it all
         "trust": TrustSettings(breaker_min_attempts=10, breaker_open_ms=3000),
         # short agent queues: a burst spills over to the recovered node instead of all of
