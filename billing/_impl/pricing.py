@@ -15,13 +15,12 @@ from typing import Any
 
 from onceflow.billing.settings import BillingSettings
 from onceflow.schemas import (
-    WorkUnitSubmitted,
     estimated_input_tokens,
     estimated_output_tokens,
     max_tokens_of,
     quantize_money,
 )
-from onceflow.streams.types import CostEstimator
+from onceflow.streams.types import CostEstimator, PricedWork
 
 __all__ = ["ModelRate", "PriceBook", "PriceBookError", "cost_estimator", "load_price_book",
            "money"]
@@ -71,7 +70,7 @@ class PriceBook:
             ctx.prec = 60
             return money(Decimal(tokens) * usd_per_1k / 1000)
 
-    def estimate(self, unit: WorkUnitSubmitted) -> Decimal:
+    def estimate(self, unit: PricedWork) -> Decimal:
         """What a unit will likely cost, priced like its line items will be (a `CostEstimator`).
 
         CPU time is `simulated_ms` (the only duration a submission states).

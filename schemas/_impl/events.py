@@ -335,6 +335,9 @@ class SlotRequested(Event, event_type="flow.slot.requested"):
 
     attempt_index: int = Field(ge=1, description="the attempt the slots are for")
     scopes: list[str] = Field(description="e.g. global, tenant:acme, model:gpt-x")
+    priority: Priority = "p2"
+    cost: float = Field(
+        default=1.0, ge=0, description="what the unit will likely cost (USD): its fair share")
 
 
 class SlotGranted(Event, event_type="flow.slot.granted"):
@@ -354,6 +357,10 @@ class SlotQueued(Event, event_type="flow.slot.queued"):
     in_use: int = Field(ge=0)
     limit: int = Field(ge=0)
     position: int = Field(default=0, ge=0, description="the request's place in the queue")
+    priority: Priority = "p2"
+    fair_start: float = Field(default=0.0, description="weighted fair queuing: its start tag")
+    fair_finish: float = Field(
+        default=0.0, description="and its finish tag: within a priority, lower goes first")
 
 
 class SlotReleased(Event, event_type="flow.slot.released"):

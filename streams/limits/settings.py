@@ -30,5 +30,7 @@ class LimitsSettings(SettingsGroup):
     """limits of single scopes, overriding the ones above: {"tenant:acme": 50, "provider:openai": 3} (JSON)"""
     limits_file: Path | None = None
     """a JSON file of scope -> limit, read at start and taking precedence over `scopes`"""
+    tenant_weights: dict[str, float] = Field(default_factory=dict)
+    """weighted fair queuing among waiting requests: a tenant's share (default 1.0) (JSON)"""
     queue_scan: int = Field(default=256, ge=1)
     """waiting requests a release looks at, in order, for one that now fits"""

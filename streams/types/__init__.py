@@ -4,6 +4,7 @@ never import each other in circles (the faust habit)."""
 from onceflow.streams.types.interfaces import (
     ContentStore,
     CostEstimator,
+    PricedWork,
     Reducer,
     Routed,
     Sensor,
@@ -12,5 +13,5 @@ from onceflow.streams.types.interfaces import (
 )
 from onceflow.streams.types.settings import SettingsGroup
 
-__all__ = ["ContentStore", "CostEstimator", "Reducer", "Routed", "Sensor", "SettingsGroup", "State",
+__all__ = ["ContentStore", "CostEstimator", "PricedWork", "Reducer", "Routed", "Sensor", "SettingsGroup", "State",
            "StateValue"]

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
-from onceflow.schemas import ContentRef, Event, WorkUnitSubmitted
+from onceflow.schemas import ContentRef, Event
 
-__all__ = ["ContentStore", "CostEstimator", "Reducer", "Routed", "Sensor", "State",
-           "StateValue"]
+__all__ = ["ContentStore", "CostEstimator", "PricedWork", "Reducer", "Routed", "Sensor",
+           "State", "StateValue"]
 
 #: What a state key may hold: JSON-shaped data, so that state serialises
 #: canonically and two replays can be compared byte for byte.
@@ -107,14 +107,31 @@ class ContentStore(Protocol):
     def exists(self, ref: ContentRef) -> bool: ...
 
 
+class PricedWork(Protocol):
+    """What a unit states that its cost can be estimated from (a submission, a unit's spec)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def simulated_ms(self) -> int: ...
+    @property
+    def prompt(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def llm_tokens(self) -> int: ...
+    @property
+    def parameters(self) -> dict[str, str]: ...
+
+
 class CostEstimator(Protocol):
     """What a unit will likely cost before it runs: billing's rule, the scheduler's input.
 
-    Budget admission asks it; billing implements it from its price book, so
-    an estimate and a bill never use two different sets of prices.
+    Budget admission and fair queuing ask it; billing implements it from its
+    price book, so an estimate and a bill never use two different sets of prices.
     """
 
-    def estimate(self, unit: WorkUnitSubmitted) -> Decimal: ...
+    def estimate(self, unit: PricedWork) -> Decimal: ...
 
 
 class Sensor(Protocol):

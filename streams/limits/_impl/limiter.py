@@ -7,14 +7,18 @@ A request takes a slot in every one of its scopes at once, or waits in the
 queue; a release frees the slots and grants the waiting requests that now fit,
 oldest first. Its facts (`flow`) are its changelog, so a replay counts the same.
 
-State: `s:<scope>` the slots in use; `h:<unit>` what a unit holds; `q:<seq>` a
-waiting request and `w:<unit>` its place; `seq` the next place; `waiting` how
-many wait (a release with nobody waiting scans nothing).
+State: `s:<scope>` the slots in use; `h:<unit>` what a unit holds;
+`q:<priority>:<finish tag>:<seq>` a waiting request (read in that order:
+priority, then weighted fair queuing by tenant, then arrival) and `w:<unit>` its
+key; `seq` the next arrival number; `vt` the virtual time and `vf:<tenant>` each
+tenant's last finish tag; `waiting` how many wait (a release with nobody
+waiting scans nothing).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from onceflow.schemas import Event, SlotGranted, SlotQueued, SlotReleased, SlotRequested
 from onceflow.streams.ids import caused_by, restated
@@ -23,6 +27,10 @@ from onceflow.streams.topics.catalog import Topic
 from onceflow.streams.types import Reducer, Routed, State
 
 __all__ = ["Limiter"]
+
+
+#: the queue is read by priority first
+_RANK: dict[str, int] = {"critical": 0, "p0": 1, "p1": 2, "p2": 3}
 
 
 def _in_use(state: State, scope: str) -> int:
@@ -74,9 +82,16 @@ class Limiter(Reducer):
             return (SlotGranted(**caused_by(event, "granted"), attempt_index=event.attempt_index,
                                 scopes=event.scopes),)
         scope, used, limit = full
+        # Start-time fair queuing: a tenant's requests follow one another in virtual time,
+        # each as long as its cost over the tenant's weight; the queue is read by
+        # priority, then by finish tag, so a tenant with many (or costly) units waits
+        # behind its own backlog, not in front of everyone else.
+        start = max(state.get("vt", 0.0), state.get(f"vf:{event.tenant_id}", 0.0))
+        finish = start + event.cost / self.limits.weight_of(event.tenant_id)
         return (SlotQueued(**caused_by(event, "queued"), attempt_index=event.attempt_index,
                            scopes=event.scopes, scope=scope, in_use=used, limit=limit,
-                           position=state.get("seq", 0)),)
+                           position=state.get("seq", 0), priority=event.priority,
+                           fair_start=round(start, 9), fair_finish=round(finish, 9)),)
 
     def _on_release(self, state: State, event: SlotReleased) -> Sequence[Event]:
         wu = event.work_unit_id or ""
@@ -113,14 +128,18 @@ class Limiter(Reducer):
                 for s in fact.scopes:
                     state.set(f"s:{s}", _in_use(state, s) + 1)
             state.set(f"h:{wu}", {"scopes": fact.scopes, "attempt": fact.attempt_index})
-            self._unqueue(state, wu)
+            waiting = self._unqueue(state, wu)
+            if waiting is not None:
+                state.set("vt", max(state.get("vt", 0.0), waiting["start"]))
         elif isinstance(fact, SlotQueued):
             seq: int = state.get("seq", 0)
-            state.set(f"q:{seq:012d}", {"id": wu, "tenant": fact.tenant_id,
-                                        "session": fact.execution_session_id,
-                                        "attempt": fact.attempt_index, "scopes": fact.scopes,
-                                        "at": fact.occurred_at})
-            state.set(f"w:{wu}", seq)
+            key = (f"q:{_RANK[fact.priority]}:{fact.fair_finish:024.9f}:{seq:012d}")
+            state.set(key, {"id": wu, "tenant": fact.tenant_id,
+                            "session": fact.execution_session_id,
+                            "attempt": fact.attempt_index, "scopes": fact.scopes,
+                            "at": fact.occurred_at, "start": fact.fair_start})
+            state.set(f"w:{wu}", key)
+            state.set(f"vf:{fact.tenant_id}", fact.fair_finish)
             state.set("seq", seq + 1)
             state.set("waiting", state.get("waiting", 0) + 1)
         elif isinstance(fact, SlotReleased):
@@ -136,16 +155,20 @@ class Limiter(Reducer):
             self._unqueue(state, wu)
 
     @staticmethod
-    def _unqueue(state: State, wu: str) -> None:
-        place = state.get(f"w:{wu}")
-        if place is not None:
-            state.delete(f"q:{place:012d}")
-            state.delete(f"w:{wu}")
-            left = state.get("waiting", 0) - 1
-            if left > 0:
-                state.set("waiting", left)
-            else:
-                state.delete("waiting")
+    def _unqueue(state: State, wu: str) -> dict[str, Any] | None:
+        """Take a unit's request out of the queue; returns it (None: it was not waiting)."""
+        key = state.get(f"w:{wu}")
+        if key is None:
+            return None
+        waiting: dict[str, Any] = state.get(key)
+        state.delete(key)
+        state.delete(f"w:{wu}")
+        left = state.get("waiting", 0) - 1
+        if left > 0:
+            state.set("waiting", left)
+        else:
+            state.delete("waiting")
+        return waiting
 
     # -- route -------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ def _from_file(path: Path) -> dict[str, int]:
 class ConcurrencyLimits:
     per_kind: dict[str, int] = field(default_factory=dict)
     per_scope: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, cfg: LimitsSettings) -> ConcurrencyLimits:
@@ -54,7 +55,12 @@ class ConcurrencyLimits:
         scopes = dict(cfg.scopes)
         if cfg.limits_file is not None:
             scopes.update(_from_file(cfg.limits_file))
-        return cls({k: v for k, v in kinds.items() if v is not None}, scopes)
+        return cls({k: v for k, v in kinds.items() if v is not None}, scopes,
+                   dict(cfg.tenant_weights))
+
+    def weight_of(self, tenant: str) -> float:
+        """A tenant's share in weighted fair queuing (1.0 unless configured)."""
+        return self.weights.get(tenant, 1.0) or 1.0
 
     @property
     def any(self) -> bool:

@@ -55,7 +55,10 @@ def request_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: in
     if not scopes:
         return None
     return SlotRequested(**ctx.envelope(unit, cause, f"{role}:slots", now),
-                         attempt_index=unit.attempt + 1, scopes=scopes)
+                         attempt_index=unit.attempt + 1, scopes=scopes,
+                         priority=unit.spec.priority,
+                         # its weight in fair queuing: billing's estimate, recorded here
+                         cost=float(ctx.estimator.estimate(unit.spec)) if ctx.estimator else 1.0)
 
 
 def release_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,

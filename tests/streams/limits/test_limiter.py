@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from onceflow.schemas import SlotGranted, SlotQueued
-from onceflow.streams.limits import Limiter
+from onceflow.schemas import SlotGranted, SlotQueued, SlotRequested
+from onceflow.streams.limits import ConcurrencyLimits, Limiter
 from onceflow.streams.runtime import fingerprint_items
 from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Routed
@@ -86,3 +86,55 @@ def test_folding_the_facts_rebuilds_the_same_counts() -> None:
     for fact in (o for o in h.outputs if not isinstance(o, Routed)):
         fresh.evolve(replayed, fact)
     assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
+
+
+def _ask(wu: str, tenant: str, at: int, *, cost: float = 1.0, priority: str = "p2"
+         ) -> SlotRequested:
+    return SlotRequested(event_id=f"req-{wu}", occurred_at=at, work_unit_id=wu, tenant_id=tenant,
+                         attempt_index=1, scopes=["global"], cost=cost,
+                         priority=priority)  # type: ignore[arg-type]
+
+
+def _drain(h: LimiterHarness, holder: str, n: int) -> list[str]:
+    """Release the holder, then each grantee in turn: the order the queue is served in."""
+    order = []
+    for i in range(n):
+        (granted,) = h.granted(h.feed(release(holder, at=T0 + 1000 + i)))
+        order.append(granted)
+        holder = granted
+    return order
+
+
+def _fair_harness(weights: dict[str, float] | None = None) -> LimiterHarness:
+    h = LimiterHarness({"global": 1})
+    h.limiter.limits = ConcurrencyLimits(per_scope={"global": 1}, weights=weights or {})
+    h.feed(_ask("first", "acme", T0))
+    return h
+
+
+def test_a_tenant_with_a_backlog_does_not_keep_a_later_tenant_waiting_behind_it() -> None:
+    h = _fair_harness()
+    h.feed(*(_ask(f"a{i}", "acme", T0 + i) for i in range(6)),
+           *(_ask(f"b{i}", "globex", T0 + 10 + i) for i in range(2)))
+    assert _drain(h, "first", 8) == ["a0", "b0", "a1", "b1", "a2", "a3", "a4", "a5"]
+
+
+def test_a_tenants_weight_is_its_share() -> None:
+    h = _fair_harness({"globex": 2.0})
+    h.feed(*(_ask(f"a{i}", "acme", T0 + i) for i in range(4)),
+           *(_ask(f"b{i}", "globex", T0 + 10 + i) for i in range(4)))
+    assert _drain(h, "first", 6) == ["b0", "a0", "b1", "b2", "a1", "b3"]
+
+
+def test_the_share_is_of_cost_not_of_units() -> None:
+    h = _fair_harness()
+    h.feed(_ask("big", "acme", T0 + 1, cost=5.0),
+           *(_ask(f"b{i}", "globex", T0 + 10 + i) for i in range(4)))
+    assert _drain(h, "first", 5) == ["b0", "b1", "b2", "b3", "big"]
+
+
+def test_higher_priority_is_served_first() -> None:
+    h = _fair_harness()
+    h.feed(*(_ask(f"a{i}", "acme", T0 + i) for i in range(3)),
+           _ask("urgent", "globex", T0 + 10, priority="p0"))
+    assert _drain(h, "first", 4) == ["urgent", "a0", "a1", "a2"]

@@ -146,3 +146,11 @@ def test_replay_with_slots_equals_the_live_state() -> None:
     for fact in (o for o in h.outputs if not isinstance(o, Routed)):
         fresh.evolve(replayed, fact)
     assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
+
+
+def test_a_request_carries_the_units_priority_and_billings_estimate_as_its_fair_share() -> None:
+    h = _harness()
+    req = _requested(h.feed(submit("wu-1", simulated_ms=2000, priority="p1")))
+    assert req.priority == "p1"
+    expected = h.scheduler.ctx.estimator.estimate(h.unit("wu-1").spec)  # type: ignore[union-attr]
+    assert req.cost == float(expected) and req.cost > 0
