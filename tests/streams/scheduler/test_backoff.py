@@ -10,11 +10,14 @@ from onceflow.schemas import (
     WorkUnitRetryScheduled,
     WorkUnitScheduled,
 )
-from onceflow.streams.runtime import fingerprint_items
-from onceflow.streams.scheduler import Scheduler
-from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Routed
-from tests.streams.scheduler.fixtures import T0, Harness, heartbeat, submit
+from tests.streams.scheduler.fixtures import (
+    T0,
+    Harness,
+    assert_replay_equals_live,
+    heartbeat,
+    submit,
+)
 
 
 def _granted(h: Harness, wu: str, at: int = T0, **fields: object) -> tuple[str, int]:
@@ -95,8 +98,4 @@ def test_replay_of_a_backoff_equals_the_live_state() -> None:
     _backoff(h, "wu-1", node, attempt, T0 + 10, T0 + 2000)
     h.feed(submit("wu-2", at=T0 + 20, kind="llm_pod", prompt="x", model="gpt-x"))
     h.tick(T0 + 2000)
-    replayed = MemoryState()
-    fresh = Scheduler(h.settings)
-    for fact in (o for o in h.outputs if not isinstance(o, Routed)):
-        fresh.evolve(replayed, fact)
-    assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
+    assert_replay_equals_live(h)

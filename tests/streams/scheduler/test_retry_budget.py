@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from onceflow.schemas import WorkUnitFailed, WorkUnitRetryScheduled
-from onceflow.streams.runtime import fingerprint_items
-from onceflow.streams.scheduler import Scheduler
 from onceflow.streams.settings import OnceflowSettings, SchedulerSettings
-from onceflow.streams.state import MemoryState
-from onceflow.streams.types import Routed
-from tests.streams.scheduler.fixtures import T0, Harness, heartbeat, submit
+from tests.streams.scheduler.fixtures import (
+    T0,
+    Harness,
+    assert_replay_equals_live,
+    heartbeat,
+    submit,
+)
 
 # 6 partitions: this partition's share is 12 / 6 = 2 retries, refilled 60 / 6 = 10 a minute
 SETTINGS = OnceflowSettings(partitions=6, scheduler=SchedulerSettings(
@@ -51,8 +53,4 @@ def test_replay_of_a_spent_budget_equals_the_live_state() -> None:
     h.see(heartbeat("n1"))
     for i in range(4):
         _fail_once(h, f"wu-{i}", T0 + i * 1000)
-    replayed = MemoryState()
-    fresh = Scheduler(h.settings)
-    for fact in (o for o in h.outputs if not isinstance(o, Routed)):
-        fresh.evolve(replayed, fact)
-    assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
+    assert_replay_equals_live(h)

@@ -13,12 +13,15 @@ from onceflow.schemas import (
     WorkUnitScheduled,
 )
 from onceflow.streams.limits import LimitsSettings
-from onceflow.streams.runtime import fingerprint_items
-from onceflow.streams.scheduler import Scheduler
 from onceflow.streams.settings import OnceflowSettings
-from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Routed
-from tests.streams.scheduler.fixtures import T0, Harness, heartbeat, submit
+from tests.streams.scheduler.fixtures import (
+    T0,
+    Harness,
+    assert_replay_equals_live,
+    heartbeat,
+    submit,
+)
 
 
 def _harness() -> Harness:
@@ -141,11 +144,7 @@ def test_replay_with_slots_equals_the_live_state() -> None:
     h.complete("wu-1", node, attempt, at=T0 + 10)
     _running(h, "wu-2")
     h.feed(submit("wu-3"))
-    replayed = MemoryState()
-    fresh = Scheduler(h.settings)
-    for fact in (o for o in h.outputs if not isinstance(o, Routed)):
-        fresh.evolve(replayed, fact)
-    assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
+    assert_replay_equals_live(h)
 
 
 def test_a_request_carries_the_units_priority_and_billings_estimate_as_its_fair_share() -> None:
