@@ -182,15 +182,26 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
 
 def on_slot_granted(ctx: SchedulerContext, state: State, event: SlotGranted
                     ) -> Sequence[Event]:
-    """The limiter's grant: record it and place the unit now."""
+    """The limiter's grant: place the unit now.
+
+    The placement (or the deferral, when no node can take it yet) is what
+    records that the slots arrived: it is the only way out of
+    `waiting_for_slot` besides a cancel, so folding it sets `slots` (see
+    `_left_waiting_for_slot`). One fact per grant, not two.
+    """
     unit = ctx.load(state, event.work_unit_id or "")
     if unit is None or unit.status != "waiting_for_slot":
         return ()  # a grant seen again, or for a unit that gave its request back
-    return (restated(event, "slots-recorded"),
-            placed(ctx, state, unit.but(slots=True), event, event.occurred_at, "placed"))
+    return (placed(ctx, state, unit.but(slots=True), event, event.occurred_at, "placed"),)
 
 
 # -- evolve ----------------------------------------------------------------------------
+
+
+def _left_waiting_for_slot(unit: UnitRecord) -> bool:
+    """Whether a unit holds slots once placed (or deferred) from its state before: a unit
+    placed out of `waiting_for_slot` was placed on its grant."""
+    return unit.slots or unit.status == "waiting_for_slot"
 
 
 def evolve_submitted(ctx: SchedulerContext, state: State, fact: WorkUnitSubmitted) -> None:
@@ -209,14 +220,15 @@ def evolve_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,
     return unit.but(status="scheduled", attempt=fact.attempt_index, node=fact.selected_node_id,
                     incarnation="", staged=False, decided_at=fact.decided_at,
                     deadline=fact.lease_expires_at, reason="",
-                    dispatch_event_id=fact.event_id)
+                    dispatch_event_id=fact.event_id, slots=_left_waiting_for_slot(unit))
 
 
 def evolve_deferred(ctx: SchedulerContext, state: State, unit: UnitRecord,
                     fact: WorkUnitDeferred) -> UnitRecord:
     waiting = fact.reason_code == "waiting_on_parents"
     return unit.but(status="waiting" if waiting else "deferred", reason=fact.reason_code,
-                    decided_at=fact.decided_at, retry_at=fact.retry_at or 0)
+                    decided_at=fact.decided_at, retry_at=fact.retry_at or 0,
+                    slots=_left_waiting_for_slot(unit))
 
 
 def evolve_rejected(ctx: SchedulerContext, state: State, unit: UnitRecord,

@@ -109,7 +109,6 @@ _EVOLVE_UNIT: dict[type[Event], EvolveUnit] = {
     WorkUnitCancelled: operator.evolve_cancelled,
     WorkUnitDependencyResolved: dependencies.evolve_dependency_resolved,
     SlotRequested: slots.evolve_slot_requested,
-    SlotGranted: slots.evolve_slot_granted,
     SlotQueued: slots.evolve_slot_queued,
     SlotReleased: slots.evolve_slot_released,
 }

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from onceflow.schemas import (
     Event,
-    SlotGranted,
     SlotQueued,
     SlotReleased,
     SlotReleaseReason,
@@ -26,7 +25,6 @@ from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import Routed, State
 
 __all__ = [
-    "evolve_slot_granted",
     "evolve_slot_queued",
     "evolve_slot_released",
     "evolve_slot_requested",
@@ -81,11 +79,6 @@ def evolve_slot_requested(ctx: SchedulerContext, state: State, unit: UnitRecord,
                           fact: SlotRequested) -> UnitRecord:
     return unit.but(status="waiting_for_slot", reason="waiting_for_slot",
                     decided_at=fact.occurred_at)
-
-
-def evolve_slot_granted(ctx: SchedulerContext, state: State, unit: UnitRecord,
-                        fact: SlotGranted) -> UnitRecord:
-    return unit.but(slots=True)
 
 
 def evolve_slot_queued(ctx: SchedulerContext, state: State, unit: UnitRecord,
