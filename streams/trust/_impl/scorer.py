@@ -15,8 +15,11 @@ partition holds everything about its nodes:
 The score ranks nodes in placement; it never keeps a node out. What keeps
 work off a failing node is its circuit breaker (`breaker.py`), which opens for
 30 s at a time and then probes, so a node that works again gets work again.
-An agent restarted under the node's id (a new incarnation in its heartbeats)
-starts from the prior with a half-open breaker. Each update records the
+An agent restarted under the node's id after a crash (a new incarnation in
+its heartbeats, the old one never having said `down` or `draining`) starts
+from the prior with a half-open breaker; a clean restart (`onceflow down` and
+`up`, a deploy) keeps what the node had, so a whole fleet restarted cleanly is
+not throttled to probes. Each update records the
 score state it started from and the input it applied, so `rescore_recorded`
 re-runs the score from its record alone.
 """
@@ -180,8 +183,11 @@ class TrustScorer(Reducer):
         now = event.occurred_at
         known = NodeTrust.load(state, node)
         prior = TrustState(self.cfg.prior_alpha, self.cfg.prior_beta, 0.0, now)
+        # A new run of the node's agent after the old one crashed: the old one never said
+        # goodbye (an agent that stops cleanly heartbeats `down` or `draining` last).
         restarted = (known is not None and bool(incarnation) and bool(known.incarnation)
-                     and incarnation != known.incarnation)
+                     and incarnation != known.incarnation
+                     and known.health not in ("down", "draining"))
         if known is None:
             prev, prev_health, prev_score, breaker = prior, "healthy", -1.0, Breaker()
         elif restarted:

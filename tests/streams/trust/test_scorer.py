@@ -247,3 +247,14 @@ def test_the_latest_update_of_a_node_is_its_whole_state() -> None:
         t.scorer.evolve(compacted, f)
     assert fingerprint_items(compacted.raw_items()) == fingerprint_items(
         [(k, v) for k, v in t.state.raw_items() if k.startswith(b"s\x00")])
+
+
+def test_a_clean_restart_keeps_the_breaker_closed() -> None:
+    """`onceflow down` then `up`: every agent said `down` before going, so a fleet restarted
+    cleanly is not throttled to one probe per node."""
+    t = Trust()
+    t.feed(hb("n1", T0, incarnation="run-1"), ok("n1", 1, T0 + 10),
+           hb("n1", T0 + 20, "down", incarnation="run-1"))
+    (back,) = t.feed(hb("n1", T0 + 5000, incarnation="run-2"))
+    assert back.reason != "restarted" and back.breaker == "closed"
+    assert back.incarnation == "run-2"
