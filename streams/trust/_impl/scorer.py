@@ -50,6 +50,8 @@ __all__ = ["NOT_THE_NODES_FAULT", "NodeTrust", "TrustScorer", "TrustState", "res
            "score_after"]
 
 _HOUR_MS = 3_600_000
+#: a new incarnation is a restart only in its first heartbeats (sequence numbers from 1)
+_FIRST_HEARTBEATS = 2
 #: failures that say nothing about the node: the scheduler's own (a parent failed, an
 #: operator abandoned the unit) and the unit's (no such handler, the handler's own
 #: error, a provider refusing the request or asking to be called later)
@@ -183,11 +185,15 @@ class TrustScorer(Reducer):
         now = event.occurred_at
         known = NodeTrust.load(state, node)
         prior = TrustState(self.cfg.prior_alpha, self.cfg.prior_beta, 0.0, now)
-        # A new run of the node's agent after the old one crashed: the old one never said
-        # goodbye (an agent that stops cleanly heartbeats `down` or `draining` last).
+        # A new run of the node's agent after the old one crashed: its first heartbeats
+        # name a new incarnation, and the old run never said goodbye (an agent that stops
+        # cleanly heartbeats `down` or `draining` last). Only the first heartbeats count,
+        # so two live agents sharing a node id do not restart it on every heartbeat.
         restarted = (known is not None and bool(incarnation) and bool(known.incarnation)
                      and incarnation != known.incarnation
-                     and known.health not in ("down", "draining"))
+                     and known.health not in ("down", "draining")
+                     and isinstance(event, NodeHeartbeat)
+                     and event.sequence <= _FIRST_HEARTBEATS)
         if known is None:
             prev, prev_health, prev_score, breaker = prior, "healthy", -1.0, Breaker()
         elif restarted:

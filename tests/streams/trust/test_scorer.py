@@ -22,10 +22,11 @@ T0 = 1_700_000_000_000
 HOUR = 3_600_000
 
 
-def hb(node: str, at: int, health: str = "healthy", incarnation: str = "") -> NodeHeartbeat:
+def hb(node: str, at: int, health: str = "healthy", incarnation: str = "",
+       sequence: int = 1) -> NodeHeartbeat:
     return NodeHeartbeat(event_id=f"hb-{node}-{at}-{health}-{incarnation}", occurred_at=at,
                          node_id=node, health_status=health,  # type: ignore[arg-type]
-                         incarnation=incarnation)
+                         incarnation=incarnation, sequence=sequence)
 
 
 def ok(node: str, n: int, at: int) -> WorkUnitCompleted:
@@ -258,3 +259,12 @@ def test_a_clean_restart_keeps_the_breaker_closed() -> None:
     (back,) = t.feed(hb("n1", T0 + 5000, incarnation="run-2"))
     assert back.reason != "restarted" and back.breaker == "closed"
     assert back.incarnation == "run-2"
+
+
+def test_two_live_agents_sharing_a_node_id_do_not_restart_it_on_every_heartbeat() -> None:
+    t = Trust()
+    t.feed(hb("n1", T0, incarnation="a", sequence=40), hb("n1", T0 + 10, incarnation="b",
+                                                          sequence=41))
+    t.feed(*(hb("n1", T0 + 500 * i, incarnation="ab"[i % 2], sequence=42 + i)
+             for i in range(1, 10)))
+    assert all(f.reason != "restarted" and f.breaker == "closed" for f in t.facts)
