@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 
 from onceflow.infra.roles import AgentSpec, RoleStartError, start_roles
@@ -100,6 +101,10 @@ class FleetManager:
         follower = TopicFollower(self.settings, [TopicCatalog(self.settings)["capacity"].name])
         codec = SingleObjectCodec()
         wanted = type_fingerprints(codec, frozenset({"capacity.scale.requested"}))
+        # Requests from before this start are an earlier run's: `up` starts this run's
+        # agents itself, and acting on an old target would start a second agent under an
+        # id `up` is about to use, which `up` then records over (and `down` never stops).
+        started_ms = int(time.time() * 1000)
         self.log.info("fleet.started", agents=sorted(self.agents()))
         try:
             while not stop.is_set():
@@ -112,7 +117,8 @@ class FleetManager:
                         event = codec.decode(raw)
                     except CodecError:
                         continue
-                    if isinstance(event, CapacityScaleRequested):
+                    if (isinstance(event, CapacityScaleRequested)
+                            and event.occurred_at >= started_ms):
                         latest = event
                 if latest is not None and latest.new_replicas != self.target:
                     self.target = latest.new_replicas
