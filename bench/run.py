@@ -325,7 +325,7 @@ def _scheduler_run(n: int, limited: bool) -> tuple[float, float]:
         WorkUnitScheduled,
         WorkUnitSubmitted,
     )
-    from onceflow.streams.limits import ConcurrencyLimits, Limiter, LimitsSettings
+    from onceflow.streams.limits import Limiter, LimitsSettings, ScopeLimits
     from onceflow.streams.scheduler import Scheduler
     from onceflow.streams.state import open_partition_store
     from onceflow.streams.types import Routed
@@ -333,7 +333,7 @@ def _scheduler_run(n: int, limited: bool) -> tuple[float, float]:
     limits = LimitsSettings(tenant_concurrency=1_000_000, model_concurrency=1_000_000)
     settings = OnceflowSettings(limits=limits) if limited else OnceflowSettings()
     scheduler = Scheduler(settings)
-    limiter = Limiter(ConcurrencyLimits.from_settings(limits),
+    limiter = Limiter(ScopeLimits.from_settings(limits),
                       TopicCatalog(settings)["reports"])
     t0 = 1_700_000_000_000
     scheduler.observe(NodeHeartbeat(

@@ -21,6 +21,7 @@ from onceflow.billing._impl.anomalies import AnomalyChecker
 from onceflow.billing._impl.ledger import Ledger
 from onceflow.billing._impl.pricing import load_price_book
 from onceflow.billing._impl.wallets import WalletFolder
+from onceflow.streams.limits import limiter_needed
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.batched import BatchedProcessor
 from onceflow.streams.topics.catalog import TopicCatalog
@@ -36,7 +37,8 @@ def build_ledger(settings: OnceflowSettings, *, on_ready: Callable[[], None] | N
                  group_id: str | None = None) -> BatchedProcessor:
     catalog = TopicCatalog(settings)
     return BatchedProcessor(
-        Ledger(settings.billing, load_price_book(settings.billing)), settings,
+        Ledger(settings.billing, load_price_book(settings.billing),
+               catalog["limits"] if limiter_needed(settings) else None), settings,
         inputs=[catalog["workunits"].name, catalog["llm"].name],
         fact_topic=catalog["ledger"].name,
         group_id=group_id or f"{settings.topic_prefix}ledger", on_ready=on_ready,

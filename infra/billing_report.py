@@ -14,12 +14,13 @@ __all__ = ["anomaly_table", "breakdown_tables", "print_all", "wallet_table"]
 
 
 def wallet_table(wallets: Iterable[Wallet], title: str = "wallets") -> Table:
-    table = Table("wallet", "prepaid credit", "charged (USD)", "balance (USD)", "line items",
-                  "unbilled leakage (USD)", title=title)
+    table = Table("wallet", "prepaid credit", "charged (USD)", "reserved (USD)", "balance (USD)",
+                  "available (USD)", "line items", "unbilled leakage (USD)", title=title)
     for w in wallets:
         name = w.execution_session_id or w.tenant_id
         table.add_row(name, f"{w.credit_usd:f}" if w.prepaid else "-", f"{w.debit_usd:f}",
-                      f"{w.balance_usd:f}" if w.prepaid else "-", str(w.record_count),
+                      f"{w.reserved_usd:f}", f"{w.balance_usd:f}" if w.prepaid else "-",
+                      f"{w.available_usd:f}" if w.prepaid else "-", str(w.record_count),
                       f"{w.leakage_usd:f} ({w.leakage_count})" if w.leakage_count else "0")
     return table
 

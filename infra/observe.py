@@ -22,8 +22,8 @@ from onceflow.streams.scheduler import UnitProgress
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 
-__all__ = ["ProgressFollower", "node_rows", "read_capacity", "read_nodes", "read_progress",
-           "read_trust"]
+__all__ = ["ProgressFollower", "held_budgets", "node_rows", "read_capacity", "read_limiter",
+           "read_limits", "read_nodes", "read_progress", "read_trust"]
 
 
 class ProgressFollower:
@@ -100,26 +100,35 @@ def read_trust(settings: OnceflowSettings) -> dict[str, TrustScoreUpdated]:
     return latest
 
 
-def read_limits(settings: OnceflowSettings, now_ms: int) -> dict[str, Any]:
-    """What holds work back right now: each limited scope's slots in use and waiting
-    requests (the limiter's facts, folded), provider pauses, and breakers not closed."""
-    from onceflow.streams.limits import ConcurrencyLimits, Limiter
+def read_limiter(settings: OnceflowSettings) -> tuple[Any, Any]:
+    """The limiter (as configured here) and its state, folded from its facts (`flow`)."""
+    from decimal import Decimal
+
+    from onceflow.streams.limits import Limiter, ScopeLimits
     from onceflow.streams.state import MemoryState
 
     catalog = TopicCatalog(settings)
-    limits = ConcurrencyLimits.from_settings(settings.limits)
-    limiter = Limiter(limits, catalog["reports"])
+    limiter = Limiter(ScopeLimits.from_settings(settings.limits), catalog["reports"],
+                      credits={t: Decimal(c) for t, c in settings.billing.prepaid_credits.items()})
     state = MemoryState()
     for _, event in read_events(settings, catalog["flow"].name, SingleObjectCodec()):
         limiter.evolve(state, event)
-    waiting: Counter[str] = Counter()
-    for _, request in state.items("q:"):
-        full = next((s for s in request["scopes"]
-                     if (limits.limit_of(s) or 0) <= state.get(f"s:{s}", 0)), "")
-        waiting[full] += 1
+    return limiter, state
+
+
+def read_limits(settings: OnceflowSettings, now_ms: int) -> dict[str, Any]:
+    """What holds work back right now: each limited scope's slots in use and waiting
+    requests, rate windows, budget holds (the limiter's facts, folded), provider pauses,
+    and breakers not closed."""
+    catalog = TopicCatalog(settings)
+    limiter, state = read_limiter(settings)
+    limits = limiter.limits
+    waiting = Counter(scope for _, scope in limiter.waiting_on(state))
     scopes = sorted({*limits.per_scope, *(k.removeprefix("s:") for k, _ in state.items("s:"))})
     slots = [{"scope": s, "in_use": state.get(f"s:{s}", 0), "limit": limits.limit_of(s),
               "waiting": waiting.get(s, 0)} for s in scopes]
+    budgets = [{**b.as_json(), "waiting": waiting.get(f"budget:{b.scope}", 0)}
+               for b in limiter.budgets(state)]
     pauses: dict[str, ProviderScopePaused] = {}
     for _, event in read_events(settings, catalog["workunits"].name, SingleObjectCodec(),
                                 event_types=frozenset({"provider.scope.paused"})):
@@ -130,13 +139,23 @@ def read_limits(settings: OnceflowSettings, now_ms: int) -> dict[str, Any]:
     breakers = [{"node_id": t.node_id, "breaker": t.breaker, "until": t.breaker_until}
                 for t in read_trust(settings).values() if t.breaker != "closed"]
     return {
-        "limits": {"per_kind": limits.per_kind, "per_scope": limits.per_scope},
+        "limits": {"per_kind": limits.per_kind, "per_scope": limits.per_scope,
+                   "requests_per_minute": limits.requests_per_minute,
+                   "tokens_per_minute": limits.tokens_per_minute},
         "slots": slots, "waiting": sum(waiting.values()),
+        "rates": limiter.rate_windows(state, now_ms),
+        "budgets": budgets,
         "pauses": [{"scope": p.scope, "until": p.paused_until, "provider": p.provider,
                     "model": p.model, "remaining_ms": p.paused_until - now_ms}
                    for p in sorted(pauses.values(), key=lambda p: p.scope)],
         "breakers": breakers,
     }
+
+
+def held_budgets(settings: OnceflowSettings) -> dict[str, Any]:
+    """What the limiter holds for running work, by budget scope (tenant:<t>, session:<t>/<s>)."""
+    limiter, state = read_limiter(settings)
+    return {b.scope: b for b in limiter.budgets(state)}
 
 
 def read_capacity(settings: OnceflowSettings) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from onceflow.schemas._impl.reasons import (
     BreakerState,
     ClaimRejectionReason,
     DeferralReason,
+    DenialReason,
     LedgerOutcome,
     LineItemType,
     NeedsOperatorReason,
@@ -48,6 +49,7 @@ from onceflow.schemas._impl.tokens import (
     estimated_input_tokens,
     estimated_output_tokens,
     max_tokens_of,
+    weighted_tokens,
 )
 from onceflow.schemas._impl.types import (
     MONEY_QUANTUM,
@@ -76,6 +78,7 @@ __all__ = [
     "ContainerBlock",
     "ContentRef",
     "DeferralReason",
+    "DenialReason",
     "EffectLabel",
     "EventCodec",
     "EventSchema",
@@ -108,6 +111,7 @@ __all__ = [
     "estimated_input_tokens",
     "estimated_output_tokens",
     "max_tokens_of",
+    "weighted_tokens",
     "native_available",
     "quantize_money",
     "schema_dir",

@@ -12,6 +12,9 @@ the ledger sees everything about its units.
   is known only at settlement, which may come before or after an invocation
   (two topics, any interleaving), so an invocation that arrives first is
   priced and held (`ledger.charge.held`) until its unit settles.
+- With a limiter running, line items and settlements go to it too (`limits`),
+  a unit's settlement after its charges, so its budget hold ends only once
+  what it cost is counted.
 - Invocations of fenced, rejected or abandoned attempts, and the CPU of
   rejected completions, become unbilled line items (`billed = false`): the
   amount is kept so the operator sees what crashes cost, nothing is charged.
@@ -42,7 +45,8 @@ from onceflow.schemas import (
     WorkUnitFailed,
 )
 from onceflow.streams.ids import caused_by, derive_event_id
-from onceflow.streams.types import Reducer, State
+from onceflow.streams.topics.catalog import Topic
+from onceflow.streams.types import Reducer, Routed, State
 
 __all__ = ["Ledger", "SettledUnit", "line_item_id"]
 
@@ -88,9 +92,12 @@ class Ledger(Reducer):
     accepts = frozenset({"workunit.completed", "workunit.failed", "workunit.cancelled",
                          "llm.invocation.completed"})
 
-    def __init__(self, settings: BillingSettings, prices: PriceBook) -> None:
+    def __init__(self, settings: BillingSettings, prices: PriceBook,
+                 limits: Topic | None = None) -> None:
         self.cfg = settings
         self.prices = prices
+        #: where the limiter reads what was billed (None: no limiter runs)
+        self.limits = limits
 
     # -- decide ----------------------------------------------------------------------------
 
@@ -114,15 +121,18 @@ class Ledger(Reducer):
                                    leakage=f"completion_rejected:{event.settlement_reason}"),)
         if SettledUnit.load(state, wu) is not None:
             return ()  # settled already: the scheduler accepts one completion per unit
-        facts: list[Event] = [LedgerUnitSettled(
-            **caused_by(event, "unit-settled"), outcome="accepted",
-            accepted_attempt=event.attempt_index, source_event_id=event.event_id,
-            settlement_reason=event.settlement_reason,
-        ), self._cpu_item(event, billed=True)]
+        # The settlement comes last: whoever reads these facts in order (the limiter,
+        # ending the unit's budget hold) has seen its charges by then.
+        facts: list[Event] = [self._cpu_item(event, billed=True)]
         if self.cfg.bill_llm_from_completion and event.llm_tokens > 0:
             facts.append(self._completion_tokens_item(event))
         facts.extend(self._held_item(held, SettledUnit("accepted", event.attempt_index))
                      for held in _held_charges(state, wu))
+        facts.append(LedgerUnitSettled(
+            **caused_by(event, "unit-settled"), outcome="accepted",
+            accepted_attempt=event.attempt_index, source_event_id=event.event_id,
+            settlement_reason=event.settlement_reason,
+        ))
         return facts
 
     def _on_closed(self, state: State, event: Event, outcome: LedgerOutcome
@@ -130,12 +140,12 @@ class Ledger(Reducer):
         wu = event.work_unit_id or ""
         if SettledUnit.load(state, wu) is not None:
             return ()
-        facts: list[Event] = [LedgerUnitSettled(
+        facts: list[Event] = [self._held_item(held, SettledUnit(outcome, 0))
+                              for held in _held_charges(state, wu)]
+        facts.append(LedgerUnitSettled(
             **caused_by(event, "unit-settled"), outcome=outcome,
             accepted_attempt=0, source_event_id=event.event_id,
-        )]
-        facts.extend(self._held_item(held, SettledUnit(outcome, 0))
-                     for held in _held_charges(state, wu))
+        ))
         return facts
 
     def _on_invocation(self, state: State, event: LlmInvocationCompleted) -> Sequence[Event]:
@@ -222,6 +232,15 @@ class Ledger(Reducer):
             subtotal_llm_usd=sub_in + sub_out, total_usd=sub_in + sub_out, billed=billed,
             leakage_reason=leakage,
         )
+
+    # -- route ---------------------------------------------------------------------------------
+
+    def route(self, fact: Event) -> Sequence[Routed]:
+        """Line items and settlements, to the limiter: they count against budgets and token
+        rates, and a settlement ends the unit's budget hold."""
+        if self.limits is not None and isinstance(fact, LedgerLineItem | LedgerUnitSettled):
+            return (Routed(self.limits.name, fact, 0),)
+        return ()
 
     # -- evolve ----------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from onceflow.schemas import (
     estimated_output_tokens,
     max_tokens_of,
     quantize_money,
+    weighted_tokens,
 )
 from onceflow.streams.types import CostEstimator, PricedWork
 
@@ -79,16 +80,32 @@ class PriceBook:
         for that prompt; each at its model's own input and output price.
         """
         cost = self.cpu_cost(Decimal(unit.simulated_ms) / 1000)
-        prompt = unit.prompt or ""
-        tokens_in = unit.llm_tokens or (estimated_input_tokens(prompt) if prompt else 0)
-        tokens_out = 0
-        if unit.kind == "llm_pod" and prompt:
-            tokens_out = estimated_output_tokens(prompt, max_tokens_of(unit.parameters))
+        tokens_in, tokens_out = self._tokens(unit)
         if tokens_in or tokens_out:
             rate = self.rate_for(unit.model)
             cost += (self.token_cost(tokens_in, rate.input_usd_per_1k)
                      + self.token_cost(tokens_out, rate.output_usd_per_1k))
         return cost
+
+    def rate_tokens(self, unit: PricedWork) -> int:
+        """The tokens a unit will likely spend of a token rate limit: the estimate's
+        input and output tokens, output weighted by its model's prices."""
+        tokens_in, tokens_out = self._tokens(unit)
+        if not (tokens_in or tokens_out):
+            return 0
+        rate = self.rate_for(unit.model)
+        return weighted_tokens(tokens_in, tokens_out, rate.input_usd_per_1k,
+                               rate.output_usd_per_1k)
+
+    @staticmethod
+    def _tokens(unit: PricedWork) -> tuple[int, int]:
+        """A unit's estimated input and output tokens (see `estimate`)."""
+        prompt = unit.prompt or ""
+        tokens_in = unit.llm_tokens or (estimated_input_tokens(prompt) if prompt else 0)
+        tokens_out = 0
+        if unit.kind == "llm_pod" and prompt:
+            tokens_out = estimated_output_tokens(prompt, max_tokens_of(unit.parameters))
+        return tokens_in, tokens_out
 
 
 def _amount(value: Any, where: str) -> Decimal:

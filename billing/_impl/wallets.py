@@ -47,10 +47,17 @@ class Wallet:
     record_count: int
     leakage_count: int
     prepaid: bool
+    #: held for units not yet billed (the limiter's budget holds; 0 when none are read)
+    reserved_usd: Decimal = _ZERO
 
     @property
     def balance_usd(self) -> Decimal:
         return self.credit_usd - self.debit_usd
+
+    @property
+    def available_usd(self) -> Decimal:
+        """What new work may still be held against: the balance less what running work holds."""
+        return self.balance_usd - self.reserved_usd
 
     @staticmethod
     def combine(partials: Iterable[WalletUpdated]) -> dict[str, Wallet]:
@@ -77,6 +84,7 @@ class Wallet:
             "execution_session_id": self.execution_session_id,
             "prepaid": self.prepaid, "credit_usd": f"{self.credit_usd:f}",
             "debit_usd": f"{self.debit_usd:f}", "balance_usd": f"{self.balance_usd:f}",
+            "reserved_usd": f"{self.reserved_usd:f}", "available_usd": f"{self.available_usd:f}",
             "line_items": self.record_count, "leakage_usd": f"{self.leakage_usd:f}",
             "leakage_items": self.leakage_count,
         }

@@ -235,7 +235,8 @@ def status(
 def limits(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
-    """What holds work back now: slots per limited scope, provider pauses, open breakers."""
+    """What holds work back now: slots per limited scope, rate windows, budget holds,
+    provider pauses, open breakers."""
     from onceflow.infra.observe import read_limits
 
     settings = ready_settings()
@@ -243,9 +244,11 @@ def limits(
     if fmt == "json":
         print(json.dumps(report, indent=2))
         return
-    if not (report["slots"] or report["pauses"] or report["breakers"]):
-        console.print("nothing holds work back: no concurrency limit is set "
-                      "(ONCEFLOW_LIMITS__*), no provider asked to wait, every breaker is closed")
+    if not (report["slots"] or report["rates"] or report["budgets"] or report["pauses"]
+            or report["breakers"]):
+        console.print("nothing holds work back: no limit or budget is set "
+                      "(ONCEFLOW_LIMITS__*, ONCEFLOW_BILLING__PREPAID_CREDITS), no provider "
+                      "asked to wait, every breaker is closed")
         return
     _print_limits(report)
 
@@ -257,6 +260,18 @@ def _print_limits(report: dict[str, Any]) -> None:
             slots.add_row(s["scope"], str(s["in_use"]), str(s["limit"] or "-"),
                           str(s["waiting"]))
         console.print(slots)
+    if report["rates"]:
+        rates = Table("window", "per minute", "available now", title="rate windows")
+        for r in report["rates"]:
+            rates.add_row(r["window"], str(r["per_minute"]), f"{r['available']:g}")
+        console.print(rates)
+    if report["budgets"]:
+        budgets = Table("budget", "budget (USD)", "charged", "reserved", "available", "waiting",
+                        title="budget holds")
+        for b in report["budgets"]:
+            budgets.add_row(b["scope"], b["budget_usd"], b["charged_usd"], b["reserved_usd"],
+                            b["available_usd"], str(b["waiting"]))
+        console.print(budgets)
     for p in report["pauses"]:
         console.print(f"[yellow]paused[/] {p['scope']} ({p['provider'] or '?'}) for "
                       f"{p['remaining_ms'] / 1000:.1f} s more: the provider asked to wait")

@@ -35,12 +35,20 @@ def wallet(
     = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
-    """A tenant's wallet: charged, prepaid credit and balance, unbilled leakage."""
+    """A tenant's wallet: prepaid credit, charged, reserved for running work, balance and
+    what is available, unbilled leakage."""
+    import dataclasses
+
     from onceflow.billing import read_wallets, tenant_wallet_id
     from onceflow.infra.billing_report import wallet_table
+    from onceflow.infra.observe import held_budgets
 
     settings = ready_settings()
-    wallets = read_wallets(settings)
+    held = held_budgets(settings)
+    wallets = {wid: dataclasses.replace(w, reserved_usd=h.reserved) if (
+        h := held.get(f"session:{w.tenant_id}/{w.execution_session_id}"
+                      if w.execution_session_id else f"tenant:{w.tenant_id}")) else w
+        for wid, w in read_wallets(settings).items()}
     mine = wallets.get(tenant_wallet_id(tenant))
     if mine is None:
         known = sorted({w.tenant_id for w in wallets.values()})

@@ -23,14 +23,14 @@ def scheduler(
 ) -> None:
     """The scheduler: admission, placement, claims, settlement, leases, retries."""
     from onceflow.billing import PriceBookError, cost_estimator
-    from onceflow.streams.limits import ConcurrencyLimits, LimitsFileError
+    from onceflow.streams.limits import LimitsFileError, ScopeLimits
     from onceflow.streams.runtime.process import tune_for_streaming
     from onceflow.streams.scheduler.worker import run_scheduler
 
     settings = cli_settings(role=True)
     try:
         estimator = cost_estimator(settings.billing)
-        ConcurrencyLimits.from_settings(settings.limits)
+        ScopeLimits.from_settings(settings.limits)
     except (PriceBookError, LimitsFileError) as exc:
         raise fail(str(exc)) from None
     tune_for_streaming()

@@ -17,6 +17,7 @@ from onceflow.schemas._impl.reasons import (
     BreakerState,
     ClaimRejectionReason,
     DeferralReason,
+    DenialReason,
     LedgerOutcome,
     LineItemType,
     NeedsOperatorReason,
@@ -44,6 +45,7 @@ __all__ = [
     "EVENT_MODELS",
     "AttemptResult",
     "BillingAnomaly",
+    "BudgetSettled",
     "CapacityAdmissionModeChanged",
     "CapacityScaleRequested",
     "CapacityWindowClosed",
@@ -68,6 +70,7 @@ __all__ = [
     "NodeHeartbeat",
     "ProviderScopePaused",
     "QueueSampled",
+    "SlotDenied",
     "SlotGranted",
     "SlotQueued",
     "SlotReleased",
@@ -162,6 +165,9 @@ class WorkUnitSubmitted(Event, event_type="workunit.submitted"):
     correlation_id: str | None = None
     input_ref: ContentRef | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
+    session_budget_usd: Money | None = Field(
+        default=None, description="the most the unit's session may be charged (USD): units are "
+        "held against it before they run; the first submission of a session that sets it wins")
 
 
 class WorkUnitScheduled(Event, event_type="workunit.scheduled"):
@@ -338,6 +344,14 @@ class SlotRequested(Event, event_type="flow.slot.requested"):
     priority: Priority = "p2"
     cost: float = Field(
         default=1.0, ge=0, description="what the unit will likely cost (USD): its fair share")
+    hold_usd: Money = Field(
+        default=Decimal("0"), description="the unit's maximum cost, held against its tenant's "
+        "prepaid credit and its session budget until the ledger bills it (0: hold nothing)")
+    session_budget_usd: Money | None = Field(
+        default=None, description="the session's budget, as its submission set it")
+    tokens: int = Field(
+        default=0, ge=0, description="estimated tokens (input plus price-weighted output) "
+        "for token rate limits")
 
 
 class SlotGranted(Event, event_type="flow.slot.granted"):
@@ -346,6 +360,53 @@ class SlotGranted(Event, event_type="flow.slot.granted"):
     attempt_index: int = Field(ge=1)
     scopes: list[str] = Field(default_factory=list)
     waited_ms: int = Field(default=0, ge=0, description="from the request to this grant")
+    not_before: int = Field(
+        default=0, ge=0, description="a rate limit's turn: the unit is placed at this logged "
+        "time, not before (0: now)")
+    held_usd: Money = Field(default=Decimal("0"), description="the budget held for the unit")
+    budget_scopes: list[str] = Field(
+        default_factory=list, description="the budgets it is held against: tenant:<t>, "
+        "session:<t>/<s>")
+    session_budget_usd: Money | None = None
+    tokens: int = Field(default=0, ge=0, description="estimated tokens taken from rate windows")
+    rate_levels: dict[str, float] = Field(
+        default_factory=dict, description="each rate window it took from, after taking: "
+        "rpm:<scope> / tpm:<scope> -> what is left (negative: owed by later requests)")
+
+
+class SlotDenied(Event, event_type="flow.slot.denied"):
+    """The limiter refused a request for good: its maximum cost exceeds what its budget has left.
+
+    Units that could fit once other units' holds settle wait (`SlotQueued`)
+    instead; this is for a cost that charges already made leave no room for.
+    """
+
+    attempt_index: int = Field(ge=1)
+    reason_code: DenialReason
+    reason: str
+    scope: str = Field(description="the budget: tenant:<t> or session:<t>/<s>")
+    budget_usd: Money
+    charged_usd: Money
+    reserved_usd: Money
+    hold_usd: Money
+
+
+class BudgetSettled(Event, event_type="flow.budget.settled"):
+    """The ledger's word on a unit reached the limiter: its charges count, its hold ends.
+
+    One per routed ledger fact: a billed line item adds its amount to the
+    charged totals (and its real tokens correct the token rate windows); the
+    unit's settlement releases what was held for it.
+    """
+
+    source_event_id: str
+    charged_usd: Money = Decimal("0")
+    released_usd: Money = Decimal("0")
+    tokens_used: int = Field(default=0, ge=0, description="real weighted tokens, from usage")
+    unit_settled: bool = Field(
+        default=False, description="the ledger settled the unit: what was held for it ends")
+    rate_levels: dict[str, float] = Field(
+        default_factory=dict, description="token windows after the correction (see SlotGranted)")
 
 
 class SlotQueued(Event, event_type="flow.slot.queued"):
@@ -361,6 +422,11 @@ class SlotQueued(Event, event_type="flow.slot.queued"):
     fair_start: float = Field(default=0.0, description="weighted fair queuing: its start tag")
     fair_finish: float = Field(
         default=0.0, description="and its finish tag: within a priority, lower goes first")
+    detail: str = Field(default="", description="the rule that holds it, with its numbers")
+    hold_usd: Money = Field(default=Decimal("0"), description="as requested (SlotRequested)")
+    session_budget_usd: Money | None = None
+    tokens: int = Field(default=0, ge=0)
+    budgeted: bool = Field(default=False, description="its tenant has prepaid credit")
 
 
 class SlotReleased(Event, event_type="flow.slot.released"):
@@ -811,6 +877,8 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     SlotGranted,
     SlotQueued,
     SlotReleased,
+    SlotDenied,
+    BudgetSettled,
     ClaimRequested,
     ClaimGranted,
     ClaimRejected,

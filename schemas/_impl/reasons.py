@@ -13,6 +13,7 @@ __all__ = [
     "BreakerState",
     "ClaimRejectionReason",
     "DeferralReason",
+    "DenialReason",
     "LedgerOutcome",
     "LineItemType",
     "NeedsOperatorReason",
@@ -29,9 +30,13 @@ __all__ = [
 PlacementReason = Literal["best_score", "anti_affinity", "quarantine_fallback"]
 #: why a unit waits: admission throttled, parents not done, no node can take it now
 DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node",
-                         "provider_paused", "concurrency_limited"]
+                         "provider_paused", "concurrency_limited", "rate_limited",
+                         "budget_wait"]
+#: why the limiter refused a request for good
+DenialReason = Literal["BUDGET_EXCEEDED"]
 #: why a submission was refused for good
-RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode"]
+RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode",
+                          "session_budgets_off"]
 #: why another attempt follows
 RetryReason = Literal["retryable_error", "operator_retry", "provider_backoff"]
 #: why a unit waits for an operator

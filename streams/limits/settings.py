@@ -1,4 +1,5 @@
-"""Concurrency limits (`ONCEFLOW_LIMITS__*`): how many units may run at once in each scope."""
+"""Flow control (`ONCEFLOW_LIMITS__*`): units at once and requests / tokens per minute in each
+scope, and whether session budgets are held."""
 
 from __future__ import annotations
 
@@ -28,8 +29,14 @@ class LimitsSettings(SettingsGroup):
     """tool units running at once per tool"""
     scopes: dict[str, int] = Field(default_factory=dict)
     """limits of single scopes, overriding the ones above: {"tenant:acme": 50, "provider:openai": 3} (JSON)"""
+    requests_per_minute: dict[str, int] = Field(default_factory=dict)
+    """requests per minute of logged time, by scope or by scope kind: {"provider": 600, "tenant:acme": 60} (JSON)"""
+    tokens_per_minute: dict[str, int] = Field(default_factory=dict)
+    """tokens per minute (input plus output weighted by its price against input), by scope or kind (JSON)"""
     limits_file: Path | None = None
-    """a JSON file of scope -> limit, read at start and taking precedence over `scopes`"""
+    """a JSON file of scope -> concurrency limit, or scope -> {"concurrency", "requests_per_minute", "tokens_per_minute"}; read at start, taking precedence"""
+    session_budgets: bool = False
+    """hold units against their session's `session_budget_usd` (on by itself when any tenant has prepaid credit)"""
     tenant_weights: dict[str, float] = Field(default_factory=dict)
     """weighted fair queuing among waiting requests: a tenant's share (default 1.0) (JSON)"""
     queue_scan: int = Field(default=256, ge=1)

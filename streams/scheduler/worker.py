@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onceflow.streams.limits import ConcurrencyLimits
+from onceflow.streams.limits import limiter_needed
 from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.batched import BatchedProcessor
@@ -64,7 +64,7 @@ def run_scheduler(settings: OnceflowSettings, *, estimator: CostEstimator | None
         ticker.start()
     limiter_stop = threading.Event()
     limiter = None
-    if ConcurrencyLimits.from_settings(settings.limits).any:
+    if limiter_needed(settings):
         limiter_processor = build_limiter(settings)
         limiter = threading.Thread(target=limiter_processor.run, args=(limiter_stop,),
                                    name="limiter", daemon=True)

@@ -133,6 +133,11 @@ class CostEstimator(Protocol):
 
     def estimate(self, unit: PricedWork) -> Decimal: ...
 
+    def rate_tokens(self, unit: PricedWork) -> int:
+        """The unit's estimated tokens as token rate limits count them (input plus
+        price-weighted output: `onceflow.schemas.weighted_tokens`)."""
+        ...
+
 
 class Sensor(Protocol):
     """The single hook for metrics (faust's idea): shells report, sensors listen."""

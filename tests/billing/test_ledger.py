@@ -23,7 +23,7 @@ from tests.billing.fixtures import (
 def test_an_accepted_completion_is_charged_its_cpu_seconds() -> None:
     books = Books()
     facts = books.feed(accepted("wu1", cpu="2.5"))
-    assert isinstance(facts[0], LedgerUnitSettled)
+    assert isinstance(facts[-1], LedgerUnitSettled)  # after its charges: it ends budget holds
     (item,) = books.line_items
     assert item.line_item_type == "workunit_cpu"
     assert item.billed

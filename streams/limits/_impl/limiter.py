@@ -1,36 +1,68 @@
-"""The limiter: concurrency slots per scope, granted in order, on one partition.
+"""The limiter: concurrency slots, rate windows and budget holds per scope, on one partition.
 
 Limits span every scheduler partition (a tenant's or a provider's units live in
 all of them), so their counts have a single writer: this reducer, over the
-one-partition `limits` topic where schedulers ask for slots and give them back.
-A request takes a slot in every one of its scopes at once, or waits in the
-queue; a release frees the slots and grants the waiting requests that now fit,
-oldest first. Its facts (`flow`) are its changelog, so a replay counts the same.
+one-partition `limits` topic where schedulers ask for slots and give them back
+and where the ledger tells what it billed. A request is granted at once in
+every one of its scopes, or waits in the queue, or (a budget its charges have
+already spent) is denied:
 
-State: `s:<scope>` the slots in use; `h:<unit>` what a unit holds;
-`q:<priority>:<finish tag>:<seq>` a waiting request (read in that order:
-priority, then weighted fair queuing by tenant, then arrival) and `w:<unit>` its
-key; `seq` the next arrival number; `vt` the virtual time and `vf:<tenant>` each
-tenant's last finish tag; `waiting` how many wait (a release with nobody
-waiting scans nothing).
+- *concurrency*: a slot in each limited scope, given back when the attempt ends;
+- *rate*: requests and tokens per minute, token buckets in logged time (a
+  minute's worth deep). A request that finds a bucket short is granted with a
+  `not_before` (the time the bucket will have refilled for it) and the bucket
+  goes into debt, so the next request's turn comes after it: requests are
+  spaced, never retried in a storm. Tokens are estimated at grant time and
+  corrected by the real usage the ledger reports;
+- *budget*: the unit's maximum cost is held against its tenant's prepaid
+  credit and its session's budget until the ledger settles the unit; a unit
+  that fits only once other holds settle waits in the queue.
+
+Its facts (`flow`) are its changelog and carry what they change (rate levels
+after the take), so a replay counts the same whatever the configuration.
+
+State: `s:<scope>` the slots in use; `h:<unit>` what a unit holds; `r:<unit>`
+its budget hold and token estimate (until the ledger settles it);
+`b:<budget scope>` a budget's charged and reserved amounts; `rb:<window>` a
+rate window's level and time; `q:<priority>:<finish tag>:<seq>` a waiting
+request (read in that order: priority, then weighted fair queuing by tenant,
+then arrival) and `w:<unit>` its key; `seq` the next arrival number; `vt` the
+virtual time and `vf:<tenant>` each tenant's last finish tag; `waiting` how
+many wait (a release with nobody waiting scans nothing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from onceflow.schemas import Event, SlotGranted, SlotQueued, SlotReleased, SlotRequested
+from onceflow.schemas import (
+    BudgetSettled,
+    Event,
+    LedgerLineItem,
+    LedgerUnitSettled,
+    SlotDenied,
+    SlotGranted,
+    SlotQueued,
+    SlotReleased,
+    SlotRequested,
+    quantize_money,
+    weighted_tokens,
+)
 from onceflow.streams.ids import caused_by, restated
-from onceflow.streams.limits._impl.scopes import ConcurrencyLimits
+from onceflow.streams.limits._impl.scopes import ScopeLimits
 from onceflow.streams.topics.catalog import Topic
 from onceflow.streams.types import Reducer, Routed, State
 
-__all__ = ["Limiter"]
+__all__ = ["Budget", "Limiter", "rate_window_level"]
 
 
 #: the queue is read by priority first
 _RANK: dict[str, int] = {"critical": 0, "p0": 1, "p1": 2, "p2": 3}
+_ZERO = Decimal("0")
+_MINUTE_MS = 60_000
 
 
 def _in_use(state: State, scope: str) -> int:
@@ -38,26 +70,183 @@ def _in_use(state: State, scope: str) -> int:
     return n
 
 
+def _usd(value: Decimal) -> str:
+    return f"{quantize_money(value):f}"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A tenant's credit or a session's budget, with what is charged and held against it."""
+
+    scope: str
+    budget: Decimal
+    charged: Decimal = _ZERO
+    reserved: Decimal = _ZERO
+
+    @property
+    def available(self) -> Decimal:
+        return self.budget - self.charged - self.reserved
+
+    @staticmethod
+    def stored(state: State, scope: str) -> dict[str, str]:
+        d: dict[str, str] = state.get(f"b:{scope}") or {}
+        return d
+
+    def as_json(self) -> dict[str, str]:
+        return {"scope": self.scope, "budget_usd": _usd(self.budget),
+                "charged_usd": _usd(self.charged), "reserved_usd": _usd(self.reserved),
+                "available_usd": _usd(self.available)}
+
+
+def rate_window_level(state: State, window: str, per_minute: int, now: int) -> float:
+    """What a rate window holds at `now`: its last level refilled at `per_minute` a minute of
+    logged time since, at most a minute's worth (negative while it is owed)."""
+    d = state.get(f"rb:{window}")
+    if d is None:
+        return float(per_minute)
+    elapsed = max(0, now - d["at"])
+    return min(float(per_minute), d["level"] + elapsed * per_minute / _MINUTE_MS)
+
+
+@dataclass
+class _Tentative:
+    """What a queue scan has granted so far in this decision, before any of it is folded."""
+
+    slots: dict[str, int] = field(default_factory=dict)
+    reserved: dict[str, Decimal] = field(default_factory=dict)
+    levels: dict[str, float] = field(default_factory=dict)
+
+
 class Limiter(Reducer):
     name = "limiter"
-    accepts = frozenset({"flow.slot.requested", "flow.slot.released"})
+    accepts = frozenset({"flow.slot.requested", "flow.slot.released", "ledger.line_item",
+                         "ledger.unit.settled"})
 
-    def __init__(self, limits: ConcurrencyLimits, reports: Topic, queue_scan: int = 256) -> None:
+    def __init__(self, limits: ScopeLimits, reports: Topic, queue_scan: int = 256,
+                 credits: Mapping[str, Decimal] | None = None) -> None:
         self.limits = limits
         self.reports = reports
         self.queue_scan = queue_scan
+        #: each prepaid tenant's credit: what its charges and holds may not exceed
+        self.credits = dict(credits or {})
 
-    def _full(self, state: State, scopes: Sequence[str],
-              taken: dict[str, int] | None = None) -> tuple[str, int, int] | None:
+    # -- the rules -------------------------------------------------------------------------
+
+    def _budgets(self, state: State, tenant: str, session: str,
+                 requested: str | None, t: _Tentative) -> list[Budget]:
+        """The budgets a unit of this tenant and session is held against (`requested`: the
+        session budget its submission named)."""
+        out = []
+        session_budget = None if requested is None else Decimal(requested)
+        credit = self.credits.get(tenant)
+        if credit is not None:
+            out.append(self._budget(state, f"tenant:{tenant}", credit, t))
+        scope = f"session:{tenant}/{session}"
+        stored = Budget.stored(state, scope)
+        if "budget" in stored:
+            session_budget = Decimal(stored["budget"])  # the first submission's word stands
+        if session_budget is not None:
+            out.append(self._budget(state, scope, session_budget, t))
+        return out
+
+    @staticmethod
+    def _budget(state: State, scope: str, budget: Decimal, t: _Tentative) -> Budget:
+        d = Budget.stored(state, scope)
+        return Budget(scope, budget, Decimal(d.get("charged", "0")),
+                      Decimal(d.get("reserved", "0")) + t.reserved.get(scope, _ZERO))
+
+    def _full(self, state: State, scopes: Sequence[str], t: _Tentative
+              ) -> tuple[str, int, int] | None:
         """The first scope with no free slot, with its count and limit (None: all fit)."""
         for scope in scopes:
             limit = self.limits.limit_of(scope)
             if limit is None:
                 continue
-            used = (taken or {}).get(scope, _in_use(state, scope))
+            used = t.slots.get(scope, _in_use(state, scope))
             if used >= limit:
                 return scope, used, limit
         return None
+
+    def _rate_take(self, state: State, scopes: Sequence[str], tokens: int, now: int,
+                   t: _Tentative) -> tuple[int, dict[str, float]]:
+        """When the request may run (its rate windows' turn) and each window's level after
+        it takes its request and its tokens."""
+        not_before = 0
+        levels: dict[str, float] = {}
+        for scope in scopes:
+            for window, per_minute, cost in (("rpm", self.limits.rpm_of(scope), 1),
+                                             ("tpm", self.limits.tpm_of(scope), tokens)):
+                if per_minute is None or (window == "tpm" and cost == 0):
+                    continue
+                key = f"{window}:{scope}"
+                level = t.levels.get(key)
+                if level is None:
+                    level = rate_window_level(state, key, per_minute, now)
+                if level < cost:
+                    # the time the window will have refilled what the request takes
+                    wait = (cost - level) * _MINUTE_MS / per_minute
+                    not_before = max(not_before, now + int(-(-wait // 1)))
+                levels[key] = round(level - cost, 6)
+        return not_before, levels
+
+    def _blocked(self, state: State, req: Mapping[str, Any], t: _Tentative
+                 ) -> tuple[str, int, int, str] | None:
+        """Why a request cannot be granted now: (scope, in use, limit, detail); None: it can."""
+        hold = Decimal(req["hold"])
+        if state.get(f"r:{req['id']}") is None and (hold or req["budgeted"]):
+            for b in self._budgets(state, req["tenant"], req["session"], req["session_budget"],
+                                   t):
+                if b.charged + b.reserved + hold > b.budget:
+                    return (f"budget:{b.scope}", 0, 0,
+                            f"{b.scope}: {_usd(hold)} USD to hold, {_usd(b.available)} USD "
+                            f"available (budget {_usd(b.budget)}, charged {_usd(b.charged)}, "
+                            f"held for running units {_usd(b.reserved)})")
+        full = self._full(state, req["scopes"], t)
+        if full is not None:
+            scope, used, limit = full
+            return scope, used, limit, f"{scope}: {used} of {limit} running"
+        return None
+
+    # -- reading the state (`onceflow limits`) --------------------------------------------
+
+    def waiting_on(self, state: State) -> list[tuple[str, str]]:
+        """Each waiting request's unit and the scope that holds it, in queue order."""
+        out = []
+        for _, waiting in state.items("q:"):
+            blocked = self._blocked(state, waiting, _Tentative())
+            out.append((waiting["id"], blocked[0] if blocked else ""))
+        return out
+
+    def budgets(self, state: State) -> list[Budget]:
+        """Every budget the limiter keeps (tenants with credit, sessions with a budget)."""
+        out = []
+        for key, d in state.items("b:"):
+            scope = key.removeprefix("b:")
+            if scope.startswith("tenant:"):
+                credit = self.credits.get(scope.removeprefix("tenant:"))
+                if credit is None:
+                    continue
+                budget = credit
+            elif "budget" in d:
+                budget = Decimal(d["budget"])
+            else:
+                continue
+            out.append(Budget(scope, budget, Decimal(d.get("charged", "0")),
+                              Decimal(d.get("reserved", "0"))))
+        return out
+
+    def rate_windows(self, state: State, now: int) -> list[dict[str, Any]]:
+        """Each rate window in use: its limit a minute and what it holds at `now`."""
+        out = []
+        for key, _ in state.items("rb:"):
+            window = key.removeprefix("rb:")
+            kind, scope = window.split(":", 1)
+            per_minute = self.limits.rpm_of(scope) if kind == "rpm" else self.limits.tpm_of(scope)
+            if per_minute is None:
+                continue
+            out.append({"window": window, "per_minute": per_minute,
+                        "available": round(rate_window_level(state, window, per_minute, now), 1)})
+        return out
 
     # -- decide ------------------------------------------------------------------------
 
@@ -66,6 +255,8 @@ class Limiter(Reducer):
             return self._on_request(state, event)
         if isinstance(event, SlotReleased):
             return self._on_release(state, event)
+        if isinstance(event, LedgerLineItem | LedgerUnitSettled):
+            return self._on_ledger(state, event)
         return ()
 
     def _on_request(self, state: State, event: SlotRequested) -> Sequence[Event]:
@@ -77,11 +268,15 @@ class Limiter(Reducer):
                                 scopes=held["scopes"]),)
         if state.get(f"w:{wu}") is not None:
             return ()  # already waiting
-        full = self._full(state, event.scopes)
-        if full is None:
-            return (SlotGranted(**caused_by(event, "granted"), attempt_index=event.attempt_index,
-                                scopes=event.scopes),)
-        scope, used, limit = full
+        req = _request(event, budgeted=event.tenant_id in self.credits)
+        t = _Tentative()
+        denied = self._denied(state, event, req, t)
+        if denied is not None:
+            return (denied,)
+        blocked = self._blocked(state, req, t)
+        if blocked is None:
+            return (self._grant(state, event, req, event.occurred_at, t, waited_ms=0),)
+        scope, used, limit, detail = blocked
         # Start-time fair queuing: a tenant's requests follow one another in virtual time,
         # each as long as its cost over the tenant's weight; the queue is read by
         # priority, then by finish tag, so a tenant with many (or costly) units waits
@@ -91,7 +286,62 @@ class Limiter(Reducer):
         return (SlotQueued(**caused_by(event, "queued"), attempt_index=event.attempt_index,
                            scopes=event.scopes, scope=scope, in_use=used, limit=limit,
                            position=state.get("seq", 0), priority=event.priority,
-                           fair_start=round(start, 9), fair_finish=round(finish, 9)),)
+                           fair_start=round(start, 9), fair_finish=round(finish, 9),
+                           detail=detail, hold_usd=event.hold_usd,
+                           session_budget_usd=event.session_budget_usd, tokens=event.tokens,
+                           budgeted=req["budgeted"]),)
+
+    def _denied(self, state: State, cause: Event, req: Mapping[str, Any], t: _Tentative
+                ) -> SlotDenied | None:
+        """The denial of a request whose maximum cost its budget's charges leave no room for
+        (None: it fits, now or once other holds settle)."""
+        if state.get(f"r:{req['id']}") is not None:
+            return None  # held already (a retry): it fitted
+        hold = Decimal(req["hold"])
+        for b in self._budgets(state, req["tenant"], req["session"], req["session_budget"], t):
+            if b.charged + hold > b.budget or (not hold and b.charged >= b.budget):
+                return SlotDenied(
+                    **self._envelope(cause, req, "denied"), attempt_index=req["attempt"],
+                    reason_code="BUDGET_EXCEEDED", scope=b.scope, budget_usd=b.budget,
+                    charged_usd=b.charged, reserved_usd=b.reserved, hold_usd=hold,
+                    reason=(f"{b.scope}: the unit may cost up to {_usd(hold)} USD and "
+                            f"{_usd(b.budget - b.charged)} USD of its budget "
+                            f"{_usd(b.budget)} USD is left (charged {_usd(b.charged)}); "
+                            "raise the budget or submit smaller work (lower max_tokens)"))
+        return None
+
+    @staticmethod
+    def _envelope(cause: Event, req: Mapping[str, Any], role: str) -> dict[str, Any]:
+        """A fact about the requesting unit: the request's own, or one a release decided."""
+        wu = req["id"]
+        if cause.work_unit_id == wu:
+            return caused_by(cause, role)
+        return caused_by(cause, f"{role}:{wu}", tenant_id=req["tenant"],
+                         execution_session_id=req["session"], work_unit_id=wu)
+
+    def _grant(self, state: State, cause: Event, req: Mapping[str, Any], now: int,
+               t: _Tentative, waited_ms: int) -> SlotGranted:
+        """Grant a request that fits, and note in `t` what it takes."""
+        wu = req["id"]
+        for s in req["scopes"]:
+            t.slots[s] = t.slots.get(s, _in_use(state, s)) + 1
+        held = _ZERO
+        budget_scopes: list[str] = []
+        if state.get(f"r:{wu}") is None:
+            held = Decimal(req["hold"])
+            for b in self._budgets(state, req["tenant"], req["session"], req["session_budget"],
+                                   t):
+                budget_scopes.append(b.scope)
+                t.reserved[b.scope] = t.reserved.get(b.scope, _ZERO) + held
+        not_before, levels = self._rate_take(state, req["scopes"], req["tokens"], now, t)
+        t.levels.update(levels)
+        return SlotGranted(
+            **self._envelope(cause, req, "granted"), attempt_index=req["attempt"], scopes=req["scopes"],
+            waited_ms=waited_ms, not_before=not_before if not_before > now else 0,
+            held_usd=held, budget_scopes=budget_scopes,
+            session_budget_usd=(Decimal(req["session_budget"])
+                                if req["session_budget"] is not None else None),
+            tokens=req["tokens"], rate_levels=levels)
 
     def _on_release(self, state: State, event: SlotReleased) -> Sequence[Event]:
         wu = event.work_unit_id or ""
@@ -101,43 +351,76 @@ class Limiter(Reducer):
         facts: list[Event] = [restated(event, "freed")]
         if held is None:
             return facts  # it gave up its place in the queue; no slot comes free
+        t = _Tentative(slots={s: _in_use(state, s) - 1 for s in held["scopes"]})
+        return [*facts, *self._scan(state, event, t)]
+
+    def _on_ledger(self, state: State, event: LedgerLineItem | LedgerUnitSettled
+                   ) -> Sequence[Event]:
+        """What the ledger billed counts against the budgets; its settlement ends the hold."""
+        wu = event.work_unit_id or ""
+        hold = state.get(f"r:{wu}")
+        now = event.occurred_at
+        if isinstance(event, LedgerUnitSettled):
+            if hold is None:
+                return ()
+            released = Decimal(hold["hold"])
+            fact = BudgetSettled(**caused_by(event, "budget-settled"),
+                                 source_event_id=event.event_id, released_usd=released,
+                                 unit_settled=True)
+            t = _Tentative(reserved={s: -released for s in hold["budgets"]})
+            return [fact, *self._scan(state, event, t)] if released else [fact]
+        charged = event.total_usd if event.billed else _ZERO
+        used = 0
+        levels: dict[str, float] = {}
+        if event.line_item_type == "llm_tokens" and hold is not None and hold["rated"]:
+            used = weighted_tokens(event.llm_tokens_in, event.llm_tokens_out,
+                                   event.llm_input_price_usd_per_1k,
+                                   event.llm_output_price_usd_per_1k)
+            refund = hold["tok"]  # the estimate comes back once; every real use is taken
+            for scope in hold["rated"]:
+                per_minute = self.limits.tpm_of(scope)
+                if per_minute is None:
+                    continue
+                key = f"tpm:{scope}"
+                level = rate_window_level(state, key, per_minute, now)
+                levels[key] = round(min(float(per_minute), level + refund) - used, 6)
+        if not charged and not levels:
+            return ()
+        return (BudgetSettled(**caused_by(event, "budget-charged"),
+                              source_event_id=event.event_id, charged_usd=charged,
+                              tokens_used=used, rate_levels=levels),)
+
+    def _scan(self, state: State, cause: Event, t: _Tentative) -> list[Event]:
+        """Grant the waiting requests that now fit, in queue order (a bounded look)."""
         if not state.get("waiting", 0):
-            return facts  # nobody waits: nothing to scan for
-        taken = {s: _in_use(state, s) - 1 for s in held["scopes"]}
-        for _, waiting in state.items("q:"):
-            if len(facts) > self.queue_scan:
+            return []  # nobody waits: nothing to scan for
+        decided: list[Event] = []
+        now = cause.occurred_at
+        for looked, (_, waiting) in enumerate(state.items("q:")):
+            if looked >= self.queue_scan:
                 break
-            if self._full(state, waiting["scopes"], taken):
-                continue
-            for s in waiting["scopes"]:
-                taken[s] = taken.get(s, _in_use(state, s)) + 1
-            facts.append(SlotGranted(
-                **caused_by(event, f"granted:{waiting['id']}", tenant_id=waiting["tenant"],
-                            execution_session_id=waiting["session"],
-                            work_unit_id=waiting["id"]),
-                attempt_index=waiting["attempt"], scopes=waiting["scopes"],
-                waited_ms=max(0, event.occurred_at - waiting["at"])))
-        return facts
+            blocked = self._blocked(state, waiting, t)
+            if blocked is None:
+                decided.append(self._grant(state, cause, waiting, now, t,
+                                           waited_ms=max(0, now - waiting["at"])))
+            elif blocked[0].startswith("budget:"):
+                # charges since it queued may have left its budget too little for good
+                denied = self._denied(state, cause, waiting, t)
+                if denied is not None:
+                    decided.append(denied)
+        return decided
 
     # -- evolve ------------------------------------------------------------------------
 
     def evolve(self, state: State, fact: Event) -> None:
         wu = fact.work_unit_id or ""
         if isinstance(fact, SlotGranted):
-            if state.get(f"h:{wu}") is None:
-                for s in fact.scopes:
-                    state.set(f"s:{s}", _in_use(state, s) + 1)
-            state.set(f"h:{wu}", {"scopes": fact.scopes, "attempt": fact.attempt_index})
-            waiting = self._unqueue(state, wu)
-            if waiting is not None:
-                state.set("vt", max(state.get("vt", 0.0), waiting["start"]))
+            self._evolve_granted(state, wu, fact)
         elif isinstance(fact, SlotQueued):
             seq: int = state.get("seq", 0)
             key = (f"q:{_RANK[fact.priority]}:{fact.fair_finish:024.9f}:{seq:012d}")
-            state.set(key, {"id": wu, "tenant": fact.tenant_id,
-                            "session": fact.execution_session_id,
-                            "attempt": fact.attempt_index, "scopes": fact.scopes,
-                            "at": fact.occurred_at, "start": fact.fair_start})
+            state.set(key, {**_queued(fact), "at": fact.occurred_at,
+                            "start": fact.fair_start})
             state.set(f"w:{wu}", key)
             state.set(f"vf:{fact.tenant_id}", fact.fair_finish)
             state.set("seq", seq + 1)
@@ -153,6 +436,69 @@ class Limiter(Reducer):
                         state.delete(f"s:{s}")
                 state.delete(f"h:{wu}")
             self._unqueue(state, wu)
+        elif isinstance(fact, BudgetSettled):
+            self._evolve_settled(state, wu, fact)
+        elif isinstance(fact, SlotDenied):
+            self._unqueue(state, wu)
+
+    def _evolve_granted(self, state: State, wu: str, fact: SlotGranted) -> None:
+        if state.get(f"h:{wu}") is None:
+            for s in fact.scopes:
+                state.set(f"s:{s}", _in_use(state, s) + 1)
+        state.set(f"h:{wu}", {"scopes": fact.scopes, "attempt": fact.attempt_index})
+        waiting = self._unqueue(state, wu)
+        if waiting is not None:
+            state.set("vt", max(state.get("vt", 0.0), waiting["start"]))
+        for window, level in sorted(fact.rate_levels.items()):
+            prev = state.get(f"rb:{window}")
+            at = fact.occurred_at if prev is None else max(prev["at"], fact.occurred_at)
+            state.set(f"rb:{window}", {"level": level, "at": at})
+        rated = sorted({w.split(":", 1)[1] for w in fact.rate_levels if w.startswith("tpm:")})
+        hold = state.get(f"r:{wu}")
+        if hold is None and not (fact.budget_scopes or rated):
+            return
+        if hold is None:
+            hold = {"budgets": fact.budget_scopes, "hold": _usd(fact.held_usd), "tok": 0,
+                    "rated": []}
+            for scope in fact.budget_scopes:
+                b = dict(Budget.stored(state, scope))
+                b["reserved"] = _usd(Decimal(b.get("reserved", "0")) + fact.held_usd)
+                if scope.startswith("session:") and "budget" not in b and (
+                        fact.session_budget_usd is not None):
+                    b["budget"] = _usd(fact.session_budget_usd)
+                state.set(f"b:{scope}", b)
+        hold = {**hold, "tok": hold["tok"] + (fact.tokens if rated else 0),
+                "rated": sorted(set(hold["rated"]) | set(rated))}
+        state.set(f"r:{wu}", hold)
+
+    @staticmethod
+    def _evolve_settled(state: State, wu: str, fact: BudgetSettled) -> None:
+        hold = state.get(f"r:{wu}")
+        if fact.charged_usd:
+            tenant_scope = f"tenant:{fact.tenant_id}"
+            session_scope = f"session:{fact.tenant_id}/{fact.execution_session_id}"
+            for scope in (tenant_scope, session_scope):
+                b = Budget.stored(state, scope)
+                if scope == session_scope and not b:
+                    continue  # a session without a budget keeps no account here
+                state.set(f"b:{scope}", {**b, "charged": _usd(
+                    Decimal(b.get("charged", "0")) + fact.charged_usd)})
+        for window, level in sorted(fact.rate_levels.items()):
+            prev = state.get(f"rb:{window}")
+            at = fact.occurred_at if prev is None else max(prev["at"], fact.occurred_at)
+            state.set(f"rb:{window}", {"level": level, "at": at})
+        if hold is None:
+            return
+        if not fact.unit_settled:
+            if fact.rate_levels:
+                state.set(f"r:{wu}", {**hold, "tok": 0})  # the estimate came back
+            return
+        if fact.released_usd:
+            for scope in hold["budgets"]:
+                b = Budget.stored(state, scope)
+                state.set(f"b:{scope}", {**b, "reserved": _usd(
+                    Decimal(b.get("reserved", "0")) - fact.released_usd)})
+        state.delete(f"r:{wu}")
 
     @staticmethod
     def _unqueue(state: State, wu: str) -> dict[str, Any] | None:
@@ -173,9 +519,28 @@ class Limiter(Reducer):
     # -- route -------------------------------------------------------------------------
 
     def route(self, fact: Event) -> Sequence[Routed]:
-        """Grants and queue places, to the unit's scheduler partition."""
-        if isinstance(fact, SlotGranted | SlotQueued):
+        """Grants, denials and queue places, to the unit's scheduler partition."""
+        if isinstance(fact, SlotGranted | SlotQueued | SlotDenied):
             wu = fact.work_unit_id or ""
             return (Routed(self.reports.name, fact, self.reports.partition_of(wu)),)
         return ()
 
+
+def _request(event: SlotRequested, *, budgeted: bool) -> dict[str, Any]:
+    """A request as the rules read it (and as it waits in the queue)."""
+    return {"id": event.work_unit_id or "", "tenant": event.tenant_id,
+            "session": event.execution_session_id, "attempt": event.attempt_index,
+            "scopes": event.scopes, "hold": _usd(event.hold_usd), "budgeted": budgeted,
+            "session_budget": (_usd(event.session_budget_usd)
+                               if event.session_budget_usd is not None else None),
+            "tokens": event.tokens}
+
+
+def _queued(fact: SlotQueued) -> dict[str, Any]:
+    """A waiting request, as the queue keeps it."""
+    return {"id": fact.work_unit_id or "", "tenant": fact.tenant_id,
+            "session": fact.execution_session_id, "attempt": fact.attempt_index,
+            "scopes": fact.scopes, "hold": _usd(fact.hold_usd), "budgeted": fact.budgeted,
+            "session_budget": (_usd(fact.session_budget_usd)
+                               if fact.session_budget_usd is not None else None),
+            "tokens": fact.tokens}

@@ -1,9 +1,11 @@
-"""Which scopes a unit counts against, and each scope's limit: one rule for both sides.
+"""Which scopes a unit counts against, and each scope's limits: one rule for both sides.
 
 The scheduler asks for the unit's limited scopes (a unit with none never waits
 for the limiter); the limiter counts them. A scope is a name: `global`,
 `tenant:<tenant>`, `session:<tenant>/<session>`, `provider:<provider>`,
-`model:<model>`, `tool:<tool>`.
+`model:<model>`, `tool:<tool>`. A scope may limit units at once (concurrency),
+requests per minute and tokens per minute, each set for the scope itself or
+for its kind.
 """
 
 from __future__ import annotations
@@ -11,17 +13,32 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onceflow.streams.limits.settings import LimitsSettings
 
-__all__ = ["ConcurrencyLimits", "LimitsFileError"]
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
+
+__all__ = ["LimitsFileError", "ScopeLimits", "budgets_held", "limiter_needed"]
 
 
 class LimitsFileError(ValueError):
     """A limits file that cannot be used; the message names the file and the entry."""
 
 
-def _from_file(path: Path) -> dict[str, int]:
+_RATE_KEYS = ("concurrency", "requests_per_minute", "tokens_per_minute")
+
+
+def _whole(path: Path, scope: str, limit: object) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise LimitsFileError(f"limits file {path}: {scope!r} must be a whole number >= 1, "
+                              f"not {limit!r}")
+    return limit
+
+
+def _from_file(path: Path) -> dict[str, dict[str, int]]:
+    """The file's limits by kind: concurrency, requests_per_minute, tokens_per_minute."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -31,32 +48,54 @@ def _from_file(path: Path) -> dict[str, int]:
         raise LimitsFileError(f"limits file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise LimitsFileError(f"limits file {path}: expected an object of scope -> limit, "
-                              'e.g. {"provider:openai": 3}')
-    out = {}
-    for scope, limit in sorted(data.items()):
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise LimitsFileError(f"limits file {path}: {scope!r} must be a whole number >= 1, "
-                                  f"not {limit!r}")
-        out[scope] = limit
+                              'e.g. {"provider:openai": 3} or {"provider:openai": '
+                              '{"concurrency": 3, "tokens_per_minute": 90000}}')
+    out: dict[str, dict[str, int]] = {k: {} for k in _RATE_KEYS}
+    for scope, entry in sorted(data.items()):
+        if isinstance(entry, dict):
+            unknown = sorted(set(entry) - set(_RATE_KEYS))
+            if unknown:
+                raise LimitsFileError(f"limits file {path}: {scope!r} has unknown keys "
+                                      f"{unknown}; use {', '.join(_RATE_KEYS)}")
+            for key, limit in sorted(entry.items()):
+                out[key][scope] = _whole(path, f"{scope}.{key}", limit)
+        else:
+            out["concurrency"][scope] = _whole(path, scope, entry)
     return out
 
 
+def _of(table: dict[str, int], scope: str) -> int | None:
+    """A scope's own limit, or its kind's (`provider` for `provider:openai`)."""
+    limit = table.get(scope)
+    return limit if limit is not None else table.get(scope.split(":", 1)[0])
+
+
 @dataclass(frozen=True)
-class ConcurrencyLimits:
+class ScopeLimits:
+    """Every scope's limits: units at once, and requests and tokens per minute."""
+
     per_kind: dict[str, int] = field(default_factory=dict)
     per_scope: dict[str, int] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    #: requests and tokens per minute, keyed by scope or by scope kind
+    requests_per_minute: dict[str, int] = field(default_factory=dict)
+    tokens_per_minute: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, cfg: LimitsSettings) -> ConcurrencyLimits:
+    def from_settings(cls, cfg: LimitsSettings) -> ScopeLimits:
         kinds = {"global": cfg.global_concurrency, "tenant": cfg.tenant_concurrency,
                  "session": cfg.session_concurrency, "provider": cfg.provider_concurrency,
                  "model": cfg.model_concurrency, "tool": cfg.tool_concurrency}
         scopes = dict(cfg.scopes)
+        rpm = dict(cfg.requests_per_minute)
+        tpm = dict(cfg.tokens_per_minute)
         if cfg.limits_file is not None:
-            scopes.update(_from_file(cfg.limits_file))
+            from_file = _from_file(cfg.limits_file)
+            scopes.update(from_file["concurrency"])
+            rpm.update(from_file["requests_per_minute"])
+            tpm.update(from_file["tokens_per_minute"])
         return cls({k: v for k, v in kinds.items() if v is not None}, scopes,
-                   dict(cfg.tenant_weights))
+                   dict(cfg.tenant_weights), rpm, tpm)
 
     def weight_of(self, tenant: str) -> float:
         """A tenant's share in weighted fair queuing (1.0 unless configured)."""
@@ -64,12 +103,26 @@ class ConcurrencyLimits:
 
     @property
     def any(self) -> bool:
-        return bool(self.per_kind or self.per_scope)
+        return bool(self.per_kind or self.per_scope or self.requests_per_minute
+                    or self.tokens_per_minute)
 
     def limit_of(self, scope: str) -> int | None:
+        """A scope's concurrency limit (None: unlimited)."""
         if scope in self.per_scope:
             return self.per_scope[scope]
         return self.per_kind.get(scope.split(":", 1)[0])
+
+    def rpm_of(self, scope: str) -> int | None:
+        """A scope's requests per minute (None: unlimited)."""
+        return _of(self.requests_per_minute, scope)
+
+    def tpm_of(self, scope: str) -> int | None:
+        """A scope's tokens per minute (None: unlimited)."""
+        return _of(self.tokens_per_minute, scope)
+
+    def limited(self, scope: str) -> bool:
+        return (self.limit_of(scope) is not None or self.rpm_of(scope) is not None
+                or self.tpm_of(scope) is not None)
 
     def scopes_for(self, *, tenant: str, session: str, kind: str, provider: str,
                    model: str | None, tool: str | None) -> list[str]:
@@ -81,4 +134,15 @@ class ConcurrencyLimits:
             candidates += [f"provider:{provider}", f"model:{model or ''}"]
         if kind == "tool":
             candidates.append(f"tool:{tool or 'effects.append'}")
-        return [s for s in candidates if self.limit_of(s) is not None]
+        return [s for s in candidates if self.limited(s)]
+
+
+def budgets_held(settings: OnceflowSettings) -> bool:
+    """Whether units are held against budgets: some tenant has prepaid credit, or session
+    budgets are on. The scheduler, the ledger and the limiter all ask this one rule."""
+    return bool(settings.billing.prepaid_credits) or settings.limits.session_budgets
+
+
+def limiter_needed(settings: OnceflowSettings) -> bool:
+    """Whether the limiter must run: a scope has a limit or a budget is held."""
+    return ScopeLimits.from_settings(settings.limits).any or budgets_held(settings)

@@ -1,8 +1,8 @@
 """Admission and placement: a submission becomes a unit, then a placed (or deferred) attempt.
 
-Admission refuses a resent id with another payload, a prepaid tenant's unit
-its balance cannot cover (priced by billing's estimator), and what the
-admission mode does not admit; placement picks a node or says why none.
+Admission refuses a resent id with another payload and what the admission
+mode does not admit; budgets are the limiter's (a unit held against one asks
+it before placement, `slots`); placement picks a node or says why none.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from onceflow.schemas import (
     DeferralReason,
     Event,
+    SlotDenied,
     SlotGranted,
     SlotRequested,
     WorkUnitDeferred,
@@ -34,6 +35,7 @@ __all__ = [
     "evolve_rejected",
     "evolve_scheduled",
     "evolve_submitted",
+    "on_slot_denied",
     "on_slot_granted",
     "on_submitted",
     "placed",
@@ -66,11 +68,12 @@ def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
     ctx.admitted = (admitted.event_id, unit)
     facts: list[Event] = [admitted]
     now = event.occurred_at
-    over_budget = _over_budget(ctx, event)
-    if over_budget:
+    if event.session_budget_usd is not None and not ctx.budgets:
         facts.append(WorkUnitRejected(
-            **ctx.envelope(unit, event, "rejected", now), reason_code="BUDGET_EXCEEDED",
-            reason=over_budget, decided_at=now,
+            **ctx.envelope(unit, event, "rejected", now), reason_code="session_budgets_off",
+            reason="the submission sets session_budget_usd but this deployment holds no "
+                   "session budgets: set ONCEFLOW_LIMITS__SESSION_BUDGETS=true, or submit "
+                   "without a session budget", decided_at=now,
         ))
         return facts
     mode = ctx.view.mode
@@ -93,25 +96,6 @@ def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
         return facts
     facts.append(placed(ctx, state, unit, event, now, "placed"))
     return facts
-
-
-def _over_budget(ctx: SchedulerContext, event: WorkUnitSubmitted) -> str:
-    """Why a prepaid tenant cannot afford this unit ("" when it can, or is not prepaid).
-
-    The reason records the inputs (credit, charged, estimate) because the
-    wallets are a global table, not part of this partition's log.
-    """
-    credit = ctx.prepaid.get(event.tenant_id)
-    if credit is None or ctx.estimator is None:
-        return ""
-    charged = ctx.view.charged_to(event.tenant_id)
-    estimate = ctx.estimator.estimate(event)
-    balance = credit - charged
-    if balance - estimate >= 0:
-        return ""
-    return (f"tenant {event.tenant_id}: balance {balance:f} USD (credit {credit:f} - charged "
-            f"{charged:f}) cannot cover the unit's estimated {estimate:f} USD; add prepaid "
-            "credit (ONCEFLOW_BILLING__PREPAID_CREDITS) to admit more work")
 
 
 def deferred(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
@@ -192,7 +176,26 @@ def on_slot_granted(ctx: SchedulerContext, state: State, event: SlotGranted
     unit = ctx.load(state, event.work_unit_id or "")
     if unit is None or unit.status != "waiting_for_slot":
         return ()  # a grant seen again, or for a unit that gave its request back
-    return (placed(ctx, state, unit.but(slots=True), event, event.occurred_at, "placed"),)
+    now = event.occurred_at
+    if event.not_before > now:
+        # a rate window's turn: the unit holds its slots and is placed when it comes
+        return (deferred(ctx, unit, event, now, "rate_limited",
+                         f"rate limit: its turn in {', '.join(sorted(event.rate_levels))} "
+                         f"comes at {event.not_before}", role="placed",
+                         retry_at=event.not_before),)
+    return (placed(ctx, state, unit.but(slots=True), event, now, "placed"),)
+
+
+def on_slot_denied(ctx: SchedulerContext, state: State, event: SlotDenied
+                   ) -> Sequence[Event]:
+    """The limiter refused the unit for good (its budget): the unit is rejected, with why."""
+    unit = ctx.load(state, event.work_unit_id or "")
+    if unit is None or unit.status != "waiting_for_slot":
+        return ()
+    return (WorkUnitRejected(
+        **ctx.envelope(unit, event, "rejected", event.occurred_at),
+        reason_code=event.reason_code, reason=event.reason, decided_at=event.occurred_at,
+    ),)
 
 
 # -- evolve ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from onceflow.schemas import Event
 from onceflow.streams.ids import caused_by
-from onceflow.streams.limits import ConcurrencyLimits
+from onceflow.streams.limits import ScopeLimits, budgets_held
 from onceflow.streams.scheduler._impl.unit import (
     IndexKind,
     UnitRecord,
@@ -49,8 +49,10 @@ class SchedulerContext:
     #: which tenants have prepaid credit, and how much
     prepaid: dict[str, Any]
     #: concurrency limits per scope (none: no unit ever waits for a slot)
-    limits: ConcurrencyLimits
+    limits: ScopeLimits
     limits_topic: Topic
+    #: units are held against budgets (prepaid credit, session budgets) by the limiter
+    budgets: bool
     #: the provider LLM units call unless their `provider` parameter names another
     default_provider: str
     #: which view version each partition's deferred units were last examined
@@ -70,14 +72,16 @@ class SchedulerContext:
     def create(cls, settings: OnceflowSettings, view: ClusterView, catalog: TopicCatalog,
                estimator: CostEstimator | None) -> SchedulerContext:
         prepaid = dict(settings.billing.prepaid_credits)
-        if prepaid and estimator is None:
-            raise ValueError("prepaid credits (ONCEFLOW_BILLING__PREPAID_CREDITS) need a cost "
-                             "estimator: pass billing's cost_estimator(settings.billing)")
+        budgets = budgets_held(settings)
+        if budgets and estimator is None:
+            raise ValueError("budgets (ONCEFLOW_BILLING__PREPAID_CREDITS, "
+                             "ONCEFLOW_LIMITS__SESSION_BUDGETS) need a cost estimator: pass "
+                             "billing's cost_estimator(settings.billing)")
         return cls(cfg=settings.scheduler, view=view, dispatch=catalog["dispatch"],
                    reports=catalog["reports"], outcomes=catalog["outcomes"],
                    queue=catalog["queue"], estimator=estimator, prepaid=prepaid,
-                   limits=ConcurrencyLimits.from_settings(settings.limits),
-                   limits_topic=catalog["limits"],
+                   limits=ScopeLimits.from_settings(settings.limits),
+                   limits_topic=catalog["limits"], budgets=budgets,
                    default_provider=settings.agent.llm_provider)
 
     @staticmethod

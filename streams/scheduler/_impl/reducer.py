@@ -28,6 +28,7 @@ from onceflow.schemas import (
     Event,
     ProviderScopePaused,
     QueueSampled,
+    SlotDenied,
     SlotGranted,
     SlotQueued,
     SlotReleased,
@@ -86,6 +87,7 @@ _DECIDE: dict[type[Event], Decide] = {
     ControlSessionCancelRequested: operator.on_cancel,
     ProviderScopePaused: backoff.on_scope_paused,
     SlotGranted: admission.on_slot_granted,
+    SlotDenied: admission.on_slot_denied,
     SlotQueued: slots.on_slot_queued,
 }
 
@@ -131,9 +133,9 @@ _ROUTE: dict[type[Event], Route] = {
 class Scheduler(Reducer):
     """Admission, placement, claims, settlement and recovery, as one pure reducer.
 
-    `estimator` prices a unit for prepaid tenants' budget admission; billing
-    provides it (`onceflow.billing.cost_estimator`), so the scheduler prices
-    work by the ledger's own price book.
+    `estimator` prices a unit for its budget hold, fair queuing and token rate
+    limits; billing provides it (`onceflow.billing.cost_estimator`), so the
+    scheduler prices work by the ledger's own price book.
     """
 
     name = "scheduler"

@@ -11,6 +11,7 @@ a unit re-placed after an unclaimed dispatch keeps them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 
 from onceflow.schemas import (
     Event,
@@ -28,6 +29,7 @@ __all__ = [
     "evolve_slot_queued",
     "evolve_slot_released",
     "evolve_slot_requested",
+    "held_against_budget",
     "on_slot_queued",
     "release_slots",
     "request_slots",
@@ -44,19 +46,31 @@ def scopes_of(ctx: SchedulerContext, unit: UnitRecord) -> list[str]:
         tool=spec.handler)
 
 
+def held_against_budget(ctx: SchedulerContext, unit: UnitRecord) -> bool:
+    """Whether a unit is held against a budget: its tenant's prepaid credit or its session's."""
+    return ctx.budgets and (unit.tenant_id in ctx.prepaid
+                            or unit.spec.session_budget_usd is not None)
+
+
 def request_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
                   role: str) -> SlotRequested | None:
-    """The request a unit must make before it is placed (None: it needs no slot)."""
+    """The request a unit must make before it is placed (None: it needs none)."""
     if unit.slots:
         return None
     scopes = scopes_of(ctx, unit)
-    if not scopes:
+    budgeted = held_against_budget(ctx, unit)
+    if not scopes and not budgeted:
         return None
+    estimate = ctx.estimator.estimate(unit.spec) if ctx.estimator else None
     return SlotRequested(**ctx.envelope(unit, cause, f"{role}:slots", now),
                          attempt_index=unit.attempt + 1, scopes=scopes,
                          priority=unit.spec.priority,
                          # its weight in fair queuing: billing's estimate, recorded here
-                         cost=float(ctx.estimator.estimate(unit.spec)) if ctx.estimator else 1.0)
+                         cost=float(estimate) if estimate is not None else 1.0,
+                         # the most it may cost: input, `max_tokens` of output and CPU
+                         hold_usd=estimate if budgeted and estimate is not None else Decimal(0),
+                         session_budget_usd=unit.spec.session_budget_usd,
+                         tokens=ctx.estimator.rate_tokens(unit.spec) if ctx.estimator else 0)
 
 
 def release_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
@@ -70,7 +84,8 @@ def release_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: in
 def on_slot_queued(ctx: SchedulerContext, state: State, event: SlotQueued) -> Sequence[Event]:
     """The limiter queued the request: record why, in the unit's log."""
     unit = ctx.load(state, event.work_unit_id or "")
-    if unit is None or unit.status != "waiting_for_slot" or unit.reason == "concurrency_limited":
+    if unit is None or unit.status != "waiting_for_slot" or unit.reason in (
+            "concurrency_limited", "budget_wait"):
         return ()
     return (restated(event, "queue-recorded"),)
 
@@ -83,7 +98,8 @@ def evolve_slot_requested(ctx: SchedulerContext, state: State, unit: UnitRecord,
 
 def evolve_slot_queued(ctx: SchedulerContext, state: State, unit: UnitRecord,
                        fact: SlotQueued) -> UnitRecord:
-    return unit.but(reason="concurrency_limited")
+    budget = fact.scope.startswith("budget:")
+    return unit.but(reason="budget_wait" if budget else "concurrency_limited")
 
 
 def evolve_slot_released(ctx: SchedulerContext, state: State, unit: UnitRecord,

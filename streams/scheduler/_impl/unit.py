@@ -16,6 +16,7 @@ States of a unit::
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Literal
 
 from onceflow.schemas import (
@@ -104,6 +105,8 @@ class UnitSpec:
     correlation_id: str | None
     input_ref: ContentRef | None
     parameters: dict[str, str]
+    #: the most its session may be charged, as the submission set it (None: no session budget)
+    session_budget_usd: Decimal | None = None
     #: the spec as state holds it: a spec never changes, so it is converted once
     stored: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
@@ -123,6 +126,7 @@ class UnitSpec:
             simulated_ms=event.simulated_ms, prompt=event.prompt, model=event.model,
             llm_tokens=event.llm_tokens, correlation_id=event.correlation_id,
             input_ref=event.input_ref, parameters=dict(event.parameters),
+            session_budget_usd=event.session_budget_usd,
         )
 
     def shape(self) -> tuple[Any, ...]:
@@ -132,7 +136,7 @@ class UnitSpec:
     def to_state(self) -> dict[str, Any]:
         if self.stored is not None:
             return self.stored
-        return {
+        d: dict[str, Any] = {
             "kind": self.kind, "priority": self.priority, "region": self.region,
             "required_concurrency": self.required_concurrency,
             "min_runtime_version": self.min_runtime_version, "effect": self.effect,
@@ -143,6 +147,9 @@ class UnitSpec:
             "correlation_id": self.correlation_id, "input_ref": _ref_out(self.input_ref),
             "parameters": self.parameters,
         }
+        if self.session_budget_usd is not None:
+            d["session_budget_usd"] = f"{self.session_budget_usd:f}"
+        return d
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> UnitSpec:
@@ -154,7 +161,10 @@ class UnitSpec:
             lease_ms=d["lease_ms"], depends_on=tuple(d["depends_on"]), handler=d["handler"],
             simulated_ms=d["simulated_ms"], prompt=d["prompt"], model=d["model"],
             llm_tokens=d["llm_tokens"], correlation_id=d["correlation_id"],
-            input_ref=_ref_in(d["input_ref"]), parameters=d["parameters"], stored=d,
+            input_ref=_ref_in(d["input_ref"]), parameters=d["parameters"],
+            session_budget_usd=(None if d.get("session_budget_usd") is None
+                                else Decimal(d["session_budget_usd"])),
+            stored=d,
         )
 
 
@@ -236,15 +246,15 @@ class UnitRecord:
         if self.status == "retry_wait":
             return ("retry", self.retry_at)
         if self.status == "deferred":
-            if self.reason == "provider_paused":
-                return ("retry", self.retry_at)  # due again when the pause ends
+            if self.reason in ("provider_paused", "rate_limited"):
+                return ("retry", self.retry_at)  # due again when the pause ends, or its turn
             return ("deferred", self.submitted_at)
         return None
 
     def queue_bucket(self) -> QueueBucket | None:
         if self.status == "deferred":
             # Held back on purpose, not for want of nodes: not queue the autoscaler scales for.
-            held = self.reason in ("throttled", "provider_paused")
+            held = self.reason in ("throttled", "provider_paused", "rate_limited")
             return "throttled" if held else "deferred"
         if self.status == "waiting_for_slot":
             return "throttled"  # held back by a limit: more nodes would not help

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from onceflow.schemas import SlotGranted, SlotQueued, SlotRequested
-from onceflow.streams.limits import ConcurrencyLimits, Limiter
+from onceflow.streams.limits import Limiter, ScopeLimits
 from onceflow.streams.runtime import fingerprint_items
 from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Routed
@@ -107,7 +107,7 @@ def _drain(h: LimiterHarness, holder: str, n: int) -> list[str]:
 
 def _fair_harness(weights: dict[str, float] | None = None) -> LimiterHarness:
     h = LimiterHarness({"global": 1})
-    h.limiter.limits = ConcurrencyLimits(per_scope={"global": 1}, weights=weights or {})
+    h.limiter.limits = ScopeLimits(per_scope={"global": 1}, weights=weights or {})
     h.feed(_ask("first", "acme", T0))
     return h
 

@@ -12,6 +12,9 @@ from onceflow.schemas import (
     ClaimRejected,
     ContentRef,
     ControlOperatorResolved,
+    SlotDenied,
+    SlotGranted,
+    SlotRequested,
     TrustScoreUpdated,
     WalletUpdated,
     WorkUnitCompleted,
@@ -26,6 +29,7 @@ from onceflow.schemas import (
     WorkUnitScheduled,
     WorkUnitSubmitted,
 )
+from onceflow.streams.ids import caused_by
 from onceflow.streams.runtime import fingerprint_items
 from onceflow.streams.scheduler import Scheduler, UnitRecord, retry_delay_ms
 from onceflow.streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
@@ -154,29 +158,50 @@ def _wallet(tenant: str, partition: int, debit: str) -> WalletUpdated:
                          prepaid=True)
 
 
-def test_a_prepaid_tenant_whose_balance_would_go_below_zero_is_rejected() -> None:
+def test_a_prepaid_tenants_unit_asks_the_limiter_to_hold_its_maximum_cost() -> None:
     billing = BillingSettings(prepaid_credits={"acme": Decimal("1.000000")})
     h = Harness(settings=OnceflowSettings(billing=billing))
     h.see(heartbeat("n1"))
-    # 1 s of CPU at 0.0005 USD/s: affordable while 0.9995 USD is left
-    assert isinstance(h.feed(submit("wu-1", simulated_ms=1000))[-1], WorkUnitScheduled)
-    # the two partial wallets sum to 0.9996 charged: 0.0004 left, the unit needs 0.0005
-    h.see(_wallet("acme", 0, "0.5"), _wallet("acme", 3, "0.4996"))
-    rejected = h.feed(submit("wu-2", simulated_ms=1000))[-1]
+    # 1 s of CPU at 0.0005 USD/s: held before the unit may run
+    ask = h.feed(submit("wu-1", simulated_ms=1000))[-1]
+    assert isinstance(ask, SlotRequested)
+    assert ask.hold_usd == Decimal("0.000500") and ask.scopes == []
+    granted = SlotGranted(**caused_by(ask, "granted"), attempt_index=1,
+                          held_usd=ask.hold_usd, budget_scopes=["tenant:acme"])
+    assert isinstance(h.feed(granted)[-1], WorkUnitScheduled)
+
+
+def test_a_unit_the_limiter_denies_for_its_budget_is_rejected_with_the_numbers() -> None:
+    billing = BillingSettings(prepaid_credits={"acme": Decimal("1.000000")})
+    h = Harness(settings=OnceflowSettings(billing=billing))
+    h.see(heartbeat("n1"))
+    ask = h.feed(submit("wu-1", simulated_ms=1000))[-1]
+    denied = SlotDenied(**caused_by(ask, "denied"), attempt_index=1,
+                        reason_code="BUDGET_EXCEEDED", reason="tenant:acme: 0.0004 left",
+                        scope="tenant:acme", budget_usd=Decimal("1"),
+                        charged_usd=Decimal("0.9996"), reserved_usd=Decimal("0"),
+                        hold_usd=ask.hold_usd)
+    rejected = h.feed(denied)[-1]
     assert isinstance(rejected, WorkUnitRejected)
-    assert rejected.reason_code == "BUDGET_EXCEEDED"
-    assert "balance 0.000400 USD" in rejected.reason
-    assert "estimated 0.000500" in rejected.reason
-    # a later partial replaces its partition's earlier one, not adds to it
-    h.see(_wallet("acme", 3, "0.4"))
-    assert isinstance(h.feed(submit("wu-3", simulated_ms=1000))[-1], WorkUnitScheduled)
+    assert (rejected.reason_code, rejected.reason) == ("BUDGET_EXCEEDED",
+                                                        "tenant:acme: 0.0004 left")
+    assert h.unit("wu-1").status == "rejected"
 
 
 def test_tenants_without_prepaid_credit_are_never_budget_limited() -> None:
     billing = BillingSettings(prepaid_credits={"other": Decimal("0")})
     h = Harness(settings=OnceflowSettings(billing=billing))
-    h.see(heartbeat("n1"), _wallet("acme", 0, "1000"))
+    h.see(heartbeat("n1"))
     assert isinstance(h.feed(submit("wu-1", simulated_ms=1000))[-1], WorkUnitScheduled)
+
+
+def test_a_session_budget_without_session_budgets_on_is_rejected_saying_how_to_fix_it(
+) -> None:
+    h = ready()
+    rejected = h.feed(submit("wu-1", session_budget_usd=Decimal("2")))[-1]
+    assert isinstance(rejected, WorkUnitRejected)
+    assert rejected.reason_code == "session_budgets_off"
+    assert "ONCEFLOW_LIMITS__SESSION_BUDGETS=true" in rejected.reason
 
 
 def test_throttled_units_are_placed_on_a_tick_once_the_mode_opens() -> None:

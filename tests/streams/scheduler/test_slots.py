@@ -153,3 +153,19 @@ def test_a_request_carries_the_units_priority_and_billings_estimate_as_its_fair_
     assert req.priority == "p1"
     expected = h.scheduler.ctx.estimator.estimate(h.unit("wu-1").spec)  # type: ignore[union-attr]
     assert req.cost == float(expected) and req.cost > 0
+
+
+def test_a_grant_with_a_rate_turn_later_defers_the_unit_until_then_holding_its_slots() -> None:
+    h = _harness()
+    h.feed(submit("wu-1"))
+    turn = T0 + 20_000
+    grant = _grant("wu-1", T0 + 1).model_copy(
+        update={"not_before": turn, "rate_levels": {"rpm:tenant:acme": -1.0}})
+    (deferred,) = h.feed(grant)
+    assert (deferred.reason_code, deferred.retry_at) == ("rate_limited", turn)  # type: ignore[attr-defined]
+    assert h.unit("wu-1").slots and h.unit("wu-1").status == "deferred"
+    assert h.tick(turn - 1) == []  # not its turn yet
+    placed = h.tick(turn)
+    assert isinstance(placed[0], WorkUnitScheduled)
+    assert not [f for f in placed if isinstance(f, SlotRequested)]  # it asks nothing again
+    assert_replay_equals_live(h)
