@@ -43,8 +43,8 @@ class BillingSettings(SettingsGroup):
         default=False, description="charge LLM tokens from the completion's llm_tokens instead")
     prepaid_credits: dict[str, Decimal] = Field(
         default_factory=dict,
-        description="tenant -> prepaid USD; such a tenant's new work is rejected with "
-                    "BUDGET_EXCEEDED once its balance would go below zero")
+        description="tenant -> prepaid USD; such a tenant's units are held against it before "
+                    "they run, and rejected with BUDGET_EXCEEDED when it cannot pay their maximum")
     views_dedupe_window: int = Field(
         default=200_000, ge=1,
         description="line item ids the views remember to drop a second copy of one "

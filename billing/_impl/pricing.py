@@ -79,13 +79,27 @@ class PriceBook:
         estimate; its output tokens are its `max_tokens` cap, or the estimate
         for that prompt; each at its model's own input and output price.
         """
-        cost = self.cpu_cost(Decimal(unit.simulated_ms) / 1000)
+        return self._priced(unit, unit.simulated_ms)
+
+    def _priced(self, unit: PricedWork, cpu_ms: int) -> Decimal:
+        """`cpu_ms` of CPU and the unit's estimated tokens, at its model's prices."""
+        cost = self.cpu_cost(Decimal(cpu_ms) / 1000)
         tokens_in, tokens_out = self._tokens(unit)
         if tokens_in or tokens_out:
             rate = self.rate_for(unit.model)
             cost += (self.token_cost(tokens_in, rate.input_usd_per_1k)
                      + self.token_cost(tokens_out, rate.output_usd_per_1k))
         return cost
+
+    def maximum(self, unit: PricedWork) -> Decimal:
+        """The most a unit can be billed, which a budget holds for it before it runs.
+
+        CPU for its whole lease (an attempt's result is accepted only within
+        its lease, so no billed attempt runs longer), and the estimate's
+        tokens: input, and output up to `max_tokens` (without a cap, the
+        output estimate is all there is to hold).
+        """
+        return self._priced(unit, max(unit.simulated_ms, unit.lease_ms))
 
     def rate_tokens(self, unit: PricedWork) -> int:
         """The tokens a unit will likely spend of a token rate limit: the estimate's

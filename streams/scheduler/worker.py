@@ -29,16 +29,14 @@ def build_scheduler(
     on_ready: Callable[[], None] | None = None,
     group_id: str | None = None,
 ) -> BatchedProcessor:
-    """The scheduler on the batched shell; `estimator` prices budget admission
-    (billing's `cost_estimator`; None only where no tenant has prepaid credit)."""
+    """The scheduler on the batched shell; `estimator` prices budget holds, fair queuing
+    and token rates (billing's `cost_estimator`; None only where no budget is held)."""
     catalog = TopicCatalog(settings)
     return BatchedProcessor(
         Scheduler(settings, catalog=catalog, estimator=estimator), settings,
         inputs=[catalog["submissions"].name, catalog["reports"].name, catalog["control"].name],
         fact_topic=catalog["workunits"].name,
-        # Wallets only matter to budget admission, which only prepaid tenants have.
-        tables=[catalog["nodes"].name, catalog["trust"].name, catalog["capacity"].name,
-                *([catalog["wallets"].name] if settings.billing.prepaid_credits else [])],
+        tables=[catalog["nodes"].name, catalog["trust"].name, catalog["capacity"].name],
         group_id=group_id or f"{settings.topic_prefix}scheduler",
         on_ready=on_ready,
     )

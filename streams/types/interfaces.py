@@ -122,6 +122,8 @@ class PricedWork(Protocol):
     def llm_tokens(self) -> int: ...
     @property
     def parameters(self) -> dict[str, str]: ...
+    @property
+    def lease_ms(self) -> int: ...
 
 
 class CostEstimator(Protocol):
@@ -132,6 +134,10 @@ class CostEstimator(Protocol):
     """
 
     def estimate(self, unit: PricedWork) -> Decimal: ...
+
+    def maximum(self, unit: PricedWork) -> Decimal:
+        """The most a unit can be billed: what a budget holds for it before it runs."""
+        ...
 
     def rate_tokens(self, unit: PricedWork) -> int:
         """The unit's estimated tokens as token rate limits count them (input plus

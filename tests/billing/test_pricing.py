@@ -136,3 +136,26 @@ def test_a_cpu_unit_is_estimated_by_its_stated_time_only() -> None:
     book = cost_estimator(BillingSettings(cpu_usd_per_second=Decimal("0.002")))
     unit = WorkUnitSubmitted(event_id="s", occurred_at=1, work_unit_id="wu", simulated_ms=250)
     assert book.estimate(unit) == Decimal("0.0005")
+
+
+def test_the_maximum_holds_cpu_for_the_whole_lease_and_output_up_to_max_tokens() -> None:
+    book = cost_estimator(BillingSettings(cpu_usd_per_second=Decimal("0.002")))
+    unit = _llm_unit(prompt="x" * 400, simulated_ms=250, lease_ms=3000,
+                     parameters={"max_tokens": "200"})
+    rate = book.rate_for(None)  # type: ignore[attr-defined]
+    tokens = (PriceBook.token_cost(100, rate.input_usd_per_1k)
+              + PriceBook.token_cost(200, rate.output_usd_per_1k))
+    assert book.maximum(unit) == Decimal("0.006") + tokens  # 3 s of CPU, not 0.25 s
+    assert book.estimate(unit) == Decimal("0.0005") + tokens
+
+
+def test_rate_tokens_weigh_output_by_its_price_against_input(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({
+        "version": "v9", "cpu_usd_per_second": "0.001",
+        "default_model": {"input_usd_per_1k": "0.001", "output_usd_per_1k": "0.004"},
+    }))
+    book = load_price_book(BillingSettings(price_book_file=path))
+    unit = _llm_unit(prompt="x" * 400, parameters={"max_tokens": "50"})
+    assert book.rate_tokens(unit) == 100 + 4 * 50
+    assert book.rate_tokens(WorkUnitSubmitted(event_id="s", occurred_at=1)) == 0

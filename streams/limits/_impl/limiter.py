@@ -352,7 +352,7 @@ class Limiter(Reducer):
         if held is None:
             return facts  # it gave up its place in the queue; no slot comes free
         t = _Tentative(slots={s: _in_use(state, s) - 1 for s in held["scopes"]})
-        return [*facts, *self._scan(state, event, t)]
+        return [*facts, *self._scan(state, event, t, freed=held["scopes"])]
 
     def _on_ledger(self, state: State, event: LedgerLineItem | LedgerUnitSettled
                    ) -> Sequence[Event]:
@@ -390,8 +390,15 @@ class Limiter(Reducer):
                               source_event_id=event.event_id, charged_usd=charged,
                               tokens_used=used, rate_levels=levels),)
 
-    def _scan(self, state: State, cause: Event, t: _Tentative) -> list[Event]:
-        """Grant the waiting requests that now fit, in queue order (a bounded look)."""
+    def _scan(self, state: State, cause: Event, t: _Tentative, freed: Sequence[str] = ()
+              ) -> list[Event]:
+        """Grant the waiting requests that now fit, in queue order (a bounded look).
+
+        `freed`: the scopes a release gave a slot back in. Once each of them that
+        has a limit is full again, nothing further can fit for this release's
+        sake (whatever waits was blocked before it), so the look stops there.
+        """
+        limited = [s for s in freed if self.limits.limit_of(s) is not None]
         if not state.get("waiting", 0):
             return []  # nobody waits: nothing to scan for
         decided: list[Event] = []
@@ -403,6 +410,8 @@ class Limiter(Reducer):
             if blocked is None:
                 decided.append(self._grant(state, cause, waiting, now, t,
                                            waited_ms=max(0, now - waiting["at"])))
+                if limited and all(self._full(state, [s], t) for s in limited):
+                    break
             elif blocked[0].startswith("budget:"):
                 # charges since it queued may have left its budget too little for good
                 denied = self._denied(state, cause, waiting, t)

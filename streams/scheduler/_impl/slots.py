@@ -67,8 +67,9 @@ def request_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: in
                          priority=unit.spec.priority,
                          # its weight in fair queuing: billing's estimate, recorded here
                          cost=float(estimate) if estimate is not None else 1.0,
-                         # the most it may cost: input, `max_tokens` of output and CPU
-                         hold_usd=estimate if budgeted and estimate is not None else Decimal(0),
+                         # the most it may cost: CPU for its lease, input, `max_tokens` out
+                         hold_usd=(ctx.estimator.maximum(unit.spec)
+                                   if budgeted and ctx.estimator else Decimal(0)),
                          session_budget_usd=unit.spec.session_budget_usd,
                          tokens=ctx.estimator.rate_tokens(unit.spec) if ctx.estimator else 0)
 

@@ -10,7 +10,6 @@ inputs it used (candidates, scores, streak, mode) in its fact.
 from __future__ import annotations
 
 from dataclasses import replace
-from decimal import Decimal
 
 from onceflow.schemas import (
     BreakerState,
@@ -18,7 +17,6 @@ from onceflow.schemas import (
     Event,
     NodeHeartbeat,
     TrustScoreUpdated,
-    WalletUpdated,
 )
 from onceflow.streams.scheduler._impl.placement import NodeView
 
@@ -47,8 +45,6 @@ class ClusterView:
         self.probed_at: dict[str, int] = {}
         self.mode: AdmissionMode = "OPEN"
         self.dispatched: dict[str, int] = {}
-        #: per tenant, per ledger partition: what its partial wallet has charged
-        self.charged: dict[str, dict[int, Decimal]] = {}
         #: grows whenever what placement sees may have improved (a heartbeat,
         #: a trust score, a mode change), so deferred units are looked at
         #: again only when there is something new to see
@@ -56,7 +52,7 @@ class ClusterView:
 
     def observe(self, event: Event) -> None:
         if not isinstance(event, NodeHeartbeat | TrustScoreUpdated
-                          | CapacityAdmissionModeChanged | WalletUpdated):
+                          | CapacityAdmissionModeChanged):
             return  # the capacity topic also holds the autoscaler's samples and windows
         self.version += 1
         if isinstance(event, NodeHeartbeat):
@@ -79,13 +75,6 @@ class ClusterView:
                 self.breakers[event.node_id] = (event.breaker, event.breaker_until)
         elif isinstance(event, CapacityAdmissionModeChanged):
             self.mode = event.new_mode
-        elif isinstance(event, WalletUpdated) and event.scope == "tenant":
-            self.charged.setdefault(event.tenant_id, {})[event.ledger_partition] = \
-                event.total_debit_usd
-
-    def charged_to(self, tenant: str) -> Decimal:
-        """What the ledger has charged a tenant so far (the sum of its partial wallets)."""
-        return sum(self.charged.get(tenant, {}).values(), Decimal("0"))
 
     def breaker_at(self, node_id: str, now: int) -> BreakerState:
         """A node's breaker at logged time `now`: an open one past its time probes."""

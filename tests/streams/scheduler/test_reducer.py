@@ -16,7 +16,6 @@ from onceflow.schemas import (
     SlotGranted,
     SlotRequested,
     TrustScoreUpdated,
-    WalletUpdated,
     WorkUnitCompleted,
     WorkUnitDeferred,
     WorkUnitDependencyRegistered,
@@ -150,22 +149,15 @@ def test_critical_can_be_configured_to_reject_p1() -> None:
     assert isinstance(h.feed(submit("wu-1", priority="p1"))[-1], WorkUnitRejected)
 
 
-def _wallet(tenant: str, partition: int, debit: str) -> WalletUpdated:
-    return WalletUpdated(event_id=f"w-{tenant}-{partition}-{debit}", occurred_at=T0,
-                         tenant_id=tenant, balance_usd=Decimal(f"-{debit}"),
-                         total_debit_usd=Decimal(debit), total_credit_usd=Decimal("1"),
-                         wallet_id=f"tenant:{tenant}@{partition}", ledger_partition=partition,
-                         prepaid=True)
-
-
 def test_a_prepaid_tenants_unit_asks_the_limiter_to_hold_its_maximum_cost() -> None:
     billing = BillingSettings(prepaid_credits={"acme": Decimal("1.000000")})
     h = Harness(settings=OnceflowSettings(billing=billing))
     h.see(heartbeat("n1"))
-    # 1 s of CPU at 0.0005 USD/s: held before the unit may run
-    ask = h.feed(submit("wu-1", simulated_ms=1000))[-1]
+    # CPU for its whole 4 s lease at 0.0005 USD/s: no accepted attempt bills more
+    ask = h.feed(submit("wu-1", simulated_ms=1000, lease_ms=4000))[-1]
     assert isinstance(ask, SlotRequested)
-    assert ask.hold_usd == Decimal("0.000500") and ask.scopes == []
+    assert ask.hold_usd == Decimal("0.002000") and ask.scopes == []
+    assert ask.cost == 0.0005  # fair queuing weighs its likely cost, not its maximum
     granted = SlotGranted(**caused_by(ask, "granted"), attempt_index=1,
                           held_usd=ask.hold_usd, budget_scopes=["tenant:acme"])
     assert isinstance(h.feed(granted)[-1], WorkUnitScheduled)
