@@ -55,6 +55,9 @@ class PriceBook:
     cpu_usd_per_second: Decimal
     default_model: ModelRate
     models: dict[str, ModelRate] = field(default_factory=dict)
+    #: CPU costs by milliseconds, as the scheduler prices many units of a few durations
+    #: (a cache, not part of the book: exact, since the same input gives the same money)
+    _cpu_by_ms: dict[int, Decimal] = field(default_factory=dict, compare=False, repr=False)
 
     def rate_for(self, model: str | None) -> ModelRate:
         """A model's rate; unknown models (and none) pay the default."""
@@ -83,7 +86,11 @@ class PriceBook:
 
     def _priced(self, unit: PricedWork, cpu_ms: int) -> Decimal:
         """`cpu_ms` of CPU and the unit's estimated tokens, at its model's prices."""
-        cost = self.cpu_cost(Decimal(cpu_ms) / 1000)
+        cost = self._cpu_by_ms.get(cpu_ms)
+        if cost is None:
+            if len(self._cpu_by_ms) > 4096:
+                self._cpu_by_ms.clear()
+            cost = self._cpu_by_ms[cpu_ms] = self.cpu_cost(Decimal(cpu_ms) / 1000)
         tokens_in, tokens_out = self._tokens(unit)
         if tokens_in or tokens_out:
             rate = self.rate_for(unit.model)

@@ -80,6 +80,9 @@ class ScopeLimits:
     #: requests and tokens per minute, keyed by scope or by scope kind
     requests_per_minute: dict[str, int] = field(default_factory=dict)
     tokens_per_minute: dict[str, int] = field(default_factory=dict)
+    #: the limited scopes of each unit shape asked about (a cache: they follow from the above)
+    _scopes: dict[tuple[str, ...], list[str]] = field(default_factory=dict, compare=False,
+                                                       repr=False)
 
     @classmethod
     def from_settings(cls, cfg: LimitsSettings) -> ScopeLimits:
@@ -129,12 +132,19 @@ class ScopeLimits:
         """The unit's scopes that have a limit, in a fixed order."""
         if not self.any:
             return []
+        key = (tenant, session, kind, provider, model or "", tool or "")
+        cached = self._scopes.get(key)
+        if cached is not None:
+            return list(cached)
+        if len(self._scopes) > 4096:
+            self._scopes.clear()
         candidates = ["global", f"tenant:{tenant}", f"session:{tenant}/{session}"]
         if kind == "llm_pod":
             candidates += [f"provider:{provider}", f"model:{model or ''}"]
         if kind == "tool":
             candidates.append(f"tool:{tool or 'effects.append'}")
-        return [s for s in candidates if self.limited(s)]
+        scopes = self._scopes[key] = [s for s in candidates if self.limited(s)]
+        return list(scopes)
 
 
 def budgets_held(settings: OnceflowSettings) -> bool:

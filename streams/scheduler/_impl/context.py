@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from onceflow.schemas import Event
 from onceflow.streams.ids import caused_by
-from onceflow.streams.limits import ScopeLimits, budgets_held
+from onceflow.streams.limits import ScopeLimits, budgets_held, limiter_needed
 from onceflow.streams.scheduler._impl.unit import (
     IndexKind,
     UnitRecord,
@@ -53,6 +53,8 @@ class SchedulerContext:
     limits_topic: Topic
     #: units are held against budgets (prepaid credit, session budgets) by the limiter
     budgets: bool
+    #: a limiter runs (a limit or a budget is set): completions give slots back to it
+    limiter_runs: bool
     #: the provider LLM units call unless their `provider` parameter names another
     default_provider: str
     #: which view version each partition's deferred units were last examined
@@ -82,6 +84,7 @@ class SchedulerContext:
                    queue=catalog["queue"], estimator=estimator, prepaid=prepaid,
                    limits=ScopeLimits.from_settings(settings.limits),
                    limits_topic=catalog["limits"], budgets=budgets,
+                   limiter_runs=limiter_needed(settings),
                    default_provider=settings.agent.llm_provider)
 
     @staticmethod

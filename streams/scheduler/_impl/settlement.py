@@ -31,7 +31,7 @@ from onceflow.streams.scheduler._impl.backoff import BACKOFF, on_backoff
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
 from onceflow.streams.scheduler._impl.retry import retry_delay_ms
-from onceflow.streams.scheduler._impl.slots import release_slots
+from onceflow.streams.scheduler._impl.slots import release_on_completion, release_slots
 from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import Routed, State
 
@@ -138,8 +138,8 @@ def on_reported(ctx: SchedulerContext, state: State, event: WorkUnitResultReport
     )
     if not accepted or unit is None:
         return (settled,)
-    return [settled, *release_slots(ctx, unit, event, event.occurred_at, "completed"),
-            *notify_dependents(ctx, state, unit, event, event.occurred_at, "completed",
+    # its slots go back with the settlement itself (see `slots.release_on_completion`)
+    return [settled, *notify_dependents(ctx, state, unit, event, event.occurred_at, "completed",
                                event.result_ref)]
 
 
@@ -308,4 +308,7 @@ def route_attempt_outcome(ctx: SchedulerContext, fact: WorkUnitCompleted | WorkU
     elif not fact.selected_node_id:
         return ()
     node = fact.selected_node_id
-    return (Routed(ctx.outcomes.name, fact, ctx.outcomes.partition_of(node)),)
+    outcome = Routed(ctx.outcomes.name, fact, ctx.outcomes.partition_of(node))
+    if isinstance(fact, WorkUnitCompleted):
+        return (outcome, *release_on_completion(ctx, fact))
+    return (outcome,)

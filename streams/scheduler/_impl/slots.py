@@ -19,8 +19,9 @@ from onceflow.schemas import (
     SlotReleased,
     SlotReleaseReason,
     SlotRequested,
+    WorkUnitCompleted,
 )
-from onceflow.streams.ids import restated
+from onceflow.streams.ids import caused_by, restated
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import Routed, State
@@ -31,6 +32,7 @@ __all__ = [
     "evolve_slot_requested",
     "held_against_budget",
     "on_slot_queued",
+    "release_on_completion",
     "release_slots",
     "request_slots",
     "route_to_limiter",
@@ -71,7 +73,8 @@ def request_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: in
                          hold_usd=(ctx.estimator.maximum(unit.spec)
                                    if budgeted and ctx.estimator else Decimal(0)),
                          session_budget_usd=unit.spec.session_budget_usd,
-                         tokens=ctx.estimator.rate_tokens(unit.spec) if ctx.estimator else 0)
+                         tokens=(ctx.estimator.rate_tokens(unit.spec)
+                                 if ctx.estimator and ctx.limits.tokens_per_minute else 0))
 
 
 def release_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
@@ -80,6 +83,16 @@ def release_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: in
     if not unit.slots and unit.status != "waiting_for_slot":
         return []
     return [SlotReleased(**ctx.envelope(unit, cause, "slots-released", now), reason=reason)]
+
+
+def release_on_completion(ctx: SchedulerContext, fact: WorkUnitCompleted) -> Sequence[Routed]:
+    """An accepted completion gives the unit's slots back as it is routed, not as a fact of
+    its own: the unit is done, so its record need not say it holds none (one fact fewer on
+    the hot path). The limiter ignores a release of a unit that holds nothing."""
+    if not ctx.limiter_runs:
+        return ()
+    release = SlotReleased(**caused_by(fact, "slots-released"), reason="completed")
+    return (Routed(ctx.limits_topic.name, release, 0),)
 
 
 def on_slot_queued(ctx: SchedulerContext, state: State, event: SlotQueued) -> Sequence[Event]:

@@ -85,11 +85,18 @@ def test_a_unit_without_a_limited_scope_never_waits() -> None:
     assert isinstance(h.feed(submit("wu-1"))[-1], WorkUnitScheduled)
 
 
-def test_completion_gives_the_slots_back() -> None:
+def test_completion_gives_the_slots_back_with_the_settlement_routed_to_the_limiter() -> None:
     h = _harness()
     node, attempt = _running(h, "wu-1")
-    (released,) = _released(h.complete("wu-1", node, attempt, at=T0 + 10))
-    assert released.reason == "completed" and not h.unit("wu-1").slots
+    before = len(h.outputs)
+    facts = h.complete("wu-1", node, attempt, at=T0 + 10)
+    assert not _released(facts)  # no fact of its own: the unit is done
+    (routed,) = [o for o in h.outputs[before:] if isinstance(o, Routed)
+                 and isinstance(o.event, SlotReleased)]
+    assert routed.topic.endswith("limits") and routed.partition == 0
+    assert routed.event.reason == "completed" and routed.event.work_unit_id == "wu-1"
+    # the same completion routes the same release: a limiter dedupes a re-sent one by id
+    assert routed.event.event_id == h.scheduler.route(facts[0])[-1].event.event_id
 
 
 def test_a_failed_attempt_gives_them_back_and_its_retry_asks_again() -> None:
