@@ -209,13 +209,14 @@ def ledger_rates(settings: OnceflowSettings, n: int) -> dict[str, Any]:
 def _line_item_record() -> dict[str, Any]:
     """One real line item, made by the ledger reducer, as a decoded Avro record."""
     from onceflow.billing import Ledger, load_price_book
+    from onceflow.schemas import LedgerLineItem
     from onceflow.streams.settings import BillingSettings
+    from onceflow.streams.state import MemoryState
 
     cfg = BillingSettings()
     ledger = Ledger(cfg, load_price_book(cfg))
     (settled,) = [e for e in _ledger_sources(1) if e.event_type == "workunit.completed"]
-    item = ledger.decide(__import__("onceflow.streams.state", fromlist=["MemoryState"]).MemoryState(),
-                         settled)[1]
+    (item,) = [f for f in ledger.decide(MemoryState(), settled) if isinstance(f, LedgerLineItem)]
     return dict(item.model_dump(mode="json"))
 
 

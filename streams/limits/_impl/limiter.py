@@ -370,6 +370,9 @@ class Limiter(Reducer):
             t = _Tentative(reserved={s: -released for s in hold["budgets"]})
             return [fact, *self._scan(state, event, t)] if released else [fact]
         charged = event.total_usd if event.billed else _ZERO
+        if charged and event.tenant_id not in self.credits and not Budget.stored(
+                state, f"session:{event.tenant_id}/{event.execution_session_id}"):
+            charged = _ZERO  # no budget of its tenant's or session's keeps an account here
         used = 0
         levels: dict[str, float] = {}
         if event.line_item_type == "llm_tokens" and hold is not None and hold["rated"]:

@@ -84,7 +84,7 @@ def test_a_session_budget_is_the_first_submissions_and_binds_the_sessions_units(
 
 def test_charges_of_tenants_without_credit_hold_nothing_and_deny_nothing() -> None:
     h = LimiterHarness(credits={"acme": "1"})
-    h.feed(charged("x", "5", tenant="other"))
+    assert h.feed(charged("x", "5", tenant="other")) == []  # no account kept for it
     facts = h.feed(request("b", ["global"], tenant="other"))
     assert not h.denied(facts)
 
