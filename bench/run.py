@@ -612,7 +612,7 @@ def main() -> None:
                 "codec_one_core": codec_rates(int(100_000 * s)),
                 "submit": submit_rate(settings, int(100_000 * s), Path(stack_dir)),
                 "batched_shell": batched_shell_rate(settings, int(100_000 * s)),
-                "scheduler": scheduler_rates(int(5_000 * s)),
+                "scheduler": scheduler_rates(int(20_000 * s)),
                 "execution": execution_rates(settings, Path(stack_dir), int(10_000 * s),
                                              200, 10 * s),
                 "ledger": ledger_rates(settings, int(50_000 * s)),

@@ -18,7 +18,7 @@ from onceflow.streams.ids import caused_by
 from onceflow.streams.scheduler._impl.admission import placed
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.settlement import attempt_ended
-from onceflow.streams.scheduler._impl.unit import QueueCounters, UnitRecord
+from onceflow.streams.scheduler._impl.unit import ClaimWaits, QueueCounters, UnitRecord
 from onceflow.streams.types import Routed, State
 
 __all__ = ["evolve_queue_sampled", "on_tick", "route_queue_sampled"]
@@ -91,7 +91,7 @@ def _sample(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
     q = QueueCounters.load(state)
     if now - q.sampled_at < ctx.cfg.queue_sample_ms:
         return None
-    waits = sorted(q.waits)
+    waits = sorted(ClaimWaits.load(state))
     p95 = float(waits[min(len(waits) - 1, int(0.95 * len(waits)))]) if waits else 0.0
     live = [n for n in ctx.view.nodes.values() if now - n.last_seen <= ctx.cfg.node_expiry_ms]
     util = round(sum(n.utilization for n in live) / len(live), 4) if live else 0.0
@@ -105,8 +105,8 @@ def _sample(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
 
 def evolve_queue_sampled(ctx: SchedulerContext, state: State, fact: QueueSampled) -> None:
     """A sample starts the next window of claim waits."""
+    ClaimWaits.clear(state)
     q = QueueCounters.load(state)
-    q.waits.clear()
     q.sampled_at = fact.occurred_at
     q.save(state)
 

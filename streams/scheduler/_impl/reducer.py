@@ -56,7 +56,7 @@ from onceflow.streams.scheduler._impl import (
     slots,
 )
 from onceflow.streams.scheduler._impl.context import SchedulerContext
-from onceflow.streams.scheduler._impl.unit import QueueCounters, UnitRecord
+from onceflow.streams.scheduler._impl.unit import ClaimWaits, QueueCounters, UnitRecord
 from onceflow.streams.scheduler._impl.view import ClusterView
 from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.types import CostEstimator, Reducer, Routed, State
@@ -180,9 +180,9 @@ class Scheduler(Reducer):
         """Keep the partition's queue counters (what `QueueSampled` reports) in step."""
         q = QueueCounters.load(state)
         q.move(before.queue_bucket(), after.queue_bucket())
-        if isinstance(fact, ClaimGranted):
-            q.wait(max(0, fact.occurred_at - after.submitted_at))
         q.save(state)
+        if isinstance(fact, ClaimGranted):
+            ClaimWaits.add(state, max(0, fact.occurred_at - after.submitted_at))
 
     def route(self, fact: Event) -> Sequence[Routed]:
         handler = _ROUTE.get(type(fact))

@@ -32,6 +32,7 @@ from onceflow.streams.types import State
 __all__ = [
     "QUEUE_KEY",
     "TERMINAL",
+    "ClaimWaits",
     "IndexKind",
     "PlacementMemory",
     "QueueBucket",
@@ -57,6 +58,7 @@ IndexKind = Literal["lease", "retry", "deferred"]
 QueueBucket = Literal["deferred", "throttled", "scheduled", "retry_wait", "granted"]
 
 QUEUE_KEY = "queue"
+WAITS_KEY = "queue-waits"
 PLACEMENT_KEY = "placement"
 _MAX_WAITS = 512
 
@@ -313,10 +315,12 @@ class PlacementMemory:
 
 @dataclass(slots=True)
 class QueueCounters:
-    """The partition's queue by bucket and the claim waits since the last sample.
+    """The partition's queue by bucket, and when it was last sampled.
 
     Mutable, unlike the unit record: it is loaded, moved and saved within one
-    fold of one fact, many times a second, and never shared.
+    fold of one fact, many times a second, and never shared. The claim waits
+    since the last sample are kept apart (`ClaimWaits`): they change only when
+    a claim is granted, and the counters change with every unit's every move.
     """
 
     deferred: int = 0
@@ -324,7 +328,6 @@ class QueueCounters:
     scheduled: int = 0
     retry_wait: int = 0
     granted: int = 0
-    waits: list[int] = field(default_factory=list)
     sampled_at: int = 0
 
     @classmethod
@@ -333,12 +336,12 @@ class QueueCounters:
         if d is None:
             return cls()
         return cls(d["deferred"], d["throttled"], d["scheduled"], d["retry_wait"], d["granted"],
-                   list(d["waits"]), d["sampled_at"])
+                   d["sampled_at"])
 
     def save(self, state: State) -> None:
         state.set(QUEUE_KEY, {
             "deferred": self.deferred, "throttled": self.throttled, "scheduled": self.scheduled,
-            "retry_wait": self.retry_wait, "granted": self.granted, "waits": self.waits,
+            "retry_wait": self.retry_wait, "granted": self.granted,
             "sampled_at": self.sampled_at,
         })
 
@@ -349,11 +352,24 @@ class QueueCounters:
         if after is not None:
             setattr(self, after, getattr(self, after) + 1)
 
-    def wait(self, wait_ms: int) -> None:
-        """A claim was granted after this long in the queue."""
-        self.waits.append(wait_ms)
-        del self.waits[:-_MAX_WAITS]
-
     @property
     def queued(self) -> int:
         return self.deferred + self.scheduled + self.retry_wait
+
+
+class ClaimWaits:
+    """How long units waited for their claims since the last queue sample (the latest ones)."""
+
+    @staticmethod
+    def load(state: State) -> list[int]:
+        waits: list[int] = state.get(WAITS_KEY) or []
+        return waits
+
+    @staticmethod
+    def add(state: State, wait_ms: int) -> None:
+        waits = [*ClaimWaits.load(state), wait_ms]
+        state.set(WAITS_KEY, waits[-_MAX_WAITS:])
+
+    @staticmethod
+    def clear(state: State) -> None:
+        state.delete(WAITS_KEY)
