@@ -409,11 +409,15 @@ def scheduler_rates(n: int, runs: int = 5) -> dict[str, Any]:
         limited_runs.append(_scheduler_run(n, True))
     plain = sorted(plain_runs)[runs // 2]
     with_limits, limiter = sorted(limited_runs)[runs // 2]
+    # the cost pair by pair (each limited run against the plain run just before it), so a
+    # drift in the machine's speed between pairs does not enter the ratio
+    costs = sorted(1 - lim[0] / p for p, lim in zip(plain_runs, limited_runs, strict=True))
     return {
         "units": n, "units_per_s_without_limits": round(plain),
         "units_per_s_with_limits": round(with_limits),
         "limiter_inputs_per_s": round(limiter),
-        "cost_of_limits": round(1 - with_limits / plain, 3),
+        "cost_of_limits": round(costs[runs // 2], 3),
+        "cost_of_limits_by_pair": [round(c, 3) for c in costs],
         "note": "the scheduler's reducer over RocksDB state in one process (submit, claim, "
                 f"report per unit), median of {runs} alternating runs; with limits each unit "
                 "also asks "
