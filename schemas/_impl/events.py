@@ -118,7 +118,7 @@ class Event(BaseModel):
     work_unit_id: str | None = None
     causation_id: str | None = None
     schema_version: int = Field(
-        default=2, description="the schema release the writer used (schemas/released/v<n>)")
+        default=3, description="the schema release the writer used (schemas/released/v<n>)")
 
     def __init_subclass__(cls, *, event_type: str = "", avro_name: str = "",
                           **kwargs: Any) -> None:

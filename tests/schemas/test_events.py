@@ -18,6 +18,7 @@ from onceflow.schemas import (
     SingleObjectCodec,
     WorkUnitCompleted,
     WorkUnitResultReported,
+    WorkUnitSubmitted,
     avro_fingerprint,
     schema_dir,
 )
@@ -94,3 +95,8 @@ def test_a_release_1_claim_grant_reads_with_the_new_fields_empty() -> None:
     event = SingleObjectCodec().decode(data)
     assert isinstance(event, ClaimGranted)
     assert event.node_id == "n1" and event.selected_node_id == ""
+
+
+def test_events_say_they_were_written_with_the_newest_release() -> None:
+    newest = max(int(p.name[1:]) for p in RELEASED.iterdir() if p.is_dir())
+    assert WorkUnitSubmitted(event_id="e", occurred_at=1).schema_version == newest
