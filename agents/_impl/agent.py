@@ -39,6 +39,7 @@ from onceflow.schemas import (
     LlmInvocationFailed,
     NodeHeartbeat,
     SingleObjectCodec,
+    WorkUnitCancelled,
     WorkUnitFailed,
     WorkUnitResultReported,
     WorkUnitScheduled,
@@ -127,6 +128,10 @@ class NodeAgent:
         #: per LLM scope (the units' model): until when its provider asked this node to wait
         self._paused_until: dict[str, int] = {}
         self._waiting: dict[str, WorkUnitScheduled] = {}
+        #: the running units' contexts, by work unit: a cancel sets their flag
+        self._running_ctx: dict[str, TaskContext] = {}
+        #: units cancelled before their handler started (their grant may be queued here)
+        self._cancelled: set[str] = set()
         self._inflight = 0
         self._running = 0
         self._heartbeat_seq = 0
@@ -269,6 +274,18 @@ class NodeAgent:
                 node_id=self.node_id, attempt_index=event.attempt_index,
                 scheduling_epoch=event.scheduling_epoch, incarnation=self.incarnation,
             ))
+        elif isinstance(event, WorkUnitCancelled):
+            if event.node_id != self.node_id:
+                return
+            wu = event.work_unit_id or ""
+            with self._lock:
+                running = self._running_ctx.get(wu)
+                if running is None:
+                    self._cancelled.add(wu)
+            if running is not None:
+                running.cancelled.set()
+            self.log.info("unit.cancel_received", work_unit=wu, running=running is not None,
+                          requested_by=event.requested_by)
         elif isinstance(event, ClaimGranted | ClaimRejected):
             if event.node_id != self.node_id or event.incarnation != self.incarnation:
                 return  # another run of this node asked; never ours to execute
@@ -293,6 +310,13 @@ class NodeAgent:
             if started >= grant.lease_expires_at - self.cfg.lease_safety_ms:
                 raise HandlerError("the lease ended before the unit could start", "node_timeout")
             ctx = self._context(sched, grant)
+            wu = sched.work_unit_id or ""
+            with self._lock:
+                self._running_ctx[wu] = ctx
+                if wu in self._cancelled:
+                    self._cancelled.discard(wu)
+                    ctx.cancelled.set()
+            ctx.raise_if_cancelled()
             result, media_type, tokens = self._run_kind(sched, grant, ctx)
             ref = self.store.put(result, media_type)
             seconds = quantize_money(Decimal(str(time.perf_counter() - t0)))
@@ -316,6 +340,7 @@ class NodeAgent:
         finally:
             took = time.perf_counter() - t0
             with self._lock:
+                self._running_ctx.pop(sched.work_unit_id or "", None)
                 self._running -= 1
                 self._inflight -= 1
                 avg = self._unit_seconds
@@ -364,6 +389,7 @@ class NodeAgent:
             # scope for every node once it settles the first refusal).
             raise _Backoff(f"the provider asked to wait until {paused}", paused,
                            self.provider.name, scope)
+        ctx.raise_if_cancelled()
         try:
             result = self.provider.complete(prompt, ctx.model, max_tokens_of(ctx.parameters))
         except ProviderError as exc:
@@ -389,12 +415,16 @@ class NodeAgent:
             latency_ms=result.latency_ms, estimated_cost_usd=self.provider.estimated_cost(result),
             response_ref=ref,
         ))
+        # cancelled while the call was out: its tokens were spent (and reported above),
+        # its answer is abandoned
+        ctx.raise_if_cancelled()
         return result.text.encode(), "text/plain; charset=utf-8", result.total_tokens
 
     def _run_tool(self, sched: WorkUnitScheduled, grant: ClaimGranted, ctx: TaskContext) -> bytes:
         tool = lookup_tool(sched.handler)
         if sched.effect != "WORLD_MUTATING":
             return tool.apply(ctx)
+        ctx.raise_if_cancelled()  # not staged yet: stop; once staged, the effect finishes
         if sched.idempotency_class == "readback" and tool.readback is not None:
             already = tool.readback(ctx)
             if already is not None:

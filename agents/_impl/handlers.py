@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,6 +63,14 @@ class TaskContext:
     parent_results: list[bytes] = field(default_factory=list)
     parent_refs: list[ContentRef] = field(default_factory=list)
     node_id: str = ""
+    #: set when an operator cancels the unit while it runs: a handler that waits or
+    #: loops checks it (`raise_if_cancelled`) and stops; one that ignores it finishes,
+    #: and its result is refused
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise HandlerError(f"work unit {self.work_unit_id} was cancelled", "cancelled")
 
 
 Handler = Callable[[TaskContext], bytes]
@@ -126,8 +135,8 @@ def _json(value: object) -> bytes:
 @handler("simulate")
 def _simulate(ctx: TaskContext) -> bytes:
     """The demo workload: busy for `simulated_ms`, then a small deterministic result."""
-    if ctx.simulated_ms:
-        time.sleep(ctx.simulated_ms / 1000)
+    if ctx.simulated_ms and ctx.cancelled.wait(ctx.simulated_ms / 1000):
+        ctx.raise_if_cancelled()  # stopped early: the unit was cancelled
     return _json({"work_unit_id": ctx.work_unit_id, "simulated_ms": ctx.simulated_ms})
 
 

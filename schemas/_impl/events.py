@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from onceflow.schemas._impl.reasons import (
     BreakerState,
     ClaimRejectionReason,
+    ControlAction,
+    ControlOutcome,
+    ControlScope,
     DeferralReason,
     DenialReason,
     LedgerOutcome,
@@ -53,8 +56,10 @@ __all__ = [
     "ClaimRejected",
     "ClaimRequested",
     "ClockTick",
+    "ControlApplied",
     "ControlHumanInputSubmitted",
     "ControlOperatorResolved",
+    "ControlRequested",
     "ControlSessionCancelRequested",
     "ControlSessionPaused",
     "ControlSessionResumed",
@@ -436,8 +441,16 @@ class SlotReleased(Event, event_type="flow.slot.released"):
 
 
 class WorkUnitCancelled(Event, event_type="workunit.cancelled"):
+    """The unit is cancelled: nothing it reports afterwards is accepted.
+
+    When it was running, its node is told too (the fact goes to the node's
+    dispatch partition) and its agent stops the handler cooperatively.
+    """
+
     reason: str = ""
     requested_by: str = ""
+    node_id: str = Field(default="", description="the node running it, told to stop ('' none)")
+    control_id: str = Field(default="", description="the control that cancelled it, if any")
 
 
 # --- claims -----------------------------------------------------------------
@@ -794,6 +807,41 @@ class ControlSessionCancelRequested(Event, event_type="control.cancel.requested"
     reason: str = ""
 
 
+class ControlRequested(Event, event_type="control.requested"):
+    """An operator's command: pause, resume or cancel a unit, a session, a tenant or the queue.
+
+    The target is the envelope: `work_unit_id` (unit), `tenant_id` and
+    `execution_session_id` (session), `tenant_id` (tenant), nothing (queue).
+    A command, not a fact: each scheduler partition records what it did with
+    it (`control.applied`).
+    """
+
+    action: ControlAction
+    scope: ControlScope
+    requested_by: str = Field(min_length=1, description="the actor: who asked")
+    reason: str = ""
+    broadcast: bool = Field(
+        default=True, description="as asked; a partition's copy sent on to the others is not")
+
+
+class ControlApplied(Event, event_type="control.applied"):
+    """What one scheduler partition did with a control, with its counts: the record that the
+    control happened, who asked, why, and what came of it."""
+
+    control_id: str = Field(description="the control.requested event")
+    action: ControlAction
+    scope: ControlScope
+    target: str = Field(description="queue, tenant:<t>, session:<t>/<s> or unit:<id>")
+    requested_by: str
+    reason: str = ""
+    outcome: ControlOutcome
+    detail: str = ""
+    partition: int = Field(default=0, ge=0)
+    cancelled: int = Field(default=0, ge=0, description="units cancelled while queued")
+    stopping: int = Field(default=0, ge=0, description="running units cancelled, nodes told")
+    resumed: int = Field(default=0, ge=0, description="paused units placed again")
+
+
 class ControlHumanInputSubmitted(Event, event_type="control.human_input.submitted"):
     prompt_id: str
     input_ref: ContentRef | None = None
@@ -900,6 +948,8 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     ControlSessionPaused,
     ControlSessionResumed,
     ControlSessionCancelRequested,
+    ControlRequested,
+    ControlApplied,
     ControlHumanInputSubmitted,
     ControlOperatorResolved,
     ClockTick,

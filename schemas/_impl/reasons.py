@@ -12,6 +12,9 @@ from typing import Literal
 __all__ = [
     "BreakerState",
     "ClaimRejectionReason",
+    "ControlAction",
+    "ControlOutcome",
+    "ControlScope",
     "DeferralReason",
     "DenialReason",
     "LedgerOutcome",
@@ -31,7 +34,14 @@ PlacementReason = Literal["best_score", "anti_affinity", "quarantine_fallback"]
 #: why a unit waits: admission throttled, parents not done, no node can take it now
 DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node",
                          "provider_paused", "concurrency_limited", "rate_limited",
-                         "budget_wait"]
+                         "budget_wait", "paused"]
+#: what an operator's control acts on: one unit, a session, a tenant, or the whole queue
+ControlScope = Literal["unit", "session", "tenant", "queue"]
+#: what an operator's control does
+ControlAction = Literal["pause", "resume", "cancel"]
+#: what a scheduler partition did with a control: acted on units, found none of the
+#: scope's units here, or refused it (and said why)
+ControlOutcome = Literal["applied", "none_here", "refused"]
 #: why the limiter refused a request for good
 DenialReason = Literal["BUDGET_EXCEEDED"]
 #: why a submission was refused for good
@@ -43,7 +53,8 @@ RetryReason = Literal["retryable_error", "operator_retry", "provider_backoff"]
 NeedsOperatorReason = Literal["unsafe_to_retry"]
 #: why a claim was refused
 ClaimRejectionReason = Literal[
-    "unknown_unit", "stale_attempt", "already_granted", "not_claimable", "not_selected_node"]
+    "unknown_unit", "stale_attempt", "already_granted", "not_claimable", "not_selected_node",
+    "paused"]
 #: how a reported result was settled: accepted (`grant_holder`, `operator_mark_done`)
 #: or refused (the rest); "" only on results written before the report had its own type
 SettlementReason = Literal[

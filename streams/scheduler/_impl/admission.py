@@ -23,8 +23,9 @@ from onceflow.schemas import (
 from onceflow.streams.ids import idempotency_key_for, payload_digest, restated
 from onceflow.streams.scheduler._impl.backoff import paused_until, scope_of
 from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.pauses import paused_by
 from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
-from onceflow.streams.scheduler._impl.slots import request_slots
+from onceflow.streams.scheduler._impl.slots import release_slots, request_slots
 from onceflow.streams.scheduler._impl.unit import PlacementMemory, UnitRecord
 from onceflow.streams.types import Routed, State
 
@@ -113,6 +114,11 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
     """Place a unit now: a `scheduled` fact, a `deferred` one that says why not, or its
     request for concurrency slots when it has a limited scope and holds none yet."""
     spec = unit.spec
+    holder = paused_by(state, unit)
+    if holder is not None:
+        return deferred(ctx, unit, cause, now, "paused",
+                        f"{holder} is paused by an operator; `onceflow resume` places it again",
+                        role=role)
     scope = scope_of(spec)
     if scope is not None:
         until = paused_until(state, scope)
@@ -177,6 +183,12 @@ def on_slot_granted(ctx: SchedulerContext, state: State, event: SlotGranted
     if unit is None or unit.status != "waiting_for_slot":
         return ()  # a grant seen again, or for a unit that gave its request back
     now = event.occurred_at
+    holder = paused_by(state, unit)
+    if holder is not None:
+        # paused while it waited: it gives its slots back and waits for the resume
+        return [deferred(ctx, unit, event, now, "paused", f"{holder} is paused by an operator",
+                         role="placed"),
+                *release_slots(ctx, unit, event, now, "cancelled")]
     if event.not_before > now:
         # a rate window's turn: the unit holds its slots and is placed when it comes
         return (deferred(ctx, unit, event, now, "rate_limited",

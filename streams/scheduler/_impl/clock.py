@@ -17,6 +17,7 @@ from onceflow.schemas import ClockTick, Event, QueueSampled, WorkUnitDeferred
 from onceflow.streams.ids import caused_by
 from onceflow.streams.scheduler._impl.admission import placed
 from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.pauses import control_version, paused_by
 from onceflow.streams.scheduler._impl.settlement import attempt_ended
 from onceflow.streams.scheduler._impl.unit import ClaimWaits, QueueCounters, UnitRecord
 from onceflow.streams.types import Routed, State
@@ -46,8 +47,13 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
     hopeless: set[tuple[Any, ...]] = set()  # shapes that found no node in this tick
     examine_deferred = ctx.examined.get(tick.partition) != ctx.view.version
     ctx.examined[tick.partition] = ctx.view.version
-    for kind, until in (("retry", now), ("deferred", None)):
-        if budget <= 0 or (kind == "deferred" and not examine_deferred):
+    # paused units are looked at again only after a pause or resume in this partition
+    version = control_version(state)
+    examine_paused = ctx.examined_controls.get(tick.partition) != version
+    ctx.examined_controls[tick.partition] = version
+    for kind, until in (("retry", now), ("deferred", None), ("paused", None)):
+        if budget <= 0 or (kind == "deferred" and not examine_deferred) or (
+                kind == "paused" and not examine_paused):
             continue
         for wu, _at in ctx.due(state, kind, until, budget):  # type: ignore[arg-type]
             unit = ctx.load(state, wu)
@@ -67,6 +73,8 @@ def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: Clo
                 now: int, hopeless: set[tuple[Any, ...]]) -> Event | None:
     """A due retry or a deferred unit, looked at again; None when nothing changed."""
     deferred = unit.status == "deferred"
+    if deferred and unit.reason == "paused" and paused_by(state, unit) is not None:
+        return None  # still paused: no new fact
     if (deferred and unit.reason == "throttled" and ctx.view.mode == "THROTTLED"
             and unit.spec.priority not in ctx.cfg.throttled_admits):
         return None

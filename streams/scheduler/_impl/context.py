@@ -60,6 +60,8 @@ class SchedulerContext:
     #: which view version each partition's deferred units were last examined
     #: against; not state: it only saves work, the facts stay the same
     examined: dict[int, int] = field(default_factory=dict)
+    #: and which control version each partition's paused units were (same idea)
+    examined_controls: dict[int, int] = field(default_factory=dict)
     floors: _IndexFloors = field(default_factory=lambda: _IndexFloors())
     #: the unit of the submission just decided (by its admitted copy's event id),
     #: so evolving that copy neither hashes the payload nor converts it again

@@ -18,8 +18,8 @@ from onceflow.schemas import (
     WorkUnitRetryScheduled,
 )
 from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.control import cancel_unit
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
-from onceflow.streams.scheduler._impl.slots import release_slots
 from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import State
 
@@ -56,14 +56,12 @@ def on_operator(ctx: SchedulerContext, state: State, event: ControlOperatorResol
 
 def on_cancel(ctx: SchedulerContext, state: State, event: ControlSessionCancelRequested
               ) -> Sequence[Event]:
+    """A unit's cancel (the release-1 command; `control.requested` is the general one)."""
     unit = ctx.load(state, event.work_unit_id or "")
-    if unit is None or unit.terminal or unit.status == "granted":
-        return ()  # a granted attempt runs to its end; its result then settles it
-    now = event.occurred_at
-    cancelled = WorkUnitCancelled(**ctx.envelope(unit, event, "cancelled", now),
-                                  reason=event.reason, requested_by=event.requested_by)
-    return [*release_slots(ctx, unit, event, now, "cancelled"), cancelled,
-            *notify_dependents(ctx, state, unit, event, now, "failed", None)]
+    if unit is None or unit.terminal:
+        return ()
+    return cancel_unit(ctx, state, unit, event, event.occurred_at, reason=event.reason,
+                       requested_by=event.requested_by)
 
 
 def evolve_cancelled(ctx: SchedulerContext, state: State, unit: UnitRecord,

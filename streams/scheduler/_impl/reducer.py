@@ -22,7 +22,9 @@ from onceflow.schemas import (
     ClaimRejected,
     ClaimRequested,
     ClockTick,
+    ControlApplied,
     ControlOperatorResolved,
+    ControlRequested,
     ControlSessionCancelRequested,
     EffectStaged,
     Event,
@@ -50,6 +52,7 @@ from onceflow.streams.scheduler._impl import (
     admission,
     backoff,
     clock,
+    control,
     dependencies,
     operator,
     settlement,
@@ -85,6 +88,7 @@ _DECIDE: dict[type[Event], Decide] = {
     WorkUnitDependencyResolved: dependencies.on_dependency_resolved,
     ControlOperatorResolved: operator.on_operator,
     ControlSessionCancelRequested: operator.on_cancel,
+    ControlRequested: control.on_control,
     ProviderScopePaused: backoff.on_scope_paused,
     SlotGranted: admission.on_slot_granted,
     SlotDenied: admission.on_slot_denied,
@@ -96,6 +100,7 @@ _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
     WorkUnitDependencyRegistered: dependencies.evolve_dependency_registered,
     QueueSampled: clock.evolve_queue_sampled,
     ProviderScopePaused: backoff.evolve_scope_paused,
+    ControlApplied: control.evolve_control_applied,
 }
 
 _EVOLVE_UNIT: dict[type[Event], EvolveUnit] = {
@@ -127,6 +132,8 @@ _ROUTE: dict[type[Event], Route] = {
     ProviderScopePaused: backoff.route_scope_paused,
     SlotRequested: slots.route_to_limiter,
     SlotReleased: slots.route_to_limiter,
+    ControlRequested: control.route_control,
+    WorkUnitCancelled: control.route_cancelled,
 }
 
 

@@ -27,9 +27,11 @@ from onceflow.schemas import (
     WorkUnitRetryScheduled,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for, restated
+from onceflow.streams.scheduler._impl.admission import deferred
 from onceflow.streams.scheduler._impl.backoff import BACKOFF, on_backoff
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
+from onceflow.streams.scheduler._impl.pauses import paused_by
 from onceflow.streams.scheduler._impl.retry import retry_delay_ms
 from onceflow.streams.scheduler._impl.slots import release_on_completion, release_slots
 from onceflow.streams.scheduler._impl.unit import UnitRecord
@@ -85,15 +87,23 @@ def on_claim(ctx: SchedulerContext, state: State, event: ClaimRequested) -> Sequ
         reason = "not_claimable"
     elif event.node_id != unit.node:
         reason = "not_selected_node"
+    elif (holder := paused_by(state, unit)) is not None:
+        # paused after it was placed: no grant; it waits for the resume
+        reason = "paused"
     if reason is not None:
         envelope = (caused_by(event, f"claim-rejected:{wu}") if unit is None
                     else ctx.envelope(unit, event, "claim-rejected", event.occurred_at))
-        return (ClaimRejected(
+        rejected = ClaimRejected(
             **envelope, node_id=event.node_id, attempt_index=event.attempt_index,
             reason_code=reason, incarnation=event.incarnation,
             selected_node_id=unit.node if unit else "",
             dispatch_event_id=unit.dispatch_event_id if unit else "",
-        ),)
+        )
+        if reason == "paused" and unit is not None:
+            ctx.view.note_arrived(event.node_id, unit.spec.required_concurrency)
+            return (rejected, deferred(ctx, unit, event, event.occurred_at, "paused",
+                                       f"{holder} is paused by an operator"))
+        return (rejected,)
     assert unit is not None
     now = max(event.occurred_at, unit.decided_at)
     ctx.view.note_arrived(event.node_id, unit.spec.required_concurrency)

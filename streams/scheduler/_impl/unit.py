@@ -53,7 +53,7 @@ TERMINAL: frozenset[UnitStatus] = frozenset({"completed", "failed", "rejected", 
 
 #: The time-ordered indexes a tick reads: lease deadlines (claims and running
 #: attempts), due retries, and deferred units in submission order.
-IndexKind = Literal["lease", "retry", "deferred"]
+IndexKind = Literal["lease", "retry", "deferred", "paused"]
 
 QueueBucket = Literal["deferred", "throttled", "scheduled", "retry_wait", "granted"]
 
@@ -250,13 +250,15 @@ class UnitRecord:
         if self.status == "deferred":
             if self.reason in ("provider_paused", "rate_limited"):
                 return ("retry", self.retry_at)  # due again when the pause ends, or its turn
+            if self.reason == "paused":
+                return ("paused", self.decided_at)  # looked at again after a resume
             return ("deferred", self.submitted_at)
         return None
 
     def queue_bucket(self) -> QueueBucket | None:
         if self.status == "deferred":
             # Held back on purpose, not for want of nodes: not queue the autoscaler scales for.
-            held = self.reason in ("throttled", "provider_paused", "rate_limited")
+            held = self.reason in ("throttled", "provider_paused", "rate_limited", "paused")
             return "throttled" if held else "deferred"
         if self.status == "waiting_for_slot":
             return "throttled"  # held back by a limit: more nodes would not help

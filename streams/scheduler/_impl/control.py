@@ -1,0 +1,197 @@
+"""Operator controls: pause, resume and cancel a unit, a session, a tenant or the whole queue.
+
+A control is a command on the control topic (`control.requested`, with its
+actor and reason). A unit's lands on the unit's partition and is applied
+there. A wider one lands on one partition, which records it and sends it on
+to every partition (as a provider pause is sent, `backoff`); each partition
+applies it to its own units and records what it did (`control.applied`, with
+the outcome and its counts), so the outcome is on the log and a replay decides
+the same.
+
+- *pause*: the scope is paused in the partition; nothing in it is placed or
+  granted (a unit due for placement is deferred `paused`, a claim is refused);
+  attempts already running finish;
+- *resume*: the pause is lifted; the partition's paused units that no other
+  pause holds are placed again on the next tick;
+- *cancel*: the scope's units that are not done are cancelled, queued ones and
+  running ones alike; a running unit's node is told on its dispatch partition
+  and its agent stops the handler; nothing reported afterwards is accepted.
+  Whether a cancel or a completion wins is the order of the two in the unit's
+  partition, the same on every replay.
+
+State: `ctl:<target>` an active pause (`queue`, `tenant:<t>`,
+`session:<t>/<s>`, `unit:<id>`), `ctl-pauses` how many, `ctl-version` a
+number that grows with every pause and resume (a tick looks at the paused
+units again only when it changed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from onceflow.schemas import (
+    ControlApplied,
+    ControlOutcome,
+    ControlRequested,
+    Event,
+    WorkUnitCancelled,
+)
+from onceflow.streams.ids import caused_by, derive_event_id, restated
+from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.dependencies import notify_dependents
+from onceflow.streams.scheduler._impl.pauses import PAUSES, VERSION, control_version
+from onceflow.streams.scheduler._impl.slots import release_slots
+from onceflow.streams.scheduler._impl.unit import UnitRecord, unit_key
+from onceflow.streams.types import Routed, State
+
+__all__ = [
+    "cancel_unit",
+    "evolve_control_applied",
+    "on_control",
+    "route_cancelled",
+    "route_control",
+    "target_of",
+]
+
+
+
+def target_of(event: ControlRequested) -> str:
+    """What a control acts on, as a name: queue, tenant:<t>, session:<t>/<s>, unit:<id>."""
+    if event.scope == "queue":
+        return "queue"
+    if event.scope == "tenant":
+        return f"tenant:{event.tenant_id}"
+    if event.scope == "session":
+        return f"session:{event.tenant_id}/{event.execution_session_id}"
+    return f"unit:{event.work_unit_id or ''}"
+
+
+def _in_scope(state: State, event: ControlRequested) -> Iterator[UnitRecord]:
+    """The partition's units a control acts on that are not done, in id order."""
+    if event.scope == "unit":
+        raw = state.get(unit_key(event.work_unit_id or ""))
+        if raw is not None:
+            unit = UnitRecord.from_state(raw)
+            if not unit.terminal:
+                yield unit
+        return
+    # A rare, operator-driven scan of the partition's units (no index is kept for it).
+    for _, raw in state.items("u:"):
+        if event.scope != "queue" and raw["tenant"] != event.tenant_id:
+            continue
+        if event.scope == "session" and raw["session"] != event.execution_session_id:
+            continue
+        unit = UnitRecord.from_state(raw)
+        if not unit.terminal:
+            yield unit
+
+
+def on_control(ctx: SchedulerContext, state: State, event: ControlRequested) -> Sequence[Event]:
+    """A control as asked (a wider one is recorded and sent on) or as sent on (applied)."""
+    if event.scope != "unit" and event.broadcast:
+        return (restated(event, "control-received"),)
+    return _apply(ctx, state, event)
+
+
+def _apply(ctx: SchedulerContext, state: State, event: ControlRequested) -> list[Event]:
+    now = event.occurred_at
+    target = target_of(event)
+    partition = ctx.reports.partition_of(event.work_unit_id or "") if event.scope == "unit" \
+        else _partition_of_copy(event)
+    facts: list[Event] = []
+    units = list(_in_scope(state, event))
+    outcome: ControlOutcome = "applied"
+    detail = ""
+    cancelled = stopping = resumed = 0
+    if event.scope == "unit" and state.get(unit_key(event.work_unit_id or "")) is None:
+        outcome, detail = "refused", f"unknown work unit {event.work_unit_id}"
+    elif event.scope == "unit" and not units:
+        outcome, detail = "refused", f"work unit {event.work_unit_id} is already done"
+    elif event.action == "pause":
+        paused = state.get(f"ctl:{target}") is not None
+        detail = (f"{target} was paused already" if paused
+                  else f"{target} paused: {len(units)} unit(s) here not done")
+    elif event.action == "resume":
+        if state.get(f"ctl:{target}") is None:
+            outcome, detail = "refused", f"{target} is not paused"
+        else:
+            resumed = sum(1 for u in units if u.status == "deferred" and u.reason == "paused")
+            detail = f"{target} resumed: {resumed} paused unit(s) here placed again"
+    else:
+        for unit in units:
+            facts.extend(cancel_unit(ctx, state, unit, event, now))
+            if unit.status == "granted":
+                stopping += 1
+            else:
+                cancelled += 1
+        detail = (f"{target} cancelled: {cancelled} queued and {stopping} running unit(s) "
+                  "here")
+    if outcome == "applied" and not units and event.action != "pause":
+        outcome = "none_here"
+    facts.insert(0, ControlApplied(
+        **caused_by(event, f"control-applied:{partition}", occurred_at=now),
+        control_id=(event.causation_id or event.event_id
+                    if not event.broadcast and event.scope != "unit" else event.event_id),
+        action=event.action, scope=event.scope, target=target,
+        requested_by=event.requested_by, reason=event.reason, outcome=outcome,
+        detail=detail, partition=partition, cancelled=cancelled, stopping=stopping,
+        resumed=resumed))
+    return facts
+
+
+def _partition_of_copy(event: ControlRequested) -> int:
+    """The partition a copy was sent to: its id says (see `route_control`)."""
+    return int(event.event_id.rsplit(":", 1)[-1]) if ":" in event.event_id else 0
+
+
+def cancel_unit(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, now: int,
+                *, reason: str = "", requested_by: str = "") -> list[Event]:
+    """Cancel one unit that is not done: its slots back, its node told if it runs, its
+    dependents failed."""
+    if isinstance(cause, ControlRequested):
+        reason, requested_by = reason or cause.reason, requested_by or cause.requested_by
+    running = unit.status == "granted"
+    cancelled = WorkUnitCancelled(
+        **ctx.envelope(unit, cause, "cancelled", now), reason=reason, requested_by=requested_by,
+        node_id=unit.node if running else "",
+        control_id=cause.event_id if isinstance(cause, ControlRequested) else "")
+    return [*release_slots(ctx, unit, cause, now, "cancelled"), cancelled,
+            *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
+
+
+def evolve_control_applied(ctx: SchedulerContext, state: State, fact: ControlApplied) -> None:
+    if fact.outcome == "refused":
+        return
+    key = f"ctl:{fact.target}"
+    if fact.action == "pause" and state.get(key) is None:
+        state.set(key, {"control": fact.control_id, "by": fact.requested_by,
+                        "at": fact.occurred_at})
+        state.set(PAUSES, state.get(PAUSES, 0) + 1)
+        state.set(VERSION, control_version(state) + 1)
+    elif fact.action == "resume" and state.get(key) is not None:
+        state.delete(key)
+        left = state.get(PAUSES, 0) - 1
+        if left > 0:
+            state.set(PAUSES, left)
+        else:
+            state.delete(PAUSES)
+        state.set(VERSION, control_version(state) + 1)
+
+
+def route_control(ctx: SchedulerContext, fact: ControlRequested) -> Sequence[Routed]:
+    """A wider control as received, to every partition (each applies it to its units)."""
+    if fact.scope == "unit" or not fact.broadcast:
+        return ()
+    return tuple(
+        Routed(ctx.reports.name, fact.model_copy(update={
+            "event_id": f"{derive_event_id(fact.event_id, 'sent-on')}:{p}",
+            "causation_id": fact.causation_id, "broadcast": False}), p)
+        for p in range(ctx.reports.partitions)
+    )
+
+
+def route_cancelled(ctx: SchedulerContext, fact: WorkUnitCancelled) -> Sequence[Routed]:
+    """A running unit's cancel, to its node's dispatch partition: the agent stops it."""
+    if not fact.node_id:
+        return ()
+    return (Routed(ctx.dispatch.name, fact, ctx.dispatch.partition_of(fact.node_id)),)

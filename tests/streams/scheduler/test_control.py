@@ -1,0 +1,152 @@
+"""Operator controls in the scheduler: pause, resume and cancel at unit, session, tenant and
+queue scope, each recorded with its actor, reason and outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onceflow.schemas import (
+    ClaimGranted,
+    ClaimRejected,
+    ControlApplied,
+    ControlRequested,
+    Event,
+    WorkUnitCancelled,
+    WorkUnitCompleted,
+    WorkUnitDeferred,
+    WorkUnitScheduled,
+)
+from onceflow.streams.types import Routed
+from tests.streams.scheduler.fixtures import (
+    T0,
+    Harness,
+    assert_replay_equals_live,
+    heartbeat,
+    submit,
+)
+
+
+def _ready() -> Harness:
+    h = Harness()
+    h.see(heartbeat("n1"))
+    return h
+
+
+def control(action: str, scope: str, *, at: int = T0, **target: Any) -> ControlRequested:
+    return ControlRequested(event_id=f"ctl-{action}-{scope}-{at}", occurred_at=at,
+                            action=action, scope=scope, requested_by="alice",  # type: ignore[arg-type]
+                            reason="maintenance", **target)
+
+
+def apply(h: Harness, command: ControlRequested) -> list[Event]:
+    """Feed a command as it travels: a wider one is recorded, then its copy for this
+    partition comes back (the harness keeps every partition's units in one state)."""
+    facts = h.feed(command)
+    if command.scope == "unit":
+        return facts
+    (received,) = facts
+    assert isinstance(received, ControlRequested) and received.broadcast
+    copies = [o for o in h.outputs if isinstance(o, Routed)
+              and isinstance(o.event, ControlRequested) and o.event.causation_id
+              == command.event_id]
+    assert len(copies) == h.scheduler.ctx.reports.partitions  # one for every partition
+    assert all(not c.event.broadcast for c in copies)  # type: ignore[attr-defined]
+    return h.feed(copies[0].event)
+
+
+def applied(facts: list[Event]) -> ControlApplied:
+    (record,) = [f for f in facts if isinstance(f, ControlApplied)]
+    return record
+
+
+def test_a_paused_session_places_nothing_and_a_resume_places_it_on_the_next_tick() -> None:
+    h = _ready()
+    record = applied(apply(h, control("pause", "session", tenant_id="acme",
+                                      execution_session_id="s1")))
+    assert (record.outcome, record.target, record.requested_by, record.reason) == (
+        "applied", "session:acme/s1", "alice", "maintenance")
+    held = h.feed(submit("wu-1", at=T0 + 1))[-1]
+    assert isinstance(held, WorkUnitDeferred) and held.reason_code == "paused"
+    assert "session:acme/s1 is paused" in held.reason
+    other = h.feed(submit("wu-2", at=T0 + 2).model_copy(
+        update={"execution_session_id": "s2"}))[-1]
+    assert isinstance(other, WorkUnitScheduled)  # another session is not held
+    assert h.tick(T0 + 100) == []  # still paused: nothing new
+    resumed = applied(apply(h, control("resume", "session", at=T0 + 200, tenant_id="acme",
+                                       execution_session_id="s1")))
+    assert (resumed.outcome, resumed.resumed) == ("applied", 1)
+    (placed,) = h.tick(T0 + 300)
+    assert isinstance(placed, WorkUnitScheduled) and placed.work_unit_id == "wu-1"
+    assert_replay_equals_live(h)
+
+
+def test_a_claim_made_after_a_pause_is_refused_and_the_unit_waits_for_the_resume() -> None:
+    h = _ready()
+    sched = h.feed(submit("wu-1"))[-1]
+    assert isinstance(sched, WorkUnitScheduled)
+    apply(h, control("pause", "tenant", at=T0 + 1, tenant_id="acme"))
+    rejected, waits = h.claim("wu-1", "n1", 1, at=T0 + 2)
+    assert isinstance(rejected, ClaimRejected) and rejected.reason_code == "paused"
+    assert isinstance(waits, WorkUnitDeferred) and h.unit("wu-1").reason == "paused"
+    apply(h, control("resume", "tenant", at=T0 + 3, tenant_id="acme"))
+    (again,) = h.tick(T0 + 100)
+    assert isinstance(again, WorkUnitScheduled) and again.attempt_index == 2
+    assert isinstance(h.claim("wu-1", "n1", 2, at=T0 + 101)[0], ClaimGranted)
+
+
+def test_the_whole_queue_pauses_and_pauses_nest() -> None:
+    h = _ready()
+    apply(h, control("pause", "queue"))
+    apply(h, control("pause", "unit", at=T0 + 1, work_unit_id="wu-1"))  # unknown yet
+    assert h.feed(submit("wu-2", at=T0 + 2))[-1].reason_code == "paused"  # type: ignore[attr-defined]
+    apply(h, control("resume", "queue", at=T0 + 3))
+    (placed,) = h.tick(T0 + 100)
+    assert placed.work_unit_id == "wu-2"
+
+
+def test_a_running_session_is_cancelled_queued_and_running_units_and_the_node_told() -> None:
+    h = _ready()
+    h.feed(submit("wu-1"))
+    h.claim("wu-1", "n1", 1, at=T0 + 1)  # running
+    h.feed(submit("wu-2", at=T0 + 2, depends_on=["wu-1"]))  # waiting on its parent
+    before = len(h.outputs)
+    facts = apply(h, control("cancel", "session", at=T0 + 5, tenant_id="acme",
+                             execution_session_id="s1"))
+    record = applied(facts)
+    assert (record.cancelled, record.stopping, record.outcome) == (1, 1, "applied")
+    cancels = {f.work_unit_id: f for f in facts if isinstance(f, WorkUnitCancelled)}
+    assert set(cancels) == {"wu-1", "wu-2"}
+    assert cancels["wu-1"].node_id == "n1" and cancels["wu-2"].node_id == ""
+    assert cancels["wu-1"].requested_by == "alice"
+    told = [o for o in h.outputs[before:] if isinstance(o, Routed)
+            and isinstance(o.event, WorkUnitCancelled)]
+    assert [o.event.work_unit_id for o in told] == ["wu-1"]
+    assert told[0].topic.endswith("dispatch")
+    # the result that arrives after the cancel is not accepted
+    (late,) = h.complete("wu-1", "n1", 1, at=T0 + 6)
+    assert isinstance(late, WorkUnitCompleted) and not late.accepted
+    assert late.settlement_reason == "already_settled"
+    assert h.unit("wu-1").status == "cancelled"
+    assert_replay_equals_live(h)
+
+
+def test_a_completion_that_comes_first_wins_and_the_cancel_is_refused_saying_so() -> None:
+    h = _ready()
+    h.feed(submit("wu-1"))
+    h.claim("wu-1", "n1", 1, at=T0 + 1)
+    (done, *_) = h.complete("wu-1", "n1", 1, at=T0 + 2)
+    assert isinstance(done, WorkUnitCompleted) and done.accepted
+    record = applied(apply(h, control("cancel", "unit", at=T0 + 3, work_unit_id="wu-1")))
+    assert (record.outcome, record.detail) == ("refused", "work unit wu-1 is already done")
+    assert h.unit("wu-1").status == "completed"
+
+
+def test_controls_on_what_is_not_there_are_refused_or_find_nothing_here() -> None:
+    h = _ready()
+    record = applied(apply(h, control("cancel", "unit", work_unit_id="nope")))
+    assert (record.outcome, record.detail) == ("refused", "unknown work unit nope")
+    record = applied(apply(h, control("cancel", "session", at=T0 + 1, tenant_id="acme",
+                                      execution_session_id="ghost")))
+    assert record.outcome == "none_here"
+    record = applied(apply(h, control("resume", "tenant", at=T0 + 2, tenant_id="acme")))
+    assert (record.outcome, record.detail) == ("refused", "tenant:acme is not paused")
