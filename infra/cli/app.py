@@ -24,6 +24,7 @@ from onceflow.infra.cli.common import (
     ready_settings,
     require_broker,
 )
+from onceflow.infra.cli.control import register as register_controls
 from onceflow.infra.cli.ledger import anomalies, ledger_app, replay
 from onceflow.infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
 from onceflow.infra.cli.workers import worker_app
@@ -42,6 +43,7 @@ topics_app = typer.Typer(help="Create and inspect the topic catalog.", no_args_i
 app.add_typer(topics_app, name="topics")
 app.add_typer(worker_app, name="worker")
 app.add_typer(ledger_app, name="ledger")
+register_controls(app)
 app.command()(anomalies)
 app.command()(replay)
 

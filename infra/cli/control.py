@@ -1,0 +1,144 @@
+"""`onceflow pause | resume | cancel`: steer work in flight, as commands on the log.
+
+Each sends one `control.requested` (with who asks and why) and waits for the
+scheduler partitions' `control.applied` records, then says what came of it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+import uuid
+from typing import Annotated, Any
+
+import typer
+
+from onceflow.infra.cli.common import OutputFormat, cli_settings, console, fail, require_broker
+from onceflow.schemas import ControlAction, ControlApplied, ControlRequested, ControlScope
+
+__all__ = ["register"]
+
+
+def _target(unit: str | None, session: str | None, tenant: str | None, queue: bool
+            ) -> tuple[ControlScope, dict[str, Any]]:
+    """The scope and envelope of a control from the options, or an error saying which to give."""
+    given = sum(x is not None for x in (unit, session)) + int(queue)
+    if given > 1 or (queue and tenant is not None):
+        raise fail("name one target: --unit WU, --session S --tenant T, --tenant T, or --queue")
+    if unit is not None:
+        return "unit", {"work_unit_id": unit, **({"tenant_id": tenant} if tenant else {})}
+    if session is not None:
+        if tenant is None:
+            raise fail(f"--session {session} needs its --tenant (a session id is unique within "
+                       "its tenant)")
+        return "session", {"tenant_id": tenant, "execution_session_id": session}
+    if tenant is not None:
+        return "tenant", {"tenant_id": tenant}
+    if queue:
+        return "queue", {}
+    raise fail("name what to act on: --unit WU, --session S --tenant T, --tenant T, or --queue")
+
+
+def _applied(settings: Any, control_id: str, expected: int, timeout: float
+             ) -> list[ControlApplied]:
+    """The partitions' records of a control, once all `expected` are in (or at the timeout)."""
+    from onceflow.schemas import SingleObjectCodec
+    from onceflow.streams.kafka import read_events
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    topic = TopicCatalog(settings)["workunits"].name
+    deadline = time.monotonic() + timeout
+    found: dict[str, ControlApplied] = {}
+    while True:
+        for _, event in read_events(settings, topic, SingleObjectCodec(),
+                                    event_types=frozenset({"control.applied"})):
+            if isinstance(event, ControlApplied) and event.control_id == control_id:
+                found[event.event_id] = event
+        if len(found) >= expected or time.monotonic() >= deadline:
+            return sorted(found.values(), key=lambda a: a.partition)
+        time.sleep(0.2)
+
+
+def _control(action: ControlAction, unit: str | None, session: str | None, tenant: str | None,
+             queue: bool, reason: str, actor: str | None, wait: float, fmt: OutputFormat
+             ) -> None:
+    from onceflow.schemas import SingleObjectCodec
+    from onceflow.streams.kafka import DeliveryError, EventProducer
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    scope, envelope = _target(unit, session, tenant, queue)
+    settings = cli_settings()
+    require_broker(settings)
+    catalog = TopicCatalog(settings)
+    command = ControlRequested(
+        event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000), action=action,
+        scope=scope, requested_by=actor or getpass.getuser() or "operator", reason=reason,
+        **envelope)
+    producer = EventProducer(settings, SingleObjectCodec())
+    producer.send(catalog["control"], command)
+    try:
+        producer.flush()
+    except DeliveryError as exc:
+        raise fail(str(exc), 1) from None
+    expected = 1 if scope == "unit" else catalog["reports"].partitions
+    records = _applied(settings, command.event_id, expected, wait) if wait > 0 else []
+    if fmt == "json":
+        print(json.dumps({"control_id": command.event_id, "action": action, "scope": scope,
+                          "records": [r.model_dump(mode="json") for r in records]}, indent=2))
+    what = f"{action} {scope}" + (f" {next(iter(envelope.values()))}" if envelope else "")
+    if not records:
+        if fmt != "json":
+            console.print(f"{what}: sent (control {command.event_id}); no scheduler has "
+                          "applied it yet (is `onceflow up` running?)")
+        return
+    refused = [r for r in records if r.outcome == "refused"]
+    if refused:
+        raise fail(f"{what} refused: {refused[0].detail}", 1)
+    if all(r.outcome == "none_here" for r in records) and action != "pause":
+        raise fail(f"{what}: no unit of {records[0].target} that is not done (unknown, or "
+                   "everything in it has ended)", 1)
+    if fmt != "json":
+        cancelled = sum(r.cancelled for r in records)
+        stopping = sum(r.stopping for r in records)
+        resumed = sum(r.resumed for r in records)
+        counts = {"pause": "", "resume": f": {resumed} paused unit(s) placed again",
+                  "cancel": f": {cancelled} queued unit(s) cancelled, {stopping} running "
+                            "unit(s) stopping"}[action]
+        console.print(f"{records[0].target} {action}d by {command.requested_by}{counts} "
+                      f"(control {command.event_id})")
+
+
+Unit = Annotated[str | None, typer.Option("--unit", help="one work unit")]
+Session = Annotated[str | None, typer.Option("--session", help="a session (with --tenant)")]
+Tenant = Annotated[str | None, typer.Option("--tenant", help="a tenant, or the session's")]
+Queue = Annotated[bool, typer.Option("--queue", help="everything")]
+Reason = Annotated[str, typer.Option(help="why, for the record")]
+Actor = Annotated[str | None, typer.Option(help="who asks (default: your user name)")]
+Wait = Annotated[float, typer.Option(help="seconds to wait for the outcome (0: do not)")]
+Fmt = Annotated[OutputFormat, typer.Option("--format", help="table or json")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def pause(unit: Unit = None, session: Session = None, tenant: Tenant = None,
+              queue: Queue = False, reason: Reason = "", actor: Actor = None,
+              wait: Wait = 10.0, fmt: Fmt = "table") -> None:
+        """Pause a unit, a session, a tenant or the queue: nothing new in it is granted;
+        running attempts finish."""
+        _control("pause", unit, session, tenant, queue, reason, actor, wait, fmt)
+
+    @app.command()
+    def resume(unit: Unit = None, session: Session = None, tenant: Tenant = None,
+               queue: Queue = False, reason: Reason = "", actor: Actor = None,
+               wait: Wait = 10.0, fmt: Fmt = "table") -> None:
+        """Resume what a pause holds: its units are placed again."""
+        _control("resume", unit, session, tenant, queue, reason, actor, wait, fmt)
+
+    @app.command()
+    def cancel(unit: Unit = None, session: Session = None, tenant: Tenant = None,
+               queue: Queue = False, reason: Reason = "", actor: Actor = None,
+               wait: Wait = 10.0, fmt: Fmt = "table") -> None:
+        """Cancel a unit, a session, a tenant's work or the queue: queued units at once,
+        running ones stopped on their nodes; nothing reported afterwards is accepted."""
+        _control("cancel", unit, session, tenant, queue, reason, actor, wait, fmt)

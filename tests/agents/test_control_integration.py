@@ -1,0 +1,143 @@
+"""Operator controls on a live stack: pause and resume a running session, cancel one whose
+steps are in flight (the agents stop them), each through `onceflow pause | resume | cancel`."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from onceflow.schemas import (
+    ClaimGranted,
+    ControlApplied,
+    SingleObjectCodec,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+)
+from onceflow.streams.limits import LimitsSettings
+from onceflow.streams.settings import OnceflowSettings
+from tests.agents.fixtures import Cluster, fast_settings, unit
+from tests.fixtures import event_messages, events, wait_for
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def cluster(settings: OnceflowSettings) -> Iterator[Cluster]:
+    c = Cluster(fast_settings(settings))
+    yield c
+    c.close()
+
+
+def run_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "onceflow", *args, "--format", "json"],
+                          env={**os.environ, **cluster.settings.to_env()}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def onceflow(cluster: Cluster, *args: str) -> dict[str, Any]:
+    done = run_cli(cluster, *args)
+    assert done.returncode == 0, done.stderr
+    out: dict[str, Any] = json.loads(done.stdout)
+    return out
+
+
+def test_a_session_paused_mid_run_is_granted_nothing_until_it_is_resumed(
+        settings: OnceflowSettings) -> None:
+    # at most 6 of the session's steps at once, so most of it is still queued when paused
+    cluster = Cluster(fast_settings(settings).model_copy(update={
+        "limits": LimitsSettings(session_concurrency=6)}))
+    try:
+        _pause_and_resume(cluster)
+    finally:
+        cluster.close()
+
+
+def _pause_and_resume(cluster: Cluster) -> None:
+    cluster.start_scheduler()
+    for node in ("n1", "n2", "n3"):
+        cluster.start_agent(node, kinds=("cpu",), concurrency=2)
+    steps = [unit(f"step-{i:03d}", simulated_ms=100, lease_ms=5000) for i in range(200)]
+    ids = [s.work_unit_id or "" for s in steps]
+    cluster.submit(*steps)
+
+    def completed() -> int:
+        status = cluster.progress().progress.status
+        return sum(1 for i in ids if status.get(i) == "completed")
+
+    wait_for(lambda: completed() >= 6, timeout=60, what="the session to be under way")
+    paused = onceflow(cluster, "pause", "--session", "s1", "--tenant", "acme",
+                      "--reason", "inspect")
+    assert {r["outcome"] for r in paused["records"]} == {"applied"}
+    assert len(paused["records"]) == cluster.catalog["reports"].partitions
+
+    def quiet() -> bool:  # what ran has finished; the rest waits
+        status = cluster.progress().progress.status
+        return not any(status.get(i) in ("scheduled", "running") for i in ids)
+
+    wait_for(quiet, timeout=60, what="the running steps to finish while paused")
+    at_pause = completed()
+    assert at_pause < 200  # the pause held work back
+    resumed = onceflow(cluster, "resume", "--session", "s1", "--tenant", "acme")
+    assert sum(r["resumed"] for r in resumed["records"]) == 200 - at_pause
+    status = cluster.wait_settled(ids, timeout=120)
+    assert set(status.values()) == {"completed"}
+    print(f"pause: {at_pause} of 200 done when paused; all 200 after the resume")
+    # In each partition's log, nothing of the session was granted between its pause and its
+    # resume: the order in the log is the record.
+    codec = SingleObjectCodec()
+    state: dict[int, str] = {}
+    for msg in event_messages(cluster.settings, cluster.catalog["workunits"].name):
+        fact = codec.decode(msg.value())
+        p = msg.partition()
+        if isinstance(fact, ControlApplied):
+            state[p] = fact.action
+        elif isinstance(fact, ClaimGranted):
+            assert state.get(p) != "pause", f"{fact.work_unit_id} granted while paused"
+
+
+def test_cancelling_a_running_session_stops_its_steps_on_the_agents(cluster: Cluster) -> None:
+    cluster.start_scheduler()
+    for node in ("n1", "n2"):
+        cluster.start_agent(node, kinds=("cpu",), concurrency=2)
+    steps = [unit(f"long-{i}", simulated_ms=20_000, lease_ms=30_000) for i in range(6)]
+    ids = [s.work_unit_id or "" for s in steps]
+    cluster.submit(*steps)
+    def running() -> int:
+        status = cluster.progress().progress.status
+        return sum(1 for i in ids if status.get(i) == "running")
+
+    # the agents claim what they are sent: four run, the others wait in their pools
+    wait_for(lambda: running() >= 4, timeout=60, what="four steps to run")
+    out = onceflow(cluster, "cancel", "--session", "s1", "--tenant", "acme",
+                   "--reason", "runaway")
+    records = out["records"]
+    stopping = sum(r["stopping"] for r in records)
+    assert stopping >= 4 and stopping + sum(r["cancelled"] for r in records) == 6
+    assert {r["requested_by"] for r in records} == {getpass.getuser()}
+    status = cluster.wait_settled(ids, timeout=10)  # far sooner than the 20 s they'd run
+    assert set(status.values()) == {"cancelled"}
+    # the agents stopped the four handlers early and said so; nothing was accepted
+    wait_for(lambda: sum(1 for e in events(cluster.settings, cluster.catalog["reports"].name)
+                         if isinstance(e, WorkUnitFailed) and e.error_code == "cancelled")
+             == stopping, timeout=10, what="the agents to report each stopped handler")
+    settled = [e for e in events(cluster.settings, cluster.catalog["workunits"].name)
+               if isinstance(e, WorkUnitCompleted)]
+    assert not any(e.accepted for e in settled)
+    wait_for(lambda: all(a.snapshot()["running"] == 0 for a in cluster.agents), timeout=10,
+             what="the agents' handlers to stop")
+    # what cannot be done is refused in one line, and the refusal is on the log
+    again = run_cli(cluster, "cancel", "--session", "s1", "--tenant", "acme")
+    assert again.returncode == 1
+    assert "no unit of session:acme/s1 that is not done" in again.stderr
+    unpaused = run_cli(cluster, "resume", "--tenant", "acme")
+    assert unpaused.returncode == 1 and "refused: tenant:acme is not paused" in unpaused.stderr
+    refusals = [e for e in events(cluster.settings, cluster.catalog["workunits"].name)
+                if isinstance(e, ControlApplied) and e.outcome == "refused"]
+    assert {r.detail for r in refusals} == {"tenant:acme is not paused"}
