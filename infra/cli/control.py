@@ -17,7 +17,7 @@ import typer
 from onceflow.infra.cli.common import OutputFormat, cli_settings, console, fail, require_broker
 from onceflow.schemas import ControlAction, ControlApplied, ControlRequested, ControlScope
 
-__all__ = ["register"]
+__all__ = ["read_inbox", "register"]
 
 
 def _target(unit: str | None, session: str | None, tenant: str | None, queue: bool
@@ -98,7 +98,9 @@ def _control(action: ControlAction, unit: str | None, session: str | None, tenan
     if all(r.outcome == "none_here" for r in records) and action != "pause":
         raise fail(f"{what}: no unit of {records[0].target} that is not done (unknown, or "
                    "everything in it has ended)", 1)
-    if fmt != "json":
+    if fmt != "json" and action in ("approve", "deny"):
+        console.print(f"{records[0].detail} (control {command.event_id})")
+    elif fmt != "json":
         cancelled = sum(r.cancelled for r in records)
         stopping = sum(r.stopping for r in records)
         resumed = sum(r.resumed for r in records)
@@ -119,7 +121,92 @@ Wait = Annotated[float, typer.Option(help="seconds to wait for the outcome (0: d
 Fmt = Annotated[OutputFormat, typer.Option("--format", help="table or json")]
 
 
+def read_inbox(settings: Any, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Everything waiting for a person, oldest first: units parked in needs_operator and
+    units waiting for an approval, each with what it waits for and until when."""
+    from onceflow.schemas import (
+        SingleObjectCodec,
+        WorkUnitDeferred,
+        WorkUnitNeedsOperator,
+    )
+    from onceflow.streams.kafka import read_events
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    waiting: dict[str, dict[str, Any]] = {}
+    moves_on = {"workunit.scheduled", "workunit.completed", "workunit.failed",
+                "workunit.cancelled", "workunit.retry.scheduled", "workunit.needs_operator",
+                "workunit.deferred"}
+    for _, event in read_events(settings, TopicCatalog(settings)["workunits"].name,
+                                SingleObjectCodec(), event_types=frozenset(moves_on)):
+        wu = event.work_unit_id or ""
+        if isinstance(event, WorkUnitNeedsOperator):
+            waiting[wu] = {
+                "kind": "needs_operator", "work_unit_id": wu, "tenant_id": event.tenant_id,
+                "session_id": event.execution_session_id, "since": event.occurred_at,
+                "attempt": event.attempt_index, "node_id": event.selected_node_id,
+                "effect": event.effect, "reason": event.reason or event.reason_code,
+                "deadline": None,
+                "resolve": f"onceflow resolve {wu} --action retry|mark_done|abandon"}
+        elif isinstance(event, WorkUnitDeferred) and event.reason_code == "awaiting_approval":
+            waiting[wu] = {
+                "kind": "approval", "work_unit_id": wu, "tenant_id": event.tenant_id,
+                "session_id": event.execution_session_id, "since": event.occurred_at,
+                "attempt": 0, "node_id": "", "effect": "", "reason": event.reason,
+                "deadline": event.retry_at,
+                "resolve": f"onceflow approve {wu} | onceflow deny {wu} --reason ..."}
+        elif isinstance(event, WorkUnitDeferred):
+            waiting.pop(wu, None)  # approved, now waiting for capacity or a resume
+        elif event.event_type == "workunit.completed" and not getattr(event, "accepted", True):
+            continue  # a refused result leaves the unit where it was
+        elif event.event_type == "workunit.failed" and not getattr(event, "final", False):
+            continue
+        else:
+            waiting.pop(wu, None)
+    items = [w for w in waiting.values() if tenant is None or w["tenant_id"] == tenant]
+    return sorted(items, key=lambda w: (w["since"], w["work_unit_id"]))
+
+
 def register(app: typer.Typer) -> None:
+    @app.command()
+    def approve(work_unit_id: Annotated[str, typer.Argument(help="a unit waiting for approval")],
+                reason: Reason = "", actor: Actor = None, wait: Wait = 10.0,
+                fmt: Fmt = "table") -> None:
+        """Approve a unit that waits for one: it is placed and runs."""
+        _control("approve", work_unit_id, None, None, False, reason, actor, wait, fmt)
+
+    @app.command()
+    def deny(work_unit_id: Annotated[str, typer.Argument(help="a unit waiting for approval")],
+             reason: Annotated[str, typer.Option(help="why (required: it is recorded)")],
+             actor: Actor = None, wait: Wait = 10.0, fmt: Fmt = "table") -> None:
+        """Deny a unit that waits for an approval: it fails closed, nothing applied."""
+        _control("deny", work_unit_id, None, None, False, reason, actor, wait, fmt)
+
+    @app.command()
+    def inbox(tenant: Annotated[str | None, typer.Option(help="only this tenant's")] = None,
+              fmt: Fmt = "table") -> None:
+        """Everything waiting for a person, oldest first: parked units and approvals."""
+        from rich.table import Table
+
+        from onceflow.infra.cli.common import ready_settings
+
+        items = read_inbox(ready_settings(), tenant)
+        if fmt == "json":
+            print(json.dumps(items, indent=2))
+            return
+        if not items:
+            console.print("the inbox is empty: nothing waits for a person")
+            return
+        table = Table("since", "tenant", "session", "unit", "waits for", "until", "why",
+                      "resolve with", title=f"inbox ({len(items)})")
+        for w in items:
+            since = time.strftime("%H:%M:%S", time.localtime(w["since"] / 1000))
+            until = ("-" if w["deadline"] is None
+                     else time.strftime("%H:%M:%S", time.localtime(w["deadline"] / 1000)))
+            table.add_row(since, w["tenant_id"], w["session_id"], w["work_unit_id"],
+                          "an operator" if w["kind"] == "needs_operator" else "approval",
+                          until, w["reason"][:60], w["resolve"])
+        console.print(table)
+
     @app.command()
     def pause(unit: Unit = None, session: Session = None, tenant: Tenant = None,
               queue: Queue = False, reason: Reason = "", actor: Actor = None,

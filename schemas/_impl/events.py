@@ -173,6 +173,12 @@ class WorkUnitSubmitted(Event, event_type="workunit.submitted"):
     session_budget_usd: Money | None = Field(
         default=None, description="the most the unit's session may be charged (USD): units are "
         "held against it before they run; the first submission of a session that sets it wins")
+    requires_approval: bool = Field(
+        default=False, description="a person approves it before it runs (onceflow approve); "
+        "without one by its deadline it fails closed, nothing applied")
+    approval_timeout_ms: int = Field(
+        default=0, ge=0, description="how long it waits for the approval, in logged time "
+        "(0: ONCEFLOW_SCHEDULER__APPROVAL_TIMEOUT_MS)")
 
 
 class WorkUnitScheduled(Event, event_type="workunit.scheduled"):

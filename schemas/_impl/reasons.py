@@ -34,11 +34,11 @@ PlacementReason = Literal["best_score", "anti_affinity", "quarantine_fallback"]
 #: why a unit waits: admission throttled, parents not done, no node can take it now
 DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node",
                          "provider_paused", "concurrency_limited", "rate_limited",
-                         "budget_wait", "paused"]
+                         "budget_wait", "paused", "awaiting_approval"]
 #: what an operator's control acts on: one unit, a session, a tenant, or the whole queue
 ControlScope = Literal["unit", "session", "tenant", "queue"]
 #: what an operator's control does
-ControlAction = Literal["pause", "resume", "cancel"]
+ControlAction = Literal["pause", "resume", "cancel", "approve", "deny"]
 #: what a scheduler partition did with a control: acted on units, found none of the
 #: scope's units here, or refused it (and said why)
 ControlOutcome = Literal["applied", "none_here", "refused"]

@@ -37,6 +37,8 @@ class SchedulerSettings(SettingsGroup):
         default_factory=lambda: ["critical", "p0", "p1"],
         description="priorities CRITICAL mode still admits; set to [critical, p0] to reject p1",
     )
+    approval_timeout_ms: int = Field(default=3_600_000, ge=1)
+    """how long a unit that requires an approval waits for one (logged ms) unless it says"""
     claim_timeout_ms: int = Field(default=10_000, ge=1,
                                   description="a dispatch nobody claimed in time is re-placed")
     retry_base_ms: int = 500

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from onceflow.schemas import (
 )
 from onceflow.streams.limits import LimitsSettings
 from onceflow.streams.settings import OnceflowSettings
-from tests.agents.fixtures import Cluster, fast_settings, unit
+from tests.agents.fixtures import Cluster, effect_rows, fast_settings, unit
 from tests.fixtures import event_messages, events, wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -141,3 +142,43 @@ def test_cancelling_a_running_session_stops_its_steps_on_the_agents(cluster: Clu
     refusals = [e for e in events(cluster.settings, cluster.catalog["workunits"].name)
                 if isinstance(e, ControlApplied) and e.outcome == "refused"]
     assert {r.detail for r in refusals} == {"tenant:acme is not paused"}
+
+
+def test_approvals_run_what_is_approved_and_fail_closed_what_is_not(
+        cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_scheduler()
+    cluster.start_agent("n1", kinds=("tool",), concurrency=2)
+    db = tmp_path / "effects.sqlite"
+
+    def tool(wu: str, timeout_ms: int) -> Any:
+        return unit(wu, kind="tool", effect="WORLD_MUTATING", parameters={"db": str(db)},
+                    requires_approval=True, approval_timeout_ms=timeout_ms)
+
+    cluster.submit(tool("send-ok", 120_000), tool("send-no", 120_000),
+                   tool("send-late", 1_000))
+    def waiting() -> set[str]:
+        return {i["work_unit_id"] for i in inbox(cluster) if i["kind"] == "approval"}
+
+    # (the late one may have failed already: its deadline is short)
+    wait_for(lambda: waiting() >= {"send-ok", "send-no"}, timeout=30,
+             what="the approvals to reach the inbox")
+    approved = onceflow(cluster, "approve", "send-ok", "--reason", "looks right")
+    assert approved["records"][0]["outcome"] == "applied"
+    onceflow(cluster, "deny", "send-no", "--reason", "wrong customer")
+    status = cluster.wait_settled(["send-ok", "send-no", "send-late"], timeout=30)
+    assert status == {"send-ok": "completed", "send-no": "failed", "send-late": "failed"}
+    assert effect_rows(db) == {"send-ok": 1}  # nothing applied for the others
+    failures = {e.work_unit_id: e.error_code
+                for e in events(cluster.settings, cluster.catalog["workunits"].name)
+                if isinstance(e, WorkUnitFailed) and e.final}
+    assert failures == {"send-no": "approval_denied", "send-late": "approval_expired"}
+    assert inbox(cluster) == []  # resolved items leave the inbox
+    twice = run_cli(cluster, "approve", "send-ok")
+    assert twice.returncode == 1 and "work unit send-ok is already done" in twice.stderr
+
+
+def inbox(cluster: Cluster) -> list[dict[str, Any]]:
+    done = run_cli(cluster, "inbox")
+    assert done.returncode == 0, done.stderr
+    items: list[dict[str, Any]] = json.loads(done.stdout)
+    return items

@@ -114,6 +114,12 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
     """Place a unit now: a `scheduled` fact, a `deferred` one that says why not, or its
     request for concurrency slots when it has a limited scope and holds none yet."""
     spec = unit.spec
+    if spec.requires_approval and not unit.approved:
+        deadline = now + (spec.approval_timeout_ms or ctx.cfg.approval_timeout_ms)
+        return deferred(ctx, unit, cause, now, "awaiting_approval",
+                        f"waiting for a person to approve it (onceflow approve "
+                        f"{unit.work_unit_id}) until {deadline}; then it fails closed",
+                        role=role, retry_at=deadline)
     holder = paused_by(state, unit)
     if holder is not None:
         return deferred(ctx, unit, cause, now, "paused",
@@ -240,7 +246,7 @@ def evolve_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,
 
 def evolve_deferred(ctx: SchedulerContext, state: State, unit: UnitRecord,
                     fact: WorkUnitDeferred) -> UnitRecord:
-    waiting = fact.reason_code == "waiting_on_parents"
+    waiting = fact.reason_code in ("waiting_on_parents", "awaiting_approval")
     return unit.but(status="waiting" if waiting else "deferred", reason=fact.reason_code,
                     decided_at=fact.decided_at, retry_at=fact.retry_at or 0,
                     slots=_left_waiting_for_slot(unit))

@@ -17,6 +17,7 @@ from onceflow.schemas import ClockTick, Event, QueueSampled, WorkUnitDeferred
 from onceflow.streams.ids import caused_by
 from onceflow.streams.scheduler._impl.admission import placed
 from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.control import close_failed
 from onceflow.streams.scheduler._impl.pauses import control_version, paused_by
 from onceflow.streams.scheduler._impl.settlement import attempt_ended
 from onceflow.streams.scheduler._impl.unit import ClaimWaits, QueueCounters, UnitRecord
@@ -58,6 +59,13 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
         for wu, _at in ctx.due(state, kind, until, budget):  # type: ignore[arg-type]
             unit = ctx.load(state, wu)
             if unit is None:
+                continue
+            if unit.status == "waiting" and unit.reason == "awaiting_approval":
+                # nobody approved it in time: it fails closed, nothing applied
+                expired = close_failed(ctx, state, unit, tick, now, "approval_expired",
+                                       f"no approval by {unit.retry_at}")
+                facts.extend(expired)
+                budget -= len(expired)
                 continue
             fact = _look_again(ctx, state, unit, tick, now, hopeless)
             if fact is not None:

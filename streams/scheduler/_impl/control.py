@@ -35,8 +35,10 @@ from onceflow.schemas import (
     ControlRequested,
     Event,
     WorkUnitCancelled,
+    WorkUnitFailed,
 )
 from onceflow.streams.ids import caused_by, derive_event_id, restated
+from onceflow.streams.scheduler._impl.admission import placed
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
 from onceflow.streams.scheduler._impl.pauses import PAUSES, VERSION, control_version
@@ -46,6 +48,7 @@ from onceflow.streams.types import Routed, State
 
 __all__ = [
     "cancel_unit",
+    "close_failed",
     "evolve_control_applied",
     "on_control",
     "route_cancelled",
@@ -107,6 +110,20 @@ def _apply(ctx: SchedulerContext, state: State, event: ControlRequested) -> list
         outcome, detail = "refused", f"unknown work unit {event.work_unit_id}"
     elif event.scope == "unit" and not units:
         outcome, detail = "refused", f"work unit {event.work_unit_id} is already done"
+    elif event.action in ("approve", "deny") and event.scope != "unit":
+        outcome, detail = "refused", f"{event.action} names one work unit, not a {event.scope}"
+    elif event.action in ("approve", "deny"):
+        (unit,) = units
+        if not (unit.status == "waiting" and unit.reason == "awaiting_approval"):
+            outcome, detail = "refused", (f"work unit {unit.work_unit_id} is not waiting for an "
+                                          f"approval (it is {unit.status})")
+        elif event.action == "approve":
+            detail = f"work unit {unit.work_unit_id} approved"
+            facts.append(placed(ctx, state, unit.but(approved=True), event, now, "approved"))
+        else:
+            detail = f"work unit {unit.work_unit_id} denied: nothing applied"
+            facts.extend(close_failed(ctx, state, unit, event, now, "approval_denied",
+                                      f"denied by {event.requested_by}: {event.reason}"))
     elif event.action == "pause":
         paused = state.get(f"ctl:{target}") is not None
         detail = (f"{target} was paused already" if paused
@@ -159,8 +176,23 @@ def cancel_unit(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Ev
             *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
 
 
+def close_failed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, now: int,
+                 code: str, reason: str) -> list[Event]:
+    """End a unit that never ran as failed (an approval denied or never given): fail closed."""
+    return [WorkUnitFailed(
+        **ctx.envelope(unit, cause, code, now), selected_node_id="",
+        attempt_index=max(1, unit.attempt), error_code=code, error_reason=reason, final=True,
+        reported_by_scheduler=True,
+    ), *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
+
+
 def evolve_control_applied(ctx: SchedulerContext, state: State, fact: ControlApplied) -> None:
     if fact.outcome == "refused":
+        return
+    if fact.action == "approve":
+        unit = ctx.load(state, fact.work_unit_id or "")
+        if unit is not None:
+            ctx.save(state, unit, unit.but(approved=True))
         return
     key = f"ctl:{fact.target}"
     if fact.action == "pause" and state.get(key) is None:

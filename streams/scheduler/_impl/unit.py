@@ -109,6 +109,9 @@ class UnitSpec:
     parameters: dict[str, str]
     #: the most its session may be charged, as the submission set it (None: no session budget)
     session_budget_usd: Decimal | None = None
+    #: a person approves it before it runs, within this long (0: the scheduler's default)
+    requires_approval: bool = False
+    approval_timeout_ms: int = 0
     #: the spec as state holds it: a spec never changes, so it is converted once
     stored: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
@@ -129,6 +132,8 @@ class UnitSpec:
             llm_tokens=event.llm_tokens, correlation_id=event.correlation_id,
             input_ref=event.input_ref, parameters=dict(event.parameters),
             session_budget_usd=event.session_budget_usd,
+            requires_approval=event.requires_approval,
+            approval_timeout_ms=event.approval_timeout_ms,
         )
 
     def shape(self) -> tuple[Any, ...]:
@@ -151,6 +156,9 @@ class UnitSpec:
         }
         if self.session_budget_usd is not None:
             d["session_budget_usd"] = f"{self.session_budget_usd:f}"
+        if self.requires_approval:
+            d["requires_approval"] = True
+            d["approval_timeout_ms"] = self.approval_timeout_ms
         return d
 
     @classmethod
@@ -166,6 +174,8 @@ class UnitSpec:
             input_ref=_ref_in(d["input_ref"]), parameters=d["parameters"],
             session_budget_usd=(None if d.get("session_budget_usd") is None
                                 else Decimal(d["session_budget_usd"])),
+            requires_approval=d.get("requires_approval", False),
+            approval_timeout_ms=d.get("approval_timeout_ms", 0),
             stored=d,
         )
 
@@ -201,6 +211,8 @@ class UnitRecord:
     result_ref: ContentRef | None = None
     #: holds its concurrency slots (granted by the limiter, not yet given back)
     slots: bool = False
+    #: a person approved it (only units that require an approval wait for one)
+    approved: bool = False
 
     @classmethod
     def submitted(cls, event: WorkUnitSubmitted, digest: str) -> UnitRecord:
@@ -228,7 +240,7 @@ class UnitRecord:
             get("staged", self.staged), get("deadline", self.deadline),
             get("retry_at", self.retry_at), get("decided_at", self.decided_at),
             get("parents", self.parents), get("result_ref", self.result_ref),
-            get("slots", self.slots),
+            get("slots", self.slots), get("approved", self.approved),
         )
 
     @property
@@ -247,6 +259,8 @@ class UnitRecord:
             return ("lease", self.deadline)
         if self.status == "retry_wait":
             return ("retry", self.retry_at)
+        if self.status == "waiting" and self.reason == "awaiting_approval":
+            return ("retry", self.retry_at)  # its deadline: then it fails closed
         if self.status == "deferred":
             if self.reason in ("provider_paused", "rate_limited"):
                 return ("retry", self.retry_at)  # due again when the pause ends, or its turn
@@ -277,6 +291,7 @@ class UnitRecord:
             "decided_at": self.decided_at,
             "parents": {p: _ref_out(r) for p, r in sorted(self.parents.items())},
             "result_ref": _ref_out(self.result_ref), "slots": self.slots,
+            **({"approved": True} if self.approved else {}),
         }
 
     @classmethod
@@ -290,6 +305,7 @@ class UnitRecord:
             deadline=d["deadline"], retry_at=d["retry_at"], decided_at=d["decided_at"],
             parents={p: _ref_in(r) for p, r in d["parents"].items()},
             result_ref=_ref_in(d["result_ref"]), slots=d["slots"],
+            approved=d.get("approved", False),
         )
 
     @classmethod

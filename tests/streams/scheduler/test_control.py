@@ -14,6 +14,9 @@ from onceflow.schemas import (
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitDeferred,
+    WorkUnitDependencyRegistered,
+    WorkUnitDependencyResolved,
+    WorkUnitFailed,
     WorkUnitScheduled,
 )
 from onceflow.streams.types import Routed
@@ -150,3 +153,60 @@ def test_controls_on_what_is_not_there_are_refused_or_find_nothing_here() -> Non
     assert record.outcome == "none_here"
     record = applied(apply(h, control("resume", "tenant", at=T0 + 2, tenant_id="acme")))
     assert (record.outcome, record.detail) == ("refused", "tenant:acme is not paused")
+
+
+# -- approvals ------------------------------------------------------------------------------
+
+
+def _deliver_dependency_notices(h: Harness, since: int = 0) -> None:
+    """Feed back the dependency notices the scheduler sent between partitions."""
+    for o in list(h.outputs[since:]):
+        if isinstance(o, Routed) and isinstance(o.event, WorkUnitDependencyRegistered
+                                                 | WorkUnitDependencyResolved):
+            h.feed(o.event)
+
+
+def test_a_unit_that_requires_approval_waits_and_runs_once_approved() -> None:
+    h = _ready()
+    (_, waits) = h.feed(submit("wu-1", requires_approval=True, approval_timeout_ms=60_000))
+    assert isinstance(waits, WorkUnitDeferred) and waits.reason_code == "awaiting_approval"
+    assert waits.retry_at == T0 + 60_000 and "onceflow approve wu-1" in waits.reason
+    assert h.unit("wu-1").status == "waiting"
+    assert h.tick(T0 + 59_999) == []  # before its deadline nothing happens
+    facts = apply(h, control("approve", "unit", at=T0 + 1_000, work_unit_id="wu-1"))
+    assert applied(facts).outcome == "applied"
+    assert isinstance(facts[-1], WorkUnitScheduled)
+    assert h.unit("wu-1").approved
+    # approving again is refused, saying why
+    again = applied(apply(h, control("approve", "unit", at=T0 + 1_001, work_unit_id="wu-1")))
+    assert (again.outcome, again.detail) == (
+        "refused", "work unit wu-1 is not waiting for an approval (it is scheduled)")
+    assert_replay_equals_live(h)
+
+
+def test_an_approval_left_to_its_deadline_fails_closed_and_its_dependents_with_it() -> None:
+    h = _ready()
+    h.feed(submit("wu-1", requires_approval=True, approval_timeout_ms=60_000))
+    h.feed(submit("wu-2", at=T0 + 1, depends_on=["wu-1"]))
+    _deliver_dependency_notices(h)
+    before = len(h.outputs)
+    expired = h.tick(T0 + 60_000)
+    _deliver_dependency_notices(h, since=before)
+    failed = [f for f in expired if isinstance(f, WorkUnitFailed)]
+    assert [(f.work_unit_id, f.error_code, f.final) for f in failed][:1] == [
+        ("wu-1", "approval_expired", True)]
+    assert h.unit("wu-1").status == "failed"
+    assert h.unit("wu-2").status == "failed"  # its parent will never complete
+    # nothing ran: it was never scheduled
+    assert not any(isinstance(o, WorkUnitScheduled) and o.work_unit_id == "wu-1"
+                   for o in h.outputs)
+
+
+def test_a_denied_unit_fails_closed_with_who_denied_it_and_why() -> None:
+    h = _ready()
+    h.feed(submit("wu-1", requires_approval=True))
+    facts = apply(h, control("deny", "unit", at=T0 + 5, work_unit_id="wu-1"))
+    (failed,) = [f for f in facts if isinstance(f, WorkUnitFailed)]
+    assert failed.error_code == "approval_denied" and failed.final
+    assert failed.error_reason == "denied by alice: maintenance"
+    assert applied(facts).detail == "work unit wu-1 denied: nothing applied"
