@@ -26,6 +26,7 @@ from onceflow.infra.cli.common import (
 )
 from onceflow.infra.cli.control import register as register_controls
 from onceflow.infra.cli.ledger import anomalies, ledger_app, replay
+from onceflow.infra.cli.sessions import register as register_sessions
 from onceflow.infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
 from onceflow.infra.cli.workers import worker_app
 from onceflow.schemas import CodecError, SingleObjectCodec
@@ -44,6 +45,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(worker_app, name="worker")
 app.add_typer(ledger_app, name="ledger")
 register_controls(app)
+register_sessions(app)
 app.command()(anomalies)
 app.command()(replay)
 

@@ -42,6 +42,12 @@ def run_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
+def cli_json(cluster: Cluster, *args: str) -> Any:
+    done = run_cli(cluster, *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def onceflow(cluster: Cluster, *args: str) -> dict[str, Any]:
     done = run_cli(cluster, *args)
     assert done.returncode == 0, done.stderr
@@ -85,11 +91,19 @@ def _pause_and_resume(cluster: Cluster) -> None:
     wait_for(quiet, timeout=60, what="the running steps to finish while paused")
     at_pause = completed()
     assert at_pause < 200  # the pause held work back
+    (listed,) = cli_json(cluster, "sessions", "--tenant", "acme")
+    assert (listed["session_id"], listed["state"], listed["steps"]) == ("s1", "paused", 200)
     resumed = onceflow(cluster, "resume", "--session", "s1", "--tenant", "acme")
     assert sum(r["resumed"] for r in resumed["records"]) == 200 - at_pause
     status = cluster.wait_settled(ids, timeout=120)
     assert set(status.values()) == {"completed"}
     print(f"pause: {at_pause} of 200 done when paused; all 200 after the resume")
+    shown = cli_json(cluster, "session", "show", "s1", "--tenant", "acme")
+    assert shown["state"] == "completed" and len(shown["dag"]) == 200
+    assert {s["state"] for s in shown["dag"]} == {"completed"}
+    why = [f["event_type"] for f in cli_json(cluster, "why", "step-199")]
+    assert why[0] == "workunit.submitted" and why[-1] == "workunit.completed"
+    assert "workunit.scheduled" in why
     # In each partition's log, nothing of the session was granted between its pause and its
     # resume: the order in the log is the record.
     codec = SingleObjectCodec()
