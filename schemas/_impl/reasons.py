@@ -46,7 +46,7 @@ ControlOutcome = Literal["applied", "none_here", "refused"]
 DenialReason = Literal["BUDGET_EXCEEDED"]
 #: why a submission was refused for good
 RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode",
-                          "session_budgets_off"]
+                          "session_budgets_off", "depends_on_cycle"]
 #: why another attempt follows
 RetryReason = Literal["retryable_error", "operator_retry", "provider_backoff"]
 #: why a unit waits for an operator

@@ -69,6 +69,13 @@ def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
     ctx.admitted = (admitted.event_id, unit)
     facts: list[Event] = [admitted]
     now = event.occurred_at
+    if wu in event.depends_on:
+        facts.append(WorkUnitRejected(
+            **ctx.envelope(unit, event, "rejected", now), reason_code="depends_on_cycle",
+            reason=f"work unit {wu} depends on itself: remove it from its depends_on",
+            decided_at=now,
+        ))
+        return facts
     if event.session_budget_usd is not None and not ctx.budgets:
         facts.append(WorkUnitRejected(
             **ctx.envelope(unit, event, "rejected", now), reason_code="session_budgets_off",

@@ -210,3 +210,11 @@ def test_a_denied_unit_fails_closed_with_who_denied_it_and_why() -> None:
     assert failed.error_code == "approval_denied" and failed.final
     assert failed.error_reason == "denied by alice: maintenance"
     assert applied(facts).detail == "work unit wu-1 denied: nothing applied"
+
+
+def test_a_unit_that_depends_on_itself_is_rejected_instead_of_waiting_forever() -> None:
+    h = _ready()
+    rejected = h.feed(submit("wu-1", depends_on=["wu-1"]))[-1]
+    assert rejected.reason_code == "depends_on_cycle"  # type: ignore[attr-defined]
+    assert "depends on itself" in rejected.reason  # type: ignore[attr-defined]
+    assert h.unit("wu-1").status == "rejected"
