@@ -86,7 +86,7 @@ class SessionView:
             return "cancelled" if states and all(s == "cancelled" for s in states) else "failed"
         if self.paused:
             return "paused"
-        if any(s.state == "waiting" and s.reason == "awaiting_approval"
+        if any(s.state == "waiting" and s.reason in ("awaiting_approval", "awaiting_input")
                for s in self.steps.values()):
             return "waiting"
         return "running"
@@ -143,8 +143,8 @@ def _advance(step: Step, e: Event) -> None:
     elif isinstance(e, ClaimGranted):
         step.state = "running"
     elif isinstance(e, WorkUnitDeferred):
-        step.state = "waiting" if e.reason_code in ("waiting_on_parents",
-                                                    "awaiting_approval") else "deferred"
+        step.state = "waiting" if e.reason_code in ("waiting_on_parents", "awaiting_approval",
+                                                    "awaiting_input") else "deferred"
         step.reason = e.reason_code
     elif isinstance(e, WorkUnitCompleted) and e.accepted:
         step.state, step.finished_at = "completed", e.occurred_at

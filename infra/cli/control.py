@@ -10,6 +10,7 @@ import getpass
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -121,6 +122,75 @@ Wait = Annotated[float, typer.Option(help="seconds to wait for the outcome (0: d
 Fmt = Annotated[OutputFormat, typer.Option("--format", help="table or json")]
 
 
+def _step_of(settings: Any, step: str) -> Any:
+    """The admitted submission of a unit, from the scheduler's log (None: no such unit)."""
+    from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
+    from onceflow.streams.kafka import read_events
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    for _, event in read_events(settings, TopicCatalog(settings)["workunits"].name,
+                                SingleObjectCodec(),
+                                event_types=frozenset({"workunit.submitted"})):
+        if isinstance(event, WorkUnitSubmitted) and event.work_unit_id == step:
+            return event
+    return None
+
+
+def _answer(session_id: str, step: str, tenant: str, file: Path, actor: str | None,
+            wait: float, fmt: OutputFormat) -> None:
+    from onceflow.schemas import ControlHumanInputSubmitted, SingleObjectCodec
+    from onceflow.streams.content import open_content_store
+    from onceflow.streams.kafka import DeliveryError, EventProducer
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    if not file.is_file():
+        raise fail(f"{file} does not exist; pass the file that holds the answer")
+    settings = cli_settings()
+    require_broker(settings)
+    spec = _step_of(settings, step)
+    if spec is None or spec.execution_session_id != session_id or spec.tenant_id != tenant:
+        raise fail(f"no step {step!r} in session {session_id!r} of tenant {tenant!r}", 1)
+    if spec.kind != "input":
+        raise fail(f"{step} is not an input step (it is a {spec.kind} unit)", 1)
+    data = file.read_bytes()
+    media_type = "application/octet-stream"
+    schema_text = spec.parameters.get("schema")
+    if schema_text:
+        import jsonschema
+
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            raise fail(f"{file} is not JSON ({exc}); the step asks for JSON") from None
+        try:
+            jsonschema.validate(value, json.loads(schema_text))
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "the answer"
+            raise fail(f"{file} does not fit the step's schema: {where}: {exc.message}") \
+                from None
+        media_type = "application/json"
+    ref = open_content_store(settings).put(data, media_type)
+    event = ControlHumanInputSubmitted(
+        event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000), tenant_id=tenant,
+        execution_session_id=session_id, work_unit_id=step, prompt_id=step, input_ref=ref,
+        submitted_by=actor or getpass.getuser() or "operator")
+    producer = EventProducer(settings, SingleObjectCodec())
+    producer.send(TopicCatalog(settings)["control"], event)
+    try:
+        producer.flush()
+    except DeliveryError as exc:
+        raise fail(str(exc), 1) from None
+    records = _applied(settings, event.event_id, 1, wait) if wait > 0 else []
+    if fmt == "json":
+        print(json.dumps({"control_id": event.event_id, "answer_ref": ref.model_dump(),
+                          "records": [r.model_dump(mode="json") for r in records]}, indent=2))
+    if records and records[0].outcome == "refused":
+        raise fail(f"answer refused: {records[0].detail}", 1)
+    if fmt != "json":
+        console.print(records[0].detail if records else
+                      f"answer sent (control {event.event_id}); not applied yet")
+
+
 def read_inbox(settings: Any, tenant: str | None = None) -> list[dict[str, Any]]:
     """Everything waiting for a person, oldest first: units parked in needs_operator and
     units waiting for an approval, each with what it waits for and until when."""
@@ -147,6 +217,14 @@ def read_inbox(settings: Any, tenant: str | None = None) -> list[dict[str, Any]]
                 "effect": event.effect, "reason": event.reason or event.reason_code,
                 "deadline": None,
                 "resolve": f"onceflow resolve {wu} --action retry|mark_done|abandon"}
+        elif isinstance(event, WorkUnitDeferred) and event.reason_code == "awaiting_input":
+            waiting[wu] = {
+                "kind": "input", "work_unit_id": wu, "tenant_id": event.tenant_id,
+                "session_id": event.execution_session_id, "since": event.occurred_at,
+                "attempt": 0, "node_id": "", "effect": "", "reason": event.reason,
+                "deadline": event.retry_at,
+                "resolve": f"onceflow input {event.execution_session_id} {wu} --tenant "
+                           f"{event.tenant_id} --file answer.json"}
         elif isinstance(event, WorkUnitDeferred) and event.reason_code == "awaiting_approval":
             waiting[wu] = {
                 "kind": "approval", "work_unit_id": wu, "tenant_id": event.tenant_id,
@@ -181,6 +259,19 @@ def register(app: typer.Typer) -> None:
         """Deny a unit that waits for an approval: it fails closed, nothing applied."""
         _control("deny", work_unit_id, None, None, False, reason, actor, wait, fmt)
 
+    @app.command("input")
+    def answer(
+        session_id: Annotated[str, typer.Argument(help="the session")],
+        step: Annotated[str, typer.Argument(help="its input step (a work unit id)")],
+        tenant: Annotated[str, typer.Option(help="the session's tenant")],
+        file: Annotated[Path, typer.Option("--file", help="the answer (JSON when the step "
+                                                          "declares a schema)")],
+        actor: Actor = None, wait: Wait = 10.0, fmt: Fmt = "table",
+    ) -> None:
+        """Answer an input step: the answer goes to the content store and becomes the step's
+        result, handed to the steps that depend on it."""
+        _answer(session_id, step, tenant, file, actor, wait, fmt)
+
     @app.command()
     def inbox(tenant: Annotated[str | None, typer.Option(help="only this tenant's")] = None,
               fmt: Fmt = "table") -> None:
@@ -203,7 +294,8 @@ def register(app: typer.Typer) -> None:
             until = ("-" if w["deadline"] is None
                      else time.strftime("%H:%M:%S", time.localtime(w["deadline"] / 1000)))
             table.add_row(since, w["tenant_id"], w["session_id"], w["work_unit_id"],
-                          "an operator" if w["kind"] == "needs_operator" else "approval",
+                          {"needs_operator": "an operator", "approval": "approval",
+                           "input": "an answer"}[w["kind"]],
                           until, w["reason"][:60], w["resolve"])
         console.print(table)
 

@@ -177,8 +177,8 @@ class WorkUnitSubmitted(Event, event_type="workunit.submitted"):
         default=False, description="a person approves it before it runs (onceflow approve); "
         "without one by its deadline it fails closed, nothing applied")
     approval_timeout_ms: int = Field(
-        default=0, ge=0, description="how long it waits for the approval, in logged time "
-        "(0: ONCEFLOW_SCHEDULER__APPROVAL_TIMEOUT_MS)")
+        default=0, ge=0, description="how long it waits for a person (its approval, or an "
+        "input step's answer), in logged time (0: ONCEFLOW_SCHEDULER__APPROVAL_TIMEOUT_MS)")
 
 
 class WorkUnitScheduled(Event, event_type="workunit.scheduled"):
@@ -849,6 +849,8 @@ class ControlApplied(Event, event_type="control.applied"):
 
 
 class ControlHumanInputSubmitted(Event, event_type="control.human_input.submitted"):
+    """A person's answer to an input step (`work_unit_id`), stored in the content store."""
+
     prompt_id: str
     input_ref: ContentRef | None = None
     text: str | None = None

@@ -34,11 +34,11 @@ PlacementReason = Literal["best_score", "anti_affinity", "quarantine_fallback"]
 #: why a unit waits: admission throttled, parents not done, no node can take it now
 DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node",
                          "provider_paused", "concurrency_limited", "rate_limited",
-                         "budget_wait", "paused", "awaiting_approval"]
+                         "budget_wait", "paused", "awaiting_approval", "awaiting_input"]
 #: what an operator's control acts on: one unit, a session, a tenant, or the whole queue
 ControlScope = Literal["unit", "session", "tenant", "queue"]
 #: what an operator's control does
-ControlAction = Literal["pause", "resume", "cancel", "approve", "deny"]
+ControlAction = Literal["pause", "resume", "cancel", "approve", "deny", "answer"]
 #: what a scheduler partition did with a control: acted on units, found none of the
 #: scope's units here, or refused it (and said why)
 ControlOutcome = Literal["applied", "none_here", "refused"]
@@ -59,7 +59,7 @@ ClaimRejectionReason = Literal[
 #: or refused (the rest); "" only on results written before the report had its own type
 SettlementReason = Literal[
     "grant_holder", "operator_mark_done", "unknown_unit", "already_settled", "stale_attempt",
-    "not_grant_holder", "lease_expired", ""]
+    "not_grant_holder", "lease_expired", "human_input", "input_default", ""]
 #: what moved a node's trust score
 TrustOutcome = Literal["success", "failure", "timeout", "heartbeat"]
 #: a node's circuit breaker: closed (work flows), open (none, for a while),

@@ -29,7 +29,7 @@ __all__ = [
 MONEY_QUANTUM = Decimal("0.000001")
 
 Priority = Literal["critical", "p0", "p1", "p2"]
-WorkKind = Literal["cpu", "llm_pod", "tool"]
+WorkKind = Literal["cpu", "llm_pod", "tool", "input"]
 EffectLabel = Literal["PURE", "READ_ONLY_NONDET", "WORLD_MUTATING"]
 IdempotencyClass = Literal["none", "token", "readback", "staged", "at_least_once"]
 HealthStatus = Literal["healthy", "degraded", "down", "draining"]

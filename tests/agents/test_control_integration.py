@@ -20,6 +20,7 @@ from onceflow.schemas import (
     SingleObjectCodec,
     WorkUnitCompleted,
     WorkUnitFailed,
+    WorkUnitScheduled,
 )
 from onceflow.streams.limits import LimitsSettings
 from onceflow.streams.settings import OnceflowSettings
@@ -196,3 +197,33 @@ def inbox(cluster: Cluster) -> list[dict[str, Any]]:
     assert done.returncode == 0, done.stderr
     items: list[dict[str, Any]] = json.loads(done.stdout)
     return items
+
+
+def test_an_input_step_answered_from_the_cli_hands_its_answer_to_the_next_step(
+        cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_scheduler()
+    cluster.start_agent("n1", kinds=("cpu",), concurrency=2)
+    schema = json.dumps({"type": "object", "required": ["region"],
+                         "properties": {"region": {"type": "string"}}})
+    ask = unit("ask", kind="input", prompt="Which region?", parameters={"schema": schema},
+               approval_timeout_ms=120_000)
+    use = unit("use", handler="sha256", depends_on=["ask"])
+    cluster.submit(ask, use)
+    wait_for(lambda: [i["kind"] for i in inbox(cluster)] == ["input"], timeout=30,
+             what="the input step to wait in the inbox")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"zone": 1}')
+    refused = run_cli(cluster, "input", "s1", "ask", "--tenant", "acme", "--file", str(bad))
+    assert refused.returncode == 2
+    assert "does not fit the step's schema" in refused.stderr and "region" in refused.stderr
+    good = tmp_path / "answer.json"
+    good.write_text('{"region": "eu-west"}')
+    out = cli_json(cluster, "input", "s1", "ask", "--tenant", "acme", "--file", str(good))
+    assert out["records"][0]["outcome"] == "applied"
+    assert cluster.wait_settled(["ask", "use"], timeout=30) == {"ask": "completed",
+                                                                "use": "completed"}
+    facts = events(cluster.settings, cluster.catalog["workunits"].name)
+    (placed,) = [f for f in facts if isinstance(f, WorkUnitScheduled)
+                 and f.work_unit_id == "use"]
+    assert [r.sha256 for r in placed.parent_result_refs] == [out["answer_ref"]["sha256"]]
+    assert inbox(cluster) == []

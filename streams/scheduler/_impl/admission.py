@@ -26,7 +26,7 @@ from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.pauses import paused_by
 from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
 from onceflow.streams.scheduler._impl.slots import release_slots, request_slots
-from onceflow.streams.scheduler._impl.unit import PlacementMemory, UnitRecord
+from onceflow.streams.scheduler._impl.unit import WAITING_FOR_A_PERSON, PlacementMemory, UnitRecord
 from onceflow.streams.types import Routed, State
 
 __all__ = [
@@ -121,6 +121,12 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
     """Place a unit now: a `scheduled` fact, a `deferred` one that says why not, or its
     request for concurrency slots when it has a limited scope and holds none yet."""
     spec = unit.spec
+    if spec.kind == "input":
+        # a person's answer is its result: it is never placed on a node
+        deadline = now + (spec.approval_timeout_ms or ctx.cfg.approval_timeout_ms)
+        return deferred(ctx, unit, cause, now, "awaiting_input",
+                        f"waiting for a person's answer (onceflow input {unit.session_id} "
+                        f"{unit.work_unit_id}) until {deadline}", role=role, retry_at=deadline)
     if spec.requires_approval and not unit.approved:
         deadline = now + (spec.approval_timeout_ms or ctx.cfg.approval_timeout_ms)
         return deferred(ctx, unit, cause, now, "awaiting_approval",
@@ -253,7 +259,7 @@ def evolve_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,
 
 def evolve_deferred(ctx: SchedulerContext, state: State, unit: UnitRecord,
                     fact: WorkUnitDeferred) -> UnitRecord:
-    waiting = fact.reason_code in ("waiting_on_parents", "awaiting_approval")
+    waiting = fact.reason_code == "waiting_on_parents" or fact.reason_code in WAITING_FOR_A_PERSON
     return unit.but(status="waiting" if waiting else "deferred", reason=fact.reason_code,
                     decided_at=fact.decided_at, retry_at=fact.retry_at or 0,
                     slots=_left_waiting_for_slot(unit))

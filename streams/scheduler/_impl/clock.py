@@ -17,10 +17,15 @@ from onceflow.schemas import ClockTick, Event, QueueSampled, WorkUnitDeferred
 from onceflow.streams.ids import caused_by
 from onceflow.streams.scheduler._impl.admission import placed
 from onceflow.streams.scheduler._impl.context import SchedulerContext
-from onceflow.streams.scheduler._impl.control import close_failed
+from onceflow.streams.scheduler._impl.control import close_failed, complete_with
 from onceflow.streams.scheduler._impl.pauses import control_version, paused_by
 from onceflow.streams.scheduler._impl.settlement import attempt_ended
-from onceflow.streams.scheduler._impl.unit import ClaimWaits, QueueCounters, UnitRecord
+from onceflow.streams.scheduler._impl.unit import (
+    WAITING_FOR_A_PERSON,
+    ClaimWaits,
+    QueueCounters,
+    UnitRecord,
+)
 from onceflow.streams.types import Routed, State
 
 __all__ = ["evolve_queue_sampled", "on_tick", "route_queue_sampled"]
@@ -60,10 +65,8 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
             unit = ctx.load(state, wu)
             if unit is None:
                 continue
-            if unit.status == "waiting" and unit.reason == "awaiting_approval":
-                # nobody approved it in time: it fails closed, nothing applied
-                expired = close_failed(ctx, state, unit, tick, now, "approval_expired",
-                                       f"no approval by {unit.retry_at}")
+            if unit.status == "waiting" and unit.reason in WAITING_FOR_A_PERSON:
+                expired = _deadline_passed(ctx, state, unit, tick, now)
                 facts.extend(expired)
                 budget -= len(expired)
                 continue
@@ -75,6 +78,17 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
     if sample is not None:
         facts.append(sample)
     return facts
+
+
+def _deadline_passed(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: ClockTick,
+                     now: int) -> list[Event]:
+    """Nobody answered in time: an approval fails closed (nothing applied); an input step
+    takes its declared default (its `input_ref`) or fails."""
+    if unit.reason == "awaiting_input" and unit.spec.input_ref is not None:
+        return complete_with(ctx, state, unit, tick, now, unit.spec.input_ref, "input_default")
+    code = "approval_expired" if unit.reason == "awaiting_approval" else "input_expired"
+    what = "approval" if unit.reason == "awaiting_approval" else "answer"
+    return close_failed(ctx, state, unit, tick, now, code, f"no {what} by {unit.retry_at}")
 
 
 def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: ClockTick,

@@ -30,11 +30,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from onceflow.schemas import (
+    ContentRef,
     ControlApplied,
+    ControlHumanInputSubmitted,
     ControlOutcome,
     ControlRequested,
     Event,
+    SettlementReason,
     WorkUnitCancelled,
+    WorkUnitCompleted,
     WorkUnitFailed,
 )
 from onceflow.streams.ids import caused_by, derive_event_id, restated
@@ -49,8 +53,10 @@ from onceflow.streams.types import Routed, State
 __all__ = [
     "cancel_unit",
     "close_failed",
+    "complete_with",
     "evolve_control_applied",
     "on_control",
+    "on_human_input",
     "route_cancelled",
     "route_control",
     "target_of",
@@ -174,6 +180,40 @@ def cancel_unit(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Ev
         control_id=cause.event_id if isinstance(cause, ControlRequested) else "")
     return [*release_slots(ctx, unit, cause, now, "cancelled"), cancelled,
             *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
+
+
+def on_human_input(ctx: SchedulerContext, state: State, event: ControlHumanInputSubmitted
+                   ) -> Sequence[Event]:
+    """A person's answer to an input step: the step completes with it as its result, and its
+    dependents get it like a parent's result. Anything else is refused, saying why."""
+    now = event.occurred_at
+    wu = event.work_unit_id or ""
+    unit = ctx.load(state, wu)
+    detail = ""
+    if unit is None:
+        detail = f"unknown work unit {wu}"
+    elif unit.spec.kind != "input":
+        detail = f"work unit {wu} is not an input step (it is a {unit.spec.kind} unit)"
+    elif not (unit.status == "waiting" and unit.reason == "awaiting_input"):
+        detail = f"input step {wu} is not waiting for an answer (it is {unit.status})"
+    record = ControlApplied(
+        **caused_by(event, "control-applied", occurred_at=now), control_id=event.event_id,
+        action="answer", scope="unit", target=f"unit:{wu}", requested_by=event.submitted_by,
+        outcome="refused" if detail else "applied",
+        detail=detail or f"input step {wu} answered", partition=ctx.reports.partition_of(wu))
+    if detail or unit is None:
+        return (record,)
+    return [record, *complete_with(ctx, state, unit, event, now, event.input_ref, "human_input")]
+
+
+def complete_with(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, now: int,
+                  ref: ContentRef | None, reason: SettlementReason) -> list[Event]:
+    """Settle a unit that ran nowhere with a result it was given (an answer, a default)."""
+    return [WorkUnitCompleted(
+        **ctx.envelope(unit, cause, "settled", now), selected_node_id="",
+        attempt_index=max(1, unit.attempt), result_ref=ref, kind=unit.spec.kind, accepted=True,
+        settlement_reason=reason, submitted_at=unit.submitted_at, finished_at=now,
+    ), *notify_dependents(ctx, state, unit, cause, now, "completed", ref)]
 
 
 def close_failed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, now: int,

@@ -32,6 +32,7 @@ from onceflow.streams.types import State
 __all__ = [
     "QUEUE_KEY",
     "TERMINAL",
+    "WAITING_FOR_A_PERSON",
     "ClaimWaits",
     "IndexKind",
     "PlacementMemory",
@@ -56,6 +57,9 @@ TERMINAL: frozenset[UnitStatus] = frozenset({"completed", "failed", "rejected", 
 IndexKind = Literal["lease", "retry", "deferred", "paused"]
 
 QueueBucket = Literal["deferred", "throttled", "scheduled", "retry_wait", "granted"]
+
+#: why a unit can wait for a person, each until a deadline
+WAITING_FOR_A_PERSON = frozenset({"awaiting_approval", "awaiting_input"})
 
 QUEUE_KEY = "queue"
 WAITS_KEY = "queue-waits"
@@ -259,7 +263,7 @@ class UnitRecord:
             return ("lease", self.deadline)
         if self.status == "retry_wait":
             return ("retry", self.retry_at)
-        if self.status == "waiting" and self.reason == "awaiting_approval":
+        if self.status == "waiting" and self.reason in WAITING_FOR_A_PERSON:
             return ("retry", self.retry_at)  # its deadline: then it fails closed
         if self.status == "deferred":
             if self.reason in ("provider_paused", "rate_limited"):

@@ -8,7 +8,9 @@ from typing import Any
 from onceflow.schemas import (
     ClaimGranted,
     ClaimRejected,
+    ContentRef,
     ControlApplied,
+    ControlHumanInputSubmitted,
     ControlRequested,
     Event,
     WorkUnitCancelled,
@@ -218,3 +220,58 @@ def test_a_unit_that_depends_on_itself_is_rejected_instead_of_waiting_forever() 
     assert rejected.reason_code == "depends_on_cycle"  # type: ignore[attr-defined]
     assert "depends on itself" in rejected.reason  # type: ignore[attr-defined]
     assert h.unit("wu-1").status == "rejected"
+
+
+# -- human input ----------------------------------------------------------------------------
+
+ANSWER = ContentRef(sha256="a" * 64, size=9,
+                    media_type="application/json")
+
+
+def answer(wu: str, at: int) -> ControlHumanInputSubmitted:
+    return ControlHumanInputSubmitted(event_id=f"ans-{wu}-{at}", occurred_at=at,
+                                      tenant_id="acme", execution_session_id="s1",
+                                      work_unit_id=wu, prompt_id=wu, input_ref=ANSWER,
+                                      submitted_by="bob")
+
+
+def test_an_input_step_waits_for_its_answer_and_hands_it_to_the_next_step() -> None:
+    h = _ready()
+    (_, waits) = h.feed(submit("ask", kind="input", prompt="Which region?",
+                               approval_timeout_ms=60_000))
+    assert isinstance(waits, WorkUnitDeferred) and waits.reason_code == "awaiting_input"
+    h.feed(submit("use", at=T0 + 1, depends_on=["ask"]))
+    _deliver_dependency_notices(h)
+    before = len(h.outputs)
+    facts = h.feed(answer("ask", T0 + 5))
+    assert applied(facts).outcome == "applied"
+    done = next(f for f in facts if isinstance(f, WorkUnitCompleted))
+    assert (done.accepted, done.settlement_reason, done.result_ref) == (
+        True, "human_input", ANSWER)
+    _deliver_dependency_notices(h, since=before)
+    placed = [o for o in h.outputs[before:] if isinstance(o, WorkUnitScheduled)]
+    assert placed and placed[0].parent_result_refs == [ANSWER]  # like a parent's result
+    again = applied(h.feed(answer("ask", T0 + 6)))
+    assert (again.outcome, again.detail) == (
+        "refused", "input step ask is not waiting for an answer (it is completed)")
+    assert_replay_equals_live(h)
+
+
+def test_an_unanswered_input_step_takes_its_default_or_fails() -> None:
+    h = _ready()
+    h.feed(submit("with-default", kind="input", approval_timeout_ms=1_000, input_ref=ANSWER))
+    h.feed(submit("without", kind="input", approval_timeout_ms=1_000))
+    facts = h.tick(T0 + 1_000)
+    settled = {f.work_unit_id: f.settlement_reason for f in facts
+               if isinstance(f, WorkUnitCompleted)}
+    failed = {f.work_unit_id: f.error_code for f in facts if isinstance(f, WorkUnitFailed)}
+    assert settled == {"with-default": "input_default"}
+    assert failed == {"without": "input_expired"}
+
+
+def test_answering_what_is_not_an_input_step_is_refused() -> None:
+    h = _ready()
+    h.feed(submit("cpu-1"))
+    record = applied(h.feed(answer("cpu-1", T0 + 1)))
+    assert (record.outcome, record.detail) == (
+        "refused", "work unit cpu-1 is not an input step (it is a cpu unit)")
