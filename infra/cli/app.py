@@ -567,9 +567,21 @@ def demo(
     simulate_pressure: Annotated[str, typer.Option(
         "--simulate-pressure", help="none, low, high, critical or auto: waves of work that "
                                     "drive scaling and admission modes")] = "none",
+    scenario: Annotated[str, typer.Option(
+        help="burst (a burst of units) or sessions (agent sessions steered while they run: "
+             "paused and resumed, cancelled, approved, left to a deadline)")] = "burst",
 ) -> None:
     """The whole path on the local stack: submit a burst, watch it settle, summarise, stop."""
     from onceflow.infra.demo import DemoSpec, run_demo
+    from onceflow.infra.demo_sessions import SCENARIOS, run_sessions_demo
+
+    if scenario not in SCENARIOS:
+        raise fail(f"--scenario {scenario!r} is not known: use {' or '.join(SCENARIOS)}")
+    if scenario == "sessions":
+        code = run_sessions_demo(cli_settings(), console, timeout_s=timeout, keep=keep)
+        if code:
+            raise typer.Exit(code)
+        return
 
     if kind not in ("mixed", *(k for k in KINDS if k != "tool")):
         raise fail(f"--kind {kind!r} is not known: use mixed, cpu or llm_pod")

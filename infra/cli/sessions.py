@@ -139,18 +139,91 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def why(
-        work_unit_id: Annotated[str, typer.Argument(help="a work unit")],
+        work_unit_id: Annotated[str | None, typer.Argument(help="a work unit")] = None,
+        session: Annotated[str | None, typer.Option(
+            help="every decision about a session's units instead (with --tenant)")] = None,
+        tenant: Annotated[str | None, typer.Option(help="the session's tenant")] = None,
         fmt: Fmt = "table",
     ) -> None:
-        """Every decision about a unit, in the order the log has them: placements with
-        their candidates, deferrals, retries, leases, controls, operator resolutions."""
+        """Every decision about a unit (or a session), in the order the log has them:
+        placements with their candidates, deferrals, retries, leases, controls, operator
+        resolutions."""
+        from onceflow.schemas import ControlApplied
+
+        if (work_unit_id is None) == (session is None):
+            raise fail("name a work unit, or a session with --session S --tenant T")
+        if session is not None and tenant is None:
+            raise fail(f"--session {session} needs its --tenant")
         facts, _ = _read(ready_settings(), ledger=False)
-        mine = [e for e in facts if e.work_unit_id == work_unit_id]
+        if work_unit_id is not None:
+            mine = [e for e in facts if e.work_unit_id == work_unit_id]
+            missing = f"no work unit {work_unit_id!r} in the log"
+        else:
+            units = {e.work_unit_id for e in facts if e.event_type == "workunit.submitted"
+                     and e.tenant_id == tenant and e.execution_session_id == session}
+            target = f"session:{tenant}/{session}"
+            mine = [e for e in facts if (e.work_unit_id in units and e.work_unit_id)
+                    or (isinstance(e, ControlApplied) and e.target == target)]
+            missing = f"no session {session!r} of tenant {tenant!r} in the log"
         if not mine:
-            raise fail(f"no work unit {work_unit_id!r} in the log", 1)
+            raise fail(missing, 1)
         if fmt == "json":
             print(json.dumps([e.model_dump(mode="json") for e in mine], indent=2))
             return
         for e in mine:
             stamp = time.strftime("%H:%M:%S", time.localtime(e.occurred_at / 1000))
-            console.print(f"{stamp}.{e.occurred_at % 1000:03d}  {describe(e)}", markup=False)
+            who = f"{e.work_unit_id}  " if session is not None and e.work_unit_id else ""
+            console.print(f"{stamp}.{e.occurred_at % 1000:03d}  {who}{describe(e)}",
+                          markup=False)
+
+    @app.command()
+    def watch(
+        session: Annotated[str | None, typer.Argument(help="a session (none: the stack)")]
+        = None,
+        tenant: Annotated[str | None, typer.Option(help="the session's tenant")] = None,
+        interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
+    ) -> None:
+        """A live view of a session (its steps changing state, cost, waits), refreshed in
+        place until it ends; without a session, every session of the stack (Ctrl-C ends)."""
+        from rich.live import Live
+        from rich.table import Table
+
+        from onceflow.infra.sessions import fold_sessions
+
+        if session is not None and tenant is None:
+            raise fail(f"watching session {session} needs its --tenant")
+        settings = ready_settings()
+
+        def render() -> tuple[Table, bool]:
+            facts, items = _read(settings)
+            views = fold_sessions(facts, items)
+            if session is not None:
+                view = views.get((tenant or "", session))
+                table = Table("step", "kind", "state", "attempts", "node", "cost (USD)",
+                              title=f"session {tenant}/{session}: "
+                                    f"{view.state if view else 'not in the log yet'}"
+                                    + (f", {view.cost_usd:f} USD" if view else ""))
+                for step in (view.steps.values() if view else []):
+                    table.add_row(step.work_unit_id, step.kind,
+                                  step.state + (f" ({step.reason})" if step.reason else ""),
+                                  str(step.attempts), step.node or "-", f"{step.cost_usd:f}")
+                ended = view is not None and view.state in ("completed", "failed",
+                                                            "cancelled")
+                return table, ended
+            table = Table("tenant", "session", "state", "steps done", "cost (USD)",
+                          title=f"sessions ({len(views)})")
+            for v in sorted(views.values(), key=lambda v: (v.tenant_id, v.session_id)):
+                d = v.as_json()
+                table.add_row(v.tenant_id, v.session_id, v.state, f"{d['done']}/{d['steps']}",
+                              d["cost_usd"])
+            return table, False
+
+        table, ended = render()
+        with Live(table, console=console, refresh_per_second=4) as live:
+            try:
+                while not ended:
+                    time.sleep(interval)  # a view's refresh period, not synchronisation
+                    table, ended = render()
+                    live.update(table)
+            except KeyboardInterrupt:
+                pass

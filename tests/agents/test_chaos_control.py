@@ -39,7 +39,7 @@ def test_a_paused_session_and_a_pending_approval_survive_a_scheduler_and_agent_k
     create_topics(fast)
     roles = start_roles(fast, agent_specs(2, concurrency=2, region="eu-west"))
     db = tmp_path / "effects.sqlite"
-    steps = [unit(f"s-{i:03d}", simulated_ms=50, lease_ms=5000) for i in range(120)]
+    steps = [unit(f"s-{i:03d}", simulated_ms=50, lease_ms=5000) for i in range(60)]
     gated = unit("send", kind="tool", effect="WORLD_MUTATING", parameters={"db": str(db)},
                  requires_approval=True, approval_timeout_ms=600_000
                  ).model_copy(update={"execution_session_id": "s2"})
@@ -88,5 +88,5 @@ def test_a_paused_session_and_a_pending_approval_survive_a_scheduler_and_agent_k
         follower.close()
         stop_roles(roles)
     assert {final[i] for i in everything} == {"completed"}
-    assert done_before < 120
+    assert done_before < 60
     assert effect_rows(db) == {"send": 1}

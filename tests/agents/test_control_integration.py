@@ -105,6 +105,14 @@ def _pause_and_resume(cluster: Cluster) -> None:
     why = [f["event_type"] for f in cli_json(cluster, "why", "step-199")]
     assert why[0] == "workunit.submitted" and why[-1] == "workunit.completed"
     assert "workunit.scheduled" in why
+    whole = cli_json(cluster, "why", "--session", "s1", "--tenant", "acme")
+    assert [f["action"] for f in whole if f["event_type"] == "control.applied"] == (
+        ["pause"] * 3 + ["resume"] * 3)
+    # the live view of an ended session shows it and returns
+    watched = subprocess.run([sys.executable, "-m", "onceflow", "watch", "s1", "--tenant",
+                              "acme"], env={**os.environ, **cluster.settings.to_env()},
+                             capture_output=True, text=True, timeout=60)
+    assert watched.returncode == 0 and "session acme/s1: completed" in watched.stdout
     # In each partition's log, nothing of the session was granted between its pause and its
     # resume: the order in the log is the record.
     codec = SingleObjectCodec()
