@@ -464,8 +464,16 @@ def resolve(
         producer.flush()
     except DeliveryError as exc:
         raise fail(str(exc), 1) from None
-    console.print(f"{action} requested for {work_unit_id} (event {event.event_id}); the scheduler "
-                  "applies it only if the unit is in needs_operator")
+    from onceflow.infra.cli.control import wait_applied
+
+    records = wait_applied(settings, event.event_id, 1, 10.0)
+    if not records:
+        console.print(f"{action} requested for {work_unit_id} (event {event.event_id}); no "
+                      "scheduler has applied it yet (is `onceflow up` running?)")
+        return
+    if records[0].outcome == "refused":
+        raise fail(f"{action} refused: {records[0].detail}", 1)
+    console.print(f"{records[0].detail} (by {operator}, event {event.event_id})")
 
 
 # -- tail ---------------------------------------------------------------------------------------

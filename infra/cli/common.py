@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 console = Console()
-err_console = Console(stderr=True)
+#: errors stay on one line however narrow the terminal (scripts grep them)
+err_console = Console(stderr=True, soft_wrap=True)
 
 OutputFormat = Literal["table", "json"]
 

@@ -18,7 +18,7 @@ import typer
 from onceflow.infra.cli.common import OutputFormat, cli_settings, console, fail, require_broker
 from onceflow.schemas import ControlAction, ControlApplied, ControlRequested, ControlScope
 
-__all__ = ["read_inbox", "register"]
+__all__ = ["read_inbox", "register", "wait_applied"]
 
 
 def _target(unit: str | None, session: str | None, tenant: str | None, queue: bool
@@ -41,8 +41,8 @@ def _target(unit: str | None, session: str | None, tenant: str | None, queue: bo
     raise fail("name what to act on: --unit WU, --session S --tenant T, --tenant T, or --queue")
 
 
-def _applied(settings: Any, control_id: str, expected: int, timeout: float
-             ) -> list[ControlApplied]:
+def wait_applied(settings: Any, control_id: str, expected: int, timeout: float
+                 ) -> list[ControlApplied]:
     """The partitions' records of a control, once all `expected` are in (or at the timeout)."""
     from onceflow.schemas import SingleObjectCodec
     from onceflow.streams.kafka import read_events
@@ -83,7 +83,7 @@ def _control(action: ControlAction, unit: str | None, session: str | None, tenan
     except DeliveryError as exc:
         raise fail(str(exc), 1) from None
     expected = 1 if scope == "unit" else catalog["reports"].partitions
-    records = _applied(settings, command.event_id, expected, wait) if wait > 0 else []
+    records = wait_applied(settings, command.event_id, expected, wait) if wait > 0 else []
     if fmt == "json":
         print(json.dumps({"control_id": command.event_id, "action": action, "scope": scope,
                           "records": [r.model_dump(mode="json") for r in records]}, indent=2))
@@ -180,7 +180,7 @@ def _answer(session_id: str, step: str, tenant: str, file: Path, actor: str | No
         producer.flush()
     except DeliveryError as exc:
         raise fail(str(exc), 1) from None
-    records = _applied(settings, event.event_id, 1, wait) if wait > 0 else []
+    records = wait_applied(settings, event.event_id, 1, wait) if wait > 0 else []
     if fmt == "json":
         print(json.dumps({"control_id": event.event_id, "answer_ref": ref.model_dump(),
                           "records": [r.model_dump(mode="json") for r in records]}, indent=2))

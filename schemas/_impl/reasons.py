@@ -38,7 +38,7 @@ DeferralReason = Literal["throttled", "waiting_on_parents", "no_eligible_node",
 #: what an operator's control acts on: one unit, a session, a tenant, or the whole queue
 ControlScope = Literal["unit", "session", "tenant", "queue"]
 #: what an operator's control does
-ControlAction = Literal["pause", "resume", "cancel", "approve", "deny", "answer"]
+ControlAction = Literal["pause", "resume", "cancel", "approve", "deny", "answer", "resolve"]
 #: what a scheduler partition did with a control: acted on units, found none of the
 #: scope's units here, or refused it (and said why)
 ControlOutcome = Literal["applied", "none_here", "refused"]

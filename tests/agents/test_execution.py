@@ -192,3 +192,9 @@ def test_an_operator_resolves_a_parked_unit_from_the_cli(
             if isinstance(f, WorkUnitCompleted) and f.accepted and f.work_unit_id == "parked"]
     assert len(done) == 1 and done[0].settlement_reason == "operator_mark_done"
     assert done[0].result_ref is not None
+    assert "work unit parked: mark_done" in out.stdout
+    again = subprocess.run([sys.executable, "-m", "onceflow.infra.cli", "resolve", "parked",
+                            "--action", "retry"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 1
+    assert "not waiting for an operator (it is completed)" in again.stderr

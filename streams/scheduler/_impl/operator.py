@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from onceflow.schemas import (
+    ControlApplied,
     ControlOperatorResolved,
     ControlSessionCancelRequested,
     Event,
@@ -17,6 +18,7 @@ from onceflow.schemas import (
     WorkUnitFailed,
     WorkUnitRetryScheduled,
 )
+from onceflow.streams.ids import caused_by
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.control import cancel_unit
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
@@ -28,15 +30,34 @@ __all__ = ["evolve_cancelled", "on_cancel", "on_operator"]
 
 def on_operator(ctx: SchedulerContext, state: State, event: ControlOperatorResolved
                 ) -> Sequence[Event]:
-    unit = ctx.load(state, event.work_unit_id or "")
-    if unit is None or unit.status != "needs_operator":
-        return ()
+    """An operator's resolution of a parked unit, recorded with its outcome: a second one
+    (or one for a unit that is not parked) is refused, saying why."""
+    wu = event.work_unit_id or ""
+    unit = ctx.load(state, wu)
     now = event.occurred_at
+    detail = ""
+    if unit is None:
+        detail = f"unknown work unit {wu}"
+    elif unit.status != "needs_operator":
+        detail = f"work unit {wu} is not waiting for an operator (it is {unit.status})"
+    record = ControlApplied(
+        **caused_by(event, "control-applied", occurred_at=now), control_id=event.event_id,
+        action="resolve", scope="unit", target=f"unit:{wu}", requested_by=event.operator,
+        reason=event.note, outcome="refused" if detail else "applied",
+        detail=detail or f"work unit {wu}: {event.resolution}",
+        partition=ctx.reports.partition_of(wu))
+    if unit is None or detail:
+        return (record,)
+    return [record, *_resolve(ctx, state, unit, event, now)]
+
+
+def _resolve(ctx: SchedulerContext, state: State, unit: UnitRecord,
+             event: ControlOperatorResolved, now: int) -> list[Event]:
     if event.resolution == "retry":
-        return (WorkUnitRetryScheduled(
+        return [WorkUnitRetryScheduled(
             **ctx.envelope(unit, event, "retry", now), attempt_index=unit.attempt + 1,
             delay_ms=0, retry_at=now, reason_code="operator_retry",
-        ),)
+        )]
     if event.resolution == "mark_done":
         done = WorkUnitCompleted(
             **ctx.envelope(unit, event, "settled", now), selected_node_id=unit.node,

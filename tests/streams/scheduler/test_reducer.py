@@ -11,6 +11,7 @@ from onceflow.schemas import (
     ClaimGranted,
     ClaimRejected,
     ContentRef,
+    ControlApplied,
     ControlOperatorResolved,
     SlotDenied,
     SlotGranted,
@@ -413,6 +414,26 @@ def test_operator_resolutions() -> None:
                                        work_unit_id="wu-1", resolution=resolution,  # type: ignore[arg-type]
                                        result_ref=REF if resolution == "mark_done" else None))
         assert h.unit("wu-1").status == status
+
+
+def test_a_second_resolution_is_refused_and_recorded_saying_why() -> None:
+    h = ready()
+    node, attempt, deadline = run_to_grant(h, "wu-1", kind="tool", effect="WORLD_MUTATING")
+    h.stage("wu-1", node, attempt, at=T0 + 20)
+    h.tick(deadline)
+    first = h.feed(ControlOperatorResolved(event_id="op-1", occurred_at=deadline + 5,
+                                           work_unit_id="wu-1", resolution="abandon",
+                                           operator="carol", note="customer gone"))
+    record = first[0]
+    assert isinstance(record, ControlApplied)
+    assert (record.action, record.outcome, record.requested_by, record.reason) == (
+        "resolve", "applied", "carol", "customer gone")
+    (second,) = h.feed(ControlOperatorResolved(event_id="op-2", occurred_at=deadline + 6,
+                                               work_unit_id="wu-1", resolution="retry",
+                                               operator="dave"))
+    assert isinstance(second, ControlApplied) and second.outcome == "refused"
+    assert second.detail == "work unit wu-1 is not waiting for an operator (it is failed)"
+    assert h.unit("wu-1").status == "failed"
 
 
 # -- dependencies ---------------------------------------------------------------------------
