@@ -436,9 +436,8 @@ def resolve(
     """Resolve a unit parked in needs_operator: run it again, mark it done, or abandon it."""
     import uuid
 
+    from onceflow.infra.cli.control import send_control, wait_applied
     from onceflow.schemas import ControlOperatorResolved
-    from onceflow.streams.kafka import DeliveryError, EventProducer
-    from onceflow.streams.topics.catalog import TopicCatalog
 
     if action not in ("retry", "mark_done", "abandon"):
         raise fail(f"--action {action!r} is not known: use retry, mark_done or abandon")
@@ -458,14 +457,7 @@ def resolve(
         work_unit_id=work_unit_id, resolution=action,  # type: ignore[arg-type]
         operator=operator, note=note, result_ref=ref,
     )
-    producer = EventProducer(settings, SingleObjectCodec())
-    producer.send(TopicCatalog(settings)["control"], event)
-    try:
-        producer.flush()
-    except DeliveryError as exc:
-        raise fail(str(exc), 1) from None
-    from onceflow.infra.cli.control import wait_applied
-
+    send_control(settings, event)
     records = wait_applied(settings, event.event_id, 1, 10.0)
     if not records:
         console.print(f"{action} requested for {work_unit_id} (event {event.event_id}); no "

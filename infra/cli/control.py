@@ -16,9 +16,28 @@ from typing import Annotated, Any
 import typer
 
 from onceflow.infra.cli.common import OutputFormat, cli_settings, console, fail, require_broker
-from onceflow.schemas import ControlAction, ControlApplied, ControlRequested, ControlScope
+from onceflow.schemas import ControlAction, ControlApplied, ControlRequested, ControlScope, Event
 
-__all__ = ["read_inbox", "register", "wait_applied"]
+__all__ = ["actor_of", "read_inbox", "register", "send_control", "wait_applied"]
+
+
+def actor_of(actor: str | None) -> str:
+    """Who asks: as given, or the user running the command."""
+    return actor or getpass.getuser() or "operator"
+
+
+def send_control(settings: Any, event: Event) -> None:
+    """An operator's command onto the control topic, delivered before this returns."""
+    from onceflow.schemas import SingleObjectCodec
+    from onceflow.streams.kafka import DeliveryError, EventProducer
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    producer = EventProducer(settings, SingleObjectCodec())
+    producer.send(TopicCatalog(settings)["control"], event)
+    try:
+        producer.flush()
+    except DeliveryError as exc:
+        raise fail(str(exc), 1) from None
 
 
 def _target(unit: str | None, session: str | None, tenant: str | None, queue: bool
@@ -64,8 +83,6 @@ def wait_applied(settings: Any, control_id: str, expected: int, timeout: float
 def _control(action: ControlAction, unit: str | None, session: str | None, tenant: str | None,
              queue: bool, reason: str, actor: str | None, wait: float, fmt: OutputFormat
              ) -> None:
-    from onceflow.schemas import SingleObjectCodec
-    from onceflow.streams.kafka import DeliveryError, EventProducer
     from onceflow.streams.topics.catalog import TopicCatalog
 
     scope, envelope = _target(unit, session, tenant, queue)
@@ -74,14 +91,9 @@ def _control(action: ControlAction, unit: str | None, session: str | None, tenan
     catalog = TopicCatalog(settings)
     command = ControlRequested(
         event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000), action=action,
-        scope=scope, requested_by=actor or getpass.getuser() or "operator", reason=reason,
+        scope=scope, requested_by=actor_of(actor), reason=reason,
         **envelope)
-    producer = EventProducer(settings, SingleObjectCodec())
-    producer.send(catalog["control"], command)
-    try:
-        producer.flush()
-    except DeliveryError as exc:
-        raise fail(str(exc), 1) from None
+    send_control(settings, command)
     expected = 1 if scope == "unit" else catalog["reports"].partitions
     records = wait_applied(settings, command.event_id, expected, wait) if wait > 0 else []
     if fmt == "json":
@@ -138,10 +150,8 @@ def _step_of(settings: Any, step: str) -> Any:
 
 def _answer(session_id: str, step: str, tenant: str, file: Path, actor: str | None,
             wait: float, fmt: OutputFormat) -> None:
-    from onceflow.schemas import ControlHumanInputSubmitted, SingleObjectCodec
+    from onceflow.schemas import ControlHumanInputSubmitted
     from onceflow.streams.content import open_content_store
-    from onceflow.streams.kafka import DeliveryError, EventProducer
-    from onceflow.streams.topics.catalog import TopicCatalog
 
     if not file.is_file():
         raise fail(f"{file} does not exist; pass the file that holds the answer")
@@ -173,13 +183,8 @@ def _answer(session_id: str, step: str, tenant: str, file: Path, actor: str | No
     event = ControlHumanInputSubmitted(
         event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000), tenant_id=tenant,
         execution_session_id=session_id, work_unit_id=step, prompt_id=step, input_ref=ref,
-        submitted_by=actor or getpass.getuser() or "operator")
-    producer = EventProducer(settings, SingleObjectCodec())
-    producer.send(TopicCatalog(settings)["control"], event)
-    try:
-        producer.flush()
-    except DeliveryError as exc:
-        raise fail(str(exc), 1) from None
+        submitted_by=actor_of(actor))
+    send_control(settings, event)
     records = wait_applied(settings, event.event_id, 1, wait) if wait > 0 else []
     if fmt == "json":
         print(json.dumps({"control_id": event.event_id, "answer_ref": ref.model_dump(),
