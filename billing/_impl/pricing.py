@@ -118,6 +118,10 @@ class PriceBook:
         return weighted_tokens(tokens_in, tokens_out, rate.input_usd_per_1k,
                                rate.output_usd_per_1k)
 
+    def max_tokens(self, unit: PricedWork) -> int:
+        tokens_in, tokens_out = self._tokens(unit)
+        return tokens_in + tokens_out
+
     @staticmethod
     def _tokens(unit: PricedWork) -> tuple[int, int]:
         """A unit's estimated input and output tokens (see `estimate`)."""

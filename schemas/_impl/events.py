@@ -27,6 +27,9 @@ from onceflow.schemas._impl.reasons import (
     PlacementReason,
     RejectionReason,
     RetryReason,
+    SessionFailurePolicy,
+    SessionLimitName,
+    SessionLimitThreshold,
     SettlementReason,
     SlotReleaseReason,
     TrustOutcome,
@@ -41,6 +44,8 @@ from onceflow.schemas._impl.types import (
     Money,
     PlacementCandidate,
     Priority,
+    SessionLimitPolicy,
+    SessionLimits,
     WorkKind,
 )
 
@@ -75,6 +80,9 @@ __all__ = [
     "NodeHeartbeat",
     "ProviderScopePaused",
     "QueueSampled",
+    "SessionLimitCrossed",
+    "SessionLimitsChanged",
+    "SessionLimitsSet",
     "SlotDenied",
     "SlotGranted",
     "SlotQueued",
@@ -86,6 +94,7 @@ __all__ = [
     "WorkUnitCancelled",
     "WorkUnitCompleted",
     "WorkUnitDeferred",
+    "WorkUnitDependencyProbe",
     "WorkUnitDependencyRegistered",
     "WorkUnitDependencyResolved",
     "WorkUnitFailed",
@@ -123,7 +132,7 @@ class Event(BaseModel):
     work_unit_id: str | None = None
     causation_id: str | None = None
     schema_version: int = Field(
-        default=3, description="the schema release the writer used (schemas/released/v<n>)")
+        default=4, description="the schema release the writer used (schemas/released/v<n>)")
 
     def __init_subclass__(cls, *, event_type: str = "", avro_name: str = "",
                           **kwargs: Any) -> None:
@@ -179,6 +188,12 @@ class WorkUnitSubmitted(Event, event_type="workunit.submitted"):
     approval_timeout_ms: int = Field(
         default=0, ge=0, description="how long it waits for a person (its approval, or an "
         "input step's answer), in logged time (0: ONCEFLOW_SCHEDULER__APPROVAL_TIMEOUT_MS)")
+    session_limits: SessionLimits | None = Field(
+        default=None, description="the session's execution limits; the first submission of a "
+        "session that sets them wins (an operator may change them: onceflow session limits)")
+    failure_policy: SessionFailurePolicy = Field(
+        default="continue", description="what this step's failure does to its session: "
+        "continue (only its dependents fail) or fail_fast (the session is cancelled)")
 
 
 class WorkUnitScheduled(Event, event_type="workunit.scheduled"):
@@ -313,8 +328,9 @@ class WorkUnitDependencyRegistered(Event, event_type="workunit.dependency.regist
     """
 
     child_work_unit_id: str
-    parent_outcome: Literal["", "completed", "failed"] = Field(
-        default="", description="set by the parent's scheduler once it knows: completed | failed"
+    parent_outcome: Literal["", "completed", "failed", "unknown"] = Field(
+        default="", description="set by the parent's scheduler once it knows: completed | "
+        "failed | unknown (no such unit was submitted in time)"
     )
     parent_result_ref: ContentRef | None = None
 
@@ -323,8 +339,19 @@ class WorkUnitDependencyResolved(Event, event_type="workunit.dependency.resolved
     """The parent's outcome, sent to the child's partition (`work_unit_id` is the child)."""
 
     parent_work_unit_id: str
-    outcome: Literal["completed", "failed"]
+    outcome: Literal["completed", "failed", "unknown"]
     result_ref: ContentRef | None = None
+
+
+class WorkUnitDependencyProbe(Event, event_type="workunit.dependency.probe"):
+    """A search for a cycle in `depends_on` across partitions (edge chasing).
+
+    Sent to a unit (`work_unit_id`) that a waiting unit waits on, with the
+    chain of waits that led there; a unit that finds one of its own pending
+    parents in the chain has closed a cycle and fails (`depends_on_cycle`).
+    """
+
+    path: list[str] = Field(description="the units that wait, each on the next, in order")
 
 
 class ProviderScopePaused(Event, event_type="provider.scope.paused"):
@@ -363,6 +390,12 @@ class SlotRequested(Event, event_type="flow.slot.requested"):
     tokens: int = Field(
         default=0, ge=0, description="estimated tokens (input plus price-weighted output) "
         "for token rate limits")
+    kind: WorkKind = "cpu"
+    session_limits: SessionLimits | None = Field(
+        default=None, description="the session's execution limits, as its submission set them")
+    session_tokens: int = Field(
+        default=0, ge=0, description="the most tokens (input plus max_tokens out) it may use, "
+        "held against its session's max_tokens")
 
 
 class SlotGranted(Event, event_type="flow.slot.granted"):
@@ -383,6 +416,10 @@ class SlotGranted(Event, event_type="flow.slot.granted"):
     rate_levels: dict[str, float] = Field(
         default_factory=dict, description="each rate window it took from, after taking: "
         "rpm:<scope> / tpm:<scope> -> what is left (negative: owed by later requests)")
+    kind: WorkKind = "cpu"
+    session_limits: SessionLimits | None = Field(
+        default=None, description="set when the grant counts against its session's limits")
+    session_tokens: int = Field(default=0, ge=0, description="tokens held against max_tokens")
 
 
 class SlotDenied(Event, event_type="flow.slot.denied"):
@@ -395,11 +432,14 @@ class SlotDenied(Event, event_type="flow.slot.denied"):
     attempt_index: int = Field(ge=1)
     reason_code: DenialReason
     reason: str
-    scope: str = Field(description="the budget: tenant:<t> or session:<t>/<s>")
-    budget_usd: Money
-    charged_usd: Money
-    reserved_usd: Money
-    hold_usd: Money
+    scope: str = Field(description="the budget: tenant:<t> or session:<t>/<s>; or the session "
+                       "whose limit is reached")
+    budget_usd: Money = Decimal("0")
+    charged_usd: Money = Decimal("0")
+    reserved_usd: Money = Decimal("0")
+    hold_usd: Money = Decimal("0")
+    on_limit: SessionLimitPolicy = Field(
+        default="park", description="SESSION_LIMIT: the session's policy (park or cancel)")
 
 
 class BudgetSettled(Event, event_type="flow.budget.settled"):
@@ -418,6 +458,55 @@ class BudgetSettled(Event, event_type="flow.budget.settled"):
         default=False, description="the ledger settled the unit: what was held for it ends")
     rate_levels: dict[str, float] = Field(
         default_factory=dict, description="token windows after the correction (see SlotGranted)")
+    session_tokens: int = Field(
+        default=0, ge=0, description="tokens billed (input plus output), against max_tokens")
+    released_tokens: int = Field(
+        default=0, ge=0, description="tokens the settled unit held against max_tokens")
+
+
+class SessionLimitCrossed(Event, event_type="flow.session.limit"):
+    """A session came to 80 % of one of its execution limits (a warning) or to the limit.
+
+    Recorded by the limiter with the counts that triggered it. At the limit
+    the session admits no more steps and, as its policy says, is parked
+    (paused, in the operator's inbox) or cancelled: a `control.requested`
+    follows from `requested_by` onceflow:limits.
+    """
+
+    ENTITY_FIELD: ClassVar[str] = "execution_session_id"
+    limit: SessionLimitName
+    threshold: SessionLimitThreshold
+    used: str = Field(description="what the session has used, with what is held for running "
+                      "steps (a count, tokens, USD or ms)")
+    maximum: str = Field(description="the limit")
+    on_limit: SessionLimitPolicy = "park"
+    detail: str = ""
+    steps: int = Field(default=0, ge=0)
+    attempts: int = Field(default=0, ge=0)
+    llm_calls: int = Field(default=0, ge=0)
+
+
+class SessionLimitsSet(Event, event_type="flow.session.limits.set"):
+    """An operator's command: a session's execution limits are now these (a raise, usually).
+
+    A parked session that the new limits leave room for is resumed.
+    """
+
+    ENTITY_FIELD: ClassVar[str] = "execution_session_id"
+    session_limits: SessionLimits
+    requested_by: str = Field(min_length=1, description="the actor: who asked")
+    reason: str = ""
+
+
+class SessionLimitsChanged(Event, event_type="flow.session.limits.changed"):
+    """The limiter took a session's new limits (the fact of `SessionLimitsSet`)."""
+
+    ENTITY_FIELD: ClassVar[str] = "execution_session_id"
+    session_limits: SessionLimits
+    requested_by: str
+    reason: str = ""
+    resumed: bool = Field(default=False, description="the session was parked at a limit and "
+                          "the new ones leave room: it is resumed")
 
 
 class SlotQueued(Event, event_type="flow.slot.queued"):
@@ -438,6 +527,9 @@ class SlotQueued(Event, event_type="flow.slot.queued"):
     session_budget_usd: Money | None = None
     tokens: int = Field(default=0, ge=0)
     budgeted: bool = Field(default=False, description="its tenant has prepaid credit")
+    kind: WorkKind = "cpu"
+    session_limits: SessionLimits | None = None
+    session_tokens: int = Field(default=0, ge=0)
 
 
 class SlotReleased(Event, event_type="flow.slot.released"):
@@ -855,6 +947,9 @@ class ControlHumanInputSubmitted(Event, event_type="control.human_input.submitte
     input_ref: ContentRef | None = None
     text: str | None = None
     submitted_by: str = ""
+    schema_error: str = Field(
+        default="", description="what the client found wrong with the answer against the "
+        "step's schema: the step refuses it and keeps waiting ('' none)")
 
 
 class ControlOperatorResolved(Event, event_type="control.operator.resolved"):
@@ -928,6 +1023,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     WorkUnitCancelled,
     WorkUnitDependencyRegistered,
     WorkUnitDependencyResolved,
+    WorkUnitDependencyProbe,
     ProviderScopePaused,
     SlotRequested,
     SlotGranted,
@@ -935,6 +1031,9 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     SlotReleased,
     SlotDenied,
     BudgetSettled,
+    SessionLimitCrossed,
+    SessionLimitsSet,
+    SessionLimitsChanged,
     ClaimRequested,
     ClaimGranted,
     ClaimRejected,

@@ -23,6 +23,9 @@ __all__ = [
     "PlacementReason",
     "RejectionReason",
     "RetryReason",
+    "SessionFailurePolicy",
+    "SessionLimitName",
+    "SessionLimitThreshold",
     "SettlementReason",
     "SlotReleaseReason",
     "TrustOutcome",
@@ -43,10 +46,18 @@ ControlAction = Literal["pause", "resume", "cancel", "approve", "deny", "answer"
 #: scope's units here, or refused it (and said why)
 ControlOutcome = Literal["applied", "none_here", "refused"]
 #: why the limiter refused a request for good
-DenialReason = Literal["BUDGET_EXCEEDED"]
+DenialReason = Literal["BUDGET_EXCEEDED", "SESSION_LIMIT"]
 #: why a submission was refused for good
 RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode",
                           "session_budgets_off", "depends_on_cycle"]
+#: a session's execution limits (`SessionLimits`)
+SessionLimitName = Literal["max_steps", "max_attempts", "max_llm_calls", "max_tokens",
+                           "max_cost_usd", "max_wall_time_ms"]
+#: how close a session came: 80 % of a limit (a warning) or the limit itself
+SessionLimitThreshold = Literal["warning", "reached"]
+#: what a failed step does to the rest of its session: only its dependents fail
+#: (continue), or the whole session is cancelled (fail_fast)
+SessionFailurePolicy = Literal["continue", "fail_fast"]
 #: why another attempt follows
 RetryReason = Literal["retryable_error", "operator_retry", "provider_backoff"]
 #: why a unit waits for an operator

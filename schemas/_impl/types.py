@@ -22,6 +22,8 @@ __all__ = [
     "Money",
     "PlacementCandidate",
     "Priority",
+    "SessionLimitPolicy",
+    "SessionLimits",
     "WorkKind",
     "quantize_money",
 ]
@@ -100,3 +102,33 @@ class PlacementCandidate(BaseModel):
     raw_trust: float = 0.5
     heartbeat_age_ms: int = 0
     node_region: str | None = None
+
+
+#: what a session does when one of its execution limits is reached: wait in the
+#: operator's inbox (paused, nothing lost) or be cancelled
+SessionLimitPolicy = Literal["park", "cancel"]
+
+
+class SessionLimits(BaseModel):
+    """A session's execution limits (enact's enforcement), as its first submission set them.
+
+    Each is a most; unset is no limit. Counted by the limiter across every
+    scheduler partition: a step is a unit that ran at least once, an attempt
+    each run, an LLM call each attempt of an `llm_pod` unit, tokens what the
+    ledger billed (input plus output) with what running calls may still use
+    held in advance, cost what the ledger charged with the running units'
+    maximum held (the session budget), wall time logged time since the
+    session's first step was admitted.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_steps: int | None = Field(default=None, ge=1)
+    max_attempts: int | None = Field(default=None, ge=1)
+    max_llm_calls: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: Money | None = None
+    max_wall_time_ms: int | None = Field(default=None, ge=1)
+    on_limit: SessionLimitPolicy = Field(
+        default="park", description="park: paused and listed in the inbox until an operator "
+        "raises the limit or cancels; cancel: the session is cancelled")

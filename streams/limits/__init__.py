@@ -14,7 +14,8 @@ from onceflow.streams.limits._impl.scopes import (
     budgets_held,
     limiter_needed,
 )
+from onceflow.streams.limits._impl.sessions import LIMITS_ACTOR, SessionUsage
 from onceflow.streams.limits.settings import LimitsSettings
 
-__all__ = ["Budget", "Limiter", "LimitsFileError", "LimitsSettings", "ScopeLimits",
-           "budgets_held", "limiter_needed"]
+__all__ = ["LIMITS_ACTOR", "Budget", "Limiter", "LimitsFileError", "LimitsSettings", "ScopeLimits",
+           "SessionUsage", "budgets_held", "limiter_needed"]

@@ -36,7 +36,7 @@ class LimitsSettings(SettingsGroup):
     limits_file: Path | None = None
     """a JSON file of scope -> concurrency limit, or scope -> {"concurrency", "requests_per_minute", "tokens_per_minute"}; read at start, taking precedence"""
     session_budgets: bool = False
-    """hold units against their session's `session_budget_usd` (on by itself when any tenant has prepaid credit)"""
+    """hold units against their session's `session_budget_usd` and count them against its `session_limits` (on by itself when any tenant has prepaid credit)"""
     tenant_weights: dict[str, float] = Field(default_factory=dict)
     """weighted fair queuing among waiting requests: a tenant's share (default 1.0) (JSON)"""
     queue_scan: int = Field(default=256, ge=1)

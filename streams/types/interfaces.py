@@ -144,6 +144,11 @@ class CostEstimator(Protocol):
         price-weighted output: `onceflow.schemas.weighted_tokens`)."""
         ...
 
+    def max_tokens(self, unit: PricedWork) -> int:
+        """The most tokens (input, and output up to `max_tokens`) a unit may use: what a
+        session's token limit holds for it before it runs."""
+        ...
+
 
 class Sensor(Protocol):
     """The single hook for metrics (faust's idea): shells report, sensors listen."""

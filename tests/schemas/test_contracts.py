@@ -64,6 +64,10 @@ def sample_event(model: type[Event]) -> Event:
     for ref_field in ("result_ref", "response_ref", "intent_ref", "parent_result_ref"):
         if ref_field in data:
             data[ref_field] = {"sha256": "b" * 64, "size": 9, "media_type": "application/json"}
+    if data.get("session_limits"):
+        data["session_limits"] = {"max_steps": 3, "max_attempts": 4, "max_llm_calls": 2,
+                                  "max_tokens": 900, "max_cost_usd": "1.500000",
+                                  "max_wall_time_ms": 60_000, "on_limit": "cancel"}
     return model.model_validate(_fix_literals(model, data))
 
 

@@ -34,15 +34,22 @@ many wait (a release with nobody waiting scans nothing).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from onceflow.schemas import (
     BudgetSettled,
+    ControlAction,
+    ControlRequested,
     Event,
     LedgerLineItem,
     LedgerUnitSettled,
+    SessionLimitCrossed,
+    SessionLimitName,
+    SessionLimits,
+    SessionLimitsChanged,
+    SessionLimitsSet,
     SlotDenied,
     SlotGranted,
     SlotQueued,
@@ -51,8 +58,9 @@ from onceflow.schemas import (
     quantize_money,
     weighted_tokens,
 )
-from onceflow.streams.ids import caused_by, restated
+from onceflow.streams.ids import caused_by, derive_event_id, restated
 from onceflow.streams.limits._impl.scopes import ScopeLimits
+from onceflow.streams.limits._impl.sessions import LIMITS_ACTOR, LimitCrossing, SessionUsage
 from onceflow.streams.topics.catalog import Topic
 from onceflow.streams.types import Reducer, Routed, State
 
@@ -115,12 +123,15 @@ class _Tentative:
     slots: dict[str, int] = field(default_factory=dict)
     reserved: dict[str, Decimal] = field(default_factory=dict)
     levels: dict[str, float] = field(default_factory=dict)
+    #: sessions' usage after this decision's grants, and the sessions it found at a limit
+    usage: dict[str, SessionUsage] = field(default_factory=dict)
+    reached: set[str] = field(default_factory=set)
 
 
 class Limiter(Reducer):
     name = "limiter"
     accepts = frozenset({"flow.slot.requested", "flow.slot.released", "ledger.line_item",
-                         "ledger.unit.settled"})
+                         "ledger.unit.settled", "flow.session.limits.set"})
 
     def __init__(self, limits: ScopeLimits, reports: Topic, queue_scan: int = 256,
                  credits: Mapping[str, Decimal] | None = None) -> None:
@@ -201,11 +212,111 @@ class Limiter(Reducer):
                             f"{b.scope}: {_usd(hold)} USD to hold, {_usd(b.available)} USD "
                             f"available (budget {_usd(b.budget)}, charged {_usd(b.charged)}, "
                             f"held for running units {_usd(b.reserved)})")
+        usage = self._usage(state, req, t)
+        if usage is not None:
+            wait = usage.tokens_wait(req, usage.tokens_held)
+            if wait is not None:
+                return f"budget:tokens:{usage.scope}", 0, 0, wait
         full = self._full(state, req["scopes"], t)
         if full is not None:
             scope, used, limit = full
             return scope, used, limit, f"{scope}: {used} of {limit} running"
         return None
+
+    # -- sessions' execution limits ---------------------------------------------------------
+
+    @staticmethod
+    def _usage(state: State, req: Mapping[str, Any], t: _Tentative) -> SessionUsage | None:
+        """What the request's session has used (None: the session has no limits)."""
+        scope = f"{req['tenant']}/{req['session']}"
+        usage = t.usage.get(scope)
+        if usage is not None:
+            return usage
+        usage = SessionUsage.load(state, req["tenant"], req["session"])
+        if usage is None and req["limits"] is not None:
+            usage = SessionUsage(req["tenant"], req["session"],
+                                 SessionLimits.model_validate(req["limits"]), started_at=-1)
+        return usage
+
+    def _session_cost(self, state: State, req: Mapping[str, Any], t: _Tentative,
+                      hold: Decimal) -> tuple[Decimal, Decimal, Decimal] | None:
+        """The session budget's (charged, reserved with `hold`, budget); None: it has none."""
+        for b in self._budgets(state, req["tenant"], req["session"], req["session_budget"], t):
+            if b.scope.startswith("session:"):
+                return b.charged, b.reserved + hold, b.budget
+        return None
+
+    def _session_limit(self, state: State, req: Mapping[str, Any], now: int, t: _Tentative
+                       ) -> tuple[SessionUsage, LimitCrossing] | None:
+        """The limit granting `req` would take its session past (None: none, or no limits)."""
+        usage = self._usage(state, req, t)
+        if usage is None:
+            return None
+        if usage.reached:
+            return usage, LimitCrossing(cast(SessionLimitName, usage.reached), "reached", "", "")
+        if usage.started_at >= 0:
+            crossing = usage.reached_by(req, now)
+            if crossing is not None:
+                return usage, crossing
+        if state.get(f"r:{req['id']}") is None:
+            cost = self._session_cost(state, req, t, _ZERO)
+            hold = Decimal(req["hold"])
+            if cost is not None and (cost[0] + hold > cost[2] or (not hold and cost[0] >= cost[2])):
+                return usage, LimitCrossing(
+                    "max_cost_usd", "reached", f"{_usd(cost[0])} charged",
+                    f"{_usd(cost[2])} (this step may cost {_usd(hold)})")
+        return None
+
+    def _at_limit(self, state: State, cause: Event, req: Mapping[str, Any], usage: SessionUsage,
+                  crossing: LimitCrossing, t: _Tentative) -> list[Event]:
+        """The request is not granted: its session is at a limit (recorded once), parked or
+        cancelled as its policy says."""
+        facts: list[Event] = []
+        policy = usage.limits.on_limit
+        if not usage.reached and usage.scope not in t.reached:
+            t.reached.add(usage.scope)
+            facts.append(self._crossed(cause, req, usage, crossing))
+            reason = f"session {usage.scope} {crossing.detail}"
+        else:
+            reason = f"session {usage.scope} is at its {crossing.limit} limit"
+        then = ("parked: raise it (onceflow session limits) or cancel it" if policy == "park"
+                else "cancelled")
+        facts.append(SlotDenied(
+            **self._envelope(cause, req, "denied"), attempt_index=req["attempt"],
+            reason_code="SESSION_LIMIT", scope=f"session:{usage.scope}",
+            reason=f"{reason}; {then}", on_limit=policy))
+        return facts
+
+    def _crossed(self, cause: Event, req: Mapping[str, Any], usage: SessionUsage,
+                 crossing: LimitCrossing) -> SessionLimitCrossed:
+        return SessionLimitCrossed(
+            **caused_by(cause, f"limit:{usage.scope}:{crossing.limit}:{crossing.threshold}",
+                        tenant_id=usage.tenant, execution_session_id=usage.session,
+                        work_unit_id=req["id"]),
+            limit=crossing.limit, threshold=crossing.threshold, used=crossing.used,
+            maximum=crossing.maximum, on_limit=usage.limits.on_limit,
+            detail=f"session {usage.scope} {crossing.detail}", steps=usage.steps,
+            attempts=usage.attempts, llm_calls=usage.llm_calls)
+
+    def _on_limits_set(self, state: State, event: SessionLimitsSet) -> Sequence[Event]:
+        """An operator's new limits for a session; a parked session with room now goes on."""
+        req = {"tenant": event.tenant_id, "session": event.execution_session_id,
+               "session_budget": None, "limits": None}
+        usage = SessionUsage.load(state, event.tenant_id, event.execution_session_id)
+        resumed = False
+        if usage is not None and usage.reached:
+            raised = SessionUsage(usage.tenant, usage.session, event.session_limits,
+                                  usage.started_at, usage.steps, usage.attempts,
+                                  usage.llm_calls, usage.tokens, usage.tokens_held)
+            cost = None
+            budget = event.session_limits.max_cost_usd
+            if budget is not None:
+                spent = self._session_cost(state, req, _Tentative(), _ZERO)
+                cost = (spent[0] if spent else _ZERO, budget)
+            resumed = raised.room_left(event.occurred_at, cost)
+        return (SessionLimitsChanged(
+            **caused_by(event, "limits-changed"), session_limits=event.session_limits,
+            requested_by=event.requested_by, reason=event.reason, resumed=resumed),)
 
     # -- reading the state (`onceflow limits`) --------------------------------------------
 
@@ -257,6 +368,8 @@ class Limiter(Reducer):
             return self._on_release(state, event)
         if isinstance(event, LedgerLineItem | LedgerUnitSettled):
             return self._on_ledger(state, event)
+        if isinstance(event, SessionLimitsSet):
+            return self._on_limits_set(state, event)
         return ()
 
     def _on_request(self, state: State, event: SlotRequested) -> Sequence[Event]:
@@ -270,12 +383,15 @@ class Limiter(Reducer):
             return ()  # already waiting
         req = _request(event, budgeted=event.tenant_id in self.credits)
         t = _Tentative()
+        at_limit = self._session_limit(state, req, event.occurred_at, t)
+        if at_limit is not None:
+            return self._at_limit(state, event, req, *at_limit, t)
         denied = self._denied(state, event, req, t)
         if denied is not None:
             return (denied,)
         blocked = self._blocked(state, req, t)
         if blocked is None:
-            return (self._grant(state, event, req, event.occurred_at, t, waited_ms=0),)
+            return self._grant(state, event, req, event.occurred_at, t, waited_ms=0)
         scope, used, limit, detail = blocked
         # Start-time fair queuing: a tenant's requests follow one another in virtual time,
         # each as long as its cost over the tenant's weight; the queue is read by
@@ -289,7 +405,9 @@ class Limiter(Reducer):
                            fair_start=round(start, 9), fair_finish=round(finish, 9),
                            detail=detail, hold_usd=event.hold_usd,
                            session_budget_usd=event.session_budget_usd, tokens=event.tokens,
-                           budgeted=req["budgeted"]),)
+                           budgeted=req["budgeted"], kind=event.kind,
+                           session_limits=event.session_limits,
+                           session_tokens=event.session_tokens),)
 
     def _denied(self, state: State, cause: Event, req: Mapping[str, Any], t: _Tentative
                 ) -> SlotDenied | None:
@@ -320,8 +438,9 @@ class Limiter(Reducer):
                          execution_session_id=req["session"], work_unit_id=wu)
 
     def _grant(self, state: State, cause: Event, req: Mapping[str, Any], now: int,
-               t: _Tentative, waited_ms: int) -> SlotGranted:
-        """Grant a request that fits, and note in `t` what it takes."""
+               t: _Tentative, waited_ms: int) -> list[Event]:
+        """Grant a request that fits, and note in `t` what it takes; with the warnings of
+        its session's limits it brings to 80 %."""
         wu = req["id"]
         for s in req["scopes"]:
             t.slots[s] = t.slots.get(s, _in_use(state, s)) + 1
@@ -335,13 +454,26 @@ class Limiter(Reducer):
                 t.reserved[b.scope] = t.reserved.get(b.scope, _ZERO) + held
         not_before, levels = self._rate_take(state, req["scopes"], req["tokens"], now, t)
         t.levels.update(levels)
-        return SlotGranted(
+        warnings: list[Event] = []
+        usage = self._usage(state, req, t) if req["limits"] is not None else None
+        if usage is not None:
+            started = usage if usage.started_at >= 0 else replace(usage, started_at=now)
+            after = started.after_grant(req)
+            cost = self._session_cost(state, req, t, _ZERO)
+            for crossing in after.warnings(now, (cost[0] + cost[1], cost[2]) if cost else None):
+                warnings.append(self._crossed(cause, req, after, crossing))
+                after = replace(after, warned=(*after.warned, crossing.limit))
+            t.usage[usage.scope] = after
+        return [SlotGranted(
             **self._envelope(cause, req, "granted"), attempt_index=req["attempt"], scopes=req["scopes"],
             waited_ms=waited_ms, not_before=not_before if not_before > now else 0,
             held_usd=held, budget_scopes=budget_scopes,
             session_budget_usd=(Decimal(req["session_budget"])
                                 if req["session_budget"] is not None else None),
-            tokens=req["tokens"], rate_levels=levels)
+            tokens=req["tokens"], rate_levels=levels, kind=req["kind"],
+            session_limits=(SessionLimits.model_validate(req["limits"])
+                            if req["limits"] is not None else None),
+            session_tokens=req["stok"] if usage is not None else 0), *warnings]
 
     def _on_release(self, state: State, event: SlotReleased) -> Sequence[Event]:
         wu = event.work_unit_id or ""
@@ -364,11 +496,18 @@ class Limiter(Reducer):
             if hold is None:
                 return ()
             released = Decimal(hold["hold"])
+            released_tokens = hold.get("stok", 0)
             fact = BudgetSettled(**caused_by(event, "budget-settled"),
                                  source_event_id=event.event_id, released_usd=released,
-                                 unit_settled=True)
+                                 released_tokens=released_tokens, unit_settled=True)
             t = _Tentative(reserved={s: -released for s in hold["budgets"]})
-            return [fact, *self._scan(state, event, t)] if released else [fact]
+            if released_tokens:
+                usage = SessionUsage.load(state, event.tenant_id, event.execution_session_id)
+                if usage is not None:
+                    t.usage[usage.scope] = replace(
+                        usage, tokens_held=max(0, usage.tokens_held - released_tokens))
+            return ([fact, *self._scan(state, event, t)] if released or released_tokens
+                    else [fact])
         charged = event.total_usd if event.billed else _ZERO
         if charged and event.tenant_id not in self.credits and not Budget.stored(
                 state, f"session:{event.tenant_id}/{event.execution_session_id}"):
@@ -387,11 +526,17 @@ class Limiter(Reducer):
                 key = f"tpm:{scope}"
                 level = rate_window_level(state, key, per_minute, now)
                 levels[key] = round(min(float(per_minute), level + refund) - used, 6)
-        if not charged and not levels:
+        session_tokens = 0
+        if event.line_item_type == "llm_tokens" and event.billed:
+            usage = SessionUsage.load(state, event.tenant_id, event.execution_session_id)
+            if usage is not None and usage.limits.max_tokens is not None:
+                session_tokens = event.llm_tokens_in + event.llm_tokens_out
+        if not charged and not levels and not session_tokens:
             return ()
         return (BudgetSettled(**caused_by(event, "budget-charged"),
                               source_event_id=event.event_id, charged_usd=charged,
-                              tokens_used=used, rate_levels=levels),)
+                              tokens_used=used, rate_levels=levels,
+                              session_tokens=session_tokens),)
 
     def _scan(self, state: State, cause: Event, t: _Tentative, freed: Sequence[str] = ()
               ) -> list[Event]:
@@ -409,9 +554,13 @@ class Limiter(Reducer):
         for looked, (_, waiting) in enumerate(state.items("q:")):
             if looked >= self.queue_scan:
                 break
+            limit = self._session_limit(state, waiting, now, t)
+            if limit is not None:
+                decided.extend(self._at_limit(state, cause, waiting, *limit, t))
+                continue
             blocked = self._blocked(state, waiting, t)
             if blocked is None:
-                decided.append(self._grant(state, cause, waiting, now, t,
+                decided.extend(self._grant(state, cause, waiting, now, t,
                                            waited_ms=max(0, now - waiting["at"])))
                 if limited and all(self._full(state, [s], t) for s in limited):
                     break
@@ -452,11 +601,40 @@ class Limiter(Reducer):
             self._evolve_settled(state, wu, fact)
         elif isinstance(fact, SlotDenied):
             self._unqueue(state, wu)
+        elif isinstance(fact, SessionLimitCrossed):
+            usage = SessionUsage.load(state, fact.tenant_id, fact.execution_session_id)
+            if usage is not None and fact.threshold == "warning":
+                replace(usage, warned=(*usage.warned, fact.limit)).save(state)
+            elif usage is not None:
+                replace(usage, reached=fact.limit).save(state)
+        elif isinstance(fact, SessionLimitsChanged):
+            self._evolve_limits_changed(state, fact)
+
+    @staticmethod
+    def _evolve_limits_changed(state: State, fact: SessionLimitsChanged) -> None:
+        tenant, session = fact.tenant_id, fact.execution_session_id
+        usage = SessionUsage.load(state, tenant, session) or SessionUsage(
+            tenant, session, fact.session_limits, started_at=-1)
+        # the warnings start over: each is recorded again at 80 % of the new limit
+        replace(usage, limits=fact.session_limits, warned=(),
+                reached="" if fact.resumed else usage.reached).save(state)
+        budget = fact.session_limits.max_cost_usd
+        if budget is not None:
+            scope = f"session:{tenant}/{session}"
+            state.set(f"b:{scope}", {**Budget.stored(state, scope), "budget": _usd(budget)})
 
     def _evolve_granted(self, state: State, wu: str, fact: SlotGranted) -> None:
         if state.get(f"h:{wu}") is None:
             for s in fact.scopes:
                 state.set(f"s:{s}", _in_use(state, s) + 1)
+        if fact.session_limits is not None:
+            usage = SessionUsage.load(state, fact.tenant_id, fact.execution_session_id) or \
+                SessionUsage(fact.tenant_id, fact.execution_session_id, fact.session_limits,
+                             started_at=-1)
+            if usage.started_at < 0:
+                usage = replace(usage, started_at=fact.occurred_at)
+            usage.after_grant({"attempt": fact.attempt_index, "kind": fact.kind,
+                               "stok": fact.session_tokens}).save(state)
         state.set(f"h:{wu}", {"scopes": fact.scopes, "attempt": fact.attempt_index})
         waiting = self._unqueue(state, wu)
         if waiting is not None:
@@ -467,11 +645,11 @@ class Limiter(Reducer):
             state.set(f"rb:{window}", {"level": level, "at": at})
         rated = sorted({w.split(":", 1)[1] for w in fact.rate_levels if w.startswith("tpm:")})
         hold = state.get(f"r:{wu}")
-        if hold is None and not (fact.budget_scopes or rated):
+        if hold is None and not (fact.budget_scopes or rated or fact.session_tokens):
             return
         if hold is None:
             hold = {"budgets": fact.budget_scopes, "hold": _usd(fact.held_usd), "tok": 0,
-                    "rated": []}
+                    "rated": [], "stok": 0}
             for scope in fact.budget_scopes:
                 b = dict(Budget.stored(state, scope))
                 b["reserved"] = _usd(Decimal(b.get("reserved", "0")) + fact.held_usd)
@@ -480,12 +658,19 @@ class Limiter(Reducer):
                     b["budget"] = _usd(fact.session_budget_usd)
                 state.set(f"b:{scope}", b)
         hold = {**hold, "tok": hold["tok"] + (fact.tokens if rated else 0),
-                "rated": sorted(set(hold["rated"]) | set(rated))}
+                "rated": sorted(set(hold["rated"]) | set(rated)),
+                "stok": hold.get("stok", 0) + fact.session_tokens}
         state.set(f"r:{wu}", hold)
 
     @staticmethod
     def _evolve_settled(state: State, wu: str, fact: BudgetSettled) -> None:
         hold = state.get(f"r:{wu}")
+        if fact.session_tokens or fact.released_tokens:
+            usage = SessionUsage.load(state, fact.tenant_id, fact.execution_session_id)
+            if usage is not None:
+                replace(usage, tokens=usage.tokens + fact.session_tokens,
+                        tokens_held=max(0, usage.tokens_held - fact.released_tokens)
+                        ).save(state)
         if fact.charged_usd:
             tenant_scope = f"tenant:{fact.tenant_id}"
             session_scope = f"session:{fact.tenant_id}/{fact.execution_session_id}"
@@ -535,7 +720,26 @@ class Limiter(Reducer):
         if isinstance(fact, SlotGranted | SlotQueued | SlotDenied):
             wu = fact.work_unit_id or ""
             return (Routed(self.reports.name, fact, self.reports.partition_of(wu)),)
+        if isinstance(fact, SessionLimitCrossed) and fact.threshold == "reached":
+            return self._control(fact, "pause" if fact.on_limit == "park" else "cancel",
+                                 LIMITS_ACTOR, fact.detail)
+        if isinstance(fact, SessionLimitsChanged) and fact.resumed:
+            return self._control(fact, "resume", fact.requested_by,
+                                 f"limits raised: {fact.reason}" if fact.reason
+                                 else "limits raised")
         return ()
+
+    def _control(self, fact: Event, action: ControlAction, actor: str, reason: str
+                 ) -> Sequence[Routed]:
+        """A session's pause, cancel or resume, to the schedulers (one records it and sends it
+        on to every partition)."""
+        session = fact.execution_session_id
+        control = ControlRequested(
+            event_id=derive_event_id(fact.event_id, f"control:{action}"),
+            occurred_at=fact.occurred_at, tenant_id=fact.tenant_id,
+            execution_session_id=session, causation_id=fact.event_id,
+            action=action, scope="session", requested_by=actor, reason=reason)
+        return (Routed(self.reports.name, control, self.reports.partition_of(session)),)
 
 
 def _request(event: SlotRequested, *, budgeted: bool) -> dict[str, Any]:
@@ -545,7 +749,9 @@ def _request(event: SlotRequested, *, budgeted: bool) -> dict[str, Any]:
             "scopes": event.scopes, "hold": _usd(event.hold_usd), "budgeted": budgeted,
             "session_budget": (_usd(event.session_budget_usd)
                                if event.session_budget_usd is not None else None),
-            "tokens": event.tokens}
+            "tokens": event.tokens, "kind": event.kind, "stok": event.session_tokens,
+            "limits": (event.session_limits.model_dump(mode="json", exclude_defaults=True)
+                       if event.session_limits is not None else None)}
 
 
 def _queued(fact: SlotQueued) -> dict[str, Any]:
@@ -555,4 +761,6 @@ def _queued(fact: SlotQueued) -> dict[str, Any]:
             "scopes": fact.scopes, "hold": _usd(fact.hold_usd), "budgeted": fact.budgeted,
             "session_budget": (_usd(fact.session_budget_usd)
                                if fact.session_budget_usd is not None else None),
-            "tokens": fact.tokens}
+            "tokens": fact.tokens, "kind": fact.kind, "stok": fact.session_tokens,
+            "limits": (fact.session_limits.model_dump(mode="json", exclude_defaults=True)
+                       if fact.session_limits is not None else None)}

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from onceflow.schemas import (
     DeferralReason,
     Event,
-    SlotDenied,
     SlotGranted,
     SlotRequested,
     WorkUnitDeferred,
@@ -36,7 +35,6 @@ __all__ = [
     "evolve_rejected",
     "evolve_scheduled",
     "evolve_submitted",
-    "on_slot_denied",
     "on_slot_granted",
     "on_submitted",
     "placed",
@@ -76,12 +74,15 @@ def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
             decided_at=now,
         ))
         return facts
-    if event.session_budget_usd is not None and not ctx.budgets:
+    if (event.session_budget_usd is not None or event.session_limits is not None) \
+            and not ctx.budgets:
+        what = "session_budget_usd" if event.session_budget_usd is not None \
+            else "session_limits"
         facts.append(WorkUnitRejected(
             **ctx.envelope(unit, event, "rejected", now), reason_code="session_budgets_off",
-            reason="the submission sets session_budget_usd but this deployment holds no "
-                   "session budgets: set ONCEFLOW_LIMITS__SESSION_BUDGETS=true, or submit "
-                   "without a session budget", decided_at=now,
+            reason=f"the submission sets {what} but this deployment holds no session budgets "
+                   "or limits: set ONCEFLOW_LIMITS__SESSION_BUDGETS=true, or submit without "
+                   "them", decided_at=now,
         ))
         return facts
     mode = ctx.view.mode
@@ -215,18 +216,6 @@ def on_slot_granted(ctx: SchedulerContext, state: State, event: SlotGranted
                          f"comes at {event.not_before}", role="placed",
                          retry_at=event.not_before),)
     return (placed(ctx, state, unit.but(slots=True), event, now, "placed"),)
-
-
-def on_slot_denied(ctx: SchedulerContext, state: State, event: SlotDenied
-                   ) -> Sequence[Event]:
-    """The limiter refused the unit for good (its budget): the unit is rejected, with why."""
-    unit = ctx.load(state, event.work_unit_id or "")
-    if unit is None or unit.status != "waiting_for_slot":
-        return ()
-    return (WorkUnitRejected(
-        **ctx.envelope(unit, event, "rejected", event.occurred_at),
-        reason_code=event.reason_code, reason=event.reason, decided_at=event.occurred_at,
-    ),)
 
 
 # -- evolve ----------------------------------------------------------------------------

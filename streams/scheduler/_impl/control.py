@@ -37,12 +37,15 @@ from onceflow.schemas import (
     ControlRequested,
     Event,
     SettlementReason,
+    SlotDenied,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitFailed,
+    WorkUnitRejected,
 )
 from onceflow.streams.ids import caused_by, derive_event_id, restated
-from onceflow.streams.scheduler._impl.admission import placed
+from onceflow.streams.limits import LIMITS_ACTOR
+from onceflow.streams.scheduler._impl.admission import deferred, placed
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
 from onceflow.streams.scheduler._impl.pauses import PAUSES, VERSION, control_version
@@ -57,6 +60,7 @@ __all__ = [
     "evolve_control_applied",
     "on_control",
     "on_human_input",
+    "on_slot_denied",
     "route_cancelled",
     "route_control",
     "target_of",
@@ -135,8 +139,13 @@ def _apply(ctx: SchedulerContext, state: State, event: ControlRequested) -> list
         detail = (f"{target} was paused already" if paused
                   else f"{target} paused: {len(units)} unit(s) here not done")
     elif event.action == "resume":
-        if state.get(f"ctl:{target}") is None:
+        pause = state.get(f"ctl:{target}")
+        if pause is None:
             outcome, detail = "refused", f"{target} is not paused"
+        elif pause["by"] == LIMITS_ACTOR and event.requested_by != LIMITS_ACTOR:
+            outcome, detail = "refused", (
+                f"{target} is parked at one of its limits ({pause.get('reason', '')}): raise the limit "
+                "with onceflow session limits, which resumes it, or cancel it")
         else:
             resumed = sum(1 for u in units if u.status == "deferred" and u.reason == "paused")
             detail = f"{target} resumed: {resumed} paused unit(s) here placed again"
@@ -180,6 +189,29 @@ def cancel_unit(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Ev
         control_id=cause.event_id if isinstance(cause, ControlRequested) else "")
     return [*release_slots(ctx, unit, cause, now, "cancelled"), cancelled,
             *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
+
+
+def on_slot_denied(ctx: SchedulerContext, state: State, event: SlotDenied
+                   ) -> Sequence[Event]:
+    """The limiter refused the unit: for good (its budget), and the unit is rejected, with
+    why; or its session is at a limit, and the unit waits with its session, paused, or is
+    cancelled with it, as the session's policy says."""
+    unit = ctx.load(state, event.work_unit_id or "")
+    if unit is None or unit.status != "waiting_for_slot":
+        return ()
+    if event.reason_code == "SESSION_LIMIT":
+        if event.on_limit == "cancel":
+            return cancel_unit(ctx, state, unit, event, event.occurred_at, reason=event.reason,
+                               requested_by=LIMITS_ACTOR)
+        # it waits with its session; its request ended with the denial, so it holds no slot
+        # (the release says so to the unit's record; the limiter has nothing to free)
+        return (deferred(ctx, unit, event, event.occurred_at, "paused", event.reason,
+                         role="placed"),
+                *release_slots(ctx, unit, event, event.occurred_at, "rejected"))
+    return (WorkUnitRejected(
+        **ctx.envelope(unit, event, "rejected", event.occurred_at),
+        reason_code=event.reason_code, reason=event.reason, decided_at=event.occurred_at,
+    ),)
 
 
 def on_human_input(ctx: SchedulerContext, state: State, event: ControlHumanInputSubmitted
@@ -237,7 +269,7 @@ def evolve_control_applied(ctx: SchedulerContext, state: State, fact: ControlApp
     key = f"ctl:{fact.target}"
     if fact.action == "pause" and state.get(key) is None:
         state.set(key, {"control": fact.control_id, "by": fact.requested_by,
-                        "at": fact.occurred_at})
+                        "at": fact.occurred_at, "reason": fact.reason})
         state.set(PAUSES, state.get(PAUSES, 0) + 1)
         state.set(VERSION, control_version(state) + 1)
     elif fact.action == "resume" and state.get(key) is not None:

@@ -93,7 +93,7 @@ _DECIDE: dict[type[Event], Decide] = {
     ControlHumanInputSubmitted: control.on_human_input,
     ProviderScopePaused: backoff.on_scope_paused,
     SlotGranted: admission.on_slot_granted,
-    SlotDenied: admission.on_slot_denied,
+    SlotDenied: control.on_slot_denied,
     SlotQueued: slots.on_slot_queued,
 }
 

@@ -49,9 +49,11 @@ def scopes_of(ctx: SchedulerContext, unit: UnitRecord) -> list[str]:
 
 
 def held_against_budget(ctx: SchedulerContext, unit: UnitRecord) -> bool:
-    """Whether a unit is held against a budget: its tenant's prepaid credit or its session's."""
+    """Whether a unit is held against a budget or limits: its tenant's prepaid credit, its
+    session's budget or its session's execution limits."""
     return ctx.budgets and (unit.tenant_id in ctx.prepaid
-                            or unit.spec.session_budget_usd is not None)
+                            or unit.spec.session_budget is not None
+                            or unit.spec.session_limits is not None)
 
 
 def request_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
@@ -64,6 +66,7 @@ def request_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: in
     if not scopes and not budgeted:
         return None
     estimate = ctx.estimator.estimate(unit.spec) if ctx.estimator else None
+    limits = unit.spec.session_limits if ctx.budgets else None
     return SlotRequested(**ctx.envelope(unit, cause, f"{role}:slots", now),
                          attempt_index=unit.attempt + 1, scopes=scopes,
                          priority=unit.spec.priority,
@@ -72,9 +75,13 @@ def request_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: in
                          # the most it may cost: CPU for its lease, input, `max_tokens` out
                          hold_usd=(ctx.estimator.maximum(unit.spec)
                                    if budgeted and ctx.estimator else Decimal(0)),
-                         session_budget_usd=unit.spec.session_budget_usd,
+                         session_budget_usd=unit.spec.session_budget,
                          tokens=(ctx.estimator.rate_tokens(unit.spec)
-                                 if ctx.estimator and ctx.limits.tokens_per_minute else 0))
+                                 if ctx.estimator and ctx.limits.tokens_per_minute else 0),
+                         kind=unit.spec.kind, session_limits=limits,
+                         session_tokens=(ctx.estimator.max_tokens(unit.spec)
+                                         if limits is not None and limits.max_tokens
+                                         and ctx.estimator else 0))
 
 
 def release_slots(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,

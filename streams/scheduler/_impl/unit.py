@@ -24,6 +24,8 @@ from onceflow.schemas import (
     EffectLabel,
     IdempotencyClass,
     Priority,
+    SessionFailurePolicy,
+    SessionLimits,
     WorkKind,
     WorkUnitSubmitted,
 )
@@ -116,6 +118,10 @@ class UnitSpec:
     #: a person approves it before it runs, within this long (0: the scheduler's default)
     requires_approval: bool = False
     approval_timeout_ms: int = 0
+    #: its session's execution limits, as the submission set them (None: none)
+    session_limits: SessionLimits | None = None
+    #: what its failure does to its session
+    failure_policy: SessionFailurePolicy = "continue"
     #: the spec as state holds it: a spec never changes, so it is converted once
     stored: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
@@ -138,7 +144,15 @@ class UnitSpec:
             session_budget_usd=event.session_budget_usd,
             requires_approval=event.requires_approval,
             approval_timeout_ms=event.approval_timeout_ms,
+            session_limits=event.session_limits, failure_policy=event.failure_policy,
         )
+
+    @property
+    def session_budget(self) -> Decimal | None:
+        """The most its session may be charged: its budget, or its limits' max_cost_usd."""
+        if self.session_budget_usd is not None:
+            return self.session_budget_usd
+        return None if self.session_limits is None else self.session_limits.max_cost_usd
 
     def shape(self) -> tuple[Any, ...]:
         """What placement looks at: units of one shape fit the same nodes."""
@@ -163,6 +177,11 @@ class UnitSpec:
         if self.requires_approval:
             d["requires_approval"] = True
             d["approval_timeout_ms"] = self.approval_timeout_ms
+        if self.session_limits is not None:
+            d["session_limits"] = self.session_limits.model_dump(mode="json",
+                                                                 exclude_defaults=True)
+        if self.failure_policy != "continue":
+            d["failure_policy"] = self.failure_policy
         return d
 
     @classmethod
@@ -180,6 +199,9 @@ class UnitSpec:
                                 else Decimal(d["session_budget_usd"])),
             requires_approval=d.get("requires_approval", False),
             approval_timeout_ms=d.get("approval_timeout_ms", 0),
+            session_limits=(None if d.get("session_limits") is None
+                            else SessionLimits.model_validate(d["session_limits"])),
+            failure_policy=d.get("failure_policy", "continue"),
             stored=d,
         )
 

@@ -108,7 +108,7 @@ def assert_replay_equals_live(h: Harness) -> None:
     from onceflow.streams.runtime import fingerprint_items
 
     replayed = MemoryState()
-    fresh = Scheduler(h.settings)
+    fresh = Scheduler(h.settings, estimator=cost_estimator(h.settings.billing))
     for fact in (o for o in h.outputs if not isinstance(o, Routed)):
         fresh.evolve(replayed, fact)
     assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())

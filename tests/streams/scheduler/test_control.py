@@ -275,3 +275,68 @@ def test_answering_what_is_not_an_input_step_is_refused() -> None:
     record = applied(h.feed(answer("cpu-1", T0 + 1)))
     assert (record.outcome, record.detail) == (
         "refused", "work unit cpu-1 is not an input step (it is a cpu unit)")
+
+
+def _limited() -> Harness:
+    from onceflow.streams.limits import LimitsSettings
+    from onceflow.streams.settings import OnceflowSettings
+
+    h = Harness(settings=OnceflowSettings(limits=LimitsSettings(session_budgets=True)))
+    h.see(heartbeat("n1"))
+    return h
+
+
+def _at_limit(ask: Event, policy: str) -> Event:
+    from onceflow.schemas import SlotDenied
+    from onceflow.streams.ids import caused_by
+
+    return SlotDenied(**caused_by(ask, "denied"), attempt_index=1, reason_code="SESSION_LIMIT",
+                      reason="session acme/s1 reached its max_steps: 3 of 3",
+                      scope="session:acme/s1", on_limit=policy)  # type: ignore[arg-type]
+
+
+def test_a_step_of_a_session_with_limits_asks_the_limiter_with_them() -> None:
+    from onceflow.schemas import SessionLimits, SlotRequested
+
+    h = _limited()
+    limits = SessionLimits(max_steps=3, max_tokens=5000)
+    ask = h.feed(submit("wu-1", kind="llm_pod", prompt="x" * 400, model="m",
+                        parameters={"max_tokens": "200"}, session_limits=limits))[-1]
+    assert isinstance(ask, SlotRequested)
+    assert ask.session_limits == limits and ask.kind == "llm_pod"
+    assert ask.session_tokens == 100 + 200  # input estimate and max_tokens out
+
+
+def test_a_step_refused_at_its_sessions_limit_waits_paused_or_is_cancelled() -> None:
+    from onceflow.schemas import SessionLimits
+
+    h = _limited()
+    ask = h.feed(submit("wu-1", session_limits=SessionLimits(max_steps=3)))[-1]
+    parked = h.feed(_at_limit(ask, "park"))[0]
+    assert isinstance(parked, WorkUnitDeferred) and parked.reason_code == "paused"
+    assert "max_steps: 3 of 3" in parked.reason
+    assert h.unit("wu-1").status == "deferred" and not h.unit("wu-1").slots
+    ask = h.feed(submit("wu-2", at=T0 + 1, session_limits=SessionLimits(
+        max_steps=3, on_limit="cancel")))[-1]
+    cancelled = h.feed(_at_limit(ask, "cancel"))
+    assert any(isinstance(f, WorkUnitCancelled) for f in cancelled)
+    assert h.unit("wu-2").status == "cancelled"
+    assert_replay_equals_live(h)
+
+
+def test_only_a_raised_limit_resumes_a_session_parked_at_one() -> None:
+    from onceflow.streams.limits import LIMITS_ACTOR
+
+    h = _ready()
+    parked = control("pause", "session", tenant_id="acme", execution_session_id="s1")
+    parked = parked.model_copy(update={"requested_by": LIMITS_ACTOR,
+                                       "reason": "reached its max_steps: 3 of 3"})
+    assert applied(apply(h, parked)).outcome == "applied"
+    refused = applied(apply(h, control("resume", "session", at=T0 + 1, tenant_id="acme",
+                                       execution_session_id="s1")))
+    assert refused.outcome == "refused"
+    assert "parked at one of its limits (reached its max_steps: 3 of 3)" in refused.detail
+    assert "onceflow session limits" in refused.detail
+    raised = control("resume", "session", at=T0 + 2, tenant_id="acme",
+                     execution_session_id="s1").model_copy(update={"requested_by": LIMITS_ACTOR})
+    assert applied(apply(h, raised)).outcome == "none_here"  # resumed; no units were held
