@@ -18,6 +18,8 @@ from onceflow.schemas import (
     ControlApplied,
     Event,
     LedgerLineItem,
+    SessionLimitCrossed,
+    SessionLimitsChanged,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitDeferred,
@@ -69,6 +71,11 @@ class SessionView:
     cancelled_by: str = ""
     started_at: int = 0
     last_at: int = 0
+    #: its execution limits (the first submission's, or the last an operator set)
+    limits: dict[str, Any] = field(default_factory=dict)
+    #: the limit it is parked or was cancelled at, and the warnings it had ('' / none)
+    at_limit: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def cost_usd(self) -> Decimal:
@@ -97,7 +104,8 @@ class SessionView:
                 "done": sum(1 for s in self.steps.values() if s.state in _DONE),
                 "cost_usd": f"{self.cost_usd:f}", "started_at": self.started_at,
                 "last_at": self.last_at, "paused": self.paused,
-                "cancelled_by": self.cancelled_by}
+                "cancelled_by": self.cancelled_by, "limits": self.limits,
+                "at_limit": self.at_limit, "warnings": self.warnings}
 
 
 def fold_sessions(facts: Iterable[Event], line_items: Iterable[LedgerLineItem] = (),
@@ -113,6 +121,9 @@ def fold_sessions(facts: Iterable[Event], line_items: Iterable[LedgerLineItem] =
         if isinstance(e, ControlApplied):
             _control(sessions, e)
             continue
+        if isinstance(e, SessionLimitCrossed | SessionLimitsChanged):
+            _limit(sessions, e)
+            continue
         wu = e.work_unit_id or ""
         if isinstance(e, WorkUnitSubmitted):
             key = (e.tenant_id, e.execution_session_id)
@@ -120,6 +131,8 @@ def fold_sessions(facts: Iterable[Event], line_items: Iterable[LedgerLineItem] =
             if view is None:
                 view = sessions[key] = SessionView(*key, started_at=e.occurred_at)
             view.steps.setdefault(wu, Step(wu, e.kind, list(e.depends_on), e.occurred_at))
+            if e.session_limits is not None and not view.limits:
+                view.limits = e.session_limits.model_dump(mode="json", exclude_none=True)
             session_of.setdefault(wu, view)
             continue
         owner = session_of.get(wu)
@@ -175,3 +188,19 @@ def _control(sessions: dict[tuple[str, str], SessionView], e: ControlApplied) ->
         view.paused = False
     elif e.action == "cancel":
         view.cancelled_by = e.requested_by
+
+
+def _limit(sessions: dict[tuple[str, str], SessionView],
+           e: SessionLimitCrossed | SessionLimitsChanged) -> None:
+    """The limiter's word on a session's limits: a warning, the limit reached, new limits."""
+    view = sessions.get((e.tenant_id, e.execution_session_id))
+    if view is None:
+        return
+    if isinstance(e, SessionLimitsChanged):
+        view.limits = e.session_limits.model_dump(mode="json", exclude_none=True)
+        if e.resumed:
+            view.at_limit = ""
+    elif e.threshold == "reached":
+        view.at_limit = e.detail
+    else:
+        view.warnings.append(e.detail)

@@ -17,6 +17,7 @@ import typer
 
 from onceflow.infra.cli.common import OutputFormat, cli_settings, console, fail, require_broker
 from onceflow.schemas import ControlAction, ControlApplied, ControlRequested, ControlScope, Event
+from onceflow.streams.topics import TopicRole
 
 __all__ = ["actor_of", "read_inbox", "register", "send_control", "wait_applied"]
 
@@ -26,14 +27,15 @@ def actor_of(actor: str | None) -> str:
     return actor or getpass.getuser() or "operator"
 
 
-def send_control(settings: Any, event: Event) -> None:
-    """An operator's command onto the control topic, delivered before this returns."""
+def send_control(settings: Any, event: Event, topic: TopicRole = "control") -> None:
+    """An operator's command onto the control topic (or the limiter's, for a session's limits),
+    delivered before this returns."""
     from onceflow.schemas import SingleObjectCodec
     from onceflow.streams.kafka import DeliveryError, EventProducer
     from onceflow.streams.topics.catalog import TopicCatalog
 
     producer = EventProducer(settings, SingleObjectCodec())
-    producer.send(TopicCatalog(settings)["control"], event)
+    producer.send(TopicCatalog(settings)[topic], event)
     try:
         producer.flush()
     except DeliveryError as exc:
@@ -99,7 +101,8 @@ def _control(action: ControlAction, unit: str | None, session: str | None, tenan
     if fmt == "json":
         print(json.dumps({"control_id": command.event_id, "action": action, "scope": scope,
                           "records": [r.model_dump(mode="json") for r in records]}, indent=2))
-    what = f"{action} {scope}" + (f" {next(iter(envelope.values()))}" if envelope else "")
+    name = {"unit": unit, "session": f"{tenant}/{session}", "tenant": tenant}.get(scope)
+    what = f"{action} {scope}" + (f" {name}" if name else "")
     if not records:
         if fmt != "json":
             console.print(f"{what}: sent (control {command.event_id}); no scheduler has "
@@ -165,29 +168,33 @@ def _answer(session_id: str, step: str, tenant: str, file: Path, actor: str | No
     data = file.read_bytes()
     media_type = "application/octet-stream"
     schema_text = spec.parameters.get("schema")
+    problem = ""
     if schema_text:
         import jsonschema
 
+        media_type = "application/json"
         try:
-            value = json.loads(data)
+            jsonschema.validate(json.loads(data), json.loads(schema_text))
         except ValueError as exc:
-            raise fail(f"{file} is not JSON ({exc}); the step asks for JSON") from None
-        try:
-            jsonschema.validate(value, json.loads(schema_text))
+            problem = f"it is not JSON ({exc}); the step asks for JSON"
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "the answer"
-            raise fail(f"{file} does not fit the step's schema: {where}: {exc.message}") \
-                from None
-        media_type = "application/json"
-    ref = open_content_store(settings).put(data, media_type)
+            problem = f"{where}: {exc.message}"
+    # A bad answer is refused on the log as well (the scheduler records the refusal with
+    # the problem); it is not stored, so nothing refers to it.
+    ref = None if problem else open_content_store(settings).put(data, media_type)
     event = ControlHumanInputSubmitted(
         event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000), tenant_id=tenant,
         execution_session_id=session_id, work_unit_id=step, prompt_id=step, input_ref=ref,
-        submitted_by=actor_of(actor))
+        submitted_by=actor_of(actor), schema_error=problem)
     send_control(settings, event)
     records = wait_applied(settings, event.event_id, 1, wait) if wait > 0 else []
+    if problem:
+        raise fail(f"{file} does not fit the step's schema: {problem} (the refusal is recorded "
+                   f"as control {event.event_id}; the step still waits for an answer)")
     if fmt == "json":
-        print(json.dumps({"control_id": event.event_id, "answer_ref": ref.model_dump(),
+        print(json.dumps({"control_id": event.event_id,
+                          "answer_ref": ref.model_dump() if ref else None,
                           "records": [r.model_dump(mode="json") for r in records]}, indent=2))
     if records and records[0].outcome == "refused":
         raise fail(f"answer refused: {records[0].detail}", 1)
@@ -245,8 +252,48 @@ def read_inbox(settings: Any, tenant: str | None = None) -> list[dict[str, Any]]
             continue
         else:
             waiting.pop(wu, None)
+    for key, item in _sessions_at_a_limit(settings).items():
+        waiting[key] = item
     items = [w for w in waiting.values() if tenant is None or w["tenant_id"] == tenant]
     return sorted(items, key=lambda w: (w["since"], w["work_unit_id"]))
+
+
+def _sessions_at_a_limit(settings: Any) -> dict[str, dict[str, Any]]:
+    """Sessions parked at one of their limits: reached, and neither raised nor cancelled."""
+    from onceflow.schemas import (
+        ControlApplied,
+        SessionLimitCrossed,
+        SessionLimitsChanged,
+        SingleObjectCodec,
+    )
+    from onceflow.streams.kafka import read_events
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    catalog = TopicCatalog(settings)
+    parked: dict[str, dict[str, Any]] = {}
+    for _, event in read_events(settings, catalog["flow"].name, SingleObjectCodec(),
+                                event_types=frozenset({"flow.session.limit",
+                                                       "flow.session.limits.changed"})):
+        key = f"session:{event.tenant_id}/{event.execution_session_id}"
+        if isinstance(event, SessionLimitCrossed) and event.threshold == "reached" \
+                and event.on_limit == "park":
+            s, t = event.execution_session_id, event.tenant_id
+            parked[key] = {
+                "kind": "session_limit", "work_unit_id": "", "tenant_id": t, "session_id": s,
+                "since": event.occurred_at, "attempt": 0, "node_id": "", "effect": "",
+                "reason": event.detail, "deadline": None, "limit": event.limit,
+                "resolve": f"onceflow session limits {s} --tenant {t} "
+                           f"--{event.limit.replace('_', '-')} N | onceflow cancel --session "
+                           f"{s} --tenant {t}"}
+        elif isinstance(event, SessionLimitsChanged) and event.resumed:
+            parked.pop(key, None)
+    if parked:
+        for _, event in read_events(settings, catalog["workunits"].name, SingleObjectCodec(),
+                                    event_types=frozenset({"control.applied"})):
+            if isinstance(event, ControlApplied) and event.action == "cancel" \
+                    and event.outcome != "refused":
+                parked.pop(event.target, None)
+    return parked
 
 
 def register(app: typer.Typer) -> None:
@@ -280,7 +327,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def inbox(tenant: Annotated[str | None, typer.Option(help="only this tenant's")] = None,
               fmt: Fmt = "table") -> None:
-        """Everything waiting for a person, oldest first: parked units and approvals."""
+        """Everything waiting for a person, oldest first: parked units, approvals, input steps
+        and sessions parked at a limit."""
         from rich.table import Table
 
         from onceflow.infra.cli.common import ready_settings
@@ -300,7 +348,7 @@ def register(app: typer.Typer) -> None:
                      else time.strftime("%H:%M:%S", time.localtime(w["deadline"] / 1000)))
             table.add_row(since, w["tenant_id"], w["session_id"], w["work_unit_id"],
                           {"needs_operator": "an operator", "approval": "approval",
-                           "input": "an answer"}[w["kind"]],
+                           "input": "an answer", "session_limit": "a raised limit"}[w["kind"]],
                           until, w["reason"][:60], w["resolve"])
         console.print(table)
 

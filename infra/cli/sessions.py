@@ -23,6 +23,11 @@ def _read(settings: Any, ledger: bool = True) -> tuple[list[Any], list[Any]]:
 
     catalog = TopicCatalog(settings)
     facts = [e for _, e in read_events(settings, catalog["workunits"].name, SingleObjectCodec())]
+    # the limiter's word on sessions' limits, after the scheduler's (a session's view is a
+    # fold, and these only set its limits and what it reached)
+    facts += [e for _, e in read_events(
+        settings, catalog["flow"].name, SingleObjectCodec(),
+        event_types=frozenset({"flow.session.limit", "flow.session.limits.changed"}))]
     items = [] if not ledger else [
         e for _, e in read_events(settings, catalog["ledger"].name, SingleObjectCodec(),
                                   event_types=frozenset({"ledger.line_item"}))
@@ -111,8 +116,10 @@ def register(app: typer.Typer) -> None:
             print(json.dumps({**view.as_json(),
                               "dag": [s.as_json() for s in view.steps.values()]}, indent=2))
             return
+        limits = ", ".join(f"{k}={v}" for k, v in view.limits.items())
         tree = Tree(f"session {tenant}/{session_id}: [bold]{view.state}[/], "
-                    f"{view.cost_usd:f} USD")
+                    f"{view.cost_usd:f} USD" + (f"; limits {limits}" if limits else "")
+                    + (f"; [red]{view.at_limit}[/]" if view.at_limit else ""))
         children: dict[str, list[str]] = {}
         for step in view.steps.values():
             for parent in step.depends_on:
@@ -136,6 +143,40 @@ def register(app: typer.Typer) -> None:
         for wu in roots:
             add(tree, wu, {wu})
         console.print(tree)
+
+    @session_app.command("limits")
+    def limits(
+        session_id: Annotated[str, typer.Argument(help="the execution_session_id")],
+        tenant: Annotated[str, typer.Option(help="the session's tenant")],
+        max_steps: Annotated[int | None, typer.Option(min=1)] = None,
+        max_attempts: Annotated[int | None, typer.Option(min=1)] = None,
+        max_llm_calls: Annotated[int | None, typer.Option(min=1)] = None,
+        max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+        max_cost_usd: Annotated[str | None, typer.Option(help="USD, e.g. 2.50")] = None,
+        max_wall_time_ms: Annotated[int | None, typer.Option(min=1)] = None,
+        on_limit: Annotated[str | None, typer.Option(help="park or cancel")] = None,
+        reason: Annotated[str, typer.Option(help="why, for the record")] = "",
+        actor: Annotated[str | None, typer.Option(help="who asks (default: your user "
+                                                       "name)")] = None,
+        wait: Annotated[float, typer.Option(help="seconds to wait for the outcome")] = 10.0,
+        fmt: Fmt = "table",
+    ) -> None:
+        """Show a session's execution limits, or change the ones given (the others stay): a
+        session parked at a limit that the new limits leave room for is resumed."""
+        given = {k: v for k, v in (
+            ("max_steps", max_steps), ("max_attempts", max_attempts),
+            ("max_llm_calls", max_llm_calls), ("max_tokens", max_tokens),
+            ("max_cost_usd", max_cost_usd), ("max_wall_time_ms", max_wall_time_ms),
+            ("on_limit", on_limit)) if v is not None}
+        settings = ready_settings()
+        current = _limits_of(settings, tenant, session_id)
+        if current is None and not given:
+            raise fail(f"session {session_id!r} of tenant {tenant!r} has no limits in the log; "
+                       "give some (--max-steps N, --max-tokens N, ...)", 1)
+        if not given:
+            _print_limits(tenant, session_id, current, fmt)
+            return
+        _set_limits(settings, tenant, session_id, current, given, reason, actor, wait, fmt)
 
     @app.command()
     def why(
@@ -227,3 +268,83 @@ def register(app: typer.Typer) -> None:
                     live.update(table)
             except KeyboardInterrupt:
                 pass
+
+
+def _limits_of(settings: Any, tenant: str, session_id: str) -> Any:
+    """A session's limits as the log has them: the last an operator set, else its first
+    submission's (None: it has none)."""
+    from onceflow.schemas import SessionLimitsChanged, SingleObjectCodec, WorkUnitSubmitted
+    from onceflow.streams.kafka import read_events
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    catalog = TopicCatalog(settings)
+    found = None
+    for _, e in read_events(settings, catalog["flow"].name, SingleObjectCodec(),
+                            event_types=frozenset({"flow.session.limits.changed"})):
+        if isinstance(e, SessionLimitsChanged) and (e.tenant_id, e.execution_session_id) == (
+                tenant, session_id):
+            found = e.session_limits
+    if found is not None:
+        return found
+    for _, e in read_events(settings, catalog["workunits"].name, SingleObjectCodec(),
+                            event_types=frozenset({"workunit.submitted"})):
+        if isinstance(e, WorkUnitSubmitted) and e.session_limits is not None and (
+                e.tenant_id, e.execution_session_id) == (tenant, session_id):
+            return e.session_limits
+    return None
+
+
+def _print_limits(tenant: str, session_id: str, limits: Any, fmt: OutputFormat,
+                  note: str = "") -> None:
+    shown = limits.model_dump(mode="json", exclude_none=True)
+    if fmt == "json":
+        print(json.dumps({"tenant_id": tenant, "session_id": session_id, "limits": shown,
+                          **({"outcome": note} if note else {})}, indent=2))
+        return
+    text = ", ".join(f"{k}={v}" for k, v in shown.items())
+    console.print(f"limits of {tenant}/{session_id}: {text}" + (f"; {note}" if note else ""))
+
+
+def _set_limits(settings: Any, tenant: str, session_id: str, current: Any,
+                given: dict[str, Any], reason: str, actor: str | None, wait: float,
+                fmt: OutputFormat) -> None:
+    import uuid
+
+    from pydantic import ValidationError
+
+    from onceflow.infra.cli.control import actor_of, send_control
+    from onceflow.schemas import (
+        SessionLimits,
+        SessionLimitsChanged,
+        SessionLimitsSet,
+        SingleObjectCodec,
+    )
+    from onceflow.streams.kafka import read_events
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    base = current.model_dump() if current is not None else {}
+    try:
+        limits = SessionLimits.model_validate({**base, **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             .replace("_", "-") for e in exc.errors())
+        raise fail(f"bad limits: {problems}") from None
+    event = SessionLimitsSet(
+        event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000), tenant_id=tenant,
+        execution_session_id=session_id, session_limits=limits, requested_by=actor_of(actor),
+        reason=reason)
+    send_control(settings, event, "limits")
+    deadline = time.monotonic() + wait
+    topic = TopicCatalog(settings)["flow"].name
+    while True:
+        for _, e in read_events(settings, topic, SingleObjectCodec(),
+                                event_types=frozenset({"flow.session.limits.changed"})):
+            if isinstance(e, SessionLimitsChanged) and e.causation_id == event.event_id:
+                note = "the session was parked at a limit and resumes" if e.resumed else \
+                    "taken"
+                _print_limits(tenant, session_id, e.session_limits, fmt, note)
+                return
+        if time.monotonic() >= deadline:
+            raise fail(f"limits sent (event {event.event_id}) but the limiter has not taken "
+                       f"them within {wait:g} s: is the limiter running?", 1)
+        time.sleep(0.2)

@@ -234,6 +234,16 @@ def test_an_input_step_answered_from_the_cli_hands_its_answer_to_the_next_step(
     refused = run_cli(cluster, "input", "s1", "ask", "--tenant", "acme", "--file", str(bad))
     assert refused.returncode == 2
     assert "does not fit the step's schema" in refused.stderr and "region" in refused.stderr
+    # the refusal is on the log too, and the step still waits
+
+    def recorded_refusal() -> list[ControlApplied]:
+        return [f for f in events(cluster.settings, cluster.catalog["workunits"].name)
+                if isinstance(f, ControlApplied) and f.action == "answer"
+                and f.outcome == "refused"]
+
+    wait_for(recorded_refusal, timeout=30, what="the refused answer recorded on the log")
+    assert "does not fit its schema" in recorded_refusal()[0].detail
+    assert [i["kind"] for i in inbox(cluster)] == ["input"]
     good = tmp_path / "answer.json"
     good.write_text('{"region": "eu-west"}')
     out = cli_json(cluster, "input", "s1", "ask", "--tenant", "acme", "--file", str(good))

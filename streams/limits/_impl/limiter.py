@@ -724,9 +724,10 @@ class Limiter(Reducer):
             return self._control(fact, "pause" if fact.on_limit == "park" else "cancel",
                                  LIMITS_ACTOR, fact.detail)
         if isinstance(fact, SessionLimitsChanged) and fact.resumed:
-            return self._control(fact, "resume", fact.requested_by,
-                                 f"limits raised: {fact.reason}" if fact.reason
-                                 else "limits raised")
+            # the limits actor resumes what it parked; the operator who raised them is named
+            return self._control(fact, "resume", LIMITS_ACTOR,
+                                 f"limits raised by {fact.requested_by}"
+                                 + (f": {fact.reason}" if fact.reason else ""))
         return ()
 
     def _control(self, fact: Event, action: ControlAction, actor: str, reason: str

@@ -228,6 +228,9 @@ def on_human_input(ctx: SchedulerContext, state: State, event: ControlHumanInput
         detail = f"work unit {wu} is not an input step (it is a {unit.spec.kind} unit)"
     elif not (unit.status == "waiting" and unit.reason == "awaiting_input"):
         detail = f"input step {wu} is not waiting for an answer (it is {unit.status})"
+    elif event.schema_error:
+        # refused on the log too, not only at the client: the step keeps waiting
+        detail = f"the answer to {wu} does not fit its schema: {event.schema_error}"
     record = ControlApplied(
         **caused_by(event, "control-applied", occurred_at=now), control_id=event.event_id,
         action="answer", scope="unit", target=f"unit:{wu}", requested_by=event.submitted_by,

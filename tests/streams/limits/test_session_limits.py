@@ -150,7 +150,8 @@ def test_raising_a_limit_resumes_a_parked_session_and_a_raise_too_small_does_not
     assert not raise_to(1, T0 + 2).resumed  # 1 step used of 1: still no room
     assert raise_to(3, T0 + 3).resumed
     resume = controls(h)[-1]
-    assert (resume.action, resume.requested_by) == ("resume", "op")
+    assert (resume.action, resume.requested_by) == ("resume", LIMITS_ACTOR)
+    assert resume.reason == "limits raised by op: more"
     assert h.granted(h.feed(step("b", at=T0 + 4, max_steps=1))) == ["b"]  # stored limits win
 
 

@@ -340,3 +340,13 @@ def test_only_a_raised_limit_resumes_a_session_parked_at_one() -> None:
     raised = control("resume", "session", at=T0 + 2, tenant_id="acme",
                      execution_session_id="s1").model_copy(update={"requested_by": LIMITS_ACTOR})
     assert applied(apply(h, raised)).outcome == "none_here"  # resumed; no units were held
+
+
+def test_an_answer_that_does_not_fit_the_steps_schema_is_refused_on_the_log() -> None:
+    h = _ready()
+    h.feed(submit("ask", kind="input", prompt="Which region?", approval_timeout_ms=60_000))
+    bad = answer("ask", T0 + 1).model_copy(update={"schema_error": "region: required"})
+    record = applied(h.feed(bad))
+    assert record.outcome == "refused" and "does not fit its schema: region: required" \
+        in record.detail
+    assert h.unit("ask").status == "waiting"  # it still waits for a good answer
