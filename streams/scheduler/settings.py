@@ -39,6 +39,10 @@ class SchedulerSettings(SettingsGroup):
     )
     approval_timeout_ms: int = Field(default=3_600_000, ge=1)
     """how long a unit that requires an approval waits for one (logged ms) unless it says"""
+    unknown_parent_ms: int = Field(default=300_000, ge=1)
+    """how long a child waits for a parent nobody submitted before it fails (unknown_parent)"""
+    cycle_probe_depth: int = Field(default=32, ge=2)
+    """the longest chain of waits a depends_on cycle search follows"""
     claim_timeout_ms: int = Field(default=10_000, ge=1,
                                   description="a dispatch nobody claimed in time is re-placed")
     retry_base_ms: int = 500

@@ -25,7 +25,12 @@ from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.pauses import paused_by
 from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
 from onceflow.streams.scheduler._impl.slots import release_slots, request_slots
-from onceflow.streams.scheduler._impl.unit import WAITING_FOR_A_PERSON, PlacementMemory, UnitRecord
+from onceflow.streams.scheduler._impl.unit import (
+    WAITING_FOR_A_PERSON,
+    PlacementMemory,
+    UnitRecord,
+    forget_orphan,
+)
 from onceflow.streams.types import Routed, State
 
 __all__ = [
@@ -232,6 +237,7 @@ def evolve_submitted(ctx: SchedulerContext, state: State, fact: WorkUnitSubmitte
     if unit is None or memo_id != fact.event_id:
         unit = UnitRecord.submitted(fact, payload_digest(fact))
     ctx.save(state, None, unit)
+    forget_orphan(state, unit.work_unit_id)
 
 
 def evolve_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,

@@ -18,6 +18,7 @@ from onceflow.streams.ids import caused_by
 from onceflow.streams.scheduler._impl.admission import placed
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.control import close_failed, complete_with
+from onceflow.streams.scheduler._impl.dependencies import orphans_due
 from onceflow.streams.scheduler._impl.pauses import control_version, paused_by
 from onceflow.streams.scheduler._impl.settlement import attempt_ended
 from onceflow.streams.scheduler._impl.unit import (
@@ -74,6 +75,8 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
             if fact is not None:
                 facts.append(fact)
                 budget -= 1
+    if budget > 0:
+        facts.extend(orphans_due(ctx, state, tick, now, budget))
     sample = _sample(ctx, state, tick, now)
     if sample is not None:
         facts.append(sample)

@@ -58,6 +58,7 @@ __all__ = [
     "close_failed",
     "complete_with",
     "evolve_control_applied",
+    "fail_fast",
     "on_control",
     "on_human_input",
     "on_slot_denied",
@@ -283,6 +284,33 @@ def evolve_control_applied(ctx: SchedulerContext, state: State, fact: ControlApp
         else:
             state.delete(PAUSES)
         state.set(VERSION, control_version(state) + 1)
+
+
+#: who cancels a session whose failed step's policy is fail_fast
+FAIL_FAST_ACTOR = "onceflow:fail_fast"
+
+
+def fail_fast(ctx: SchedulerContext, state: State, facts: Sequence[Event]) -> list[Event]:
+    """A final failure of a step whose session fails fast cancels the session: a cancel
+    sent on to every partition (recorded like an operator's), one per session."""
+    out: list[Event] = []
+    done: set[tuple[str, str]] = set()
+    for fact in facts:
+        if not (isinstance(fact, WorkUnitFailed) and fact.final):
+            continue
+        unit = ctx.load(state, fact.work_unit_id or "")
+        if unit is None or unit.spec.failure_policy != "fail_fast":
+            continue
+        key = (unit.tenant_id, unit.session_id)
+        if key in done:
+            continue
+        done.add(key)
+        out.append(ControlRequested(
+            **caused_by(fact, "fail-fast"), action="cancel", scope="session",
+            requested_by=FAIL_FAST_ACTOR,
+            reason=f"step {unit.work_unit_id} failed ({fact.error_code}) and its session "
+                   "fails fast"))
+    return out
 
 
 def route_control(ctx: SchedulerContext, fact: ControlRequested) -> Sequence[Routed]:

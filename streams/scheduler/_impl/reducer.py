@@ -39,6 +39,7 @@ from onceflow.schemas import (
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitDeferred,
+    WorkUnitDependencyProbe,
     WorkUnitDependencyRegistered,
     WorkUnitDependencyResolved,
     WorkUnitFailed,
@@ -87,6 +88,7 @@ _DECIDE: dict[type[Event], Decide] = {
     ClockTick: clock.on_tick,
     WorkUnitDependencyRegistered: dependencies.on_dependency_registered,
     WorkUnitDependencyResolved: dependencies.on_dependency_resolved,
+    WorkUnitDependencyProbe: dependencies.on_dependency_probe,
     ControlOperatorResolved: operator.on_operator,
     ControlSessionCancelRequested: operator.on_cancel,
     ControlRequested: control.on_control,
@@ -100,6 +102,7 @@ _DECIDE: dict[type[Event], Decide] = {
 _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
     WorkUnitSubmitted: admission.evolve_submitted,
     WorkUnitDependencyRegistered: dependencies.evolve_dependency_registered,
+    WorkUnitDependencyProbe: dependencies.evolve_dependency_probe,
     QueueSampled: clock.evolve_queue_sampled,
     ProviderScopePaused: backoff.evolve_scope_paused,
     ControlApplied: control.evolve_control_applied,
@@ -131,6 +134,7 @@ _ROUTE: dict[type[Event], Route] = {
     QueueSampled: clock.route_queue_sampled,
     WorkUnitSubmitted: dependencies.route_submitted,
     WorkUnitDependencyRegistered: dependencies.route_dependency_registered,
+    WorkUnitDependencyProbe: dependencies.route_dependency_probe,
     ProviderScopePaused: backoff.route_scope_paused,
     SlotRequested: slots.route_to_limiter,
     SlotReleased: slots.route_to_limiter,
@@ -165,7 +169,13 @@ class Scheduler(Reducer):
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         handler = _DECIDE.get(type(event))
-        return () if handler is None else handler(self.ctx, state, event)
+        if handler is None:
+            return ()
+        facts = handler(self.ctx, state, event)
+        if any(isinstance(f, WorkUnitFailed) and f.final for f in facts):
+            # a session that fails fast is cancelled by its first failed step
+            return [*facts, *control.fail_fast(self.ctx, state, facts)]
+        return facts
 
     def evolve(self, state: State, fact: Event) -> None:
         table = _EVOLVE_TABLE.get(type(fact))

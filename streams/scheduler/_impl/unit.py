@@ -44,7 +44,9 @@ __all__ = [
     "UnitSpec",
     "UnitStatus",
     "deps_key",
+    "forget_orphan",
     "index_key",
+    "orphan_key",
     "unit_key",
 ]
 
@@ -56,7 +58,7 @@ TERMINAL: frozenset[UnitStatus] = frozenset({"completed", "failed", "rejected", 
 
 #: The time-ordered indexes a tick reads: lease deadlines (claims and running
 #: attempts), due retries, and deferred units in submission order.
-IndexKind = Literal["lease", "retry", "deferred", "paused"]
+IndexKind = Literal["lease", "retry", "deferred", "paused", "orphan"]
 
 QueueBucket = Literal["deferred", "throttled", "scheduled", "retry_wait", "granted"]
 
@@ -76,6 +78,19 @@ def unit_key(work_unit_id: str) -> str:
 def deps_key(parent_id: str) -> str:
     """Where a parent's waiting children are listed."""
     return f"deps:{parent_id}"
+
+
+def orphan_key(parent_id: str) -> str:
+    """A parent children wait on that nobody submitted yet: when they stop waiting."""
+    return f"o:{parent_id}"
+
+
+def forget_orphan(state: State, parent_id: str) -> None:
+    """The parent came (or its children were told it never did): no deadline is kept."""
+    at = state.get(orphan_key(parent_id))
+    if at is not None:
+        state.delete(orphan_key(parent_id))
+        state.delete(index_key("orphan", at, parent_id))
 
 
 def index_key(kind: IndexKind, at: int, work_unit_id: str) -> str:
