@@ -329,14 +329,15 @@ class NodeAgent:
             self.executed += 1
         except _Backoff as exc:
             log.info("unit.provider_backoff", until=exc.until, model=exc.model)
-            self._report_failure(sched, grant, "provider_backoff", str(exc), retry_at=exc.until,
-                                 provider=exc.provider, model=exc.model)
+            self._report_failure(sched, grant, "provider_backoff", str(exc), t0,
+                                 retry_at=exc.until, provider=exc.provider, model=exc.model)
         except (HandlerError, ProviderError) as exc:
             log.warning("unit.failed", error_code=exc.code, error=str(exc)[:200])
-            self._report_failure(sched, grant, exc.code, str(exc))
+            self._report_failure(sched, grant, exc.code, str(exc), t0)
         except Exception as exc:
             log.exception("unit.crashed")
-            self._report_failure(sched, grant, "handler_error", f"{type(exc).__name__}: {exc}")
+            self._report_failure(sched, grant, "handler_error", f"{type(exc).__name__}: {exc}",
+                                 t0)
         finally:
             took = time.perf_counter() - t0
             with self._lock:
@@ -347,13 +348,14 @@ class NodeAgent:
                 self._unit_seconds = took if avg is None else 0.9 * avg + 0.1 * took
 
     def _report_failure(self, sched: WorkUnitScheduled, grant: ClaimGranted, code: str,
-                        reason: str, *, retry_at: int = 0, provider: str = "",
+                        reason: str, t0: float, *, retry_at: int = 0, provider: str = "",
                         model: str = "") -> None:
         self.producer.send(self._reports, WorkUnitFailed(
             **caused_by(grant, "failed", occurred_at=_now_ms()), selected_node_id=self.node_id,
             attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
             error_code=code, error_reason=reason[:500], incarnation=self.incarnation,
             retry_at=retry_at, provider=provider, model=model,
+            cpu_seconds=quantize_money(Decimal(str(time.perf_counter() - t0))),
         ))
 
     def _context(self, sched: WorkUnitScheduled, grant: ClaimGranted) -> TaskContext:

@@ -18,6 +18,11 @@ the ledger sees everything about its units.
 - Invocations of fenced, rejected or abandoned attempts, and the CPU of
   rejected completions, become unbilled line items (`billed = false`): the
   amount is kept so the operator sees what crashes cost, nothing is charged.
+- A cancelled unit is billed the work its running attempt did before the
+  cancel stopped it: that attempt's invocations (the tokens were spent) and
+  the CPU its agent reports when it stops (`workunit.failed`, `cancelled`,
+  recorded by the scheduler). A result it reports afterwards is fenced, and
+  its CPU is leakage like any other refused result.
 
 `line_item_id` is derived from the source event id and the line-item type,
 and a line item takes its time and fields from its source only, so the same
@@ -108,8 +113,11 @@ class Ledger(Reducer):
             return self._on_invocation(state, event)
         if isinstance(event, WorkUnitFailed) and event.final:
             return self._on_closed(state, event, "failed")
+        if isinstance(event, WorkUnitFailed) and event.error_code == "cancelled":
+            # the scheduler's record of a cancelled attempt stopping: its work is charged
+            return (self._cpu_item(event, billed=True),) if event.cpu_seconds else ()
         if isinstance(event, WorkUnitCancelled):
-            return self._on_closed(state, event, "cancelled")
+            return self._on_closed(state, event, "cancelled", event.attempt_index)
         return ()
 
     def _on_completed(self, state: State, event: WorkUnitCompleted) -> Sequence[Event]:
@@ -135,16 +143,19 @@ class Ledger(Reducer):
         ))
         return facts
 
-    def _on_closed(self, state: State, event: Event, outcome: LedgerOutcome
-                   ) -> Sequence[Event]:
+    def _on_closed(self, state: State, event: Event, outcome: LedgerOutcome,
+                   charged_attempt: int = 0) -> Sequence[Event]:
+        """A unit ended without an accepted result; `charged_attempt`: the attempt a cancel
+        stopped, whose spent tokens are billed as work done (0: none)."""
         wu = event.work_unit_id or ""
         if SettledUnit.load(state, wu) is not None:
             return ()
-        facts: list[Event] = [self._held_item(held, SettledUnit(outcome, 0))
+        settled = SettledUnit(outcome, charged_attempt)
+        facts: list[Event] = [self._held_item(held, settled)
                               for held in _held_charges(state, wu)]
         facts.append(LedgerUnitSettled(
             **caused_by(event, "unit-settled"), outcome=outcome,
-            accepted_attempt=0, source_event_id=event.event_id,
+            accepted_attempt=charged_attempt, source_event_id=event.event_id,
         ))
         return facts
 
@@ -177,8 +188,8 @@ class Ledger(Reducer):
                          source_event_id=source.event_id, source_event_type=source.event_type,
                          line_item_type=kind, pricing_version=self.prices.version)
 
-    def _cpu_item(self, event: WorkUnitCompleted, *, billed: bool, leakage: str = ""
-                  ) -> LedgerLineItem:
+    def _cpu_item(self, event: WorkUnitCompleted | WorkUnitFailed, *, billed: bool,
+                  leakage: str = "") -> LedgerLineItem:
         subtotal = self.prices.cpu_cost(event.cpu_seconds)
         return LedgerLineItem(
             **self._source_envelope(event, "workunit_cpu"),
@@ -209,7 +220,8 @@ class Ledger(Reducer):
         sub_in = PriceBook.token_cost(held.tokens_in, price_in)
         sub_out = PriceBook.token_cost(held.tokens_out, price_out)
         attempt = held.attempt_index
-        billed = settled.outcome == "accepted" and attempt == settled.accepted_attempt
+        billed = settled.outcome in ("accepted", "cancelled") and (
+            attempt == settled.accepted_attempt)
         if billed:
             leakage = ""
         elif settled.outcome == "accepted":

@@ -309,6 +309,9 @@ class WorkUnitFailed(Event, event_type="workunit.failed"):
         default=0, description="provider_backoff: when the provider said to come back (ms)")
     provider: str = Field(default="", description="provider_backoff: the provider that said so")
     model: str = Field(default="", description="provider_backoff: the model that was called")
+    cpu_seconds: Money = Field(
+        default=Decimal("0"), description="what the attempt ran before it ended (the agent's "
+        "word): the work a cancelled attempt did before it stopped is billed from it")
 
 
 class WorkUnitNeedsOperator(Event, event_type="workunit.needs_operator"):
@@ -549,6 +552,9 @@ class WorkUnitCancelled(Event, event_type="workunit.cancelled"):
     requested_by: str = ""
     node_id: str = Field(default="", description="the node running it, told to stop ('' none)")
     control_id: str = Field(default="", description="the control that cancelled it, if any")
+    attempt_index: int = Field(
+        default=0, ge=0, description="the attempt running when it was cancelled (0: none): "
+        "what it spent before it stopped is billed, as work done")
 
 
 # --- claims -----------------------------------------------------------------
@@ -833,7 +839,9 @@ class LedgerUnitSettled(Event, event_type="ledger.unit.settled"):
     """
 
     outcome: LedgerOutcome
-    accepted_attempt: int = Field(default=0, ge=0, description="0 when no attempt was accepted")
+    accepted_attempt: int = Field(
+        default=0, ge=0, description="the attempt whose work is charged: the accepted one, or "
+        "the one a cancel stopped (its tokens were spent); 0 when none")
     source_event_id: str = ""
     settlement_reason: SettlementReason = ""
 

@@ -177,6 +177,63 @@ def test_cancelling_a_running_session_stops_its_steps_on_the_agents(cluster: Clu
     assert {r.detail for r in refusals} == {"tenant:acme is not paused"}
 
 
+def test_a_cancel_bills_the_work_done_before_it_and_accepts_nothing_after(
+        cluster: Cluster) -> None:
+    """An LLM call in flight and a long CPU step, cancelled: the agents stop them, nothing
+    is accepted, and the ledger bills what they spent before the cancel (the call's tokens,
+    the CPU each ran) while a result reported afterwards would be leakage."""
+    from decimal import Decimal
+
+    from onceflow.agents import OpenAICompatibleProvider
+    from onceflow.billing import read_billing_records
+    from tests.agents.fixtures import ChatServer
+
+    server = ChatServer()
+    server.answer_delay_s = 2.0  # the provider thinking while the cancel comes
+    try:
+        cluster.start_scheduler()
+        cluster.start_billing()
+        cluster.start_agent("n1", kinds=("llm_pod",), concurrency=1,
+                            provider=OpenAICompatibleProvider(server.url, "sk-test", "gpt-test",
+                                                              10.0, Decimal("0.002")))
+        cluster.start_agent("n2", kinds=("cpu",), concurrency=1)
+        think = unit("think", kind="llm_pod", prompt="plan the migration in ten steps",
+                     model="gpt-test", lease_ms=30_000)
+        count = unit("count", simulated_ms=20_000, lease_ms=30_000)
+        cluster.submit(think, count)
+        wait_for(lambda: server.in_flight == 1 and cluster.progress().progress.status.get(
+            "count") == "running", timeout=30, what="the call in flight and the step running")
+        out = onceflow(cluster, "cancel", "--session", "s1", "--tenant", "acme",
+                       "--reason", "wrong plan")
+        assert sum(r["stopping"] for r in out["records"]) == 2
+        assert set(cluster.wait_settled(["think", "count"], timeout=10).values()) == {
+            "cancelled"}
+
+        def items() -> list[Any]:
+            return [li for li in read_billing_records(cluster.settings,
+                                                      invocations=False).line_items
+                    if li.work_unit_id in ("think", "count")]
+
+        # the call's tokens (spent: the provider answered after the cancel) and the CPU of
+        # both stopped attempts are billed; nothing was accepted
+        wait_for(lambda: {(li.work_unit_id, li.line_item_type) for li in items()
+                          if li.billed} == {("think", "llm_tokens"), ("think", "workunit_cpu"),
+                                            ("count", "workunit_cpu")},
+                 timeout=30, what="the ledger to bill the work done before the cancel")
+        billed = {(li.work_unit_id, li.line_item_type): li for li in items()}
+        assert billed[("think", "llm_tokens")].llm_tokens > 0
+        assert billed[("count", "workunit_cpu")].cpu_seconds > 0
+        assert billed[("think", "workunit_cpu")].cpu_seconds >= Decimal("1.5")  # it waited
+        settled = [e for e in events(cluster.settings, cluster.catalog["workunits"].name)
+                   if isinstance(e, WorkUnitCompleted)]
+        assert not any(e.accepted for e in settled)
+        shown = onceflow(cluster, "session", "show", "s1", "--tenant", "acme")
+        assert shown["state"] == "cancelled" and Decimal(shown["cost_usd"]) == sum(
+            (li.total_usd for li in items() if li.billed), Decimal(0))
+    finally:
+        server.close()
+
+
 def test_approvals_run_what_is_approved_and_fail_closed_what_is_not(
         cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_scheduler()

@@ -186,7 +186,7 @@ def cancel_unit(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Ev
     running = unit.status == "granted"
     cancelled = WorkUnitCancelled(
         **ctx.envelope(unit, cause, "cancelled", now), reason=reason, requested_by=requested_by,
-        node_id=unit.node if running else "",
+        node_id=unit.node if running else "", attempt_index=unit.attempt if running else 0,
         control_id=cause.event_id if isinstance(cause, ControlRequested) else "")
     return [*release_slots(ctx, unit, cause, now, "cancelled"), cancelled,
             *notify_dependents(ctx, state, unit, cause, now, "failed", None)]

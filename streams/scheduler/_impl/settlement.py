@@ -174,6 +174,12 @@ def on_failed(ctx: SchedulerContext, state: State, event: WorkUnitFailed) -> Seq
     if event.reported_by_scheduler:
         return ()
     unit = ctx.load(state, event.work_unit_id or "")
+    if unit is not None and unit.status == "cancelled" and unit.incarnation and (
+            unit.attempt, unit.node, unit.incarnation) == (
+            event.attempt_index, event.selected_node_id, event.incarnation):
+        # the attempt a cancel stopped, stopping: recorded once, so the ledger bills the
+        # work it did before the cancel (its CPU; its tokens were reported on their own)
+        return (restated(event, "stopped-after-cancel", final=False, retryable=False),)
     if unit is None or not _holds_grant(unit, event.attempt_index, event.selected_node_id,
                                         event.incarnation):
         return ()  # a fenced attempt's failure changes nothing
@@ -251,6 +257,8 @@ def evolve_completed(ctx: SchedulerContext, state: State, unit: UnitRecord,
 
 def evolve_failed(ctx: SchedulerContext, state: State, unit: UnitRecord,
                   fact: WorkUnitFailed) -> UnitRecord:
+    if unit.status == "cancelled":
+        return unit.but(incarnation="")  # its stop is recorded: a second report is fenced
     if fact.final:
         return unit.but(status="failed", reason=fact.error_code)
     if fact.error_code == BACKOFF:
@@ -315,8 +323,8 @@ def route_attempt_outcome(ctx: SchedulerContext, fact: WorkUnitCompleted | WorkU
     if isinstance(fact, WorkUnitCompleted):
         if not (fact.accepted and fact.settlement_reason == "grant_holder"):
             return ()
-    elif not fact.selected_node_id:
-        return ()
+    elif not fact.selected_node_id or fact.error_code == "cancelled":
+        return ()  # a lease the scheduler ended on no node, or a stop it asked for
     node = fact.selected_node_id
     outcome = Routed(ctx.outcomes.name, fact, ctx.outcomes.partition_of(node))
     if isinstance(fact, WorkUnitCompleted):
