@@ -105,3 +105,50 @@ def test_a_paused_session_and_a_pending_approval_survive_a_scheduler_and_agent_k
     assert {final[i] for i in everything} == {"completed"}
     assert done_before < 100
     assert effect_rows(db) == {"send": 1}
+
+
+def test_a_session_being_cancelled_ends_cancelled_through_a_scheduler_and_agent_kill(
+        settings: OnceflowSettings) -> None:
+    """The cancel is sent and the scheduler and an agent running the session's steps are
+    killed at once, before or while it is applied: after the restart every step ends
+    cancelled (none completes, the long steps do not run out their 20 s), and the step
+    that waited on them fails with them."""
+    fast = fast_settings(settings)
+    create_topics(fast)
+    roles = start_roles(fast, agent_specs(2, concurrency=2, region="eu-west"))
+    steps = [unit(f"c-{i}", simulated_ms=20_000, lease_ms=30_000) for i in range(6)]
+    after = unit("c-after", simulated_ms=5, lease_ms=5000, depends_on=["c-0"])
+    ids = [s.work_unit_id or "" for s in steps]
+    follower = ProgressFollower(fast)
+
+    def status() -> dict[str, str]:
+        follower.poll()
+        return follower.progress.status
+
+    try:
+        submit_units(fast, [*steps, after])
+        wait_for(lambda: sum(status().get(i) == "running" for i in ids) >= 4, timeout=60,
+                 what="four steps running on the two agents")
+        started = time.monotonic()
+        submit_control(fast, ControlRequested(
+            event_id="cancel-s1", occurred_at=int(time.time() * 1000), tenant_id="acme",
+            execution_session_id="s1", action="cancel", scope="session", requested_by="test",
+            reason="runaway"))
+        _sigkill(roles, "scheduler")
+        _sigkill(roles, "agent-n1")
+        roles += start_roles(fast, [agent_specs(1, concurrency=2, region="eu-west")[0]],
+                             scheduler=True)
+        everything = [*ids, "c-after"]
+        wait_for(lambda: all(status().get(i) in SETTLED_STATES for i in everything),
+                 timeout=60, what="the cancelled session to settle after the restart")
+        took = time.monotonic() - started
+        final = status()
+        (listed,) = [s for s in _cli(fast, "sessions", "--tenant", "acme")
+                     if s["session_id"] == "s1"]
+    finally:
+        follower.close()
+        stop_roles(roles)
+    assert {final[i] for i in ids} == {"cancelled"}
+    assert final["c-after"] in ("cancelled", "failed")
+    assert listed["state"] == "cancelled" and listed["cancelled_by"] == "test"
+    assert took < 20  # stopped, not run out
