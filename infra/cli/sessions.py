@@ -42,7 +42,8 @@ def describe(e: Any) -> str:
     for name in ("reason_code", "selected_node_id", "attempt_index", "score",
                  "eligible_node_count", "delay_ms", "retry_at", "error_code", "error_reason",
                  "settlement_reason", "accepted", "action", "scope", "requested_by",
-                 "outcome", "detail", "reason", "resolution", "operator", "node_id"):
+                 "outcome", "detail", "reason", "resolution", "operator", "node_id", "limit", "threshold", "used",
+                 "maximum"):
         value = getattr(e, name, None)
         if value in (None, "", 0, [], {}) and name != "accepted":
             continue
@@ -188,8 +189,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Every decision about a unit (or a session), in the order the log has them:
         placements with their candidates, deferrals, retries, leases, controls, operator
-        resolutions."""
-        from onceflow.schemas import ControlApplied
+        resolutions, then the limiter's word on its limits (warnings, a limit reached, new
+        limits)."""
+        from onceflow.schemas import ControlApplied, SessionLimitsChanged
 
         if (work_unit_id is None) == (session is None):
             raise fail("name a work unit, or a session with --session S --tenant T")
@@ -204,7 +206,9 @@ def register(app: typer.Typer) -> None:
                      and e.tenant_id == tenant and e.execution_session_id == session}
             target = f"session:{tenant}/{session}"
             mine = [e for e in facts if (e.work_unit_id in units and e.work_unit_id)
-                    or (isinstance(e, ControlApplied) and e.target == target)]
+                    or (isinstance(e, ControlApplied) and e.target == target)
+                    or (isinstance(e, SessionLimitsChanged)
+                        and (e.tenant_id, e.execution_session_id) == (tenant, session))]
             missing = f"no session {session!r} of tenant {tenant!r} in the log"
         if not mine:
             raise fail(missing, 1)

@@ -49,6 +49,9 @@ def build_unit(data: dict[str, Any]) -> WorkUnitSubmitted:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise SubmitInputError(f"the work unit is invalid: {problems}") from None
+    if unit.work_unit_id in unit.depends_on:
+        raise SubmitInputError(f"work unit {unit.work_unit_id} depends on itself: remove it "
+                               "from depends_on")
     # Same unit and payload, same event id (a resend is a duplicate); another payload
     # under the same id gets another event id, which the scheduler rejects.
     event_id = submission_event_id(unit.work_unit_id or "", payload_digest(unit))

@@ -139,6 +139,11 @@ def test_bad_input_names_the_problem_and_fails(tmp_path: Path) -> None:
     bad_json.write_text("{not json")
     broken = _onceflow(["submit", "--file", str(bad_json)], env, check=False)
     assert broken.returncode == 2 and "not valid JSON" in broken.stderr
+    cycle = tmp_path / "cycle.json"
+    cycle.write_text('{"work_unit_id": "a", "depends_on": ["a"]}')
+    looped = _onceflow(["submit", "--file", str(cycle)], env, check=False)
+    assert looped.returncode == 2 and "a depends on itself" in looped.stderr
+    assert len(looped.stderr.strip().splitlines()) == 1
     env["ONCEFLOW_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
     no_broker = _onceflow(["submit"], env, check=False)
     assert no_broker.returncode == 2 and "onceflow up" in no_broker.stderr

@@ -166,3 +166,20 @@ def test_limits_on_a_live_session_replay_to_the_same_state() -> None:
     for fact in h.facts():
         h.limiter.evolve(replayed, fact)
     assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
+
+
+def test_a_limit_reached_mid_attempt_lets_the_running_call_finish_and_be_counted() -> None:
+    h = LimiterHarness()
+    h.feed(step("a", kind="llm_pod", stok=300, max_steps=1, max_tokens=1000))
+    # the session reaches its step limit while a's call runs
+    facts = h.feed(step("b", at=T0 + 1, kind="llm_pod", stok=300, max_steps=1,
+                        max_tokens=1000))
+    assert crossings(facts) == [("max_steps", "reached")]
+    # a finishes: its tokens are billed and counted, its hold ends, nothing is granted
+    facts = h.feed(charged("a", "0.01", at=T0 + 5, tokens_in=100, tokens_out=120),
+                   settled("a", at=T0 + 6))
+    assert h.granted(facts) == [] and h.denied(facts) == []
+    usage = SessionUsage.load(h.state, "acme", "s1")
+    assert usage is not None
+    assert (usage.steps, usage.tokens, usage.tokens_held, usage.reached) == (
+        1, 220, 0, "max_steps")
