@@ -5,7 +5,6 @@ Import everything from here; `schemas._impl` is private.
 
 from onceflow.schemas._impl.codec import (
     SINGLE_OBJECT_MARKER,
-    ConfluentCodec,
     EventCodec,
     SingleObjectCodec,
 )
@@ -85,7 +84,6 @@ __all__ = [
     "ControlAction",
     "ControlOutcome",
     "ControlScope",
-    "ConfluentCodec",
     "ContainerBlock",
     "ContentRef",
     "DeferralReason",

@@ -74,8 +74,6 @@ class OnceflowSettings(KafkaSettings):
     """an S3-compatible endpoint (MinIO, moto); unset for AWS"""
     s3_region: str | None = None
     """the S3 region"""
-    schema_registry_url: str | None = None
-    """a Confluent schema registry: events use its wire format instead of single-object encoding"""
 
     # --- processes --------------------------------------------------------------------
     state_dir: Path = Path(".onceflow/state")

@@ -1,17 +1,16 @@
-"""Avro codecs: single-object encoding by default, Confluent framing with a registry.
+"""The Avro codec: single-object encoding.
 
 Single-object encoding (`C3 01` + 8-byte CRC-64-AVRO fingerprint + body)
 needs no service: the fingerprint alone names the writer schema, and every
-reader ships the released schemas. With a schema registry URL configured,
-the Confluent wire format (`00` + 4-byte schema id + body) is written
-instead so that the rest of a Confluent estate can read the topics; such a
-codec still reads single-object records, so topics can be migrated live.
+reader ships the released schemas (`schemas/released/`). There is no
+schema-registry framing: nothing read a registry setting, and a codec for it
+was only ever tested against a mock, so both were removed rather than
+claimed.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import struct
 import types
 import typing
@@ -25,27 +24,22 @@ from onceflow.schemas._impl.errors import (
     EventValidationError,
     NotAvroSingleObjectError,
     TruncatedEventError,
-    UnknownSchemaError,
 )
 from onceflow.schemas._impl.events import Event
 from onceflow.schemas._impl.registry import (
     EventSchema,
     SchemaRegistry,
-    avro_fingerprint,
     default_registry,
 )
 
 __all__ = [
     "SINGLE_OBJECT_MARKER",
-    "ConfluentCodec",
     "EventCodec",
     "SingleObjectCodec",
 ]
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 _HEADER_LEN = 10
-_CONFLUENT_MAGIC = 0
-_CONFLUENT_HEADER_LEN = 5
 _DECODE_ERRORS = (EOFError, StopIteration, IndexError, struct.error, ValueError, TypeError, KeyError)
 _ENCODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, struct.error, OverflowError)
 
@@ -231,76 +225,3 @@ class SingleObjectCodec:
         return _validate(current, _read_body(current, current, data, _HEADER_LEN))
 
 
-class ConfluentCodec:
-    """Confluent wire format through `confluent_kafka.schema_registry`.
-
-    Subjects follow the record-name strategy (`onceflow.events.WorkUnitSubmitted`)
-    because one onceflow topic carries several event types.
-    """
-
-    def __init__(self, registry_url: str, registry: SchemaRegistry | None = None,
-                 client_conf: dict[str, Any] | None = None) -> None:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
-        self.registry = registry or default_registry()
-        conf = {"url": registry_url, **(client_conf or {})}
-        self._client = SchemaRegistryClient.new_client(conf)
-        self._single = SingleObjectCodec(self.registry)
-        self._id_by_type: dict[str, int] = {}
-        self._entry_by_id: dict[int, EventSchema] = {}
-
-    def _schema_id(self, entry: EventSchema) -> int:
-        schema_id = self._id_by_type.get(entry.event_type)
-        if schema_id is None:
-            from confluent_kafka.schema_registry import Schema
-
-            subject = f"{entry.schema.get('namespace', '')}.{entry.schema['name']}".lstrip(".")
-            schema_id = self._client.register_schema(
-                subject, Schema(json.dumps(entry.schema), "AVRO")
-            )
-            self._id_by_type[entry.event_type] = schema_id
-            self._entry_by_id[schema_id] = entry
-        return schema_id
-
-    def encode(self, event: Event) -> bytes:
-        return self.encode_record(event.event_type, event.model_dump())
-
-    def encode_record(self, event_type: str, record: dict[str, Any]) -> bytes:
-        entry = self.registry.for_type(event_type)
-        header = struct.pack(">bI", _CONFLUENT_MAGIC, self._schema_id(entry))
-        return header + _write_body(entry, record)
-
-    def _entry(self, data: bytes) -> EventSchema:
-        if len(data) < _CONFLUENT_HEADER_LEN:
-            raise TruncatedEventError(
-                f"Confluent header needs {_CONFLUENT_HEADER_LEN} bytes, got {len(data)}"
-            )
-        (schema_id,) = struct.unpack(">I", data[1:5])
-        entry = self._entry_by_id.get(schema_id)
-        if entry is None:
-            try:
-                registered = self._client.get_schema(schema_id)
-            except Exception as exc:
-                raise UnknownSchemaError(
-                    f"schema id {schema_id} is not in the registry: {exc}"
-                ) from exc
-            schema = json.loads(registered.schema_str or "{}")
-            entry = self.registry.for_fingerprint(avro_fingerprint(schema))
-            self._entry_by_id[schema_id] = entry
-        return entry
-
-    def decode_record(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        if data[:2] == SINGLE_OBJECT_MARKER:
-            return self._single.decode_record(data)
-        if not data or data[0] != _CONFLUENT_MAGIC:
-            raise NotAvroSingleObjectError(
-                "expected Confluent magic byte 00 or the single-object marker C3 01, "
-                f"got {data[:2].hex(' ').upper() or 'nothing'}"
-            )
-        entry = self._entry(data)
-        current = self.registry.for_type(entry.event_type)
-        return entry.event_type, _read_body(entry, current, data, _CONFLUENT_HEADER_LEN)
-
-    def decode(self, data: bytes) -> Event:
-        event_type, record = self.decode_record(data)
-        return _validate(self.registry.for_type(event_type), record)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from onceflow.schemas import (
-    ConfluentCodec,
     NotAvroSingleObjectError,
     SingleObjectCodec,
     TruncatedEventError,
@@ -42,18 +41,6 @@ def test_random_bytes_are_not_single_object() -> None:
 def test_unknown_event_type_lists_the_known_ones() -> None:
     with pytest.raises(UnknownEventTypeError, match=r"workunit\.submitted"):
         SingleObjectCodec().encode_record("no.such.event", {})
-
-
-def test_confluent_framing_through_a_registry_client() -> None:
-    codec = ConfluentCodec("mock://onceflow-tests")
-    event = submitted(3)
-    data = codec.encode(event)
-    assert data[0] == 0 and len(data) > 5
-    schema_id = int.from_bytes(data[1:5], "big")
-    assert schema_id > 0
-    assert codec.decode(data) == event
-    # A Confluent codec still reads single-object records (live migration).
-    assert codec.decode(SingleObjectCodec().encode(event)) == event
 
 
 @pytest.mark.parametrize("amount", ["abc", "", "1.2.3"])
