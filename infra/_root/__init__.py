@@ -8,6 +8,23 @@ mapping in `pyproject.toml`): `onceflow.schemas`, `onceflow.streams`,
 
 from __future__ import annotations
 
-__all__ = ["__version__"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from onceflow.infra.client import AsyncClient, Client, Step, UnitFailed
+
+__all__ = ["AsyncClient", "Client", "Step", "UnitFailed", "__version__"]
 
 __version__ = "0.1.0"
+
+_CLIENT_NAMES = frozenset({"AsyncClient", "Client", "Step", "UnitFailed"})
+
+
+def __getattr__(name: str) -> Any:
+    """The client, imported when first asked for: `import onceflow` stays light for the
+    CLI and the roles, which never use it."""
+    if name in _CLIENT_NAMES:
+        from onceflow.infra import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'onceflow' has no attribute {name!r}")

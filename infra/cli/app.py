@@ -436,7 +436,8 @@ def resolve(
     """Resolve a unit parked in needs_operator: run it again, mark it done, or abandon it."""
     import uuid
 
-    from onceflow.infra.cli.control import send_control, wait_applied
+    from onceflow.infra.cli.control import send_control
+    from onceflow.infra.steering import wait_applied
     from onceflow.schemas import ControlOperatorResolved
 
     if action not in ("retry", "mark_done", "abandon"):

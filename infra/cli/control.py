@@ -16,10 +16,17 @@ from typing import Annotated, Any
 import typer
 
 from onceflow.infra.cli.common import OutputFormat, cli_settings, console, fail, require_broker
-from onceflow.schemas import ControlAction, ControlApplied, ControlRequested, ControlScope, Event
+from onceflow.infra.steering import (
+    SteeringError,
+    prepare_answer,
+    read_inbox,
+    send_command,
+    wait_applied,
+)
+from onceflow.schemas import ControlAction, ControlRequested, ControlScope, Event
 from onceflow.streams.topics import TopicRole
 
-__all__ = ["actor_of", "read_inbox", "register", "send_control", "wait_applied"]
+__all__ = ["actor_of", "register", "send_control"]
 
 
 def actor_of(actor: str | None) -> str:
@@ -28,17 +35,10 @@ def actor_of(actor: str | None) -> str:
 
 
 def send_control(settings: Any, event: Event, topic: TopicRole = "control") -> None:
-    """An operator's command onto the control topic (or the limiter's, for a session's limits),
-    delivered before this returns."""
-    from onceflow.schemas import SingleObjectCodec
-    from onceflow.streams.kafka import DeliveryError, EventProducer
-    from onceflow.streams.topics.catalog import TopicCatalog
-
-    producer = EventProducer(settings, SingleObjectCodec())
-    producer.send(TopicCatalog(settings)[topic], event)
+    """An operator's command onto the log (`steering.send_command`), or a one-line error."""
     try:
-        producer.flush()
-    except DeliveryError as exc:
+        send_command(settings, event, topic)
+    except SteeringError as exc:
         raise fail(str(exc), 1) from None
 
 
@@ -60,26 +60,6 @@ def _target(unit: str | None, session: str | None, tenant: str | None, queue: bo
     if queue:
         return "queue", {}
     raise fail("name what to act on: --unit WU, --session S --tenant T, --tenant T, or --queue")
-
-
-def wait_applied(settings: Any, control_id: str, expected: int, timeout: float
-                 ) -> list[ControlApplied]:
-    """The partitions' records of a control, once all `expected` are in (or at the timeout)."""
-    from onceflow.schemas import SingleObjectCodec
-    from onceflow.streams.kafka import read_events
-    from onceflow.streams.topics.catalog import TopicCatalog
-
-    topic = TopicCatalog(settings)["workunits"].name
-    deadline = time.monotonic() + timeout
-    found: dict[str, ControlApplied] = {}
-    while True:
-        for _, event in read_events(settings, topic, SingleObjectCodec(),
-                                    event_types=frozenset({"control.applied"})):
-            if isinstance(event, ControlApplied) and event.control_id == control_id:
-                found[event.event_id] = event
-        if len(found) >= expected or time.monotonic() >= deadline:
-            return sorted(found.values(), key=lambda a: a.partition)
-        time.sleep(0.2)
 
 
 def _control(action: ControlAction, unit: str | None, session: str | None, tenant: str | None,
@@ -137,163 +117,32 @@ Wait = Annotated[float, typer.Option(help="seconds to wait for the outcome (0: d
 Fmt = Annotated[OutputFormat, typer.Option("--format", help="table or json")]
 
 
-def _step_of(settings: Any, step: str) -> Any:
-    """The admitted submission of a unit, from the scheduler's log (None: no such unit)."""
-    from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
-    from onceflow.streams.kafka import read_events
-    from onceflow.streams.topics.catalog import TopicCatalog
-
-    for _, event in read_events(settings, TopicCatalog(settings)["workunits"].name,
-                                SingleObjectCodec(),
-                                event_types=frozenset({"workunit.submitted"})):
-        if isinstance(event, WorkUnitSubmitted) and event.work_unit_id == step:
-            return event
-    return None
-
-
 def _answer(session_id: str, step: str, tenant: str, file: Path, actor: str | None,
             wait: float, fmt: OutputFormat) -> None:
-    from onceflow.schemas import ControlHumanInputSubmitted
-    from onceflow.streams.content import open_content_store
-
     if not file.is_file():
         raise fail(f"{file} does not exist; pass the file that holds the answer")
     settings = cli_settings()
     require_broker(settings)
-    spec = _step_of(settings, step)
-    if spec is None or spec.execution_session_id != session_id or spec.tenant_id != tenant:
-        raise fail(f"no step {step!r} in session {session_id!r} of tenant {tenant!r}", 1)
-    if spec.kind != "input":
-        raise fail(f"{step} is not an input step (it is a {spec.kind} unit)", 1)
-    data = file.read_bytes()
-    media_type = "application/octet-stream"
-    schema_text = spec.parameters.get("schema")
-    problem = ""
-    if schema_text:
-        import jsonschema
-
-        media_type = "application/json"
-        try:
-            jsonschema.validate(json.loads(data), json.loads(schema_text))
-        except ValueError as exc:
-            problem = f"it is not JSON ({exc}); the step asks for JSON"
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "the answer"
-            problem = f"{where}: {exc.message}"
-    # A bad answer is refused on the log as well (the scheduler records the refusal with
-    # the problem); it is not stored, so nothing refers to it.
-    ref = None if problem else open_content_store(settings).put(data, media_type)
-    event = ControlHumanInputSubmitted(
-        event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000), tenant_id=tenant,
-        execution_session_id=session_id, work_unit_id=step, prompt_id=step, input_ref=ref,
-        submitted_by=actor_of(actor), schema_error=problem)
+    try:
+        answer = prepare_answer(settings, session_id, step, tenant, file.read_bytes(),
+                                actor_of(actor))
+    except SteeringError as exc:
+        raise fail(str(exc), 1) from None
+    event = answer.event
     send_control(settings, event)
     records = wait_applied(settings, event.event_id, 1, wait) if wait > 0 else []
-    if problem:
-        raise fail(f"{file} does not fit the step's schema: {problem} (the refusal is recorded "
-                   f"as control {event.event_id}; the step still waits for an answer)")
+    if answer.problem:
+        raise fail(f"{file} does not fit the step's schema: {answer.problem} (the refusal is "
+                   f"recorded as control {event.event_id}; the step still waits for an answer)")
     if fmt == "json":
         print(json.dumps({"control_id": event.event_id,
-                          "answer_ref": ref.model_dump() if ref else None,
+                          "answer_ref": event.input_ref.model_dump() if event.input_ref else None,
                           "records": [r.model_dump(mode="json") for r in records]}, indent=2))
     if records and records[0].outcome == "refused":
         raise fail(f"answer refused: {records[0].detail}", 1)
     if fmt != "json":
         console.print(records[0].detail if records else
                       f"answer sent (control {event.event_id}); not applied yet")
-
-
-def read_inbox(settings: Any, tenant: str | None = None) -> list[dict[str, Any]]:
-    """Everything waiting for a person, oldest first: units parked in needs_operator and
-    units waiting for an approval, each with what it waits for and until when."""
-    from onceflow.schemas import (
-        SingleObjectCodec,
-        WorkUnitDeferred,
-        WorkUnitNeedsOperator,
-    )
-    from onceflow.streams.kafka import read_events
-    from onceflow.streams.topics.catalog import TopicCatalog
-
-    waiting: dict[str, dict[str, Any]] = {}
-    moves_on = {"workunit.scheduled", "workunit.completed", "workunit.failed",
-                "workunit.cancelled", "workunit.retry.scheduled", "workunit.needs_operator",
-                "workunit.deferred"}
-    for _, event in read_events(settings, TopicCatalog(settings)["workunits"].name,
-                                SingleObjectCodec(), event_types=frozenset(moves_on)):
-        wu = event.work_unit_id or ""
-        if isinstance(event, WorkUnitNeedsOperator):
-            waiting[wu] = {
-                "kind": "needs_operator", "work_unit_id": wu, "tenant_id": event.tenant_id,
-                "session_id": event.execution_session_id, "since": event.occurred_at,
-                "attempt": event.attempt_index, "node_id": event.selected_node_id,
-                "effect": event.effect, "reason": event.reason or event.reason_code,
-                "deadline": None,
-                "resolve": f"onceflow resolve {wu} --action retry|mark_done|abandon"}
-        elif isinstance(event, WorkUnitDeferred) and event.reason_code == "awaiting_input":
-            waiting[wu] = {
-                "kind": "input", "work_unit_id": wu, "tenant_id": event.tenant_id,
-                "session_id": event.execution_session_id, "since": event.occurred_at,
-                "attempt": 0, "node_id": "", "effect": "", "reason": event.reason,
-                "deadline": event.retry_at,
-                "resolve": f"onceflow input {event.execution_session_id} {wu} --tenant "
-                           f"{event.tenant_id} --file answer.json"}
-        elif isinstance(event, WorkUnitDeferred) and event.reason_code == "awaiting_approval":
-            waiting[wu] = {
-                "kind": "approval", "work_unit_id": wu, "tenant_id": event.tenant_id,
-                "session_id": event.execution_session_id, "since": event.occurred_at,
-                "attempt": 0, "node_id": "", "effect": "", "reason": event.reason,
-                "deadline": event.retry_at,
-                "resolve": f"onceflow approve {wu} | onceflow deny {wu} --reason ..."}
-        elif isinstance(event, WorkUnitDeferred):
-            waiting.pop(wu, None)  # approved, now waiting for capacity or a resume
-        elif event.event_type == "workunit.completed" and not getattr(event, "accepted", True):
-            continue  # a refused result leaves the unit where it was
-        elif event.event_type == "workunit.failed" and not getattr(event, "final", False):
-            continue
-        else:
-            waiting.pop(wu, None)
-    for key, item in _sessions_at_a_limit(settings).items():
-        waiting[key] = item
-    items = [w for w in waiting.values() if tenant is None or w["tenant_id"] == tenant]
-    return sorted(items, key=lambda w: (w["since"], w["work_unit_id"]))
-
-
-def _sessions_at_a_limit(settings: Any) -> dict[str, dict[str, Any]]:
-    """Sessions parked at one of their limits: reached, and neither raised nor cancelled."""
-    from onceflow.schemas import (
-        ControlApplied,
-        SessionLimitCrossed,
-        SessionLimitsChanged,
-        SingleObjectCodec,
-    )
-    from onceflow.streams.kafka import read_events
-    from onceflow.streams.topics.catalog import TopicCatalog
-
-    catalog = TopicCatalog(settings)
-    parked: dict[str, dict[str, Any]] = {}
-    for _, event in read_events(settings, catalog["flow"].name, SingleObjectCodec(),
-                                event_types=frozenset({"flow.session.limit",
-                                                       "flow.session.limits.changed"})):
-        key = f"session:{event.tenant_id}/{event.execution_session_id}"
-        if isinstance(event, SessionLimitCrossed) and event.threshold == "reached" \
-                and event.on_limit == "park":
-            s, t = event.execution_session_id, event.tenant_id
-            parked[key] = {
-                "kind": "session_limit", "work_unit_id": "", "tenant_id": t, "session_id": s,
-                "since": event.occurred_at, "attempt": 0, "node_id": "", "effect": "",
-                "reason": event.detail, "deadline": None, "limit": event.limit,
-                "resolve": f"onceflow session limits {s} --tenant {t} "
-                           f"--{event.limit.replace('_', '-')} N | onceflow cancel --session "
-                           f"{s} --tenant {t}"}
-        elif isinstance(event, SessionLimitsChanged) and event.resumed:
-            parked.pop(key, None)
-    if parked:
-        for _, event in read_events(settings, catalog["workunits"].name, SingleObjectCodec(),
-                                    event_types=frozenset({"control.applied"})):
-            if isinstance(event, ControlApplied) and event.action == "cancel" \
-                    and event.outcome != "refused":
-                parked.pop(event.target, None)
-    return parked
 
 
 def register(app: typer.Typer) -> None:
