@@ -99,6 +99,12 @@ _DECIDE: dict[type[Event], Decide] = {
     SlotQueued: slots.on_slot_queued,
 }
 
+#: the inputs whose decision can fail a unit for good (the hot path's claims, reports and
+#: submissions cannot: they are not looked through for a session that fails fast)
+_MAY_FAIL_A_UNIT: frozenset[type[Event]] = frozenset({
+    WorkUnitFailed, ClockTick, WorkUnitDependencyResolved, WorkUnitDependencyProbe,
+    ControlRequested, ControlOperatorResolved})
+
 _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
     WorkUnitSubmitted: admission.evolve_submitted,
     WorkUnitDependencyRegistered: dependencies.evolve_dependency_registered,
@@ -172,7 +178,8 @@ class Scheduler(Reducer):
         if handler is None:
             return ()
         facts = handler(self.ctx, state, event)
-        if any(isinstance(f, WorkUnitFailed) and f.final for f in facts):
+        if type(event) in _MAY_FAIL_A_UNIT and any(
+                isinstance(f, WorkUnitFailed) and f.final for f in facts):
             # a session that fails fast is cancelled by its first failed step
             return [*facts, *control.fail_fast(self.ctx, state, facts)]
         return facts
