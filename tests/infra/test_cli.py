@@ -24,6 +24,10 @@ def _onceflow(args: list[str], env: dict[str, str], check: bool = True) -> subpr
                           capture_output=True, check=check, timeout=180)
 
 
+#: generated units the end-to-end test runs (throughput is the benchmark's to measure)
+UNITS = 3000
+
+
 def test_up_submit_tail_down(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCEFLOW_")}
     env.update({"ONCEFLOW_STACK_DIR": str(tmp_path / "stack"), "ONCEFLOW_PARTITIONS": "3",
@@ -40,38 +44,38 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
         assert pid_alive(stack["broker_pid"])
         again = _onceflow(["up", "--agents", "2"], env)
         assert "already running" in again.stdout
-        out = _onceflow(["submit", "--count", "10000", "--quiet"], env)
-        assert "submitted 10000 work units" in out.stdout
+        out = _onceflow(["submit", "--count", str(UNITS), "--quiet"], env)
+        assert f"submitted {UNITS} work units" in out.stdout
         one = _onceflow(["submit", "--work-unit-id", "wu-explicit", "--kind", "llm_pod",
                          "--prompt", "hello", "--model", "stub"], env)
         assert "wu-explicit" in one.stdout
         tail = _onceflow(["tail", "submissions", "--format", "json"], env)
         rows = [json.loads(line) for line in tail.stdout.splitlines()]
-        assert len(rows) == 10001
+        assert len(rows) == UNITS + 1
         assert {r["event_type"] for r in rows} == {"workunit.submitted"}
         assert any(r["work_unit_id"] == "wu-explicit" and r["kind"] == "llm_pod" for r in rows)
         def status() -> dict:
             return json.loads(_onceflow(["status", "--format", "json"], env).stdout)
 
-        final = wait_for(lambda: (s := status())["units"].get("by_state") == {"completed": 10001}
-                         and s, timeout=150, interval=1.0, what="all 10,001 units completed")
+        final = wait_for(lambda: (s := status())["units"].get("by_state") == {"completed": UNITS + 1}
+                         and s, timeout=150, interval=1.0, what="every unit completed")
         assert final["broker"]["alive"] and all(t["exists"] for t in final["topics"])
         assert {n["node_id"] for n in final["nodes"]} == {"n1", "n2"}
         assert all(n["health"] == "healthy" for n in final["nodes"])
-        assert sum(final["units"]["completed_by_node"].values()) == 10001
+        assert sum(final["units"]["completed_by_node"].values()) == UNITS + 1
 
         def wallet() -> dict:
             out = _onceflow(["ledger", "wallet", "tenant-demo", "--format", "json"], env,
                             check=False)
             return json.loads(out.stdout) if out.returncode == 0 else {}
 
-        # 10,001 CPU line items and the one invocation's tokens
-        billed = wait_for(lambda: (w := wallet()).get("line_items") == 10002 and w,
+        # a CPU line item per unit and the one invocation's tokens
+        billed = wait_for(lambda: (w := wallet()).get("line_items") == UNITS + 2 and w,
                           timeout=60, interval=1.0, what="every unit billed")
         assert Decimal(billed["debit_usd"]) > 0 and billed["prepaid"] is False
         items = [json.loads(line) for line in _onceflow(
             ["ledger", "tail", "--format", "json"], env).stdout.splitlines()]
-        assert len(items) == 10002
+        assert len(items) == UNITS + 2
         assert sum((Decimal(i["total_usd"]) for i in items), Decimal("0")) == \
             Decimal(billed["debit_usd"])
         assert [i["model"] for i in items if i["line_item_type"] == "llm_tokens"] == ["stub"]
@@ -82,7 +86,7 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
                              "--format", "json"], env)
             return json.loads(out.stdout)
 
-        (row,) = wait_for(lambda: (rows := wallet_view()) and rows[0]["line_items"] == 10002
+        (row,) = wait_for(lambda: (rows := wallet_view()) and rows[0]["line_items"] == UNITS + 2
                           and rows, timeout=60, interval=1.0, what="the views to catch up")
         assert Decimal(row["charged_usd"]) == Decimal(billed["debit_usd"])
         views = json.loads(_onceflow(["ledger", "views", "--format", "json"], env).stdout)
@@ -104,12 +108,12 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
         assert again_up.returncode == 0, again_up.stderr[-2000:]
         assert "0 created" in again_up.stdout and "autoscaler running" in again_up.stdout
         after = status()
-        assert after["units"]["by_state"] == {"completed": 10001}
+        assert after["units"]["by_state"] == {"completed": UNITS + 1}
         assert after["units"]["completed_by_node"] == final["units"]["completed_by_node"]
         assert after["units"]["rejected_completions"] == 0
-        assert wallet()["line_items"] == 10002
+        assert wallet()["line_items"] == UNITS + 2
         items_after = _onceflow(["ledger", "tail", "--format", "json"], env).stdout.splitlines()
-        assert len(items_after) == 10002
+        assert len(items_after) == UNITS + 2
         for role in ("billing", "scheduler"):
             verify = _onceflow(["replay", role, "--verify", "--format", "json"], env)
             assert all(r["equal"] for r in json.loads(verify.stdout)), role
