@@ -144,7 +144,16 @@ def local_settings(settings: OnceflowSettings) -> OnceflowSettings:
         update["state_dir"] = Path(settings.stack_dir) / "state"
     if settings.content_store_url == defaults["content_store_url"].default:
         update["content_store_url"] = f"file://{Path(settings.stack_dir).resolve() / 'content'}"
+    if settings.metrics_port is None:
+        update["metrics_port"] = 0  # each role serves /metrics on a port of its own
     return settings.model_copy(update=update)
+
+
+def metrics_urls(settings: OnceflowSettings) -> dict[str, str]:
+    """Each running role's /metrics, as the role wrote it beside its ready file."""
+    ready = Path(settings.stack_dir) / "ready"
+    return {p.name.removesuffix(".metrics"): p.read_text().strip()
+            for p in sorted(ready.glob("*.metrics"))} if ready.is_dir() else {}
 
 
 def start_stack_roles(

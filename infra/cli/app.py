@@ -97,9 +97,12 @@ def up(
                                   llm_provider=llm_provider)
     except RoleStartError as exc:
         raise fail(f"a role did not start: {exc}", 1) from None
+    from onceflow.infra.stack import metrics_urls, read_stack
+
+    metrics = metrics_urls(settings)
     for name, pid in sorted(roles.items()):
-        console.print(f"{name} running (pid {pid})")
-    from onceflow.infra.stack import read_stack
+        console.print(f"{name} running (pid {pid})"
+                      + (f", metrics at {metrics[name]}" if name in metrics else ""))
 
     stack = read_stack(settings)
     if stack is not None and stack.views_url:

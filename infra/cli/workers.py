@@ -8,10 +8,24 @@ from typing import Annotated
 import typer
 
 from onceflow.infra.cli.common import KINDS, cli_settings, fail
+from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["worker_app"]
 
 worker_app = typer.Typer(help="Run one role in the foreground.", no_args_is_help=True)
+
+
+def _serve_metrics(settings: OnceflowSettings, ready_file: Path | None) -> None:
+    """Serve the role's /metrics when asked (ONCEFLOW_METRICS_PORT), and say where beside
+    its ready file (`onceflow up` prints it)."""
+    if settings.metrics_port is None:
+        return
+    from onceflow.streams.metrics import serve_metrics
+
+    port = serve_metrics(settings.metrics_port)
+    if ready_file is not None:
+        ready_file.with_name(f"{ready_file.name}.metrics").write_text(
+            f"http://127.0.0.1:{port}/metrics\n")
 
 
 
@@ -34,6 +48,7 @@ def scheduler(
     except (PriceBookError, LimitsFileError) as exc:
         raise fail(str(exc)) from None
     tune_for_streaming()
+    _serve_metrics(settings, ready_file)
     run_scheduler(settings, estimator=estimator, ready_file=ready_file, with_clock=clock)
 
 
@@ -53,6 +68,7 @@ def billing(
     except PriceBookError as exc:
         raise fail(str(exc)) from None
     tune_for_streaming()
+    _serve_metrics(settings, ready_file)
     run_billing(settings, ready_file=ready_file)
 
 
@@ -66,6 +82,7 @@ def trust(
 
     settings = cli_settings(role=True)
     tune_for_streaming()
+    _serve_metrics(settings, ready_file)
     run_trust(settings, ready_file=ready_file)
 
 

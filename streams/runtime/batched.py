@@ -96,6 +96,9 @@ class _NullSensor:
     def on_dead_letter(self, processor: str, topic: str, error: str) -> None:
         pass
 
+    def on_facts(self, processor: str, facts: Sequence[Event]) -> None:
+        pass
+
 
 class BatchedProcessor:
     def __init__(
@@ -132,7 +135,12 @@ class BatchedProcessor:
         # Facts are keyed by the catalog's rule for their topic (a table
         # topic such as wallets is compacted by its entity, not the event id).
         self._fact_topic: Topic | str = self._catalog.by_name(fact_topic) or fact_topic
-        self.sensor: Sensor = sensor or _NullSensor()
+        from onceflow.streams.metrics import active_sensor
+
+        self.sensor: Sensor = sensor or active_sensor() or _NullSensor()
+        #: the facts this batch wrote, for the sensor (None: nobody listens)
+        self._written: list[Event] | None = None if isinstance(self.sensor, _NullSensor) \
+            else []
         self.on_ready = on_ready
         self.tables = list(tables)
         self._tables: TopicFollower | None = None
@@ -275,6 +283,9 @@ class BatchedProcessor:
         self.processed += len(msgs)
         self.sensor.on_batch(self.reducer.name, len(msgs), self.facts_emitted - facts_before,
                              time.perf_counter() - started)
+        if self._written:
+            self.sensor.on_facts(self.reducer.name, self._written)
+            self._written = []
         self._maybe_checkpoint(consumer)
 
     def _maybe_checkpoint(self, consumer: Consumer) -> None:
@@ -361,6 +372,8 @@ class BatchedProcessor:
                     headers=[*headers, *position] if position else headers,
                 )
                 self.facts_emitted += 1
+                if self._written is not None:
+                    self._written.append(fact)
             evolve(store, fact)
         if not self._by_position:
             store.mark_seen(cause)

@@ -1,0 +1,103 @@
+"""Metrics: the sensor reads the figures from the facts, and every role's /metrics after a
+burst agrees with the ledger."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from onceflow.billing import read_billing_records
+from onceflow.infra.roles import agent_specs, start_roles, stop_roles
+from onceflow.schemas import LedgerLineItem, WorkUnitCompleted, WorkUnitFailed
+from onceflow.streams.metrics import PrometheusSensor
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.topics import create_topics
+from tests.agents.fixtures import fast_settings, unit
+from tests.fixtures import submit_units, wait_for
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Each sample of a metric, by its labels."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def test_the_sensor_counts_what_the_facts_say() -> None:
+    from prometheus_client import generate_latest
+
+    sensor = PrometheusSensor()
+    done = WorkUnitCompleted(event_id="c", occurred_at=5, work_unit_id="a", accepted=True,
+                             selected_node_id="n1", attempt_index=1,
+                             settlement_reason="grant_holder", submitted_at=1000,
+                             finished_at=3000)
+    refused = done.model_copy(update={"event_id": "r", "accepted": False})
+    failed = WorkUnitFailed(event_id="f", occurred_at=5, work_unit_id="b", error_code="x",
+                            final=True)
+    retry = failed.model_copy(update={"event_id": "f2", "final": False})
+    item = LedgerLineItem(event_id="l", occurred_at=5, work_unit_id="a", tenant_id="acme",
+                          line_item_id="l", source_event_id="s", source_event_type="x",
+                          line_item_type="llm_tokens", total_usd=Decimal("0.25"),
+                          pricing_version="v1", model="m1", llm_tokens_in=30,
+                          llm_tokens_out=12)
+    sensor.on_facts("scheduler", [done, refused, failed, retry])
+    sensor.on_facts("ledger", [item, item.model_copy(update={"billed": False})])
+    sensor.on_batch("scheduler", 10, 4, 0.01)
+    text = generate_latest(sensor.registry).decode()
+    assert samples(text, "onceflow_units_settled_total") == {
+        (("state", "completed"),): 1.0, (("state", "failed"),): 1.0}
+    assert samples(text, "onceflow_submit_to_settled_seconds_sum") == {(): 2.0}
+    assert samples(text, "onceflow_line_items_total") == {
+        (("billed", "true"), ("type", "llm_tokens")): 1.0,
+        (("billed", "false"), ("type", "llm_tokens")): 1.0}
+    assert samples(text, "onceflow_spend_usd_total") == {
+        (("model", "m1"), ("tenant", "acme")): 0.25}
+    assert samples(text, "onceflow_llm_tokens_total")[
+        (("direction", "out"), ("model", "m1"), ("tenant", "acme"))] == 12
+    assert samples(text, "onceflow_events_in_total") == {(("processor", "scheduler"),): 10.0}
+
+
+@pytest.mark.integration
+def test_every_roles_metrics_after_a_burst_match_the_ledger(settings: OnceflowSettings) -> None:
+    fast = fast_settings(settings).model_copy(update={"metrics_port": 0})
+    create_topics(fast)
+    roles = start_roles(fast, agent_specs(2, concurrency=4, region="eu-west"), billing=True,
+                        trust=True)
+    n = 300
+    try:
+        submit_units(fast, [unit(f"m-{i:04d}", simulated_ms=1) for i in range(n)])
+        ready = Path(fast.stack_dir) / "ready"
+        urls = {p.name.removesuffix(".metrics"): p.read_text().strip()
+                for p in ready.glob("*.metrics")}
+        assert set(urls) == {"scheduler", "billing", "trust"}
+
+        def scrape(role: str) -> str:
+            return httpx.get(urls[role], timeout=10).text
+
+        def billed_cpu() -> float:
+            return samples(scrape("billing"), "onceflow_line_items_total").get(
+                (("billed", "true"), ("type", "workunit_cpu")), 0.0)
+
+        wait_for(lambda: samples(scrape("scheduler"), "onceflow_units_settled_total").get(
+            (("state", "completed"),)) == n, timeout=60, what="every unit settled, as counted")
+        wait_for(lambda: billed_cpu() == n, timeout=60, what="every unit billed, as counted")
+        records = read_billing_records(fast, invocations=False)
+        assert billed_cpu() == sum(1 for li in records.line_items
+                                   if li.billed and li.line_item_type == "workunit_cpu")
+        spent = sum(samples(scrape("billing"), "onceflow_spend_usd_total").values())
+        assert spent == pytest.approx(float(sum(li.total_usd for li in records.line_items
+                                                if li.billed)))
+        scheduler = scrape("scheduler")
+        assert samples(scheduler, "onceflow_submit_to_settled_seconds_count") == {(): n}
+        assert samples(scheduler, "onceflow_events_in_total")[(("processor", "scheduler"),)] >= n
+        breakers = samples(scrape("trust"), "onceflow_breaker_state")
+        assert set(breakers) == {(("node", "n1"),), (("node", "n2"),)}
+    finally:
+        stop_roles(roles)
