@@ -303,6 +303,18 @@ def topics_create() -> None:
         console.print(line + (f"  [yellow]{s.error}[/]" if s.error else ""))
 
 
+@topics_app.command("manifest")
+def topics_manifest(
+    cluster: Annotated[str, typer.Option(help="the Strimzi Kafka cluster's name")] = "onceflow",
+    namespace: Annotated[str, typer.Option(help="the Kubernetes namespace")] = "onceflow",
+) -> None:
+    """The topic catalog as Strimzi KafkaTopic resources (YAML), for `kubectl apply -f -`;
+    partitions, replicas, cleanup policies and retention from the settings."""
+    from onceflow.infra.deploy import topics_yaml
+
+    print(topics_yaml(cli_settings(), cluster, namespace), end="")
+
+
 @topics_app.command("describe")
 def topics_describe(
     fmt: Annotated[OutputFormat, typer.Option("--format")] = "table",
