@@ -31,7 +31,7 @@ from onceflow.schemas import (
     WorkUnitSubmitted,
 )
 
-__all__ = ["SessionState", "SessionView", "Step", "fold_sessions"]
+__all__ = ["SessionState", "SessionView", "Step", "fold_sessions", "read_log"]
 
 SessionState = Literal["running", "paused", "waiting", "cancelling", "cancelled", "completed",
                        "failed"]
@@ -53,12 +53,14 @@ class Step:
     node: str = ""
     finished_at: int = 0
     cost_usd: Decimal = Decimal("0")
+    #: its accepted result's address in the content store
+    result: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"work_unit_id": self.work_unit_id, "kind": self.kind,
                 "depends_on": self.depends_on, "state": self.state, "reason": self.reason,
                 "attempts": self.attempts, "node": self.node,
-                "cost_usd": f"{self.cost_usd:f}",
+                "cost_usd": f"{self.cost_usd:f}", "result_ref": self.result,
                 "time_ms": (self.finished_at - self.submitted_at) if self.finished_at else None}
 
 
@@ -161,6 +163,7 @@ def _advance(step: Step, e: Event) -> None:
         step.reason = e.reason_code
     elif isinstance(e, WorkUnitCompleted) and e.accepted:
         step.state, step.finished_at = "completed", e.occurred_at
+        step.result = e.result_ref.model_dump() if e.result_ref else None
     elif isinstance(e, WorkUnitFailed):
         if e.final:
             step.state, step.reason, step.finished_at = "failed", e.error_code, e.occurred_at
@@ -204,3 +207,24 @@ def _limit(sessions: dict[tuple[str, str], SessionView],
         view.at_limit = e.detail
     else:
         view.warnings.append(e.detail)
+
+
+def read_log(settings: Any, ledger: bool = True) -> tuple[list[Event], list[LedgerLineItem]]:
+    """What the session views fold: the scheduler's facts, then the limiter's word on
+    sessions' limits (a view is a fold, and these only set its limits and what it
+    reached), and the ledger's line items (`ledger`)."""
+    from onceflow.schemas import SingleObjectCodec
+    from onceflow.streams.kafka import read_events
+    from onceflow.streams.topics.catalog import TopicCatalog
+
+    catalog = TopicCatalog(settings)
+    codec = SingleObjectCodec()
+    facts = [e for _, e in read_events(settings, catalog["workunits"].name, codec)]
+    facts += [e for _, e in read_events(
+        settings, catalog["flow"].name, codec,
+        event_types=frozenset({"flow.session.limit", "flow.session.limits.changed"}))]
+    items = [] if not ledger else [
+        e for _, e in read_events(settings, catalog["ledger"].name, codec,
+                                  event_types=frozenset({"ledger.line_item"}))
+        if isinstance(e, LedgerLineItem)]
+    return facts, items

@@ -70,6 +70,8 @@ class OnceflowSettings(KafkaSettings):
                     "cluster, off for the embedded broker (which leaves its own log to the page "
                     "cache too: a process crash loses neither, a power cut both)",
     )
+    api_token: str | None = None
+    """a bearer token the HTTP API asks every request for (unset: none)"""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """serve this role's Prometheus metrics at /metrics on this port (0: any free port, written beside the role's ready file; `onceflow up` uses 0)"""
     s3_endpoint_url: str | None = None

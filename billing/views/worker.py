@@ -23,6 +23,10 @@ from onceflow.streams.log import get_logger
 from onceflow.streams.topics.catalog import TopicCatalog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fastapi import FastAPI
+
     from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["ViewsProcessor", "run_views"]
@@ -113,7 +117,8 @@ class ViewsProcessor:
 
 
 def run_views(settings: OnceflowSettings, *, host: str = "127.0.0.1", port: int = 8088,
-              ready_file: Path | None = None) -> None:
+              ready_file: Path | None = None,
+              extend: Callable[[FastAPI], None] | None = None) -> None:
     """Block until SIGTERM: keep the ledger in DuckDB and serve the ksql-style API."""
     import time
 
@@ -121,7 +126,10 @@ def run_views(settings: OnceflowSettings, *, host: str = "127.0.0.1", port: int 
 
     processor = ViewsProcessor(settings)
     processor.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(processor.service), host=host, port=port,
+    app = create_app(processor.service)
+    if extend is not None:
+        extend(app)  # more routes in the same service (the onceflow API)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                            log_level="warning", lifespan="off"))
     stopping = threading.Event()
 

@@ -10,29 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from onceflow.infra.cli.common import OutputFormat, console, fail, ready_settings
+from onceflow.infra.sessions import read_log
 
 __all__ = ["describe", "register"]
 
 Fmt = Annotated[OutputFormat, typer.Option("--format", help="table or json")]
-
-
-def _read(settings: Any, ledger: bool = True) -> tuple[list[Any], list[Any]]:
-    from onceflow.schemas import LedgerLineItem, SingleObjectCodec
-    from onceflow.streams.kafka import read_events
-    from onceflow.streams.topics.catalog import TopicCatalog
-
-    catalog = TopicCatalog(settings)
-    facts = [e for _, e in read_events(settings, catalog["workunits"].name, SingleObjectCodec())]
-    # the limiter's word on sessions' limits, after the scheduler's (a session's view is a
-    # fold, and these only set its limits and what it reached)
-    facts += [e for _, e in read_events(
-        settings, catalog["flow"].name, SingleObjectCodec(),
-        event_types=frozenset({"flow.session.limit", "flow.session.limits.changed"}))]
-    items = [] if not ledger else [
-        e for _, e in read_events(settings, catalog["ledger"].name, SingleObjectCodec(),
-                                  event_types=frozenset({"ledger.line_item"}))
-        if isinstance(e, LedgerLineItem)]
-    return facts, items
 
 
 def describe(e: Any) -> str:
@@ -74,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
         from onceflow.infra.sessions import fold_sessions
 
-        facts, items = _read(ready_settings())
+        facts, items = read_log(ready_settings())
         views = [v for v in fold_sessions(facts, items).values()
                  if (tenant is None or v.tenant_id == tenant)
                  and (state is None or v.state == state)]
@@ -108,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
         from onceflow.infra.sessions import fold_sessions
 
-        facts, items = _read(ready_settings())
+        facts, items = read_log(ready_settings())
         view = fold_sessions(facts, items, at=at).get((tenant, session_id))
         if view is None:
             raise fail(f"no session {session_id!r} of tenant {tenant!r} in the log"
@@ -197,7 +179,7 @@ def register(app: typer.Typer) -> None:
             raise fail("name a work unit, or a session with --session S --tenant T")
         if session is not None and tenant is None:
             raise fail(f"--session {session} needs its --tenant")
-        facts, _ = _read(ready_settings(), ledger=False)
+        facts, _ = read_log(ready_settings(), ledger=False)
         if work_unit_id is not None:
             mine = [e for e in facts if e.work_unit_id == work_unit_id]
             missing = f"no work unit {work_unit_id!r} in the log"
@@ -240,7 +222,7 @@ def register(app: typer.Typer) -> None:
         settings = ready_settings()
 
         def render() -> tuple[Table, bool]:
-            facts, items = _read(settings)
+            facts, items = read_log(settings)
             views = fold_sessions(facts, items)
             if session is not None:
                 view = views.get((tenant or "", session))

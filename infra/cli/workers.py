@@ -135,11 +135,14 @@ def views(
     ready_file: Annotated[Path | None, typer.Option(help="touched once serving, caught up")]
     = None,
 ) -> None:
-    """The ledger views: DuckDB sink, view definitions, the ksqlDB-shaped HTTP API."""
+    """The ledger views (DuckDB sink, view definitions, the ksqlDB-shaped HTTP API) and the
+    onceflow HTTP API (/v1, its spec at /openapi.json) in one service."""
     from onceflow.billing.views.worker import run_views
+    from onceflow.infra.api import add_api_routes
 
     settings = cli_settings(role=True)
-    run_views(settings, host=host, port=port, ready_file=ready_file)
+    run_views(settings, host=host, port=port, ready_file=ready_file,
+              extend=lambda app: add_api_routes(app, settings, settings.api_token))
 
 
 @worker_app.command("agent")
