@@ -28,8 +28,10 @@ install: $(STAMP) $(KAFKA)
 demo: $(STAMP) $(KAFKA)
 	$(BIN)/onceflow demo
 
+# Two workers, each with its own embedded broker: most integration tests wait on the log,
+# so two of them share the CI machine's two cores well.
 test: $(STAMP) $(KAFKA)
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2
 
 # mypy reads the package as it is installed, `onceflow.*`: a tree of links to the folders.
 TYPECHECK := build/typecheck

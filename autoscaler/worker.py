@@ -50,5 +50,7 @@ def run_autoscaler(settings: OnceflowSettings, *, ready_file: Path | None = None
                                        "keys": len(items)}))
             os.replace(tmp, fingerprint_file)
 
-    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    # no faust web server: the role has nothing to serve, and a fixed port (6066) would
+    # keep two autoscalers from running on one machine
+    sys.argv = [sys.argv[0], "worker", "--without-web", "-l", "warn"]
     app.main()

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp.write_text(json.dumps({"fingerprint": fingerprint_items(items), "keys": len(items)}))
         os.replace(tmp, args.fingerprint_file)
 
-    sys.argv = [sys.argv[0], *(rest or ["worker"]), "-l", "warn"]
+    sys.argv = [sys.argv[0], *(rest or ["worker", "--without-web"]), "-l", "warn"]
     app.main()
 
 

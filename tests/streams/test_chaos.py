@@ -142,7 +142,7 @@ def test_faust_shell_rebuilds_lost_state_after_sigkill(
     fp_file = tmp_path / "fingerprint.json"
     cmd = [sys.executable, "-m", "onceflow.streams.examples.faust_counter", "--input", inp.name,
            "--facts", facts, "--app-id", f"fc-{uid}", "--state-dir", str(state_dir),
-           "--fingerprint-file", str(fp_file), "worker"]
+           "--fingerprint-file", str(fp_file), "worker", "--without-web"]
 
     def reference(upto: int) -> str:
         reducer, state = SubmissionCounter(), MemoryState()
