@@ -55,6 +55,7 @@ from onceflow.streams.kafka import (
     make_consumer,
 )
 from onceflow.streams.log import get_logger
+from onceflow.streams.metrics import active_sensor
 from onceflow.streams.runtime.batched import next_batch
 from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.types import ContentStore
@@ -132,6 +133,8 @@ class NodeAgent:
         self._running_ctx: dict[str, TaskContext] = {}
         #: units cancelled before their handler started (their grant may be queued here)
         self._cancelled: set[str] = set()
+        #: this process's metrics, when it serves them (ONCEFLOW_METRICS_PORT)
+        self._sensor = active_sensor()
         self._inflight = 0
         self._running = 0
         self._heartbeat_seq = 0
@@ -306,6 +309,7 @@ class NodeAgent:
                             tenant=sched.tenant_id, session=sched.execution_session_id)
         started = _now_ms()
         t0 = time.perf_counter()
+        outcome = "crashed"
         try:
             if started >= grant.lease_expires_at - self.cfg.lease_safety_ms:
                 raise HandlerError("the lease ended before the unit could start", "node_timeout")
@@ -327,11 +331,14 @@ class NodeAgent:
                 finished_at=_now_ms(), kind=sched.kind, incarnation=self.incarnation,
             ))
             self.executed += 1
+            outcome = "completed"
         except _Backoff as exc:
+            outcome = "provider_backoff"
             log.info("unit.provider_backoff", until=exc.until, model=exc.model)
             self._report_failure(sched, grant, "provider_backoff", str(exc), t0,
                                  retry_at=exc.until, provider=exc.provider, model=exc.model)
         except (HandlerError, ProviderError) as exc:
+            outcome = exc.code
             log.warning("unit.failed", error_code=exc.code, error=str(exc)[:200])
             self._report_failure(sched, grant, exc.code, str(exc), t0)
         except Exception as exc:
@@ -340,6 +347,8 @@ class NodeAgent:
                                  t0)
         finally:
             took = time.perf_counter() - t0
+            if self._sensor is not None:
+                self._sensor.on_attempt(self.node_id, sched.kind, outcome, took)
             with self._lock:
                 self._running_ctx.pop(sched.work_unit_id or "", None)
                 self._running -= 1

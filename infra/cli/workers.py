@@ -173,6 +173,7 @@ def agent(
             provider = provider_from_settings(settings.agent, llm_provider)
         except ValueError as exc:
             raise fail(str(exc)) from None
+    _serve_metrics(settings, ready_file)
     node = NodeAgent(settings, node_id=node_id, region=region, kinds=wanted,
                      concurrency=concurrency, provider=provider,
                      on_ready=ready_file.touch if ready_file else None)

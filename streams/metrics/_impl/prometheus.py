@@ -65,6 +65,13 @@ class PrometheusSensor:
                                ["reason"], registry=r)
         self.breakers = Gauge("onceflow_breaker_state", "a node's breaker: 0 closed, "
                               "1 half open, 2 open", ["node"], registry=r)
+        self.attempts = Counter("onceflow_agent_attempts", "attempts a node agent ran, by how "
+                                "they ended (completed, or the error code)",
+                                ["node", "kind", "outcome"], registry=r)
+        self.attempt_seconds = Histogram(
+            "onceflow_agent_attempt_seconds", "how long a node agent's attempts ran",
+            ["node", "kind"], buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+            registry=r)
         self._on: dict[type[Event], Callable[[Any], None]] = {
             WorkUnitCompleted: self._completed, WorkUnitFailed: self._failed,
             WorkUnitRejected: self._rejected, WorkUnitCancelled: self._cancelled,
@@ -88,6 +95,11 @@ class PrometheusSensor:
             handler = on.get(type(fact))
             if handler is not None:
                 handler(fact)
+
+    def on_attempt(self, node: str, kind: str, outcome: str, seconds: float) -> None:
+        """A node agent ran an attempt (agents are not processors: they call this)."""
+        self.attempts.labels(node, kind, outcome).inc()
+        self.attempt_seconds.labels(node, kind).observe(seconds)
 
     # -- what the facts say ---------------------------------------------------------------
 

@@ -76,7 +76,7 @@ def test_every_roles_metrics_after_a_burst_match_the_ledger(settings: OnceflowSe
         ready = Path(fast.stack_dir) / "ready"
         urls = {p.name.removesuffix(".metrics"): p.read_text().strip()
                 for p in ready.glob("*.metrics")}
-        assert set(urls) == {"scheduler", "billing", "trust"}
+        assert set(urls) == {"scheduler", "billing", "trust", "agent-n1", "agent-n2"}
 
         def scrape(role: str) -> str:
             return httpx.get(urls[role], timeout=10).text
@@ -97,6 +97,11 @@ def test_every_roles_metrics_after_a_burst_match_the_ledger(settings: OnceflowSe
         scheduler = scrape("scheduler")
         assert samples(scheduler, "onceflow_submit_to_settled_seconds_count") == {(): n}
         assert samples(scheduler, "onceflow_events_in_total")[(("processor", "scheduler"),)] >= n
+        # the agents ran every unit (a unit is run again only when its claim was lost)
+        ran = sum(v for node in ("agent-n1", "agent-n2") for labels, v in samples(
+            scrape(node), "onceflow_agent_attempts_total").items()
+            if ("outcome", "completed") in labels)
+        assert ran >= n
         breakers = samples(scrape("trust"), "onceflow_breaker_state")
         assert set(breakers) == {(("node", "n1"),), (("node", "n2"),)}
     finally:
