@@ -465,6 +465,11 @@ class BudgetSettled(Event, event_type="flow.budget.settled"):
         default=0, ge=0, description="tokens billed (input plus output), against max_tokens")
     released_tokens: int = Field(
         default=0, ge=0, description="tokens the settled unit held against max_tokens")
+    llm_billed: bool = Field(
+        default=False, description="the charge is an LLM call's tokens")
+    awaiting_llm: bool = Field(
+        default=False, description="the unit settled before its LLM call's tokens were "
+        "billed (two topics): its hold stays until they are")
 
 
 class SessionLimitCrossed(Event, event_type="flow.session.limit"):

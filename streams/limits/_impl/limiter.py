@@ -495,26 +495,20 @@ class Limiter(Reducer):
         if isinstance(event, LedgerUnitSettled):
             if hold is None:
                 return ()
-            released = Decimal(hold["hold"])
-            released_tokens = hold.get("stok", 0)
-            fact = BudgetSettled(**caused_by(event, "budget-settled"),
-                                 source_event_id=event.event_id, released_usd=released,
-                                 released_tokens=released_tokens, unit_settled=True)
-            t = _Tentative(reserved={s: -released for s in hold["budgets"]})
-            if released_tokens:
-                usage = SessionUsage.load(state, event.tenant_id, event.execution_session_id)
-                if usage is not None:
-                    t.usage[usage.scope] = replace(
-                        usage, tokens_held=max(0, usage.tokens_held - released_tokens))
-            return ([fact, *self._scan(state, event, t)] if released or released_tokens
-                    else [fact])
+            if event.outcome == "accepted" and hold.get("llm") and not hold.get("llm_seen"):
+                # its call's tokens are on another topic and not billed yet: the hold stays
+                # until they are, or a grant could spend them twice
+                return (BudgetSettled(**caused_by(event, "budget-settled"),
+                                      source_event_id=event.event_id, awaiting_llm=True),)
+            return self._release(state, event, hold)
         charged = event.total_usd if event.billed else _ZERO
         if charged and event.tenant_id not in self.credits and not Budget.stored(
                 state, f"session:{event.tenant_id}/{event.execution_session_id}"):
             charged = _ZERO  # no budget of its tenant's or session's keeps an account here
+        llm = event.line_item_type == "llm_tokens"
         used = 0
         levels: dict[str, float] = {}
-        if event.line_item_type == "llm_tokens" and hold is not None and hold["rated"]:
+        if llm and hold is not None and hold["rated"]:
             used = weighted_tokens(event.llm_tokens_in, event.llm_tokens_out,
                                    event.llm_input_price_usd_per_1k,
                                    event.llm_output_price_usd_per_1k)
@@ -527,16 +521,37 @@ class Limiter(Reducer):
                 level = rate_window_level(state, key, per_minute, now)
                 levels[key] = round(min(float(per_minute), level + refund) - used, 6)
         session_tokens = 0
-        if event.line_item_type == "llm_tokens" and event.billed:
+        if llm and event.billed:
             usage = SessionUsage.load(state, event.tenant_id, event.execution_session_id)
             if usage is not None and usage.limits.max_tokens is not None:
                 session_tokens = event.llm_tokens_in + event.llm_tokens_out
-        if not charged and not levels and not session_tokens:
+        waits_for_it = llm and hold is not None and bool(hold.get("llm"))
+        if not charged and not levels and not session_tokens and not waits_for_it:
             return ()
-        return (BudgetSettled(**caused_by(event, "budget-charged"),
-                              source_event_id=event.event_id, charged_usd=charged,
-                              tokens_used=used, rate_levels=levels,
-                              session_tokens=session_tokens),)
+        fact = BudgetSettled(**caused_by(event, "budget-charged"),
+                             source_event_id=event.event_id, charged_usd=charged,
+                             tokens_used=used, rate_levels=levels,
+                             session_tokens=session_tokens, llm_billed=llm)
+        if waits_for_it and hold is not None and hold.get("settled"):
+            # the late tokens of a unit that settled first: counted, then its hold ends
+            return [fact, *self._release(state, event, hold, role="budget-settled-late")]
+        return (fact,)
+
+    def _release(self, state: State, event: Event, hold: Mapping[str, Any],
+                 role: str = "budget-settled") -> list[Event]:
+        """The unit's hold ends (its costs are all counted): whatever waits may now fit."""
+        released = Decimal(hold["hold"])
+        released_tokens = hold.get("stok", 0)
+        fact = BudgetSettled(**caused_by(event, role), source_event_id=event.event_id,
+                             released_usd=released, released_tokens=released_tokens,
+                             unit_settled=True)
+        t = _Tentative(reserved={s: -released for s in hold["budgets"]})
+        if released_tokens:
+            usage = SessionUsage.load(state, event.tenant_id, event.execution_session_id)
+            if usage is not None:
+                t.usage[usage.scope] = replace(
+                    usage, tokens_held=max(0, usage.tokens_held - released_tokens))
+        return [fact, *self._scan(state, event, t)] if released or released_tokens else [fact]
 
     def _scan(self, state: State, cause: Event, t: _Tentative, freed: Sequence[str] = ()
               ) -> list[Event]:
@@ -649,7 +664,7 @@ class Limiter(Reducer):
             return
         if hold is None:
             hold = {"budgets": fact.budget_scopes, "hold": _usd(fact.held_usd), "tok": 0,
-                    "rated": [], "stok": 0}
+                    "rated": [], "stok": 0, "llm": fact.kind == "llm_pod"}
             for scope in fact.budget_scopes:
                 b = dict(Budget.stored(state, scope))
                 b["reserved"] = _usd(Decimal(b.get("reserved", "0")) + fact.held_usd)
@@ -687,8 +702,15 @@ class Limiter(Reducer):
         if hold is None:
             return
         if not fact.unit_settled:
+            changed = dict(hold)
             if fact.rate_levels:
-                state.set(f"r:{wu}", {**hold, "tok": 0})  # the estimate came back
+                changed["tok"] = 0  # the estimate came back
+            if fact.llm_billed:
+                changed["llm_seen"] = True
+            if fact.awaiting_llm:
+                changed["settled"] = True  # ends when its call's tokens are billed
+            if changed != hold:
+                state.set(f"r:{wu}", changed)
             return
         if fact.released_usd:
             for scope in hold["budgets"]:

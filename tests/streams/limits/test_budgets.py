@@ -128,3 +128,21 @@ def test_replaying_the_limiters_facts_gives_the_live_state() -> None:
         limiter.evolve(replayed, fact)
     assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
     assert h.state.get("rb:tpm:provider:openai") is not None  # the windows were replayed too
+
+
+def test_an_llm_unit_settled_before_its_tokens_are_billed_keeps_its_hold_until_they_are(
+) -> None:
+    """The call's tokens come on another topic: a settlement that overtakes them must not
+    free the hold, or a grant could spend the same credit twice."""
+    h = LimiterHarness(credits={"acme": "1"})
+    h.feed(budgeted("a", kind="llm_pod"))
+    h.feed(charged("a", "0.001", at=T0 + 1), settled("a", at=T0 + 2))  # CPU, then settled
+    assert h.budget("tenant:acme") == {"reserved": "0.400000", "charged": "0.001000"}
+    facts = h.feed(charged("a", "0.3", at=T0 + 3, tokens_in=100, tokens_out=50))
+    assert h.budget("tenant:acme") == {"reserved": "0.000000", "charged": "0.301000"}
+    assert h.state.get("r:a") is None and facts
+    # in the usual order (tokens first) the settlement ends the hold at once
+    h.feed(budgeted("b", at=T0 + 4, kind="llm_pod"))
+    h.feed(charged("b", "0.2", at=T0 + 5, tokens_in=10, tokens_out=10), settled("b", T0 + 6))
+    assert h.state.get("r:b") is None
+    assert h.budget("tenant:acme") == {"reserved": "0.000000", "charged": "0.501000"}
