@@ -23,6 +23,14 @@ $(KAFKA): infra/kafka/pom.xml
 	cd infra/kafka && mvn -B -q dependency:copy-dependencies
 	sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' infra/kafka/pom.xml > $@
 
+# The dashboard's browser test drives Debian's chromium: the browser comes from the
+# machine's packages, never from a test tool's own download.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null)
+
 install: $(STAMP) $(KAFKA)
 
 demo: $(STAMP) $(KAFKA)
@@ -30,7 +38,7 @@ demo: $(STAMP) $(KAFKA)
 
 # Two workers, each with its own embedded broker: most integration tests wait on the log,
 # so two of them share the CI machine's two cores well.
-test: $(STAMP) $(KAFKA)
+test: $(STAMP) $(KAFKA) $(CHROMIUM)
 	$(BIN)/pytest -q -p no:cacheprovider -n 2
 
 # mypy reads the package as it is installed, `onceflow.*`: a tree of links to the folders.

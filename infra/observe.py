@@ -23,7 +23,8 @@ from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["ProgressFollower", "held_budgets", "node_rows", "read_capacity", "read_limiter",
-           "read_limits", "read_nodes", "read_progress", "read_trust"]
+           "read_limits", "read_nodes", "read_progress", "read_trust", "stack_report",
+           "units_report"]
 
 
 class ProgressFollower:
@@ -62,6 +63,27 @@ class ProgressFollower:
 
     def close(self) -> None:
         self._follower.close()
+
+
+def units_report(progress: UnitProgress) -> dict[str, Any]:
+    """Units by state, per node completed, and refused completions: what `onceflow status`
+    and the dashboard show of the units."""
+    return {"by_state": progress.by_state(), "total": len(progress.status),
+            "completed_by_node": dict(sorted(progress.completed_by_node.items())),
+            "rejected_completions": progress.rejected_completions}
+
+
+def stack_report(settings: OnceflowSettings, now_ms: int,
+                 progress: UnitProgress | None = None) -> dict[str, Any]:
+    """The running system as `onceflow status --format json` reports it: units, nodes with
+    trust and heartbeat age, capacity, limits. `progress`: an already folded one (the
+    dashboard keeps its own follower), else the work-unit topic is read from the start."""
+    return {
+        "units": units_report(progress if progress is not None else read_progress(settings)),
+        "nodes": node_rows(read_nodes(settings), now_ms, read_trust(settings)),
+        "capacity": read_capacity(settings),
+        "limits": read_limits(settings, now_ms),
+    }
 
 
 def read_progress(settings: OnceflowSettings) -> UnitProgress:

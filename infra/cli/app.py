@@ -106,6 +106,8 @@ def up(
 
     stack = read_stack(settings)
     if stack is not None and stack.views_url:
+        console.print(f"dashboard at {stack.views_url}/dashboard/")
+        console.print(f"API at {stack.views_url}/v1 (spec at {stack.views_url}/openapi.json)")
         console.print(f"views API (ksqlDB-shaped) at {stack.views_url}: "
                       "`onceflow ledger query \"SELECT * FROM wallet_balance;\"`")
 
@@ -176,24 +178,9 @@ def status(
             for t in describe_topics(settings, timeout=5)
         ]
         if all(t["exists"] for t in report["topics"]):
-            from onceflow.infra.observe import (
-                node_rows,
-                read_capacity,
-                read_limits,
-                read_nodes,
-                read_progress,
-                read_trust,
-            )
+            from onceflow.infra.observe import stack_report
 
-            progress = read_progress(settings)
-            report["units"] = {"by_state": progress.by_state(), "total": len(progress.status),
-                               "completed_by_node": dict(sorted(
-                                   progress.completed_by_node.items())),
-                               "rejected_completions": progress.rejected_completions}
-            report["nodes"] = node_rows(read_nodes(settings), int(time.time() * 1000),
-                                        read_trust(settings))
-            report["capacity"] = read_capacity(settings)
-            report["limits"] = read_limits(settings, int(time.time() * 1000))
+            report.update(stack_report(settings, int(time.time() * 1000)))
     if fmt == "json":
         print(json.dumps(report, indent=2))
         return

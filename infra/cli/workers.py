@@ -135,14 +135,26 @@ def views(
     ready_file: Annotated[Path | None, typer.Option(help="touched once serving, caught up")]
     = None,
 ) -> None:
-    """The ledger views (DuckDB sink, view definitions, the ksqlDB-shaped HTTP API) and the
-    onceflow HTTP API (/v1, its spec at /openapi.json) in one service."""
+    """The ledger views (DuckDB sink, view definitions, the ksqlDB-shaped HTTP API), the
+    onceflow HTTP API (/v1, its spec at /openapi.json) and the dashboard (/dashboard/) in
+    one service."""
+    from fastapi import FastAPI
+
     from onceflow.billing.views.worker import run_views
     from onceflow.infra.api import add_api_routes
+    from onceflow.infra.dashboard import Dashboard, add_dashboard_routes
 
     settings = cli_settings(role=True)
-    run_views(settings, host=host, port=port, ready_file=ready_file,
-              extend=lambda app: add_api_routes(app, settings, settings.api_token))
+    dashboard = Dashboard(settings)
+
+    def extend(app: FastAPI) -> None:
+        add_api_routes(app, settings, settings.api_token)
+        add_dashboard_routes(app, dashboard.start(), settings.api_token)
+
+    try:
+        run_views(settings, host=host, port=port, ready_file=ready_file, extend=extend)
+    finally:
+        dashboard.close()
 
 
 @worker_app.command("agent")

@@ -35,7 +35,7 @@ from onceflow.schemas import (
 )
 from onceflow.streams.settings import OnceflowSettings
 
-__all__ = ["add_api_routes", "create_api"]
+__all__ = ["add_api_routes", "create_api", "require_token"]
 
 Tenant = Annotated[str, Header(alias="X-Onceflow-Tenant", min_length=1, max_length=200,
                                pattern=r"^[A-Za-z0-9._:-]+$",
@@ -83,6 +83,19 @@ class ControlBody(BaseModel):
     requested_by: str = Field(default="api", min_length=1, max_length=200)
 
 
+class ResolutionBody(BaseModel):
+    """An operator's decision on a unit parked in needs_operator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    work_unit_id: Id
+    resolution: Literal["retry", "mark_done", "abandon"]
+    #: with mark_done: the result, stored in the content store and handed to dependents
+    result: str | None = Field(default=None, max_length=1_000_000)
+    note: str = Field(default="", max_length=2000)
+    operator: str = Field(default="api", min_length=1, max_length=200)
+
+
 class ControlRecord(BaseModel):
     partition: int
     outcome: str
@@ -92,7 +105,8 @@ class ControlRecord(BaseModel):
     resumed: int
 
 
-def _auth(token: str | None) -> Any:
+def require_token(token: str | None) -> Any:
+    """A dependency that asks for `Authorization: Bearer <token>` when a token is set."""
     def check(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:
             return
@@ -105,8 +119,9 @@ def _auth(token: str | None) -> Any:
 
 def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None = None) -> None:
     """The API's routes, on `app` (the views service's, or a bare one in tests)."""
-    reads = APIRouter(prefix="/v1", tags=["read"], dependencies=[_auth(token)])
-    controls = APIRouter(prefix="/v1/control", tags=["control"], dependencies=[_auth(token)])
+    reads = APIRouter(prefix="/v1", tags=["read"], dependencies=[require_token(token)])
+    controls = APIRouter(prefix="/v1/control", tags=["control"],
+                         dependencies=[require_token(token)])
 
     def sessions(tenant: str, ledger: bool = True) -> dict[tuple[str, str], Any]:
         from onceflow.infra.sessions import fold_sessions, read_log
@@ -217,6 +232,38 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
         if refused:
             raise HTTPException(409, refused[0].detail)
         return out
+
+    @controls.post("/resolutions", responses={404: {"description": "no such unit"},
+                                              409: {"description": "refused, with why"}})
+    def resolve(body: ResolutionBody, tenant: Tenant) -> ControlRecord:
+        """Resolve a unit parked in needs_operator: run it again, mark it done (with its
+        result), or abandon it. Answers once its scheduler partition recorded it."""
+        from onceflow.infra.steering import send_command, step_of, wait_applied
+        from onceflow.schemas import ControlOperatorResolved
+
+        if body.result is not None and body.resolution != "mark_done":
+            raise HTTPException(422, "a result goes with mark_done only")
+        step = step_of(settings, body.work_unit_id)
+        if step is None or step.tenant_id != tenant:
+            raise HTTPException(404, f"no work unit {body.work_unit_id!r} of tenant {tenant!r}")
+        ref = None
+        if body.result is not None:
+            from onceflow.streams.content import open_content_store
+
+            ref = open_content_store(settings).put(body.result.encode())
+        event = ControlOperatorResolved(
+            event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000),
+            work_unit_id=body.work_unit_id, resolution=body.resolution,
+            operator=body.operator, note=body.note, result_ref=ref)
+        send_command(settings, event)
+        records = wait_applied(settings, event.event_id, 1, 10.0)
+        if not records:
+            raise HTTPException(504, "no scheduler recorded the resolution within 10 s")
+        r = records[0]
+        if r.outcome == "refused":
+            raise HTTPException(409, r.detail)
+        return ControlRecord(partition=r.partition, outcome=r.outcome, detail=r.detail,
+                             cancelled=r.cancelled, stopping=r.stopping, resumed=r.resumed)
 
     app.include_router(reads)
     app.include_router(controls)
