@@ -28,8 +28,16 @@ pytestmark = [pytest.mark.integration]
 TENANT = {"X-Onceflow-Tenant": "acme"}
 #: examples per operation and kind of case (ONCEFLOW_FUZZ_EXAMPLES for a deeper search)
 EXAMPLES = int(os.environ.get("ONCEFLOW_FUZZ_EXAMPLES", "5"))
-#: bodies that reach a documented conflict: approving the seeded unit, which is done
-CONFLICTS = {"POST /v1/control/actions": [{"action": "approve", "work_unit_id": "u-1"}]}
+#: bodies a random search reaches only by luck, asked for by name: approving or retrying
+#: the seeded unit, which is done (a conflict), and abandoning the seeded parked one
+NAMED_CASES = {
+    "POST /v1/control/actions": [{"action": "approve", "work_unit_id": "u-1"}],
+    "POST /v1/control/resolutions": [{"resolution": "abandon", "work_unit_id": "parked"},
+                                     {"resolution": "retry", "work_unit_id": "u-1"}]}
+#: a tool that stages its effect and then fails (its database cannot be opened): unsafe to
+#: retry, so it is parked in needs_operator
+PARKED = {"work_unit_id": "parked", "kind": "tool", "effect": "WORLD_MUTATING",
+          "parameters": {"db": "/proc/onceflow-no-such-dir/effects.sqlite"}}
 
 
 @pytest.fixture
@@ -45,11 +53,19 @@ def api(settings: OnceflowSettings) -> Iterator[str]:
         stop_roles(roles)
 
 
-def seed(url: str) -> None:
-    """A completed unit of session s1 and a wallet for acme, so reads find something."""
+def seed(url: str, parked: bool = False) -> None:
+    """A completed unit of session s1 and a wallet for acme, so reads find something (and
+    with `parked`, a unit parked in needs_operator)."""
     done = httpx.post(f"{url}/v1/control/units", headers=TENANT, timeout=30, json={
         "work_unit_id": "u-1", "execution_session_id": "s1", "handler": "sha256"})
     assert done.status_code == 202, done.text
+    if parked:
+        sent = httpx.post(f"{url}/v1/control/units", headers=TENANT, timeout=30, json=PARKED)
+        assert sent.status_code == 202, sent.text
+        wait_for(lambda: any(i["work_unit_id"] == "parked" and i["kind"] == "needs_operator"
+                             for i in httpx.get(f"{url}/v1/inbox", headers=TENANT,
+                                                timeout=30).json()),
+                 timeout=60, what="the tool to be parked")
 
     def billed() -> bool:
         unit = httpx.get(f"{url}/v1/units/u-1", headers=TENANT, timeout=30)
@@ -87,7 +103,7 @@ def test_the_api_does_what_its_routes_say(api: str) -> None:
 
 
 def test_fuzzed_against_its_own_spec_no_server_error_and_every_status_seen(api: str) -> None:
-    seed(api)
+    seed(api, parked=True)
     schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
     seen: dict[str, set[int]] = defaultdict(set)
 
@@ -116,14 +132,16 @@ def test_fuzzed_against_its_own_spec_no_server_error_and_every_status_seen(api: 
         path_known = {k: v for k, v in known.items() if f"{{{k}}}" in operation.path}
         fuzz(operation.as_strategy(GenerationMode.NEGATIVE), name, negative=True)
         strategies = [operation.as_strategy(GenerationMode.POSITIVE)]
-        if path_known or name.startswith(("GET /v1/", "POST /v1/control/actions")):
+        if path_known or name.startswith(("GET /v1/", "POST /v1/control/actions",
+                                           "POST /v1/control/resolutions")):
             strategies.append(operation.as_strategy(
                 GenerationMode.POSITIVE, path_parameters=path_known or None, headers=TENANT))
         for strategy in strategies:
             fuzz(strategy, name)
-        # A conflict needs a unit that exists and a step it is past: a random search finds
-        # it only by luck, so one case asks for it by name, through the same machinery.
-        for body in CONFLICTS.get(name, []):
+        # A conflict needs a unit that exists and a step it is past, a resolution a parked
+        # unit: a random search finds them only by luck, so these are asked for by name,
+        # through the same machinery.
+        for body in NAMED_CASES.get(name, []):
             response = operation.Case(body=body, headers=TENANT).call(base_url=api, timeout=30)
             seen[name].add(response.status_code)
             assert response.status_code < 500, (name, response.status_code, response.text)
@@ -134,3 +152,44 @@ def test_fuzzed_against_its_own_spec_no_server_error_and_every_status_seen(api: 
                if codes - seen[name] and " /v1/" in name}
     print({name: sorted(codes) for name, codes in seen.items()})
     assert missing == {}, f"documented status codes never seen: {missing}"
+
+
+def test_with_a_token_set_every_route_asks_for_it(settings: OnceflowSettings) -> None:
+    import threading
+
+    import uvicorn
+
+    from onceflow.infra.api import create_api
+    from onceflow.infra.dashboard import Dashboard, add_dashboard_routes
+
+    create_topics(settings)
+    app = create_api(settings, token="s3cret")
+    dashboard = Dashboard(settings)  # not started: a refused request never reaches it
+    add_dashboard_routes(app, dashboard, token="s3cret")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: server.started, timeout=30, what="the API to listen")
+        for method, path in [("GET", "/v1/inbox"), ("GET", "/v1/dashboard"),
+                             ("GET", "/v1/dashboard/stream"),
+                             ("POST", "/v1/control/actions")]:
+            for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                r = httpx.request(method, url + path, headers={**TENANT, **auth}, timeout=30,
+                                  json={"action": "pause"})
+                assert r.status_code == 401 and "ONCEFLOW_API_TOKEN" in r.json()["detail"], (
+                    path, auth, r.status_code)
+        ok = httpx.get(f"{url}/v1/inbox", timeout=30,
+                       headers={**TENANT, "Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json() == []
+        # the spec says how to authenticate
+        spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
+        assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        # the page itself is open: it asks for the token and sends it with its requests
+        assert httpx.get(f"{url}/dashboard/", timeout=30).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,13 +13,12 @@ from onceflow.infra.stack import pid_alive
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog
 from tests.fixtures import wait_for
+from tests.infra.fixtures import onceflow, stack_env
 
 pytestmark = pytest.mark.integration
 
 
-def _onceflow(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onceflow.infra.cli", *args], env=env, text=True,
-                          capture_output=True, check=check, timeout=180)
+_onceflow = onceflow
 
 
 #: generated units the end-to-end test runs (throughput is the benchmark's to measure)
@@ -29,11 +26,7 @@ UNITS = 3000
 
 
 def test_up_submit_tail_down(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONCEFLOW_")}
-    env.update({"ONCEFLOW_STACK_DIR": str(tmp_path / "stack"), "ONCEFLOW_PARTITIONS": "3",
-                # the two agents this test starts stay the fleet (autoscaling has its own test)
-                "ONCEFLOW_AUTOSCALER__MIN_REPLICAS": "2", "ONCEFLOW_AUTOSCALER__MAX_REPLICAS": "2",
-                "ONCEFLOW_AUTOSCALER__INITIAL_REPLICAS": "2"})
+    env = stack_env(tmp_path, agents=2)
     up = _onceflow(["up", "--agents", "2"], env)
     assert "scheduler running" in up.stdout and "agent-n2 running" in up.stdout
     # every batched role serves its /metrics, and up says where

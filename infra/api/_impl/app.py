@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from onceflow.schemas import (
@@ -105,13 +106,17 @@ class ControlRecord(BaseModel):
     resumed: int
 
 
+_BEARER = HTTPBearer(auto_error=False, description="ONCEFLOW_API_TOKEN, when it is set")
+
+
 def require_token(token: str | None) -> Any:
     """A dependency that asks for `Authorization: Bearer <token>` when a token is set."""
-    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+    def check(credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                     Depends(_BEARER)] = None) -> None:
         if token is None:
             return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given, token):
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "a bearer token is needed: Authorization: Bearer <token> "
                                      "(ONCEFLOW_API_TOKEN)")
     return Depends(check)

@@ -239,7 +239,7 @@ function drawDag(session) {
   steps.forEach((s) => depthOf(s.work_unit_id));
   const columns = [];
   for (const s of steps) (columns[depth[s.work_unit_id]] ||= []).push(s);
-  const W = 170, H = 46, pos = {};
+  const W = 210, H = 46, BOX = 180, pos = {};
   columns.forEach((col, c) => col.forEach((s, r) => { pos[s.work_unit_id] = [c * W + 10, r * H + 10]; }));
   const rows = Math.max(1, ...columns.map((c) => c.length));
   const svg = $("#dag");
@@ -257,14 +257,14 @@ function drawDag(session) {
   const parts = [];
   for (const s of steps) for (const p of s.depends_on) if (pos[p]) {
     const [x1, y1] = pos[p], [x2, y2] = pos[s.work_unit_id];
-    parts.push(make("line", { x1: x1 + 140, y1: y1 + 16, x2, y2: y2 + 16, stroke: "#999" }));
+    parts.push(make("line", { x1: x1 + BOX, y1: y1 + 16, x2, y2: y2 + 16, stroke: "#999" }));
   }
   for (const s of steps) {
     const [x, y] = pos[s.work_unit_id];
     const g = make("g", { "data-step": s.work_unit_id, "data-state": s.state });
-    g.append(make("rect", { x, y, width: 140, height: 34, rx: 4, fill: "#fff",
+    g.append(make("rect", { x, y, width: BOX, height: 34, rx: 4, fill: "#fff",
       stroke: color(s.state), "stroke-width": 2 }));
-    g.append(make("text", { x: x + 6, y: y + 14 }, s.work_unit_id.slice(0, 22)));
+    g.append(make("text", { x: x + 6, y: y + 14 }, s.work_unit_id.slice(0, 28)));
     g.append(make("text", { x: x + 6, y: y + 28, fill: color(s.state) },
       `${s.state} · ${s.attempts}× · ${s.node || "-"} · $${Number(s.cost_usd).toFixed(4)}`));
     parts.push(g);
