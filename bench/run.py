@@ -79,6 +79,59 @@ def codec_rates(n: int) -> dict[str, float]:
     return out
 
 
+def _traceparent() -> bytes:
+    """A W3C trace context header value: a new trace id and span id per event."""
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-01".encode()
+
+
+def trace_header_cost(settings: OnceflowSettings, n: int, runs: int = 3) -> dict[str, Any]:
+    """What an OpenTelemetry `traceparent` header on every event would cost: events sent
+    through the producer with and without one (made fresh per event), and read back with
+    and without reading the headers, interleaved runs, best of each."""
+    from onceflow.streams.kafka import EventProducer
+    from onceflow.streams.topics.catalog import Topic
+    from onceflow.streams.topics.provisioning import ensure_topics
+
+    codec = SingleObjectCodec()
+    blobs = [codec.encode(submitted(i)) for i in range(1000)]
+    send: dict[str, list[float]] = {"plain": [], "traced": []}
+    read: dict[str, list[float]] = {"plain": [], "traced": []}
+    for run in range(runs):
+        for mode in ("plain", "traced"):
+            topic = f"bench.trace.{mode}.{run}"
+            ensure_topics(settings, [Topic("submissions", topic, "event_id", "event_id",
+                                           "delete", settings.partitions, -1, "trace")])
+            producer = EventProducer(settings, codec)
+            t = time.perf_counter()
+            for i in range(n):
+                headers = [("traceparent", _traceparent())] if mode == "traced" else None
+                producer.send_raw(topic, blobs[i % 1000], key=str(i).encode(),
+                                  partition=i % settings.partitions, headers=headers)
+            producer.flush()
+            send[mode].append(n / (time.perf_counter() - t))
+            del producer
+            c = Consumer(settings.consumer_config(None))
+            c.assign([TopicPartition(topic, q, 0) for q in range(settings.partitions)])
+            got = 0
+            t = time.perf_counter()
+            while got < n:
+                for m in c.consume(10000, 1.0):
+                    if m.error() is None:
+                        got += 1
+                        if mode == "traced":
+                            m.headers()
+            read[mode].append(n / (time.perf_counter() - t))
+            c.close()
+    out: dict[str, Any] = {"events": n, "runs": runs}
+    for name, rates in (("send", send), ("read", read)):
+        plain, traced = max(rates["plain"]), max(rates["traced"])
+        out[f"{name}_plain_per_s"] = round(plain)
+        out[f"{name}_traced_per_s"] = round(traced)
+        out[f"{name}_cost_pct"] = round(100 * (plain - traced) / plain, 1)
+    return out
+
+
 def submit_rate(settings: OnceflowSettings, n: int, stack_dir: Path) -> dict[str, Any]:
     env = {**os.environ, "ONCEFLOW_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "ONCEFLOW_TOPIC_PREFIX": settings.topic_prefix,
@@ -582,10 +635,30 @@ def stack_rates(work: Path) -> dict[str, Any]:
     return result
 
 
+def _only(section: str, s: float, out: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="onceflow-bench-") as work:
+        broker = EmbeddedKafka(data_dir=Path(work) / "kafka").start()
+        try:
+            settings = OnceflowSettings(bootstrap_servers=broker.bootstrap, partitions=3,
+                                        topic_prefix="bench.")
+            create_topics(settings)
+            raw = raw_broker(settings, int(300_000 * s))
+            figures = trace_header_cost(settings, int(100_000 * s))
+        finally:
+            broker.stop()
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results[section] = {**figures, "raw_broker_same_run": raw}
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results[section], indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--only", choices=["trace_headers"],
+                        help="measure one section (with the raw broker rate of the same run) "
+                             "and put it into the existing report")
     args = parser.parse_args()
     from onceflow.streams.log import configure_logging
 
@@ -595,6 +668,9 @@ def main() -> None:
 
     tune_for_streaming()
     s = args.scale
+    if args.only:
+        _only(args.only, s, Path(args.out))
+        return
     work = tempfile.TemporaryDirectory(prefix="onceflow-bench-")
     started = time.perf_counter()
     broker = EmbeddedKafka(data_dir=Path(work.name) / "kafka").start()
@@ -621,6 +697,7 @@ def main() -> None:
                                              200, 10 * s),
                 "ledger": ledger_rates(settings, int(50_000 * s)),
                 "views": views_rates(settings, int(1_000_000 * s), int(500_000 * s)),
+                "trace_headers": trace_header_cost(settings, int(100_000 * s)),
             }
     finally:
         broker.stop()

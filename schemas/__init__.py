@@ -58,6 +58,7 @@ from onceflow.schemas._impl.tokens import (
 )
 from onceflow.schemas._impl.types import (
     MONEY_QUANTUM,
+    AdmissionMode,
     BreakerBucket,
     ContentRef,
     EffectLabel,
@@ -73,6 +74,7 @@ from onceflow.schemas._impl.types import (
 )
 
 __all__ = [
+    "AdmissionMode",
     *_event_names,
     "BreakerBucket",
     "BreakerState",

@@ -74,6 +74,8 @@ class OnceflowSettings(KafkaSettings):
     """a bearer token the HTTP API asks every request for (unset: none)"""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """serve this role's Prometheus metrics at /metrics on this port (0: any free port, written beside the role's ready file; `onceflow up` uses 0)"""
+    metrics_interval_ms: int = Field(default=5000, ge=100)
+    """how often a role with metrics reports its consumer lag and state size"""
     s3_endpoint_url: str | None = None
     """an S3-compatible endpoint (MinIO, moto); unset for AWS"""
     s3_region: str | None = None

@@ -96,6 +96,7 @@ def autoscaler(
     from onceflow.autoscaler.worker import run_autoscaler
 
     settings = cli_settings(role=True)
+    _serve_metrics(settings, ready_file)
     run_autoscaler(settings, ready_file=ready_file, fingerprint_file=fingerprint_file)
 
 
@@ -145,6 +146,7 @@ def views(
     from onceflow.infra.dashboard import Dashboard, add_dashboard_routes
 
     settings = cli_settings(role=True)
+    _serve_metrics(settings, ready_file)
     dashboard = Dashboard(settings)
 
     def extend(app: FastAPI) -> None:

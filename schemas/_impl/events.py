@@ -36,6 +36,7 @@ from onceflow.schemas._impl.reasons import (
     TrustReason,
 )
 from onceflow.schemas._impl.types import (
+    AdmissionMode,
     BreakerBucket,
     ContentRef,
     EffectLabel,
@@ -735,13 +736,13 @@ class CapacityWindowClosed(Event, event_type="capacity.window.closed"):
     critical_streak: int = 0
     open_streak: int = 0
     replicas: int = 1
-    mode: Literal["OPEN", "THROTTLED", "CRITICAL"] = "OPEN"
+    mode: AdmissionMode = "OPEN"
     previous_up_streak: int = 0
     previous_down_streak: int = 0
     previous_critical_streak: int = 0
     previous_open_streak: int = 0
     previous_replicas: int = 1
-    previous_mode: Literal["OPEN", "THROTTLED", "CRITICAL"] = "OPEN"
+    previous_mode: AdmissionMode = "OPEN"
     last_scale_up_at: int = 0
     last_scale_down_at: int = 0
     previous_last_scale_up_at: int = 0
@@ -764,8 +765,8 @@ class CapacityScaleRequested(Event, event_type="capacity.scale.requested"):
 
 class CapacityAdmissionModeChanged(Event, event_type="capacity.admission.mode.changed"):
     ENTITY_FIELD: ClassVar[str] = "event_type"
-    previous_mode: Literal["OPEN", "THROTTLED", "CRITICAL"]
-    new_mode: Literal["OPEN", "THROTTLED", "CRITICAL"]
+    previous_mode: AdmissionMode
+    new_mode: AdmissionMode
     reason: str
     queue_depth: int = 0
     wait_p95_ms: float = 0.0

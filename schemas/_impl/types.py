@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 
 __all__ = [
     "MONEY_QUANTUM",
+    "AdmissionMode",
     "BreakerBucket",
     "ContentRef",
     "EffectLabel",
@@ -35,6 +36,7 @@ WorkKind = Literal["cpu", "llm_pod", "tool", "input"]
 EffectLabel = Literal["PURE", "READ_ONLY_NONDET", "WORLD_MUTATING"]
 IdempotencyClass = Literal["none", "token", "readback", "staged", "at_least_once"]
 HealthStatus = Literal["healthy", "degraded", "down", "draining"]
+AdmissionMode = Literal["OPEN", "THROTTLED", "CRITICAL"]
 
 
 def quantize_money(value: Decimal | str | int) -> Decimal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -88,13 +89,19 @@ def attach_reducer(
     facts = app.topic(fact_topic, key_serializer="raw", value_serializer="raw")
     dead = app.topic(dead_letter_topic, key_serializer="raw", value_serializer="raw")
     state = TableState(table)
+    from onceflow.streams.metrics import active_sensor
+
+    sensor = active_sensor()  # faust reads one event at a time: each is a batch of one
 
     async def process(stream: faust.StreamT) -> AsyncIterator[None]:
         async for ev in stream.events():
             msg = ev.message
+            began = time.perf_counter()
             try:
                 event: Event = codec.decode(msg.value)
             except CodecError as exc:
+                if sensor is not None:
+                    sensor.on_dead_letter(reducer.name, str(msg.topic), str(exc))
                 log.warning("record.dead_lettered", topic=msg.topic, offset=msg.offset,
                             error=str(exc)[:200])
                 original = msg.headers or []
@@ -117,6 +124,10 @@ def attach_reducer(
                 reducer.evolve(state, fact)
             if decided:
                 state.mark_seen(event.event_id)
+            if sensor is not None:
+                sensor.on_batch(reducer.name, 1, len(decided), time.perf_counter() - began)
+                if decided:
+                    sensor.on_facts(reducer.name, decided)
             yield None
 
     agent = app.agent(source, name=f"{reducer.name}-agent")(process)

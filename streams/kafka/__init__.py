@@ -3,6 +3,7 @@
 from onceflow.streams.kafka.consumer import (
     TopicFollower,
     assign_from_committed,
+    consumer_lag,
     log_consume_error,
     make_consumer,
     partition_count,
@@ -42,6 +43,7 @@ __all__ = [
     "SecurityProtocol",
     "TopicFollower",
     "assign_from_committed",
+    "consumer_lag",
     "dead_letter_from_message",
     "dead_letter_headers",
     "log_consume_error",

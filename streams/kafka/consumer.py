@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TopicFollower",
     "assign_from_committed",
+    "consumer_lag",
     "log_consume_error",
     "make_consumer",
     "partition_count",
@@ -54,6 +55,21 @@ def log_consume_error(msg: Message, log: Any) -> None:
     err = msg.error()
     if err is not None and err.code() != KafkaError._PARTITION_EOF:
         log.warning("consume.error", error=str(err))
+
+
+def consumer_lag(consumer: Consumer) -> dict[tuple[str, int], int]:
+    """Records behind the high watermark, per assigned partition, from the consumer's own
+    position and the watermarks its last fetches brought (no request to the broker).
+    Partitions it knows neither for yet are left out."""
+    assigned = consumer.assignment()
+    out: dict[tuple[str, int], int] = {}
+    for tp in consumer.position(assigned) if assigned else []:
+        if tp.offset < 0:
+            continue
+        _low, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0:
+            out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+    return dict(sorted(out.items()))
 
 
 def partition_count(consumer: Consumer, topic: str, timeout: float = 10.0) -> int:

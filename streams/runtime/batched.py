@@ -15,10 +15,11 @@ that folding their facts left, so no fact is emitted twice.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +36,7 @@ from onceflow.schemas import (
 from onceflow.streams.ids import caused_by
 from onceflow.streams.kafka.consumer import (
     TopicFollower,
+    consumer_lag,
     log_consume_error,
     make_consumer,
     partition_count,
@@ -60,7 +62,7 @@ from onceflow.streams.types import Reducer, Routed, Sensor
 if TYPE_CHECKING:
     from onceflow.streams.settings import OnceflowSettings
 
-__all__ = ["BatchedProcessor", "Recovery", "ReducerError", "next_batch"]
+__all__ = ["BatchedProcessor", "Recovery", "ReducerError", "directory_bytes", "next_batch"]
 
 #: How a partition's state comes back after a restart.
 #: "facts": the state is the fold of the processor's own facts (deciders:
@@ -98,6 +100,22 @@ class _NullSensor:
 
     def on_facts(self, processor: str, facts: Sequence[Event]) -> None:
         pass
+
+    def on_partitions(self, processor: str, lag: Mapping[tuple[str, int], int],
+                      state_bytes: Mapping[int, int]) -> None:
+        pass
+
+
+def directory_bytes(path: Path) -> int:
+    """The bytes of the files under `path` (a RocksDB directory: its SSTs and logs)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # compacted away while we looked
+                continue
+    return total
 
 
 class BatchedProcessor:
@@ -177,6 +195,7 @@ class BatchedProcessor:
         self._uncommitted: dict[tuple[str, int], int] = {}
         self.processed = 0
         self.facts_emitted = 0
+        self._last_report = 0.0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -219,6 +238,8 @@ class BatchedProcessor:
                     self._process_batch(consumer, msgs)
                 else:
                     self._maybe_checkpoint(consumer)
+                if self._written is not None:
+                    self._maybe_report_partitions(consumer)
         finally:
             self.log.info("processor.stopping", processed=self.processed,
                           facts=self.facts_emitted)
@@ -287,6 +308,17 @@ class BatchedProcessor:
             self.sensor.on_facts(self.reducer.name, self._written)
             self._written = []
         self._maybe_checkpoint(consumer)
+
+    def _maybe_report_partitions(self, consumer: Consumer) -> None:
+        """Lag and state size to the sensor, every `metrics_interval_ms` (only when a
+        sensor listens: the directory walk is not free)."""
+        now = time.monotonic()
+        if (now - self._last_report) * 1000 < self.settings.metrics_interval_ms:
+            return
+        self._last_report = now
+        self.sensor.on_partitions(
+            self.reducer.name, consumer_lag(consumer),
+            {p: directory_bytes(store.path) for p, store in sorted(self._stores.items())})
 
     def _maybe_checkpoint(self, consumer: Consumer) -> None:
         """Checkpoint when the interval is up, so a burst of small batches shares one.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -160,4 +160,10 @@ class Sensor(Protocol):
     def on_facts(self, processor: str, facts: Sequence[Event]) -> None:
         """The facts a batch wrote for the first time (not the ones found again while
         rebuilding): what domain metrics are read from."""
+        ...
+
+    def on_partitions(self, processor: str, lag: Mapping[tuple[str, int], int],
+                      state_bytes: Mapping[int, int]) -> None:
+        """Every few seconds: records behind per input partition, and the bytes of each
+        partition's local state on disk."""
         ...

@@ -32,6 +32,7 @@ def test_up_submit_tail_down(tmp_path: Path) -> None:
     # every batched role serves its /metrics, and up says where
     assert {line.split()[0] for line in up.stdout.splitlines()
             if "metrics at http://127.0.0.1:" in line} == {"scheduler", "billing", "trust",
+                                                           "autoscaler", "views",
                                                            "agent-n1", "agent-n2"}
     stack = json.loads((tmp_path / "stack" / "stack.json").read_text())
     assert set(stack["processes"]) == {"scheduler", "billing", "trust", "views", "autoscaler",

@@ -13,14 +13,16 @@ with a corrupt body in it, are decoded record by record.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from onceflow.billing.views._impl.engine import LEDGER_COLUMNS, ViewEngine
 from onceflow.schemas import (
@@ -33,6 +35,7 @@ from onceflow.schemas import (
 from onceflow.streams.kafka import (
     DeadLetterRouter,
     EventProducer,
+    consumer_lag,
     log_consume_error,
     make_consumer,
     partition_count,
@@ -40,6 +43,7 @@ from onceflow.streams.kafka import (
     watermarks,
 )
 from onceflow.streams.log import get_logger
+from onceflow.streams.metrics import active_sensor
 from onceflow.streams.runtime.batched import next_batch
 from onceflow.streams.topics.catalog import TopicCatalog
 
@@ -137,6 +141,8 @@ class LedgerSink:
         self.caught_up = threading.Event()
         self._dlq: DeadLetterRouter | None = None
         self._dlq_lock = threading.Lock()
+        self.sensor = active_sensor()
+        self._last_report = 0.0
 
     def _dead_letter(self, msg: Message, exc: Exception) -> None:
         with self._dlq_lock:  # the reader and the inserter both dead-letter
@@ -147,6 +153,8 @@ class LedgerSink:
             dlq = self._dlq
         self.log.warning("record.dead_lettered", offset=msg.offset(), error=str(exc)[:200])
         dlq.route(msg, exc)
+        if self.sensor is not None:
+            self.sensor.on_dead_letter(self.name, self.topic, str(exc))
 
     def _row(self, msg: Message) -> dict[str, Any] | None:
         """One record decoded on its own: the slow path, and the one that finds bad records."""
@@ -276,8 +284,11 @@ class LedgerSink:
             while not stop.is_set() and not failed:
                 msgs = next_batch(consumer, self.batch_size,
                                   self.settings.batch_timeout_ms / 1000)
+                began = time.perf_counter()
                 advanced: dict[int, int] = {}
                 decoded.add(self._decode(msgs, advanced), advanced)
+                if self.sensor is not None:
+                    self._report(consumer, len(msgs), time.perf_counter() - began)
                 # Thousands of records ready at once mean the sink is behind: keep
                 # gathering whole row groups. A small read means caught up (asking
                 # the high watermarks after every batch would cost a request per
@@ -292,6 +303,19 @@ class LedgerSink:
             consumer.close()
         if failed:
             raise failed[0]
+
+    def _report(self, consumer: Consumer, records: int, seconds: float) -> None:
+        """Records read and decode time per batch; lag and the database's size every
+        `metrics_interval_ms` (the views write no facts)."""
+        assert self.sensor is not None
+        if records:
+            self.sensor.on_batch(self.name, records, 0, seconds)
+        now = time.monotonic()
+        if (now - self._last_report) * 1000 >= self.settings.metrics_interval_ms:
+            self._last_report = now
+            size = {0: os.path.getsize(self.engine.path)} \
+                if os.path.isfile(self.engine.path) else {}
+            self.sensor.on_partitions(self.name, consumer_lag(consumer), size)
 
     def _insert_loop(self, work: queue.Queue[tuple[list[pa.Table], dict[int, int]] | None],
                      position: dict[int, int], ends: dict[int, int],

@@ -4,7 +4,8 @@ A role's process serves `/metrics` when `ONCEFLOW_METRICS_PORT` is set (0: any
 free port, which the role writes beside its ready file). Its batched
 processors then report every batch and every fact they write for the first
 time to the process's sensor: the shell's own figures (records in, facts out,
-batch time, dead letters) and the domain's, read from the facts (units
+batch time, dead letters, and every few seconds the lag per input partition and
+the size of the local state) and the domain's, read from the facts (units
 settled by state, submit-to-settled time, line items and spend, tokens,
 limit denials, breaker states). Facts found again while a processor rebuilds
 are not written again, so they are not counted twice.
@@ -13,12 +14,14 @@ are not written again, so they are not counted twice.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from onceflow.schemas import (
+    AdmissionMode,
+    CapacityWindowClosed,
     Event,
     LedgerLineItem,
     SlotDenied,
@@ -32,6 +35,7 @@ from onceflow.schemas import (
 __all__ = ["PrometheusSensor", "active_sensor", "serve_metrics"]
 
 _BREAKER = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+_MODES: tuple[str, ...] = get_args(AdmissionMode)
 
 
 class PrometheusSensor:
@@ -72,11 +76,21 @@ class PrometheusSensor:
             "onceflow_agent_attempt_seconds", "how long a node agent's attempts ran",
             ["node", "kind"], buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
             registry=r)
+        self.lag = Gauge("onceflow_consumer_lag", "records behind the high watermark, per "
+                         "input partition", ["processor", "topic", "partition"], registry=r)
+        self.state_bytes = Gauge("onceflow_state_bytes", "bytes of a partition's local state "
+                                 "on disk", ["processor", "partition"], registry=r)
+        self.replicas = Gauge("onceflow_capacity_replicas", "node agents the capacity "
+                              "controller wants", registry=r)
+        self.queue_depth = Gauge("onceflow_capacity_queue_depth", "units queued at the last "
+                                 "capacity window", registry=r)
+        self.admission = Gauge("onceflow_admission_mode", "1 for the admission mode in "
+                               "force, 0 for the others", ["mode"], registry=r)
         self._on: dict[type[Event], Callable[[Any], None]] = {
             WorkUnitCompleted: self._completed, WorkUnitFailed: self._failed,
             WorkUnitRejected: self._rejected, WorkUnitCancelled: self._cancelled,
             LedgerLineItem: self._line_item, SlotDenied: self._denied,
-            TrustScoreUpdated: self._trust,
+            TrustScoreUpdated: self._trust, CapacityWindowClosed: self._capacity,
         }
 
     # -- the Sensor hook ------------------------------------------------------------------
@@ -95,6 +109,13 @@ class PrometheusSensor:
             handler = on.get(type(fact))
             if handler is not None:
                 handler(fact)
+
+    def on_partitions(self, processor: str, lag: Mapping[tuple[str, int], int],
+                      state_bytes: Mapping[int, int]) -> None:
+        for (topic, partition), behind in lag.items():
+            self.lag.labels(processor, topic, str(partition)).set(behind)
+        for partition, size in state_bytes.items():
+            self.state_bytes.labels(processor, str(partition)).set(size)
 
     def on_attempt(self, node: str, kind: str, outcome: str, seconds: float) -> None:
         """A node agent ran an attempt (agents are not processors: they call this)."""
@@ -132,6 +153,12 @@ class PrometheusSensor:
 
     def _denied(self, fact: SlotDenied) -> None:
         self.denials.labels(fact.reason_code).inc()
+
+    def _capacity(self, fact: CapacityWindowClosed) -> None:
+        self.replicas.set(fact.replicas)
+        self.queue_depth.set(fact.queue_depth)
+        for mode in _MODES:
+            self.admission.labels(mode).set(1.0 if mode == fact.mode else 0.0)
 
     def _trust(self, fact: TrustScoreUpdated) -> None:
         self.breakers.labels(fact.node_id).set(_BREAKER[fact.breaker])

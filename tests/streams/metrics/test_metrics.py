@@ -11,13 +11,25 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from onceflow.billing import read_billing_records
+from onceflow.infra.broker import free_port
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
-from onceflow.schemas import LedgerLineItem, WorkUnitCompleted, WorkUnitFailed
+from onceflow.schemas import (
+    CapacityWindowClosed,
+    LedgerLineItem,
+    WorkUnitCompleted,
+    WorkUnitFailed,
+)
 from onceflow.streams.metrics import PrometheusSensor
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import create_topics
 from tests.agents.fixtures import fast_settings, unit
 from tests.fixtures import submit_units, wait_for
+
+
+def fast_topic(settings: OnceflowSettings, role: str) -> str:
+    from onceflow.streams.topics import TopicCatalog
+
+    return TopicCatalog(settings)[role].name  # type: ignore[index]
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -50,7 +62,20 @@ def test_the_sensor_counts_what_the_facts_say() -> None:
     sensor.on_facts("scheduler", [done, refused, failed, retry])
     sensor.on_facts("ledger", [item, item.model_copy(update={"billed": False})])
     sensor.on_batch("scheduler", 10, 4, 0.01)
+    sensor.on_partitions("scheduler", {("workunits", 0): 7, ("workunits", 1): 0},
+                         {0: 4096, 1: 1024})
+    window = CapacityWindowClosed(event_id="w", occurred_at=5, window_start=0, window_end=5,
+                                  replicas=3, mode="THROTTLED", queue_depth=12)
+    sensor.on_facts("capacity", [window])
     text = generate_latest(sensor.registry).decode()
+    assert samples(text, "onceflow_consumer_lag") == {
+        (("partition", "0"), ("processor", "scheduler"), ("topic", "workunits")): 7.0,
+        (("partition", "1"), ("processor", "scheduler"), ("topic", "workunits")): 0.0}
+    assert samples(text, "onceflow_state_bytes")[
+        (("partition", "0"), ("processor", "scheduler"))] == 4096
+    assert samples(text, "onceflow_capacity_replicas") == {(): 3.0}
+    assert samples(text, "onceflow_admission_mode") == {
+        (("mode", "OPEN"),): 0.0, (("mode", "THROTTLED"),): 1.0, (("mode", "CRITICAL"),): 0.0}
     assert samples(text, "onceflow_units_settled_total") == {
         (("state", "completed"),): 1.0, (("state", "failed"),): 1.0}
     assert samples(text, "onceflow_submit_to_settled_seconds_sum") == {(): 2.0}
@@ -66,17 +91,19 @@ def test_the_sensor_counts_what_the_facts_say() -> None:
 
 @pytest.mark.integration
 def test_every_roles_metrics_after_a_burst_match_the_ledger(settings: OnceflowSettings) -> None:
-    fast = fast_settings(settings).model_copy(update={"metrics_port": 0})
+    fast = fast_settings(settings).model_copy(update={"metrics_port": 0,
+                                                      "metrics_interval_ms": 500})
     create_topics(fast)
     roles = start_roles(fast, agent_specs(2, concurrency=4, region="eu-west"), billing=True,
-                        trust=True)
+                        trust=True, autoscaler=True, views_port=free_port())
     n = 300
     try:
         submit_units(fast, [unit(f"m-{i:04d}", simulated_ms=1) for i in range(n)])
         ready = Path(fast.stack_dir) / "ready"
         urls = {p.name.removesuffix(".metrics"): p.read_text().strip()
                 for p in ready.glob("*.metrics")}
-        assert set(urls) == {"scheduler", "billing", "trust", "agent-n1", "agent-n2"}
+        assert set(urls) == {"scheduler", "billing", "trust", "autoscaler", "views",
+                             "agent-n1", "agent-n2"}
 
         def scrape(role: str) -> str:
             return httpx.get(urls[role], timeout=10).text
@@ -104,5 +131,33 @@ def test_every_roles_metrics_after_a_burst_match_the_ledger(settings: OnceflowSe
         assert ran >= n
         breakers = samples(scrape("trust"), "onceflow_breaker_state")
         assert set(breakers) == {(("node", "n1"),), (("node", "n2"),)}
+        # Caught up, the scheduler is behind on no partition of its inputs, and its state
+        # is on disk.
+        parts = fast.partitions
+
+        def scheduler_lag() -> dict[tuple[tuple[str, str], ...], float]:
+            return {k: v for k, v in samples(scrape("scheduler"), "onceflow_consumer_lag")
+                    .items() if ("processor", "scheduler") in k}
+        lag = wait_for(lambda: (lag := scheduler_lag()) and len(
+            {dict(k)["partition"] for k in lag}) == parts and all(
+            v == 0 for v in lag.values()) and lag, timeout=30,
+            what="the scheduler's lag on every partition, at zero")
+        assert {dict(k)["topic"] for k in lag} >= {fast_topic(fast, "submissions")}
+        sizes = samples(scrape("scheduler"), "onceflow_state_bytes")
+        assert len(sizes) == parts and all(v > 0 for v in sizes.values())
+        # The views read every line item; the autoscaler decided its windows.
+        views_read = wait_for(lambda: samples(scrape("views"), "onceflow_events_in_total").get(
+            (("processor", "views-sink"),), 0) >= len(records.line_items) and samples(
+            scrape("views"), "onceflow_events_in_total"), timeout=30,
+            what="the views to count every line item")
+        assert views_read
+        views_lag = wait_for(lambda: (v := samples(scrape("views"), "onceflow_consumer_lag"))
+                             and all(x == 0 for x in v.values()) and v, timeout=30,
+                             what="the views' lag, at zero")
+        assert {dict(k)["topic"] for k in views_lag} == {fast_topic(fast, "ledger")}
+        wait_for(lambda: samples(scrape("autoscaler"), "onceflow_events_in_total"),
+                 timeout=30, what="the autoscaler to count what it read")
+        wait_for(lambda: samples(scrape("autoscaler"), "onceflow_capacity_replicas"),
+                 timeout=60, what="the autoscaler's first window")
     finally:
         stop_roles(roles)
