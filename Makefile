@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KAFKA_LIBS := infra/kafka/target/kafka-libs
 KAFKA := $(KAFKA_LIBS)/.complete
 
-.PHONY: demo test lint bench up down status clean install
+.PHONY: demo test lint bench up down status clean install simulate
 
 # _native.c is compiled by the install, so a change to it installs again.
 $(STAMP): pyproject.toml schemas/_impl/_native.c
@@ -50,6 +50,12 @@ lint: $(STAMP)
 	for d in schemas streams agents billing autoscaler infra; do ln -s ../../../$$d $(TYPECHECK)/onceflow/$$d; done
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p onceflow
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy bench
+
+# The deterministic simulation alone, as deep as asked: `make simulate SEEDS=1000000`.
+SEEDS ?= 100000
+FIRST ?= 0
+simulate: $(STAMP)
+	$(BIN)/python -m tests.simulation --seeds $(SEEDS) --first $(FIRST)
 
 bench: $(STAMP) $(KAFKA)
 	$(BIN)/python -m bench.run --out bench/results.json

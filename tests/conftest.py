@@ -65,3 +65,21 @@ def subprocess_env(settings: OnceflowSettings) -> dict[str, str]:
         "ONCEFLOW_PARTITIONS": str(settings.partitions),
         "ONCEFLOW_LOG_FORMAT": "json",
     }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Only the controller (or a run without workers) clears the simulation's figures.
+    if not hasattr(session.config, "workerinput"):
+        import shutil
+
+        from tests.simulation.fixtures import REPORT_DIR
+
+        shutil.rmtree(REPORT_DIR, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.simulation.fixtures import summarise_reports
+
+    line = summarise_reports()
+    if line is not None:
+        terminalreporter.write_line(line)

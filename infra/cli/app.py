@@ -621,3 +621,29 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command()
+def simulate(
+    seeds: Annotated[int, typer.Option(help="how many seeds to run", min=1)] = 10_000,
+    first: Annotated[int, typer.Option(help="the first seed", min=0)] = 0,
+    seed: Annotated[int | None, typer.Option(help="replay this one seed")] = None,
+    trace: Annotated[bool, typer.Option(help="with --seed: print every record it appended")]
+    = False,
+) -> None:
+    """The deterministic simulation of the whole pipeline (reducers, simulated log, agents
+    and clock, seeded faults), with its invariants checked after every seed.
+
+    It lives with the tests (tests/simulation): run it from a checkout."""
+    if (Path.cwd() / "tests" / "simulation").is_dir() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # a console script does not look in the cwd
+    try:
+        from tests.simulation.__main__ import main as simulation_main
+    except ImportError:
+        raise fail("the simulator lives in the repository's tests/simulation: run "
+                   "`onceflow simulate` from a checkout of onceflow (or `make simulate "
+                   "SEEDS=N` there)") from None
+    args = ["--seeds", str(seeds), "--first", str(first)]
+    if seed is not None:
+        args += ["--seed", str(seed)] + (["--trace"] if trace else [])
+    raise typer.Exit(simulation_main(args))

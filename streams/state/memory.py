@@ -50,5 +50,13 @@ class MemoryState:
         for event_id in sorted(self._seen, key=str.encode):
             yield b"d\x00" + event_id.encode(), b"1"
 
+    def copy(self) -> MemoryState:
+        """An independent copy (values are bytes, so a shallow copy of each map is one):
+        what a simulated restart from a checkpoint starts from."""
+        out = MemoryState()
+        out._data = dict(self._data)
+        out._seen = set(self._seen)
+        return out
+
     def __len__(self) -> int:
         return len(self._data)

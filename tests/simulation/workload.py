@@ -1,0 +1,123 @@
+"""What one seed runs: a workload and its faults, drawn from the seed's random source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from onceflow.schemas import ControlAction, ControlRequested, ControlScope, WorkUnitSubmitted
+from tests.simulation.invariants import check_all
+from tests.simulation.world import Attempt, Faults, World
+
+__all__ = ["SeedResult", "run_seed"]
+
+TENANTS = ("acme", "globex", "initech")
+#: (kind, effect, idempotency class): every kind of unit the agents run
+SHAPES: tuple[tuple[str, str, str], ...] = (
+    ("cpu", "PURE", "none"), ("llm_pod", "PURE", "none"), ("tool", "PURE", "none"),
+    ("tool", "WORLD_MUTATING", "none"), ("tool", "WORLD_MUTATING", "token"),
+    ("tool", "WORLD_MUTATING", "readback"),
+)
+#: how an attempt ends, by weight: most complete; some die at every point that matters
+OUTCOMES = (("completed", 70), ("vanish", 6), ("handler_error", 6), ("node_timeout", 3),
+            ("die_after_stage", 5), ("die_after_apply", 5), ("vanish_after_call", 5))
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    units: int
+    crashes: int
+    controls: int
+    records: int
+
+
+def draw_units(world: World) -> list[WorkUnitSubmitted]:
+    rng = world.rng
+    units: list[WorkUnitSubmitted] = []
+    by_session: dict[tuple[str, str], list[str]] = {}
+    for i in range(rng.randint(1, 10)):
+        tenant = rng.choice(TENANTS)
+        session = f"s{rng.randint(0, 2)}"
+        kind, effect, idem = rng.choice(SHAPES)
+        earlier = by_session.setdefault((tenant, session), [])
+        depends = sorted(rng.sample(earlier, rng.randint(0, min(2, len(earlier)))))
+        wu = f"u{i}"
+        extra: dict[str, Any] = {}
+        if kind == "llm_pod":
+            extra = {"prompt": f"prompt {i}", "model": "stub"}
+        if effect == "WORLD_MUTATING" and rng.random() < 0.3:
+            extra.update(requires_approval=True,
+                         approval_timeout_ms=rng.choice([5_000, 20_000]))
+        units.append(WorkUnitSubmitted(
+            event_id=f"sub-{i}", occurred_at=world.now, tenant_id=tenant,
+            execution_session_id=session, work_unit_id=wu, kind=kind,  # type: ignore[arg-type]
+            effect=effect, idempotency_class=idem,  # type: ignore[arg-type]
+            handler="effects.append" if kind == "tool" else None,
+            max_attempts=rng.randint(1, 4), lease_ms=rng.choice([2_000, 30_000]),
+            simulated_ms=rng.randint(0, 50), depends_on=depends, **extra))
+        earlier.append(wu)
+    return units
+
+
+def _control(world: World, n: int, action: ControlAction, scope: ControlScope,
+             **target: Any) -> ControlRequested:
+    return ControlRequested(event_id=f"ctl-{n}", occurred_at=world.now, action=action,
+                            scope=scope, requested_by="sim", reason="simulated",
+                            broadcast=scope != "unit", **target)
+
+
+def run_seed(seed: int) -> SeedResult:
+    """Run one seed to quiescence and check every invariant (AssertionError: violated)."""
+    world = World(seed)
+    rng = world.rng
+    for n in range(rng.randint(1, 3)):
+        world.add_agent(f"n{n + 1}", skew_ms=rng.randint(-200, 200))
+    units = draw_units(world)
+    duplicate = rng.random() < 0.3
+    for u in units:
+        world.submit(u)
+        if duplicate and rng.random() < 0.5:
+            world.submit(u)  # the same submission again: one unit
+    faults = Faults(checkpoint=rng.choice([0.05, 0.3, 1.0]),
+                    crash=rng.choice([0.0, 0.0, 0.01, 0.05]),
+                    keep_state=rng.random() < 0.5)
+    names = [o for o, _ in OUTCOMES]
+    weights = [w for _, w in OUTCOMES]
+
+    def outcome(_: Attempt) -> str:
+        return rng.choices(names, weights)[0]
+
+    # Operators act while the work runs: cancels, pauses (resumed before the end),
+    # approvals and denials.
+    paused: list[ControlRequested] = []
+    controls = 0
+    for _ in range(rng.choice([0, 0, 1, 2, 3])):
+        world.run(steps=rng.randint(10, 120), faults=faults, outcome=outcome)
+        u = rng.choice(units)
+        controls += 1
+        what = rng.random()
+        if what < 0.3:
+            world.control(_control(world, controls, "cancel", "unit", tenant_id=u.tenant_id,
+                                   work_unit_id=u.work_unit_id))
+        elif what < 0.45:
+            world.control(_control(world, controls, "cancel", "session",
+                                   tenant_id=u.tenant_id,
+                                   execution_session_id=u.execution_session_id))
+        elif what < 0.7:
+            c = _control(world, controls, "pause", "session", tenant_id=u.tenant_id,
+                         execution_session_id=u.execution_session_id)
+            world.control(c)
+            paused.append(c)
+        else:
+            world.control(_control(world, controls, rng.choice(["approve", "deny"]), "unit",
+                                   tenant_id=u.tenant_id, work_unit_id=u.work_unit_id))
+    world.run(steps=rng.randint(50, 300), faults=faults, outcome=outcome)
+    for c in paused:
+        controls += 1
+        world.control(c.model_copy(update={"event_id": f"ctl-{controls}", "action": "resume",
+                                           "occurred_at": world.now}))
+    world.settle(outcome=lambda _: "completed")
+    check_all(world, units)
+    return SeedResult(seed, len(units), sum(s.crashes for s in world.shells), controls,
+                      sum(len(p) for parts in world.log.records.values() for p in parts))

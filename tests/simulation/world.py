@@ -1,0 +1,476 @@
+"""A deterministic world for the pure reducers: a simulated log with partitions, shells
+that behave like the batched shell (dedupe by event id, facts before offsets, state
+rebuilt from the fact topic after a crash, routed outputs sent again for facts after the
+last checkpoint), simulated node agents, and a simulated clock, all driven by one seeded
+random source. Nothing here reads the wall clock or touches a broker.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from onceflow.billing import Ledger, WalletFolder, cost_estimator, load_price_book
+from onceflow.schemas import (
+    ClaimGranted,
+    ClaimRejected,
+    ClaimRequested,
+    ClockTick,
+    ControlOperatorResolved,
+    EffectStaged,
+    Event,
+    LlmInvocationCompleted,
+    NodeHeartbeat,
+    WorkUnitCancelled,
+    WorkUnitFailed,
+    WorkUnitResultReported,
+    WorkUnitScheduled,
+)
+from onceflow.streams.ids import caused_by, idempotency_key_for
+from onceflow.streams.scheduler import Scheduler, UnitProgress
+from onceflow.streams.settings import OnceflowSettings
+from onceflow.streams.state import MemoryState
+from onceflow.streams.topics.catalog import TopicCatalog, partition_for
+from onceflow.streams.types import Reducer, Routed
+
+__all__ = ["TRACE", "Agent", "Record", "Shell", "SimLog", "World"]
+
+#: when a list, every record appended is described in it, in order (a seed's trace)
+TRACE: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a topic partition: the event, and the input that caused it (a fact)."""
+
+    event: Event
+    cause: str = ""
+
+
+class SimLog:
+    """Topics of partitions of records; appends only."""
+
+    def __init__(self, partitions: dict[str, int]) -> None:
+        self.partitions = partitions
+        self.records: dict[str, list[list[Record]]] = {
+            t: [[] for _ in range(n)] for t, n in partitions.items()}
+
+    def append(self, topic: str, event: Event, partition: int | None = None,
+               cause: str = "") -> None:
+        n = self.partitions[topic]
+        p = partition_for(event.entity_id(), n) if partition is None else partition
+        self.records[topic][p].append(Record(event, cause))
+        if TRACE is not None:
+            TRACE.append(f"{topic}[{p}]@{len(self.records[topic][p]) - 1} {_describe(event)}")
+
+
+def _describe(event: Event) -> str:
+    fields = {k: v for k, v in event.model_dump(mode="json").items()
+              if k not in ("event_id", "event_type", "schema_version", "causation_id",
+                           "correlation_id") and v not in (None, "", [], {}, 0, False)}
+    return f"{event.event_type} " + " ".join(f"{k}={v}" for k, v in list(fields.items())[:9])
+
+
+@dataclass
+class Shell:
+    """A role's partitions, run the way the batched shell runs them."""
+
+    name: str
+    reducer: Reducer
+    inputs: list[str]
+    fact_topic: str
+    log: SimLog
+    partitions: int
+    states: list[MemoryState] = field(default_factory=list)
+    #: per partition and input topic: the next offset to read, and the committed one
+    position: list[dict[str, int]] = field(default_factory=list)
+    committed: list[dict[str, int]] = field(default_factory=list)
+    #: per partition: fact-topic length at the last checkpoint
+    checkpointed_facts: list[int] = field(default_factory=list)
+    crashes: int = 0
+
+    def __post_init__(self) -> None:
+        self.states = [MemoryState() for _ in range(self.partitions)]
+        self.position = [dict.fromkeys(self.inputs, 0) for _ in range(self.partitions)]
+        self.committed = [dict.fromkeys(self.inputs, 0) for _ in range(self.partitions)]
+        self.checkpointed_facts = [0] * self.partitions
+        self.snapshots = [MemoryState() for _ in range(self.partitions)]
+
+    def pending(self, p: int) -> list[str]:
+        """The inputs of partition `p` with records not yet read."""
+        return [t for t in self.inputs
+                if self.position[p][t] < len(self.log.records[t][p])]
+
+    def step(self, p: int, topic: str) -> None:
+        record = self.log.records[topic][p][self.position[p][topic]]
+        self.position[p][topic] += 1
+        state, event = self.states[p], record.event
+        if state.has_seen(event.event_id):
+            return
+        facts = list(self.reducer.decide(state, event))
+        for fact in facts:
+            self.log.append(self.fact_topic, fact, p, cause=event.event_id)
+            self.reducer.evolve(state, fact)
+            self._route(fact)
+        if facts:
+            state.mark_seen(event.event_id)
+
+    def _route(self, fact: Event) -> None:
+        for routed in self.reducer.route(fact):
+            assert isinstance(routed, Routed)
+            self.log.append(routed.topic, routed.event, routed.partition)
+
+    def checkpoint(self, p: int) -> None:
+        """State with the offsets it reflects: facts written, then state, then offsets."""
+        self.committed[p] = dict(self.position[p])
+        self.checkpointed_facts[p] = len(self.log.records[self.fact_topic][p])
+        self.snapshots[p] = self.states[p].copy()
+
+    def crash(self, p: int, keep_state: bool = False) -> None:
+        """Restart partition `p`: from its local state as of its last checkpoint plus the
+        facts written since (`keep_state`), or from the fact topic alone; read the inputs
+        again from the committed offsets, and send again what the facts written since the
+        last checkpoint routed (their consumers dedupe by event id)."""
+        self.crashes += 1
+        if keep_state:
+            state = self.snapshots[p].copy()
+            for record in self.log.records[self.fact_topic][p][self.checkpointed_facts[p]:]:
+                self.reducer.evolve(state, record.event)
+                state.mark_seen(record.cause)
+            self.states[p] = state
+        else:
+            self.states[p] = self.rebuilt(p)
+        self.position[p] = dict(self.committed[p])
+        for record in self.log.records[self.fact_topic][p][self.checkpointed_facts[p]:]:
+            self._route(record.event)
+
+    def rebuilt(self, p: int) -> MemoryState:
+        """Partition `p`'s state folded from its facts alone (what recovery and replay do)."""
+        state = MemoryState()
+        for record in self.log.records[self.fact_topic][p]:
+            self.reducer.evolve(state, record.event)
+            state.mark_seen(record.cause)
+        return state
+
+
+@dataclass
+class Attempt:
+    scheduled: WorkUnitScheduled
+    grant: ClaimGranted | None = None
+    finish_at: int = 0
+    outcome: str = "completed"
+
+
+class Outside:
+    """The world outside: effects applied by idempotency key. A `token` effect is deduped
+    by the outside system itself; any other is applied as often as it is asked."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, int] = {}
+        self.applied: dict[str, int] = {}
+
+    def apply(self, key: str, idempotency_class: str) -> None:
+        self.asked[key] = self.asked.get(key, 0) + 1
+        if idempotency_class == "token" and self.applied.get(key):
+            return
+        self.applied[key] = self.applied.get(key, 0) + 1
+
+    def readback(self, key: str) -> bool:
+        return bool(self.applied.get(key))
+
+
+class Agent:
+    """A node agent's decisions: claim what is scheduled on it, run what is granted, report;
+    or die (no report: the scheduler's lease ends it) when the world says so. Its clock is
+    the world's plus a skew within the lease safety margin the design assumes."""
+
+    def __init__(self, node: str, incarnation: str, skew_ms: int = 0) -> None:
+        self.node = node
+        self.incarnation = incarnation
+        self.skew_ms = skew_ms
+        self.read: dict[tuple[str, int], int] = {}
+        self.waiting: dict[str, WorkUnitScheduled] = {}
+        self.running: dict[str, Attempt] = {}
+        self.seen: set[str] = set()
+
+
+class World:
+    """Everything one seed runs: the log, the roles, the agents, the clock."""
+
+    def __init__(self, seed: int, settings: OnceflowSettings | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.settings = settings or OnceflowSettings(partitions=3)
+        self.catalog = TopicCatalog(self.settings)
+        c = self.catalog
+        self.t = {r: c[r].name for r in ("submissions", "reports", "control", "workunits",
+                                         "dispatch", "ledger", "wallets", "llm", "nodes",
+                                         "flow", "limits")}
+        self.log = SimLog({topic.name: topic.partitions for topic in c.all()})
+        n = self.settings.partitions
+        estimator = cost_estimator(self.settings.billing)
+        self.scheduler = Shell("scheduler", Scheduler(self.settings, catalog=c,
+                                                      estimator=estimator),
+                               [self.t["submissions"], self.t["reports"], self.t["control"]],
+                               self.t["workunits"], self.log, n)
+        self.ledger = Shell("ledger", Ledger(self.settings.billing,
+                                             load_price_book(self.settings.billing)),
+                            [self.t["workunits"], self.t["llm"]], self.t["ledger"], self.log, n)
+        self.wallets = Shell("wallets", WalletFolder(self.settings.billing, c["ledger"]),
+                             [self.t["ledger"]], self.t["wallets"], self.log, n)
+        self.shells = [self.scheduler, self.ledger, self.wallets]
+        self.now = 1_700_000_000_000
+        self.agents: list[Agent] = []
+        self.outside = Outside()
+        self.lease_safety_ms = 500
+        self._heartbeats = 0
+        self._progress = UnitProgress()
+        #: units the operator resolved, and how
+        self.resolved: dict[str, str] = {}
+        self._progress_read: dict[int, int] = {}
+
+    # -- the outside world -------------------------------------------------------------
+
+    def add_agent(self, node: str, skew_ms: int = 0) -> Agent:
+        agent = Agent(node, f"{node}-i{len(self.agents)}", skew_ms)
+        self.agents.append(agent)
+        self.heartbeat(agent)
+        return agent
+
+    def heartbeat(self, agent: Agent, health: str = "healthy") -> None:
+        self._heartbeats += 1
+        hb = NodeHeartbeat(
+            event_id=f"hb-{agent.node}-{self._heartbeats}", occurred_at=self.now,
+            node_id=agent.node, supported_kinds=["cpu", "llm_pod", "tool"],
+            available_concurrency=8, max_concurrency=8, active_queue_depth=len(agent.running),
+            utilization=0.0, region="eu-west", version="1.0.0",
+            health_status=health, enabled=True, incarnation=agent.incarnation)  # type: ignore[arg-type]
+        self.scheduler.reducer.observe(hb)
+
+    def submit(self, event: Event) -> None:
+        self.log.append(self.t["submissions"], event)
+
+    def control(self, event: Event) -> None:
+        self.log.append(self.t["control"], event)
+
+    def tick(self) -> None:
+        for p in range(self.log.partitions[self.t["reports"]]):
+            self.log.append(self.t["reports"], ClockTick(
+                event_id=f"tick-{p}-{self.now}", occurred_at=self.now, partition=p), p)
+
+    # -- agents ------------------------------------------------------------------------
+
+    def _agent_reads(self, agent: Agent, outcome: Callable[[Attempt], str]) -> bool:
+        """Read the agent's new dispatch records; claim, start, stop. True: it read any."""
+        topic = self.t["dispatch"]
+        moved = False
+        for p, records in enumerate(self.log.records[topic]):
+            at = agent.read.get((topic, p), 0)
+            for record in records[at:]:
+                moved = True
+                self._agent_sees(agent, record.event, outcome)
+            agent.read[(topic, p)] = len(records)
+        return moved
+
+    def _agent_sees(self, agent: Agent, event: Event,
+                    outcome: Callable[[Attempt], str]) -> None:
+        if isinstance(event, WorkUnitScheduled):
+            if event.selected_node_id != agent.node or event.event_id in agent.seen:
+                return
+            agent.seen.add(event.event_id)
+            agent.waiting[f"{event.work_unit_id}:{event.attempt_index}"] = event
+            self.log.append(self.t["reports"], ClaimRequested(
+                **caused_by(event, f"claim:{agent.incarnation}", occurred_at=self.now),
+                node_id=agent.node, attempt_index=event.attempt_index,
+                scheduling_epoch=event.scheduling_epoch, incarnation=agent.incarnation))
+        elif isinstance(event, ClaimGranted | ClaimRejected):
+            if event.node_id != agent.node or event.incarnation != agent.incarnation:
+                return
+            scheduled = agent.waiting.pop(f"{event.work_unit_id}:{event.attempt_index}", None)
+            if scheduled is not None and isinstance(event, ClaimGranted):
+                attempt = Attempt(scheduled, event,
+                                  finish_at=self.now + self.rng.randint(1, 2_000))
+                attempt.outcome = outcome(attempt)
+                agent.running[f"{event.work_unit_id}:{event.attempt_index}"] = attempt
+        elif isinstance(event, WorkUnitCancelled) and event.node_id == agent.node:
+            for attempt in agent.running.values():
+                if attempt.scheduled.work_unit_id == event.work_unit_id:
+                    attempt.outcome = "cancelled"
+                    attempt.finish_at = self.now
+
+    def _agent_finishes(self, agent: Agent) -> bool:
+        done = [k for k, a in agent.running.items() if a.finish_at <= self.now]
+        for key in sorted(done):
+            self._finish(agent, agent.running.pop(key))
+        return bool(done)
+
+    def _finish(self, agent: Agent, a: Attempt) -> None:
+        """What the agent's handler did, as the real agent orders it: an LLM call's tokens
+        are reported before the result; a world-mutating effect is staged (in the log)
+        before it is applied, and not started this close to the lease's end."""
+        grant, sched = a.grant, a.scheduled
+        assert grant is not None
+        if a.outcome == "vanish":
+            return  # died before anything: no report, the lease ends it
+        if a.outcome == "cancelled":
+            self._failed(agent, a, "cancelled")
+            return
+        tokens = 0
+        if sched.kind == "llm_pod":
+            tokens_in, tokens_out = self.rng.randint(1, 400), self.rng.randint(1, 200)
+            tokens = tokens_in + tokens_out
+            self.log.append(self.t["llm"], LlmInvocationCompleted(
+                **caused_by(grant, "llm", occurred_at=self.now), node_id=agent.node,
+                attempt_index=sched.attempt_index, provider="stub", model=sched.model or "stub",
+                tokens_in=tokens_in, tokens_out=tokens_out, total_tokens=tokens, latency_ms=1,
+                estimated_cost_usd=Decimal(0)))
+            if a.outcome == "vanish_after_call":
+                return
+        if sched.kind == "tool" and sched.effect == "WORLD_MUTATING":
+            key = grant.idempotency_key or sched.work_unit_id or ""
+            already = sched.idempotency_class == "readback" and self.outside.readback(key)
+            if not already:
+                if self.now + agent.skew_ms >= grant.lease_expires_at - self.lease_safety_ms:
+                    self._failed(agent, a, "node_timeout")
+                    return
+                self.log.append(self.t["reports"], EffectStaged(
+                    **caused_by(grant, "staged", occurred_at=self.now), node_id=agent.node,
+                    attempt_index=sched.attempt_index, idempotency_key=key,
+                    description="simulated effect"))
+                if a.outcome == "die_after_stage":
+                    return
+                self.outside.apply(key, sched.idempotency_class)
+                if a.outcome == "die_after_apply":
+                    return
+        if a.outcome in ("completed", "die_after_stage", "die_after_apply",
+                         "vanish_after_call"):
+            self.log.append(self.t["reports"], WorkUnitResultReported(
+                **caused_by(grant, "completed", occurred_at=self.now),
+                node_id=agent.node, attempt_index=sched.attempt_index,
+                cpu_seconds=Decimal(self.rng.choice(["0.010000", "0.250000", "1.000000"])),
+                llm_tokens=tokens, started_at=grant.occurred_at, finished_at=self.now,
+                kind=sched.kind, incarnation=agent.incarnation))
+        else:
+            self._failed(agent, a, a.outcome)
+
+    def _failed(self, agent: Agent, a: Attempt, code: str) -> None:
+        assert a.grant is not None
+        self.log.append(self.t["reports"], WorkUnitFailed(
+            **caused_by(a.grant, "failed", occurred_at=self.now),
+            selected_node_id=agent.node, attempt_index=a.scheduled.attempt_index,
+            error_code=code, error_reason="simulated", incarnation=agent.incarnation,
+            cpu_seconds=Decimal("0.010000")))
+
+    # -- running -----------------------------------------------------------------------
+
+    def runnable(self) -> list[tuple[Shell, int, str]]:
+        return [(s, p, t) for s in self.shells for p in range(s.partitions)
+                for t in s.pending(p)]
+
+    def run(self, *, steps: int, faults: Faults, outcome: Callable[[Attempt], str],
+            advance_ms: Sequence[int] = (0, 0, 0, 5, 50, 500)) -> None:
+        """Interleave the roles' reads, the agents, checkpoints, crashes and the clock."""
+        for _ in range(steps):
+            choice = self.rng.random()
+            work = self.runnable()
+            if work and choice < 0.8:
+                shell, p, topic = work[self.rng.randrange(len(work))]
+                shell.step(p, topic)
+                if self.rng.random() < faults.checkpoint:
+                    shell.checkpoint(p)
+                if self.rng.random() < faults.crash:
+                    shell.crash(p, keep_state=faults.keep_state)
+                    if TRACE is not None:
+                        TRACE.append(f"CRASH {shell.name}[{p}] at {self.now}"
+                                     f"{' (state kept)' if faults.keep_state else ''}")
+                continue
+            for agent in self.agents:
+                self._agent_reads(agent, outcome)
+                self._agent_finishes(agent)
+            self.now += self.rng.choice(advance_ms)
+            if self.rng.random() < 0.3:
+                self.tick()
+            if self.rng.random() < 0.05:
+                for agent in self.agents:
+                    self.heartbeat(agent)
+
+    def settle(self, *, outcome: Callable[[Attempt], str],
+               horizon_ms: int = 3 * 3_600_000) -> None:
+        """Run without faults until every unit has ended: drain the roles, let agents
+        finish, and move the clock on (leases end, retries and deadlines come due), for
+        at most `horizon_ms` of logged time. What has not ended by then is for the
+        liveness invariant to name."""
+        end = self.now + horizon_ms
+        idle = 0
+        while self.now < end:
+            while work := self.runnable():
+                shell, p, topic = work[0]
+                shell.step(p, topic)
+            moved = False
+            for agent in self.agents:
+                moved |= self._agent_reads(agent, outcome)
+                moved |= self._agent_finishes(agent)
+            if moved or self.runnable():
+                idle = 0
+                continue
+            if self.resolve_parked():
+                continue
+            if all(not a.running for a in self.agents) and self.quiet():
+                return
+            idle += 1
+            # a second at a time while things happen; minutes once nothing has for a while
+            self.now += 1_000 if idle < 30 else 60_000
+            self.tick()
+            if idle % 10 == 0:
+                for agent in self.agents:
+                    self.heartbeat(agent)
+
+    def resolve_parked(self) -> bool:
+        """The operator resolves each unit parked in needs_operator, as a careful one does:
+        reads the outside world, marks done what was applied, retries (or abandons) what
+        was not. True: it resolved any."""
+        acted = False
+        for wu, state in sorted(self.progress().status.items()):
+            if state != "needs_operator" or wu in self.resolved:
+                continue
+            key = idempotency_key_for(wu)
+            resolution = "mark_done" if self.outside.readback(key) else \
+                self.rng.choice(["retry", "retry", "abandon"])
+            self.resolved[wu] = resolution
+            self.control(ControlOperatorResolved(
+                event_id=f"resolve-{wu}", occurred_at=self.now, work_unit_id=wu,
+                resolution=resolution, operator="sim"))  # type: ignore[arg-type]
+            acted = True
+        return acted
+
+    def progress(self) -> UnitProgress:
+        """Units' states from the scheduler's facts, folded on from where it last was."""
+        for p, records in enumerate(self.log.records[self.t["workunits"]]):
+            at = self._progress_read.get(p, 0)
+            for record in records[at:]:
+                self._progress.add(record.event, record.event.occurred_at)
+            self._progress_read[p] = len(records)
+        return self._progress
+
+    def quiet(self) -> bool:
+        """Whether every unit has ended, none waiting for an operator who has not acted
+        (the settle loop's stop condition)."""
+        states = self.progress().status
+        return bool(states) and all(
+            s in _ENDED and (s != "needs_operator" or wu in self.resolved)
+            for wu, s in states.items())
+
+
+_ENDED = frozenset({"completed", "failed", "rejected", "cancelled", "needs_operator"})
+
+
+@dataclass(frozen=True)
+class Faults:
+    """How often, per step, a role checkpoints or crashes; a crash keeps the local state
+    as of its last checkpoint (`keep_state`) or loses it all."""
+
+    checkpoint: float = 0.2
+    crash: float = 0.0
+    keep_state: bool = False
