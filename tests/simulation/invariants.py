@@ -123,7 +123,23 @@ def tokens_billed_once(world: World) -> None:
                 "token line items"
 
 
+def limits_never_exceeded(world: World) -> None:
+    assert not world.over_limit, f"limits exceeded: {world.over_limit[:5]}"
+
+
+def prepaid_credit_never_exceeded(world: World) -> None:
+    charged: dict[str, Decimal] = defaultdict(Decimal)
+    for li in line_items(world):
+        if li.billed:
+            charged[li.tenant_id] += li.total_usd
+    for tenant, credit in sorted(world.settings.billing.prepaid_credits.items()):
+        assert charged[tenant] <= credit, \
+            f"prepaid tenant {tenant} charged {charged[tenant]} beyond its credit {credit}"
+
+
 def check_all(world: World, units: list[WorkUnitSubmitted]) -> None:
+    limits_never_exceeded(world)
+    prepaid_credit_never_exceeded(world)
     every_unit_ended(world, units)
     no_line_item_twice(world)
     wallets_equal_their_line_items(world)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from onceflow.schemas import ControlAction, ControlRequested, ControlScope, WorkUnitSubmitted
+from onceflow.streams.settings import OnceflowSettings
 from tests.simulation.invariants import check_all
 from tests.simulation.world import Attempt, Faults, World
 
@@ -46,6 +50,8 @@ def draw_units(world: World) -> list[WorkUnitSubmitted]:
         extra: dict[str, Any] = {}
         if kind == "llm_pod":
             extra = {"prompt": f"prompt {i}", "model": "stub"}
+        if world.settings.limits.session_budgets and rng.random() < 0.5:
+            extra["session_budget_usd"] = Decimal(rng.choice(["0.001", "0.01"]))
         if effect == "WORLD_MUTATING" and rng.random() < 0.3:
             extra.update(requires_approval=True,
                          approval_timeout_ms=rng.choice([5_000, 20_000]))
@@ -67,10 +73,35 @@ def _control(world: World, n: int, action: ControlAction, scope: ControlScope,
                             broadcast=scope != "unit", **target)
 
 
+@lru_cache(maxsize=256)
+def _settings(limits: tuple[tuple[str, Any], ...], credits: tuple[tuple[str, str], ...]
+              ) -> OnceflowSettings:
+    base = OnceflowSettings(partitions=3)
+    return base.model_copy(update={
+        "limits": base.limits.model_copy(update=dict(limits)),
+        "billing": base.billing.model_copy(update={
+            "prepaid_credits": {t: Decimal(c) for t, c in credits}})})
+
+
+def draw_settings(rng: random.Random) -> OnceflowSettings:
+    """Concurrency limits, prepaid credit and session budgets, or none of them."""
+    limits: dict[str, Any] = {}
+    if rng.random() < 0.3:
+        limits["global_concurrency"] = rng.randint(1, 3)
+    if rng.random() < 0.2:
+        limits["tenant_concurrency"] = rng.randint(1, 2)
+    if rng.random() < 0.2:
+        limits["session_budgets"] = True
+    credits = {}
+    if rng.random() < 0.3:
+        credits[rng.choice(TENANTS)] = rng.choice(["0.002", "0.02", "0.2"])
+    return _settings(tuple(sorted(limits.items())), tuple(sorted(credits.items())))
+
+
 def run_seed(seed: int) -> SeedResult:
     """Run one seed to quiescence and check every invariant (AssertionError: violated)."""
-    world = World(seed)
-    rng = world.rng
+    rng = random.Random(seed)
+    world = World(seed, draw_settings(rng), rng)
     for n in range(rng.randint(1, 3)):
         world.add_agent(f"n{n + 1}", skew_ms=rng.randint(-200, 200))
     units = draw_units(world)

@@ -29,6 +29,7 @@ from onceflow.schemas import (
     WorkUnitScheduled,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for
+from onceflow.streams.limits import Limiter, ScopeLimits, limiter_needed
 from onceflow.streams.scheduler import Scheduler, UnitProgress
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
@@ -90,6 +91,8 @@ class Shell:
     #: per partition: fact-topic length at the last checkpoint
     checkpointed_facts: list[int] = field(default_factory=list)
     crashes: int = 0
+    #: called with a partition's state after each input it decided on
+    check: Callable[[MemoryState], None] | None = None
 
     def __post_init__(self) -> None:
         self.states = [MemoryState() for _ in range(self.partitions)]
@@ -116,6 +119,8 @@ class Shell:
             self._route(fact)
         if facts:
             state.mark_seen(event.event_id)
+            if self.check is not None:
+                self.check(state)
 
     def _route(self, fact: Event) -> None:
         for routed in self.reducer.route(fact):
@@ -199,9 +204,10 @@ class Agent:
 class World:
     """Everything one seed runs: the log, the roles, the agents, the clock."""
 
-    def __init__(self, seed: int, settings: OnceflowSettings | None = None) -> None:
+    def __init__(self, seed: int, settings: OnceflowSettings | None = None,
+                 rng: random.Random | None = None) -> None:
         self.seed = seed
-        self.rng = random.Random(seed)
+        self.rng = rng or random.Random(seed)
         self.settings = settings or OnceflowSettings(partitions=3)
         self.catalog = TopicCatalog(self.settings)
         c = self.catalog
@@ -216,11 +222,24 @@ class World:
                                [self.t["submissions"], self.t["reports"], self.t["control"]],
                                self.t["workunits"], self.log, n)
         self.ledger = Shell("ledger", Ledger(self.settings.billing,
-                                             load_price_book(self.settings.billing)),
+                                             load_price_book(self.settings.billing),
+                                             c["limits"] if limiter_needed(self.settings)
+                                             else None),
                             [self.t["workunits"], self.t["llm"]], self.t["ledger"], self.log, n)
         self.wallets = Shell("wallets", WalletFolder(self.settings.billing, c["ledger"]),
                              [self.t["ledger"]], self.t["wallets"], self.log, n)
         self.shells = [self.scheduler, self.ledger, self.wallets]
+        self.limiter: Shell | None = None
+        if limiter_needed(self.settings):
+            limits = ScopeLimits.from_settings(self.settings.limits)
+            self.limiter = Shell("limiter", Limiter(limits, c["reports"],
+                                                    self.settings.limits.queue_scan,
+                                                    self.settings.billing.prepaid_credits),
+                                 [self.t["limits"]], self.t["flow"], self.log,
+                                 c["limits"].partitions, check=self._slots_within_limits)
+            self.shells.append(self.limiter)
+        #: a limit found exceeded while the limiter ran (it is checked after every step)
+        self.over_limit: list[str] = []
         self.now = 1_700_000_000_000
         self.agents: list[Agent] = []
         self.outside = Outside()
@@ -230,6 +249,16 @@ class World:
         #: units the operator resolved, and how
         self.resolved: dict[str, str] = {}
         self._progress_read: dict[int, int] = {}
+
+    def _slots_within_limits(self, state: MemoryState) -> None:
+        assert self.limiter is not None
+        limits = self.limiter.reducer.limits  # type: ignore[attr-defined]
+        for key, in_use in state.items("s:"):
+            scope = key.removeprefix("s:")
+            limit = limits.limit_of(scope)
+            if limit is not None and in_use > limit:
+                self.over_limit.append(f"{scope}: {in_use} slots in use, limit {limit}, "
+                                       f"at {self.now}")
 
     # -- the outside world -------------------------------------------------------------
 

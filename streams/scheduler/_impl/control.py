@@ -209,10 +209,11 @@ def on_slot_denied(ctx: SchedulerContext, state: State, event: SlotDenied
         return (deferred(ctx, unit, event, event.occurred_at, "paused", event.reason,
                          role="placed"),
                 *release_slots(ctx, unit, event, event.occurred_at, "rejected"))
+    # Rejected after admission: its dependents are told, or they would wait forever.
     return (WorkUnitRejected(
         **ctx.envelope(unit, event, "rejected", event.occurred_at),
         reason_code=event.reason_code, reason=event.reason, decided_at=event.occurred_at,
-    ),)
+    ), *notify_dependents(ctx, state, unit, event, event.occurred_at, "failed", None))
 
 
 def on_human_input(ctx: SchedulerContext, state: State, event: ControlHumanInputSubmitted

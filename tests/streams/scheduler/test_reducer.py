@@ -181,6 +181,37 @@ def test_a_unit_the_limiter_denies_for_its_budget_is_rejected_with_the_numbers()
     assert h.unit("wu-1").status == "rejected"
 
 
+def test_a_unit_rejected_for_its_budget_tells_the_units_that_wait_on_it() -> None:
+    """Found by the simulation (seed 7): the child waited for ever on its rejected parent."""
+    billing = BillingSettings(prepaid_credits={"acme": Decimal("1.000000")})
+    h = Harness(settings=OnceflowSettings(partitions=1, billing=billing))
+    h.see(heartbeat("n1"))
+    ask = h.feed(submit("parent", simulated_ms=1000))[-1]
+    assert isinstance(ask, SlotRequested)
+    h.feed(submit("child", depends_on=["parent"]))
+    registered = [o.event for o in h.outputs if isinstance(o, Routed)
+                  and isinstance(o.event, WorkUnitDependencyRegistered)]
+    for r in registered:
+        h.feed(r)  # the child's registration reaches its parent (one partition here)
+    denied = SlotDenied(**caused_by(ask, "denied"), attempt_index=1,
+                        reason_code="BUDGET_EXCEEDED", reason="tenant:acme: 0.0004 left",
+                        scope="tenant:acme", budget_usd=Decimal("1"),
+                        charged_usd=Decimal("0.9996"), reserved_usd=Decimal("0"),
+                        hold_usd=ask.hold_usd)
+    fed = len(h.outputs)
+    out = h.feed(denied)
+    assert isinstance(out[0], WorkUnitRejected)
+    notices = [o for o in out if isinstance(o, WorkUnitDependencyRegistered)]
+    assert [(n.child_work_unit_id, n.parent_outcome) for n in notices] == [("child", "failed")]
+    # what the notice routes reaches the child (one partition: the same reducer)
+    while routed := [o.event for o in h.outputs[fed:] if isinstance(o, Routed)
+                     and isinstance(o.event, WorkUnitDependencyResolved)]:
+        fed = len(h.outputs)
+        for r in routed:
+            h.feed(r)
+    assert h.unit("child").status == "failed"
+
+
 def test_tenants_without_prepaid_credit_are_never_budget_limited() -> None:
     billing = BillingSettings(prepaid_credits={"other": Decimal("0")})
     h = Harness(settings=OnceflowSettings(billing=billing))
