@@ -467,7 +467,8 @@ class BudgetSettled(Event, event_type="flow.budget.settled"):
     released_tokens: int = Field(
         default=0, ge=0, description="tokens the settled unit held against max_tokens")
     llm_billed: bool = Field(
-        default=False, description="the charge is an LLM call's tokens")
+        default=False, description="the charge is an LLM call's tokens, billed (a fenced "
+        "attempt's tokens are leakage: they do not end a hold that waits for them)")
     awaiting_llm: bool = Field(
         default=False, description="the unit settled before its LLM call's tokens were "
         "billed (two topics): its hold stays until they are")

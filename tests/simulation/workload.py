@@ -24,7 +24,8 @@ SHAPES: tuple[tuple[str, str, str], ...] = (
 )
 #: how an attempt ends, by weight: most complete; some die at every point that matters
 OUTCOMES = (("completed", 70), ("vanish", 6), ("handler_error", 6), ("node_timeout", 3),
-            ("die_after_stage", 5), ("die_after_apply", 5), ("vanish_after_call", 5))
+            ("die_after_stage", 5), ("die_after_apply", 5), ("vanish_after_call", 5),
+            ("provider_429", 5))
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ def draw_units(world: World) -> list[WorkUnitSubmitted]:
         wu = f"u{i}"
         extra: dict[str, Any] = {}
         if kind == "llm_pod":
-            extra = {"prompt": f"prompt {i}", "model": "stub"}
+            extra = {"prompt": f"prompt {i} " + "words " * rng.randint(0, 200), "model": "stub"}
+            if rng.random() < 0.5:
+                extra["parameters"] = {"max_tokens": str(rng.randint(1, 400))}
         if world.settings.limits.session_budgets and rng.random() < 0.5:
             extra["session_budget_usd"] = Decimal(rng.choice(["0.001", "0.01"]))
         if effect == "WORLD_MUTATING" and rng.random() < 0.3:
@@ -112,12 +115,16 @@ def run_seed(seed: int) -> SeedResult:
             world.submit(u)  # the same submission again: one unit
     faults = Faults(checkpoint=rng.choice([0.05, 0.3, 1.0]),
                     crash=rng.choice([0.0, 0.0, 0.01, 0.05]),
-                    keep_state=rng.random() < 0.5)
+                    keep_state=rng.random() < 0.5,
+                    clock_jump=rng.choice([0.0, 0.0, 0.0, 0.02]))
     names = [o for o, _ in OUTCOMES]
     weights = [w for _, w in OUTCOMES]
 
-    def outcome(_: Attempt) -> str:
-        return rng.choices(names, weights)[0]
+    def outcome(attempt: Attempt) -> str:
+        drawn = rng.choices(names, weights)[0]
+        if drawn == "provider_429" and attempt.scheduled.kind != "llm_pod":
+            return "completed"  # only a provider answers 429
+        return drawn
 
     # Operators act while the work runs: cancels, pauses (resumed before the end),
     # approvals and denials.

@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from onceflow.billing import Ledger, WalletFolder, cost_estimator, load_price_book
+from onceflow.billing import (
+    AnomalyChecker,
+    Ledger,
+    WalletFolder,
+    cost_estimator,
+    load_price_book,
+)
 from onceflow.schemas import (
     ClaimGranted,
     ClaimRejected,
@@ -22,11 +28,15 @@ from onceflow.schemas import (
     EffectStaged,
     Event,
     LlmInvocationCompleted,
+    LlmInvocationFailed,
     NodeHeartbeat,
     WorkUnitCancelled,
     WorkUnitFailed,
     WorkUnitResultReported,
     WorkUnitScheduled,
+    estimated_input_tokens,
+    estimated_output_tokens,
+    max_tokens_of,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for
 from onceflow.streams.limits import Limiter, ScopeLimits, limiter_needed
@@ -93,6 +103,10 @@ class Shell:
     crashes: int = 0
     #: called with a partition's state after each input it decided on
     check: Callable[[MemoryState], None] | None = None
+    #: "facts": state is the fold of its facts; "inputs": an index of its inputs, rebuilt
+    #: by reading them again (sending no fact twice), as the anomaly checker's is
+    recovery: str = "facts"
+    rng: random.Random | None = None
 
     def __post_init__(self) -> None:
         self.states = [MemoryState() for _ in range(self.partitions)]
@@ -139,6 +153,9 @@ class Shell:
         again from the committed offsets, and send again what the facts written since the
         last checkpoint routed (their consumers dedupe by event id)."""
         self.crashes += 1
+        if self.recovery == "inputs":
+            self.states[p] = self._reread_inputs(p)
+            return
         if keep_state:
             state = self.snapshots[p].copy()
             for record in self.log.records[self.fact_topic][p][self.checkpointed_facts[p]:]:
@@ -150,6 +167,30 @@ class Shell:
         self.position[p] = dict(self.committed[p])
         for record in self.log.records[self.fact_topic][p][self.checkpointed_facts[p]:]:
             self._route(record.event)
+
+    def _reread_inputs(self, p: int) -> MemoryState:
+        """Read partition `p`'s inputs again up to where it was, interleaved as a consumer
+        may, deciding again and sending only facts not already in the fact topic."""
+        assert self.rng is not None
+        state = MemoryState()
+        written = {r.event.event_id for r in self.log.records[self.fact_topic][p]}
+        upto = dict(self.position[p])
+        at = dict.fromkeys(self.inputs, 0)
+        while pending := [t for t in self.inputs if at[t] < upto[t]]:
+            topic = pending[self.rng.randrange(len(pending))]
+            event = self.log.records[topic][p][at[topic]].event
+            at[topic] += 1
+            if state.has_seen(event.event_id):
+                continue
+            facts = list(self.reducer.decide(state, event))
+            for fact in facts:
+                if fact.event_id not in written:
+                    self.log.append(self.fact_topic, fact, p, cause=event.event_id)
+                    written.add(fact.event_id)
+                self.reducer.evolve(state, fact)
+            if facts:
+                state.mark_seen(event.event_id)
+        return state
 
     def rebuilt(self, p: int) -> MemoryState:
         """Partition `p`'s state folded from its facts alone (what recovery and replay do)."""
@@ -228,7 +269,11 @@ class World:
                             [self.t["workunits"], self.t["llm"]], self.t["ledger"], self.log, n)
         self.wallets = Shell("wallets", WalletFolder(self.settings.billing, c["ledger"]),
                              [self.t["ledger"]], self.t["wallets"], self.log, n)
-        self.shells = [self.scheduler, self.ledger, self.wallets]
+        self.anomalies = Shell("anomalies", AnomalyChecker(),
+                               [self.t["workunits"], self.t["llm"], self.t["ledger"]],
+                               c["anomalies"].name, self.log, n, recovery="inputs",
+                               rng=self.rng)
+        self.shells = [self.scheduler, self.ledger, self.wallets, self.anomalies]
         self.limiter: Shell | None = None
         if limiter_needed(self.settings):
             limits = ScopeLimits.from_settings(self.settings.limits)
@@ -347,8 +392,14 @@ class World:
             self._failed(agent, a, "cancelled")
             return
         tokens = 0
-        if sched.kind == "llm_pod":
-            tokens_in, tokens_out = self.rng.randint(1, 400), self.rng.randint(1, 200)
+        if sched.kind == "llm_pod" and a.outcome != "provider_429":
+            # as a provider does: the prompt's tokens in, and out no more than the unit's
+            # max_tokens (without one, the stub's estimate)
+            prompt = sched.prompt or ""
+            cap = max_tokens_of(sched.parameters)
+            tokens_in = estimated_input_tokens(prompt)
+            tokens_out = self.rng.randint(0, cap) if cap else \
+                estimated_output_tokens(prompt, None)
             tokens = tokens_in + tokens_out
             self.log.append(self.t["llm"], LlmInvocationCompleted(
                 **caused_by(grant, "llm", occurred_at=self.now), node_id=agent.node,
@@ -357,6 +408,20 @@ class World:
                 estimated_cost_usd=Decimal(0)))
             if a.outcome == "vanish_after_call":
                 return
+        if sched.kind == "llm_pod" and a.outcome == "provider_429":
+            # the provider said "later": the call is recorded as refused, the attempt ends
+            # asking for a retry then (the scheduler pauses the scope for every node)
+            self.log.append(self.t["llm"], LlmInvocationFailed(
+                **caused_by(grant, "llm", occurred_at=self.now), node_id=agent.node,
+                attempt_index=sched.attempt_index, provider="stub",
+                model=sched.model or "stub", error_code="provider_backoff"))
+            self.log.append(self.t["reports"], WorkUnitFailed(
+                **caused_by(grant, "failed", occurred_at=self.now),
+                selected_node_id=agent.node, attempt_index=sched.attempt_index,
+                error_code="provider_backoff", error_reason="429", incarnation=agent.incarnation,
+                retry_at=self.now + self.rng.randint(1_000, 30_000), provider="stub",
+                model=sched.model or "stub", cpu_seconds=Decimal("0.010000")))
+            return
         if sched.kind == "tool" and sched.effect == "WORLD_MUTATING":
             key = grant.idempotency_key or sched.work_unit_id or ""
             already = sched.idempotency_class == "readback" and self.outside.readback(key)
@@ -419,6 +484,12 @@ class World:
                 self._agent_reads(agent, outcome)
                 self._agent_finishes(agent)
             self.now += self.rng.choice(advance_ms)
+            if self.rng.random() < faults.clock_jump:
+                # the clock jumps (a paused VM, an NTP step): leases end, retries come due,
+                # agents finish work the scheduler has given up on
+                self.now += self.rng.randint(60_000, 600_000)
+                if TRACE is not None:
+                    TRACE.append(f"CLOCK JUMP to {self.now}")
             if self.rng.random() < 0.3:
                 self.tick()
             if self.rng.random() < 0.05:
@@ -498,8 +569,10 @@ _ENDED = frozenset({"completed", "failed", "rejected", "cancelled", "needs_opera
 @dataclass(frozen=True)
 class Faults:
     """How often, per step, a role checkpoints or crashes; a crash keeps the local state
-    as of its last checkpoint (`keep_state`) or loses it all."""
+    as of its last checkpoint (`keep_state`) or loses it all; how often, per move of the
+    clock, it jumps minutes ahead."""
 
     checkpoint: float = 0.2
     crash: float = 0.0
     keep_state: bool = False
+    clock_jump: float = 0.0

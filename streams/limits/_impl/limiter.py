@@ -525,13 +525,16 @@ class Limiter(Reducer):
             usage = SessionUsage.load(state, event.tenant_id, event.execution_session_id)
             if usage is not None and usage.limits.max_tokens is not None:
                 session_tokens = event.llm_tokens_in + event.llm_tokens_out
-        waits_for_it = llm and hold is not None and bool(hold.get("llm"))
+        # Only billed tokens are the accepted attempt's (or a cancelled one's): a fenced
+        # attempt's are leakage, and the hold must not end on them.
+        billed_llm = llm and event.billed
+        waits_for_it = billed_llm and hold is not None and bool(hold.get("llm"))
         if not charged and not levels and not session_tokens and not waits_for_it:
             return ()
         fact = BudgetSettled(**caused_by(event, "budget-charged"),
                              source_event_id=event.event_id, charged_usd=charged,
                              tokens_used=used, rate_levels=levels,
-                             session_tokens=session_tokens, llm_billed=llm)
+                             session_tokens=session_tokens, llm_billed=billed_llm)
         if waits_for_it and hold is not None and hold.get("settled"):
             # the late tokens of a unit that settled first: counted, then its hold ends
             return [fact, *self._release(state, event, hold, role="budget-settled-late")]

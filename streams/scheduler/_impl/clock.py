@@ -104,7 +104,7 @@ def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: Clo
             and unit.spec.priority not in ctx.cfg.throttled_admits):
         return None
     shape = unit.spec.shape()
-    if deferred and shape in hopeless:
+    if deferred and shape in hopeless and unit.reason != "paused":
         return None
     fact = placed(ctx, state, unit, tick, now, f"place:{unit.attempt}")
     if isinstance(fact, WorkUnitDeferred):
@@ -113,8 +113,10 @@ def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: Clo
             same = deferred and unit.reason == "provider_paused" and unit.retry_at == fact.retry_at
             return None if same else fact
         hopeless.add(shape)
-        if deferred:
+        if deferred and unit.reason != "paused":
             return None  # still nowhere to go; no new fact, no change
+        # A unit whose pause was lifted and that cannot go anywhere yet is deferred for
+        # that reason now: paused units are looked at only when a control changes.
     return fact
 
 

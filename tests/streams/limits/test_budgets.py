@@ -130,6 +130,23 @@ def test_replaying_the_limiters_facts_gives_the_live_state() -> None:
     assert h.state.get("rb:tpm:provider:openai") is not None  # the windows were replayed too
 
 
+def test_a_fenced_attempts_tokens_do_not_end_a_hold_that_waits_for_the_accepted_ones(
+) -> None:
+    """Found by the simulation: attempt 1's tokens (leakage) came before the settlement of
+    attempt 2 and counted as "the call's tokens", so the hold ended before attempt 2's
+    tokens were billed."""
+    h = LimiterHarness(credits={"acme": "1"})
+    h.feed(budgeted("a", kind="llm_pod"))
+    # attempt 1 was fenced: its tokens are leakage; then the unit settles (attempt 2)
+    h.feed(charged("a", "0.2", at=T0 + 1, billed=False, tokens_in=100, tokens_out=50),
+           settled("a", at=T0 + 2))
+    assert h.state.get("r:a") is not None  # still held: attempt 2's tokens are to come
+    assert h.budget("tenant:acme") == {"reserved": "0.400000"}
+    h.feed(charged("a", "0.3", at=T0 + 3, tokens_in=100, tokens_out=50))
+    assert h.state.get("r:a") is None
+    assert h.budget("tenant:acme") == {"reserved": "0.000000", "charged": "0.300000"}
+
+
 def test_an_llm_unit_settled_before_its_tokens_are_billed_keeps_its_hold_until_they_are(
 ) -> None:
     """The call's tokens come on another topic: a settlement that overtakes them must not

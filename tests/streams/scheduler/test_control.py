@@ -85,6 +85,25 @@ def test_a_paused_session_places_nothing_and_a_resume_places_it_on_the_next_tick
     assert_replay_equals_live(h)
 
 
+def test_a_resumed_unit_with_nowhere_to_go_waits_as_deferred_and_is_placed_later() -> None:
+    """Found by the simulation: resumed while no node could take it, the unit kept its
+    `paused` reason and was looked at again only at the next pause or resume: never."""
+    h = _ready()
+    apply(h, control("pause", "session", tenant_id="acme", execution_session_id="s1"))
+    held = h.feed(submit("wu-1", at=T0 + 1))[-1]
+    assert isinstance(held, WorkUnitDeferred) and held.reason_code == "paused"
+    h.see(heartbeat("n1", at=T0 + 2, health="down"))  # the only node goes away
+    apply(h, control("resume", "session", at=T0 + 3, tenant_id="acme",
+                     execution_session_id="s1"))
+    (waits,) = h.tick(T0 + 100)
+    assert isinstance(waits, WorkUnitDeferred) and waits.reason_code != "paused"
+    assert h.unit("wu-1").reason == waits.reason_code
+    h.see(heartbeat("n1", at=T0 + 200))  # it is back
+    (placed,) = h.tick(T0 + 300)
+    assert isinstance(placed, WorkUnitScheduled) and placed.work_unit_id == "wu-1"
+    assert_replay_equals_live(h)
+
+
 def test_a_claim_made_after_a_pause_is_refused_and_the_unit_waits_for_the_resume() -> None:
     h = _ready()
     sched = h.feed(submit("wu-1"))[-1]
