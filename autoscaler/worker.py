@@ -1,10 +1,14 @@
-"""Run the capacity controller on the faust shell (windows and timers, low rate)."""
+"""Run the capacity controller on the batched shell.
+
+It ran on the faust shell once (its windows are logged time, so it needs no
+timers); faust's table writes and offset commits are not atomic, and a kill
+between them applied an input twice. On the batched shell its state is stored
+with the offsets it reflects, like every other role's.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,45 +16,29 @@ from onceflow.autoscaler._impl.controller import CapacityController
 from onceflow.streams.topics.catalog import TopicCatalog
 
 if TYPE_CHECKING:
+    from onceflow.streams.runtime import BatchedProcessor
     from onceflow.streams.settings import OnceflowSettings
 
-__all__ = ["run_autoscaler"]
+__all__ = ["build_autoscaler", "run_autoscaler"]
 
 
-def run_autoscaler(settings: OnceflowSettings, *, ready_file: Path | None = None,
-                   fingerprint_file: Path | None = None) -> None:
-    """Block until SIGTERM: fold the scheduler's queue samples into capacity decisions.
-
-    `fingerprint_file`: rewritten every half second with the state's fingerprint,
-    so a replay of the capacity topic can be compared with the live table.
-    """
-    from onceflow.streams.faust import attach_reducer, make_app
+def build_autoscaler(settings: OnceflowSettings, *,
+                     on_ready: Callable[[], None] | None = None,
+                     group_id: str | None = None) -> BatchedProcessor:
+    """The controller over the scheduler's queue samples, deciding into `capacity`."""
+    from onceflow.streams.runtime import BatchedProcessor
 
     catalog = TopicCatalog(settings)
-    app = make_app(f"{settings.topic_prefix}autoscaler", settings)
-    _agent, table = attach_reducer(app, CapacityController(settings.autoscaler),
-                   input_topic=catalog["queue"].name, fact_topic=catalog["capacity"].name,
-                   dead_letter_topic=catalog["deadletters"].name,
-                   partitions=catalog["queue"].partitions)
+    return BatchedProcessor(
+        CapacityController(settings.autoscaler), settings,
+        inputs=[catalog["queue"].name], fact_topic=catalog["capacity"].name,
+        on_ready=on_ready, group_id=group_id or f"{settings.topic_prefix}autoscaler",
+        consumer_overrides=settings.background_consumer(),
+    )
 
-    @app.task
-    async def ready() -> None:  # runs once the worker has started
-        if ready_file is not None:
-            ready_file.touch()
 
-    if fingerprint_file is not None:
-        @app.timer(0.5)
-        async def write_fingerprint() -> None:
-            from onceflow.streams.faust import TableState
-            from onceflow.streams.runtime.fingerprint import fingerprint_items
-
-            items = list(TableState(table).raw_items())
-            tmp = fingerprint_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"fingerprint": fingerprint_items(items),
-                                       "keys": len(items)}))
-            os.replace(tmp, fingerprint_file)
-
-    # no faust web server: the role has nothing to serve, and a fixed port (6066) would
-    # keep two autoscalers from running on one machine
-    sys.argv = [sys.argv[0], "worker", "--without-web", "-l", "warn"]
-    app.main()
+def run_autoscaler(settings: OnceflowSettings, *, ready_file: Path | None = None) -> None:
+    """Block until SIGTERM: fold the scheduler's queue samples into capacity decisions."""
+    processor = build_autoscaler(settings, on_ready=ready_file.touch if ready_file else None)
+    processor.install_signal_handlers()
+    processor.run()

@@ -87,3 +87,19 @@ def live_fingerprint(state_dir: Any, processor: str, partitions: int) -> str:
     finally:
         for s in stores:
             s.close()
+
+
+def caught_up(settings: Any, group: str, topics: list[str]) -> bool:
+    """Whether consumer group `group` has committed the end of every partition of `topics`
+    (a role that has read, decided and checkpointed all its input so far)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(settings.consumer_config(group))
+    try:
+        parts = [TopicPartition(t, p) for t in topics
+                 for p in consumer.list_topics(t, timeout=10).topics[t].partitions]
+        committed = consumer.committed(parts, timeout=10)
+        return all(c.offset == consumer.get_watermark_offsets(tp, timeout=10)[1]
+                   for c, tp in zip(committed, parts, strict=True))
+    finally:
+        consumer.close()

@@ -89,15 +89,15 @@ def trust(
 @worker_app.command("autoscaler")
 def autoscaler(
     ready_file: Annotated[Path | None, typer.Option(help="touched once it runs")] = None,
-    fingerprint_file: Annotated[Path | None, typer.Option(
-        help="rewritten every half second with the state's fingerprint")] = None,
 ) -> None:
-    """The capacity controller: scale requests and admission modes, on the faust shell."""
+    """The capacity controller: scale requests and admission modes."""
     from onceflow.autoscaler.worker import run_autoscaler
+    from onceflow.streams.runtime.process import tune_for_streaming
 
     settings = cli_settings(role=True)
+    tune_for_streaming()
     _serve_metrics(settings, ready_file)
-    run_autoscaler(settings, ready_file=ready_file, fingerprint_file=fingerprint_file)
+    run_autoscaler(settings, ready_file=ready_file)
 
 
 @worker_app.command("fleet")

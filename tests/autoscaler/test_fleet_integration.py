@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,12 +20,12 @@ from onceflow.schemas import (
     WorkUnitFailed,
 )
 from onceflow.streams.kafka import EventProducer
-from onceflow.streams.runtime import fingerprint_items, replay_facts
+from onceflow.streams.runtime import fingerprint_partitions, replay_facts
 from onceflow.streams.scheduler import SETTLED_STATES
 from onceflow.streams.settings import AgentSettings, AutoscalerSettings, OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.agents.fixtures import fast_settings, unit
-from tests.fixtures import events, wait_for
+from tests.fixtures import caught_up, events, live_fingerprint, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -56,16 +54,9 @@ def fleet_settings(settings: OnceflowSettings, broker: EmbeddedKafka) -> Onceflo
 
 
 @pytest.fixture
-def fingerprint_file(tmp_path: Path) -> Path:
-    return tmp_path / "autoscaler.fingerprint.json"
-
-
-@pytest.fixture
-def roles(fleet_settings: OnceflowSettings, fingerprint_file: Path
-          ) -> Iterator[list[RoleProcess]]:
+def roles(fleet_settings: OnceflowSettings) -> Iterator[list[RoleProcess]]:
     started = start_roles(fleet_settings, agent_specs(1, concurrency=2, region="eu-west"),
-                          scheduler=True,
-                          autoscaler=["--fingerprint-file", str(fingerprint_file)],
+                          scheduler=True, autoscaler=True,
                           fleet=["--concurrency", "2", "--region", "eu-west"])
     stack = read_stack(fleet_settings)
     assert stack is not None
@@ -82,8 +73,7 @@ def roles(fleet_settings: OnceflowSettings, fingerprint_file: Path
 
 
 def test_a_burst_throttles_grows_the_fleet_and_it_shrinks_after(
-        fleet_settings: OnceflowSettings, roles: list[RoleProcess],
-        fingerprint_file: Path) -> None:
+        fleet_settings: OnceflowSettings, roles: list[RoleProcess]) -> None:
     s = fleet_settings
     producer = EventProducer(s, SingleObjectCodec())
     topic = TopicCatalog(s)["submissions"]
@@ -141,20 +131,19 @@ def test_a_burst_throttles_grows_the_fleet_and_it_shrinks_after(
     assert timeouts == [], "a drained agent left work behind"
     follower.close()
 
-    # The controller's live faust table equals a fold of its fact topic from offset 0
-    # (once the scheduler, its only source, has stopped sampling).
+    # The controller's state equals a fold of its fact topic from offset 0, once the
+    # scheduler (its only source) has stopped sampling and the controller has stopped.
     scheduler = next(r for r in roles if r.name == "scheduler")
     scheduler.process.terminate()
     scheduler.process.wait(timeout=30)
-    controller = CapacityController(s.autoscaler)
+    autoscaler = next(r for r in roles if r.name == "autoscaler")
+    queue = TopicCatalog(s)["queue"].name
+    wait_for(lambda: caught_up(s, f"{s.topic_prefix}autoscaler", [queue]), timeout=60,
+             what="the controller to read every queue sample")
+    autoscaler.process.terminate()
+    autoscaler.process.wait(timeout=30)
+    replayed = replay_facts(CapacityController(s.autoscaler), s,
+                            TopicCatalog(s)["capacity"].name, SingleObjectCodec())
+    assert live_fingerprint(s.state_dir, "autoscaler", 1) == \
+        fingerprint_partitions({0: list(replayed[0].raw_items())})
 
-    def live_equals_replay() -> bool:
-        if not fingerprint_file.exists():
-            return False
-        live = json.loads(fingerprint_file.read_text())["fingerprint"]
-        replayed = replay_facts(controller, s, TopicCatalog(s)["capacity"].name,
-                                SingleObjectCodec())
-        return bool(live == fingerprint_items(replayed[0].raw_items()))
-
-    wait_for(live_equals_replay, timeout=60, interval=1.0,
-             what="the live controller's state to equal the replay of its facts")
