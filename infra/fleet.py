@@ -101,10 +101,13 @@ class FleetManager:
         follower = TopicFollower(self.settings, [TopicCatalog(self.settings)["capacity"].name])
         codec = SingleObjectCodec()
         wanted = type_fingerprints(codec, frozenset({"capacity.scale.requested"}))
-        # Requests from before this start are an earlier run's: `up` starts this run's
-        # agents itself, and acting on an old target would start a second agent under an
-        # id `up` is about to use, which `up` then records over (and `down` never stops).
-        started_ms = int(time.time() * 1000)
+        # Requests from before this stack started are an earlier run's: `up` starts this
+        # run's agents itself, and acting on an old target would start a second agent
+        # under an id `up` is about to use, which `up` then records over (and `down` never
+        # stops). Requests since are this run's, and the latest is followed: a manager
+        # restarted (killed, say) catches up with what was asked while it was away.
+        stack = read_stack(self.settings)
+        started_ms = int((stack.started_at if stack else time.time()) * 1000)
         self.log.info("fleet.started", agents=sorted(self.agents()))
         try:
             while not stop.is_set():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -147,3 +149,47 @@ def test_a_burst_throttles_grows_the_fleet_and_it_shrinks_after(
     assert live_fingerprint(s.state_dir, "autoscaler", 1) == \
         fingerprint_partitions({0: list(replayed[0].raw_items())})
 
+
+
+def test_a_fleet_manager_killed_and_restarted_follows_what_was_asked_meanwhile(
+        fleet_settings: OnceflowSettings) -> None:
+    """SIGKILL the fleet manager; a scale request comes while it is away; restarted, it
+    follows it (the agents number what was asked, each under its own id), then drains."""
+    s = fleet_settings
+    producer = EventProducer(s, SingleObjectCodec())
+    capacity = TopicCatalog(s)["capacity"]
+    requests = 0
+
+    def ask(replicas: int) -> None:
+        nonlocal requests
+        requests += 1
+        producer.send(capacity, CapacityScaleRequested(
+            event_id=f"scale-{requests}", occurred_at=int(time.time() * 1000),
+            previous_replicas=0, new_replicas=replicas, reason="test"))
+        producer.flush()
+
+    def agents() -> dict[str, int]:
+        stack = read_stack(s)
+        return {n: pid for n, pid in (stack.processes if stack else {}).items()
+                if n.startswith("agent-") and pid_alive(pid)}
+
+    fleet_args = ["--concurrency", "1", "--region", "eu-west"]
+    roles = start_roles(s, [], scheduler=False, fleet=fleet_args)
+    try:
+        ask(2)
+        wait_for(lambda: set(agents()) == {"agent-n1", "agent-n2"}, timeout=60,
+                 what="two agents")
+        (fleet,) = roles
+        os.kill(fleet.pid, signal.SIGKILL)
+        fleet.process.wait(timeout=10)
+        ask(3)  # while nobody follows
+        roles = start_roles(s, [], scheduler=False, fleet=fleet_args)
+        wait_for(lambda: set(agents()) == {"agent-n1", "agent-n2", "agent-n3"}, timeout=60,
+                 what="the restarted manager to start the third agent")
+        ask(1)
+        wait_for(lambda: set(agents()) == {"agent-n1"}, timeout=90,
+                 what="the manager to drain two agents")
+    finally:
+        stop_roles(roles)
+        for pid in agents().values():
+            os.kill(pid, signal.SIGTERM)
