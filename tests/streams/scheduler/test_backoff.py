@@ -99,3 +99,22 @@ def test_replay_of_a_backoff_equals_the_live_state() -> None:
     h.feed(submit("wu-2", at=T0 + 20, kind="llm_pod", prompt="x", model="gpt-x"))
     h.tick(T0 + 2000)
     assert_replay_equals_live(h)
+
+
+def test_a_unit_whose_pause_ends_with_no_node_to_take_it_waits_for_one_and_runs() -> None:
+    """Found by the simulation (seed 6988): a clock jump found the paused unit due while no
+    node was fresh; it was left in the time index, behind the scan's floor, for ever."""
+    other = Harness()
+    other.see(heartbeat("n1"))
+    pause = ProviderScopePaused(event_id="pause-1", occurred_at=T0 + 10, scope="model:gpt-x",
+                                paused_until=T0 + 2000, provider="openai", model="gpt-x")
+    other.feed(pause)
+    held = other.feed(submit("wu-2", at=T0 + 20, kind="llm_pod", prompt="x", model="gpt-x"))
+    assert isinstance(held[-1], WorkUnitDeferred) and held[-1].reason_code == "provider_paused"
+    other.see(heartbeat("n1", at=T0 + 30, health="down"))  # no node when the pause ends
+    (waits,) = other.tick(T0 + 400_000)
+    assert isinstance(waits, WorkUnitDeferred) and waits.reason_code == "no_eligible_node"
+    other.see(heartbeat("n1", at=T0 + 400_100))
+    placed = other.tick(T0 + 400_200)
+    assert isinstance(placed[-1], WorkUnitScheduled) and placed[-1].work_unit_id == "wu-2"
+    assert_replay_equals_live(other)
