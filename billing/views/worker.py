@@ -129,8 +129,11 @@ def run_views(settings: OnceflowSettings, *, host: str = "127.0.0.1", port: int 
     app = create_app(processor.service)
     if extend is not None:
         extend(app)  # more routes in the same service (the onceflow API)
+    # A stopping service waits at most 2 s for open responses (a followed event stream
+    # may be open for minutes): its clients reconnect to the next one.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
-                                           log_level="warning", lifespan="off"))
+                                           log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=2))
     stopping = threading.Event()
 
     def stop(*_: Any) -> None:
