@@ -199,3 +199,68 @@ def test_with_a_token_set_every_route_asks_for_it(settings: OnceflowSettings) ->
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.chaos
+def test_the_api_killed_mid_submission_loses_and_doubles_nothing(
+        settings: OnceflowSettings) -> None:
+    """A client submits through the API and retries what got no answer; the service is
+    killed with SIGKILL mid-way and started again. Every unit is admitted once and runs
+    once: a submission is idempotent by its work unit id."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from onceflow.infra.observe import read_progress
+    from onceflow.schemas import WorkUnitSubmitted
+    from tests.fixtures import events
+
+    fast = fast_settings(settings)
+    create_topics(fast)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    roles = start_roles(fast, agent_specs(1, concurrency=4, region="eu-west"),
+                        views_port=port)
+    units = [f"k-{i:03d}" for i in range(150)]
+    accepted: list[str] = []
+    retried: list[str] = []
+
+    def client() -> None:
+        deadline = time.monotonic() + 120
+        for wu in units:
+            while True:
+                try:
+                    r = httpx.post(f"{url}/v1/control/units", headers=TENANT, timeout=10,
+                                   json={"work_unit_id": wu, "handler": "sha256"})
+                    if r.status_code == 202:
+                        accepted.append(wu)
+                        break
+                except httpx.TransportError:
+                    pass  # no answer: the service is away; the same submission again
+                retried.append(wu)
+                assert time.monotonic() < deadline, f"{wu} never accepted"
+                time.sleep(0.05)
+
+    sending = threading.Thread(target=client, daemon=True)
+    sending.start()
+    try:
+        wait_for(lambda: len(accepted) >= 30, timeout=60, what="submissions under way")
+        views = next(r for r in roles if r.name == "views")
+        os.kill(views.pid, signal.SIGKILL)
+        views.process.wait(timeout=10)
+        assert len(accepted) < len(units), "killed too late"
+        roles = [r for r in roles if r is not views]
+        roles += start_roles(fast, [], scheduler=False, views_port=port)
+        sending.join(150)
+        assert accepted == units and retried, "the client retried through the kill"
+        wait_for(lambda: read_progress(fast).by_state() == {"completed": len(units)},
+                 timeout=90, what="every unit run")
+    finally:
+        stop_roles(roles)
+    from onceflow.streams.topics import TopicCatalog
+
+    admitted = [e.work_unit_id for e in events(fast, TopicCatalog(fast)["workunits"].name)
+                if isinstance(e, WorkUnitSubmitted)]
+    assert sorted(admitted) == units, "each unit admitted once"
+    assert read_progress(fast).completed_by_node == {"n1": len(units)}

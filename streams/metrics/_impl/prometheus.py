@@ -23,7 +23,9 @@ from onceflow.schemas import (
     AdmissionMode,
     CapacityWindowClosed,
     Event,
+    LedgerChargeHeld,
     LedgerLineItem,
+    QueueSampled,
     SlotDenied,
     TrustScoreUpdated,
     WorkUnitCancelled,
@@ -61,10 +63,13 @@ class PrometheusSensor:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r)
         self.line_items = Counter("onceflow_line_items", "ledger line items",
                                   ["type", "billed"], registry=r)
-        self.spend = Counter("onceflow_spend_usd", "billed USD", ["tenant", "model"],
-                             registry=r)
+        self.spend = Counter("onceflow_spend_usd", "billed USD",
+                             ["tenant", "model", "provider"], registry=r)
         self.tokens = Counter("onceflow_llm_tokens", "LLM tokens billed",
-                              ["tenant", "model", "direction"], registry=r)
+                              ["tenant", "model", "provider", "direction"], registry=r)
+        self.in_flight = Gauge("onceflow_units_in_flight", "units a scheduler partition holds "
+                               "and has not settled, by where they are (its last queue "
+                               "sample)", ["partition", "state"], registry=r)
         self.denials = Counter("onceflow_limit_denials", "requests the limiter refused",
                                ["reason"], registry=r)
         self.breakers = Gauge("onceflow_breaker_state", "a node's breaker: 0 closed, "
@@ -91,7 +96,11 @@ class PrometheusSensor:
             WorkUnitRejected: self._rejected, WorkUnitCancelled: self._cancelled,
             LedgerLineItem: self._line_item, SlotDenied: self._denied,
             TrustScoreUpdated: self._trust, CapacityWindowClosed: self._capacity,
+            LedgerChargeHeld: self._held, QueueSampled: self._sampled,
         }
+        #: an LLM call's provider, from the ledger's hold, until its line item is written
+        #: (the line item names the model only); "unknown" after a restart in between
+        self._provider_of: dict[str, str] = {}
 
     # -- the Sensor hook ------------------------------------------------------------------
 
@@ -141,15 +150,29 @@ class PrometheusSensor:
     def _cancelled(self, fact: WorkUnitCancelled) -> None:
         self.units_settled.labels("cancelled").inc()
 
+    def _held(self, fact: LedgerChargeHeld) -> None:
+        self._provider_of[fact.source_event_id] = fact.provider or "unknown"
+
     def _line_item(self, fact: LedgerLineItem) -> None:
         self.line_items.labels(fact.line_item_type, str(fact.billed).lower()).inc()
+        llm = fact.line_item_type == "llm_tokens"
+        provider = self._provider_of.pop(fact.source_event_id, "unknown") if llm else "-"
         if not fact.billed:
             return
         model = fact.model or ("-" if fact.line_item_type == "workunit_cpu" else "default")
-        self.spend.labels(fact.tenant_id, model).inc(float(fact.total_usd))
-        if fact.line_item_type == "llm_tokens":
-            self.tokens.labels(fact.tenant_id, model, "in").inc(fact.llm_tokens_in)
-            self.tokens.labels(fact.tenant_id, model, "out").inc(fact.llm_tokens_out)
+        self.spend.labels(fact.tenant_id, model, provider).inc(float(fact.total_usd))
+        if llm:
+            self.tokens.labels(fact.tenant_id, model, provider, "in").inc(fact.llm_tokens_in)
+            self.tokens.labels(fact.tenant_id, model, provider, "out").inc(
+                fact.llm_tokens_out)
+
+    def _sampled(self, fact: QueueSampled) -> None:
+        partition = str(fact.partition)
+        # `queue` counts the deferred, the scheduled and the retrying: told apart here
+        for state, n in (("deferred", fact.deferred),
+                         ("scheduled_or_retrying", max(0, fact.queue - fact.deferred)),
+                         ("throttled", fact.throttled), ("running", fact.running)):
+            self.in_flight.labels(partition, state).set(n)
 
     def _denied(self, fact: SlotDenied) -> None:
         self.denials.labels(fact.reason_code).inc()

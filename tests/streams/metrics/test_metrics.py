@@ -15,7 +15,9 @@ from onceflow.infra.broker import free_port
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
 from onceflow.schemas import (
     CapacityWindowClosed,
+    LedgerChargeHeld,
     LedgerLineItem,
+    QueueSampled,
     WorkUnitCompleted,
     WorkUnitFailed,
 )
@@ -60,7 +62,12 @@ def test_the_sensor_counts_what_the_facts_say() -> None:
                           pricing_version="v1", model="m1", llm_tokens_in=30,
                           llm_tokens_out=12)
     sensor.on_facts("scheduler", [done, refused, failed, retry])
-    sensor.on_facts("ledger", [item, item.model_copy(update={"billed": False})])
+    held = LedgerChargeHeld(event_id="h", occurred_at=4, work_unit_id="a", tenant_id="acme",
+                            source_event_id="s", source_event_type="llm.invocation.completed",
+                            provider="openai", model="m1")
+    sensor.on_facts("ledger", [held, item, item.model_copy(update={"billed": False})])
+    sensor.on_facts("scheduler", [QueueSampled(event_id="q", occurred_at=5, partition=1,
+                                               queue=5, deferred=2, throttled=1, running=4)])
     sensor.on_batch("scheduler", 10, 4, 0.01)
     sensor.on_partitions("scheduler", {("workunits", 0): 7, ("workunits", 1): 0},
                          {0: 4096, 1: 1024})
@@ -83,9 +90,15 @@ def test_the_sensor_counts_what_the_facts_say() -> None:
         (("billed", "true"), ("type", "llm_tokens")): 1.0,
         (("billed", "false"), ("type", "llm_tokens")): 1.0}
     assert samples(text, "onceflow_spend_usd_total") == {
-        (("model", "m1"), ("tenant", "acme")): 0.25}
+        (("model", "m1"), ("provider", "openai"), ("tenant", "acme")): 0.25}
     assert samples(text, "onceflow_llm_tokens_total")[
-        (("direction", "out"), ("model", "m1"), ("tenant", "acme"))] == 12
+        (("direction", "out"), ("model", "m1"), ("provider", "openai"), ("tenant", "acme"))
+    ] == 12
+    assert samples(text, "onceflow_units_in_flight") == {
+        (("partition", "1"), ("state", "deferred")): 2.0,
+        (("partition", "1"), ("state", "scheduled_or_retrying")): 3.0,
+        (("partition", "1"), ("state", "throttled")): 1.0,
+        (("partition", "1"), ("state", "running")): 4.0}
     assert samples(text, "onceflow_events_in_total") == {(("processor", "scheduler"),): 10.0}
 
 
