@@ -77,13 +77,22 @@ def _control(world: World, n: int, action: ControlAction, scope: ControlScope,
 
 
 @lru_cache(maxsize=256)
-def _settings(limits: tuple[tuple[str, Any], ...], credits: tuple[tuple[str, str], ...]
-              ) -> OnceflowSettings:
+def _settings(limits: tuple[tuple[str, Any], ...], credits: tuple[tuple[str, str], ...],
+              touchy: bool) -> OnceflowSettings:
     base = OnceflowSettings(partitions=3)
-    return base.model_copy(update={
+    update: dict[str, Any] = {
         "limits": base.limits.model_copy(update=dict(limits)),
         "billing": base.billing.model_copy(update={
-            "prepaid_credits": {t: Decimal(c) for t, c in credits}})})
+            "prepaid_credits": {t: Decimal(c) for t, c in credits}})}
+    if touchy:
+        # breakers that open after a few failures, admission that throttles at a small
+        # queue: so that seeds exercise them
+        update["trust"] = base.trust.model_copy(update={
+            "breaker_min_attempts": 3, "breaker_timeouts": 2, "breaker_open_ms": 5_000,
+            "breaker_close_after": 1})
+        update["autoscaler"] = base.autoscaler.model_copy(update={
+            "window_ms": 500, "throttle_queue": 3, "open_queue": 1, "open_windows": 1})
+    return base.model_copy(update=update)
 
 
 def draw_settings(rng: random.Random) -> OnceflowSettings:
@@ -98,7 +107,8 @@ def draw_settings(rng: random.Random) -> OnceflowSettings:
     credits = {}
     if rng.random() < 0.3:
         credits[rng.choice(TENANTS)] = rng.choice(["0.002", "0.02", "0.2"])
-    return _settings(tuple(sorted(limits.items())), tuple(sorted(credits.items())))
+    return _settings(tuple(sorted(limits.items())), tuple(sorted(credits.items())),
+                     rng.random() < 0.3)
 
 
 def run_seed(seed: int) -> SeedResult:

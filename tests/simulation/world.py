@@ -39,11 +39,13 @@ from onceflow.schemas import (
     max_tokens_of,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for
+from onceflow.autoscaler import CapacityController
 from onceflow.streams.limits import Limiter, ScopeLimits, limiter_needed
 from onceflow.streams.scheduler import Scheduler, UnitProgress
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.topics.catalog import TopicCatalog, partition_for
+from onceflow.streams.trust import TrustScorer
 from onceflow.streams.types import Reducer, Routed
 
 __all__ = ["TRACE", "Agent", "Record", "Shell", "SimLog", "World"]
@@ -269,11 +271,20 @@ class World:
                             [self.t["workunits"], self.t["llm"]], self.t["ledger"], self.log, n)
         self.wallets = Shell("wallets", WalletFolder(self.settings.billing, c["ledger"]),
                              [self.t["ledger"]], self.t["wallets"], self.log, n)
+        self.trust = Shell("trust", TrustScorer(self.settings.trust),
+                           [self.t["nodes"], c["outcomes"].name], c["trust"].name, self.log,
+                           c["trust"].partitions)
+        self.autoscaler = Shell("autoscaler", CapacityController(self.settings.autoscaler),
+                                [c["queue"].name], c["capacity"].name, self.log,
+                                c["capacity"].partitions)
+        #: what the scheduler has read of its global tables (nodes, trust, capacity)
+        self._tables_read: dict[tuple[str, int], int] = {}
         self.anomalies = Shell("anomalies", AnomalyChecker(),
                                [self.t["workunits"], self.t["llm"], self.t["ledger"]],
                                c["anomalies"].name, self.log, n, recovery="inputs",
                                rng=self.rng)
-        self.shells = [self.scheduler, self.ledger, self.wallets, self.anomalies]
+        self.shells = [self.scheduler, self.ledger, self.wallets, self.anomalies, self.trust,
+                       self.autoscaler]
         self.limiter: Shell | None = None
         if limiter_needed(self.settings):
             limits = ScopeLimits.from_settings(self.settings.limits)
@@ -321,7 +332,19 @@ class World:
             available_concurrency=8, max_concurrency=8, active_queue_depth=len(agent.running),
             utilization=0.0, region="eu-west", version="1.0.0",
             health_status=health, enabled=True, incarnation=agent.incarnation)  # type: ignore[arg-type]
-        self.scheduler.reducer.observe(hb)
+        self.log.append(self.t["nodes"], hb)
+        self.observe_tables()
+
+    def observe_tables(self) -> None:
+        """The scheduler reads its global tables (nodes, trust, capacity) whole, between
+        batches, as the batched shell does."""
+        for topic in (self.t["nodes"], self.catalog["trust"].name,
+                      self.catalog["capacity"].name):
+            for p, records in enumerate(self.log.records[topic]):
+                at = self._tables_read.get((topic, p), 0)
+                for record in records[at:]:
+                    self.scheduler.reducer.observe(record.event)
+                self._tables_read[(topic, p)] = len(records)
 
     def submit(self, event: Event) -> None:
         self.log.append(self.t["submissions"], event)
@@ -469,6 +492,7 @@ class World:
         for _ in range(steps):
             choice = self.rng.random()
             work = self.runnable()
+            self.observe_tables()
             if work and choice < 0.8:
                 shell, p, topic = work[self.rng.randrange(len(work))]
                 shell.step(p, topic)
@@ -508,6 +532,7 @@ class World:
             while work := self.runnable():
                 shell, p, topic = work[0]
                 shell.step(p, topic)
+                self.observe_tables()
             moved = False
             for agent in self.agents:
                 moved |= self._agent_reads(agent, outcome)

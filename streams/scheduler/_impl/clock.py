@@ -94,10 +94,6 @@ def _deadline_passed(ctx: SchedulerContext, state: State, unit: UnitRecord, tick
     return close_failed(ctx, state, unit, tick, now, code, f"no {what} by {unit.retry_at}")
 
 
-#: deferral reasons whose units are indexed by a pause or a time, not by the nodes
-_HELD_UNTIL_LOOKED_AT = frozenset({"paused", "provider_paused", "rate_limited"})
-
-
 def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: ClockTick,
                 now: int, hopeless: set[tuple[Any, ...]]) -> Event | None:
     """A due retry or a deferred unit, looked at again; None when nothing changed."""
@@ -108,11 +104,13 @@ def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: Clo
             and unit.spec.priority not in ctx.cfg.throttled_admits):
         return None
     shape = unit.spec.shape()
-    # A unit held for a pause or for its time (its entry is in the paused or the retry
-    # index) must leave that index once looked at; one deferred for want of a node waits
-    # in the deferred index, looked at again when the nodes change.
-    held = deferred and unit.reason in _HELD_UNTIL_LOOKED_AT
-    if deferred and shape in hopeless and not held:
+    # Only a unit already deferred for want of a node waits on the nodes (looked at again
+    # when they change); any other that is looked at and cannot be placed is deferred
+    # for its new reason. Left where it was, it would not be looked at again: the paused
+    # index waits for a control, a time entry is behind the scan's floor once passed, and
+    # a unit held by THROTTLED admission that now needs an approval must ask for it.
+    no_node = deferred and unit.reason == "no_eligible_node"
+    if no_node and shape in hopeless:
         return None
     fact = placed(ctx, state, unit, tick, now, f"place:{unit.attempt}")
     if isinstance(fact, WorkUnitDeferred):
@@ -120,13 +118,10 @@ def _look_again(ctx: SchedulerContext, state: State, unit: UnitRecord, tick: Clo
             # the pause was extended: the unit is due again at its new end
             same = deferred and unit.reason == "provider_paused" and unit.retry_at == fact.retry_at
             return None if same else fact
-        hopeless.add(shape)
-        if deferred and not held:
-            return None  # still nowhere to go; no new fact, no change
-        # A unit whose pause was lifted, or whose time came, and that cannot go anywhere
-        # yet is deferred for that reason now: left where it was, it would not be looked
-        # at again (the paused index waits for a control; a retry entry is behind the
-        # scan's floor once passed).
+        if fact.reason_code == "no_eligible_node":
+            hopeless.add(shape)
+            if no_node:
+                return None  # still nowhere to go; no new fact, no change
     return fact
 
 

@@ -130,6 +130,21 @@ def test_throttled_defers_below_p1(priority: str, outcome: type) -> None:
         assert facts[-1].reason_code == "throttled"
 
 
+def test_a_unit_held_by_throttled_admission_asks_for_its_approval_once_admission_opens(
+) -> None:
+    """Found by the simulation (seed 7951): the approval it needed was taken for "no node"
+    and dropped, so it stayed `throttled` for ever and never asked anyone."""
+    h = ready()
+    h.see(mode("THROTTLED"))
+    held = h.feed(submit("wu-1", requires_approval=True, effect="WORLD_MUTATING",
+                         kind="tool"))[-1]
+    assert isinstance(held, WorkUnitDeferred) and held.reason_code == "throttled"
+    h.see(mode("OPEN").model_copy(update={"event_id": "mode-open-again"}))
+    (asks,) = h.tick(T0 + 1000)
+    assert isinstance(asks, WorkUnitDeferred) and asks.reason_code == "awaiting_approval"
+    assert h.unit("wu-1").status == "waiting"
+
+
 @pytest.mark.parametrize(("priority", "outcome"), [
     ("p2", WorkUnitRejected), ("p1", WorkUnitScheduled), ("critical", WorkUnitScheduled),
 ])
