@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from onceflow.autoscaler import CapacityController
 from onceflow.billing import (
     AnomalyChecker,
     Ledger,
@@ -39,7 +40,6 @@ from onceflow.schemas import (
     max_tokens_of,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for
-from onceflow.autoscaler import CapacityController
 from onceflow.streams.limits import Limiter, ScopeLimits, limiter_needed
 from onceflow.streams.scheduler import Scheduler, UnitProgress
 from onceflow.streams.settings import OnceflowSettings
