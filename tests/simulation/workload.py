@@ -76,10 +76,15 @@ def _control(world: World, n: int, action: ControlAction, scope: ControlScope,
                             broadcast=scope != "unit", **target)
 
 
+@lru_cache(maxsize=1)
+def _base_settings() -> OnceflowSettings:
+    return OnceflowSettings(partitions=3)
+
+
 @lru_cache(maxsize=256)
 def _settings(limits: tuple[tuple[str, Any], ...], credits: tuple[tuple[str, str], ...],
               touchy: bool) -> OnceflowSettings:
-    base = OnceflowSettings(partitions=3)
+    base = _base_settings()
     update: dict[str, Any] = {
         "limits": base.limits.model_copy(update=dict(limits)),
         "billing": base.billing.model_copy(update={

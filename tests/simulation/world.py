@@ -109,6 +109,8 @@ class Shell:
     #: by reading them again (sending no fact twice), as the anomaly checker's is
     recovery: str = "facts"
     rng: random.Random | None = None
+    #: called before each input is read (the scheduler reads its global tables then)
+    before_step: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.states = [MemoryState() for _ in range(self.partitions)]
@@ -123,6 +125,8 @@ class Shell:
                 if self.position[p][t] < len(self.log.records[t][p])]
 
     def step(self, p: int, topic: str) -> None:
+        if self.before_step is not None:
+            self.before_step()
         record = self.log.records[topic][p][self.position[p][topic]]
         self.position[p][topic] += 1
         state, event = self.states[p], record.event
@@ -285,6 +289,8 @@ class World:
                                rng=self.rng)
         self.shells = [self.scheduler, self.ledger, self.wallets, self.anomalies, self.trust,
                        self.autoscaler]
+        self.scheduler.before_step = self.observe_tables
+        self._inputs: list[tuple[Shell, int, str, list[Record]]] | None = None
         self.limiter: Shell | None = None
         if limiter_needed(self.settings):
             limits = ScopeLimits.from_settings(self.settings.limits)
@@ -294,6 +300,7 @@ class World:
                                  [self.t["limits"]], self.t["flow"], self.log,
                                  c["limits"].partitions, check=self._slots_within_limits)
             self.shells.append(self.limiter)
+            self._inputs = None
         #: a limit found exceeded while the limiter ran (it is checked after every step)
         self.over_limit: list[str] = []
         self.now = 1_700_000_000_000
@@ -483,8 +490,20 @@ class World:
     # -- running -----------------------------------------------------------------------
 
     def runnable(self) -> list[tuple[Shell, int, str]]:
-        return [(s, p, t) for s in self.shells for p in range(s.partitions)
-                for t in s.pending(p)]
+        """Every (role, partition, input topic) with a record not yet read."""
+        if self._inputs is None:
+            self._inputs = [(s, p, t, self.log.records[t][p]) for s in self.shells
+                            for p in range(s.partitions) for t in s.inputs]
+        return [(s, p, t) for s, p, t, records in self._inputs
+                if s.position[p][t] < len(records)]
+
+    def drain(self) -> None:
+        """Read every role's inputs to their ends (in a fixed order: no faults here)."""
+        while work := self.runnable():
+            for shell, p, topic in work:
+                records = self.log.records[topic][p]
+                while shell.position[p][topic] < len(records):
+                    shell.step(p, topic)
 
     def run(self, *, steps: int, faults: Faults, outcome: Callable[[Attempt], str],
             advance_ms: Sequence[int] = (0, 0, 0, 5, 50, 500)) -> None:
@@ -492,7 +511,6 @@ class World:
         for _ in range(steps):
             choice = self.rng.random()
             work = self.runnable()
-            self.observe_tables()
             if work and choice < 0.8:
                 shell, p, topic = work[self.rng.randrange(len(work))]
                 shell.step(p, topic)
@@ -529,10 +547,7 @@ class World:
         end = self.now + horizon_ms
         idle = 0
         while self.now < end:
-            while work := self.runnable():
-                shell, p, topic = work[0]
-                shell.step(p, topic)
-                self.observe_tables()
+            self.drain()
             moved = False
             for agent in self.agents:
                 moved |= self._agent_reads(agent, outcome)
