@@ -30,6 +30,10 @@ __all__ = [
 ]
 
 MONEY_QUANTUM = Decimal("0.000001")
+#: no amount reaches this (a quadrillion USD); beyond 10**22 the 6-place rounding fails
+MONEY_LIMIT = Decimal(10) ** 15
+#: the largest integer an Avro long holds: a bound for counts a person types in
+AVRO_LONG_MAX = 2**63 - 1
 
 Priority = Literal["critical", "p0", "p1", "p2"]
 WorkKind = Literal["cpu", "llm_pod", "tool", "input"]
@@ -51,11 +55,15 @@ def _to_decimal(value: object) -> object:
         raise ValueError("money must be a Decimal, int or decimal string, not float")
     if isinstance(value, str | int):
         try:
-            return Decimal(value)
+            value = Decimal(value)
         except InvalidOperation:
             # A ValueError is what pydantic turns into a ValidationError (and the
             # codec into a dead letter); decimal's own error would escape both.
             raise ValueError(f"{str(value)[:40]!r} is not a decimal amount") from None
+    if isinstance(value, Decimal) and not (value.is_finite() and abs(value) < MONEY_LIMIT):
+        # Beyond this the 6-place rounding itself fails (28 digits of decimal context).
+        raise ValueError(f"{str(value)[:40]!r} is not an amount this ledger keeps "
+                         f"(finite, below {MONEY_LIMIT:,} in size)")
     return value
 
 
@@ -125,12 +133,12 @@ class SessionLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_steps: int | None = Field(default=None, ge=1)
-    max_attempts: int | None = Field(default=None, ge=1)
-    max_llm_calls: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
+    max_attempts: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
+    max_llm_calls: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
+    max_tokens: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
     max_cost_usd: Money | None = None
-    max_wall_time_ms: int | None = Field(default=None, ge=1)
+    max_wall_time_ms: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
     on_limit: SessionLimitPolicy = Field(
         default="park", description="park: paused and listed in the inbox until an operator "
         "raises the limit or cancels; cancel: the session is cancelled")

@@ -95,6 +95,11 @@ def test_the_api_does_what_its_routes_say(api: str) -> None:
     refused = httpx.post(f"{api}/v1/control/actions", headers=TENANT, timeout=30,
                          json={"action": "approve", "work_unit_id": "u-1"})
     assert refused.status_code == 409 and "already done" in refused.json()["detail"]
+    # numbers an event cannot hold are refused with a 422 that says what, not a 500
+    for limits in ({"max_tokens": 2**63}, {"max_cost_usd": "1e40"}):
+        huge = httpx.post(f"{api}/v1/control/units", headers=TENANT, timeout=30, json={
+            "work_unit_id": "u-huge", "session_limits": limits})
+        assert huge.status_code == 422 and "session_limits" in huge.text, huge.text
     missing = httpx.get(f"{api}/v1/inbox", timeout=30)
     assert missing.status_code == 422 and "X-Onceflow-Tenant" in missing.text
     # the ksqlDB-shaped routes are in the same service

@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from onceflow.schemas import (
+    CodecError,
     ControlRequested,
     EffectLabel,
     IdempotencyClass,
@@ -200,6 +201,9 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
             raise HTTPException(422, str(exc)) from None
         try:
             send_command(settings, event, "submissions")
+        except CodecError as exc:
+            raise HTTPException(422, f"the submission cannot be written as an event: {exc}; "
+                                     "check its numbers fit (counts up to 2**63-1)") from None
         except SteeringError as exc:
             raise HTTPException(503, f"the log did not take the submission: {exc}") from None
         return Submitted(work_unit_id=event.work_unit_id or "", event_id=event.event_id)
