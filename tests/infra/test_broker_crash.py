@@ -103,7 +103,7 @@ def _stop_roles(settings: OnceflowSettings) -> None:
 def test_the_broker_killed_and_restarted_mid_burst_loses_and_doubles_nothing(
         stack: OnceflowSettings, tmp_path: Path) -> None:
     db = tmp_path / "effects.sqlite"
-    burst = _mixed("k", 2000, db)
+    burst = _mixed("k", 1200, db)
     ids = [u.work_unit_id or "" for u in burst]
     submit_units(stack, burst)
     follower = ProgressFollower(stack)
@@ -114,7 +114,7 @@ def test_the_broker_killed_and_restarted_mid_burst_loses_and_doubles_nothing(
         wait_for(lambda: _settled_count(follower, ids) == len(ids), timeout=240, interval=0.5,
                  what="every unit of the burst to settle after the broker's restart")
         # Then `down` and `up` in the middle of a second burst.
-        second = _mixed("d", 600, db)
+        second = _mixed("d", 400, db)
         second_ids = [u.work_unit_id or "" for u in second]
         submit_units(stack, second)
         wait_for(lambda: _settled_count(follower, second_ids) >= 100, timeout=120,

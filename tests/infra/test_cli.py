@@ -22,7 +22,7 @@ _onceflow = onceflow
 
 
 #: generated units the end-to-end test runs (throughput is the benchmark's to measure)
-UNITS = 3000
+UNITS = 1500
 
 
 def test_up_submit_tail_down(tmp_path: Path) -> None:
