@@ -15,7 +15,12 @@ from onceflow.streams.scheduler._impl.placement import (
     rank_recorded,
     version_tuple,
 )
-from onceflow.streams.scheduler._impl.progress import SETTLED_STATES, UnitProgress, percentile
+from onceflow.streams.scheduler._impl.progress import (
+    PROGRESS_EVENT_TYPES,
+    SETTLED_STATES,
+    UnitProgress,
+    percentile,
+)
 from onceflow.streams.scheduler._impl.reducer import Scheduler
 from onceflow.streams.scheduler._impl.retry import retry_delay_ms
 from onceflow.streams.scheduler._impl.unit import (
@@ -29,6 +34,7 @@ from onceflow.streams.scheduler._impl.view import ClusterView
 from onceflow.streams.scheduler.settings import SchedulerSettings
 
 __all__ = [
+    "PROGRESS_EVENT_TYPES",
     "SETTLED_STATES",
     "TERMINAL",
     "ClusterView",

@@ -86,8 +86,11 @@ class Dashboard:
 
     def _run(self) -> None:
         from onceflow.infra.observe import ProgressFollower
+        from onceflow.streams.scheduler import PROGRESS_EVENT_TYPES
 
-        follower = ProgressFollower(self.settings)
+        # Only the facts that move a unit's state are decoded: the others (claims, queue
+        # samples, slots, dependencies) are most of the topic and change no count here.
+        follower = ProgressFollower(self.settings, only=PROGRESS_EVENT_TYPES)
         version = 0
         try:
             while not self._stop.is_set():

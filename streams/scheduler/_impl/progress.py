@@ -14,7 +14,7 @@ from typing import Any
 
 from onceflow.schemas import Event
 
-__all__ = ["SETTLED_STATES", "UnitProgress", "percentile"]
+__all__ = ["PROGRESS_EVENT_TYPES", "SETTLED_STATES", "UnitProgress", "percentile"]
 
 _STATUS_BY_TYPE: dict[str, str] = {
     "workunit.submitted": "submitted",
@@ -24,6 +24,10 @@ _STATUS_BY_TYPE: dict[str, str] = {
     "workunit.needs_operator": "needs_operator",
     "workunit.cancelled": "cancelled",
 }
+
+#: the facts that move a unit's state: a reader may skip the others undecoded
+PROGRESS_EVENT_TYPES = frozenset(_STATUS_BY_TYPE) | frozenset({
+    "workunit.deferred", "workunit.rejected", "workunit.failed", "workunit.completed"})
 
 SETTLED_STATES = frozenset({"completed", "failed", "rejected", "cancelled", "needs_operator"})
 
