@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from onceflow.infra.sessions import fold_sessions
+from onceflow.infra.sessions import SESSION_ENDED, fold_sessions
 from onceflow.infra.stack import local_settings, stack_down, stack_up, start_stack_roles
 from onceflow.schemas import (
     ControlAction,
@@ -156,7 +156,7 @@ def run_sessions_demo(settings: OnceflowSettings, console: Console, timeout_s: f
 
         def ended() -> bool:
             views = [view(s) for s in sessions]
-            return all(v is not None and v.state in ("completed", "failed", "cancelled")
+            return all(v is not None and v.state in SESSION_ENDED
                        for v in views)
 
         wait("every session to end", ended)

@@ -31,12 +31,14 @@ from onceflow.schemas import (
     WorkUnitSubmitted,
 )
 
-__all__ = ["SessionState", "SessionView", "Step", "fold_sessions", "read_log"]
+__all__ = ["SESSION_ENDED", "SessionState", "SessionView", "Step", "fold_sessions", "read_log"]
 
 SessionState = Literal["running", "paused", "waiting", "cancelling", "cancelled", "completed",
                        "failed"]
 
 _DONE = frozenset({"completed", "failed", "rejected", "cancelled"})
+#: the states a session ends in
+SESSION_ENDED: frozenset[SessionState] = frozenset({"completed", "failed", "cancelled"})
 
 
 @dataclass

@@ -215,7 +215,7 @@ def register(app: typer.Typer) -> None:
         from rich.live import Live
         from rich.table import Table
 
-        from onceflow.infra.sessions import fold_sessions
+        from onceflow.infra.sessions import SESSION_ENDED, fold_sessions
 
         if session is not None and tenant is None:
             raise fail(f"watching session {session} needs its --tenant")
@@ -234,8 +234,7 @@ def register(app: typer.Typer) -> None:
                     table.add_row(step.work_unit_id, step.kind,
                                   step.state + (f" ({step.reason})" if step.reason else ""),
                                   str(step.attempts), step.node or "-", f"{step.cost_usd:f}")
-                ended = view is not None and view.state in ("completed", "failed",
-                                                            "cancelled")
+                ended = view is not None and view.state in SESSION_ENDED
                 return table, ended
             table = Table("tenant", "session", "state", "steps done", "cost (USD)",
                           title=f"sessions ({len(views)})")

@@ -242,10 +242,18 @@ def test_the_api_killed_mid_submission_loses_and_doubles_nothing(
                         accepted.append(wu)
                         break
                 except httpx.TransportError:
-                    pass  # no answer: the service is away; the same submission again
+                    # no answer: the service is away; once it answers again, the same
+                    # submission again
+                    wait_for(lambda: answers(url), timeout=max(1, deadline - time.monotonic()),
+                             what="the API to answer again")
                 retried.append(wu)
                 assert time.monotonic() < deadline, f"{wu} never accepted"
-                time.sleep(0.05)
+
+    def answers(base: str) -> bool:
+        try:
+            return httpx.get(f"{base}/healthcheck", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
 
     sending = threading.Thread(target=client, daemon=True)
     sending.start()

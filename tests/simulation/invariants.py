@@ -17,6 +17,7 @@ from onceflow.schemas import (
 )
 from onceflow.streams.ids import idempotency_key_for
 from onceflow.streams.runtime import fingerprint_items
+from onceflow.streams.scheduler import SETTLED_STATES
 from tests.simulation.world import World
 
 __all__ = ["check_all", "unit_states"]
@@ -37,8 +38,7 @@ def every_unit_ended(world: World, units: list[WorkUnitSubmitted]) -> None:
     states = unit_states(world)
     lost = sorted(submitted - set(states))
     assert not lost, f"units lost (no fact about them): {lost}"
-    stuck = {u: s for u, s in sorted(states.items())
-             if s not in ("completed", "failed", "rejected", "cancelled", "needs_operator")}
+    stuck = {u: s for u, s in sorted(states.items()) if s not in SETTLED_STATES}
     assert not stuck, f"units stuck while healthy nodes exist: {stuck}"
 
 

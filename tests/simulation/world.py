@@ -41,7 +41,7 @@ from onceflow.schemas import (
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for
 from onceflow.streams.limits import Limiter, ScopeLimits, limiter_needed
-from onceflow.streams.scheduler import Scheduler, UnitProgress
+from onceflow.streams.scheduler import SETTLED_STATES, Scheduler, UnitProgress
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.topics.catalog import TopicCatalog, partition_for
@@ -599,11 +599,10 @@ class World:
         (the settle loop's stop condition)."""
         states = self.progress().status
         return bool(states) and all(
-            s in _ENDED and (s != "needs_operator" or wu in self.resolved)
+            s in SETTLED_STATES and (s != "needs_operator" or wu in self.resolved)
             for wu, s in states.items())
 
 
-_ENDED = frozenset({"completed", "failed", "rejected", "cancelled", "needs_operator"})
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ log = structlog.get_logger("onceflow.dashboard")
 
 #: sessions a snapshot carries, open ones first, then the most recently active
 SESSIONS_SHOWN = 50
-_ENDED = frozenset({"completed", "failed", "cancelled"})
 
 
 def spend_by_tenant_and_model(items: Iterable[LedgerLineItem]) -> list[dict[str, Any]]:
@@ -120,14 +119,14 @@ class Dashboard:
     def _compute(self, follower: Any, now_ms: int) -> dict[str, Any]:
         from onceflow.billing import read_wallets
         from onceflow.infra.observe import stack_report
-        from onceflow.infra.sessions import fold_sessions, read_log
+        from onceflow.infra.sessions import SESSION_ENDED, fold_sessions, read_log
         from onceflow.infra.steering import read_inbox
 
         report = stack_report(self.settings, now_ms, follower.progress)
         facts, items = read_log(self.settings)
         # Open sessions first (they are what an operator acts on), then the latest.
         views = sorted(fold_sessions(facts, items).values(),
-                       key=lambda v: (v.state in _ENDED, -v.last_at, v.tenant_id,
+                       key=lambda v: (v.state in SESSION_ENDED, -v.last_at, v.tenant_id,
                                       v.session_id))
         sessions = [{**v.as_json(), "dag": [s.as_json() for s in v.steps.values()]}
                     for v in views[:SESSIONS_SHOWN]]
