@@ -99,6 +99,12 @@ class OnceflowSettings(KafkaSettings):
         description="how often the batched shell waits for its outputs and writes state "
                     "and offsets (0: after every batch)",
     )
+    retention_horizon_ms: int = Field(
+        default=7 * 24 * 3600 * 1000, ge=0,
+        description="how long, in logged time, a role keeps a settled unit's working state "
+                    "and an input's dedupe mark after it settled or was decided (a week; its "
+                    "facts stay in the log for good); 0: keep them for ever",
+    )
 
     # --- roles ----------------------------------------------------------------------------
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

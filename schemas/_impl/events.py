@@ -90,6 +90,7 @@ __all__ = [
     "SlotReleased",
     "SlotRequested",
     "TrustScoreUpdated",
+    "UnitsRetired",
     "ViewDefined",
     "WalletUpdated",
     "WorkUnitCancelled",
@@ -133,7 +134,7 @@ class Event(BaseModel):
     work_unit_id: str | None = None
     causation_id: str | None = None
     schema_version: int = Field(
-        default=4, description="the schema release the writer used (schemas/released/v<n>)")
+        default=5, description="the schema release the writer used (schemas/released/v<n>)")
 
     def __init_subclass__(cls, *, event_type: str = "", avro_name: str = "",
                           **kwargs: Any) -> None:
@@ -1003,6 +1004,25 @@ class DecisionClosed(Event, event_type="processor.decision.closed",
     reason: str = ""
 
 
+class UnitsRetired(Event, event_type="processor.units.retired"):
+    """Settled units whose working state a processor partition drops.
+
+    State that only grows is what a long-running deployment hits first. A
+    unit that settled more than the retention horizon ago (in logged time) is
+    forgotten by the processor that decided it: its record, index entries and
+    dedupe marks go, while every fact about it stays in the log. It is a fact
+    like any other, so replay drops the same units at the same point.
+    `settled_before` is the newest decision time among them: a submission
+    older than that cannot be told from a redelivery of a forgotten unit.
+    """
+
+    processor: str
+    partition: int = Field(ge=0)
+    horizon_ms: int = Field(ge=1)
+    settled_before: int = Field(ge=0)
+    work_unit_ids: list[str]
+
+
 # --- dead letters -------------------------------------------------------------
 
 
@@ -1076,5 +1096,6 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     ControlOperatorResolved,
     ClockTick,
     DecisionClosed,
+    UnitsRetired,
     DeadLetterRecorded,
 )

@@ -49,7 +49,7 @@ ControlOutcome = Literal["applied", "none_here", "refused"]
 DenialReason = Literal["BUDGET_EXCEEDED", "SESSION_LIMIT"]
 #: why a submission was refused for good
 RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode",
-                          "session_budgets_off", "depends_on_cycle"]
+                          "session_budgets_off", "depends_on_cycle", "beyond_horizon"]
 #: a session's execution limits (`SessionLimits`)
 SessionLimitName = Literal["max_steps", "max_attempts", "max_llm_calls", "max_tokens",
                            "max_cost_usd", "max_wall_time_ms"]

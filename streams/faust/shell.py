@@ -13,6 +13,7 @@ from onceflow.streams.kafka.dead_letters import dead_letter_headers
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.facts import fact_headers
 from onceflow.streams.state import serde
+from onceflow.streams.state.serde import seen_key
 from onceflow.streams.types import Reducer
 
 __all__ = ["TableState", "attach_reducer"]
@@ -53,14 +54,16 @@ class TableState:
     def has_seen(self, event_id: str) -> bool:
         return _SEEN + event_id in self.table
 
-    def mark_seen(self, event_id: str) -> None:
+    def mark_seen(self, event_id: str, at: int = 0) -> None:
+        # faust's tables keep their marks for ever (generation 0): the shell for
+        # users' low-rate processors, not the hot path whose state is bounded
         self.table[_SEEN + event_id] = 1
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         """Same keys as `PartitionStore.raw_items`, so fingerprints compare across shells."""
         for key in sorted(self.table, key=str.encode):
             if key.startswith(_SEEN):
-                yield b"d\x00" + key[len(_SEEN):].encode(), b"1"
+                yield seen_key(0, key[len(_SEEN):]), b"1"
             else:
                 yield b"s\x00" + key.encode(), serde.dumps(self.table[key])
 

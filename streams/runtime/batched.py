@@ -408,7 +408,7 @@ class BatchedProcessor:
                     self._written.append(fact)
             evolve(store, fact)
         if not self._by_position:
-            store.mark_seen(cause)
+            store.mark_seen(cause, max(f.occurred_at for f in facts))
         if self._routes:
             self._route(facts, raws)
 
@@ -438,7 +438,7 @@ class BatchedProcessor:
         for record in held:
             self.reducer.evolve(store, record.fact)
         if not self._by_position:
-            store.mark_seen(event.event_id)
+            store.mark_seen(event.event_id, max(r.fact.occurred_at for r in held))
         self._route([r.fact for r in held], [r.raw for r in held])
         self.log.warning("decision.closed", partition=partition, cause=event.event_id,
                          facts_kept=len(held))
@@ -506,7 +506,9 @@ class BatchedProcessor:
     def _recover(
         self, partition: int, committed: dict[tuple[str, int], TopicPartition]
     ) -> PartitionStore:
-        store = open_partition_store(self.state_dir, self.reducer.name, partition)
+        horizon = self.settings.retention_horizon_ms
+        store = open_partition_store(self.state_dir, self.reducer.name, partition,
+                                     horizon_ms=horizon)
         assert self._consumer is not None
         log_end = watermarks(self._consumer, self.fact_topic, partition)[1]  # where facts end
         if store.fact_offset() > log_end:
@@ -516,7 +518,8 @@ class BatchedProcessor:
             self.log.warning("state.discarded", partition=partition,
                              checkpoint=store.fact_offset(), log_end=log_end)
             store.close()
-            store = open_partition_store(self.state_dir, self.reducer.name, partition, wipe=True)
+            store = open_partition_store(self.state_dir, self.reducer.name, partition,
+                                         wipe=True, horizon_ms=horizon)
         if self.recovery == "inputs":
             return self._recover_from_inputs(partition, store, log_end)
         start = store.fact_offset()

@@ -113,7 +113,7 @@ def fact_record(msg: Message, codec: EventCodec) -> FactRecord | None:
 class FoldTarget(State, Protocol):
     """A state that also keeps the shell's dedupe marks (memory or RocksDB)."""
 
-    def mark_seen(self, event_id: str) -> None: ...
+    def mark_seen(self, event_id: str, at: int = 0) -> None: ...
 
 
 @dataclass
@@ -143,13 +143,16 @@ def fold_fact_records(
         done = groups.add(record)
         if done is None:
             continue
+        at = 0
         for item in done:
             if isinstance(item.fact, DecisionClosed):
                 continue
             reducer.evolve(state, item.fact)
+            at = max(at, item.fact.occurred_at)
             yield item
         if mark_seen:
-            state.mark_seen(record.cause)
+            # the newest time among the decision's facts, as the live shell marks it
+            state.mark_seen(record.cause, at)
 
 
 def replay_facts(
@@ -160,11 +163,14 @@ def replay_facts(
     *,
     partitions: list[int] | None = None,
     until: dict[int, int] | None = None,
+    horizon_ms: int | None = None,
 ) -> dict[int, MemoryState]:
     """Rebuild a processor's state from its fact topic, from offset 0, into scratch state.
 
     `until`: per partition, the offset to stop before (a checkpoint's fact
     offset), so a replay can be compared with the state of that checkpoint.
+    `horizon_ms`: how long dedupe marks are kept (default: the settings'
+    retention horizon, as the batched shell keeps them; 0 for the faust shell's).
     """
     from onceflow.streams.kafka.consumer import make_consumer, partition_count, read_topic_to_end
 
@@ -174,7 +180,8 @@ def replay_facts(
             partitions = list(range(partition_count(consumer, fact_topic)))
         finally:
             consumer.close()
-    states = {p: MemoryState() for p in partitions}
+    horizon = settings.retention_horizon_ms if horizon_ms is None else horizon_ms
+    states = {p: MemoryState(horizon_ms=horizon) for p in partitions}
     if not partitions:
         return states
     groups = {p: FactGroups() for p in partitions}

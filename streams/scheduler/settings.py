@@ -68,3 +68,5 @@ class SchedulerSettings(SettingsGroup):
                                              "its queue for the autoscaler")
     deferred_per_tick: int = Field(default=500, ge=1)
     """units a tick looks at again at most (due leases, retries, deferred units)"""
+    retired_per_tick: int = Field(default=1000, ge=1)
+    """settled units past the retention horizon a tick forgets at most (one fact lists them)"""

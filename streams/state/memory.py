@@ -6,16 +6,21 @@ from collections.abc import Iterator
 from typing import Any
 
 from onceflow.streams.state import serde
+from onceflow.streams.state.serde import seen_key
 
 __all__ = ["MemoryState"]
 
 
 class MemoryState:
-    def __init__(self, initial: dict[str, Any] | None = None) -> None:
+    def __init__(self, initial: dict[str, Any] | None = None, *, horizon_ms: int = 0) -> None:
         # Values are kept serialised so that accidental mutation of a value
         # returned by get() cannot change the state behind the reducer's back.
         self._data: dict[str, bytes] = {k: serde.dumps(v) for k, v in (initial or {}).items()}
-        self._seen: set[str] = set()
+        #: dedupe marks by generation, kept as `PartitionStore` keeps them
+        self._seen: dict[int, set[str]] = {}
+        self.horizon_ms = horizon_ms
+        self.clock = 0
+        self.generation = 0
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._data.get(key)
@@ -38,24 +43,35 @@ class MemoryState:
             yield key, serde.loads(self._data[key])
 
     def has_seen(self, event_id: str) -> bool:
-        return event_id in self._seen
+        gen = self.generation
+        return event_id in self._seen.get(gen, ()) or event_id in self._seen.get(gen - 1, ())
 
-    def mark_seen(self, event_id: str) -> None:
-        self._seen.add(event_id)
+    def mark_seen(self, event_id: str, at: int = 0) -> None:
+        """As `PartitionStore.mark_seen`: the clock moves, old generations go."""
+        if at > self.clock:
+            self.clock = at
+            gen = at // self.horizon_ms if self.horizon_ms else 0
+            if gen > self.generation:
+                self.generation = gen
+                for old in [g for g in self._seen if g < gen - 1]:
+                    del self._seen[old]
+        self._seen.setdefault(self.generation, set()).add(event_id)
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         """The same keys `PartitionStore.raw_items` yields, so fingerprints compare."""
         for key in sorted(self._data, key=str.encode):
             yield b"s\x00" + key.encode(), self._data[key]
-        for event_id in sorted(self._seen, key=str.encode):
-            yield b"d\x00" + event_id.encode(), b"1"
+        for gen in sorted(self._seen):
+            for event_id in sorted(self._seen[gen], key=str.encode):
+                yield seen_key(gen, event_id), b"1"
 
     def copy(self) -> MemoryState:
         """An independent copy (values are bytes, so a shallow copy of each map is one):
         what a simulated restart from a checkpoint starts from."""
-        out = MemoryState()
+        out = MemoryState(horizon_ms=self.horizon_ms)
         out._data = dict(self._data)
-        out._seen = set(self._seen)
+        out._seen = {g: set(ids) for g, ids in self._seen.items()}
+        out.clock, out.generation = self.clock, self.generation
         return out
 
     def __len__(self) -> int:

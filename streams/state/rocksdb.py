@@ -16,17 +16,32 @@ from typing import Any
 from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch
 
 from onceflow.streams.state import serde
+from onceflow.streams.state.serde import seen_key
 
-__all__ = ["PartitionStore", "open_partition_snapshot", "open_partition_store",
-           "partition_store_path"]
+__all__ = [
+    "PartitionStore",
+    "open_partition_snapshot",
+    "open_partition_store",
+    "partition_store_path",
+    "seen_key",
+]
 
 _STATE = b"s\x00"
 _SEEN = b"d\x00"
 _META = b"m\x00"
 _FACT_OFFSET = _META + b"fact-offset"
+_CLOCK = _META + b"clock"
+_FORMAT = _META + b"format"
 _DELETED = None
 _SEEN_MARK = object()  # a dedupe mark pending in `_dirty` (stored as b"1")
 _BUCKET = 6  # namespace (2 bytes) + 4 bytes of the key
+
+
+def _format(horizon_ms: int) -> bytes:
+    """What a store's layout depends on: dedupe marks are filed by generation of the
+    horizon, so a store written with another horizon (or before generations) is
+    rebuilt from the fact topic rather than misread."""
+    return f"2:{horizon_ms}".encode()
 
 
 class _Pending:
@@ -69,11 +84,19 @@ def _options() -> Options:
 class PartitionStore:
     """The `State` a reducer sees, plus the dedupe set and offsets the shell keeps."""
 
-    def __init__(self, path: Path, partition: int, *, secondary: Path | None = None) -> None:
+    def __init__(self, path: Path, partition: int, *, secondary: Path | None = None,
+                 horizon_ms: int = 0) -> None:
         """`secondary`: open a read-only follower of a store another process may hold
-        open (RocksDB's secondary instance, its own files under that directory)."""
+        open (RocksDB's secondary instance, its own files under that directory).
+
+        `horizon_ms`: dedupe marks are kept for at least this much logged time
+        (the partition's clock is the newest fact it decided), at most twice
+        that: marks are filed by generation (clock // horizon) and a whole
+        generation is dropped at once, by one range delete. 0: for ever.
+        """
         self.path = path
         self.partition = partition
+        self.horizon_ms = horizon_ms
         if secondary is None:
             path.mkdir(parents=True, exist_ok=True)
             self._db = Rdict(str(path), options=_options())
@@ -89,6 +112,15 @@ class PartitionStore:
         self._buckets: dict[bytes, set[bytes]] = {}
         self._offsets: dict[str, int] = {}
         self.fresh = self._db.get(_FACT_OFFSET) is None
+        raw_format = self._db.get(_FORMAT)
+        #: written by an older layout or with another horizon: rebuild it from the facts
+        self.outdated = not self.fresh and (
+            raw_format is None or bytes(raw_format) != _format(horizon_ms))
+        raw_clock = self._db.get(_CLOCK)
+        self.clock = 0 if raw_clock is None else int(bytes(raw_clock))
+        self.generation = self.clock // horizon_ms if horizon_ms else 0
+        #: generations below this are dropped at the next checkpoint
+        self._drop_below: int | None = None
 
     # -- State protocol ------------------------------------------------------------
 
@@ -167,12 +199,34 @@ class PartitionStore:
     # -- what the shell keeps ------------------------------------------------------------
 
     def has_seen(self, event_id: str) -> bool:
-        return self._has(_SEEN + event_id.encode())
+        """Whether an input was decided within the horizon: its mark is in this
+        generation or the one before (older ones are dropped)."""
+        gen = self.generation
+        return self._has(seen_key(gen, event_id)) or (
+            gen > 0 and self._has(seen_key(gen - 1, event_id)))
 
-    def mark_seen(self, event_id: str) -> None:
+    def mark_seen(self, event_id: str, at: int = 0) -> None:
+        """Mark an input decided; `at` is the newest logged time of the facts it caused,
+        which moves the partition's clock (and may start a new generation)."""
+        if at > self.clock:
+            self._advance(at)
         # Not bucketed: buckets serve prefix scans of state keys (`items`), and no scan
         # of dedupe marks is narrower than the whole namespace.
-        self._dirty[_SEEN + event_id.encode()] = _SEEN_MARK
+        self._dirty[seen_key(self.generation, event_id)] = _SEEN_MARK
+
+    def _advance(self, at: int) -> None:
+        self.clock = at
+        if not self.horizon_ms:
+            return
+        gen = at // self.horizon_ms
+        if gen <= self.generation:
+            return
+        self.generation = gen
+        self._drop_below = gen - 1
+        if gen - 1 > 0:
+            floor = seen_key(gen - 1, "")
+            for key in [k for k in self._dirty if k.startswith(_SEEN) and k < floor]:
+                del self._dirty[key]
 
     def input_offset(self, topic: str) -> int | None:
         if topic in self._offsets:
@@ -198,6 +252,11 @@ class PartitionStore:
                 put(key, _encode(value))
         for topic, offset in self._offsets.items():
             wb.put(_META + b"in:" + topic.encode(), str(offset).encode())
+        if self._drop_below is not None and self._drop_below > 0:
+            wb.delete_range(_SEEN, seen_key(self._drop_below, ""))
+        wb.put(_CLOCK, str(self.clock).encode())
+        if self.fresh:
+            wb.put(_FORMAT, _format(self.horizon_ms))
         if fact_offset is not None or self.fresh:
             current = self.fact_offset()
             wb.put(_FACT_OFFSET, str(max(current, fact_offset or 0)).encode())
@@ -205,16 +264,21 @@ class PartitionStore:
         self._dirty.clear()
         self._buckets.clear()
         self._offsets.clear()
+        self._drop_below = None
         self.fresh = False
 
     def has_changes(self) -> bool:
         """State, dedupe marks or input offsets not yet checkpointed."""
-        return bool(self._dirty or self._offsets)
+        return bool(self._dirty or self._offsets or self._drop_below is not None)
 
     def rollback(self) -> None:
         self._dirty.clear()
         self._buckets.clear()
         self._offsets.clear()
+        self._drop_below = None
+        raw_clock = self._db.get(_CLOCK)
+        self.clock = 0 if raw_clock is None else int(bytes(raw_clock))
+        self.generation = self.clock // self.horizon_ms if self.horizon_ms else 0
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         """State and dedupe entries (not offsets): what a fingerprint covers."""
@@ -231,12 +295,20 @@ def partition_store_path(state_dir: Path, processor: str, partition: int) -> Pat
 
 
 def open_partition_store(
-    state_dir: Path, processor: str, partition: int, *, wipe: bool = False
+    state_dir: Path, processor: str, partition: int, *, wipe: bool = False,
+    horizon_ms: int = 0,
 ) -> PartitionStore:
+    """Open a partition's state; one in an older layout (or kept with another horizon)
+    is wiped, and the shell rebuilds it from the fact topic."""
     path = partition_store_path(state_dir, processor, partition)
     if wipe and path.exists():
         shutil.rmtree(path)
-    return PartitionStore(path, partition)
+    store = PartitionStore(path, partition, horizon_ms=horizon_ms)
+    if store.outdated:
+        store.close()
+        shutil.rmtree(path)
+        store = PartitionStore(path, partition, horizon_ms=horizon_ms)
+    return store
 
 
 def open_partition_snapshot(

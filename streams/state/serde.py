@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "loads", "seen_key"]
 
 _OPTIONS = orjson.OPT_SORT_KEYS
 
@@ -21,3 +21,9 @@ def dumps(value: Any) -> bytes:
 
 def loads(data: bytes) -> Any:
     return orjson.loads(data)
+
+
+def seen_key(generation: int, event_id: str) -> bytes:
+    """A dedupe mark as stored (memory and RocksDB alike, so fingerprints compare),
+    filed under the generation of logged time it was made in."""
+    return b"d\x00" + generation.to_bytes(8, "big") + event_id.encode()

@@ -24,6 +24,7 @@ from onceflow.streams.scheduler._impl.backoff import paused_until, scope_of
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.pauses import paused_by
 from onceflow.streams.scheduler._impl.placement import PlacementRequest, Streak, place
+from onceflow.streams.scheduler._impl.retention import beyond_horizon
 from onceflow.streams.scheduler._impl.slots import release_slots, request_slots
 from onceflow.streams.scheduler._impl.unit import (
     WAITING_FOR_A_PERSON,
@@ -67,6 +68,9 @@ def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
                    "submit the new payload under a new work_unit_id",
             decided_at=event.occurred_at,
         ),)
+    stale = beyond_horizon(ctx, state, event)
+    if stale is not None:
+        return (stale,)
     admitted = restated(event, "admitted")
     unit = UnitRecord.submitted(event, digest)
     ctx.admitted = (admitted.event_id, unit)
@@ -262,8 +266,8 @@ def evolve_deferred(ctx: SchedulerContext, state: State, unit: UnitRecord,
 
 def evolve_rejected(ctx: SchedulerContext, state: State, unit: UnitRecord,
                     fact: WorkUnitRejected) -> UnitRecord | None:
-    if fact.reason_code == "duplicate_id_different_payload":
-        return None  # the original unit is untouched
+    if fact.reason_code in ("duplicate_id_different_payload", "beyond_horizon"):
+        return None  # the original unit is untouched (or long forgotten)
     return unit.but(status="rejected", reason=fact.reason_code)
 
 

@@ -20,6 +20,7 @@ from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.control import close_failed, complete_with
 from onceflow.streams.scheduler._impl.dependencies import orphans_due
 from onceflow.streams.scheduler._impl.pauses import control_version, paused_by
+from onceflow.streams.scheduler._impl.retention import retire_due
 from onceflow.streams.scheduler._impl.settlement import attempt_ended
 from onceflow.streams.scheduler._impl.unit import (
     WAITING_FOR_A_PERSON,
@@ -80,6 +81,9 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
     sample = _sample(ctx, state, tick, now)
     if sample is not None:
         facts.append(sample)
+    retired = retire_due(ctx, state, tick, now)
+    if retired is not None:
+        facts.append(retired)
     return facts
 
 

@@ -57,6 +57,8 @@ class SchedulerContext:
     limiter_runs: bool
     #: the provider LLM units call unless their `provider` parameter names another
     default_provider: str
+    #: how long a settled unit is kept after its last decision (0: for ever)
+    horizon_ms: int = 0
     #: which view version each partition's deferred units were last examined
     #: against; not state: it only saves work, the facts stay the same
     examined: dict[int, int] = field(default_factory=dict)
@@ -87,7 +89,8 @@ class SchedulerContext:
                    limits=ScopeLimits.from_settings(settings.limits),
                    limits_topic=catalog["limits"], budgets=budgets,
                    limiter_runs=limiter_needed(settings),
-                   default_provider=settings.agent.llm_provider)
+                   default_provider=settings.agent.llm_provider,
+                   horizon_ms=settings.retention_horizon_ms)
 
     @staticmethod
     def envelope(unit: UnitRecord, cause: Event, role: str, at: int) -> dict[str, Any]:
@@ -115,10 +118,18 @@ class SchedulerContext:
             self.records.clear()
         self.records[id(raw)] = (raw, unit)
 
+    def index_of(self, unit: UnitRecord) -> tuple[IndexKind, int] | None:
+        """The time index a unit is in: its status's, or, once settled, the retire
+        index at its last decision (when settled units are forgotten at all)."""
+        entry = unit.index_entry()
+        if entry is None and self.horizon_ms and unit.terminal:
+            return ("retire", unit.decided_at)
+        return entry
+
     def save(self, state: State, before: UnitRecord | None, unit: UnitRecord) -> None:
         """Store a unit and move its index entry to where its new status puts it."""
-        old = None if before is None else before.index_entry()
-        new = unit.index_entry()
+        old = None if before is None else self.index_of(before)
+        new = self.index_of(unit)
         if old != new:
             wu = unit.work_unit_id
             if old is not None:

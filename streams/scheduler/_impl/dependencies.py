@@ -43,6 +43,7 @@ from onceflow.streams.scheduler._impl.unit import (
     forget_orphan,
     index_key,
     orphan_key,
+    probed_prefix,
 )
 from onceflow.streams.types import Routed, State
 
@@ -137,7 +138,7 @@ def on_dependency_probe(ctx: SchedulerContext, state: State, event: WorkUnitDepe
 
 
 def _probed_key(unit: str, origin: str) -> str:
-    return f"pr:{unit}:{origin}"
+    return f"{probed_prefix(unit)}{origin}"
 
 
 def orphans_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int, budget: int

@@ -36,6 +36,7 @@ from onceflow.schemas import (
     SlotQueued,
     SlotReleased,
     SlotRequested,
+    UnitsRetired,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitDeferred,
@@ -57,6 +58,7 @@ from onceflow.streams.scheduler._impl import (
     control,
     dependencies,
     operator,
+    retention,
     settlement,
     slots,
 )
@@ -112,6 +114,7 @@ _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
     QueueSampled: clock.evolve_queue_sampled,
     ProviderScopePaused: backoff.evolve_scope_paused,
     ControlApplied: control.evolve_control_applied,
+    UnitsRetired: retention.evolve_retired,
 }
 
 _EVOLVE_UNIT: dict[type[Event], EvolveUnit] = {

@@ -47,6 +47,7 @@ __all__ = [
     "forget_orphan",
     "index_key",
     "orphan_key",
+    "probed_prefix",
     "unit_key",
 ]
 
@@ -57,8 +58,9 @@ UnitStatus = Literal[
 TERMINAL: frozenset[UnitStatus] = frozenset({"completed", "failed", "rejected", "cancelled"})
 
 #: The time-ordered indexes a tick reads: lease deadlines (claims and running
-#: attempts), due retries, and deferred units in submission order.
-IndexKind = Literal["lease", "retry", "deferred", "paused", "orphan"]
+#: attempts), due retries, deferred units in submission order, and settled
+#: units by their last decision (forgotten once past the retention horizon).
+IndexKind = Literal["lease", "retry", "deferred", "paused", "orphan", "retire"]
 
 QueueBucket = Literal["deferred", "throttled", "scheduled", "retry_wait", "granted"]
 
@@ -83,6 +85,11 @@ def deps_key(parent_id: str) -> str:
 def orphan_key(parent_id: str) -> str:
     """A parent children wait on that nobody submitted yet: when they stop waiting."""
     return f"o:{parent_id}"
+
+
+def probed_prefix(unit: str) -> str:
+    """Where the cycle searches that came through a unit are remembered."""
+    return f"pr:{unit}:"
 
 
 def forget_orphan(state: State, parent_id: str) -> None:

@@ -1,0 +1,84 @@
+"""Bounded state: settled units are forgotten a retention horizon after they settled.
+
+A unit's record, its index entries and (in the shell) the dedupe marks of
+its inputs are working state: what deciding its next step needs. Once it has
+settled and the horizon (logged time, `retention_horizon_ms`) has passed, no
+next step can come, so a tick retires it with a fact (`UnitsRetired`) and
+the partition's state stays the size of a horizon's work. Its facts stay in
+the log: `why`, sessions and the ledger read them there.
+
+What a forgotten unit can no longer answer is a duplicate of its submission.
+A redelivered submission carries its original logged time, which is at or
+before the unit's last decision; the partition remembers the newest decision
+time it has retired (`settled_before`), and refuses a submission older than
+that as `beyond_horizon` rather than run it a second time. A new submission
+of a retired unit's id, with a new time, runs as a new unit: as Temporal lets
+a workflow id be reused once its run is past the namespace's retention.
+"""
+
+from __future__ import annotations
+
+from onceflow.schemas import ClockTick, UnitsRetired, WorkUnitRejected, WorkUnitSubmitted
+from onceflow.streams.ids import caused_by
+from onceflow.streams.scheduler._impl.context import SchedulerContext
+from onceflow.streams.scheduler._impl.unit import (
+    UnitRecord,
+    index_key,
+    probed_prefix,
+    unit_key,
+)
+from onceflow.streams.types import State
+
+__all__ = ["RETIRED_KEY", "beyond_horizon", "evolve_retired", "retire_due"]
+
+#: the newest last-decision time among the partition's retired units
+RETIRED_KEY = "retired-before"
+
+
+def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
+               ) -> UnitsRetired | None:
+    """The settled units whose last decision is a horizon before `now`, oldest first."""
+    if not ctx.horizon_ms or now <= ctx.horizon_ms:
+        return None
+    rows = ctx.due(state, "retire", now - ctx.horizon_ms, ctx.cfg.retired_per_tick)
+    if not rows:
+        return None
+    return UnitsRetired(
+        **caused_by(tick, "units-retired", occurred_at=now), processor="scheduler",
+        partition=tick.partition, horizon_ms=ctx.horizon_ms,
+        settled_before=max(at for _, at in rows), work_unit_ids=[wu for wu, _ in rows],
+    )
+
+
+def evolve_retired(ctx: SchedulerContext, state: State, fact: UnitsRetired) -> None:
+    for wu in fact.work_unit_ids:
+        unit = ctx.load(state, wu)
+        if unit is None:
+            continue
+        entry = ctx.index_of(unit)
+        if entry is not None:
+            state.delete(index_key(entry[0], entry[1], wu))
+        state.delete(unit_key(wu))
+        for key, _ in list(state.items(probed_prefix(wu))):
+            state.delete(key)
+    if fact.settled_before > state.get(RETIRED_KEY, 0):
+        state.set(RETIRED_KEY, fact.settled_before)
+
+
+def beyond_horizon(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
+                   ) -> WorkUnitRejected | None:
+    """A submission of an unknown unit that is older than units this partition has
+    forgotten: it may be a redelivery of one of them, so it is not run."""
+    retired = state.get(RETIRED_KEY, 0)
+    if not retired or event.occurred_at > retired:
+        return None
+    unit = UnitRecord.submitted(event, "")
+    return WorkUnitRejected(
+        **ctx.envelope(unit, event, "beyond-horizon", event.occurred_at),
+        reason_code="beyond_horizon",
+        reason=f"work unit {unit.work_unit_id} was submitted at {event.occurred_at}, before "
+               f"{retired}, the newest settled unit this partition has forgotten (retention "
+               f"horizon {ctx.horizon_ms} ms): it cannot be told from a redelivery of a "
+               "forgotten unit; submit it again as a new event",
+        decided_at=event.occurred_at,
+    )
