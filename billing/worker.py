@@ -38,7 +38,8 @@ def build_ledger(settings: OnceflowSettings, *, on_ready: Callable[[], None] | N
     catalog = TopicCatalog(settings)
     return BatchedProcessor(
         Ledger(settings.billing, load_price_book(settings.billing),
-               catalog["limits"] if limiter_needed(settings) else None), settings,
+               catalog["limits"] if limiter_needed(settings) else None,
+               horizon_ms=settings.retention_horizon_ms), settings,
         inputs=[catalog["workunits"].name, catalog["llm"].name],
         fact_topic=catalog["ledger"].name,
         group_id=group_id or f"{settings.topic_prefix}ledger", on_ready=on_ready,

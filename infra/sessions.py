@@ -29,6 +29,7 @@ from onceflow.schemas import (
     WorkUnitRetryScheduled,
     WorkUnitScheduled,
     WorkUnitSubmitted,
+    rejection_ends_unit,
 )
 
 __all__ = ["SESSION_ENDED", "SessionState", "SessionView", "Step", "fold_sessions", "read_log"]
@@ -175,7 +176,7 @@ def _advance(step: Step, e: Event) -> None:
         step.state, step.reason = "needs_operator", e.reason_code
     elif isinstance(e, WorkUnitCancelled):
         step.state, step.reason, step.finished_at = "cancelled", e.reason, e.occurred_at
-    elif isinstance(e, WorkUnitRejected) and e.reason_code != "duplicate_id_different_payload":
+    elif isinstance(e, WorkUnitRejected) and rejection_ends_unit(e.reason_code, True):
         step.state, step.reason, step.finished_at = "rejected", e.reason_code, e.occurred_at
 
 

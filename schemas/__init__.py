@@ -22,6 +22,7 @@ from onceflow.schemas._impl.events import *  # noqa: F403
 from onceflow.schemas._impl.events import SYSTEM_TENANT
 from onceflow.schemas._impl.events import __all__ as _event_names
 from onceflow.schemas._impl.reasons import (
+    RESEND_REJECTIONS,
     BreakerState,
     ClaimRejectionReason,
     ControlAction,
@@ -42,6 +43,7 @@ from onceflow.schemas._impl.reasons import (
     SlotReleaseReason,
     TrustOutcome,
     TrustReason,
+    rejection_ends_unit,
 )
 from onceflow.schemas._impl.registry import (
     EventSchema,
@@ -104,6 +106,7 @@ __all__ = [
     "PlacementCandidate",
     "PlacementReason",
     "Priority",
+    "RESEND_REJECTIONS",
     "RejectionReason",
     "RetryReason",
     "SchemaRegistry",
@@ -130,6 +133,7 @@ __all__ = [
     "weighted_tokens",
     "native_available",
     "quantize_money",
+    "rejection_ends_unit",
     "schema_dir",
 ]
 

@@ -105,6 +105,12 @@ class OnceflowSettings(KafkaSettings):
                     "and an input's dedupe mark after it settled or was decided (a week; its "
                     "facts stay in the log for good); 0: keep them for ever",
     )
+    dedupe_min_marks: int = Field(
+        default=100_000, ge=0,
+        description="dedupe marks are also kept until this many later inputs were decided, "
+                    "so that a clock that jumps a horizon ahead cannot drop the marks of "
+                    "inputs a crash delivers again",
+    )
 
     # --- roles ----------------------------------------------------------------------------
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

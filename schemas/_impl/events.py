@@ -1009,17 +1009,19 @@ class UnitsRetired(Event, event_type="processor.units.retired"):
 
     State that only grows is what a long-running deployment hits first. A
     unit that settled more than the retention horizon ago (in logged time) is
-    forgotten by the processor that decided it: its record, index entries and
-    dedupe marks go, while every fact about it stays in the log. It is a fact
-    like any other, so replay drops the same units at the same point.
-    `settled_before` is the newest decision time among them: a submission
-    older than that cannot be told from a redelivery of a forgotten unit.
+    forgotten by the processor that decided it: its record and index entries
+    go, while every fact about it stays in the log. It is a fact like any
+    other, so replay drops the same units at the same point. `inputs_until`
+    is the newest logged time a redelivery of their inputs can carry (the
+    scheduler: their submissions; the ledger: their settlements): an input
+    that old cannot be told from such a redelivery, so it is not acted on.
     """
 
     processor: str
-    partition: int = Field(ge=0)
     horizon_ms: int = Field(ge=1)
-    settled_before: int = Field(ge=0)
+    inputs_until: int = Field(ge=0)
+    #: oldest first; empty when a check found nothing to forget (the ledger records
+    #: each check, so that it looks again only a step of logged time later)
     work_unit_ids: list[str]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 __all__ = [
+    "RESEND_REJECTIONS",
     "BreakerState",
     "ClaimRejectionReason",
     "ControlAction",
@@ -30,6 +31,7 @@ __all__ = [
     "SlotReleaseReason",
     "TrustOutcome",
     "TrustReason",
+    "rejection_ends_unit",
 ]
 
 #: why a node was chosen (the alternatives were recorded beside it)
@@ -50,6 +52,23 @@ DenialReason = Literal["BUDGET_EXCEEDED", "SESSION_LIMIT"]
 #: why a submission was refused for good
 RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode",
                           "session_budgets_off", "depends_on_cycle", "beyond_horizon"]
+#: rejections that answer a resend of a unit's id (another payload under a known id, or a
+#: submission older than the units the scheduler has forgotten)
+RESEND_REJECTIONS: frozenset[str] = frozenset({"duplicate_id_different_payload",
+                                               "beyond_horizon"})
+
+
+def rejection_ends_unit(reason_code: str, unit_known: bool) -> bool:
+    """Whether a reader of the scheduler's facts takes a rejection as its unit's end.
+
+    Always, unless it answers a resend of a unit the reader already knows: that
+    unit stays as it was. `beyond_horizon` may also refuse a new submission
+    older than the retention horizon; a reader that never saw the unit
+    admitted takes that refusal as its end.
+    """
+    return reason_code not in RESEND_REJECTIONS or not unit_known
+
+
 #: a session's execution limits (`SessionLimits`)
 SessionLimitName = Literal["max_steps", "max_attempts", "max_llm_calls", "max_tokens",
                            "max_cost_usd", "max_wall_time_ms"]

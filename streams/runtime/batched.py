@@ -507,8 +507,9 @@ class BatchedProcessor:
         self, partition: int, committed: dict[tuple[str, int], TopicPartition]
     ) -> PartitionStore:
         horizon = self.settings.retention_horizon_ms
+        marks = self.settings.dedupe_min_marks
         store = open_partition_store(self.state_dir, self.reducer.name, partition,
-                                     horizon_ms=horizon)
+                                     horizon_ms=horizon, min_marks=marks)
         assert self._consumer is not None
         log_end = watermarks(self._consumer, self.fact_topic, partition)[1]  # where facts end
         if store.fact_offset() > log_end:
@@ -519,7 +520,7 @@ class BatchedProcessor:
                              checkpoint=store.fact_offset(), log_end=log_end)
             store.close()
             store = open_partition_store(self.state_dir, self.reducer.name, partition,
-                                         wipe=True, horizon_ms=horizon)
+                                         wipe=True, horizon_ms=horizon, min_marks=marks)
         if self.recovery == "inputs":
             return self._recover_from_inputs(partition, store, log_end)
         start = store.fact_offset()

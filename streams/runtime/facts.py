@@ -181,7 +181,8 @@ def replay_facts(
         finally:
             consumer.close()
     horizon = settings.retention_horizon_ms if horizon_ms is None else horizon_ms
-    states = {p: MemoryState(horizon_ms=horizon) for p in partitions}
+    states = {p: MemoryState(horizon_ms=horizon, min_marks=settings.dedupe_min_marks)
+              for p in partitions}
     if not partitions:
         return states
     groups = {p: FactGroups() for p in partitions}

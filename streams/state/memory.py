@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 from onceflow.streams.state import serde
+from onceflow.streams.state.generations import MarkGenerations
 from onceflow.streams.state.serde import seen_key
 
 __all__ = ["MemoryState"]
 
 
 class MemoryState:
-    def __init__(self, initial: dict[str, Any] | None = None, *, horizon_ms: int = 0) -> None:
+    def __init__(self, initial: dict[str, Any] | None = None, *, horizon_ms: int = 0,
+                 min_marks: int = 0) -> None:
         # Values are kept serialised so that accidental mutation of a value
         # returned by get() cannot change the state behind the reducer's back.
         self._data: dict[str, bytes] = {k: serde.dumps(v) for k, v in (initial or {}).items()}
         #: dedupe marks by generation, kept as `PartitionStore` keeps them
         self._seen: dict[int, set[str]] = {}
-        self.horizon_ms = horizon_ms
-        self.clock = 0
-        self.generation = 0
+        self.marks = MarkGenerations(horizon_ms, min_marks)
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._data.get(key)
@@ -43,19 +44,16 @@ class MemoryState:
             yield key, serde.loads(self._data[key])
 
     def has_seen(self, event_id: str) -> bool:
-        gen = self.generation
+        gen = self.marks.generation
         return event_id in self._seen.get(gen, ()) or event_id in self._seen.get(gen - 1, ())
 
     def mark_seen(self, event_id: str, at: int = 0) -> None:
         """As `PartitionStore.mark_seen`: the clock moves, old generations go."""
-        if at > self.clock:
-            self.clock = at
-            gen = at // self.horizon_ms if self.horizon_ms else 0
-            if gen > self.generation:
-                self.generation = gen
-                for old in [g for g in self._seen if g < gen - 1]:
-                    del self._seen[old]
-        self._seen.setdefault(self.generation, set()).add(event_id)
+        drop_below = self.marks.mark(at)
+        if drop_below is not None:
+            for old in [g for g in self._seen if g < drop_below]:
+                del self._seen[old]
+        self._seen.setdefault(self.marks.generation, set()).add(event_id)
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         """The same keys `PartitionStore.raw_items` yields, so fingerprints compare."""
@@ -68,10 +66,10 @@ class MemoryState:
     def copy(self) -> MemoryState:
         """An independent copy (values are bytes, so a shallow copy of each map is one):
         what a simulated restart from a checkpoint starts from."""
-        out = MemoryState(horizon_ms=self.horizon_ms)
+        out = MemoryState()
         out._data = dict(self._data)
         out._seen = {g: set(ids) for g, ids in self._seen.items()}
-        out.clock, out.generation = self.clock, self.generation
+        out.marks = dataclasses.replace(self.marks)
         return out
 
     def __len__(self) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch
 
 from onceflow.streams.state import serde
+from onceflow.streams.state.generations import MarkGenerations
 from onceflow.streams.state.serde import seen_key
 
 __all__ = [
@@ -37,11 +38,11 @@ _SEEN_MARK = object()  # a dedupe mark pending in `_dirty` (stored as b"1")
 _BUCKET = 6  # namespace (2 bytes) + 4 bytes of the key
 
 
-def _format(horizon_ms: int) -> bytes:
-    """What a store's layout depends on: dedupe marks are filed by generation of the
-    horizon, so a store written with another horizon (or before generations) is
-    rebuilt from the fact topic rather than misread."""
-    return f"2:{horizon_ms}".encode()
+def _format(horizon_ms: int, min_marks: int) -> bytes:
+    """What a store's layout depends on: dedupe marks are filed by generation, so a
+    store kept with another rule (or before generations) is rebuilt from the fact
+    topic rather than misread."""
+    return f"2:{horizon_ms}:{min_marks}".encode()
 
 
 class _Pending:
@@ -85,18 +86,18 @@ class PartitionStore:
     """The `State` a reducer sees, plus the dedupe set and offsets the shell keeps."""
 
     def __init__(self, path: Path, partition: int, *, secondary: Path | None = None,
-                 horizon_ms: int = 0) -> None:
+                 horizon_ms: int = 0, min_marks: int = 0) -> None:
         """`secondary`: open a read-only follower of a store another process may hold
         open (RocksDB's secondary instance, its own files under that directory).
 
-        `horizon_ms`: dedupe marks are kept for at least this much logged time
-        (the partition's clock is the newest fact it decided), at most twice
-        that: marks are filed by generation (clock // horizon) and a whole
-        generation is dropped at once, by one range delete. 0: for ever.
+        `horizon_ms`, `min_marks`: dedupe marks are kept for at least this much
+        logged time and this many later marks (`streams.state.generations`); a
+        whole generation is dropped at once, by one range delete. 0: for ever.
         """
         self.path = path
         self.partition = partition
         self.horizon_ms = horizon_ms
+        self.min_marks = min_marks
         if secondary is None:
             path.mkdir(parents=True, exist_ok=True)
             self._db = Rdict(str(path), options=_options())
@@ -115,10 +116,8 @@ class PartitionStore:
         raw_format = self._db.get(_FORMAT)
         #: written by an older layout or with another horizon: rebuild it from the facts
         self.outdated = not self.fresh and (
-            raw_format is None or bytes(raw_format) != _format(horizon_ms))
-        raw_clock = self._db.get(_CLOCK)
-        self.clock = 0 if raw_clock is None else int(bytes(raw_clock))
-        self.generation = self.clock // horizon_ms if horizon_ms else 0
+            raw_format is None or bytes(raw_format) != _format(horizon_ms, min_marks))
+        self.marks = self._load_marks()
         #: generations below this are dropped at the next checkpoint
         self._drop_below: int | None = None
 
@@ -198,35 +197,35 @@ class PartitionStore:
 
     # -- what the shell keeps ------------------------------------------------------------
 
+    def _load_marks(self) -> MarkGenerations:
+        raw = self._db.get(_CLOCK)
+        return MarkGenerations.from_state(None if raw is None else bytes(raw).decode(),
+                                          self.horizon_ms, self.min_marks)
+
+    @property
+    def clock(self) -> int:
+        """The newest logged time among the facts this partition decided."""
+        return self.marks.clock
+
     def has_seen(self, event_id: str) -> bool:
-        """Whether an input was decided within the horizon: its mark is in this
-        generation or the one before (older ones are dropped)."""
-        gen = self.generation
+        """Whether an input was decided recently: its mark is in this generation or the
+        one before (older ones are dropped)."""
+        gen = self.marks.generation
         return self._has(seen_key(gen, event_id)) or (
             gen > 0 and self._has(seen_key(gen - 1, event_id)))
 
     def mark_seen(self, event_id: str, at: int = 0) -> None:
         """Mark an input decided; `at` is the newest logged time of the facts it caused,
         which moves the partition's clock (and may start a new generation)."""
-        if at > self.clock:
-            self._advance(at)
-        # Not bucketed: buckets serve prefix scans of state keys (`items`), and no scan
-        # of dedupe marks is narrower than the whole namespace.
-        self._dirty[seen_key(self.generation, event_id)] = _SEEN_MARK
-
-    def _advance(self, at: int) -> None:
-        self.clock = at
-        if not self.horizon_ms:
-            return
-        gen = at // self.horizon_ms
-        if gen <= self.generation:
-            return
-        self.generation = gen
-        self._drop_below = gen - 1
-        if gen - 1 > 0:
-            floor = seen_key(gen - 1, "")
+        drop_below = self.marks.mark(at)
+        if drop_below is not None and drop_below > 0:
+            self._drop_below = drop_below
+            floor = seen_key(drop_below, "")
             for key in [k for k in self._dirty if k.startswith(_SEEN) and k < floor]:
                 del self._dirty[key]
+        # Not bucketed: buckets serve prefix scans of state keys (`items`), and no scan
+        # of dedupe marks is narrower than the whole namespace.
+        self._dirty[seen_key(self.marks.generation, event_id)] = _SEEN_MARK
 
     def input_offset(self, topic: str) -> int | None:
         if topic in self._offsets:
@@ -254,9 +253,9 @@ class PartitionStore:
             wb.put(_META + b"in:" + topic.encode(), str(offset).encode())
         if self._drop_below is not None and self._drop_below > 0:
             wb.delete_range(_SEEN, seen_key(self._drop_below, ""))
-        wb.put(_CLOCK, str(self.clock).encode())
+        wb.put(_CLOCK, self.marks.to_state().encode())
         if self.fresh:
-            wb.put(_FORMAT, _format(self.horizon_ms))
+            wb.put(_FORMAT, _format(self.horizon_ms, self.min_marks))
         if fact_offset is not None or self.fresh:
             current = self.fact_offset()
             wb.put(_FACT_OFFSET, str(max(current, fact_offset or 0)).encode())
@@ -276,9 +275,7 @@ class PartitionStore:
         self._buckets.clear()
         self._offsets.clear()
         self._drop_below = None
-        raw_clock = self._db.get(_CLOCK)
-        self.clock = 0 if raw_clock is None else int(bytes(raw_clock))
-        self.generation = self.clock // self.horizon_ms if self.horizon_ms else 0
+        self.marks = self._load_marks()
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         """State and dedupe entries (not offsets): what a fingerprint covers."""
@@ -296,18 +293,18 @@ def partition_store_path(state_dir: Path, processor: str, partition: int) -> Pat
 
 def open_partition_store(
     state_dir: Path, processor: str, partition: int, *, wipe: bool = False,
-    horizon_ms: int = 0,
+    horizon_ms: int = 0, min_marks: int = 0,
 ) -> PartitionStore:
     """Open a partition's state; one in an older layout (or kept with another horizon)
     is wiped, and the shell rebuilds it from the fact topic."""
     path = partition_store_path(state_dir, processor, partition)
     if wipe and path.exists():
         shutil.rmtree(path)
-    store = PartitionStore(path, partition, horizon_ms=horizon_ms)
+    store = PartitionStore(path, partition, horizon_ms=horizon_ms, min_marks=min_marks)
     if store.outdated:
         store.close()
         shutil.rmtree(path)
-        store = PartitionStore(path, partition, horizon_ms=horizon_ms)
+        store = PartitionStore(path, partition, horizon_ms=horizon_ms, min_marks=min_marks)
     return store
 
 

@@ -79,9 +79,11 @@ class Books:
     wallet_state: MemoryState = field(default_factory=MemoryState)
     facts: list[Event] = field(default_factory=list)
     wallets: list[WalletUpdated] = field(default_factory=list)
+    #: the retention horizon (0: the ledger forgets nothing)
+    horizon_ms: int = 0
 
     def __post_init__(self) -> None:
-        self.ledger = Ledger(self.cfg, load_price_book(self.cfg))
+        self.ledger = Ledger(self.cfg, load_price_book(self.cfg), horizon_ms=self.horizon_ms)
         settings = OnceflowSettings(billing=self.cfg)
         self.folder = WalletFolder(self.cfg, TopicCatalog(settings)["ledger"])
 

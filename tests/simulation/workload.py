@@ -83,9 +83,12 @@ def _base_settings() -> OnceflowSettings:
 
 @lru_cache(maxsize=256)
 def _settings(limits: tuple[tuple[str, Any], ...], credits: tuple[tuple[str, str], ...],
-              touchy: bool) -> OnceflowSettings:
+              touchy: bool, horizon_ms: int) -> OnceflowSettings:
     base = _base_settings()
     update: dict[str, Any] = {
+        # a short horizon drops marks after a few dozen decisions: enough for the
+        # simulated crashes, whose windows are shorter (checkpoints come every few steps)
+        "retention_horizon_ms": horizon_ms, "dedupe_min_marks": 40,
         "limits": base.limits.model_copy(update=dict(limits)),
         "billing": base.billing.model_copy(update={
             "prepaid_credits": {t: Decimal(c) for t, c in credits}})}
@@ -112,8 +115,11 @@ def draw_settings(rng: random.Random) -> OnceflowSettings:
     credits = {}
     if rng.random() < 0.3:
         credits[rng.choice(TENANTS)] = rng.choice(["0.002", "0.02", "0.2"])
+    # a week (nothing is forgotten within a seed), or seconds: settled units and dedupe
+    # marks are forgotten while the seed runs, and its submissions are delivered again
+    horizon = rng.choice([_base_settings().retention_horizon_ms, 3_000, 20_000])
     return _settings(tuple(sorted(limits.items())), tuple(sorted(credits.items())),
-                     rng.random() < 0.3)
+                     rng.random() < 0.3, horizon)
 
 
 def run_seed(seed: int) -> SeedResult:
@@ -171,6 +177,14 @@ def run_seed(seed: int) -> SeedResult:
         world.control(c.model_copy(update={"event_id": f"ctl-{controls}", "action": "resume",
                                            "occurred_at": world.now}))
     world.settle(outcome=lambda _: "completed")
+    horizon = world.settings.retention_horizon_ms
+    if horizon < 60_000:
+        # Long after: settled units are forgotten, then a consumer reset delivers some
+        # submissions again (their original events): none may run a second time.
+        world.forget(2 * horizon + 1_000)
+        for u in rng.sample(units, k=max(1, len(units) // 3)):
+            world.submit(u)
+        world.settle(outcome=lambda _: "completed")
     check_all(world, units)
     return SeedResult(seed, len(units), sum(s.crashes for s in world.shells), controls,
                       sum(len(p) for parts in world.log.records.values() for p in parts))

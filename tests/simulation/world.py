@@ -111,13 +111,32 @@ class Shell:
     rng: random.Random | None = None
     #: called before each input is read (the scheduler reads its global tables then)
     before_step: Callable[[], None] | None = None
+    #: how long dedupe marks are kept (the settings' retention horizon and minimum count)
+    horizon_ms: int = 0
+    min_marks: int = 0
 
     def __post_init__(self) -> None:
-        self.states = [MemoryState() for _ in range(self.partitions)]
+        self.states = [self.fresh_state() for _ in range(self.partitions)]
         self.position = [dict.fromkeys(self.inputs, 0) for _ in range(self.partitions)]
         self.committed = [dict.fromkeys(self.inputs, 0) for _ in range(self.partitions)]
         self.checkpointed_facts = [0] * self.partitions
-        self.snapshots = [MemoryState() for _ in range(self.partitions)]
+        self.snapshots = [self.fresh_state() for _ in range(self.partitions)]
+
+    def fresh_state(self) -> MemoryState:
+        return MemoryState(horizon_ms=self.horizon_ms, min_marks=self.min_marks)
+
+    def _fold(self, state: MemoryState, records: list[Record]) -> None:
+        """Evolve with facts as the shell folds them: a decision's facts together, then
+        its input marked at the newest of their times."""
+        i = 0
+        while i < len(records):
+            j, at = i, 0
+            while j < len(records) and records[j].cause == records[i].cause:
+                self.reducer.evolve(state, records[j].event)
+                at = max(at, records[j].event.occurred_at)
+                j += 1
+            state.mark_seen(records[i].cause, at)
+            i = j
 
     def pending(self, p: int) -> list[str]:
         """The inputs of partition `p` with records not yet read."""
@@ -130,6 +149,9 @@ class Shell:
         record = self.log.records[topic][p][self.position[p][topic]]
         self.position[p][topic] += 1
         state, event = self.states[p], record.event
+        accepts = self.reducer.accepts
+        if accepts is not None and event.event_type not in accepts:
+            return  # a type the role never acts on: the shell skips it undecoded
         if state.has_seen(event.event_id):
             return
         facts = list(self.reducer.decide(state, event))
@@ -138,7 +160,7 @@ class Shell:
             self.reducer.evolve(state, fact)
             self._route(fact)
         if facts:
-            state.mark_seen(event.event_id)
+            state.mark_seen(event.event_id, max(f.occurred_at for f in facts))
             if self.check is not None:
                 self.check(state)
 
@@ -164,9 +186,7 @@ class Shell:
             return
         if keep_state:
             state = self.snapshots[p].copy()
-            for record in self.log.records[self.fact_topic][p][self.checkpointed_facts[p]:]:
-                self.reducer.evolve(state, record.event)
-                state.mark_seen(record.cause)
+            self._fold(state, self.log.records[self.fact_topic][p][self.checkpointed_facts[p]:])
             self.states[p] = state
         else:
             self.states[p] = self.rebuilt(p)
@@ -178,7 +198,7 @@ class Shell:
         """Read partition `p`'s inputs again up to where it was, interleaved as a consumer
         may, deciding again and sending only facts not already in the fact topic."""
         assert self.rng is not None
-        state = MemoryState()
+        state = self.fresh_state()
         written = {r.event.event_id for r in self.log.records[self.fact_topic][p]}
         upto = dict(self.position[p])
         at = dict.fromkeys(self.inputs, 0)
@@ -195,15 +215,13 @@ class Shell:
                     written.add(fact.event_id)
                 self.reducer.evolve(state, fact)
             if facts:
-                state.mark_seen(event.event_id)
+                state.mark_seen(event.event_id, max(f.occurred_at for f in facts))
         return state
 
     def rebuilt(self, p: int) -> MemoryState:
         """Partition `p`'s state folded from its facts alone (what recovery and replay do)."""
-        state = MemoryState()
-        for record in self.log.records[self.fact_topic][p]:
-            self.reducer.evolve(state, record.event)
-            state.mark_seen(record.cause)
+        state = self.fresh_state()
+        self._fold(state, self.log.records[self.fact_topic][p])
         return state
 
 
@@ -271,7 +289,8 @@ class World:
         self.ledger = Shell("ledger", Ledger(self.settings.billing,
                                              load_price_book(self.settings.billing),
                                              c["limits"] if limiter_needed(self.settings)
-                                             else None),
+                                             else None,
+                                             horizon_ms=self.settings.retention_horizon_ms),
                             [self.t["workunits"], self.t["llm"]], self.t["ledger"], self.log, n)
         self.wallets = Shell("wallets", WalletFolder(self.settings.billing, c["ledger"]),
                              [self.t["ledger"]], self.t["wallets"], self.log, n)
@@ -289,6 +308,11 @@ class World:
                                rng=self.rng)
         self.shells = [self.scheduler, self.ledger, self.wallets, self.anomalies, self.trust,
                        self.autoscaler]
+        for shell in self.shells:  # as the batched shell keeps them: a horizon's marks
+            shell.horizon_ms = self.settings.retention_horizon_ms
+            shell.min_marks = self.settings.dedupe_min_marks
+            shell.states = [shell.fresh_state() for _ in range(shell.partitions)]
+            shell.snapshots = [shell.fresh_state() for _ in range(shell.partitions)]
         self.scheduler.before_step = self.observe_tables
         self._inputs: list[tuple[Shell, int, str, list[Record]]] | None = None
         self.limiter: Shell | None = None
@@ -298,7 +322,9 @@ class World:
                                                     self.settings.limits.queue_scan,
                                                     self.settings.billing.prepaid_credits),
                                  [self.t["limits"]], self.t["flow"], self.log,
-                                 c["limits"].partitions, check=self._slots_within_limits)
+                                 c["limits"].partitions, check=self._slots_within_limits,
+                                 horizon_ms=self.settings.retention_horizon_ms,
+                                 min_marks=self.settings.dedupe_min_marks)
             self.shells.append(self.limiter)
             self._inputs = None
         #: a limit found exceeded while the limiter ran (it is checked after every step)
@@ -593,6 +619,17 @@ class World:
                 self._progress.add(record.event, record.event.occurred_at)
             self._progress_read[p] = len(records)
         return self._progress
+
+    def forget(self, ms: int) -> None:
+        """Let `ms` of logged time pass with nothing to do but ticks and heartbeats (what
+        the retention horizon is measured in)."""
+        end = self.now + ms
+        while self.now < end:
+            self.now = min(end, self.now + 1_000)
+            self.tick()
+            for agent in self.agents:
+                self.heartbeat(agent)
+            self.drain()
 
     def quiet(self) -> bool:
         """Whether every unit has ended, none waiting for an operator who has not acted

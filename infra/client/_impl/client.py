@@ -36,6 +36,7 @@ from onceflow.schemas import (
     WorkUnitNeedsOperator,
     WorkUnitRejected,
     WorkUnitSubmitted,
+    rejection_ends_unit,
 )
 from onceflow.streams.settings import OnceflowSettings
 
@@ -73,8 +74,7 @@ def _ended_state(event: Event) -> tuple[str, str, str] | None:
         return "completed", event.settlement_reason, ""
     if isinstance(event, WorkUnitFailed) and event.final:
         return "failed", event.error_code, event.error_reason
-    if isinstance(event, WorkUnitRejected) and event.reason_code != \
-            "duplicate_id_different_payload":
+    if isinstance(event, WorkUnitRejected):
         return "rejected", event.reason_code, event.reason
     if isinstance(event, WorkUnitCancelled):
         return "cancelled", "cancelled", event.reason
@@ -99,6 +99,8 @@ class _Watch:
         self.outcomes: dict[str, tuple[str, str, str, Event]] = {}
         #: each streamed session's facts, in the order read
         self.sessions: dict[tuple[str, str], list[Event]] = {}
+        #: the units the scheduler admitted (a refused resend leaves them as they were)
+        self.admitted: set[str] = set()
 
     def poll(self, timeout: float = 0.2) -> None:
         from onceflow.schemas import CodecError
@@ -111,6 +113,11 @@ class _Watch:
                     continue  # dead-lettered by the roles already
                 ended = _ended_state(event)
                 wu = event.work_unit_id or ""
+                if isinstance(event, WorkUnitSubmitted):
+                    self.admitted.add(wu)
+                if ended is not None and ended[0] == "rejected" and not rejection_ends_unit(
+                        ended[1], wu in self.admitted):
+                    ended = None  # a resend refused: the unit stays as it was
                 if ended is not None:
                     self.outcomes[wu] = (*ended, event)
                 elif wu in self.outcomes and self.outcomes[wu][0] == "needs_operator" and \

@@ -20,6 +20,7 @@ from typing import Any, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from onceflow.schemas import (
+    RESEND_REJECTIONS,
     AdmissionMode,
     CapacityWindowClosed,
     Event,
@@ -144,7 +145,7 @@ class PrometheusSensor:
             self.units_settled.labels("failed").inc()
 
     def _rejected(self, fact: WorkUnitRejected) -> None:
-        if fact.reason_code != "duplicate_id_different_payload":
+        if fact.reason_code not in RESEND_REJECTIONS:
             self.units_settled.labels("rejected").inc()
 
     def _cancelled(self, fact: WorkUnitCancelled) -> None:

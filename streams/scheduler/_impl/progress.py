@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from onceflow.schemas import Event
+from onceflow.schemas import Event, rejection_ends_unit
 
 __all__ = ["PROGRESS_EVENT_TYPES", "SETTLED_STATES", "UnitProgress", "percentile"]
 
@@ -63,7 +63,8 @@ class UnitProgress:
         if event_type == "workunit.deferred":
             new = "waiting" if r["reason_code"] == "waiting_on_parents" else "deferred"
         elif event_type == "workunit.rejected":
-            new = None if r["reason_code"] == "duplicate_id_different_payload" else "rejected"
+            new = "rejected" if rejection_ends_unit(r["reason_code"], wu in self.status) \
+                else None
         elif event_type == "workunit.failed":
             new = "failed" if r["final"] else None
         elif event_type == "workunit.completed":

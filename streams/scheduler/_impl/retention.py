@@ -8,10 +8,11 @@ the partition's state stays the size of a horizon's work. Its facts stay in
 the log: `why`, sessions and the ledger read them there.
 
 What a forgotten unit can no longer answer is a duplicate of its submission.
-A redelivered submission carries its original logged time, which is at or
-before the unit's last decision; the partition remembers the newest decision
-time it has retired (`settled_before`), and refuses a submission older than
-that as `beyond_horizon` rather than run it a second time. A new submission
+A redelivered submission carries its original logged time; the partition
+remembers the newest submission time among the units it has retired
+(`inputs_until`), and refuses a submission that old as `beyond_horizon`
+rather than run it a second time (the submission's time, not the last
+decision's, so that a node whose clock runs ahead cannot move the line). A new submission
 of a retired unit's id, with a new time, runs as a new unit: as Temporal lets
 a workflow id be reused once its run is past the namespace's retention.
 """
@@ -31,7 +32,7 @@ from onceflow.streams.types import State
 
 __all__ = ["RETIRED_KEY", "beyond_horizon", "evolve_retired", "retire_due"]
 
-#: the newest last-decision time among the partition's retired units
+#: the newest submission time among the partition's retired units
 RETIRED_KEY = "retired-before"
 
 
@@ -41,12 +42,13 @@ def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
     if not ctx.horizon_ms or now <= ctx.horizon_ms:
         return None
     rows = ctx.due(state, "retire", now - ctx.horizon_ms, ctx.cfg.retired_per_tick)
-    if not rows:
+    units = [u for u in (ctx.load(state, wu) for wu, _ in rows) if u is not None]
+    if not units:
         return None
     return UnitsRetired(
         **caused_by(tick, "units-retired", occurred_at=now), processor="scheduler",
-        partition=tick.partition, horizon_ms=ctx.horizon_ms,
-        settled_before=max(at for _, at in rows), work_unit_ids=[wu for wu, _ in rows],
+        horizon_ms=ctx.horizon_ms, inputs_until=max(u.submitted_at for u in units),
+        work_unit_ids=[u.work_unit_id for u in units],
     )
 
 
@@ -61,8 +63,8 @@ def evolve_retired(ctx: SchedulerContext, state: State, fact: UnitsRetired) -> N
         state.delete(unit_key(wu))
         for key, _ in list(state.items(probed_prefix(wu))):
             state.delete(key)
-    if fact.settled_before > state.get(RETIRED_KEY, 0):
-        state.set(RETIRED_KEY, fact.settled_before)
+    if fact.inputs_until > state.get(RETIRED_KEY, 0):
+        state.set(RETIRED_KEY, fact.inputs_until)
 
 
 def beyond_horizon(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
@@ -76,8 +78,8 @@ def beyond_horizon(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
     return WorkUnitRejected(
         **ctx.envelope(unit, event, "beyond-horizon", event.occurred_at),
         reason_code="beyond_horizon",
-        reason=f"work unit {unit.work_unit_id} was submitted at {event.occurred_at}, before "
-               f"{retired}, the newest settled unit this partition has forgotten (retention "
+        reason=f"work unit {unit.work_unit_id} was submitted at {event.occurred_at}, no later "
+               f"than the newest unit this partition has forgotten ({retired}; retention "
                f"horizon {ctx.horizon_ms} ms): it cannot be told from a redelivery of a "
                "forgotten unit; submit it again as a new event",
         decided_at=event.occurred_at,

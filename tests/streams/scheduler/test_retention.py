@@ -94,8 +94,8 @@ def test_a_tick_forgets_at_most_its_share_and_the_next_goes_on_oldest_first() ->
     h.tick(T0 + 2 * HORIZON + 1)
     h.tick(T0 + 2 * HORIZON + 2)
     assert _retired(h) == [f"wu-{i}" for i in range(7)]
-    assert [f.settled_before for f in h.outputs if isinstance(f, UnitsRetired)] == sorted(
-        f.settled_before for f in h.outputs if isinstance(f, UnitsRetired))
+    assert [f.inputs_until for f in h.outputs if isinstance(f, UnitsRetired)] == sorted(
+        f.inputs_until for f in h.outputs if isinstance(f, UnitsRetired))
     assert_replay_equals_live(h)
 
 
