@@ -481,6 +481,104 @@ def scheduler_rates(n: int, runs: int = 5) -> dict[str, Any]:
     }
 
 
+def soak(n: int, horizon_units: int, *, every: int = 100_000, forever: bool = False
+         ) -> dict[str, Any]:
+    """A long run of the scheduler with bounded state: `n` units (each submitted, claimed
+    and reported) through the scheduler's reducer over RocksDB, handled as the batched
+    shell handles its inputs (skipped when marked, facts folded, marked at their newest
+    time, a checkpoint every batch), with a clock tick and a node heartbeat every 100 ms
+    of logged time. Logged time moves 10 ms a unit, so the retention horizon is
+    `horizon_units` units. At every `every` units: the RocksDB directory's bytes, the
+    keys it holds, the units it keeps, and the units per second since the last report.
+    `forever`: keep everything (no horizon), for comparison."""
+    from onceflow.billing import cost_estimator
+    from onceflow.schemas import (
+        ClaimRequested,
+        ClockTick,
+        Event,
+        NodeHeartbeat,
+        WorkUnitResultReported,
+        WorkUnitScheduled,
+        WorkUnitSubmitted,
+    )
+    from onceflow.streams.runtime.batched import directory_bytes
+    from onceflow.streams.scheduler import Scheduler
+    from onceflow.streams.state import open_partition_store
+
+    step_ms, batch = 10, 2_000
+    horizon_ms = 0 if forever else horizon_units * step_ms
+    settings = OnceflowSettings(retention_horizon_ms=horizon_ms)
+    scheduler = Scheduler(settings, estimator=cost_estimator(settings.billing))
+    t0 = 1_700_000_000_000
+    reports: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        store = open_partition_store(Path(d), "scheduler", 0, horizon_ms=horizon_ms,
+                                     min_marks=settings.dedupe_min_marks)
+        handled = 0
+
+        def handle(event: Event) -> list[Event]:
+            nonlocal handled
+            handled += 1
+            if store.has_seen(event.event_id):
+                return []
+            facts = list(scheduler.decide(store, event))
+            for fact in facts:
+                scheduler.evolve(store, fact)
+            if facts:
+                store.mark_seen(event.event_id, max(f.occurred_at for f in facts))
+            if handled % batch == 0:
+                store.checkpoint(handled)
+            return facts
+
+        window_started, window_units = time.perf_counter(), 0
+        for i in range(n):
+            at = t0 + i * step_ms
+            if i % 10 == 0:
+                scheduler.observe(NodeHeartbeat(
+                    event_id=f"hb{i}", occurred_at=at, node_id="n1", supported_kinds=["cpu"],
+                    available_concurrency=10**9, max_concurrency=10**9))
+                handle(ClockTick(event_id=f"tick{i}", occurred_at=at, partition=0))
+            wu = f"wu-{i}"
+            facts = handle(WorkUnitSubmitted(event_id=f"s{i}", occurred_at=at, work_unit_id=wu,
+                                             tenant_id=f"t{i % 10}", simulated_ms=5))
+            sched = next(f for f in facts if isinstance(f, WorkUnitScheduled))
+            handle(ClaimRequested(event_id=f"c{i}", occurred_at=at + 1, work_unit_id=wu,
+                                  node_id=sched.selected_node_id, attempt_index=1,
+                                  incarnation="i"))
+            handle(WorkUnitResultReported(event_id=f"d{i}", occurred_at=at + 2,
+                                          work_unit_id=wu, node_id=sched.selected_node_id,
+                                          attempt_index=1, incarnation="i"))
+            window_units += 1
+            if (i + 1) % every == 0:
+                elapsed = time.perf_counter() - window_started
+                store.checkpoint(handled)
+                reports.append({
+                    "units": i + 1, "units_per_s": round(window_units / elapsed),
+                    "state_bytes": directory_bytes(Path(store.path)),
+                    "keys": sum(1 for _ in store.raw_items()),
+                    "units_kept": sum(1 for _ in store.items("u:")),
+                })
+                print(json.dumps(reports[-1]), file=sys.stderr)
+                window_started, window_units = time.perf_counter(), 0
+        store.close()
+    after = [r for r in reports if r["units"] > 2 * horizon_units] or reports
+    return {
+        "units": n, "horizon_units": None if forever else horizon_units,
+        "horizon_ms": horizon_ms, "every": reports,
+        "after_two_horizons": {
+            "state_bytes_min_max": [min(r["state_bytes"] for r in after),
+                                    max(r["state_bytes"] for r in after)],
+            "keys_min_max": [min(r["keys"] for r in after), max(r["keys"] for r in after)],
+            "units_per_s_min_max": [min(r["units_per_s"] for r in after),
+                                    max(r["units_per_s"] for r in after)],
+        },
+        "note": "the scheduler's reducer over RocksDB in one process, its inputs handled as "
+                "the batched shell handles them (dedupe marks, facts folded, a checkpoint "
+                "every 2,000 inputs), no broker: submit, claim and report per unit, 10 ms of "
+                "logged time a unit, a tick every 100 ms",
+    }
+
+
 def _execution_cluster(settings: OnceflowSettings, stack_dir: Path, prefix: str) -> tuple[
         OnceflowSettings, list[Any]]:
     from onceflow.infra.roles import agent_specs, start_roles
@@ -635,6 +733,13 @@ def stack_rates(work: Path) -> dict[str, Any]:
     return result
 
 
+def _soak_section(s: float) -> dict[str, Any]:
+    """A million units with a horizon of 100,000 (beside 300,000 kept for ever)."""
+    return {"bounded": soak(int(1_000_000 * s), int(100_000 * s), every=int(100_000 * s)),
+            "kept_for_ever": soak(int(300_000 * s), 0, every=int(100_000 * s),
+                                  forever=True)}
+
+
 def _only(section: str, s: float, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="onceflow-bench-") as work:
         broker = EmbeddedKafka(data_dir=Path(work) / "kafka").start()
@@ -643,9 +748,12 @@ def _only(section: str, s: float, out: Path) -> None:
                                         topic_prefix="bench.")
             create_topics(settings)
             raw = raw_broker(settings, int(300_000 * s))
-            figures = trace_header_cost(settings, int(100_000 * s))
+            figures = (trace_header_cost(settings, int(100_000 * s))
+                       if section == "trace_headers" else {})
         finally:
             broker.stop()
+    if section == "soak":
+        figures = _soak_section(s)
     results = json.loads(out.read_text()) if out.exists() else {}
     results[section] = {**figures, "raw_broker_same_run": raw}
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -656,7 +764,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--only", choices=["trace_headers"],
+    parser.add_argument("--only", choices=["trace_headers", "soak"],
                         help="measure one section (with the raw broker rate of the same run) "
                              "and put it into the existing report")
     args = parser.parse_args()
@@ -699,6 +807,7 @@ def main() -> None:
                 "views": views_rates(settings, int(1_000_000 * s), int(500_000 * s)),
                 "trace_headers": trace_header_cost(settings, int(100_000 * s)),
             }
+        results["soak"] = _soak_section(s)
     finally:
         broker.stop()
     # The stack as a user starts it: its own broker, after the bench's is stopped.

@@ -17,7 +17,11 @@ tokens against billed tokens per session, cost spikes) are in `reconcile`.
 
 Unlike a decider, the checker's state is an index of what it has seen, not
 the fold of its findings, so it runs with the shell's `recovery="inputs"`:
-after a restart it reads its inputs again and sends no finding twice.
+after a restart it reads its inputs again and sends no finding twice. Every
+key names its unit, so that when the scheduler forgets a unit (its
+`processor.state.retired`, a retention horizon after it settled, comes
+after every fact of the unit in the same partition) the checker forgets it
+too, and its state stays the size of a horizon's work.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from onceflow.schemas import (
     Event,
     LedgerLineItem,
     LlmInvocationCompleted,
+    StateRetired,
     WorkUnitCompleted,
     WorkUnitScheduled,
 )
@@ -38,6 +43,9 @@ from onceflow.streams.ids import derive_event_id
 from onceflow.streams.types import Reducer, State
 
 __all__ = ["AnomalyChecker", "finding"]
+
+#: the checker's kinds of key, each `kind:unit:...`: what a retired unit leaves behind
+_PER_UNIT = ("sch", "gr", "acc", "bl", "src", "inv", "lit")
 
 
 def finding(source: Event, check: str, *, subject: str, expected: str = "", observed: str = "",
@@ -55,10 +63,19 @@ def finding(source: Event, check: str, *, subject: str, expected: str = "", obse
 class AnomalyChecker(Reducer):
     name = "anomalies"
     accepts = frozenset({"workunit.scheduled", "workunit.claim.granted", "workunit.completed",
-                         "llm.invocation.completed", "ledger.line_item"})
+                         "llm.invocation.completed", "ledger.line_item",
+                         "processor.state.retired"})
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         wu = event.work_unit_id or ""
+        if isinstance(event, StateRetired):
+            if event.processor != "scheduler":
+                return ()  # the scheduler's, on the topic that has every fact checked first
+            for unit in event.work_unit_ids:
+                for kind in _PER_UNIT:
+                    for key, _ in list(state.items(f"{kind}:{unit}:")):
+                        state.delete(key)
+            return ()
         if isinstance(event, WorkUnitScheduled):
             state.set(f"sch:{wu}:{event.attempt_index}", 1)
         elif isinstance(event, ClaimGranted):
@@ -71,11 +88,11 @@ class AnomalyChecker(Reducer):
         elif isinstance(event, WorkUnitCompleted) and event.accepted:
             return self._on_accepted(state, event, wu)
         elif isinstance(event, LlmInvocationCompleted):
-            state.set(f"inv:{event.event_id}", event.total_tokens)
-            billed = state.get(f"lit:{event.event_id}")
+            state.set(f"inv:{wu}:{event.event_id}", event.total_tokens)
+            billed = state.get(f"lit:{wu}:{event.event_id}")
             if billed is not None:
-                state.delete(f"lit:{event.event_id}")
-                state.delete(f"inv:{event.event_id}")
+                state.delete(f"lit:{wu}:{event.event_id}")
+                state.delete(f"inv:{wu}:{event.event_id}")
                 return self._tokens(event, event.event_id, event.total_tokens, billed)
         elif isinstance(event, LedgerLineItem):
             return self._on_line_item(state, event, wu)
@@ -83,7 +100,7 @@ class AnomalyChecker(Reducer):
 
     def _on_accepted(self, state: State, event: WorkUnitCompleted, wu: str) -> list[Event]:
         out: list[Event] = []
-        state.set(f"acc:{wu}", event.attempt_index)
+        state.set(f"acc:{wu}:", event.attempt_index)
         if (event.settlement_reason != "operator_mark_done"
                 and f"gr:{wu}:{event.attempt_index}" not in state):
             out.append(finding(event, "completion_without_grant",
@@ -99,7 +116,7 @@ class AnomalyChecker(Reducer):
 
     def _on_line_item(self, state: State, item: LedgerLineItem, wu: str) -> list[Event]:
         out: list[Event] = []
-        src = f"src:{item.source_event_id}:{item.line_item_type}"
+        src = f"src:{wu}:{item.source_event_id}:{item.line_item_type}"
         first = state.get(src)
         if first is None:
             state.set(src, item.line_item_id)
@@ -115,13 +132,13 @@ class AnomalyChecker(Reducer):
         if not item.billed:
             return out
         if item.line_item_type == "llm_tokens" and item.source_event_type.startswith("llm."):
-            invoked = state.get(f"inv:{item.source_event_id}")
+            invoked = state.get(f"inv:{wu}:{item.source_event_id}")
             if invoked is None:
-                state.set(f"lit:{item.source_event_id}", item.llm_tokens)
+                state.set(f"lit:{wu}:{item.source_event_id}", item.llm_tokens)
             else:
-                state.delete(f"inv:{item.source_event_id}")
+                state.delete(f"inv:{wu}:{item.source_event_id}")
                 out.extend(self._tokens(item, item.source_event_id, invoked, item.llm_tokens))
-        accepted = state.get(f"acc:{wu}")
+        accepted = state.get(f"acc:{wu}:")
         if accepted is None:
             state.set(f"bl:{wu}:{item.attempt_index}:{item.line_item_id}", item.line_item_id)
         elif item.attempt_index != accepted:

@@ -45,7 +45,7 @@ from onceflow.schemas import (
     LedgerUnitSettled,
     LineItemType,
     LlmInvocationCompleted,
-    UnitsRetired,
+    StateRetired,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitFailed,
@@ -240,8 +240,8 @@ class Ledger(Reducer):
             rows.append((wu, int(at)))
             if len(rows) >= _RETIRE_PER_FACT:
                 break
-        return [*self._let_go(state, now, billed), UnitsRetired(
-            **caused_by(event, "units-retired"), processor=self.name,
+        return [*self._let_go(state, now, billed), StateRetired(
+            **caused_by(event, "state-retired"), processor=self.name,
             horizon_ms=self.horizon_ms,
             inputs_until=max([at for _, at in rows], default=retired["before"]),
             work_unit_ids=[wu for wu, _ in rows],
@@ -351,14 +351,14 @@ class Ledger(Reducer):
             SettledUnit(fact.outcome, fact.accepted_attempt).save(state, wu)
             if self.horizon_ms:
                 state.set(_retire_key(fact.occurred_at, wu), 1)
-        elif isinstance(fact, UnitsRetired):
+        elif isinstance(fact, StateRetired):
             self._evolve_retired(state, fact)
         elif isinstance(fact, LedgerLineItem) and fact.line_item_type == "llm_tokens":
             state.delete(f"{_held_prefix(wu)}{fact.source_event_id}")
             if self.horizon_ms:
                 state.delete(_held_since_key(fact.occurred_at, wu, fact.source_event_id))
 
-    def _evolve_retired(self, state: State, fact: UnitsRetired) -> None:
+    def _evolve_retired(self, state: State, fact: StateRetired) -> None:
         before = state.get(_RETIRED_KEY) or {"before": 0, "step": 0}
         forgotten = set(fact.work_unit_ids)
         for wu in fact.work_unit_ids:

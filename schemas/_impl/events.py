@@ -89,8 +89,8 @@ __all__ = [
     "SlotQueued",
     "SlotReleased",
     "SlotRequested",
+    "StateRetired",
     "TrustScoreUpdated",
-    "UnitsRetired",
     "ViewDefined",
     "WalletUpdated",
     "WorkUnitCancelled",
@@ -1004,15 +1004,16 @@ class DecisionClosed(Event, event_type="processor.decision.closed",
     reason: str = ""
 
 
-class UnitsRetired(Event, event_type="processor.units.retired"):
-    """Settled units whose working state a processor partition drops.
+class StateRetired(Event, event_type="processor.state.retired"):
+    """Working state a processor partition drops: settled units, idle sessions.
 
     State that only grows is what a long-running deployment hits first. A
     unit that settled more than the retention horizon ago (in logged time) is
     forgotten by the processor that decided it: its record and index entries
-    go, while every fact about it stays in the log. It is a fact like any
-    other, so replay drops the same units at the same point. `inputs_until`
-    is the newest logged time a redelivery of their inputs can carry (the
+    go, while every fact about it stays in the log; so is a session's account
+    with the limiter once it has been idle a horizon. It is a fact like any
+    other, so replay drops the same state at the same point. `inputs_until`
+    is the newest logged time a redelivery of the units' inputs can carry (the
     scheduler: their submissions; the ledger: their settlements): an input
     that old cannot be told from such a redelivery, so it is not acted on.
     """
@@ -1023,6 +1024,8 @@ class UnitsRetired(Event, event_type="processor.units.retired"):
     #: oldest first; empty when a check found nothing to forget (the ledger records
     #: each check, so that it looks again only a step of logged time later)
     work_unit_ids: list[str]
+    #: idle sessions' accounts, as "tenant/session"
+    sessions: list[str] = Field(default_factory=list)
 
 
 # --- dead letters -------------------------------------------------------------
@@ -1098,6 +1101,6 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     ControlOperatorResolved,
     ClockTick,
     DecisionClosed,
-    UnitsRetired,
+    StateRetired,
     DeadLetterRecorded,
 )

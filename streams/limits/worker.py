@@ -23,7 +23,8 @@ def build_limiter(settings: OnceflowSettings, *, on_ready: Callable[[], None] | 
     limits = ScopeLimits.from_settings(settings.limits)
     return BatchedProcessor(
         Limiter(limits, catalog["reports"], settings.limits.queue_scan,
-                settings.billing.prepaid_credits), settings,
+                settings.billing.prepaid_credits,
+                horizon_ms=settings.retention_horizon_ms), settings,
         inputs=[catalog["limits"].name], fact_topic=catalog["flow"].name, on_ready=on_ready,
         group_id=group_id or f"{settings.topic_prefix}limiter",
     )

@@ -174,3 +174,17 @@ def test_reconcile_compares_a_lagging_wallet_with_only_what_it_folded() -> None:
     wrong = records.wallets[first].model_copy(update={"total_debit_usd": Decimal("9")})
     records.wallets = [*records.wallets[:first], wrong, *records.wallets[first + 1:]]
     assert [f.check for f in reconcile(records, BillingSettings())] == ["session_total_mismatch"]
+
+
+def test_a_retired_unit_leaves_nothing_behind_in_the_checker() -> None:
+    from onceflow.schemas import StateRetired
+
+    checker, state = AnomalyChecker(), MemoryState()
+    life = [scheduled("wu1"), granted("wu1"), invocation("wu1"), scheduled("wu2")]
+    done = accepted("wu1")
+    for event in [*life, done, *ledger_of(invocation("wu1"), done)]:
+        checker.decide(state, event)
+    assert any(k.split(":")[1] == "wu1" for k, _ in state.items())
+    checker.decide(state, StateRetired(event_id="r", occurred_at=T0, processor="scheduler",
+                                       horizon_ms=1, inputs_until=T0, work_unit_ids=["wu1"]))
+    assert [k for k, _ in state.items()] == ["sch:wu2:1"]

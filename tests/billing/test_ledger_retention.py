@@ -4,7 +4,7 @@ it forgot charges nothing, and a very late invocation is leakage instead of held
 
 from __future__ import annotations
 
-from onceflow.schemas import SingleObjectCodec, UnitsRetired
+from onceflow.schemas import SingleObjectCodec, StateRetired
 from onceflow.streams.runtime import fingerprint_items
 from onceflow.streams.state import MemoryState
 from tests.billing.fixtures import T0, Books, accepted, invocation
@@ -13,7 +13,7 @@ H = 160_000  # ten seconds a step
 
 
 def _retired(books: Books) -> list[str]:
-    return [wu for f in books.facts if isinstance(f, UnitsRetired) for wu in f.work_unit_ids]
+    return [wu for f in books.facts if isinstance(f, StateRetired) for wu in f.work_unit_ids]
 
 
 def test_units_are_forgotten_a_horizon_after_their_settlement_and_no_sooner() -> None:

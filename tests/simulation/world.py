@@ -320,7 +320,8 @@ class World:
             limits = ScopeLimits.from_settings(self.settings.limits)
             self.limiter = Shell("limiter", Limiter(limits, c["reports"],
                                                     self.settings.limits.queue_scan,
-                                                    self.settings.billing.prepaid_credits),
+                                                    self.settings.billing.prepaid_credits,
+                                                    horizon_ms=self.settings.retention_horizon_ms),
                                  [self.t["limits"]], self.t["flow"], self.log,
                                  c["limits"].partitions, check=self._slots_within_limits,
                                  horizon_ms=self.settings.retention_horizon_ms,

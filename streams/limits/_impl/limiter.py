@@ -55,6 +55,7 @@ from onceflow.schemas import (
     SlotQueued,
     SlotReleased,
     SlotRequested,
+    StateRetired,
     quantize_money,
     weighted_tokens,
 )
@@ -71,6 +72,16 @@ __all__ = ["Budget", "Limiter", "rate_window_level"]
 _RANK: dict[str, int] = {"critical": 0, "p0": 1, "p1": 2, "p2": 3}
 _ZERO = Decimal("0")
 _MINUTE_MS = 60_000
+#: how many steps a horizon is looked through in, and how many sessions one fact forgets
+_RETIRE_STEPS = 16
+_RETIRE_PER_FACT = 1000
+#: the step of logged time the limiter last looked for idle sessions in
+_RETIRED_STEP = "retired-step"
+
+
+def _idle_key(at: int, scope: str) -> str:
+    # sessions' accounts by when they last changed, oldest first
+    return f"i:{at:013d}:{scope}"
 
 
 def _in_use(state: State, scope: str) -> int:
@@ -134,12 +145,14 @@ class Limiter(Reducer):
                          "ledger.unit.settled", "flow.session.limits.set"})
 
     def __init__(self, limits: ScopeLimits, reports: Topic, queue_scan: int = 256,
-                 credits: Mapping[str, Decimal] | None = None) -> None:
+                 credits: Mapping[str, Decimal] | None = None, *, horizon_ms: int = 0) -> None:
         self.limits = limits
         self.reports = reports
         self.queue_scan = queue_scan
         #: each prepaid tenant's credit: what its charges and holds may not exceed
         self.credits = dict(credits or {})
+        #: a session's account is forgotten once idle this long (0: never)
+        self.horizon_ms = horizon_ms
 
     # -- the rules -------------------------------------------------------------------------
 
@@ -362,6 +375,11 @@ class Limiter(Reducer):
     # -- decide ------------------------------------------------------------------------
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
+        facts = self._decide(state, event)
+        retired = self._idle_sessions(state, event) if self.horizon_ms else None
+        return facts if retired is None else [*facts, retired]
+
+    def _decide(self, state: State, event: Event) -> Sequence[Event]:
         if isinstance(event, SlotRequested):
             return self._on_request(state, event)
         if isinstance(event, SlotReleased):
@@ -591,7 +609,66 @@ class Limiter(Reducer):
 
     # -- evolve ------------------------------------------------------------------------
 
+    # -- bounded state: sessions' accounts -------------------------------------------------
+
+    def _idle_sessions(self, state: State, event: Event) -> StateRetired | None:
+        """Once per step of logged time (a sixteenth of the horizon), the sessions whose
+        account has not changed for a horizon and holds nothing: forgotten by a fact (a
+        step later on, a session that comes back starts a new account)."""
+        step_ms = max(1, self.horizon_ms // _RETIRE_STEPS)
+        now = event.occurred_at
+        if now // step_ms <= state.get(_RETIRED_STEP, 0) or now <= self.horizon_ms:
+            return None
+        idle = []
+        for key, _ in state.items("i:", stop=_idle_key(now - self.horizon_ms + 1, "")):
+            scope = key.split(":", 2)[2]
+            tenant, session = scope.split("/", 1)
+            usage = SessionUsage.load(state, tenant, session)
+            budget = Budget.stored(state, f"session:{scope}")
+            if (usage is None or not usage.tokens_held) and \
+                    Decimal(budget.get("reserved", "0")) == _ZERO:
+                idle.append(scope)
+            if len(idle) >= _RETIRE_PER_FACT:
+                break
+        return StateRetired(**caused_by(event, "state-retired"), processor=self.name,
+                            horizon_ms=self.horizon_ms, inputs_until=0, work_unit_ids=[],
+                            sessions=idle)
+
+    def _touch(self, state: State, fact: Event) -> None:
+        """A session's account changed: it is idle from now on."""
+        scope = f"{fact.tenant_id}/{fact.execution_session_id}"
+        if not fact.execution_session_id or (
+                f"x:{scope}" not in state and f"b:session:{scope}" not in state):
+            return
+        before = state.get(f"il:{scope}")
+        if before is not None and before >= fact.occurred_at:
+            return
+        if before is not None:
+            state.delete(_idle_key(before, scope))
+        state.set(_idle_key(fact.occurred_at, scope), 1)
+        state.set(f"il:{scope}", fact.occurred_at)
+
+    @staticmethod
+    def _evolve_retired(state: State, fact: StateRetired) -> None:
+        for scope in fact.sessions:
+            at = state.get(f"il:{scope}")
+            if at is not None:
+                state.delete(_idle_key(at, scope))
+            for key in (f"il:{scope}", f"x:{scope}", f"b:session:{scope}"):
+                state.delete(key)
+        step_ms = max(1, fact.horizon_ms // _RETIRE_STEPS)
+        if len(fact.sessions) < _RETIRE_PER_FACT:
+            state.set(_RETIRED_STEP, fact.occurred_at // step_ms)
+
     def evolve(self, state: State, fact: Event) -> None:
+        if isinstance(fact, StateRetired):
+            self._evolve_retired(state, fact)
+            return
+        self._evolve(state, fact)
+        if self.horizon_ms:
+            self._touch(state, fact)
+
+    def _evolve(self, state: State, fact: Event) -> None:
         wu = fact.work_unit_id or ""
         if isinstance(fact, SlotGranted):
             self._evolve_granted(state, wu, fact)

@@ -36,7 +36,7 @@ from onceflow.schemas import (
     SlotQueued,
     SlotReleased,
     SlotRequested,
-    UnitsRetired,
+    StateRetired,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitDeferred,
@@ -114,7 +114,7 @@ _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
     QueueSampled: clock.evolve_queue_sampled,
     ProviderScopePaused: backoff.evolve_scope_paused,
     ControlApplied: control.evolve_control_applied,
-    UnitsRetired: retention.evolve_retired,
+    StateRetired: retention.evolve_retired,
 }
 
 _EVOLVE_UNIT: dict[type[Event], EvolveUnit] = {

@@ -3,7 +3,7 @@
 A unit's record, its index entries and (in the shell) the dedupe marks of
 its inputs are working state: what deciding its next step needs. Once it has
 settled and the horizon (logged time, `retention_horizon_ms`) has passed, no
-next step can come, so a tick retires it with a fact (`UnitsRetired`) and
+next step can come, so a tick retires it with a fact (`StateRetired`) and
 the partition's state stays the size of a horizon's work. Its facts stay in
 the log: `why`, sessions and the ledger read them there.
 
@@ -19,7 +19,7 @@ a workflow id be reused once its run is past the namespace's retention.
 
 from __future__ import annotations
 
-from onceflow.schemas import ClockTick, UnitsRetired, WorkUnitRejected, WorkUnitSubmitted
+from onceflow.schemas import ClockTick, StateRetired, WorkUnitRejected, WorkUnitSubmitted
 from onceflow.streams.ids import caused_by
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.unit import (
@@ -37,7 +37,7 @@ RETIRED_KEY = "retired-before"
 
 
 def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
-               ) -> UnitsRetired | None:
+               ) -> StateRetired | None:
     """The settled units whose last decision is a horizon before `now`, oldest first."""
     if not ctx.horizon_ms or now <= ctx.horizon_ms:
         return None
@@ -45,14 +45,14 @@ def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
     units = [u for u in (ctx.load(state, wu) for wu, _ in rows) if u is not None]
     if not units:
         return None
-    return UnitsRetired(
-        **caused_by(tick, "units-retired", occurred_at=now), processor="scheduler",
+    return StateRetired(
+        **caused_by(tick, "state-retired", occurred_at=now), processor="scheduler",
         horizon_ms=ctx.horizon_ms, inputs_until=max(u.submitted_at for u in units),
         work_unit_ids=[u.work_unit_id for u in units],
     )
 
 
-def evolve_retired(ctx: SchedulerContext, state: State, fact: UnitsRetired) -> None:
+def evolve_retired(ctx: SchedulerContext, state: State, fact: StateRetired) -> None:
     for wu in fact.work_unit_ids:
         unit = ctx.load(state, wu)
         if unit is None:

@@ -163,3 +163,22 @@ def test_an_llm_unit_settled_before_its_tokens_are_billed_keeps_its_hold_until_t
     h.feed(charged("b", "0.2", at=T0 + 5, tokens_in=10, tokens_out=10), settled("b", T0 + 6))
     assert h.state.get("r:b") is None
     assert h.budget("tenant:acme") == {"reserved": "0.000000", "charged": "0.501000"}
+
+
+def test_a_sessions_account_is_forgotten_once_idle_a_horizon_and_holding_nothing() -> None:
+    horizon = 160_000
+    h = LimiterHarness(horizon_ms=horizon)
+    h.feed(budgeted("a", session_budget_usd=Decimal("1"), session="s1"),
+           budgeted("b", session_budget_usd=Decimal("1"), session="s2"))
+    h.feed(charged("a", "0.2", at=T0 + 5, session="s1"), settled("a", at=T0 + 6, session="s1"))
+    assert h.budget("session:acme/s1") and h.budget("session:acme/s2")
+    h.feed(budgeted("c", at=T0 + horizon + 20_000, session="s3"))
+    retired = [s for f in h.facts() if f.event_type == "processor.state.retired"
+               for s in f.sessions]  # type: ignore[attr-defined]
+    # s1 is settled and idle; s2 still holds b's maximum cost, so it is kept
+    assert retired == ["acme/s1"]
+    assert not h.budget("session:acme/s1") and h.budget("session:acme/s2")
+    replayed = MemoryState()
+    for fact in h.facts():
+        h.limiter.evolve(replayed, fact)
+    assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())

@@ -4,7 +4,7 @@ decision, by a fact, so that replay forgets the same ones; what they can no long
 
 from __future__ import annotations
 
-from onceflow.schemas import UnitsRetired, WorkUnitRejected, WorkUnitScheduled, WorkUnitSubmitted
+from onceflow.schemas import StateRetired, WorkUnitRejected, WorkUnitScheduled, WorkUnitSubmitted
 from onceflow.streams.scheduler import UnitRecord
 from onceflow.streams.settings import OnceflowSettings, SchedulerSettings
 from tests.streams.scheduler.fixtures import (
@@ -34,7 +34,7 @@ def _run(h: Harness, wu: str, at: int) -> None:
 
 
 def _retired(h: Harness) -> list[str]:
-    return [wu for f in h.outputs if isinstance(f, UnitsRetired) for wu in f.work_unit_ids]
+    return [wu for f in h.outputs if isinstance(f, StateRetired) for wu in f.work_unit_ids]
 
 
 def test_a_settled_unit_is_kept_for_the_horizon_then_forgotten_by_a_fact() -> None:
@@ -94,8 +94,8 @@ def test_a_tick_forgets_at_most_its_share_and_the_next_goes_on_oldest_first() ->
     h.tick(T0 + 2 * HORIZON + 1)
     h.tick(T0 + 2 * HORIZON + 2)
     assert _retired(h) == [f"wu-{i}" for i in range(7)]
-    assert [f.inputs_until for f in h.outputs if isinstance(f, UnitsRetired)] == sorted(
-        f.inputs_until for f in h.outputs if isinstance(f, UnitsRetired))
+    assert [f.inputs_until for f in h.outputs if isinstance(f, StateRetired)] == sorted(
+        f.inputs_until for f in h.outputs if isinstance(f, StateRetired))
     assert_replay_equals_live(h)
 
 
