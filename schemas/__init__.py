@@ -61,6 +61,7 @@ from onceflow.schemas._impl.tokens import (
 from onceflow.schemas._impl.types import (
     MONEY_QUANTUM,
     AdmissionMode,
+    Amount,
     BreakerBucket,
     ContentRef,
     EffectLabel,
@@ -100,6 +101,7 @@ __all__ = [
     "IdempotencyClass",
     "LedgerOutcome",
     "LineItemType",
+    "Amount",
     "Money",
     "NeedsOperatorReason",
     "NotAvroSingleObjectError",

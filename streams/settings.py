@@ -99,6 +99,11 @@ class OnceflowSettings(KafkaSettings):
         description="how often the batched shell waits for its outputs and writes state "
                     "and offsets (0: after every batch)",
     )
+    max_event_bytes: int = Field(
+        default=512 * 1024, ge=1024,
+        description="the largest record a role decides on; a larger one is dead-lettered "
+                    "(payloads belong in the content store, events carry their reference)",
+    )
     retention_horizon_ms: int = Field(
         default=7 * 24 * 3600 * 1000, ge=0,
         description="how long, in logged time, a role keeps a settled unit's working state "

@@ -35,6 +35,7 @@ from onceflow.schemas import (
     ClaimRequested,
     CodecError,
     EffectStaged,
+    Event,
     LlmInvocationCompleted,
     LlmInvocationFailed,
     NodeHeartbeat,
@@ -51,6 +52,7 @@ from onceflow.streams.ids import caused_by, derive_event_id
 from onceflow.streams.kafka import (
     DeadLetterRouter,
     EventProducer,
+    RecordGate,
     assign_from_committed,
     make_consumer,
 )
@@ -118,6 +120,7 @@ class NodeAgent:
         self._nodes = self.catalog["nodes"]
         self.codec = SingleObjectCodec()
         self.producer = EventProducer(settings, self.codec, on_delivered=None, **{"linger.ms": 1})
+        self._gate = RecordGate.for_topics(settings, [self.catalog["dispatch"].name])
         self._dlq = DeadLetterRouter(self.producer, self.catalog["deadletters"].name,
                                      f"agent:{node_id}")
         self.log = get_logger(role="agent", node=node_id, incarnation=self.incarnation)
@@ -261,10 +264,16 @@ class NodeAgent:
         raw = msg.value()
         if msg.error() is not None or raw is None:
             return
+        event: Event | None = None
+        refused: Exception | None = self._gate.before(raw)
         try:
-            event = self.codec.decode(raw)
+            event = self.codec.decode(raw) if refused is None else None
         except CodecError as exc:
-            self._dlq.route(msg, exc)
+            refused = exc
+        if event is not None:
+            refused = self._gate.after(event.event_type, msg.topic())
+        if refused is not None or event is None:
+            self._dlq.route(msg, refused or CodecError("no event"))
             return
         if isinstance(event, WorkUnitScheduled):
             if event.selected_node_id != self.node_id or self._draining.is_set():

@@ -37,6 +37,7 @@ from onceflow.schemas._impl.reasons import (
 )
 from onceflow.schemas._impl.types import (
     AdmissionMode,
+    Amount,
     BreakerBucket,
     ContentRef,
     EffectLabel,
@@ -181,7 +182,7 @@ class WorkUnitSubmitted(Event, event_type="workunit.submitted"):
     correlation_id: str | None = None
     input_ref: ContentRef | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
-    session_budget_usd: Money | None = Field(
+    session_budget_usd: Amount | None = Field(
         default=None, description="the most the unit's session may be charged (USD): units are "
         "held against it before they run; the first submission of a session that sets it wins")
     requires_approval: bool = Field(
@@ -259,7 +260,7 @@ class AttemptResult(Event):
     incarnation: str = Field(default="", description="which run of the node's agent ran it")
     correlation_id: str | None = None
     result_ref: ContentRef | None = None
-    cpu_seconds: Money = Decimal("0")
+    cpu_seconds: Amount = Decimal("0")
     llm_tokens: int = 0
     started_at: int = 0
     finished_at: int = 0
@@ -311,7 +312,7 @@ class WorkUnitFailed(Event, event_type="workunit.failed"):
         default=0, description="provider_backoff: when the provider said to come back (ms)")
     provider: str = Field(default="", description="provider_backoff: the provider that said so")
     model: str = Field(default="", description="provider_backoff: the model that was called")
-    cpu_seconds: Money = Field(
+    cpu_seconds: Amount = Field(
         default=Decimal("0"), description="what the attempt ran before it ended (the agent's "
         "word): the work a cancelled attempt did before it stopped is billed from it")
 
@@ -387,10 +388,10 @@ class SlotRequested(Event, event_type="flow.slot.requested"):
     priority: Priority = "p2"
     cost: float = Field(
         default=1.0, ge=0, description="what the unit will likely cost (USD): its fair share")
-    hold_usd: Money = Field(
+    hold_usd: Amount = Field(
         default=Decimal("0"), description="the unit's maximum cost, held against its tenant's "
         "prepaid credit and its session budget until the ledger bills it (0: hold nothing)")
-    session_budget_usd: Money | None = Field(
+    session_budget_usd: Amount | None = Field(
         default=None, description="the session's budget, as its submission set it")
     tokens: int = Field(
         default=0, ge=0, description="estimated tokens (input plus price-weighted output) "
@@ -412,11 +413,11 @@ class SlotGranted(Event, event_type="flow.slot.granted"):
     not_before: int = Field(
         default=0, ge=0, description="a rate limit's turn: the unit is placed at this logged "
         "time, not before (0: now)")
-    held_usd: Money = Field(default=Decimal("0"), description="the budget held for the unit")
+    held_usd: Amount = Field(default=Decimal("0"), description="the budget held for the unit")
     budget_scopes: list[str] = Field(
         default_factory=list, description="the budgets it is held against: tenant:<t>, "
         "session:<t>/<s>")
-    session_budget_usd: Money | None = None
+    session_budget_usd: Amount | None = None
     tokens: int = Field(default=0, ge=0, description="estimated tokens taken from rate windows")
     rate_levels: dict[str, float] = Field(
         default_factory=dict, description="each rate window it took from, after taking: "
@@ -439,10 +440,10 @@ class SlotDenied(Event, event_type="flow.slot.denied"):
     reason: str
     scope: str = Field(description="the budget: tenant:<t> or session:<t>/<s>; or the session "
                        "whose limit is reached")
-    budget_usd: Money = Decimal("0")
-    charged_usd: Money = Decimal("0")
-    reserved_usd: Money = Decimal("0")
-    hold_usd: Money = Decimal("0")
+    budget_usd: Amount = Decimal("0")
+    charged_usd: Amount = Decimal("0")
+    reserved_usd: Amount = Decimal("0")
+    hold_usd: Amount = Decimal("0")
     on_limit: SessionLimitPolicy = Field(
         default="park", description="SESSION_LIMIT: the session's policy (park or cancel)")
 
@@ -456,8 +457,8 @@ class BudgetSettled(Event, event_type="flow.budget.settled"):
     """
 
     source_event_id: str
-    charged_usd: Money = Decimal("0")
-    released_usd: Money = Decimal("0")
+    charged_usd: Amount = Decimal("0")
+    released_usd: Amount = Decimal("0")
     tokens_used: int = Field(default=0, ge=0, description="real weighted tokens, from usage")
     unit_settled: bool = Field(
         default=False, description="the ledger settled the unit: what was held for it ends")
@@ -534,8 +535,8 @@ class SlotQueued(Event, event_type="flow.slot.queued"):
     fair_finish: float = Field(
         default=0.0, description="and its finish tag: within a priority, lower goes first")
     detail: str = Field(default="", description="the rule that holds it, with its numbers")
-    hold_usd: Money = Field(default=Decimal("0"), description="as requested (SlotRequested)")
-    session_budget_usd: Money | None = None
+    hold_usd: Amount = Field(default=Decimal("0"), description="as requested (SlotRequested)")
+    session_budget_usd: Amount | None = None
     tokens: int = Field(default=0, ge=0)
     budgeted: bool = Field(default=False, description="its tenant has prepaid credit")
     kind: WorkKind = "cpu"
@@ -624,7 +625,7 @@ class LlmInvocationCompleted(Event, event_type="llm.invocation.completed"):
     tokens_out: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
     latency_ms: int = Field(ge=0)
-    estimated_cost_usd: Money
+    estimated_cost_usd: Amount
     response_ref: ContentRef | None = None
 
 
@@ -706,16 +707,16 @@ class QueueSampled(Event, event_type="scheduler.queue.sampled"):
     """
 
     ENTITY_FIELD: ClassVar[str] = "event_type"
-    partition: int = 0
-    queue: int = 0
-    deferred: int = 0
-    throttled: int = 0
-    running: int = 0
-    wait_p95_ms: float = 0.0
-    waits_sampled: int = 0
-    node_count: int = 0
-    utilization: float = 0.0
-    admission_mode: str = "OPEN"
+    partition: int = Field(default=0, ge=0)
+    queue: int = Field(default=0, ge=0)
+    deferred: int = Field(default=0, ge=0)
+    throttled: int = Field(default=0, ge=0)
+    running: int = Field(default=0, ge=0)
+    wait_p95_ms: float = Field(default=0.0, ge=0)
+    waits_sampled: int = Field(default=0, ge=0)
+    node_count: int = Field(default=0, ge=0)
+    utilization: float = Field(default=0.0, ge=0)
+    admission_mode: AdmissionMode = "OPEN"
 
 
 class CapacityWindowClosed(Event, event_type="capacity.window.closed"):
@@ -788,14 +789,14 @@ class LedgerLineItem(Event, event_type="ledger.line_item"):
     line_item_type: LineItemType
     node_id: str | None = None
     model: str | None = None
-    cpu_seconds: Money = Decimal("0")
+    cpu_seconds: Amount = Decimal("0")
     llm_tokens: int = 0
     llm_tokens_event_total: int = 0
-    cpu_unit_price_usd: Money = Decimal("0")
-    llm_unit_price_usd_per_1k: Money = Decimal("0")
-    subtotal_cpu_usd: Money = Decimal("0")
-    subtotal_llm_usd: Money = Decimal("0")
-    total_usd: Money
+    cpu_unit_price_usd: Amount = Decimal("0")
+    llm_unit_price_usd_per_1k: Amount = Decimal("0")
+    subtotal_cpu_usd: Amount = Decimal("0")
+    subtotal_llm_usd: Amount = Decimal("0")
+    total_usd: Amount
     currency: str = "USD"
     rounded_scale: int = 6
     rounding_mode: str = "ROUND_HALF_EVEN"
@@ -804,10 +805,10 @@ class LedgerLineItem(Event, event_type="ledger.line_item"):
     attempt_index: int = Field(default=0, ge=0, description="the attempt the source belongs to")
     llm_tokens_in: int = 0
     llm_tokens_out: int = 0
-    llm_input_price_usd_per_1k: Money = Decimal("0")
-    llm_output_price_usd_per_1k: Money = Decimal("0")
-    subtotal_llm_input_usd: Money = Decimal("0")
-    subtotal_llm_output_usd: Money = Decimal("0")
+    llm_input_price_usd_per_1k: Amount = Decimal("0")
+    llm_output_price_usd_per_1k: Amount = Decimal("0")
+    subtotal_llm_input_usd: Amount = Decimal("0")
+    subtotal_llm_output_usd: Amount = Decimal("0")
     leakage_reason: str = Field(
         default="", description="why an unbilled line item was not charged (billed = false)"
     )
@@ -833,8 +834,8 @@ class LedgerChargeHeld(Event, event_type="ledger.charge.held"):
     tokens_in: int = 0
     tokens_out: int = 0
     total_tokens: int = 0
-    llm_input_price_usd_per_1k: Money = Decimal("0")
-    llm_output_price_usd_per_1k: Money = Decimal("0")
+    llm_input_price_usd_per_1k: Amount = Decimal("0")
+    llm_output_price_usd_per_1k: Amount = Decimal("0")
     pricing_version: str = ""
 
 
@@ -857,8 +858,8 @@ class LedgerUnitSettled(Event, event_type="ledger.unit.settled"):
 class WalletUpdated(Event, event_type="wallet.updated"):
     ENTITY_FIELD: ClassVar[str] = "tenant_id"
     balance_usd: Money
-    total_debit_usd: Money
-    total_credit_usd: Money
+    total_debit_usd: Amount
+    total_credit_usd: Amount
     record_count: int = 0
     last_line_item_id: str | None = None
     wallet_id: str = Field(
@@ -871,7 +872,7 @@ class WalletUpdated(Event, event_type="wallet.updated"):
                     "its partials, one per ledger partition",
     )
     prepaid: bool = Field(default=False, description="a prepaid credit limits this tenant")
-    total_leakage_usd: Money = Decimal("0")
+    total_leakage_usd: Amount = Decimal("0")
     leakage_count: int = 0
 
 

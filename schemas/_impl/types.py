@@ -8,13 +8,14 @@ touches an amount.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 __all__ = [
     "MONEY_QUANTUM",
     "AdmissionMode",
+    "Amount",
     "BreakerBucket",
     "ContentRef",
     "EffectLabel",
@@ -70,6 +71,23 @@ def _to_decimal(value: object) -> object:
 Money = Annotated[
     Decimal,
     BeforeValidator(_to_decimal),
+    PlainSerializer(lambda d: format(quantize_money(d), "f"), return_type=str),
+]
+
+
+def _to_amount(value: Any) -> object:
+    amount = _to_decimal(value)
+    if isinstance(amount, Decimal) and amount < 0:
+        raise ValueError(f"{str(amount)[:40]!r} is negative: a cost, price, budget or "
+                         "quantity is never below zero")
+    return amount
+
+
+#: Money that is never negative: costs, prices, budgets, holds, seconds (a balance is
+#: the only signed amount)
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_to_amount),
     PlainSerializer(lambda d: format(quantize_money(d), "f"), return_type=str),
 ]
 
@@ -137,7 +155,7 @@ class SessionLimits(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
     max_llm_calls: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
     max_tokens: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
-    max_cost_usd: Money | None = None
+    max_cost_usd: Amount | None = None
     max_wall_time_ms: int | None = Field(default=None, ge=1, le=AVRO_LONG_MAX)
     on_limit: SessionLimitPolicy = Field(
         default="park", description="park: paused and listed in the inbox until an operator "

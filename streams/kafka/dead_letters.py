@@ -8,12 +8,17 @@ once the cause is fixed.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Message
 
 from onceflow.schemas import DeadLetterRecorded
 from onceflow.streams.kafka.producer import EventProducer
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = [
     "DLQ_HEADER_ERROR",
@@ -23,6 +28,9 @@ __all__ = [
     "DLQ_HEADER_PROCESSOR",
     "DLQ_HEADER_TOPIC",
     "DeadLetterRouter",
+    "OversizedRecord",
+    "RecordGate",
+    "WrongTopic",
     "dead_letter_from_message",
     "dead_letter_headers",
     "message_headers",
@@ -94,3 +102,47 @@ def dead_letter_from_message(msg: Message) -> DeadLetterRecorded:
         payload=msg.value() or b"",
         payload_key=msg.key(),
     )
+
+
+class OversizedRecord(ValueError):
+    """A record over `max_event_bytes`: dead-lettered, not decided."""
+
+
+class WrongTopic(ValueError):
+    """A well-formed event of a type its topic never carries (`Topic.carries`)."""
+
+
+@dataclass(frozen=True)
+class RecordGate:
+    """What every reader of a topic refuses, one rule for the batched shell and the agent:
+    a record too large to be an event (before decoding), and an event of a type its topic
+    never carries (after)."""
+
+    max_bytes: int
+    #: per topic name, the types it carries (topics without a declaration are absent)
+    carries: Mapping[str, frozenset[str]]
+
+    @classmethod
+    def for_topics(cls, settings: OnceflowSettings, topics: Sequence[str]) -> RecordGate:
+        from onceflow.streams.topics.catalog import TopicCatalog
+
+        catalog = TopicCatalog(settings)
+        declared = {name: topic.carries for name in topics
+                    if (topic := catalog.by_name(name)) is not None
+                    and topic.carries is not None}
+        return cls(settings.max_event_bytes, declared)
+
+    def before(self, raw: bytes) -> OversizedRecord | None:
+        if len(raw) <= self.max_bytes:
+            return None
+        return OversizedRecord(
+            f"a record of {len(raw):,} bytes is over the {self.max_bytes:,} a role decides "
+            "on (ONCEFLOW_MAX_EVENT_BYTES): put large payloads in the content store and send "
+            "their reference")
+
+    def after(self, event_type: str, topic: str) -> WrongTopic | None:
+        carries = self.carries.get(topic)
+        if carries is None or event_type in carries:
+            return None
+        return WrongTopic(f"{event_type} does not belong on {topic}, which carries "
+                          f"{', '.join(sorted(carries))}: send it to its own topic")

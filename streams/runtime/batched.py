@@ -43,7 +43,7 @@ from onceflow.streams.kafka.consumer import (
     read_partition_to_end,
     watermarks,
 )
-from onceflow.streams.kafka.dead_letters import DeadLetterRouter
+from onceflow.streams.kafka.dead_letters import DeadLetterRouter, RecordGate
 from onceflow.streams.kafka.producer import EventProducer
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime.facts import (
@@ -71,6 +71,8 @@ __all__ = ["BatchedProcessor", "Recovery", "ReducerError", "directory_bytes", "n
 #: checkpointed offsets (from 0 when the local state is gone) and decided
 #: again, and facts already in the topic are not sent twice.
 Recovery = Literal["facts", "inputs"]
+
+_NONE: frozenset[bytes] = frozenset()
 
 def next_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
     """Whatever is ready now, up to `max_records`; wait up to `wait_s` only when nothing is.
@@ -163,12 +165,18 @@ class BatchedProcessor:
         self.tables = list(tables)
         self._tables: TopicFollower | None = None
         self.log = get_logger(processor=reducer.name)
-        # Known event types the reducer ignores, by Avro fingerprint: skipped undecoded.
-        self._ignored: frozenset[bytes] = frozenset()
+        # Per input topic: known event types the reducer ignores, by Avro fingerprint,
+        # skipped undecoded; on a topic that declares what it carries, only those (any
+        # other type there was sent to the wrong topic, and is decoded to say so).
+        self._gate = RecordGate.for_topics(settings, self.inputs)
+        self._ignored: dict[str, frozenset[bytes]] = {}
         if reducer.accepts is not None and isinstance(self.codec, SingleObjectCodec):
-            self._ignored = frozenset(
-                fp for fp, entry in self.codec.registry.by_fingerprint.items()
-                if entry.event_type not in reducer.accepts)
+            for name in self.inputs:
+                carries = self._gate.carries.get(name)
+                self._ignored[name] = frozenset(
+                    fp for fp, entry in self.codec.registry.by_fingerprint.items()
+                    if entry.event_type not in reducer.accepts
+                    and (carries is None or entry.event_type in carries))
         # A reducer that never overrides `route` derives no outputs: no call per fact.
         self._routes = (getattr(type(reducer), "route", Reducer.route) is not Reducer.route
                         or "route" in getattr(reducer, "__dict__", {}))
@@ -360,14 +368,24 @@ class BatchedProcessor:
     def _handle(self, store: PartitionStore, partition: int, msg: Message,
                 position: tuple[tuple[str, bytes], ...] = ()) -> None:
         raw = msg.value()
-        if raw is not None and raw[2:10] in self._ignored and raw[:2] == SINGLE_OBJECT_MARKER:
-            return  # a well-formed event of a type this reducer never acts on
+        topic: str = msg.topic()  # type: ignore[assignment]
+        if raw is not None:
+            oversized = self._gate.before(raw)
+            if oversized is not None:
+                self._dead_letter(msg, oversized)
+                return
+            if raw[2:10] in self._ignored.get(topic, _NONE) and raw[:2] == SINGLE_OBJECT_MARKER:
+                return  # a well-formed event of a type this reducer never acts on
         try:
             if raw is None:
                 raise CodecError("record has no value (tombstone) on an event topic")
             event = self.codec.decode(raw)
         except CodecError as exc:
             self._dead_letter(msg, exc)
+            return
+        misrouted = self._gate.after(event.event_type, topic)
+        if misrouted is not None:
+            self._dead_letter(msg, misrouted)
             return
         if store.has_seen(event.event_id):
             return
@@ -512,6 +530,12 @@ class BatchedProcessor:
                                      horizon_ms=horizon, min_marks=marks)
         assert self._consumer is not None
         log_end = watermarks(self._consumer, self.fact_topic, partition)[1]  # where facts end
+        if store.outdated:
+            # kept by an older release, or with another rule for its dedupe marks
+            self.log.warning("state.rebuilt", partition=partition, reason="layout")
+            store.close()
+            store = open_partition_store(self.state_dir, self.reducer.name, partition,
+                                         wipe=True, horizon_ms=horizon, min_marks=marks)
         if store.fact_offset() > log_end:
             # The checkpoint is beyond the end of the log: the topic was
             # deleted and created again (or the broker's data was wiped), so

@@ -295,17 +295,13 @@ def open_partition_store(
     state_dir: Path, processor: str, partition: int, *, wipe: bool = False,
     horizon_ms: int = 0, min_marks: int = 0,
 ) -> PartitionStore:
-    """Open a partition's state; one in an older layout (or kept with another horizon)
-    is wiped, and the shell rebuilds it from the fact topic."""
+    """Open a partition's state (`wipe`: empty). A store kept in an older layout, or with
+    another rule for its dedupe marks, says so (`outdated`): the shell then wipes it and
+    rebuilds it from the fact topic."""
     path = partition_store_path(state_dir, processor, partition)
     if wipe and path.exists():
         shutil.rmtree(path)
-    store = PartitionStore(path, partition, horizon_ms=horizon_ms, min_marks=min_marks)
-    if store.outdated:
-        store.close()
-        shutil.rmtree(path)
-        store = PartitionStore(path, partition, horizon_ms=horizon_ms, min_marks=min_marks)
-    return store
+    return PartitionStore(path, partition, horizon_ms=horizon_ms, min_marks=min_marks)
 
 
 def open_partition_snapshot(

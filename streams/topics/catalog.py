@@ -76,6 +76,9 @@ class Topic:
     partitions: int
     retention_ms: int
     description: str
+    #: the event types written to it, for a topic whose writers are clients, agents or
+    #: operators (None: a processor's facts, whatever types its writer decides)
+    carries: frozenset[str] | None = None
 
     def configs(self) -> dict[str, str]:
         return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
@@ -131,6 +134,23 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
 )
 
 
+#: What the topics written from outside the processors carry: a record of another known
+#: type there was sent to the wrong topic, and its reader dead-letters it.
+_CARRIES: dict[TopicRole, frozenset[str]] = {
+    "submissions": frozenset({"workunit.submitted"}),
+    "control": frozenset({"control.requested", "control.operator.resolved",
+                          "control.human_input.submitted", "control.cancel.requested",
+                          "control.session.paused", "control.session.resumed"}),
+    "llm": frozenset({"llm.invocation.completed", "llm.invocation.failed"}),
+    "nodes": frozenset({"node.heartbeat"}),
+    "queue": frozenset({"scheduler.queue.sampled"}),
+    "dispatch": frozenset({"workunit.scheduled", "workunit.claim.granted",
+                           "workunit.claim.rejected", "workunit.cancelled"}),
+    "limits": frozenset({"flow.slot.requested", "flow.slot.released", "ledger.line_item",
+                         "ledger.unit.settled", "flow.session.limits.set"}),
+}
+
+
 class TopicCatalog:
     """The topics of one onceflow deployment (names carry the configured prefix)."""
 
@@ -140,7 +160,8 @@ class TopicCatalog:
         for role, key, part_by, cleanup, retention, fixed, desc in _TABLE:
             name = f"{settings.topic_prefix}{role}"
             partitions = fixed or settings.topic_partitions(name)
-            self._topics[role] = Topic(role, name, key, part_by, cleanup, partitions, retention, desc)
+            self._topics[role] = Topic(role, name, key, part_by, cleanup, partitions, retention,
+                                       desc, _CARRIES.get(role))
 
     def __getitem__(self, role: TopicRole) -> Topic:
         return self._topics[role]

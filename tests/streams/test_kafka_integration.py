@@ -106,22 +106,41 @@ class _PickyCounter(SubmissionCounter):
 def test_types_a_reducer_ignores_are_skipped_and_garbage_still_dead_lettered(
     settings: OnceflowSettings, uid: str
 ) -> None:
-    from onceflow.schemas import NodeHeartbeat
+    """On a topic that carries many types (reports), a type the reducer does not act on is
+    skipped undecoded; on one that declares what it carries (submissions), any other type
+    was sent to the wrong topic and is dead-lettered saying so, as garbage is."""
+    from onceflow.schemas import ClockTick, NodeHeartbeat
+    from onceflow.streams.kafka import dead_letter_from_message
 
     create_topics(settings)
     catalog = TopicCatalog(settings)
     producer = EventProducer(settings, SingleObjectCodec())
     for i in range(10):
         producer.send(catalog["submissions"], submitted(i))
-        producer.send(catalog["submissions"], NodeHeartbeat(event_id=f"hb{i}", occurred_at=i,
-                                                           node_id=f"n{i}"), partition=0)
+        producer.send(catalog["reports"], ClockTick(event_id=f"t{i}", occurred_at=i,
+                                                    partition=0), partition=0)
+    producer.send(catalog["submissions"], NodeHeartbeat(event_id="hb", occurred_at=1,
+                                                        node_id="n1"), partition=0)
     producer.send_raw(catalog["submissions"].name, b"\xc3\x01garbage!", key=b"j", partition=0)
     producer.flush()
-    with _running_counter(settings, uid, _PickyCounter()) as processor:
-        wait_for(lambda: processor.processed >= 21, what="21 records processed")
+    processor = BatchedProcessor(_PickyCounter(), settings,
+                                 inputs=[catalog["submissions"].name, catalog["reports"].name],
+                                 fact_topic=catalog["workunits"].name, group_id=f"g-{uid}")
+    stop = threading.Event()
+    thread = threading.Thread(target=processor.run, kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: processor.processed >= 22, what="22 records processed")
+    finally:
+        stop.set()
+        thread.join(30)
     assert len(event_messages(settings, catalog["workunits"].name)) == 10
-    dead = list(read_topic_to_end(settings, catalog["deadletters"].name))
-    assert [m.value() for m in dead] == [b"\xc3\x01garbage!"]
+    dead = [dead_letter_from_message(m)
+            for m in read_topic_to_end(settings, catalog["deadletters"].name)]
+    assert sorted(d.error_type for d in dead) == ["UnknownSchemaError", "WrongTopic"]
+    wrong = next(d for d in dead if d.error_type == "WrongTopic")
+    assert "node.heartbeat does not belong on" in wrong.error and "workunit.submitted" in \
+        wrong.error
 
 
 def test_inputs_redelivered_emit_nothing_twice(settings: OnceflowSettings, uid: str) -> None:

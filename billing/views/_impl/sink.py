@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from onceflow.billing.views._impl.engine import LEDGER_COLUMNS, ViewEngine
@@ -35,6 +36,7 @@ from onceflow.schemas import (
 from onceflow.streams.kafka import (
     DeadLetterRouter,
     EventProducer,
+    RecordGate,
     consumer_lag,
     log_consume_error,
     make_consumer,
@@ -118,6 +120,18 @@ class _Decoded:
         return tables, advanced
 
 
+def _below_zero(table: pa.Table) -> bool:
+    """Whether a fast-decoded batch has a negative amount (decimal strings) or count: what
+    no valid line item has, so the batch is decoded again record by record."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if name.endswith(("_usd", "_seconds", "_per_1k")):
+            if pc.any(pc.starts_with(column.cast(pa.string()), "-")).as_py():
+                return True
+        elif pa.types.is_integer(column.type) and pc.any(pc.less(column, 0)).as_py():
+            return True
+    return False
+
+
 class LedgerSink:
     name = "views-sink"
 
@@ -132,6 +146,7 @@ class LedgerSink:
         entry = self.codec.registry.for_type("ledger.line_item")
         self._ledger_header = SINGLE_OBJECT_MARKER + entry.fingerprint
         self._block = ContainerBlock(entry.schema)
+        self._gate = RecordGate.for_topics(settings, [self.topic])
         #: known fingerprints of the other events on the ledger topic (holds, settlements)
         self._others = type_fingerprints(
             self.codec, frozenset(self.codec.registry.by_type) - {"ledger.line_item"}) or frozenset()
@@ -157,9 +172,12 @@ class LedgerSink:
             self.sensor.on_dead_letter(self.name, self.topic, str(exc))
 
     def _row(self, msg: Message) -> dict[str, Any] | None:
-        """One record decoded on its own: the slow path, and the one that finds bad records."""
+        """One record decoded on its own: the slow path, and the one that finds bad records
+        (its contract checked as every other reader checks it)."""
+        raw = msg.value() or b""
         try:
-            event_type, record = self.codec.decode_record(msg.value() or b"")
+            self.codec.decode(raw)
+            event_type, record = self.codec.decode_record(raw)
         except CodecError as exc:
             self._dead_letter(msg, exc)
             return None
@@ -186,6 +204,10 @@ class LedgerSink:
             raw = msg.value()
             if raw is None:
                 continue  # a tombstone: not an event
+            oversized = self._gate.before(raw)
+            if oversized is not None:
+                self._dead_letter(msg, oversized)
+                continue
             if raw.startswith(header):
                 bodies.append(raw[10:])
                 parts.append(p)  # type: ignore[arg-type]
@@ -200,6 +222,8 @@ class LedgerSink:
         if bodies:
             try:
                 fast = decode_bodies(self._block, bodies)  # amounts: cast by the insert
+                if _below_zero(fast):  # breaks its contract: the slow path says which
+                    raise ValueError("a negative amount or count")
             except ValueError:  # find the bad one(s): decode the line items one by one
                 rows = (self._row(m) for m in msgs
                         if m.error() is None and (m.value() or b"").startswith(header))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from onceflow.schemas import (
+    AdmissionMode,
     BreakerState,
     CapacityAdmissionModeChanged,
     Event,
@@ -20,9 +21,7 @@ from onceflow.schemas import (
 )
 from onceflow.streams.scheduler._impl.placement import NodeView
 
-__all__ = ["AdmissionMode", "ClusterView"]
-
-AdmissionMode = str  # "OPEN" | "THROTTLED" | "CRITICAL"
+__all__ = ["ClusterView"]
 
 
 class ClusterView:
