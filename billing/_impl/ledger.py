@@ -70,22 +70,13 @@ def _held_prefix(work_unit_id: str) -> str:
     return f"h:{work_unit_id}:"
 
 
-def _retire_key(at: int, work_unit_id: str) -> str:
-    # Zero-padded times sort as numbers: the oldest settlements come first.
-    return f"x:retire:{at:013d}:{work_unit_id}"
-
-
 def _held_since_key(at: int, work_unit_id: str, source_event_id: str) -> str:
     """A held invocation by its time: one its unit never settles is let go a horizon on."""
     return f"x:held:{at:013d}:{work_unit_id}:{source_event_id}"
 
 
-#: what the partition has forgotten: the newest settlement time among the units it
-#: retired, and the step of logged time it last looked in
-_RETIRED_KEY = "retired"
-#: how many steps a horizon is looked through in, and how many units one fact forgets
-_RETIRE_STEPS = 16
-_RETIRE_PER_FACT = 1000
+#: how many held invocations one look lets go at most
+_LET_GO_PER_FACT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +105,7 @@ def _held_charges(state: State, work_unit_id: str) -> Iterator[LedgerChargeHeld]
 class Ledger(Reducer):
     name = "ledger"
     accepts = frozenset({"workunit.completed", "workunit.failed", "workunit.cancelled",
-                         "llm.invocation.completed"})
+                         "llm.invocation.completed", "processor.state.retired"})
 
     def __init__(self, settings: BillingSettings, prices: PriceBook,
                  limits: Topic | None = None, *, horizon_ms: int = 0) -> None:
@@ -128,16 +119,6 @@ class Ledger(Reducer):
     # -- decide ----------------------------------------------------------------------------
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
-        facts = self._decide(state, event)
-        if not self.horizon_ms:
-            return facts
-        # what this decision bills already is not let go again (decide sees the state
-        # from before its own facts)
-        billed = {f.source_event_id for f in facts if isinstance(f, LedgerLineItem)}
-        retired = self._retire_due(state, event, billed)
-        return facts if retired is None else [*facts, *retired]
-
-    def _decide(self, state: State, event: Event) -> Sequence[Event]:
         if isinstance(event, WorkUnitCompleted):
             return self._on_completed(state, event)
         if isinstance(event, LlmInvocationCompleted):
@@ -149,6 +130,9 @@ class Ledger(Reducer):
             return (self._cpu_item(event, billed=True),) if event.cpu_seconds else ()
         if isinstance(event, WorkUnitCancelled):
             return self._on_closed(state, event, "cancelled", event.attempt_index)
+        if isinstance(event, StateRetired) and event.processor == "scheduler" \
+                and self.horizon_ms:
+            return self._on_forgotten(state, event)
         return ()
 
     def _on_completed(self, state: State, event: WorkUnitCompleted) -> Sequence[Event]:
@@ -158,7 +142,7 @@ class Ledger(Reducer):
         if not event.accepted:
             return (self._cpu_item(event, billed=False,
                                    leakage=f"completion_rejected:{event.settlement_reason}"),)
-        if SettledUnit.load(state, wu) is not None or self._forgotten(state, event):
+        if SettledUnit.load(state, wu) is not None:
             return ()  # settled already: the scheduler accepts one completion per unit
         # The settlement comes last: whoever reads these facts in order (the limiter,
         # ending the unit's budget hold) has seen its charges by then.
@@ -179,7 +163,7 @@ class Ledger(Reducer):
         """A unit ended without an accepted result; `charged_attempt`: the attempt a cancel
         stopped, whose spent tokens are billed as work done (0: none)."""
         wu = event.work_unit_id or ""
-        if SettledUnit.load(state, wu) is not None or self._forgotten(state, event):
+        if SettledUnit.load(state, wu) is not None:
             return ()
         settled = SettledUnit(outcome, charged_attempt)
         facts: list[Event] = [self._held_item(held, settled)
@@ -206,62 +190,37 @@ class Ledger(Reducer):
             pricing_version=self.prices.version,
         )
         settled = SettledUnit.load(state, event.work_unit_id or "")
-        if settled is None and self._forgotten(state, event):
-            # its unit settled so long ago that the ledger forgot how: held, it would wait
-            # for ever; it is recorded unbilled, as leakage that says why
-            item = self._held_item(held, SettledUnit("failed", 0))
-            return (item.model_copy(update={"leakage_reason": "unit_beyond_horizon"}),)
         if settled is None:
             return (held,)
         return (self._held_item(held, settled),)
 
     # -- bounded state -------------------------------------------------------------------------
 
-    def _forgotten(self, state: State, event: Event) -> bool:
-        """Whether `event` is as old as units this partition has forgotten: a settlement
-        that old is a redelivery of one already counted (the scheduler settles once)."""
-        retired = state.get(_RETIRED_KEY)
-        return retired is not None and event.occurred_at <= retired["before"]
-
-    def _retire_due(self, state: State, event: Event, billed: set[str]
-                    ) -> list[Event] | None:
-        """Once per step of logged time (a sixteenth of the horizon), the units settled a
-        horizon before `event`, oldest first. The check is itself a fact, so that replay
-        looks at the same moments and forgets the same units."""
-        step_ms = max(1, self.horizon_ms // _RETIRE_STEPS)
-        retired = state.get(_RETIRED_KEY) or {"before": 0, "step": 0}
-        now = event.occurred_at
-        if now // step_ms <= retired["step"] or now <= self.horizon_ms:
-            return None
-        cutoff = _retire_key(now - self.horizon_ms + 1, "")
-        rows = []
-        for key, _ in state.items("x:retire:", stop=cutoff):
-            _, _, at, wu = key.split(":", 3)
-            rows.append((wu, int(at)))
-            if len(rows) >= _RETIRE_PER_FACT:
-                break
-        return [*self._let_go(state, now, billed), StateRetired(
-            **caused_by(event, "state-retired"), processor=self.name,
-            horizon_ms=self.horizon_ms,
-            inputs_until=max([at for _, at in rows], default=retired["before"]),
-            work_unit_ids=[wu for wu, _ in rows],
-        )]
-
-    def _let_go(self, state: State, now: int, billed: set[str]) -> list[LedgerLineItem]:
-        """Invocations held a horizon for a settlement that never came to this ledger (the
-        unit was forgotten before a slow node reported): leakage that says so, not held
-        for ever."""
-        items = []
-        stop = _held_since_key(now - self.horizon_ms + 1, "", "")
+    def _on_forgotten(self, state: State, event: StateRetired) -> list[Event]:
+        """The scheduler forgot these units, a horizon after they settled: so does the
+        ledger. The scheduler's fact comes after every fact of theirs in the partition
+        the ledger reads in order, so their settlements were all counted; none can come
+        again but as a redelivery, which the dedupe marks of the horizon answer. The
+        invocations held a horizon for a settlement that never came (a node that reported
+        after its unit was forgotten) are let go as leakage that says so, not held for
+        ever."""
+        known = [wu for wu in event.work_unit_ids if SettledUnit.load(state, wu) is not None]
+        items: list[Event] = []
+        stop = _held_since_key(event.occurred_at - self.horizon_ms + 1, "", "")
         for key, _ in state.items("x:held:", stop=stop):
             _, _, _, wu, source = key.split(":", 4)
             raw = state.get(f"{_held_prefix(wu)}{source}")
-            if raw is None or source in billed:
+            if raw is None:
                 continue
             item = self._held_item(LedgerChargeHeld.model_validate(raw), SettledUnit("failed", 0))
             items.append(item.model_copy(update={"leakage_reason": "unit_beyond_horizon"}))
-            if len(items) >= _RETIRE_PER_FACT:
+            if len(items) >= _LET_GO_PER_FACT:
                 break
+        if known:
+            items.append(StateRetired(
+                **caused_by(event, "state-retired"), processor=self.name,
+                horizon_ms=self.horizon_ms, inputs_until=event.inputs_until,
+                work_unit_ids=known))
         return items
 
     # -- line items ----------------------------------------------------------------------------
@@ -349,27 +308,10 @@ class Ledger(Reducer):
                 state.set(_held_since_key(fact.source_occurred_at, wu, fact.source_event_id), 1)
         elif isinstance(fact, LedgerUnitSettled):
             SettledUnit(fact.outcome, fact.accepted_attempt).save(state, wu)
-            if self.horizon_ms:
-                state.set(_retire_key(fact.occurred_at, wu), 1)
         elif isinstance(fact, StateRetired):
-            self._evolve_retired(state, fact)
+            for forgotten in fact.work_unit_ids:
+                state.delete(_unit_key(forgotten))
         elif isinstance(fact, LedgerLineItem) and fact.line_item_type == "llm_tokens":
             state.delete(f"{_held_prefix(wu)}{fact.source_event_id}")
             if self.horizon_ms:
                 state.delete(_held_since_key(fact.occurred_at, wu, fact.source_event_id))
-
-    def _evolve_retired(self, state: State, fact: StateRetired) -> None:
-        before = state.get(_RETIRED_KEY) or {"before": 0, "step": 0}
-        forgotten = set(fact.work_unit_ids)
-        for wu in fact.work_unit_ids:
-            state.delete(_unit_key(wu))
-        stop = _retire_key(fact.inputs_until + 1, "")
-        for key, _ in list(state.items("x:retire:", stop=stop)):
-            if key.split(":", 3)[3] in forgotten:
-                state.delete(key)
-        step_ms = max(1, fact.horizon_ms // _RETIRE_STEPS)
-        # a full fact may have left more behind: look again at the next input
-        step = before["step"] if len(fact.work_unit_ids) >= _RETIRE_PER_FACT \
-            else fact.occurred_at // step_ms
-        state.set(_RETIRED_KEY, {"before": max(before["before"], fact.inputs_until),
-                                 "step": step})

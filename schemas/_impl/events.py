@@ -1014,9 +1014,11 @@ class StateRetired(Event, event_type="processor.state.retired"):
     go, while every fact about it stays in the log; so is a session's account
     with the limiter once it has been idle a horizon. It is a fact like any
     other, so replay drops the same state at the same point. `inputs_until`
-    is the newest logged time a redelivery of the units' inputs can carry (the
-    scheduler: their submissions; the ledger: their settlements): an input
-    that old cannot be told from such a redelivery, so it is not acted on.
+    is the newest submission time among the units: a submission that old, of a
+    unit the scheduler does not know, cannot be told from a redelivery of one
+    of them, so it is refused. The ledger and the anomaly checker forget what
+    the scheduler forgets: its fact comes after every fact of the units in the
+    partition they read in order.
     """
 
     processor: str

@@ -30,10 +30,12 @@ from onceflow.streams.scheduler._impl.unit import (
 )
 from onceflow.streams.types import State
 
-__all__ = ["RETIRED_KEY", "beyond_horizon", "evolve_retired", "retire_due"]
+__all__ = ["RETIRED_KEY", "STEP_KEY", "beyond_horizon", "evolve_retired", "retire_due"]
 
 #: the newest submission time among the partition's retired units
 RETIRED_KEY = "retired-before"
+#: the step of logged time the partition last said what it forgot in
+STEP_KEY = "retired-step"
 
 
 def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
@@ -43,13 +45,21 @@ def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
         return None
     rows = ctx.due(state, "retire", now - ctx.horizon_ms, ctx.cfg.retired_per_tick)
     units = [u for u in (ctx.load(state, wu) for wu, _ in rows) if u is not None]
-    if not units:
+    if not units and now // _step_ms(ctx.horizon_ms) <= state.get(STEP_KEY, 0):
         return None
+    # Even with nothing to forget, once a step: the readers that forget what the scheduler
+    # forgets (the ledger lets go of what it held a horizon) learn the partition's time.
     return StateRetired(
         **caused_by(tick, "state-retired", occurred_at=now), processor="scheduler",
-        horizon_ms=ctx.horizon_ms, inputs_until=max(u.submitted_at for u in units),
+        horizon_ms=ctx.horizon_ms,
+        inputs_until=max([u.submitted_at for u in units], default=state.get(RETIRED_KEY, 0)),
         work_unit_ids=[u.work_unit_id for u in units],
     )
+
+
+def _step_ms(horizon_ms: int) -> int:
+    """A sixteenth of the horizon: how often a partition says so when nothing is due."""
+    return max(1, horizon_ms // 16)
 
 
 def evolve_retired(ctx: SchedulerContext, state: State, fact: StateRetired) -> None:
@@ -65,6 +75,7 @@ def evolve_retired(ctx: SchedulerContext, state: State, fact: StateRetired) -> N
             state.delete(key)
     if fact.inputs_until > state.get(RETIRED_KEY, 0):
         state.set(RETIRED_KEY, fact.inputs_until)
+    state.set(STEP_KEY, fact.occurred_at // _step_ms(fact.horizon_ms))
 
 
 def beyond_horizon(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
