@@ -45,10 +45,12 @@ def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
         return None
     rows = ctx.due(state, "retire", now - ctx.horizon_ms, ctx.cfg.retired_per_tick)
     units = [u for u in (ctx.load(state, wu) for wu, _ in rows) if u is not None]
-    if not units and now // _step_ms(ctx.horizon_ms) <= state.get(STEP_KEY, 0):
+    last_step = state.get(STEP_KEY, 0)
+    if not units and (not last_step or now // _step_ms(ctx.horizon_ms) <= last_step):
         return None
-    # Even with nothing to forget, once a step: the readers that forget what the scheduler
-    # forgets (the ledger lets go of what it held a horizon) learn the partition's time.
+    # Even with nothing to forget, once a step after the first: the readers that forget
+    # what the scheduler forgets (the ledger lets go of what it held a horizon for a unit
+    # forgotten) learn the partition's time when it is quiet.
     return StateRetired(
         **caused_by(tick, "state-retired", occurred_at=now), processor="scheduler",
         horizon_ms=ctx.horizon_ms,

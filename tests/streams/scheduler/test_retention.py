@@ -105,3 +105,17 @@ def test_a_horizon_of_zero_keeps_every_unit_for_ever() -> None:
     h.tick(T0 + 10**12)
     assert _retired(h) == [] and h.unit("wu-1").status == "completed"
     assert [k for k, _ in h.state.items("x:retire:")] == []
+
+
+def test_once_it_has_forgotten_something_a_quiet_partition_says_so_once_a_step() -> None:
+    h = _harness()
+    h.tick(T0 + 3 * HORIZON)
+    assert [f for f in h.outputs if isinstance(f, StateRetired)] == []  # nothing yet
+    _run(h, "wu-1", T0 + 3 * HORIZON)
+    h.tick(T0 + 5 * HORIZON)
+    h.tick(T0 + 5 * HORIZON + 1)  # the same step: nothing more to say
+    step = HORIZON // 16
+    h.tick(T0 + 5 * HORIZON + step)
+    said = [f for f in h.outputs if isinstance(f, StateRetired)]
+    assert [f.work_unit_ids for f in said] == [["wu-1"], []]
+    assert_replay_equals_live(h)
