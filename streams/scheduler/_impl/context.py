@@ -123,7 +123,7 @@ class SchedulerContext:
         index at its last decision (when settled units are forgotten at all)."""
         entry = unit.index_entry()
         if entry is None and self.horizon_ms and unit.terminal:
-            return ("retire", unit.decided_at)
+            return ("settled", unit.decided_at)
         return entry
 
     def save(self, state: State, before: UnitRecord | None, unit: UnitRecord) -> None:
@@ -135,7 +135,8 @@ class SchedulerContext:
             if old is not None:
                 state.delete(index_key(old[0], old[1], wu))
             if new is not None:
-                state.set(index_key(new[0], new[1], wu), 1)
+                # the entry holds the unit's submission time: what forgetting it needs
+                state.set(index_key(new[0], new[1], wu), unit.submitted_at)
                 self.floors.lower(state, new[0], new[1])
         raw = unit.to_state()
         self._remember(raw, unit)
@@ -144,7 +145,12 @@ class SchedulerContext:
     def due(self, state: State, kind: IndexKind, until: int | None,
             budget: int) -> list[tuple[str, int]]:
         """Up to `budget` index entries at or before `until` (None: all), oldest first,
-        as (work unit, time).
+        as (work unit, time)."""
+        return [(wu, at) for wu, at, _ in self.due_entries(state, kind, until, budget)]
+
+    def due_entries(self, state: State, kind: IndexKind, until: int | None,
+                    budget: int) -> list[tuple[str, int, int]]:
+        """As `due`, with each entry's submission time: (work unit, time, submitted at).
 
         The scan starts at the floor this process knows for the partition:
         entries that were due and handled leave tombstones in RocksDB, and
@@ -156,9 +162,9 @@ class SchedulerContext:
         floor = self.floors.get(state, kind)
         start = None if floor is None else index_key(kind, floor, "")
         rows = []
-        for key, _ in state.items(prefix, stop=stop, start=start):
+        for key, submitted_at in state.items(prefix, stop=stop, start=start):
             _, _, at, wu = key.split(":", 3)
-            rows.append((wu, int(at)))
+            rows.append((wu, int(at), submitted_at))
             if len(rows) > budget:
                 break
         if len(rows) <= budget:

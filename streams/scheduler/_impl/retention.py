@@ -43,10 +43,9 @@ def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
     """The settled units whose last decision is a horizon before `now`, oldest first."""
     if not ctx.horizon_ms or now <= ctx.horizon_ms:
         return None
-    rows = ctx.due(state, "retire", now - ctx.horizon_ms, ctx.cfg.retired_per_tick)
-    units = [u for u in (ctx.load(state, wu) for wu, _ in rows) if u is not None]
+    rows = ctx.due_entries(state, "settled", now - ctx.horizon_ms, ctx.cfg.retired_per_tick)
     last_step = state.get(STEP_KEY, 0)
-    if not units and (not last_step or now // _step_ms(ctx.horizon_ms) <= last_step):
+    if not rows and (not last_step or now // _step_ms(ctx.horizon_ms) <= last_step):
         return None
     # Even with nothing to forget, once a step after the first: the readers that forget
     # what the scheduler forgets (the ledger lets go of what it held a horizon for a unit
@@ -54,8 +53,8 @@ def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
     return StateRetired(
         **caused_by(tick, "state-retired", occurred_at=now), processor="scheduler",
         horizon_ms=ctx.horizon_ms,
-        inputs_until=max([u.submitted_at for u in units], default=state.get(RETIRED_KEY, 0)),
-        work_unit_ids=[u.work_unit_id for u in units],
+        inputs_until=max([s for _, _, s in rows], default=state.get(RETIRED_KEY, 0)),
+        work_unit_ids=[wu for wu, _, _ in rows],
     )
 
 
@@ -73,8 +72,9 @@ def evolve_retired(ctx: SchedulerContext, state: State, fact: StateRetired) -> N
         if entry is not None:
             state.delete(index_key(entry[0], entry[1], wu))
         state.delete(unit_key(wu))
-        for key, _ in list(state.items(probed_prefix(wu))):
-            state.delete(key)
+        if unit.spec.depends_on:  # only a unit with parents passes a cycle search on
+            for key, _ in list(state.items(probed_prefix(wu))):
+                state.delete(key)
     if fact.inputs_until > state.get(RETIRED_KEY, 0):
         state.set(RETIRED_KEY, fact.inputs_until)
     state.set(STEP_KEY, fact.occurred_at // _step_ms(fact.horizon_ms))

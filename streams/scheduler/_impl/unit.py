@@ -60,7 +60,7 @@ TERMINAL: frozenset[UnitStatus] = frozenset({"completed", "failed", "rejected", 
 #: The time-ordered indexes a tick reads: lease deadlines (claims and running
 #: attempts), due retries, deferred units in submission order, and settled
 #: units by their last decision (forgotten once past the retention horizon).
-IndexKind = Literal["lease", "retry", "deferred", "paused", "orphan", "retire"]
+IndexKind = Literal["lease", "retry", "deferred", "paused", "orphan", "settled"]
 
 QueueBucket = Literal["deferred", "throttled", "scheduled", "retry_wait", "granted"]
 

@@ -41,6 +41,8 @@ def test_a_settled_unit_is_kept_for_the_horizon_then_forgotten_by_a_fact() -> No
     h = _harness()
     _run(h, "wu-1", T0)
     settled_at = h.unit("wu-1").decided_at
+    assert [k for k, _ in h.state.items("x:settled:")] == [
+        f"x:settled:{settled_at:013d}:wu-1"]
     h.see(heartbeat("n1", at=T0 + HORIZON, available=64))
     h.tick(settled_at + HORIZON - 1)
     assert _retired(h) == [] and h.unit("wu-1").status == "completed"
@@ -104,7 +106,7 @@ def test_a_horizon_of_zero_keeps_every_unit_for_ever() -> None:
     _run(h, "wu-1", T0)
     h.tick(T0 + 10**12)
     assert _retired(h) == [] and h.unit("wu-1").status == "completed"
-    assert [k for k, _ in h.state.items("x:retire:")] == []
+    assert [k for k, _ in h.state.items("x:settled:")] == []
 
 
 def test_once_it_has_forgotten_something_a_quiet_partition_says_so_once_a_step() -> None:
