@@ -39,5 +39,10 @@ class LimitsSettings(SettingsGroup):
     """hold units against their session's `session_budget_usd` and count them against its `session_limits` (on by itself when any tenant has prepaid credit)"""
     tenant_weights: dict[str, float] = Field(default_factory=dict)
     """weighted fair queuing among waiting requests: a tenant's share (default 1.0) (JSON)"""
+    session_idle_ms: int = Field(
+        default=30 * 24 * 3600 * 1000, ge=0,
+        description="a session whose budget and limits have not moved for this long (logged "
+                    "time) is over: its account is forgotten, and a step that comes later "
+                    "starts a new one (0: keep every session's account for ever)")
     queue_scan: int = Field(default=256, ge=1)
     """waiting requests a release looks at, in order, for one that now fits"""

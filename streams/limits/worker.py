@@ -24,7 +24,7 @@ def build_limiter(settings: OnceflowSettings, *, on_ready: Callable[[], None] | 
     return BatchedProcessor(
         Limiter(limits, catalog["reports"], settings.limits.queue_scan,
                 settings.billing.prepaid_credits,
-                horizon_ms=settings.retention_horizon_ms), settings,
+                horizon_ms=settings.limits.session_idle_ms), settings,
         inputs=[catalog["limits"].name], fact_topic=catalog["flow"].name, on_ready=on_ready,
         group_id=group_id or f"{settings.topic_prefix}limiter",
     )

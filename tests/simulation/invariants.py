@@ -10,6 +10,7 @@ from onceflow.schemas import (
     BillingAnomaly,
     LedgerLineItem,
     LlmInvocationCompleted,
+    SlotGranted,
     WalletUpdated,
     WorkUnitCancelled,
     WorkUnitCompleted,
@@ -149,9 +150,38 @@ def no_anomaly_found(world: World) -> None:
     assert not flagged, f"anomalies: {flagged[:3]}"
 
 
+def session_limits_kept(world: World, units: list[WorkUnitSubmitted]) -> None:
+    """No session was granted more steps, attempts or LLM calls than its limits allow."""
+    by_unit = {u.work_unit_id: u for u in units}
+    steps: dict[tuple[str, str], set[str]] = defaultdict(set)
+    attempts: Counter[tuple[str, str]] = Counter()
+    calls: Counter[tuple[str, str]] = Counter()
+    for part in world.log.records[world.t["flow"]]:
+        for r in part:
+            if not isinstance(r.event, SlotGranted):
+                continue
+            unit = by_unit.get(r.event.work_unit_id)
+            if unit is None or unit.session_limits is None:
+                continue
+            key = (unit.tenant_id, unit.execution_session_id)
+            steps[key].add(unit.work_unit_id or "")
+            attempts[key] += 1
+            calls[key] += unit.kind == "llm_pod"
+    for u in units:
+        limits, key = u.session_limits, (u.tenant_id, u.execution_session_id)
+        if limits is None:
+            continue
+        for name, used, most in (("steps", len(steps[key]), limits.max_steps),
+                                 ("attempts", attempts[key], limits.max_attempts),
+                                 ("LLM calls", calls[key], limits.max_llm_calls)):
+            assert most is None or used <= most, (
+                f"session {key}: {used} {name} granted, its limit is {most}")
+
+
 def check_all(world: World, units: list[WorkUnitSubmitted]) -> None:
     no_anomaly_found(world)
     limits_never_exceeded(world)
+    session_limits_kept(world, units)
     prepaid_credit_never_exceeded(world)
     every_unit_ended(world, units)
     no_line_item_twice(world)

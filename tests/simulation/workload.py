@@ -8,7 +8,13 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from onceflow.schemas import ControlAction, ControlRequested, ControlScope, WorkUnitSubmitted
+from onceflow.schemas import (
+    ControlAction,
+    ControlRequested,
+    ControlScope,
+    SessionLimits,
+    WorkUnitSubmitted,
+)
 from onceflow.streams.settings import OnceflowSettings
 from tests.simulation.invariants import check_all
 from tests.simulation.world import Attempt, Faults, World
@@ -41,6 +47,7 @@ def draw_units(world: World) -> list[WorkUnitSubmitted]:
     rng = world.rng
     units: list[WorkUnitSubmitted] = []
     by_session: dict[tuple[str, str], list[str]] = {}
+    limits: dict[tuple[str, str], SessionLimits | None] = {}
     for i in range(rng.randint(1, 10)):
         tenant = rng.choice(TENANTS)
         session = f"s{rng.randint(0, 2)}"
@@ -55,6 +62,14 @@ def draw_units(world: World) -> list[WorkUnitSubmitted]:
                 extra["parameters"] = {"max_tokens": str(rng.randint(1, 400))}
         if world.settings.limits.session_budgets and rng.random() < 0.5:
             extra["session_budget_usd"] = Decimal(rng.choice(["0.001", "0.01"]))
+        if world.settings.limits.session_budgets:
+            if (tenant, session) not in limits:  # a session's limits, on each of its units
+                limits[tenant, session] = SessionLimits(
+                    max_steps=rng.randint(1, 3), max_attempts=rng.randint(1, 5),
+                    max_llm_calls=rng.randint(1, 2), on_limit=rng.choice(["park", "cancel"]),
+                ) if rng.random() < 0.5 else None
+            if limits[tenant, session] is not None:
+                extra["session_limits"] = limits[tenant, session]
         if effect == "WORLD_MUTATING" and rng.random() < 0.3:
             extra.update(requires_approval=True,
                          approval_timeout_ms=rng.choice([5_000, 20_000]))
@@ -89,7 +104,9 @@ def _settings(limits: tuple[tuple[str, Any], ...], credits: tuple[tuple[str, str
         # a short horizon drops marks after a few dozen decisions: enough for the
         # simulated crashes, whose windows are shorter (checkpoints come every few steps)
         "retention_horizon_ms": horizon_ms, "dedupe_min_marks": 40,
-        "limits": base.limits.model_copy(update=dict(limits)),
+        # a session idle an hour is over (longer than any seed's session lives)
+        "limits": base.limits.model_copy(update={**dict(limits),
+                                                 "session_idle_ms": 3_600_000}),
         "billing": base.billing.model_copy(update={
             "prepaid_credits": {t: Decimal(c) for t, c in credits}})}
     if touchy:

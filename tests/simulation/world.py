@@ -26,11 +26,13 @@ from onceflow.schemas import (
     ClaimRequested,
     ClockTick,
     ControlOperatorResolved,
+    ControlRequested,
     EffectStaged,
     Event,
     LlmInvocationCompleted,
     LlmInvocationFailed,
     NodeHeartbeat,
+    SessionLimitCrossed,
     WorkUnitCancelled,
     WorkUnitFailed,
     WorkUnitResultReported,
@@ -321,7 +323,7 @@ class World:
             self.limiter = Shell("limiter", Limiter(limits, c["reports"],
                                                     self.settings.limits.queue_scan,
                                                     self.settings.billing.prepaid_credits,
-                                                    horizon_ms=self.settings.retention_horizon_ms),
+                                                    horizon_ms=self.settings.limits.session_idle_ms),
                                  [self.t["limits"]], self.t["flow"], self.log,
                                  c["limits"].partitions, check=self._slots_within_limits,
                                  horizon_ms=self.settings.retention_horizon_ms,
@@ -338,6 +340,8 @@ class World:
         self._progress = UnitProgress()
         #: units the operator resolved, and how
         self.resolved: dict[str, str] = {}
+        #: sessions the operator cancelled for being parked at a limit
+        self.cancelled_sessions: set[tuple[str, str]] = set()
         self._progress_read: dict[int, int] = {}
 
     def _slots_within_limits(self, state: MemoryState) -> None:
@@ -582,7 +586,7 @@ class World:
             if moved or self.runnable():
                 idle = 0
                 continue
-            if self.resolve_parked():
+            if self.resolve_parked() or self.cancel_sessions_at_a_limit():
                 continue
             if all(not a.running for a in self.agents) and self.quiet():
                 return
@@ -593,6 +597,27 @@ class World:
             if idle % 10 == 0:
                 for agent in self.agents:
                     self.heartbeat(agent)
+
+    def cancel_sessions_at_a_limit(self) -> bool:
+        """The operator cancels each session parked at one of its limits (its inbox entry:
+        raise the limit or cancel); True: it cancelled any."""
+        acted = False
+        for part in self.log.records[self.t["flow"]]:
+            for record in part:
+                e = record.event
+                if not (isinstance(e, SessionLimitCrossed) and e.threshold == "reached"):
+                    continue
+                key = (e.tenant_id, e.execution_session_id)
+                if key in self.cancelled_sessions:
+                    continue
+                self.cancelled_sessions.add(key)
+                self.control(ControlRequested(
+                    event_id=f"limit-cancel-{e.tenant_id}-{e.execution_session_id}",
+                    occurred_at=self.now, action="cancel", scope="session",
+                    tenant_id=e.tenant_id, execution_session_id=e.execution_session_id,
+                    requested_by="sim", reason="over its limit", broadcast=True))
+                acted = True
+        return acted
 
     def resolve_parked(self) -> bool:
         """The operator resolves each unit parked in needs_operator, as a careful one does:

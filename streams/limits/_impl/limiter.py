@@ -151,7 +151,8 @@ class Limiter(Reducer):
         self.queue_scan = queue_scan
         #: each prepaid tenant's credit: what its charges and holds may not exceed
         self.credits = dict(credits or {})
-        #: a session's account is forgotten once idle this long (0: never)
+        #: a session's account is forgotten once idle this long (0: never): the session
+        #: is over (`LimitsSettings.session_idle_ms`)
         self.horizon_ms = horizon_ms
 
     # -- the rules -------------------------------------------------------------------------
@@ -376,7 +377,11 @@ class Limiter(Reducer):
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         facts = self._decide(state, event)
-        retired = self._idle_sessions(state, event) if self.horizon_ms else None
+        if not self.horizon_ms:
+            return facts
+        # a session this decision moves is not idle (decide sees the state from before)
+        moved = {f"{f.tenant_id}/{f.execution_session_id}" for f in (event, *facts)}
+        retired = self._idle_sessions(state, event, moved)
         return facts if retired is None else [*facts, retired]
 
     def _decide(self, state: State, event: Event) -> Sequence[Event]:
@@ -611,7 +616,8 @@ class Limiter(Reducer):
 
     # -- bounded state: sessions' accounts -------------------------------------------------
 
-    def _idle_sessions(self, state: State, event: Event) -> StateRetired | None:
+    def _idle_sessions(self, state: State, event: Event, moved: set[str]
+                       ) -> StateRetired | None:
         """Once per step of logged time (a sixteenth of the horizon), the sessions whose
         account has not changed for a horizon and holds nothing: forgotten by a fact (a
         step later on, a session that comes back starts a new account)."""
@@ -622,6 +628,8 @@ class Limiter(Reducer):
         idle = []
         for key, _ in state.items("i:", stop=_idle_key(now - self.horizon_ms + 1, "")):
             scope = key.split(":", 2)[2]
+            if scope in moved:
+                continue
             tenant, session = scope.split("/", 1)
             usage = SessionUsage.load(state, tenant, session)
             budget = Budget.stored(state, f"session:{scope}")

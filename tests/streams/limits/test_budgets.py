@@ -182,3 +182,15 @@ def test_a_sessions_account_is_forgotten_once_idle_a_horizon_and_holding_nothing
     for fact in h.facts():
         h.limiter.evolve(replayed, fact)
     assert fingerprint_items(replayed.raw_items()) == fingerprint_items(h.state.raw_items())
+
+
+def test_a_session_that_moves_in_the_decision_that_finds_it_idle_is_kept() -> None:
+    horizon = 160_000
+    h = LimiterHarness(horizon_ms=horizon)
+    h.feed(budgeted("a", session_budget_usd=Decimal("1"), session="s1"))
+    h.feed(charged("a", "0.2", at=T0 + 5, session="s1"), settled("a", at=T0 + 6, session="s1"))
+    # idle a horizon, and back in the very input that looks: not forgotten
+    h.feed(budgeted("b", at=T0 + horizon + 20_000, session="s1"))
+    assert not [f for f in h.facts() if f.event_type == "processor.state.retired"
+                and f.sessions]  # type: ignore[attr-defined]
+    assert h.budget("session:acme/s1")["charged"] == "0.200000"
