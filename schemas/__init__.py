@@ -23,6 +23,7 @@ from onceflow.schemas._impl.events import SYSTEM_TENANT
 from onceflow.schemas._impl.events import __all__ as _event_names
 from onceflow.schemas._impl.reasons import (
     RESEND_REJECTIONS,
+    SETTLED_WITHOUT_RUNNING,
     BreakerState,
     ClaimRejectionReason,
     ControlAction,
@@ -109,6 +110,7 @@ __all__ = [
     "PlacementReason",
     "Priority",
     "RESEND_REJECTIONS",
+    "SETTLED_WITHOUT_RUNNING",
     "RejectionReason",
     "RetryReason",
     "SchemaRegistry",

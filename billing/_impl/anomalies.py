@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from onceflow.schemas import (
     MONEY_QUANTUM,
+    SETTLED_WITHOUT_RUNNING,
     BillingAnomaly,
     ClaimGranted,
     Event,
@@ -101,7 +102,7 @@ class AnomalyChecker(Reducer):
     def _on_accepted(self, state: State, event: WorkUnitCompleted, wu: str) -> list[Event]:
         out: list[Event] = []
         state.set(f"acc:{wu}:", event.attempt_index)
-        if (event.settlement_reason != "operator_mark_done"
+        if (event.settlement_reason not in SETTLED_WITHOUT_RUNNING
                 and f"gr:{wu}:{event.attempt_index}" not in state):
             out.append(finding(event, "completion_without_grant",
                                subject=f"{wu}#{event.attempt_index}",

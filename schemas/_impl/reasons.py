@@ -11,6 +11,7 @@ from typing import Literal
 
 __all__ = [
     "RESEND_REJECTIONS",
+    "SETTLED_WITHOUT_RUNNING",
     "BreakerState",
     "ClaimRejectionReason",
     "ControlAction",
@@ -90,6 +91,10 @@ ClaimRejectionReason = Literal[
 SettlementReason = Literal[
     "grant_holder", "operator_mark_done", "unknown_unit", "already_settled", "stale_attempt",
     "not_grant_holder", "lease_expired", "human_input", "input_default", ""]
+#: settlements of a unit that ran nowhere: an operator's result, a person's answer, an
+#: input step's default (no attempt was granted, and none needs to be)
+SETTLED_WITHOUT_RUNNING: frozenset[str] = frozenset({"operator_mark_done", "human_input",
+                                                     "input_default"})
 #: what moved a node's trust score
 TrustOutcome = Literal["success", "failure", "timeout", "heartbeat"]
 #: a node's circuit breaker: closed (work flows), open (none, for a while),

@@ -49,8 +49,11 @@ def test_a_grant_without_a_schedule_and_a_completion_without_a_grant() -> None:
     assert found[0].subject_id == "wu1#1"
 
 
-def test_operator_mark_done_needs_no_grant() -> None:
-    assert check(accepted("wu1", reason="operator_mark_done")) == []
+def test_what_settles_without_running_needs_no_grant() -> None:
+    """An operator's result, a person's answer to an input step, its default (the
+    simulation found the last two flagged)."""
+    for reason in ("operator_mark_done", "human_input", "input_default"):
+        assert check(accepted("wu1", reason=reason)) == [], reason
 
 
 def test_two_line_items_for_one_source_are_a_duplicate() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from decimal import Decimal
@@ -9,7 +10,9 @@ from functools import lru_cache
 from typing import Any
 
 from onceflow.schemas import (
+    ContentRef,
     ControlAction,
+    ControlHumanInputSubmitted,
     ControlRequested,
     ControlScope,
     SessionLimits,
@@ -26,7 +29,7 @@ TENANTS = ("acme", "globex", "initech")
 SHAPES: tuple[tuple[str, str, str], ...] = (
     ("cpu", "PURE", "none"), ("llm_pod", "PURE", "none"), ("tool", "PURE", "none"),
     ("tool", "WORLD_MUTATING", "none"), ("tool", "WORLD_MUTATING", "token"),
-    ("tool", "WORLD_MUTATING", "readback"),
+    ("tool", "WORLD_MUTATING", "readback"), ("input", "PURE", "none"),
 )
 #: how an attempt ends, by weight: most complete; some die at every point that matters
 OUTCOMES = (("completed", 70), ("vanish", 6), ("handler_error", 6), ("node_timeout", 3),
@@ -73,6 +76,10 @@ def draw_units(world: World) -> list[WorkUnitSubmitted]:
         if effect == "WORLD_MUTATING" and rng.random() < 0.3:
             extra.update(requires_approval=True,
                          approval_timeout_ms=rng.choice([5_000, 20_000]))
+        if kind == "input":  # a person's answer, until a deadline; some have a default
+            extra.update(prompt="your answer?", approval_timeout_ms=rng.choice([5_000, 20_000]))
+            if rng.random() < 0.5:
+                extra["input_ref"] = _answer(f"default {i}")
         units.append(WorkUnitSubmitted(
             event_id=f"sub-{i}", occurred_at=world.now, tenant_id=tenant,
             execution_session_id=session, work_unit_id=wu, kind=kind,  # type: ignore[arg-type]
@@ -82,6 +89,12 @@ def draw_units(world: World) -> list[WorkUnitSubmitted]:
             simulated_ms=rng.randint(0, 50), depends_on=depends, **extra))
         earlier.append(wu)
     return units
+
+
+def _answer(text: str) -> ContentRef:
+    """A person's answer as the content store would hold it."""
+    data = text.encode()
+    return ContentRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
 def _control(world: World, n: int, action: ControlAction, scope: ControlScope,
@@ -185,6 +198,12 @@ def run_seed(seed: int) -> SeedResult:
                          execution_session_id=u.execution_session_id)
             world.control(c)
             paused.append(c)
+        elif u.kind == "input":  # an answer, or one its schema refuses
+            world.control(ControlHumanInputSubmitted(
+                event_id=f"ctl-{controls}", occurred_at=world.now, tenant_id=u.tenant_id,
+                execution_session_id=u.execution_session_id, work_unit_id=u.work_unit_id,
+                prompt_id=u.work_unit_id or "", input_ref=_answer(f"answer {controls}"),
+                submitted_by="sim", schema_error=rng.choice(["", "", "not an integer"])))
         else:
             world.control(_control(world, controls, rng.choice(["approve", "deny"]), "unit",
                                    tenant_id=u.tenant_id, work_unit_id=u.work_unit_id))
