@@ -88,6 +88,15 @@ def draw_units(world: World) -> list[WorkUnitSubmitted]:
             max_attempts=rng.randint(1, 4), lease_ms=rng.choice([2_000, 30_000]),
             simulated_ms=rng.randint(0, 50), depends_on=depends, **extra))
         earlier.append(wu)
+    if rng.random() < 0.1:  # a step whose parent nobody submits: it fails unknown_parent
+        units.append(WorkUnitSubmitted(
+            event_id="sub-orphan", occurred_at=world.now, tenant_id=TENANTS[0],
+            execution_session_id="s9", work_unit_id="orphan", depends_on=["ghost"]))
+    if rng.random() < 0.1:  # two steps that wait on each other: they fail depends_on_cycle
+        for a, b in (("cyc-a", "cyc-b"), ("cyc-b", "cyc-a")):
+            units.append(WorkUnitSubmitted(
+                event_id=f"sub-{a}", occurred_at=world.now, tenant_id=TENANTS[1],
+                execution_session_id="s9", work_unit_id=a, depends_on=[b]))
     return units
 
 
