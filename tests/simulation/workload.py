@@ -156,7 +156,8 @@ def draw_settings(rng: random.Random) -> OnceflowSettings:
         credits[rng.choice(TENANTS)] = rng.choice(["0.002", "0.02", "0.2"])
     # a week (nothing is forgotten within a seed), or seconds: settled units and dedupe
     # marks are forgotten while the seed runs, and its submissions are delivered again
-    horizon = rng.choice([_base_settings().retention_horizon_ms, 3_000, 20_000])
+    week = _base_settings().retention_horizon_ms
+    horizon = rng.choice([week, week, 3_000, 20_000])
     return _settings(tuple(sorted(limits.items())), tuple(sorted(credits.items())),
                      rng.random() < 0.3, horizon)
 
