@@ -17,7 +17,7 @@ from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions
 
 from onceflow.streams.state import serde
 from onceflow.streams.state.generations import MarkGenerations
-from onceflow.streams.state.serde import seen_key
+from onceflow.streams.state.serde import key_successor, seen_key
 
 __all__ = [
     "PartitionStore",
@@ -57,14 +57,6 @@ class _Pending:
 def _encode(value: Any) -> bytes:
     """A pending value as stored: a dedupe mark as b"1", state as canonical JSON."""
     return b"1" if value is _SEEN_MARK else serde.dumps(value)
-
-
-def _successor(prefix: bytes) -> bytes | None:
-    """The smallest key above every key that starts with `prefix` (None: no such key)."""
-    trimmed = prefix.rstrip(b"\xff")
-    if not trimmed:
-        return None
-    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 def _options() -> Options:
@@ -163,7 +155,7 @@ class PartitionStore:
         # to the next live key, which after a burst of completed leases is
         # thousands of them on every tick.
         read_opts = ReadOptions()
-        bound = stop if stop is not None else _successor(prefix)
+        bound = stop if stop is not None else key_successor(prefix)
         if bound is not None:
             read_opts.set_iterate_upper_bound(bound)
         it = self._db.iter(read_opts)
