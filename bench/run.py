@@ -749,9 +749,13 @@ def soak_through_kafka(settings: OnceflowSettings, n: int, horizon_units: int, *
     step_ms = 10
     uid = f"soak{int(time.time())}."
     with tempfile.TemporaryDirectory() as state_dir:
+        # Dedupe marks go by logged time here, as in a deployment whose horizon (a week)
+        # holds far more inputs than the minimum count of marks kept: the minimum is set
+        # to a tenth of a horizon's inputs, not left at 100,000 against 110,000.
         s = settings.model_copy(update={
             "topic_prefix": uid, "partitions": 1, "state_dir": Path(state_dir),
-            "retention_horizon_ms": horizon_units * step_ms})
+            "retention_horizon_ms": horizon_units * step_ms,
+            "dedupe_min_marks": horizon_units // 10})
         create_topics(s)
         catalog = TopicCatalog(s)
         producer = EventProducer(s, SingleObjectCodec())
@@ -786,13 +790,18 @@ def soak_through_kafka(settings: OnceflowSettings, n: int, horizon_units: int, *
                                                    Path(scratch))
                     assert snap is not None
                     kept = sum(1 for _ in snap.items("u:"))
-                    keys = sum(1 for _ in snap.raw_items())
+                    kinds: dict[str, int] = {}
+                    for key, _ in snap.raw_items():
+                        kind = ("marks" if key.startswith(b"d\x00")
+                                else key[2:].split(b":")[0].decode(errors="replace"))
+                        kinds[kind] = kinds.get(kind, 0) + 1
+                    keys = sum(kinds.values())
                     snap.close()
                 reports.append({
                     "units": (lot + 1) * every,
                     "inputs_per_s": round((processor.processed - before) / elapsed),
                     "state_bytes": directory_bytes(Path(state_dir) / "scheduler"),
-                    "keys": keys, "units_kept": kept})
+                    "keys": keys, "units_kept": kept, "keys_by_kind": kinds})
                 print(json.dumps(reports[-1]), file=sys.stderr)
         finally:
             stop.set()
