@@ -766,7 +766,8 @@ def soak_through_kafka(settings: OnceflowSettings, n: int, horizon_units: int, *
         thread.start()
         ready.wait(60)
         answer = ContentRef(sha256="ab" * 32, size=2)
-        t0, sent, reports = 1_700_000_000_000, 0, []
+        t0, sent = 1_700_000_000_000, 0
+        reports: list[dict[str, Any]] = []
         try:
             for lot in range(n // every):
                 started, before = time.perf_counter(), processor.processed
