@@ -592,7 +592,7 @@ class World:
                 return
             idle += 1
             # a second at a time while things happen; minutes once nothing has for a while
-            self.now += 1_000 if idle < 30 else 60_000
+            self.now += 1_000 if idle < 10 else 60_000
             self.tick()
             if idle % 10 == 0:
                 for agent in self.agents:
@@ -656,6 +656,11 @@ class World:
             for agent in self.agents:
                 self.heartbeat(agent)
             self.drain()
+
+    def holds_left(self) -> bool:
+        """Whether the ledger still holds an LLM call for a settlement."""
+        return any(next(iter(state.items("h:")), None) is not None
+                   for state in self.ledger.states)
 
     def quiet(self) -> bool:
         """Whether every unit has ended, none waiting for an operator who has not acted
