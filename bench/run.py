@@ -481,6 +481,15 @@ def scheduler_rates(n: int, runs: int = 5) -> dict[str, Any]:
     }
 
 
+def _after_two_horizons(reports: list[dict[str, Any]], horizon_units: int, rate: str
+                        ) -> dict[str, list[int]]:
+    """The range of a soak's state size, keys and `rate` once two horizons have passed
+    (every report when the run is shorter): what must stay flat."""
+    after = [r for r in reports if r["units"] > 2 * horizon_units] or reports
+    return {f"{name}_min_max": [min(r[name] for r in after), max(r[name] for r in after)]
+            for name in ("state_bytes", "keys", rate)}
+
+
 def soak(n: int, horizon_units: int, *, every: int = 100_000, forever: bool = False
          ) -> dict[str, Any]:
     """A long run of the scheduler with bounded state: `n` units (each submitted, claimed
@@ -561,17 +570,10 @@ def soak(n: int, horizon_units: int, *, every: int = 100_000, forever: bool = Fa
                 print(json.dumps(reports[-1]), file=sys.stderr)
                 window_started, window_units = time.perf_counter(), 0
         store.close()
-    after = [r for r in reports if r["units"] > 2 * horizon_units] or reports
     return {
         "units": n, "horizon_units": None if forever else horizon_units,
         "horizon_ms": horizon_ms, "every": reports,
-        "after_two_horizons": {
-            "state_bytes_min_max": [min(r["state_bytes"] for r in after),
-                                    max(r["state_bytes"] for r in after)],
-            "keys_min_max": [min(r["keys"] for r in after), max(r["keys"] for r in after)],
-            "units_per_s_min_max": [min(r["units_per_s"] for r in after),
-                                    max(r["units_per_s"] for r in after)],
-        },
+        "after_two_horizons": _after_two_horizons(reports, horizon_units, "units_per_s"),
         "note": "the scheduler's reducer over RocksDB in one process, its inputs handled as "
                 "the batched shell handles them (dedupe marks, facts folded, a checkpoint "
                 "every 2,000 inputs), no broker: submit, claim and report per unit, 10 ms of "
@@ -807,16 +809,9 @@ def soak_through_kafka(settings: OnceflowSettings, n: int, horizon_units: int, *
         finally:
             stop.set()
             thread.join(60)
-    after = [r for r in reports if r["units"] > 2 * horizon_units] or reports
     return {
         "units": n, "horizon_units": horizon_units, "every": reports,
-        "after_two_horizons": {
-            "state_bytes_min_max": [min(r["state_bytes"] for r in after),
-                                    max(r["state_bytes"] for r in after)],
-            "keys_min_max": [min(r["keys"] for r in after), max(r["keys"] for r in after)],
-            "inputs_per_s_min_max": [min(r["inputs_per_s"] for r in after),
-                                     max(r["inputs_per_s"] for r in after)],
-        },
+        "after_two_horizons": _after_two_horizons(reports, horizon_units, "inputs_per_s"),
         "note": "the scheduler's BatchedProcessor on one partition of the embedded broker: "
                 "input steps that settle with their default at their deadline (no agent), a "
                 "tick every 100 ms of logged time, 10 ms of logged time a unit; inputs per "

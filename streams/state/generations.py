@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MarkGenerations"]
+__all__ = ["MarkGenerations", "retention_step_ms"]
+
+
+def retention_step_ms(horizon_ms: int) -> int:
+    """A sixteenth of the horizon: how often a role looks again for what to forget (and a
+    quiet scheduler partition says it forgot nothing), so that a check is a fact a step,
+    not a scan an input."""
+    return max(1, horizon_ms // 16)
 
 
 @dataclass

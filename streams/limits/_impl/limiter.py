@@ -62,6 +62,7 @@ from onceflow.schemas import (
 from onceflow.streams.ids import caused_by, derive_event_id, restated
 from onceflow.streams.limits._impl.scopes import ScopeLimits
 from onceflow.streams.limits._impl.sessions import LIMITS_ACTOR, LimitCrossing, SessionUsage
+from onceflow.streams.state.generations import retention_step_ms
 from onceflow.streams.topics.catalog import Topic
 from onceflow.streams.types import Reducer, Routed, State
 
@@ -72,8 +73,7 @@ __all__ = ["Budget", "Limiter", "rate_window_level"]
 _RANK: dict[str, int] = {"critical": 0, "p0": 1, "p1": 2, "p2": 3}
 _ZERO = Decimal("0")
 _MINUTE_MS = 60_000
-#: how many steps a horizon is looked through in, and how many sessions one fact forgets
-_RETIRE_STEPS = 16
+#: how many sessions one fact forgets at most
 _RETIRE_PER_FACT = 1000
 #: the step of logged time the limiter last looked for idle sessions in
 _RETIRED_STEP = "retired-step"
@@ -621,7 +621,7 @@ class Limiter(Reducer):
         """Once per step of logged time (a sixteenth of the horizon), the sessions whose
         account has not changed for a horizon and holds nothing: forgotten by a fact (a
         step later on, a session that comes back starts a new account)."""
-        step_ms = max(1, self.horizon_ms // _RETIRE_STEPS)
+        step_ms = retention_step_ms(self.horizon_ms)
         now = event.occurred_at
         if now // step_ms <= state.get(_RETIRED_STEP, 0) or now <= self.horizon_ms:
             return None
@@ -664,7 +664,7 @@ class Limiter(Reducer):
                 state.delete(_idle_key(at, scope))
             for key in (f"il:{scope}", f"x:{scope}", f"b:session:{scope}"):
                 state.delete(key)
-        step_ms = max(1, fact.horizon_ms // _RETIRE_STEPS)
+        step_ms = retention_step_ms(fact.horizon_ms)
         if len(fact.sessions) < _RETIRE_PER_FACT:
             state.set(_RETIRED_STEP, fact.occurred_at // step_ms)
 

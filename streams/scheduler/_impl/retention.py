@@ -28,6 +28,7 @@ from onceflow.streams.scheduler._impl.unit import (
     probed_prefix,
     unit_key,
 )
+from onceflow.streams.state.generations import retention_step_ms
 from onceflow.streams.types import State
 
 __all__ = ["RETIRED_KEY", "STEP_KEY", "beyond_horizon", "evolve_retired", "retire_due"]
@@ -45,7 +46,7 @@ def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
         return None
     rows = ctx.due_entries(state, "settled", now - ctx.horizon_ms, ctx.cfg.retired_per_tick)
     last_step = state.get(STEP_KEY, 0)
-    if not rows and (not last_step or now // _step_ms(ctx.horizon_ms) <= last_step):
+    if not rows and (not last_step or now // retention_step_ms(ctx.horizon_ms) <= last_step):
         return None
     # Even with nothing to forget, once a step after the first: the readers that forget
     # what the scheduler forgets (the ledger lets go of what it held a horizon for a unit
@@ -57,10 +58,6 @@ def retire_due(ctx: SchedulerContext, state: State, tick: ClockTick, now: int
         work_unit_ids=[wu for wu, _, _ in rows],
     )
 
-
-def _step_ms(horizon_ms: int) -> int:
-    """A sixteenth of the horizon: how often a partition says so when nothing is due."""
-    return max(1, horizon_ms // 16)
 
 
 def evolve_retired(ctx: SchedulerContext, state: State, fact: StateRetired) -> None:
@@ -77,7 +74,7 @@ def evolve_retired(ctx: SchedulerContext, state: State, fact: StateRetired) -> N
                 state.delete(key)
     if fact.inputs_until > state.get(RETIRED_KEY, 0):
         state.set(RETIRED_KEY, fact.inputs_until)
-    state.set(STEP_KEY, fact.occurred_at // _step_ms(fact.horizon_ms))
+    state.set(STEP_KEY, fact.occurred_at // retention_step_ms(fact.horizon_ms))
 
 
 def beyond_horizon(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
