@@ -18,6 +18,13 @@ from onceflow.schemas._impl.errors import (
     UnknownEventTypeError,
     UnknownSchemaError,
 )
+from onceflow.schemas._impl.effects import (
+    RETRY_SAFE_CLASSES,
+    effect_refusal,
+    retry_is_safe,
+    stages_effect,
+    submission_refusal,
+)
 from onceflow.schemas._impl.events import *  # noqa: F403
 from onceflow.schemas._impl.events import SYSTEM_TENANT
 from onceflow.schemas._impl.events import __all__ as _event_names
@@ -110,6 +117,7 @@ __all__ = [
     "PlacementReason",
     "Priority",
     "RESEND_REJECTIONS",
+    "RETRY_SAFE_CLASSES",
     "SETTLED_WITHOUT_RUNNING",
     "RejectionReason",
     "RetryReason",
@@ -131,6 +139,7 @@ __all__ = [
     "avro_fingerprint",
     "decode_bodies",
     "default_registry",
+    "effect_refusal",
     "estimated_input_tokens",
     "estimated_output_tokens",
     "max_tokens_of",
@@ -138,6 +147,9 @@ __all__ = [
     "native_available",
     "quantize_money",
     "rejection_ends_unit",
+    "retry_is_safe",
     "schema_dir",
+    "stages_effect",
+    "submission_refusal",
 ]
 

@@ -4,7 +4,8 @@ An agent reads its node's dispatch partition. For every unit scheduled on
 it, it asks for the claim; it executes only what the scheduler granted to
 this very run of the agent (its incarnation), so a restarted or duplicated
 agent never executes a grant that was given to another run. World-changing
-tools record `effect.staged` and wait for the broker's ack before acting,
+units of every kind (cpu, llm, tool) record `effect.staged` and wait for the
+broker's ack before acting,
 and never start acting once the lease is about to end: that is what lets
 the scheduler tell "never acted" from "may have acted" after a crash.
 """
@@ -46,6 +47,7 @@ from onceflow.schemas import (
     WorkUnitScheduled,
     max_tokens_of,
     quantize_money,
+    stages_effect,
 )
 from onceflow.streams.content import open_content_store
 from onceflow.streams.ids import caused_by, derive_event_id
@@ -390,10 +392,16 @@ class NodeAgent:
 
     def _run_kind(self, sched: WorkUnitScheduled, grant: ClaimGranted,
                   ctx: TaskContext) -> tuple[bytes, str, int]:
+        if stages_effect(sched.effect):
+            # One rule for every kind: the intent is in the log before the world changes,
+            # so an attempt that ends unreported after this is parked, not rerun blindly.
+            already = self._stage_effect(sched, grant, ctx)
+            if already is not None:
+                return already, "application/json", 0
         if sched.kind == "llm_pod":
             return self._run_llm(sched, grant, ctx)
         if sched.kind == "tool":
-            return self._run_tool(sched, grant, ctx), "application/json", 0
+            return lookup_tool(sched.handler).apply(ctx), "application/json", 0
         return lookup_handler(sched.handler)(ctx), "application/json", 0
 
     def _run_llm(self, sched: WorkUnitScheduled, grant: ClaimGranted,
@@ -440,24 +448,29 @@ class NodeAgent:
         ctx.raise_if_cancelled()
         return result.text.encode(), "text/plain; charset=utf-8", result.total_tokens
 
-    def _run_tool(self, sched: WorkUnitScheduled, grant: ClaimGranted, ctx: TaskContext) -> bytes:
-        tool = lookup_tool(sched.handler)
-        if sched.effect != "WORLD_MUTATING":
-            return tool.apply(ctx)
+    def _stage_effect(self, sched: WorkUnitScheduled, grant: ClaimGranted,
+                      ctx: TaskContext) -> bytes | None:
+        """Record a world-mutating attempt's intent and wait for the broker's ack before it
+        acts; returns the result instead when a `readback` tool finds the effect done."""
         ctx.raise_if_cancelled()  # not staged yet: stop; once staged, the effect finishes
-        if sched.idempotency_class == "readback" and tool.readback is not None:
-            already = tool.readback(ctx)
-            if already is not None:
-                return already  # the effect happened in an earlier attempt: commit from readback
+        if sched.kind == "tool" and sched.idempotency_class == "readback":
+            tool = lookup_tool(sched.handler)
+            if tool.readback is not None:
+                already = tool.readback(ctx)
+                if already is not None:
+                    return already  # it happened in an earlier attempt: commit from readback
+        what = {"tool": f"tool {sched.handler or 'effects.append'}",
+                "llm_pod": f"llm call {sched.model or ''}".rstrip()}.get(
+                    sched.kind, f"{sched.kind} handler {sched.handler or 'simulate'}")
         self.producer.send(self._reports, EffectStaged(
             **caused_by(grant, "staged", occurred_at=_now_ms()), node_id=self.node_id,
             attempt_index=sched.attempt_index, idempotency_key=ctx.idempotency_key,
-            description=f"tool {sched.handler or 'effects.append'}",
+            description=what,
         ))
         self.producer.flush()  # the intent is in the log before the world changes
         if _now_ms() >= grant.lease_expires_at - self.cfg.lease_safety_ms:
             raise HandlerError("the lease ended before the effect could start", "node_timeout")
-        return tool.apply(ctx)
+        return None
 
     # -- inspection --------------------------------------------------------------------
 

@@ -211,3 +211,6 @@ def _append_readback(ctx: TaskContext) -> bytes | None:
 
 register_tool("effects.append", Tool(_append, _append_readback,
                                      "append a row to an effects table in SQLite"))
+# The same table as a cpu handler: a user's handler that changes the world (charges a card,
+# sends a mail) is labelled WORLD_MUTATING like a tool, and staged and recovered the same way.
+register_handler("effects.append", _append)

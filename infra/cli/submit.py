@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from onceflow.schemas import WorkUnitSubmitted
+from onceflow.schemas import WorkUnitSubmitted, submission_refusal
 from onceflow.streams.ids import payload_digest, submission_event_id
 
 __all__ = ["SubmitInputError", "generated_record", "unit_from_file"]
@@ -49,9 +49,9 @@ def build_unit(data: dict[str, Any]) -> WorkUnitSubmitted:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise SubmitInputError(f"the work unit is invalid: {problems}") from None
-    if unit.work_unit_id in unit.depends_on:
-        raise SubmitInputError(f"work unit {unit.work_unit_id} depends on itself: remove it "
-                               "from depends_on")
+    refused = submission_refusal(unit)
+    if refused is not None:
+        raise SubmitInputError(refused[1])
     # Same unit and payload, same event id (a resend is a duplicate); another payload
     # under the same id gets another event id, which the scheduler rejects.
     event_id = submission_event_id(unit.work_unit_id or "", payload_digest(unit))

@@ -52,7 +52,8 @@ ControlOutcome = Literal["applied", "none_here", "refused"]
 DenialReason = Literal["BUDGET_EXCEEDED", "SESSION_LIMIT"]
 #: why a submission was refused for good
 RejectionReason = Literal["duplicate_id_different_payload", "BUDGET_EXCEEDED", "critical_mode",
-                          "session_budgets_off", "depends_on_cycle", "beyond_horizon"]
+                          "session_budgets_off", "depends_on_cycle", "beyond_horizon",
+                          "effect_unsupported"]
 #: rejections that answer a resend of a unit's id (another payload under a known id, or a
 #: submission older than the units the scheduler has forgotten)
 RESEND_REJECTIONS: frozenset[str] = frozenset({"duplicate_id_different_payload",

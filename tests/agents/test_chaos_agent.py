@@ -30,6 +30,10 @@ def _burst(db: Path) -> dict[str, list[WorkUnitSubmitted]]:
                            prompt=f"question {i}") for i in range(50)],
         "unsafe": [unit(f"wm-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=30,
                         parameters=tool) for i in range(80)],
+        # a user's cpu handler that changes the world: staged and parked like a tool
+        "unsafe_cpu": [unit(f"wmc-{i}", kind="cpu", handler="effects.append",
+                            effect="WORLD_MUTATING", simulated_ms=30, parameters=tool)
+                       for i in range(40)],
         "token": [unit(f"tok-{i}", kind="tool", effect="WORLD_MUTATING", simulated_ms=30,
                        idempotency_class="token", parameters={**tool, "honour_key": "true"})
                   for i in range(70)],
@@ -102,7 +106,7 @@ def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProc
     for u in burst["pure"] + burst["read_only"]:
         wu = u.work_unit_id or ""
         assert status[wu] == "completed" and accepted[wu] == 1, (wu, status[wu], accepted[wu])
-    for u in burst["unsafe"]:
+    for u in burst["unsafe"] + burst["unsafe_cpu"]:
         wu = u.work_unit_id or ""
         assert status[wu] in ("completed", "needs_operator"), (wu, status[wu])
         assert rows[wu] <= 1, f"{wu} was applied {rows[wu]} times"

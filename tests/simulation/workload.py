@@ -30,6 +30,8 @@ SHAPES: tuple[tuple[str, str, str], ...] = (
     ("cpu", "PURE", "none"), ("llm_pod", "PURE", "none"), ("tool", "PURE", "none"),
     ("tool", "WORLD_MUTATING", "none"), ("tool", "WORLD_MUTATING", "token"),
     ("tool", "WORLD_MUTATING", "readback"), ("input", "PURE", "none"),
+    ("cpu", "WORLD_MUTATING", "none"), ("cpu", "WORLD_MUTATING", "token"),
+    ("llm_pod", "WORLD_MUTATING", "none"),
 )
 #: how an attempt ends, by weight: most complete; some die at every point that matters
 OUTCOMES = (("completed", 70), ("vanish", 6), ("handler_error", 6), ("node_timeout", 3),

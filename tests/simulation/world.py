@@ -40,6 +40,7 @@ from onceflow.schemas import (
     estimated_input_tokens,
     estimated_output_tokens,
     max_tokens_of,
+    stages_effect,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for
 from onceflow.streams.limits import Limiter, ScopeLimits, limiter_needed
@@ -452,6 +453,25 @@ class World:
         if a.outcome == "cancelled":
             self._failed(agent, a, "cancelled")
             return
+        if stages_effect(sched.effect):
+            # every kind stages a world-mutating effect before it acts (an LLM call too)
+            key = grant.idempotency_key or sched.work_unit_id or ""
+            already = sched.kind == "tool" and sched.idempotency_class == "readback" \
+                and self.outside.readback(key)
+            if not already:
+                if self.now + agent.skew_ms >= grant.lease_expires_at - self.lease_safety_ms:
+                    self._failed(agent, a, "node_timeout")
+                    return
+                self.log.append(self.t["reports"], EffectStaged(
+                    **caused_by(grant, "staged", occurred_at=self.now), node_id=agent.node,
+                    attempt_index=sched.attempt_index, idempotency_key=key,
+                    description="simulated effect"))
+                if a.outcome == "die_after_stage":
+                    return
+                if a.outcome != "provider_429":  # a refused call changed nothing
+                    self.outside.apply(key, sched.idempotency_class)
+                if a.outcome == "die_after_apply":
+                    return
         tokens = 0
         if sched.kind == "llm_pod" and a.outcome != "provider_429":
             # as a provider does: the prompt's tokens in, and out no more than the unit's
@@ -483,22 +503,6 @@ class World:
                 retry_at=self.now + self.rng.randint(1_000, 30_000), provider="stub",
                 model=sched.model or "stub", cpu_seconds=Decimal("0.010000")))
             return
-        if sched.kind == "tool" and sched.effect == "WORLD_MUTATING":
-            key = grant.idempotency_key or sched.work_unit_id or ""
-            already = sched.idempotency_class == "readback" and self.outside.readback(key)
-            if not already:
-                if self.now + agent.skew_ms >= grant.lease_expires_at - self.lease_safety_ms:
-                    self._failed(agent, a, "node_timeout")
-                    return
-                self.log.append(self.t["reports"], EffectStaged(
-                    **caused_by(grant, "staged", occurred_at=self.now), node_id=agent.node,
-                    attempt_index=sched.attempt_index, idempotency_key=key,
-                    description="simulated effect"))
-                if a.outcome == "die_after_stage":
-                    return
-                self.outside.apply(key, sched.idempotency_class)
-                if a.outcome == "die_after_apply":
-                    return
         if a.outcome in ("completed", "die_after_stage", "die_after_apply",
                          "vanish_after_call"):
             self.log.append(self.t["reports"], WorkUnitResultReported(

@@ -18,6 +18,7 @@ from onceflow.schemas import (
     WorkUnitRejected,
     WorkUnitScheduled,
     WorkUnitSubmitted,
+    submission_refusal,
 )
 from onceflow.streams.ids import idempotency_key_for, payload_digest, restated
 from onceflow.streams.scheduler._impl.backoff import paused_until, scope_of
@@ -76,10 +77,11 @@ def on_submitted(ctx: SchedulerContext, state: State, event: WorkUnitSubmitted
     ctx.admitted = (admitted.event_id, unit)
     facts: list[Event] = [admitted]
     now = event.occurred_at
-    if wu in event.depends_on:
+    refused = submission_refusal(event)
+    if refused is not None:
+        code, reason = refused
         facts.append(WorkUnitRejected(
-            **ctx.envelope(unit, event, "rejected", now), reason_code="depends_on_cycle",
-            reason=f"work unit {wu} depends on itself: remove it from its depends_on",
+            **ctx.envelope(unit, event, "rejected", now), reason_code=code, reason=reason,
             decided_at=now,
         ))
         return facts

@@ -25,6 +25,7 @@ from onceflow.schemas import (
     WorkUnitNeedsOperator,
     WorkUnitResultReported,
     WorkUnitRetryScheduled,
+    retry_is_safe,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for, restated
 from onceflow.streams.scheduler._impl.admission import deferred
@@ -53,9 +54,6 @@ __all__ = [
     "route_attempt_outcome",
     "route_claim_answer",
 ]
-
-#: the idempotency classes whose effects a retry may repeat safely
-_RETRY_SAFE = frozenset({"token", "readback"})
 
 
 #: what an attempt produced, as the report and its settlement both carry it
@@ -197,8 +195,7 @@ def attempt_ended(
     spec = unit.spec
     failures = unit.failures + 1
     retryable = error_code in ctx.cfg.retryable_errors
-    unsafe = (spec.effect == "WORLD_MUTATING" and unit.staged
-              and spec.idempotency_class not in _RETRY_SAFE)
+    unsafe = not retry_is_safe(spec.effect, spec.idempotency_class, unit.staged)
     failed = WorkUnitFailed(
         **ctx.envelope(unit, cause, "attempt-failed", now), selected_node_id=unit.node,
         attempt_index=unit.attempt, correlation_id=spec.correlation_id, error_code=error_code,
