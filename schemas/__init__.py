@@ -10,6 +10,13 @@ from onceflow.schemas._impl.codec import (
 )
 from onceflow.schemas._impl.columnar import ContainerBlock, decode_bodies
 from onceflow.schemas._impl.compiled import native_available
+from onceflow.schemas._impl.effects import (
+    RETRY_SAFE_CLASSES,
+    effect_refusal,
+    retry_is_safe,
+    stages_effect,
+    submission_refusal,
+)
 from onceflow.schemas._impl.errors import (
     CodecError,
     EventValidationError,
@@ -17,13 +24,6 @@ from onceflow.schemas._impl.errors import (
     TruncatedEventError,
     UnknownEventTypeError,
     UnknownSchemaError,
-)
-from onceflow.schemas._impl.effects import (
-    RETRY_SAFE_CLASSES,
-    effect_refusal,
-    retry_is_safe,
-    stages_effect,
-    submission_refusal,
 )
 from onceflow.schemas._impl.events import *  # noqa: F403
 from onceflow.schemas._impl.events import SYSTEM_TENANT

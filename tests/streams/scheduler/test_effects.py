@@ -17,8 +17,13 @@ from onceflow.schemas import (
     effect_refusal,
 )
 from onceflow.streams.ids import idempotency_key_for
-from tests.streams.scheduler.fixtures import T0, Harness, assert_replay_equals_live, heartbeat, \
-    submit
+from tests.streams.scheduler.fixtures import (
+    T0,
+    Harness,
+    assert_replay_equals_live,
+    heartbeat,
+    submit,
+)
 
 #: the fields that make a unit of each kind runnable
 KINDS: dict[str, dict[str, Any]] = {
