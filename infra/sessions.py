@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from onceflow.schemas import (
+    CONTROL_NOT_TAKEN,
     ClaimGranted,
     ControlApplied,
     Event,
@@ -182,7 +183,7 @@ def _advance(step: Step, e: Event) -> None:
 
 def _control(sessions: dict[tuple[str, str], SessionView], e: ControlApplied) -> None:
     """A session's pause, resume or cancel (the partitions' records of one control agree)."""
-    if e.scope != "session" or e.outcome == "refused":
+    if e.scope != "session" or e.outcome in CONTROL_NOT_TAKEN:
         return
     tenant, _, session_id = e.target.removeprefix("session:").partition("/")
     view = sessions.get((tenant, session_id))

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from onceflow.schemas import ControlApplied, ControlHumanInputSubmitted, Event
+from onceflow.schemas import CONTROL_NOT_TAKEN, ControlApplied, ControlHumanInputSubmitted, Event
 from onceflow.streams.topics import TopicRole
 
 __all__ = ["Answer", "SteeringError", "prepare_answer", "read_inbox", "send_command",
@@ -147,7 +147,7 @@ def _sessions_at_a_limit(settings: Any) -> dict[str, dict[str, Any]]:
         for _, event in read_events(settings, catalog["workunits"].name, SingleObjectCodec(),
                                     event_types=frozenset({"control.applied"})):
             if isinstance(event, ControlApplied) and event.action == "cancel" \
-                    and event.outcome != "refused":
+                    and event.outcome not in CONTROL_NOT_TAKEN:
                 parked.pop(event.target, None)
     return parked
 

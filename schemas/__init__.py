@@ -29,6 +29,7 @@ from onceflow.schemas._impl.events import *  # noqa: F403
 from onceflow.schemas._impl.events import SYSTEM_TENANT
 from onceflow.schemas._impl.events import __all__ as _event_names
 from onceflow.schemas._impl.reasons import (
+    CONTROL_NOT_TAKEN,
     RESEND_REJECTIONS,
     SETTLED_WITHOUT_RUNNING,
     BreakerState,
@@ -60,6 +61,7 @@ from onceflow.schemas._impl.registry import (
     default_registry,
     schema_dir,
 )
+from onceflow.schemas._impl.tenancy import PLATFORM_TENANT, acts_for
 from onceflow.schemas._impl.tokens import (
     estimated_input_tokens,
     estimated_output_tokens,
@@ -90,8 +92,10 @@ __all__ = [
     "BreakerBucket",
     "BreakerState",
     "MONEY_QUANTUM",
+    "PLATFORM_TENANT",
     "SINGLE_OBJECT_MARKER",
     "SYSTEM_TENANT",
+    "CONTROL_NOT_TAKEN",
     "ClaimRejectionReason",
     "CodecError",
     "ControlAction",
@@ -136,6 +140,7 @@ __all__ = [
     "UnknownEventTypeError",
     "UnknownSchemaError",
     "WorkKind",
+    "acts_for",
     "avro_fingerprint",
     "decode_bodies",
     "default_registry",

@@ -126,7 +126,7 @@ def run_views(settings: OnceflowSettings, *, host: str = "127.0.0.1", port: int 
 
     processor = ViewsProcessor(settings)
     processor.start()
-    app = create_app(processor.service)
+    app = create_app(processor.service, settings.api_token)
     if extend is not None:
         extend(app)  # more routes in the same service (the onceflow API)
     # A stopping service waits at most 2 s for open responses (a followed event stream

@@ -440,7 +440,7 @@ def resolve(
 
     from onceflow.infra.cli.control import send_control
     from onceflow.infra.steering import wait_applied
-    from onceflow.schemas import ControlOperatorResolved
+    from onceflow.schemas import CONTROL_NOT_TAKEN, ControlOperatorResolved
 
     if action not in ("retry", "mark_done", "abandon"):
         raise fail(f"--action {action!r} is not known: use retry, mark_done or abandon")
@@ -466,7 +466,7 @@ def resolve(
         console.print(f"{action} requested for {work_unit_id} (event {event.event_id}); no "
                       "scheduler has applied it yet (is `onceflow up` running?)")
         return
-    if records[0].outcome == "refused":
+    if records[0].outcome in CONTROL_NOT_TAKEN:
         raise fail(f"{action} refused: {records[0].detail}", 1)
     console.print(f"{records[0].detail} (by {operator}, event {event.event_id})")
 

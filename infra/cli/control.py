@@ -23,7 +23,13 @@ from onceflow.infra.steering import (
     send_command,
     wait_applied,
 )
-from onceflow.schemas import ControlAction, ControlRequested, ControlScope, Event
+from onceflow.schemas import (
+    CONTROL_NOT_TAKEN,
+    ControlAction,
+    ControlRequested,
+    ControlScope,
+    Event,
+)
 from onceflow.streams.topics import TopicRole
 
 __all__ = ["actor_of", "register", "send_control"]
@@ -88,7 +94,7 @@ def _control(action: ControlAction, unit: str | None, session: str | None, tenan
             console.print(f"{what}: sent (control {command.event_id}); no scheduler has "
                           "applied it yet (is `onceflow up` running?)")
         return
-    refused = [r for r in records if r.outcome == "refused"]
+    refused = [r for r in records if r.outcome in CONTROL_NOT_TAKEN]
     if refused:
         raise fail(f"{what} refused: {refused[0].detail}", 1)
     if all(r.outcome == "none_here" for r in records) and action != "pause":
@@ -138,7 +144,7 @@ def _answer(session_id: str, step: str, tenant: str, file: Path, actor: str | No
         print(json.dumps({"control_id": event.event_id,
                           "answer_ref": event.input_ref.model_dump() if event.input_ref else None,
                           "records": [r.model_dump(mode="json") for r in records]}, indent=2))
-    if records and records[0].outcome == "refused":
+    if records and records[0].outcome in CONTROL_NOT_TAKEN:
         raise fail(f"answer refused: {records[0].detail}", 1)
     if fmt != "json":
         console.print(records[0].detail if records else

@@ -221,10 +221,20 @@ def views_url(settings: OnceflowSettings) -> str:
     return stack.views_url
 
 
+def _headers(tenant: str | None) -> dict[str, str]:
+    """A view request's tenant (the platform's operator's, across tenants, unless one is
+    named) and the API token when one is set."""
+    from onceflow.schemas import PLATFORM_TENANT
+    from onceflow.streams.auth import bearer_headers
+
+    return {"X-Onceflow-Tenant": tenant or PLATFORM_TENANT,
+            **bearer_headers(cli_settings().api_token)}
+
+
 def _post(url: str, path: str, body: dict[str, object], tenant: str | None,
           accept: str | None = None) -> httpx.Response:
 
-    headers = {"X-Onceflow-Tenant": tenant} if tenant else {}
+    headers = _headers(tenant)
     if accept:
         headers["Accept"] = accept
     return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=60)
@@ -274,7 +284,7 @@ def query(
     query_id = None
     with httpx.Client(timeout=None) as client, client.stream(
             "POST", f"{url}/query-stream", json={"sql": sql, "properties": {}},
-            headers={"Accept": DELIMITED, **({"X-Onceflow-Tenant": tenant} if tenant else {})},
+            headers={"Accept": DELIMITED, **_headers(tenant)},
     ) as resp:
         if resp.status_code != 200:
             resp.read()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 __all__ = [
+    "CONTROL_NOT_TAKEN",
     "RESEND_REJECTIONS",
     "SETTLED_WITHOUT_RUNNING",
     "BreakerState",
@@ -46,8 +47,11 @@ ControlScope = Literal["unit", "session", "tenant", "queue"]
 #: what an operator's control does
 ControlAction = Literal["pause", "resume", "cancel", "approve", "deny", "answer", "resolve"]
 #: what a scheduler partition did with a control: acted on units, found none of the
-#: scope's units here, or refused it (and said why)
-ControlOutcome = Literal["applied", "none_here", "refused"]
+#: scope's units here, refused it (and said why), or found no such unit of the acting
+#: tenant (another tenant's unit answers the same as one that does not exist)
+ControlOutcome = Literal["applied", "none_here", "refused", "not_found"]
+#: outcomes of a control that changed nothing, with why in its detail
+CONTROL_NOT_TAKEN: frozenset[str] = frozenset({"refused", "not_found"})
 #: why the limiter refused a request for good
 DenialReason = Literal["BUDGET_EXCEEDED", "SESSION_LIMIT"]
 #: why a submission was refused for good

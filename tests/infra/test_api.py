@@ -31,7 +31,8 @@ EXAMPLES = int(os.environ.get("ONCEFLOW_FUZZ_EXAMPLES", "5"))
 #: bodies a random search reaches only by luck, asked for by name: approving or retrying
 #: the seeded unit, which is done (a conflict), and abandoning the seeded parked one
 NAMED_CASES = {
-    "POST /v1/control/actions": [{"action": "approve", "work_unit_id": "u-1"}],
+    "POST /v1/control/actions": [{"action": "approve", "work_unit_id": "u-1"},
+                                 {"action": "cancel", "work_unit_id": "no-such-unit"}],
     "POST /v1/control/resolutions": [{"resolution": "abandon", "work_unit_id": "parked"},
                                      {"resolution": "retry", "work_unit_id": "u-1"}]}
 #: a tool that stages its effect and then fails (its database cannot be opened): unsafe to
@@ -95,6 +96,22 @@ def test_the_api_does_what_its_routes_say(api: str) -> None:
     refused = httpx.post(f"{api}/v1/control/actions", headers=TENANT, timeout=30,
                          json={"action": "approve", "work_unit_id": "u-1"})
     assert refused.status_code == 409 and "already done" in refused.json()["detail"]
+    # another tenant's control on it is answered as for a unit that does not exist (the
+    # scheduler decides so, from the tenant the event carries)
+    for body in ({"action": "cancel", "work_unit_id": "u-1"},
+                 {"action": "approve", "work_unit_id": "u-1"}):
+        theirs = httpx.post(f"{api}/v1/control/actions", headers=other, timeout=30, json=body)
+        assert theirs.status_code == 404, theirs.text
+    resolved = httpx.post(f"{api}/v1/control/resolutions", headers=other, timeout=30,
+                          json={"resolution": "abandon", "work_unit_id": "u-1"})
+    assert resolved.status_code == 404
+    # the ksqlDB-shaped routes answer a tenant its own rows, and ask for one
+    rows = httpx.post(f"{api}/query-stream", headers={**TENANT, "Accept": "application/json"},
+                      json={"sql": "SELECT DISTINCT tenant_id FROM ledger;"}, timeout=30)
+    assert rows.status_code == 200 and rows.json()[1:] == [[TENANT["X-Onceflow-Tenant"]]]
+    anyone = httpx.post(f"{api}/query-stream", json={"sql": "SELECT * FROM ledger;"},
+                        timeout=30)
+    assert anyone.status_code == 403
     # numbers an event cannot hold are refused with a 422 that says what, not a 500
     for limits in ({"max_tokens": 2**63}, {"max_cost_usd": "1e40"}):
         huge = httpx.post(f"{api}/v1/control/units", headers=TENANT, timeout=30, json={

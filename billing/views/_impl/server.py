@@ -1,7 +1,12 @@
 """The HTTP API, shaped like ksqlDB's: /ksql, /query-stream, /close-query, /info, /healthcheck.
 
-A tenant scope (the `X-Onceflow-Tenant` header, or the `onceflow.tenant`
-property) restricts every query of a request to that tenant's rows.
+Every statement runs for one tenant, the request's: the `X-Onceflow-Tenant`
+header, or the `onceflow.tenant` property where a ksqlDB client cannot set a
+header. A request naming no tenant, or a property naming another tenant than
+the header, is refused (403) before anything runs; a tenant's queries see its
+rows only, and only the platform's operator (`PLATFORM_TENANT`) reads across
+tenants and defines or drops views. With `ONCEFLOW_API_TOKEN` set these routes
+ask for the bearer token like /v1.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from onceflow.billing.views._impl.service import Row, ViewService
 from onceflow.billing.views._impl.statements import StatementError
+from onceflow.schemas import PLATFORM_TENANT
+from onceflow.streams.auth import require_token
 
 __all__ = ["DELIMITED", "create_app", "encode_row"]
 
@@ -41,12 +48,41 @@ def _error(status: int, code: int, message: str, statement: str = "") -> JSONRes
         "error_code": code, "message": message, "statementText": statement, "entities": []})
 
 
-def _tenant(header: str | None, properties: dict[str, Any] | None) -> str | None:
-    return header or (properties or {}).get("onceflow.tenant") or None
+class TenantRefused(Exception):
+    """A request whose tenant is missing or contradicts itself: nothing of it runs."""
 
 
-def create_app(service: ViewService) -> FastAPI:
+#: the property a ksqlDB client names its tenant with (`streamsProperties` / `properties`)
+TENANT_PROPERTY = "onceflow.tenant"
+
+
+def request_scope(header: str | None, properties: object) -> str | None:
+    """The tenant a request's statements run for: its rows only; None for the platform's
+    operator, whose statements see every tenant's (and may define views)."""
+    named = properties.get(TENANT_PROPERTY) if isinstance(properties, dict) else None
+    if named is not None and not isinstance(named, str):
+        raise TenantRefused(f"{TENANT_PROPERTY} must be a tenant id (a string), not "
+                            f"{named!r}")
+    if header and named and named != header:
+        raise TenantRefused(f"the request is tenant {header!r}'s (X-Onceflow-Tenant) and its "
+                            f"properties name tenant {named!r}: a query reads its own "
+                            "tenant's rows only; drop the property or send it as that tenant")
+    tenant = header or named
+    if not tenant:
+        raise TenantRefused("name the tenant this request is for: the X-Onceflow-Tenant "
+                            f"header (or the {TENANT_PROPERTY} property); the platform's "
+                            f"operator names {PLATFORM_TENANT!r} to read across tenants")
+    return None if tenant == PLATFORM_TENANT else tenant
+
+
+def create_app(service: ViewService, token: str | None = None) -> FastAPI:
+    """The views service's app; with `token`, every statement route asks for it."""
     app = FastAPI(title="onceflow views", version="0.1")
+    statements = APIRouter(dependencies=[require_token(token)])
+
+    @app.exception_handler(TenantRefused)
+    async def refused(_: Request, exc: TenantRefused) -> JSONResponse:
+        return _error(403, 40301, str(exc))
 
     @app.exception_handler(StatementError)
     async def bad_statement(_: Request, exc: StatementError) -> JSONResponse:
@@ -67,29 +103,29 @@ def create_app(service: ViewService) -> FastAPI:
             raise StatementError("the request body must be a JSON object")
         return body
 
-    @app.post("/ksql", response_model=None)
+    @statements.post("/ksql", response_model=None)
     async def ksql(request: Request,
                    x_onceflow_tenant: str | None = Header(default=None)) -> Response:
         body = await body_of(request)
+        tenant = request_scope(x_onceflow_tenant, body.get("streamsProperties"))
         text = body.get("ksql")
         if not isinstance(text, str):
             raise StatementError("missing \"ksql\": send {\"ksql\": \"SHOW TABLES;\"}")
-        tenant = _tenant(x_onceflow_tenant, body.get("streamsProperties"))
         entries = service.execute(text, tenant=tenant)
         # Amounts as exact decimal strings: JSON numbers would pass through floats here.
         return Response(json.dumps(entries, default=str), media_type="application/json")
 
-    @app.post("/query-stream", response_model=None)
+    @statements.post("/query-stream", response_model=None)
     async def query_stream(request: Request,
                            accept: str | None = Header(default=None),
                            x_onceflow_tenant: str | None = Header(default=None)
                            ) -> Response:
         body = await body_of(request)
+        properties = body.get("properties") or {}
+        tenant = request_scope(x_onceflow_tenant, properties)
         sql = body.get("sql")
         if not isinstance(sql, str):
             raise StatementError("missing \"sql\": send {\"sql\": \"SELECT * FROM ledger;\"}")
-        properties = body.get("properties") or {}
-        tenant = _tenant(x_onceflow_tenant, properties)
         header, rows, push = service.open_query(sql, tenant=tenant, properties=properties)
         as_json = accept is not None and "application/json" in accept
         if push is None and as_json:
@@ -115,14 +151,19 @@ def create_app(service: ViewService) -> FastAPI:
         return StreamingResponse(chunks(), media_type="application/json" if as_json
                                  else DELIMITED)
 
-    @app.post("/close-query", response_model=None)
-    async def close_query(request: Request) -> Response:
+    @statements.post("/close-query", response_model=None)
+    async def close_query(request: Request,
+                          x_onceflow_tenant: str | None = Header(default=None)) -> Response:
         body = await body_of(request)
+        tenant = request_scope(x_onceflow_tenant, body.get("properties"))
         query_id = body.get("queryId")
-        if not isinstance(query_id, str) or not service.close_query(query_id):
+        # another tenant's push query is answered as one that does not run
+        if not isinstance(query_id, str) or not service.close_query(query_id, tenant=tenant):
             return _error(400, 40001, f"no running push query {query_id!r}: SHOW QUERIES lists "
                                       "them")
         return JSONResponse({})
+
+    app.include_router(statements)
 
     @app.get("/info")
     async def info() -> JSONResponse:

@@ -216,11 +216,13 @@ class ViewService:
         finally:
             self.close_query(query.query_id)
 
-    def close_query(self, query_id: str) -> bool:
+    def close_query(self, query_id: str, *, tenant: str | None = None) -> bool:
+        """Stop a push query; with `tenant`, only one of that tenant's (None: any)."""
         with self._lock:
-            query = self.push_queries.pop(query_id, None)
-        if query is None:
-            return False
+            query = self.push_queries.get(query_id)
+            if query is None or (tenant is not None and query.tenant != tenant):
+                return False
+            del self.push_queries[query_id]
         query.stop.set()
         with self.engine.changed:
             self.engine.changed.notify_all()

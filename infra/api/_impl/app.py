@@ -15,15 +15,13 @@ and its tests, not for a log of years (a read model would serve those).
 from __future__ import annotations
 
 import json
-import secrets
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from onceflow.schemas import (
@@ -35,6 +33,7 @@ from onceflow.schemas import (
     SessionLimits,
     WorkKind,
 )
+from onceflow.streams.auth import require_token
 from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["add_api_routes", "create_api", "require_token"]
@@ -105,22 +104,6 @@ class ControlRecord(BaseModel):
     cancelled: int
     stopping: int
     resumed: int
-
-
-_BEARER = HTTPBearer(auto_error=False, description="ONCEFLOW_API_TOKEN, when it is set")
-
-
-def require_token(token: str | None) -> Any:
-    """A dependency that asks for `Authorization: Bearer <token>` when a token is set."""
-    def check(credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                     Depends(_BEARER)] = None) -> None:
-        if token is None:
-            return
-        given = credentials.credentials if credentials is not None else ""
-        if not secrets.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "a bearer token is needed: Authorization: Bearer <token> "
-                                     "(ONCEFLOW_API_TOKEN)")
-    return Depends(check)
 
 
 def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None = None) -> None:
@@ -208,7 +191,8 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
             raise HTTPException(503, f"the log did not take the submission: {exc}") from None
         return Submitted(work_unit_id=event.work_unit_id or "", event_id=event.event_id)
 
-    @controls.post("/actions", responses={409: {"description": "refused, with why"}})
+    @controls.post("/actions", responses={404: {"description": "no such unit of the tenant"},
+                                          409: {"description": "refused, with why"}})
     def act(body: ControlBody, tenant: Tenant) -> list[ControlRecord]:
         """Pause, resume or cancel a unit, a session or the tenant's work; approve or deny a
         unit waiting for it. Answers once every partition recorded it."""
@@ -237,6 +221,8 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
         out = [ControlRecord(partition=r.partition, outcome=r.outcome, detail=r.detail,
                              cancelled=r.cancelled, stopping=r.stopping, resumed=r.resumed)
                for r in records]
+        if any(r.outcome == "not_found" for r in out):
+            raise HTTPException(404, f"no work unit {body.work_unit_id!r} of tenant {tenant!r}")
         refused = [r for r in out if r.outcome == "refused"]
         if refused:
             raise HTTPException(409, refused[0].detail)
@@ -261,7 +247,7 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
 
             ref = open_content_store(settings).put(body.result.encode())
         event = ControlOperatorResolved(
-            event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000),
+            event_id=uuid.uuid4().hex, occurred_at=int(time.time() * 1000), tenant_id=tenant,
             work_unit_id=body.work_unit_id, resolution=body.resolution,
             operator=body.operator, note=body.note, result_ref=ref)
         send_command(settings, event)
@@ -269,6 +255,8 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
         if not records:
             raise HTTPException(504, "no scheduler recorded the resolution within 10 s")
         r = records[0]
+        if r.outcome == "not_found":
+            raise HTTPException(404, f"no work unit {body.work_unit_id!r} of tenant {tenant!r}")
         if r.outcome == "refused":
             raise HTTPException(409, r.detail)
         return ControlRecord(partition=r.partition, outcome=r.outcome, detail=r.detail,

@@ -22,6 +22,7 @@ from typing import Any
 
 from onceflow.infra.client._impl.steps import Step
 from onceflow.schemas import (
+    CONTROL_NOT_TAKEN,
     ContentRef,
     ControlAction,
     ControlApplied,
@@ -369,7 +370,7 @@ class Client:
         send_command(self.settings, command)
         expected = 1 if scope == "unit" else self.catalog["reports"].partitions
         records = wait_applied(self.settings, command.event_id, expected, wait)
-        refused = [r for r in records if r.outcome == "refused"]
+        refused = [r for r in records if r.outcome in CONTROL_NOT_TAKEN]
         if refused:
             raise ControlRefused(refused[0].detail, records)
         return records
@@ -402,7 +403,7 @@ class Client:
         if answer.problem:
             raise ControlRefused(f"the answer does not fit the step's schema: "
                                  f"{answer.problem}", records)
-        if records and records[0].outcome == "refused":
+        if records and records[0].outcome in CONTROL_NOT_TAKEN:
             raise ControlRefused(records[0].detail, records)
         return records
 
@@ -437,8 +438,11 @@ class Client:
         import httpx
 
         from onceflow.billing.views import DELIMITED
+        from onceflow.schemas import PLATFORM_TENANT
+        from onceflow.streams.auth import bearer_headers
 
-        headers = {"Accept": DELIMITED, **({"X-Onceflow-Tenant": tenant} if tenant else {})}
+        headers = {"Accept": DELIMITED, "X-Onceflow-Tenant": tenant or PLATFORM_TENANT,
+                   **bearer_headers(self.settings.api_token)}
         resp = httpx.post(f"{self.views_url()}/query-stream",
                           json={"sql": sql, "properties": {}}, headers=headers, timeout=60)
         if resp.status_code != 200:

@@ -11,7 +11,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from onceflow.schemas import Event
+from onceflow.schemas import Event, acts_for
 from onceflow.streams.ids import caused_by
 from onceflow.streams.limits import ScopeLimits, budgets_held, limiter_needed
 from onceflow.streams.scheduler._impl.unit import (
@@ -112,6 +112,12 @@ class SchedulerContext:
         unit = UnitRecord.from_state(raw)
         self._remember(raw, unit)
         return unit
+
+    def load_for(self, state: State, work_unit_id: str, acting_tenant: str
+                 ) -> UnitRecord | None:
+        """A unit as a control of `acting_tenant` sees it: another tenant's is absent."""
+        unit = self.load(state, work_unit_id)
+        return unit if unit is not None and acts_for(acting_tenant, unit.tenant_id) else None
 
     def _remember(self, raw: Any, unit: UnitRecord) -> None:
         if len(self.records) >= _RECORDS_KEPT:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from onceflow.schemas import (
+    PLATFORM_TENANT,
     ContentRef,
     ControlApplied,
     ControlHumanInputSubmitted,
@@ -50,7 +51,7 @@ from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
 from onceflow.streams.scheduler._impl.pauses import PAUSES, VERSION, control_version
 from onceflow.streams.scheduler._impl.slots import release_slots
-from onceflow.streams.scheduler._impl.unit import UnitRecord, unit_key
+from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import Routed, State
 
 __all__ = [
@@ -80,14 +81,14 @@ def target_of(event: ControlRequested) -> str:
     return f"unit:{event.work_unit_id or ''}"
 
 
-def _in_scope(state: State, event: ControlRequested) -> Iterator[UnitRecord]:
-    """The partition's units a control acts on that are not done, in id order."""
+def _in_scope(ctx: SchedulerContext, state: State, event: ControlRequested
+              ) -> Iterator[UnitRecord]:
+    """The partition's units a control acts on that are not done, in id order (only the
+    acting tenant's: a session or tenant scope names its tenant, a unit is checked)."""
     if event.scope == "unit":
-        raw = state.get(unit_key(event.work_unit_id or ""))
-        if raw is not None:
-            unit = UnitRecord.from_state(raw)
-            if not unit.terminal:
-                yield unit
+        unit = ctx.load_for(state, event.work_unit_id or "", event.tenant_id)
+        if unit is not None and not unit.terminal:
+            yield unit
         return
     # A rare, operator-driven scan of the partition's units (no index is kept for it).
     for _, raw in state.items("u:"):
@@ -113,12 +114,18 @@ def _apply(ctx: SchedulerContext, state: State, event: ControlRequested) -> list
     partition = ctx.reports.partition_of(event.work_unit_id or "") if event.scope == "unit" \
         else _partition_of_copy(event)
     facts: list[Event] = []
-    units = list(_in_scope(state, event))
+    units = list(_in_scope(ctx, state, event))
     outcome: ControlOutcome = "applied"
     detail = ""
     cancelled = stopping = resumed = 0
-    if event.scope == "unit" and state.get(unit_key(event.work_unit_id or "")) is None:
-        outcome, detail = "refused", f"unknown work unit {event.work_unit_id}"
+    if event.scope == "unit" and ctx.load_for(state, event.work_unit_id or "",
+                                              event.tenant_id) is None:
+        outcome, detail = "not_found", f"unknown work unit {event.work_unit_id}"
+    elif event.scope == "queue" and event.tenant_id != PLATFORM_TENANT:
+        units = []
+        outcome, detail = "refused", (
+            f"the queue holds every tenant's work: tenant {event.tenant_id} may pause, resume "
+            "or cancel its own (scope tenant), only the platform's operator the queue")
     elif event.scope == "unit" and not units:
         outcome, detail = "refused", f"work unit {event.work_unit_id} is already done"
     elif event.action in ("approve", "deny") and event.scope != "unit":
@@ -222,7 +229,7 @@ def on_human_input(ctx: SchedulerContext, state: State, event: ControlHumanInput
     dependents get it like a parent's result. Anything else is refused, saying why."""
     now = event.occurred_at
     wu = event.work_unit_id or ""
-    unit = ctx.load(state, wu)
+    unit = ctx.load_for(state, wu, event.tenant_id)
     detail = ""
     if unit is None:
         detail = f"unknown work unit {wu}"
@@ -236,7 +243,7 @@ def on_human_input(ctx: SchedulerContext, state: State, event: ControlHumanInput
     record = ControlApplied(
         **caused_by(event, "control-applied", occurred_at=now), control_id=event.event_id,
         action="answer", scope="unit", target=f"unit:{wu}", requested_by=event.submitted_by,
-        outcome="refused" if detail else "applied",
+        outcome="not_found" if unit is None else "refused" if detail else "applied",
         detail=detail or f"input step {wu} answered", partition=ctx.reports.partition_of(wu))
     if detail or unit is None:
         return (record,)
@@ -264,7 +271,7 @@ def close_failed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: E
 
 
 def evolve_control_applied(ctx: SchedulerContext, state: State, fact: ControlApplied) -> None:
-    if fact.outcome == "refused":
+    if fact.outcome in ("refused", "not_found"):
         return
     if fact.action == "approve":
         unit = ctx.load(state, fact.work_unit_id or "")

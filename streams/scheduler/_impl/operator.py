@@ -33,7 +33,7 @@ def on_operator(ctx: SchedulerContext, state: State, event: ControlOperatorResol
     """An operator's resolution of a parked unit, recorded with its outcome: a second one
     (or one for a unit that is not parked) is refused, saying why."""
     wu = event.work_unit_id or ""
-    unit = ctx.load(state, wu)
+    unit = ctx.load_for(state, wu, event.tenant_id)
     now = event.occurred_at
     detail = ""
     if unit is None:
@@ -43,7 +43,8 @@ def on_operator(ctx: SchedulerContext, state: State, event: ControlOperatorResol
     record = ControlApplied(
         **caused_by(event, "control-applied", occurred_at=now), control_id=event.event_id,
         action="resolve", scope="unit", target=f"unit:{wu}", requested_by=event.operator,
-        reason=event.note, outcome="refused" if detail else "applied",
+        reason=event.note,
+        outcome="not_found" if unit is None else "refused" if detail else "applied",
         detail=detail or f"work unit {wu}: {event.resolution}",
         partition=ctx.reports.partition_of(wu))
     if unit is None or detail:
@@ -78,7 +79,7 @@ def _resolve(ctx: SchedulerContext, state: State, unit: UnitRecord,
 def on_cancel(ctx: SchedulerContext, state: State, event: ControlSessionCancelRequested
               ) -> Sequence[Event]:
     """A unit's cancel (the release-1 command; `control.requested` is the general one)."""
-    unit = ctx.load(state, event.work_unit_id or "")
+    unit = ctx.load_for(state, event.work_unit_id or "", event.tenant_id)
     if unit is None or unit.terminal:
         return ()
     return cancel_unit(ctx, state, unit, event, event.occurred_at, reason=event.reason,

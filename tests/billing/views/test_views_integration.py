@@ -18,7 +18,7 @@ from onceflow.billing.views import DELIMITED, ViewEngine, create_app
 from onceflow.billing.views.worker import ViewsProcessor
 from onceflow.infra.broker import free_port
 from onceflow.infra.roles import start_roles, stop_roles
-from onceflow.schemas import LedgerLineItem, SingleObjectCodec
+from onceflow.schemas import PLATFORM_TENANT, LedgerLineItem, SingleObjectCodec
 from onceflow.streams.kafka import EventProducer, read_topic_to_end
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
@@ -26,6 +26,10 @@ from tests.billing.views.fixtures import ingest, ledger_items
 from tests.fixtures import events, running, wait_for
 
 pytestmark = [pytest.mark.integration]
+
+#: the platform's operator: reads across tenants (every other request names its own tenant)
+OPERATOR = {"X-Onceflow-Tenant": PLATFORM_TENANT}
+TOKEN = "views-test-token"
 
 BY_SESSION = ("SELECT tenant_id, execution_session_id, sum(total_usd) AS usd, count(*) AS n "
               "FROM ledger GROUP BY tenant_id, execution_session_id")
@@ -75,12 +79,11 @@ def test_a_view_created_while_items_flow_equals_the_sql_over_the_whole_ledger(
     reference.close()
 
 
-@pytest.fixture
-def api(views: ViewsProcessor) -> Iterator[str]:
+def _serve(views: ViewsProcessor, token: str | None) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(views.service), host="127.0.0.1",
+    server = uvicorn.Server(uvicorn.Config(create_app(views.service, token), host="127.0.0.1",
                                            port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -88,6 +91,62 @@ def api(views: ViewsProcessor) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture
+def api(views: ViewsProcessor) -> Iterator[str]:
+    yield from _serve(views, None)
+
+
+@pytest.fixture
+def guarded_api(views: ViewsProcessor) -> Iterator[str]:
+    yield from _serve(views, TOKEN)
+
+
+def test_view_routes_ask_for_the_token_and_answer_a_tenant_its_own_rows_only(
+        settings: OnceflowSettings, views: ViewsProcessor, guarded_api: str) -> None:
+    items = ledger_items(30)
+    produce(settings, items)
+    wait_for(lambda: views.engine.count_and_sum()[0] == len(items), what="the line items")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    sql = {"sql": "SELECT DISTINCT tenant_id FROM ledger ORDER BY tenant_id;"}
+    json_accept = {"Accept": "application/json"}
+    # no token: nothing answers, whichever route
+    for path, body in (("/query-stream", sql), ("/ksql", {"ksql": "SHOW TABLES;"}),
+                       ("/close-query", {"queryId": "push_x"})):
+        r = httpx.post(f"{guarded_api}{path}", json=body, headers={"X-Onceflow-Tenant": "t1"})
+        assert r.status_code == 401, (path, r.status_code, r.text)
+    # no tenant at all: refused, saying how to name one
+    r = httpx.post(f"{guarded_api}/query-stream", json=sql, headers={**auth, **json_accept})
+    assert r.status_code == 403 and "X-Onceflow-Tenant" in r.json()["message"]
+    # a property naming another tenant than the request's: refused, no rows of either
+    r = httpx.post(f"{guarded_api}/query-stream", headers={**auth, **json_accept,
+                                                          "X-Onceflow-Tenant": "t1"},
+                   json={**sql, "properties": {"onceflow.tenant": "t2"}})
+    assert r.status_code == 403 and "'t2'" in r.json()["message"]
+    # a tenant's own query: its rows only, by header or by property
+    for headers, properties in (({"X-Onceflow-Tenant": "t1"}, {}),
+                                ({}, {"onceflow.tenant": "t1"})):
+        r = httpx.post(f"{guarded_api}/query-stream", headers={**auth, **json_accept, **headers},
+                       json={**sql, "properties": properties})
+        assert r.status_code == 200 and r.json()[1:] == [["t1"]], r.text
+    # a tenant defines no views for everyone
+    r = httpx.post(f"{guarded_api}/ksql", headers={**auth, "X-Onceflow-Tenant": "t1"},
+                   json={"ksql": "CREATE TABLE mine AS SELECT tenant_id, count(*) AS n FROM "
+                                 "ledger GROUP BY tenant_id EMIT CHANGES;"})
+    assert r.status_code == 400 and "mine" not in views.engine.views
+    # the platform's operator reads across tenants
+    r = httpx.post(f"{guarded_api}/query-stream", headers={**auth, **json_accept, **OPERATOR},
+                   json=sql)
+    assert [row[0] for row in r.json()[1:]] == ["t0", "t1", "t2"]
+
+
+def test_a_tenant_cannot_close_another_tenants_push_query(views: ViewsProcessor) -> None:
+    _, _, push = views.service.open_query("SELECT * FROM ledger EMIT CHANGES;", tenant="t1")
+    assert push is not None
+    assert not views.service.close_query(push.query_id, tenant="t2")
+    assert push.query_id in views.service.push_queries
+    assert views.service.close_query(push.query_id, tenant="t1")
 
 
 def test_push_query_streams_new_rows_in_ksqldb_format_until_closed(
@@ -98,7 +157,7 @@ def test_push_query_streams_new_rows_in_ksqldb_format_until_closed(
     got: list[list[object]] = []
     header: dict[str, object] = {}
     with httpx.Client(timeout=30) as client, client.stream(
-            "POST", f"{api}/query-stream", headers={"Accept": DELIMITED},
+            "POST", f"{api}/query-stream", headers={"Accept": DELIMITED, **OPERATOR},
             json={"sql": "SELECT line_item_id, total_usd FROM ledger EMIT CHANGES;",
                   "properties": {}}) as resp:
         assert resp.status_code == 200
@@ -114,7 +173,8 @@ def test_push_query_streams_new_rows_in_ksqldb_format_until_closed(
             if line:
                 got.append(json.loads(line, parse_float=Decimal))
             if len(got) == len(items) - 20:
-                closed = httpx.post(f"{api}/close-query", json={"queryId": header["queryId"]})
+                closed = httpx.post(f"{api}/close-query", json={"queryId": header["queryId"]},
+                                    headers=OPERATOR)
                 assert closed.status_code == 200
                 break
     assert sorted(r[0] for r in got) == sorted(i.line_item_id for i in items[20:])
@@ -127,7 +187,7 @@ def test_http_api_shapes_and_errors(settings: OnceflowSettings, views: ViewsProc
     items = ledger_items(12)
     produce(settings, items)
     wait_for(lambda: views.engine.count_and_sum()[0] == len(items), what="12+3 line items")
-    pull = httpx.post(f"{api}/query-stream", headers={"Accept": "application/json"},
+    pull = httpx.post(f"{api}/query-stream", headers={"Accept": "application/json", **OPERATOR},
                       json={"sql": "SELECT tenant_id, count(*) AS n FROM ledger GROUP BY "
                                    "tenant_id ORDER BY tenant_id;"})
     assert pull.status_code == 200
@@ -135,13 +195,15 @@ def test_http_api_shapes_and_errors(settings: OnceflowSettings, views: ViewsProc
     assert head["columnNames"] == ["tenant_id", "n"]
     assert sum(r[1] for r in rows) == len(items)
     ksql = httpx.post(f"{api}/ksql", json={"ksql": "SHOW TABLES; DESCRIBE ledger;",
-                                           "streamsProperties": {}}).json()
+                                           "streamsProperties": {}}, headers=OPERATOR).json()
     assert [e["@type"] for e in ksql] == ["tables", "sourceDescription"]
     assert all("statementText" in e for e in ksql)
-    bad = httpx.post(f"{api}/ksql", json={"ksql": "INSERT INTO ledger VALUES (1);"})
+    bad = httpx.post(f"{api}/ksql", json={"ksql": "INSERT INTO ledger VALUES (1);"},
+                     headers=OPERATOR)
     assert bad.status_code == 400
     assert bad.json()["error_code"] == 40001 and "INSERT" in bad.json()["message"]
-    assert httpx.post(f"{api}/query-stream", content=b"not json").json()["error_code"] == 40001
+    assert httpx.post(f"{api}/query-stream", content=b"not json",
+                      headers=OPERATOR).json()["error_code"] == 40001
     assert httpx.get(f"{api}/healthcheck").json()["isHealthy"] is True
     assert httpx.get(f"{api}/info").json()["KsqlServerInfo"]["serverStatus"] == "RUNNING"
     scoped = httpx.post(f"{api}/query-stream", headers={"Accept": "application/json",
@@ -160,7 +222,8 @@ def test_views_killed_mid_stream_lose_and_duplicate_nothing(settings: OnceflowSe
     url = f"http://127.0.0.1:{port}"
 
     def count_and_sum() -> tuple[int, Decimal]:
-        resp = httpx.post(f"{url}/query-stream", headers={"Accept": "application/json"},
+        resp = httpx.post(f"{url}/query-stream", headers={"Accept": "application/json",
+                                                          **OPERATOR},
                           json={"sql": "SELECT count(*), count(DISTINCT line_item_id), "
                                        "sum(total_usd) FROM ledger;"}, timeout=30)
         _, (n, distinct, total) = json.loads(resp.text, parse_float=Decimal)

@@ -168,7 +168,7 @@ def test_a_completion_that_comes_first_wins_and_the_cancel_is_refused_saying_so(
 def test_controls_on_what_is_not_there_are_refused_or_find_nothing_here() -> None:
     h = _ready()
     record = applied(apply(h, control("cancel", "unit", work_unit_id="nope")))
-    assert (record.outcome, record.detail) == ("refused", "unknown work unit nope")
+    assert (record.outcome, record.detail) == ("not_found", "unknown work unit nope")
     record = applied(apply(h, control("cancel", "session", at=T0 + 1, tenant_id="acme",
                                       execution_session_id="ghost")))
     assert record.outcome == "none_here"
