@@ -124,14 +124,11 @@ def read_trust(settings: OnceflowSettings) -> dict[str, TrustScoreUpdated]:
 
 def read_limiter(settings: OnceflowSettings) -> tuple[Any, Any]:
     """The limiter (as configured here) and its state, folded from its facts (`flow`)."""
-    from decimal import Decimal
-
-    from onceflow.streams.limits import Limiter, ScopeLimits
+    from onceflow.streams.limits import Limiter
     from onceflow.streams.state import MemoryState
 
     catalog = TopicCatalog(settings)
-    limiter = Limiter(ScopeLimits.from_settings(settings.limits), catalog["reports"],
-                      credits={t: Decimal(c) for t, c in settings.billing.prepaid_credits.items()})
+    limiter = Limiter.from_settings(settings)
     state = MemoryState()
     for _, event in read_events(settings, catalog["flow"].name, SingleObjectCodec()):
         limiter.evolve(state, event)

@@ -82,6 +82,9 @@ __all__ = [
     "NodeHeartbeat",
     "ProviderScopePaused",
     "QueueSampled",
+    "RetryDenied",
+    "RetryGranted",
+    "RetryRequested",
     "SessionLimitCrossed",
     "SessionLimitsChanged",
     "SessionLimitsSet",
@@ -548,6 +551,33 @@ class SlotReleased(Event, event_type="flow.slot.released"):
     """A unit gives its slots back: it ended, was cancelled, or its attempt's lease ran out."""
 
     reason: SlotReleaseReason
+
+
+class RetryRequested(Event, event_type="flow.retry.requested"):
+    """An attempt failed with an error its tenant's retry budget pays for: before the next
+    attempt is scheduled, the scheduler asks the limiter, the one writer of every tenant's
+    budget (Krako 2.0: 40 retries, refilled 20 a minute), for a retry."""
+
+    attempt_index: int = Field(ge=1, description="the attempt that failed")
+    error_code: str = Field(description="why it failed (a retryable error)")
+
+
+class RetryGranted(Event, event_type="flow.retry.granted"):
+    """The limiter took one retry from the tenant's budget: the next attempt may follow."""
+
+    attempt_index: int = Field(ge=1, description="the attempt that failed")
+    error_code: str = ""
+    budget_left: float = Field(description="the tenant's retry budget after this retry (it "
+                               "refills in logged time from here)")
+
+
+class RetryDenied(Event, event_type="flow.retry.denied"):
+    """The tenant's retry budget is spent: the unit fails for good (retry_budget_exhausted)."""
+
+    attempt_index: int = Field(ge=1, description="the attempt that failed")
+    error_code: str = ""
+    budget_left: float = Field(description="what the budget held: less than one retry")
+    reason: str = ""
 
 
 class WorkUnitCancelled(Event, event_type="workunit.cancelled"):
@@ -1077,6 +1107,9 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     SessionLimitCrossed,
     SessionLimitsSet,
     SessionLimitsChanged,
+    RetryRequested,
+    RetryGranted,
+    RetryDenied,
     ClaimRequested,
     ClaimGranted,
     ClaimRejected,

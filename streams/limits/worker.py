@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from onceflow.streams.limits._impl.limiter import Limiter
-from onceflow.streams.limits._impl.scopes import ScopeLimits
 from onceflow.streams.runtime.batched import BatchedProcessor
 from onceflow.streams.topics.catalog import TopicCatalog
 
@@ -20,11 +19,8 @@ def build_limiter(settings: OnceflowSettings, *, on_ready: Callable[[], None] | 
                   group_id: str | None = None) -> BatchedProcessor:
     """The limiter; schedulers start it beside themselves when it is needed (`limiter_needed`)."""
     catalog = TopicCatalog(settings)
-    limits = ScopeLimits.from_settings(settings.limits)
     return BatchedProcessor(
-        Limiter(limits, catalog["reports"], settings.limits.queue_scan,
-                settings.billing.prepaid_credits,
-                horizon_ms=settings.limits.session_idle_ms), settings,
+        Limiter.from_settings(settings), settings,
         inputs=[catalog["limits"].name], fact_topic=catalog["flow"].name, on_ready=on_ready,
         group_id=group_id or f"{settings.topic_prefix}limiter",
     )

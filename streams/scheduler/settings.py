@@ -52,7 +52,7 @@ class SchedulerSettings(SettingsGroup):
     retry_jitter_ratio: float = 0.2
     """deterministic jitter added to a backoff, as a share of it"""
     retry_budget: float = Field(default=40, ge=0)
-    """retries a tenant may spend in a burst (Krako 2.0's token bucket); each scheduler partition holds its share"""
+    """retries a tenant may spend in a burst (Krako 2.0's token bucket), across every scheduler partition: the limiter keeps it"""
     retry_budget_per_minute: float = Field(default=20, ge=0)
     """how fast a tenant's retry budget refills, per minute of logged time"""
     breaker_probe_interval_ms: int = Field(default=5000, ge=0)

@@ -50,8 +50,8 @@ def build_clock(settings: OnceflowSettings) -> Ticker:
 
 def run_scheduler(settings: OnceflowSettings, *, estimator: CostEstimator | None = None,
                   ready_file: Path | None = None, with_clock: bool = True) -> None:
-    """Block until SIGTERM: schedule, arbitrate claims, settle, recover; and, when a
-    concurrency limit is configured, count the slots (the limiter, in a thread)."""
+    """Block until SIGTERM: schedule, arbitrate claims, settle, recover; and keep the
+    tenants' retry budgets and any limits (the limiter, in a thread)."""
     log = get_logger(role="scheduler")
     processor = build_scheduler(settings, estimator=estimator,
                                 on_ready=ready_file.touch if ready_file else None)
@@ -60,19 +60,17 @@ def run_scheduler(settings: OnceflowSettings, *, estimator: CostEstimator | None
     if with_clock:
         ticker = build_clock(settings)
         ticker.start()
+    # The limiter runs beside every scheduler (one member of its group is active): it keeps
+    # every tenant's retry budget, and the slots and holds when limits or budgets are set.
     limiter_stop = threading.Event()
-    limiter = None
-    if limiter_needed(settings):
-        limiter_processor = build_limiter(settings)
-        limiter = threading.Thread(target=limiter_processor.run, args=(limiter_stop,),
-                                   name="limiter", daemon=True)
-        limiter.start()
-    log.info("scheduler.starting", clock=with_clock, limiter=limiter is not None)
+    limiter = threading.Thread(target=build_limiter(settings).run, args=(limiter_stop,),
+                               name="limiter", daemon=True)
+    limiter.start()
+    log.info("scheduler.starting", clock=with_clock, limiter=limiter_needed(settings))
     try:
         processor.run()
     finally:
         limiter_stop.set()
-        if limiter is not None:
-            limiter.join(timeout=30)
+        limiter.join(timeout=30)
         if ticker is not None:
             ticker.stop()

@@ -122,7 +122,9 @@ _TABLE: tuple[tuple[TopicRole, KeyField, PartitionField, CleanupPolicy, int, int
     ("views", "view_name", "single", "compact", -1, 1,
      "view.defined: ksql-style views over the ledger, latest definition per name"),
     ("limits", "event_id", "single", "delete", _WEEK_MS, 1,
-     "flow.slot.requested / released from every scheduler partition: the limiter's intake"),
+     "flow.slot.requested / released and flow.retry.requested from every scheduler partition, "
+     "the ledger's billed line items and settlements, an operator's flow.session.limits.set: "
+     "the limiter's intake"),
     ("flow", "event_id", "single", "compact,delete", -1, 1,
      "the limiter's facts (its changelog): slots granted, requests queued, slots freed"),
     ("control", "event_id", "work_unit_id", "compact,delete", -1, None,
@@ -146,7 +148,8 @@ _CARRIES: dict[TopicRole, frozenset[str]] = {
     "queue": frozenset({"scheduler.queue.sampled"}),
     "dispatch": frozenset({"workunit.scheduled", "workunit.claim.granted",
                            "workunit.claim.rejected", "workunit.cancelled"}),
-    "limits": frozenset({"flow.slot.requested", "flow.slot.released", "ledger.line_item",
+    "limits": frozenset({"flow.slot.requested", "flow.slot.released", "flow.retry.requested",
+                         "ledger.line_item",
                          "ledger.unit.settled", "flow.session.limits.set"}),
 }
 

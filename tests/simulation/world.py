@@ -43,7 +43,7 @@ from onceflow.schemas import (
     stages_effect,
 )
 from onceflow.streams.ids import caused_by, idempotency_key_for
-from onceflow.streams.limits import Limiter, ScopeLimits, limiter_needed
+from onceflow.streams.limits import Limiter, limiter_needed
 from onceflow.streams.scheduler import SETTLED_STATES, Scheduler, UnitProgress
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
@@ -318,19 +318,14 @@ class World:
             shell.snapshots = [shell.fresh_state() for _ in range(shell.partitions)]
         self.scheduler.before_step = self.observe_tables
         self._inputs: list[tuple[Shell, int, str, list[Record]]] | None = None
-        self.limiter: Shell | None = None
-        if limiter_needed(self.settings):
-            limits = ScopeLimits.from_settings(self.settings.limits)
-            self.limiter = Shell("limiter", Limiter(limits, c["reports"],
-                                                    self.settings.limits.queue_scan,
-                                                    self.settings.billing.prepaid_credits,
-                                                    horizon_ms=self.settings.limits.session_idle_ms),
-                                 [self.t["limits"]], self.t["flow"], self.log,
-                                 c["limits"].partitions, check=self._slots_within_limits,
-                                 horizon_ms=self.settings.retention_horizon_ms,
-                                 min_marks=self.settings.dedupe_min_marks)
-            self.shells.append(self.limiter)
-            self._inputs = None
+        # the limiter always runs: it keeps every tenant's retry budget
+        self.limiter: Shell = Shell("limiter", Limiter.from_settings(self.settings),
+                             [self.t["limits"]], self.t["flow"], self.log,
+                             c["limits"].partitions, check=self._slots_within_limits,
+                             horizon_ms=self.settings.retention_horizon_ms,
+                             min_marks=self.settings.dedupe_min_marks)
+        self.shells.append(self.limiter)
+        self._inputs = None
         #: a limit found exceeded while the limiter ran (it is checked after every step)
         self.over_limit: list[str] = []
         self.now = 1_700_000_000_000

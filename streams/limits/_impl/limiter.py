@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from onceflow.schemas import (
     BudgetSettled,
@@ -45,6 +45,9 @@ from onceflow.schemas import (
     Event,
     LedgerLineItem,
     LedgerUnitSettled,
+    RetryDenied,
+    RetryGranted,
+    RetryRequested,
     SessionLimitCrossed,
     SessionLimitName,
     SessionLimits,
@@ -60,11 +63,15 @@ from onceflow.schemas import (
     weighted_tokens,
 )
 from onceflow.streams.ids import caused_by, derive_event_id, restated
+from onceflow.streams.limits._impl.retries import RetryBudget
 from onceflow.streams.limits._impl.scopes import ScopeLimits
 from onceflow.streams.limits._impl.sessions import LIMITS_ACTOR, LimitCrossing, SessionUsage
 from onceflow.streams.state.generations import retention_step_ms
 from onceflow.streams.topics.catalog import Topic
 from onceflow.streams.types import Reducer, Routed, State
+
+if TYPE_CHECKING:
+    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["Budget", "Limiter", "rate_window_level"]
 
@@ -142,11 +149,15 @@ class _Tentative:
 class Limiter(Reducer):
     name = "limiter"
     accepts = frozenset({"flow.slot.requested", "flow.slot.released", "ledger.line_item",
-                         "ledger.unit.settled", "flow.session.limits.set"})
+                         "ledger.unit.settled", "flow.session.limits.set",
+                         "flow.retry.requested"})
 
     def __init__(self, limits: ScopeLimits, reports: Topic, queue_scan: int = 256,
-                 credits: Mapping[str, Decimal] | None = None, *, horizon_ms: int = 0) -> None:
+                 credits: Mapping[str, Decimal] | None = None, *, horizon_ms: int = 0,
+                 retries: RetryBudget | None = None) -> None:
         self.limits = limits
+        #: each tenant's retry budget (Krako 2.0's numbers unless configured)
+        self.retries = retries or RetryBudget()
         self.reports = reports
         self.queue_scan = queue_scan
         #: each prepaid tenant's credit: what its charges and holds may not exceed
@@ -154,6 +165,18 @@ class Limiter(Reducer):
         #: a session's account is forgotten once idle this long (0: never): the session
         #: is over (`LimitsSettings.session_idle_ms`)
         self.horizon_ms = horizon_ms
+
+    @classmethod
+    def from_settings(cls, settings: OnceflowSettings) -> Limiter:
+        """The limiter as a deployment configures it."""
+        from onceflow.streams.topics.catalog import TopicCatalog
+
+        return cls(ScopeLimits.from_settings(settings.limits), TopicCatalog(settings)["reports"],
+                   settings.limits.queue_scan,
+                   {t: Decimal(c) for t, c in settings.billing.prepaid_credits.items()},
+                   horizon_ms=settings.limits.session_idle_ms,
+                   retries=RetryBudget(settings.scheduler.retry_budget,
+                                       settings.scheduler.retry_budget_per_minute))
 
     # -- the rules -------------------------------------------------------------------------
 
@@ -393,6 +416,8 @@ class Limiter(Reducer):
             return self._on_ledger(state, event)
         if isinstance(event, SessionLimitsSet):
             return self._on_limits_set(state, event)
+        if isinstance(event, RetryRequested):
+            return (self.retries.decide(state, event),)
         return ()
 
     def _on_request(self, state: State, event: SlotRequested) -> Sequence[Event]:
@@ -712,6 +737,8 @@ class Limiter(Reducer):
                 replace(usage, reached=fact.limit).save(state)
         elif isinstance(fact, SessionLimitsChanged):
             self._evolve_limits_changed(state, fact)
+        elif isinstance(fact, RetryGranted):
+            self.retries.evolve(state, fact)
 
     @staticmethod
     def _evolve_limits_changed(state: State, fact: SessionLimitsChanged) -> None:
@@ -827,7 +854,7 @@ class Limiter(Reducer):
 
     def route(self, fact: Event) -> Sequence[Routed]:
         """Grants, denials and queue places, to the unit's scheduler partition."""
-        if isinstance(fact, SlotGranted | SlotQueued | SlotDenied):
+        if isinstance(fact, SlotGranted | SlotQueued | SlotDenied | RetryGranted | RetryDenied):
             wu = fact.work_unit_id or ""
             return (Routed(self.reports.name, fact, self.reports.partition_of(wu)),)
         if isinstance(fact, SessionLimitCrossed) and fact.threshold == "reached":

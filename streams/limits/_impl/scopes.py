@@ -154,5 +154,6 @@ def budgets_held(settings: OnceflowSettings) -> bool:
 
 
 def limiter_needed(settings: OnceflowSettings) -> bool:
-    """Whether the limiter must run: a scope has a limit or a budget is held."""
+    """Whether units ask the limiter for slots and holds: a scope has a limit or a budget is
+    held. (The limiter runs either way: it keeps every tenant's retry budget.)"""
     return ScopeLimits.from_settings(settings.limits).any or budgets_held(settings)

@@ -53,8 +53,8 @@ class SchedulerContext:
     limits_topic: Topic
     #: units are held against budgets (prepaid credit, session budgets) by the limiter
     budgets: bool
-    #: a limiter runs (a limit or a budget is set): completions give slots back to it
-    limiter_runs: bool
+    #: units hold slots or budgets (a limit or a budget is set): completions give them back
+    slots_counted: bool
     #: the provider LLM units call unless their `provider` parameter names another
     default_provider: str
     #: how long a settled unit is kept after its last decision (0: for ever)
@@ -88,7 +88,7 @@ class SchedulerContext:
                    queue=catalog["queue"], estimator=estimator, prepaid=prepaid,
                    limits=ScopeLimits.from_settings(settings.limits),
                    limits_topic=catalog["limits"], budgets=budgets,
-                   limiter_runs=limiter_needed(settings),
+                   slots_counted=limiter_needed(settings),
                    default_provider=settings.agent.llm_provider,
                    horizon_ms=settings.retention_horizon_ms)
 

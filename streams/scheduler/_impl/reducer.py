@@ -31,6 +31,9 @@ from onceflow.schemas import (
     Event,
     ProviderScopePaused,
     QueueSampled,
+    RetryDenied,
+    RetryGranted,
+    RetryRequested,
     SlotDenied,
     SlotGranted,
     SlotQueued,
@@ -99,13 +102,15 @@ _DECIDE: dict[type[Event], Decide] = {
     SlotGranted: admission.on_slot_granted,
     SlotDenied: control.on_slot_denied,
     SlotQueued: slots.on_slot_queued,
+    RetryGranted: settlement.on_retry_granted,
+    RetryDenied: settlement.on_retry_denied,
 }
 
 #: the inputs whose decision can fail a unit for good (the hot path's claims, reports and
 #: submissions cannot: they are not looked through for a session that fails fast)
 _MAY_FAIL_A_UNIT: frozenset[type[Event]] = frozenset({
     WorkUnitFailed, ClockTick, WorkUnitDependencyResolved, WorkUnitDependencyProbe,
-    ControlRequested, ControlOperatorResolved})
+    ControlRequested, ControlOperatorResolved, RetryDenied})
 
 _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
     WorkUnitSubmitted: admission.evolve_submitted,
@@ -126,6 +131,7 @@ _EVOLVE_UNIT: dict[type[Event], EvolveUnit] = {
     WorkUnitCompleted: settlement.evolve_completed,
     WorkUnitFailed: settlement.evolve_failed,
     WorkUnitRetryScheduled: settlement.evolve_retry_scheduled,
+    RetryRequested: settlement.evolve_retry_requested,
     WorkUnitNeedsOperator: settlement.evolve_needs_operator,
     WorkUnitCancelled: operator.evolve_cancelled,
     WorkUnitDependencyResolved: dependencies.evolve_dependency_resolved,
@@ -147,6 +153,7 @@ _ROUTE: dict[type[Event], Route] = {
     ProviderScopePaused: backoff.route_scope_paused,
     SlotRequested: slots.route_to_limiter,
     SlotReleased: slots.route_to_limiter,
+    RetryRequested: slots.route_to_limiter,
     ControlRequested: control.route_control,
     WorkUnitCancelled: control.route_cancelled,
 }

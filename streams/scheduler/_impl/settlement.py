@@ -19,6 +19,9 @@ from onceflow.schemas import (
     ClaimRequested,
     EffectStaged,
     Event,
+    RetryDenied,
+    RetryGranted,
+    RetryRequested,
     SettlementReason,
     WorkUnitCompleted,
     WorkUnitFailed,
@@ -44,12 +47,15 @@ __all__ = [
     "evolve_failed",
     "evolve_granted",
     "evolve_needs_operator",
+    "evolve_retry_requested",
     "evolve_retry_scheduled",
     "evolve_staged",
     "on_claim",
     "on_failed",
     "on_legacy_completed",
     "on_reported",
+    "on_retry_denied",
+    "on_retry_granted",
     "on_staged",
     "route_attempt_outcome",
     "route_claim_answer",
@@ -213,21 +219,62 @@ def attempt_ended(
                    f"class '{spec.idempotency_class}' does not make a retry safe; "
                    "resolve with retry, mark_done or abandon",
         )]
-    exhausted = (retryable and failures < spec.max_attempts and spends_retry_budget(error_code)
-                 and retry_tokens(ctx, state, unit.tenant_id, now) < 1)
-    if not retryable or failures >= spec.max_attempts or exhausted:
-        code = ("non_retryable_error" if not retryable else "retry_budget_exhausted"
-                if exhausted else "attempt_cap_exceeded")
+    if not retryable or failures >= spec.max_attempts:
+        code = "non_retryable_error" if not retryable else "attempt_cap_exceeded"
         final = failed.model_copy(update={"final": True, "error_reason":
                                           f"{code}: {error_reason}".strip(": ")})
         return [final, *released,
                 *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
+    if spends_retry_budget(error_code):
+        # The tenant's retry budget spans every partition: its one writer, the limiter,
+        # decides (`on_retry_granted`, `on_retry_denied`).
+        return [failed, *released, RetryRequested(
+            **ctx.envelope(unit, cause, "retry-asked", now), attempt_index=unit.attempt,
+            error_code=error_code)]
+    return [failed, *released, _retry(ctx, unit, cause, now, failures, error_code)]
+
+
+def _retry(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int, failures: int,
+           error_code: str) -> WorkUnitRetryScheduled:
+    """The next attempt, after the backoff of the unit's `failures`-th failure."""
     delay = retry_delay_ms(unit.work_unit_id, failures, ctx.cfg)
-    return [failed, *released, WorkUnitRetryScheduled(
+    return WorkUnitRetryScheduled(
         **ctx.envelope(unit, cause, "retry", now), attempt_index=unit.attempt + 1,
         delay_ms=delay, retry_at=now + delay, error_code=error_code,
         reason_code="retryable_error",
-    )]
+    )
+
+
+def _asked_for_retry(ctx: SchedulerContext, state: State, event: RetryGranted | RetryDenied
+                     ) -> UnitRecord | None:
+    """The unit whose failed attempt the limiter answered, if it still waits for the word
+    (a cancel may have ended it meanwhile)."""
+    unit = ctx.load(state, event.work_unit_id or "")
+    if unit is None or unit.status != "retry_pending" or unit.attempt != event.attempt_index:
+        return None
+    return unit
+
+
+def on_retry_granted(ctx: SchedulerContext, state: State, event: RetryGranted
+                     ) -> Sequence[Event]:
+    unit = _asked_for_retry(ctx, state, event)
+    if unit is None:
+        return ()
+    return (_retry(ctx, unit, event, event.occurred_at, unit.failures, event.error_code),)
+
+
+def on_retry_denied(ctx: SchedulerContext, state: State, event: RetryDenied
+                    ) -> Sequence[Event]:
+    unit = _asked_for_retry(ctx, state, event)
+    if unit is None:
+        return ()
+    now = event.occurred_at
+    return [WorkUnitFailed(
+        **ctx.envelope(unit, event, "retry-denied", now), selected_node_id=unit.node,
+        attempt_index=unit.attempt, correlation_id=unit.spec.correlation_id,
+        error_code=event.error_code, error_reason=f"retry_budget_exhausted: {event.reason}",
+        retryable=True, final=True, incarnation=unit.incarnation, reported_by_scheduler=True,
+    ), *notify_dependents(ctx, state, unit, event, now, "failed", None)]
 
 
 # -- evolve ----------------------------------------------------------------------------
@@ -269,29 +316,16 @@ def spends_retry_budget(error_code: str) -> bool:
     return error_code != "node_timeout"
 
 
-def retry_tokens(ctx: SchedulerContext, state: State, tenant: str, now: int) -> float:
-    """A tenant's retry budget in this partition at logged time `now`.
-
-    The budget is a token bucket per tenant (Krako 2.0: 40, refilled 20 a
-    minute); each of the P scheduler partitions keeps 1/P of it, since a
-    tenant's units are spread over all of them by their ids.
-    """
-    share = ctx.reports.partitions
-    cap = ctx.cfg.retry_budget / share
-    bucket = state.get(f"rb:{tenant}")
-    if bucket is None:
-        return cap
-    refill = (now - bucket["at"]) * ctx.cfg.retry_budget_per_minute / 60_000 / share
-    return min(cap, bucket["tokens"] + max(0.0, refill))
+def evolve_retry_requested(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                           fact: RetryRequested) -> UnitRecord:
+    # the attempt is over (its late claims and results are fenced: only a `scheduled`
+    # unit takes claims, only a `granted` one results); the limiter's word comes next
+    return unit.but(status="retry_pending", reason="retry_budget_wait", incarnation="",
+                    staged=False, decided_at=fact.occurred_at)
 
 
 def evolve_retry_scheduled(ctx: SchedulerContext, state: State, unit: UnitRecord,
                            fact: WorkUnitRetryScheduled) -> UnitRecord:
-    if fact.reason_code == "retryable_error" and spends_retry_budget(fact.error_code):
-        # the retry spends one of the tenant's retry tokens (a lease timeout, a backoff or
-        # an operator's retry does not)
-        tokens = retry_tokens(ctx, state, unit.tenant_id, fact.occurred_at) - 1
-        state.set(f"rb:{unit.tenant_id}", {"tokens": round(tokens, 9), "at": fact.occurred_at})
     # The next attempt's number is taken now: only a `scheduled` unit takes
     # claims and only a `granted` one takes results, so the ended attempt's
     # late claims and results are fenced off from here on.

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from onceflow.schemas import (
     Event,
+    RetryRequested,
     SlotQueued,
     SlotReleased,
     SlotReleaseReason,
@@ -96,7 +97,7 @@ def release_on_completion(ctx: SchedulerContext, fact: WorkUnitCompleted) -> Seq
     """An accepted completion gives the unit's slots back as it is routed, not as a fact of
     its own: the unit is done, so its record need not say it holds none (one fact fewer on
     the hot path). The limiter ignores a release of a unit that holds nothing."""
-    if not ctx.limiter_runs:
+    if not ctx.slots_counted:
         return ()
     release = SlotReleased(**caused_by(fact, "slots-released"), reason="completed")
     return (Routed(ctx.limits_topic.name, release, 0),)
@@ -128,6 +129,6 @@ def evolve_slot_released(ctx: SchedulerContext, state: State, unit: UnitRecord,
     return unit.but(slots=False)
 
 
-def route_to_limiter(ctx: SchedulerContext, fact: SlotRequested | SlotReleased
+def route_to_limiter(ctx: SchedulerContext, fact: SlotRequested | SlotReleased | RetryRequested
                      ) -> Sequence[Routed]:
     return (Routed(ctx.limits_topic.name, fact, 0),)

@@ -8,7 +8,9 @@ States of a unit::
 
     waiting ─┐                      ┌─> completed
     deferred ┼─> scheduled ─> granted ┼─> retry_wait ─> scheduled ...
-    retry_wait┘     │ claim timeout   ├─> needs_operator ─> (operator)
+    retry_wait┘     │ claim timeout   ├─> retry_pending ─> retry_wait (the limiter granted
+                    │                 │                └─> failed    the tenant a retry, or not)
+                    │                 ├─> needs_operator ─> (operator)
                     └─> scheduled (next attempt, elsewhere)  └─> failed
     rejected, cancelled: terminal.
 """
@@ -53,7 +55,8 @@ __all__ = [
 
 UnitStatus = Literal[
     "submitted", "waiting", "deferred", "waiting_for_slot", "scheduled", "granted",
-    "retry_wait", "needs_operator", "completed", "failed", "rejected", "cancelled",
+    "retry_wait", "retry_pending", "needs_operator", "completed", "failed", "rejected",
+    "cancelled",
 ]
 TERMINAL: frozenset[UnitStatus] = frozenset({"completed", "failed", "rejected", "cancelled"})
 
@@ -324,6 +327,8 @@ class UnitRecord:
             return "throttled" if held else "deferred"
         if self.status == "waiting_for_slot":
             return "throttled"  # held back by a limit: more nodes would not help
+        if self.status == "retry_pending":
+            return "retry_wait"  # its retry waits for the tenant's budget, then its backoff
         if self.status in ("scheduled", "retry_wait", "granted"):
             return self.status
         return None

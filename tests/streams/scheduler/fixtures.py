@@ -13,10 +13,12 @@ from onceflow.schemas import (
     Event,
     NodeHeartbeat,
     QueueSampled,
+    RetryRequested,
     WorkUnitFailed,
     WorkUnitResultReported,
     WorkUnitSubmitted,
 )
+from onceflow.streams.limits import Limiter
 from onceflow.streams.scheduler import Scheduler, UnitRecord
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
@@ -44,16 +46,23 @@ def submit(wu: str, *, at: int = T0, **fields: Any) -> WorkUnitSubmitted:
 
 @dataclass
 class Harness:
-    """The scheduler reducer over in-memory state, recording every output."""
+    """The scheduler reducer over in-memory state, recording every output.
+
+    The limiter answers a retry request at once, as the live one does a moment later
+    (`answer_retries`): the answer's facts follow the request's in what `feed` returns.
+    """
 
     settings: OnceflowSettings = field(default_factory=OnceflowSettings)
     state: MemoryState = field(default_factory=MemoryState)
     outputs: list[Event | Routed] = field(default_factory=list)
     samples: list[QueueSampled] = field(default_factory=list)
+    answer_retries: bool = True
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.settings,
                                    estimator=cost_estimator(self.settings.billing))
+        self.limiter = Limiter.from_settings(self.settings)
+        self.limiter_state = MemoryState()
 
     def see(self, *events: Event) -> None:
         for e in events:
@@ -62,7 +71,21 @@ class Harness:
     def feed(self, event: Event) -> list[Event]:
         _, out = self.scheduler.apply(self.state, event)
         self.outputs.extend(out)
-        return [o for o in out if not isinstance(o, Routed)]
+        facts = [o for o in out if not isinstance(o, Routed)]
+        if self.answer_retries:
+            for o in out:
+                if isinstance(o, Routed) and isinstance(o.event, RetryRequested):
+                    facts.extend(self.ask_limiter(o.event))
+        return facts
+
+    def ask_limiter(self, request: Event) -> list[Event]:
+        """The limiter's answer to a request, fed back to the scheduler: its facts."""
+        _, answers = self.limiter.apply(self.limiter_state, request)
+        facts: list[Event] = []
+        for a in answers:
+            if isinstance(a, Routed):
+                facts.extend(self.feed(a.event))
+        return facts
 
     def unit(self, wu: str) -> UnitRecord:
         value = UnitRecord.load(self.state, wu)

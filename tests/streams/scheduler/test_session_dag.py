@@ -28,15 +28,12 @@ def _ready() -> Harness:
     return h
 
 
-_DELIVERED: dict[int, int] = {}
-
-
 def deliver(h: Harness) -> list[Event]:
     """Feed back, until none is left, what the scheduler sent between its partitions about
     dependencies and controls, each once (the harness keeps every partition's units in one
     state; the broker's consumers would dedupe a second delivery)."""
     facts: list[Event] = []
-    seen = _DELIVERED.get(id(h), 0)
+    seen: int = getattr(h, "delivered", 0)
     while seen < len(h.outputs):
         o = h.outputs[seen]
         seen += 1
@@ -45,7 +42,7 @@ def deliver(h: Harness) -> list[Event]:
                                                  | WorkUnitDependencyProbe
                                                  | ControlRequested):
             facts += h.feed(o.event)
-    _DELIVERED[id(h)] = seen
+    h.delivered = seen  # type: ignore[attr-defined]
     return facts
 
 
