@@ -169,8 +169,7 @@ def _advance(step: Step, e: Event) -> None:
         step.state, step.finished_at = "completed", e.occurred_at
         step.result = e.result_ref.model_dump() if e.result_ref else None
     elif isinstance(e, WorkUnitFailed):
-        if e.final:
-            step.state, step.reason, step.finished_at = "failed", e.error_code, e.occurred_at
+        step.state, step.reason, step.finished_at = "failed", e.error_code, e.occurred_at
     elif isinstance(e, WorkUnitRetryScheduled):
         step.state, step.reason = "retry_wait", e.reason_code
     elif isinstance(e, WorkUnitNeedsOperator):

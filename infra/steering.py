@@ -104,8 +104,6 @@ def read_inbox(settings: Any, tenant: str | None = None) -> list[dict[str, Any]]
             waiting.pop(wu, None)  # approved, now waiting for capacity or a resume
         elif event.event_type == "workunit.completed" and not getattr(event, "accepted", True):
             continue  # a refused result leaves the unit where it was
-        elif event.event_type == "workunit.failed" and not getattr(event, "final", False):
-            continue
         else:
             waiting.pop(wu, None)
     for key, item in _sessions_at_a_limit(settings).items():

@@ -42,7 +42,7 @@ from onceflow.schemas import (
     NodeHeartbeat,
     SingleObjectCodec,
     WorkUnitCancelled,
-    WorkUnitFailed,
+    WorkUnitFailureReported,
     WorkUnitResultReported,
     WorkUnitScheduled,
     max_tokens_of,
@@ -370,8 +370,8 @@ class NodeAgent:
     def _report_failure(self, sched: WorkUnitScheduled, grant: ClaimGranted, code: str,
                         reason: str, t0: float, *, retry_at: int = 0, provider: str = "",
                         model: str = "") -> None:
-        self.producer.send(self._reports, WorkUnitFailed(
-            **caused_by(grant, "failed", occurred_at=_now_ms()), selected_node_id=self.node_id,
+        self.producer.send(self._reports, WorkUnitFailureReported(
+            **caused_by(grant, "failed", occurred_at=_now_ms()), node_id=self.node_id,
             attempt_index=sched.attempt_index, correlation_id=sched.tenant_correlation_id,
             error_code=code, error_reason=reason[:500], incarnation=self.incarnation,
             retry_at=retry_at, provider=provider, model=model,

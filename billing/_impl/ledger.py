@@ -20,8 +20,8 @@ the ledger sees everything about its units.
   amount is kept so the operator sees what crashes cost, nothing is charged.
 - A cancelled unit is billed the work its running attempt did before the
   cancel stopped it: that attempt's invocations (the tokens were spent) and
-  the CPU its agent reports when it stops (`workunit.failed`, `cancelled`,
-  recorded by the scheduler). A result it reports afterwards is fenced, and
+  the CPU its agent reports when it stops (`workunit.attempt.stopped`, recorded
+  by the scheduler). A result it reports afterwards is fenced, and
   its CPU is leakage like any other refused result.
 
 `line_item_id` is derived from the source event id and the line-item type,
@@ -46,6 +46,7 @@ from onceflow.schemas import (
     LineItemType,
     LlmInvocationCompleted,
     StateRetired,
+    WorkUnitAttemptStopped,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitFailed,
@@ -104,8 +105,9 @@ def _held_charges(state: State, work_unit_id: str) -> Iterator[LedgerChargeHeld]
 
 class Ledger(Reducer):
     name = "ledger"
-    accepts = frozenset({"workunit.completed", "workunit.failed", "workunit.cancelled",
-                         "llm.invocation.completed", "processor.state.retired"})
+    accepts = frozenset({"workunit.completed", "workunit.failed", "workunit.attempt.stopped",
+                         "workunit.cancelled", "llm.invocation.completed",
+                         "processor.state.retired"})
 
     def __init__(self, settings: BillingSettings, prices: PriceBook,
                  limits: Topic | None = None, *, horizon_ms: int = 0) -> None:
@@ -125,7 +127,7 @@ class Ledger(Reducer):
             return self._on_invocation(state, event)
         if isinstance(event, WorkUnitFailed) and event.final:
             return self._on_closed(state, event, "failed")
-        if isinstance(event, WorkUnitFailed) and event.error_code == "cancelled":
+        if isinstance(event, WorkUnitAttemptStopped):
             # the scheduler's record of a cancelled attempt stopping: its work is charged
             return (self._cpu_item(event, billed=True),) if event.cpu_seconds else ()
         if isinstance(event, WorkUnitCancelled):
@@ -232,7 +234,7 @@ class Ledger(Reducer):
                          source_event_id=source.event_id, source_event_type=source.event_type,
                          line_item_type=kind, pricing_version=self.prices.version)
 
-    def _cpu_item(self, event: WorkUnitCompleted | WorkUnitFailed, *, billed: bool,
+    def _cpu_item(self, event: WorkUnitCompleted | WorkUnitAttemptStopped, *, billed: bool,
                   leakage: str = "") -> LedgerLineItem:
         subtotal = self.prices.cpu_cost(event.cpu_seconds)
         return LedgerLineItem(

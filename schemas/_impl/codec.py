@@ -14,6 +14,7 @@ import io
 import struct
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -25,7 +26,7 @@ from onceflow.schemas._impl.errors import (
     NotAvroSingleObjectError,
     TruncatedEventError,
 )
-from onceflow.schemas._impl.events import Event
+from onceflow.schemas._impl.events import Event, WorkUnitFailed, upcast_legacy_failure
 from onceflow.schemas._impl.registry import (
     EventSchema,
     SchemaRegistry,
@@ -150,6 +151,10 @@ def _is_plain(model: type[Event]) -> bool:
     return True
 
 
+#: older releases' records whose type had several meanings, read as their meaning's type
+_UPCASTS: dict[type[Event], Callable[[Any], Event]] = {WorkUnitFailed: upcast_legacy_failure}
+
+
 class SingleObjectCodec:
     """Avro single-object encoding; no external service needed."""
 
@@ -203,6 +208,13 @@ class SingleObjectCodec:
         return entry.event_type, _read_body(entry, current, data, _HEADER_LEN)
 
     def decode(self, data: bytes) -> Event:
+        """The event `data` holds, as the type of its meaning: a record an older release
+        wrote under a type that then had several meanings comes as the one it has now."""
+        event = self._decode(data)
+        upcast = _UPCASTS.get(type(event))
+        return event if upcast is None else upcast(event)
+
+    def _decode(self, data: bytes) -> Event:
         current = self._current.get(data[2:_HEADER_LEN])
         if current is not None and current.decode_body is not None \
                 and data[:2] == SINGLE_OBJECT_MARKER:

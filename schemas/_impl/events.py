@@ -53,6 +53,7 @@ from onceflow.schemas._impl.types import (
 
 __all__ = [
     "EVENT_MODELS",
+    "AttemptFailure",
     "AttemptResult",
     "BillingAnomaly",
     "BudgetSettled",
@@ -97,6 +98,8 @@ __all__ = [
     "TrustScoreUpdated",
     "ViewDefined",
     "WalletUpdated",
+    "WorkUnitAttemptFailed",
+    "WorkUnitAttemptStopped",
     "WorkUnitCancelled",
     "WorkUnitCompleted",
     "WorkUnitDeferred",
@@ -104,12 +107,14 @@ __all__ = [
     "WorkUnitDependencyRegistered",
     "WorkUnitDependencyResolved",
     "WorkUnitFailed",
+    "WorkUnitFailureReported",
     "WorkUnitNeedsOperator",
     "WorkUnitRejected",
     "WorkUnitResultReported",
     "WorkUnitRetryScheduled",
     "WorkUnitScheduled",
     "WorkUnitSubmitted",
+    "upcast_legacy_failure",
 ]
 
 SYSTEM_TENANT = "system"
@@ -138,7 +143,7 @@ class Event(BaseModel):
     work_unit_id: str | None = None
     causation_id: str | None = None
     schema_version: int = Field(
-        default=5, description="the schema release the writer used (schemas/released/v<n>)")
+        default=6, description="the schema release the writer used (schemas/released/v<n>)")
 
     def __init_subclass__(cls, *, event_type: str = "", avro_name: str = "",
                           **kwargs: Any) -> None:
@@ -299,18 +304,15 @@ class WorkUnitCompleted(AttemptResult, event_type="workunit.completed"):
     submitted_at: int = 0
 
 
-class WorkUnitFailed(Event, event_type="workunit.failed"):
-    selected_node_id: str = ""
+class AttemptFailure(Event):
+    """How an attempt ended without a result: reported by its agent, restated by the
+    scheduler as an attempt that failed or one a cancel stopped."""
+
     attempt_index: int = Field(default=1, ge=1)
     correlation_id: str | None = None
     error_code: str
     error_reason: str = ""
-    retryable: bool = False
-    final: bool = Field(default=False, description="no further attempt will follow")
-    incarnation: str = ""
-    reported_by_scheduler: bool = Field(
-        default=False, description="a lease expiry the scheduler decided, not an agent's report"
-    )
+    incarnation: str = Field(default="", description="which run of the node's agent ran it")
     retry_at: int = Field(
         default=0, description="provider_backoff: when the provider said to come back (ms)")
     provider: str = Field(default="", description="provider_backoff: the provider that said so")
@@ -318,6 +320,73 @@ class WorkUnitFailed(Event, event_type="workunit.failed"):
     cpu_seconds: Amount = Field(
         default=Decimal("0"), description="what the attempt ran before it ended (the agent's "
         "word): the work a cancelled attempt did before it stopped is billed from it")
+
+
+class WorkUnitFailureReported(AttemptFailure, event_type="workunit.failure.reported"):
+    """A node agent's report that the attempt it was granted ended without a result (its
+    handler failed, its provider refused, or a cancel stopped it). Only a report: the
+    scheduler decides what it means (`workunit.attempt.failed`, `.attempt.stopped`)."""
+
+    node_id: str
+
+
+class WorkUnitAttemptFailed(AttemptFailure, event_type="workunit.attempt.failed"):
+    """An attempt that held the grant ended without a result: its agent's report, or a
+    lease that ran out with none. What follows is the scheduler's next fact: a retry, a
+    retry request to the tenant's budget, an operator's inbox, or `workunit.failed`."""
+
+    selected_node_id: str = ""
+    retryable: bool = False
+    lease_expired: bool = Field(
+        default=False, description="no report came: the attempt's lease ran out")
+
+
+class WorkUnitAttemptStopped(AttemptFailure, event_type="workunit.attempt.stopped"):
+    """The attempt a cancel stopped, stopping (its agent's word, recorded once): the work
+    it did before the cancel is billed from it."""
+
+    selected_node_id: str = ""
+
+
+class WorkUnitFailed(Event, event_type="workunit.failed"):
+    """The scheduler's decision that a unit has failed for good: no attempt follows.
+
+    Releases before 6 wrote this type for every failed attempt too (`final` false):
+    decoding one gives the type of its meaning instead (`upcast_legacy_failure`)."""
+
+    selected_node_id: str = ""
+    attempt_index: int = Field(default=1, ge=1)
+    correlation_id: str | None = None
+    error_code: str
+    error_reason: str = ""
+    retryable: bool = False
+    final: bool = Field(default=False, description="written true since release 6 (before: "
+                        "false for an attempt that failed; the default reads releases that "
+                        "had no such field)")
+    incarnation: str = ""
+    reported_by_scheduler: bool = Field(
+        default=False, description="written true since release 6 (before: false for an "
+        "agent's report and its restatement)")
+    retry_at: int = Field(default=0, description="unused since release 6")
+    provider: str = Field(default="", description="unused since release 6")
+    model: str = Field(default="", description="unused since release 6")
+    cpu_seconds: Amount = Field(default=Decimal("0"), description="unused since release 6")
+
+
+def upcast_legacy_failure(event: WorkUnitFailed) -> Event:
+    """A `workunit.failed` as its meaning: releases before 6 wrote this one type for the
+    agent's report of a failed attempt, the scheduler's restatement of it, a lease that ran
+    out and an attempt a cancel stopped (`final` false), told apart by flags. The decoder
+    hands readers the type of its meaning; a final one is itself."""
+    if event.final:
+        return event
+    common = {**event.model_dump(include=set(AttemptFailure.model_fields) - {"event_type"}),
+              "schema_version": event.schema_version}
+    if event.error_code == "cancelled":
+        return WorkUnitAttemptStopped(**common, selected_node_id=event.selected_node_id)
+    return WorkUnitAttemptFailed(**common, selected_node_id=event.selected_node_id,
+                                 retryable=event.retryable,
+                                 lease_expired=event.reported_by_scheduler)
 
 
 class WorkUnitNeedsOperator(Event, event_type="workunit.needs_operator"):
@@ -1092,6 +1161,9 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     WorkUnitCompleted,
     WorkUnitResultReported,
     WorkUnitFailed,
+    WorkUnitFailureReported,
+    WorkUnitAttemptFailed,
+    WorkUnitAttemptStopped,
     WorkUnitNeedsOperator,
     WorkUnitCancelled,
     WorkUnitDependencyRegistered,

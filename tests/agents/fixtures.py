@@ -21,7 +21,6 @@ from onceflow.billing import cost_estimator
 from onceflow.infra.observe import ProgressFollower
 from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
 from onceflow.streams.kafka import EventProducer
-from onceflow.streams.limits import limiter_needed
 from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.runtime import BatchedProcessor
 from onceflow.streams.scheduler.worker import build_clock, build_scheduler
@@ -79,9 +78,8 @@ class Cluster:
         self.scheduler = build_scheduler(self.settings, on_ready=ready.set,
                                          estimator=cost_estimator(self.settings.billing))
         self._spawn(lambda: self.scheduler.run(self.stop))  # type: ignore[union-attr]
-        if limiter_needed(self.settings):
-            limiter = build_limiter(self.settings)
-            self._spawn(lambda: limiter.run(self.stop))
+        limiter = build_limiter(self.settings)  # beside every scheduler: retry budgets
+        self._spawn(lambda: limiter.run(self.stop))
         self.ticker = build_clock(self.settings)
         self.ticker.start()
         assert ready.wait(60), "scheduler never became ready"

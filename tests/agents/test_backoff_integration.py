@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from onceflow.agents import OpenAICompatibleProvider
-from onceflow.schemas import ProviderScopePaused, WorkUnitFailed
+from onceflow.schemas import ProviderScopePaused, WorkUnitAttemptFailed, WorkUnitFailed
 from onceflow.streams.runtime import verify_replay
 from onceflow.streams.settings import OnceflowSettings
 from tests.agents.fixtures import ChatServer, Cluster, fast_settings, unit
@@ -61,9 +61,9 @@ def test_a_rate_limited_provider_is_left_alone_until_it_said_and_nothing_is_lost
     facts = events(cluster.settings, cluster.catalog["workunits"].name)
     pauses = [f for f in facts if isinstance(f, ProviderScopePaused) and f.broadcast]
     assert pauses and pauses[0].scope == "model:gpt-test" and pauses[0].provider == "openai"
-    backoffs = [f for f in facts if isinstance(f, WorkUnitFailed)
+    backoffs = [f for f in facts if isinstance(f, WorkUnitAttemptFailed)
                 and f.error_code == "provider_backoff"]
-    assert backoffs and not any(f.final for f in backoffs)
+    assert backoffs and not any(isinstance(f, WorkUnitFailed) for f in facts)
     check = verify_replay(cluster.scheduler.reducer,  # type: ignore[union-attr]
                           cluster.settings, cluster.catalog["workunits"].name)
     assert check.equal, check.first_difference()

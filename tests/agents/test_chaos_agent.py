@@ -12,7 +12,7 @@ import pytest
 
 from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
-from onceflow.schemas import TrustScoreUpdated, WorkUnitFailed, WorkUnitSubmitted
+from onceflow.schemas import TrustScoreUpdated, WorkUnitAttemptFailed, WorkUnitSubmitted
 from onceflow.streams.scheduler import SETTLED_STATES
 from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
@@ -98,7 +98,7 @@ def test_agent_killed_mid_burst(settings: OnceflowSettings, roles: list[RoleProc
         follower.close()
 
     timeouts = [f for f in events(fast, TopicCatalog(fast)["workunits"].name)
-                if isinstance(f, WorkUnitFailed) and f.error_code == "node_timeout"]
+                if isinstance(f, WorkUnitAttemptFailed) and f.error_code == "node_timeout"]
     assert timeouts, "the kill interrupted no granted work; the test proved nothing"
     rows = effect_rows(db)
     print(f"kill summary: {len(timeouts)} lease expiries, states "
@@ -206,6 +206,6 @@ def test_two_agents_killed_mid_burst_never_wedge_the_cluster(
         follower.close()
         stop_roles(roles)
     timeouts = [f for f in events(fast, TopicCatalog(fast)["workunits"].name)
-                if isinstance(f, WorkUnitFailed) and f.error_code == "node_timeout"]
+                if isinstance(f, WorkUnitAttemptFailed) and f.error_code == "node_timeout"]
     assert timeouts, "the kills interrupted no granted work; the test proved nothing"
     assert restarted[0].breaker == "half_open"

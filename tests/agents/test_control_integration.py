@@ -21,6 +21,7 @@ from onceflow.schemas import (
     ControlApplied,
     ControlRequested,
     SingleObjectCodec,
+    WorkUnitAttemptStopped,
     WorkUnitCompleted,
     WorkUnitFailed,
     WorkUnitScheduled,
@@ -159,7 +160,7 @@ def test_cancelling_a_running_session_stops_its_steps_on_the_agents(cluster: Clu
     assert set(status.values()) == {"cancelled"}
     # the agents stopped the four handlers early and said so; nothing was accepted
     wait_for(lambda: sum(1 for e in events(cluster.settings, cluster.catalog["reports"].name)
-                         if isinstance(e, WorkUnitFailed) and e.error_code == "cancelled")
+                         if isinstance(e, WorkUnitAttemptStopped))
              == stopping, timeout=10, what="the agents to report each stopped handler")
     settled = [e for e in events(cluster.settings, cluster.catalog["workunits"].name)
                if isinstance(e, WorkUnitCompleted)]

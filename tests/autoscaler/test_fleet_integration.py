@@ -18,8 +18,8 @@ from onceflow.schemas import (
     CapacityScaleRequested,
     QueueSampled,
     SingleObjectCodec,
+    WorkUnitAttemptFailed,
     WorkUnitDeferred,
-    WorkUnitFailed,
 )
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.runtime import fingerprint_partitions, replay_facts
@@ -129,7 +129,7 @@ def test_a_burst_throttles_grows_the_fleet_and_it_shrinks_after(
     assert any(r.new_replicas > r.previous_replicas for r in requests)
     assert any(r.new_replicas < r.previous_replicas for r in requests)
     timeouts = [f for f in events(s, TopicCatalog(s)["workunits"].name)
-                if isinstance(f, WorkUnitFailed) and f.error_code == "node_timeout"]
+                if isinstance(f, WorkUnitAttemptFailed) and f.error_code == "node_timeout"]
     assert timeouts == [], "a drained agent left work behind"
     follower.close()
 

@@ -34,7 +34,7 @@ from onceflow.schemas import (
     NodeHeartbeat,
     SessionLimitCrossed,
     WorkUnitCancelled,
-    WorkUnitFailed,
+    WorkUnitFailureReported,
     WorkUnitResultReported,
     WorkUnitScheduled,
     estimated_input_tokens,
@@ -491,9 +491,9 @@ class World:
                 **caused_by(grant, "llm", occurred_at=self.now), node_id=agent.node,
                 attempt_index=sched.attempt_index, provider="stub",
                 model=sched.model or "stub", error_code="provider_backoff"))
-            self.log.append(self.t["reports"], WorkUnitFailed(
+            self.log.append(self.t["reports"], WorkUnitFailureReported(
                 **caused_by(grant, "failed", occurred_at=self.now),
-                selected_node_id=agent.node, attempt_index=sched.attempt_index,
+                node_id=agent.node, attempt_index=sched.attempt_index,
                 error_code="provider_backoff", error_reason="429", incarnation=agent.incarnation,
                 retry_at=self.now + self.rng.randint(1_000, 30_000), provider="stub",
                 model=sched.model or "stub", cpu_seconds=Decimal("0.010000")))
@@ -511,9 +511,9 @@ class World:
 
     def _failed(self, agent: Agent, a: Attempt, code: str) -> None:
         assert a.grant is not None
-        self.log.append(self.t["reports"], WorkUnitFailed(
+        self.log.append(self.t["reports"], WorkUnitFailureReported(
             **caused_by(a.grant, "failed", occurred_at=self.now),
-            selected_node_id=agent.node, attempt_index=a.scheduled.attempt_index,
+            node_id=agent.node, attempt_index=a.scheduled.attempt_index,
             error_code=code, error_reason="simulated", incarnation=agent.incarnation,
             cpu_seconds=Decimal("0.010000")))
 

@@ -20,8 +20,8 @@ from onceflow.schemas import (
     NodeHeartbeat,
     QueueSampled,
     SingleObjectCodec,
+    WorkUnitAttemptFailed,
     WorkUnitCompleted,
-    WorkUnitFailed,
 )
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.runtime import verify_replay
@@ -132,10 +132,10 @@ def outcomes(n: int) -> list[Event]:
                 event_id=f"done-{i}", occurred_at=at, work_unit_id=f"u{i}", accepted=True,
                 selected_node_id=node, attempt_index=1, settlement_reason="grant_holder"))
         else:
-            out.append(WorkUnitFailed(
+            out.append(WorkUnitAttemptFailed(
                 event_id=f"fail-{i}", occurred_at=at, work_unit_id=f"u{i}",
                 selected_node_id=node, attempt_index=1, error_code="node_timeout",
-                retryable=True))
+                retryable=True, lease_expired=True))
     return out
 
 

@@ -73,7 +73,7 @@ def _ended_state(event: Event) -> tuple[str, str, str] | None:
     """(state, code, reason) when `event` ends its unit or parks it; None otherwise."""
     if isinstance(event, WorkUnitCompleted) and event.accepted:
         return "completed", event.settlement_reason, ""
-    if isinstance(event, WorkUnitFailed) and event.final:
+    if isinstance(event, WorkUnitFailed):
         return "failed", event.error_code, event.error_reason
     if isinstance(event, WorkUnitRejected):
         return "rejected", event.reason_code, event.reason

@@ -141,8 +141,7 @@ class PrometheusSensor:
                 self.settle_seconds.observe(max(0, fact.finished_at - fact.submitted_at) / 1000)
 
     def _failed(self, fact: WorkUnitFailed) -> None:
-        if fact.final:
-            self.units_settled.labels("failed").inc()
+        self.units_settled.labels("failed").inc()
 
     def _rejected(self, fact: WorkUnitRejected) -> None:
         if fact.reason_code not in RESEND_REJECTIONS:

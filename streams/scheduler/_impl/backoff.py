@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from onceflow.schemas import (
     Event,
     ProviderScopePaused,
-    WorkUnitFailed,
+    WorkUnitAttemptFailed,
+    WorkUnitFailureReported,
     WorkUnitRetryScheduled,
 )
 from onceflow.streams.ids import derive_event_id, restated
@@ -53,17 +54,17 @@ def paused_until(state: State, scope: str) -> int:
     return until
 
 
-def on_backoff(ctx: SchedulerContext, state: State, unit: UnitRecord, event: WorkUnitFailed
-               ) -> list[Event]:
+def on_backoff(ctx: SchedulerContext, state: State, unit: UnitRecord,
+               event: WorkUnitFailureReported) -> list[Event]:
     """The grant holder's provider said "later": retry then, uncounted, and pause the scope."""
     now = event.occurred_at
     until = max(event.retry_at, now)
-    facts: list[Event] = [WorkUnitFailed(
+    facts: list[Event] = [WorkUnitAttemptFailed(
         **ctx.envelope(unit, event, "attempt-failed", now), selected_node_id=unit.node,
         attempt_index=unit.attempt, correlation_id=unit.spec.correlation_id,
-        error_code=BACKOFF, error_reason=event.error_reason, retryable=True, final=False,
+        error_code=BACKOFF, error_reason=event.error_reason, retryable=True,
         incarnation=unit.incarnation, retry_at=until, provider=event.provider,
-        model=event.model,
+        model=event.model, cpu_seconds=event.cpu_seconds,
     )]
     facts.extend(release_slots(ctx, unit, event, now, "attempt_ended"))
     scope = scope_of(unit.spec)

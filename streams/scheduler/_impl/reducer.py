@@ -40,6 +40,8 @@ from onceflow.schemas import (
     SlotReleased,
     SlotRequested,
     StateRetired,
+    WorkUnitAttemptFailed,
+    WorkUnitAttemptStopped,
     WorkUnitCancelled,
     WorkUnitCompleted,
     WorkUnitDeferred,
@@ -47,6 +49,7 @@ from onceflow.schemas import (
     WorkUnitDependencyRegistered,
     WorkUnitDependencyResolved,
     WorkUnitFailed,
+    WorkUnitFailureReported,
     WorkUnitNeedsOperator,
     WorkUnitRejected,
     WorkUnitResultReported,
@@ -89,7 +92,9 @@ _DECIDE: dict[type[Event], Decide] = {
     EffectStaged: settlement.on_staged,
     WorkUnitResultReported: settlement.on_reported,
     WorkUnitCompleted: settlement.on_legacy_completed,
-    WorkUnitFailed: settlement.on_failed,
+    WorkUnitFailureReported: settlement.on_failure_reported,
+    WorkUnitAttemptFailed: settlement.on_legacy_failure,
+    WorkUnitAttemptStopped: settlement.on_legacy_failure,
     ClockTick: clock.on_tick,
     WorkUnitDependencyRegistered: dependencies.on_dependency_registered,
     WorkUnitDependencyResolved: dependencies.on_dependency_resolved,
@@ -109,7 +114,7 @@ _DECIDE: dict[type[Event], Decide] = {
 #: the inputs whose decision can fail a unit for good (the hot path's claims, reports and
 #: submissions cannot: they are not looked through for a session that fails fast)
 _MAY_FAIL_A_UNIT: frozenset[type[Event]] = frozenset({
-    WorkUnitFailed, ClockTick, WorkUnitDependencyResolved, WorkUnitDependencyProbe,
+    WorkUnitFailureReported, WorkUnitAttemptFailed, ClockTick, WorkUnitDependencyResolved, WorkUnitDependencyProbe,
     ControlRequested, ControlOperatorResolved, RetryDenied})
 
 _EVOLVE_TABLE: dict[type[Event], EvolveTable] = {
@@ -130,6 +135,8 @@ _EVOLVE_UNIT: dict[type[Event], EvolveUnit] = {
     EffectStaged: settlement.evolve_staged,
     WorkUnitCompleted: settlement.evolve_completed,
     WorkUnitFailed: settlement.evolve_failed,
+    WorkUnitAttemptFailed: settlement.evolve_attempt_failed,
+    WorkUnitAttemptStopped: settlement.evolve_attempt_stopped,
     WorkUnitRetryScheduled: settlement.evolve_retry_scheduled,
     RetryRequested: settlement.evolve_retry_requested,
     WorkUnitNeedsOperator: settlement.evolve_needs_operator,
@@ -145,7 +152,7 @@ _ROUTE: dict[type[Event], Route] = {
     ClaimGranted: settlement.route_claim_answer,
     ClaimRejected: settlement.route_claim_answer,
     WorkUnitCompleted: settlement.route_attempt_outcome,
-    WorkUnitFailed: settlement.route_attempt_outcome,
+    WorkUnitAttemptFailed: settlement.route_attempt_outcome,
     QueueSampled: clock.route_queue_sampled,
     WorkUnitSubmitted: dependencies.route_submitted,
     WorkUnitDependencyRegistered: dependencies.route_dependency_registered,

@@ -9,9 +9,11 @@ and recorded as refused so the ledger can show what it cost.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from onceflow.schemas import (
+    AttemptFailure,
     AttemptResult,
     ClaimGranted,
     ClaimRejected,
@@ -23,8 +25,11 @@ from onceflow.schemas import (
     RetryGranted,
     RetryRequested,
     SettlementReason,
+    WorkUnitAttemptFailed,
+    WorkUnitAttemptStopped,
     WorkUnitCompleted,
     WorkUnitFailed,
+    WorkUnitFailureReported,
     WorkUnitNeedsOperator,
     WorkUnitResultReported,
     WorkUnitRetryScheduled,
@@ -43,6 +48,8 @@ from onceflow.streams.types import Routed, State
 
 __all__ = [
     "attempt_ended",
+    "evolve_attempt_failed",
+    "evolve_attempt_stopped",
     "evolve_completed",
     "evolve_failed",
     "evolve_granted",
@@ -51,8 +58,9 @@ __all__ = [
     "evolve_retry_scheduled",
     "evolve_staged",
     "on_claim",
-    "on_failed",
+    "on_failure_reported",
     "on_legacy_completed",
+    "on_legacy_failure",
     "on_reported",
     "on_retry_denied",
     "on_retry_granted",
@@ -174,17 +182,27 @@ def on_legacy_completed(ctx: SchedulerContext, state: State, event: WorkUnitComp
     return on_reported(ctx, state, report)
 
 
-def on_failed(ctx: SchedulerContext, state: State, event: WorkUnitFailed) -> Sequence[Event]:
-    if event.reported_by_scheduler:
-        return ()
+#: what an agent's report of a failed attempt says, as the scheduler's facts restate it
+_FAILURE_FIELDS = frozenset(AttemptFailure.model_fields) - set(Event.model_fields)
+
+
+def _failure_of(report: WorkUnitFailureReported) -> dict[str, Any]:
+    return {name: getattr(report, name) for name in sorted(_FAILURE_FIELDS)}
+
+
+def on_failure_reported(ctx: SchedulerContext, state: State, event: WorkUnitFailureReported
+                        ) -> Sequence[Event]:
+    """An agent's word that its attempt ended without a result: the attempt a cancel stopped
+    (recorded once), a provider's "later", or a failed attempt to recover from."""
     unit = ctx.load(state, event.work_unit_id or "")
     if unit is not None and unit.status == "cancelled" and unit.incarnation and (
             unit.attempt, unit.node, unit.incarnation) == (
-            event.attempt_index, event.selected_node_id, event.incarnation):
+            event.attempt_index, event.node_id, event.incarnation):
         # the attempt a cancel stopped, stopping: recorded once, so the ledger bills the
         # work it did before the cancel (its CPU; its tokens were reported on their own)
-        return (restated(event, "stopped-after-cancel", final=False, retryable=False),)
-    if unit is None or not _holds_grant(unit, event.attempt_index, event.selected_node_id,
+        return (WorkUnitAttemptStopped(**caused_by(event, "stopped-after-cancel"),
+                                       **_failure_of(event), selected_node_id=event.node_id),)
+    if unit is None or not _holds_grant(unit, event.attempt_index, event.node_id,
                                         event.incarnation):
         return ()  # a fenced attempt's failure changes nothing
     if event.error_code == BACKOFF:
@@ -193,20 +211,37 @@ def on_failed(ctx: SchedulerContext, state: State, event: WorkUnitFailed) -> Seq
                          event.error_reason, reported=event)
 
 
+def on_legacy_failure(ctx: SchedulerContext, state: State,
+                      event: WorkUnitAttemptFailed | WorkUnitAttemptStopped) -> Sequence[Event]:
+    """A failure reported by an agent of a release before 6, which reported as
+    `workunit.failed` (the decoder hands it over as its meaning's type). The scheduler's
+    own facts are never its input, so one of these as an input is such a report."""
+    report = WorkUnitFailureReported(
+        event_id=event.event_id, occurred_at=event.occurred_at, tenant_id=event.tenant_id,
+        execution_session_id=event.execution_session_id, work_unit_id=event.work_unit_id,
+        causation_id=event.causation_id, **{n: getattr(event, n) for n in _FAILURE_FIELDS},
+        node_id=event.selected_node_id)
+    return on_failure_reported(ctx, state, report)
+
+
 def attempt_ended(
     ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, now: int,
-    error_code: str, error_reason: str, reported: WorkUnitFailed | None = None,
+    error_code: str, error_reason: str, reported: WorkUnitFailureReported | None = None,
 ) -> list[Event]:
-    """An attempt that held the grant ended without a result: recover by effect label."""
+    """An attempt that held the grant ended without a result (`reported` by its agent, or
+    None: its lease ran out): recover by effect label. The attempt's failure is recorded,
+    then what follows it: a retry (asked of the tenant's budget when it pays for it), an
+    operator's inbox, or the unit's failure for good."""
     spec = unit.spec
     failures = unit.failures + 1
     retryable = error_code in ctx.cfg.retryable_errors
     unsafe = not retry_is_safe(spec.effect, spec.idempotency_class, unit.staged)
-    failed = WorkUnitFailed(
+    failed = WorkUnitAttemptFailed(
         **ctx.envelope(unit, cause, "attempt-failed", now), selected_node_id=unit.node,
         attempt_index=unit.attempt, correlation_id=spec.correlation_id, error_code=error_code,
-        error_reason=error_reason, retryable=retryable, final=False,
-        incarnation=unit.incarnation, reported_by_scheduler=reported is None,
+        error_reason=error_reason, retryable=retryable, incarnation=unit.incarnation,
+        lease_expired=reported is None,
+        cpu_seconds=reported.cpu_seconds if reported is not None else Decimal(0),
     )
     released = release_slots(ctx, unit, cause, now, "attempt_ended")
     if unsafe:
@@ -221,9 +256,9 @@ def attempt_ended(
         )]
     if not retryable or failures >= spec.max_attempts:
         code = "non_retryable_error" if not retryable else "attempt_cap_exceeded"
-        final = failed.model_copy(update={"final": True, "error_reason":
-                                          f"{code}: {error_reason}".strip(": ")})
-        return [final, *released,
+        return [failed, *released, _failed_for_good(ctx, unit, cause, now, error_code,
+                                                     f"{code}: {error_reason}".strip(": "),
+                                                     retryable),
                 *notify_dependents(ctx, state, unit, cause, now, "failed", None)]
     if spends_retry_budget(error_code):
         # The tenant's retry budget spans every partition: its one writer, the limiter,
@@ -269,12 +304,19 @@ def on_retry_denied(ctx: SchedulerContext, state: State, event: RetryDenied
     if unit is None:
         return ()
     now = event.occurred_at
-    return [WorkUnitFailed(
-        **ctx.envelope(unit, event, "retry-denied", now), selected_node_id=unit.node,
+    return [_failed_for_good(ctx, unit, event, now, event.error_code,
+                             f"retry_budget_exhausted: {event.reason}", True),
+            *notify_dependents(ctx, state, unit, event, now, "failed", None)]
+
+
+def _failed_for_good(ctx: SchedulerContext, unit: UnitRecord, cause: Event, now: int,
+                     error_code: str, error_reason: str, retryable: bool) -> WorkUnitFailed:
+    """The decision that a unit whose last attempt failed has failed for good."""
+    return WorkUnitFailed(
+        **ctx.envelope(unit, cause, "failed", now), selected_node_id=unit.node,
         attempt_index=unit.attempt, correlation_id=unit.spec.correlation_id,
-        error_code=event.error_code, error_reason=f"retry_budget_exhausted: {event.reason}",
-        retryable=True, final=True, incarnation=unit.incarnation, reported_by_scheduler=True,
-    ), *notify_dependents(ctx, state, unit, event, now, "failed", None)]
+        error_code=error_code, error_reason=error_reason, retryable=retryable, final=True,
+        incarnation=unit.incarnation, reported_by_scheduler=True)
 
 
 # -- evolve ----------------------------------------------------------------------------
@@ -302,12 +344,20 @@ def evolve_completed(ctx: SchedulerContext, state: State, unit: UnitRecord,
 def evolve_failed(ctx: SchedulerContext, state: State, unit: UnitRecord,
                   fact: WorkUnitFailed) -> UnitRecord:
     if unit.status == "cancelled":
-        return unit.but(incarnation="")  # its stop is recorded: a second report is fenced
-    if fact.final:
-        return unit.but(status="failed", reason=fact.error_code)
+        return unit  # a release-5 fact: a cancelled unit's failure changes nothing
+    return unit.but(status="failed", reason=fact.error_code)
+
+
+def evolve_attempt_failed(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                          fact: WorkUnitAttemptFailed) -> UnitRecord:
     if fact.error_code == BACKOFF:
         return unit.but(reason=fact.error_code)  # the provider's "later" is not a failure
     return unit.but(failures=unit.failures + 1, reason=fact.error_code)
+
+
+def evolve_attempt_stopped(ctx: SchedulerContext, state: State, unit: UnitRecord,
+                           fact: WorkUnitAttemptStopped) -> UnitRecord:
+    return unit.but(incarnation="")  # its stop is recorded: a second report is fenced
 
 
 def spends_retry_budget(error_code: str) -> bool:
@@ -347,15 +397,15 @@ def route_claim_answer(ctx: SchedulerContext, fact: ClaimGranted | ClaimRejected
     return (Routed(ctx.dispatch.name, fact, ctx.dispatch.partition_of(fact.node_id)),)
 
 
-def route_attempt_outcome(ctx: SchedulerContext, fact: WorkUnitCompleted | WorkUnitFailed
-                          ) -> Sequence[Routed]:
+def route_attempt_outcome(ctx: SchedulerContext,
+                          fact: WorkUnitCompleted | WorkUnitAttemptFailed) -> Sequence[Routed]:
     """How an attempt on a node ended, to that node's partition of `outcomes`: trust
     scoring reads it there beside the node's heartbeats."""
     if isinstance(fact, WorkUnitCompleted):
         if not (fact.accepted and fact.settlement_reason == "grant_holder"):
             return ()
-    elif not fact.selected_node_id or fact.error_code == "cancelled":
-        return ()  # a lease the scheduler ended on no node, or a stop it asked for
+    elif not fact.selected_node_id:
+        return ()  # a lease the scheduler ended on no node
     node = fact.selected_node_id
     outcome = Routed(ctx.outcomes.name, fact, ctx.outcomes.partition_of(node))
     if isinstance(fact, WorkUnitCompleted):

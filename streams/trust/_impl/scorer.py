@@ -38,6 +38,7 @@ from onceflow.schemas import (
     TrustOutcome,
     TrustReason,
     TrustScoreUpdated,
+    WorkUnitAttemptFailed,
     WorkUnitCompleted,
     WorkUnitFailed,
 )
@@ -159,7 +160,10 @@ _BREAKER_REASON: dict[BreakerState, TrustReason] = {
 
 class TrustScorer(Reducer):
     name = "trust"
-    accepts = frozenset({"node.heartbeat", "workunit.completed", "workunit.failed"})
+    #: `workunit.failed`: what releases before 6 routed here for a failed attempt (decoded
+    #: as `workunit.attempt.failed`, or, for a last attempt, as the unit's failure)
+    accepts = frozenset({"node.heartbeat", "workunit.completed", "workunit.attempt.failed",
+                         "workunit.failed"})
 
     def __init__(self, settings: TrustSettings) -> None:
         self.cfg = settings
@@ -175,10 +179,12 @@ class TrustScorer(Reducer):
             if not event.accepted:
                 return ()  # a report, or a fenced attempt: its lease expiry counted already
             node, outcome = event.selected_node_id, "success"
-        elif isinstance(event, WorkUnitFailed):
+        elif isinstance(event, WorkUnitAttemptFailed | WorkUnitFailed):
             if not event.selected_node_id or event.error_code in NOT_THE_NODES_FAULT:
                 return ()
-            timeout = event.reported_by_scheduler and event.error_code == "node_timeout"
+            lease_expired = (event.lease_expired if isinstance(event, WorkUnitAttemptFailed)
+                             else event.reported_by_scheduler)
+            timeout = lease_expired and event.error_code == "node_timeout"
             node, outcome = event.selected_node_id, "timeout" if timeout else "failure"
         else:
             return ()

@@ -14,7 +14,7 @@ from onceflow.schemas import (
     NodeHeartbeat,
     QueueSampled,
     RetryRequested,
-    WorkUnitFailed,
+    WorkUnitFailureReported,
     WorkUnitResultReported,
     WorkUnitSubmitted,
 )
@@ -107,9 +107,9 @@ class Harness:
 
     def fail(self, wu: str, node: str, attempt: int, code: str, *, at: int,
              inc: str = "i1") -> list[Event]:
-        return self.feed(WorkUnitFailed(
+        return self.feed(WorkUnitFailureReported(
             event_id=f"fail-{wu}-{attempt}-{at}", occurred_at=at, work_unit_id=wu,
-            selected_node_id=node, attempt_index=attempt, error_code=code, incarnation=inc,
+            node_id=node, attempt_index=attempt, error_code=code, incarnation=inc,
         ))
 
     def stage(self, wu: str, node: str, attempt: int, *, at: int) -> list[Event]:

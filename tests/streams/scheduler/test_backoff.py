@@ -5,8 +5,9 @@ from __future__ import annotations
 from onceflow.schemas import (
     ClaimGranted,
     ProviderScopePaused,
+    WorkUnitAttemptFailed,
     WorkUnitDeferred,
-    WorkUnitFailed,
+    WorkUnitFailureReported,
     WorkUnitRetryScheduled,
     WorkUnitScheduled,
 )
@@ -30,8 +31,8 @@ def _granted(h: Harness, wu: str, at: int = T0, **fields: object) -> tuple[str, 
 
 
 def _backoff(h: Harness, wu: str, node: str, attempt: int, at: int, until: int) -> list:
-    return h.feed(WorkUnitFailed(
-        event_id=f"429-{wu}-{attempt}", occurred_at=at, work_unit_id=wu, selected_node_id=node,
+    return h.feed(WorkUnitFailureReported(
+        event_id=f"429-{wu}-{attempt}", occurred_at=at, work_unit_id=wu, node_id=node,
         attempt_index=attempt, error_code="provider_backoff", incarnation="i1",
         retry_at=until, provider="openai", model="gpt-x"))
 
@@ -41,7 +42,7 @@ def test_a_429_retries_at_the_named_time_without_counting_an_attempt() -> None:
     h.see(heartbeat("n1"))
     node, attempt = _granted(h, "wu-1", max_attempts=1)
     facts = _backoff(h, "wu-1", node, attempt, T0 + 10, T0 + 2000)
-    assert [type(f) for f in facts] == [WorkUnitFailed, ProviderScopePaused,
+    assert [type(f) for f in facts] == [WorkUnitAttemptFailed, ProviderScopePaused,
                                        WorkUnitRetryScheduled]
     retry = facts[-1]
     assert isinstance(retry, WorkUnitRetryScheduled)

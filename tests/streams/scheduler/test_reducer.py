@@ -17,6 +17,7 @@ from onceflow.schemas import (
     SlotGranted,
     SlotRequested,
     TrustScoreUpdated,
+    WorkUnitAttemptFailed,
     WorkUnitCompleted,
     WorkUnitDeferred,
     WorkUnitDependencyRegistered,
@@ -361,10 +362,10 @@ def test_expired_lease_retries_pure_and_read_only_work_with_backoff(effect: str)
     h = ready()
     node, attempt, deadline = run_to_grant(h, "wu-1", effect=effect)
     facts = h.tick(deadline)
-    assert [type(f) for f in facts] == [WorkUnitFailed, WorkUnitRetryScheduled]
+    assert [type(f) for f in facts] == [WorkUnitAttemptFailed, WorkUnitRetryScheduled]
     failed, retry = facts
-    assert isinstance(failed, WorkUnitFailed) and failed.error_code == "node_timeout"
-    assert failed.reported_by_scheduler and not failed.final
+    assert isinstance(failed, WorkUnitAttemptFailed) and failed.error_code == "node_timeout"
+    assert failed.lease_expired
     assert isinstance(retry, WorkUnitRetryScheduled) and retry.attempt_index == 2
     assert retry.delay_ms == retry_delay_ms("wu-1", 1, h.settings.scheduler)
     # the old attempt's result is fenced off
@@ -407,8 +408,8 @@ def test_non_retryable_error_fails_for_good() -> None:
     h = ready()
     node, attempt, _ = run_to_grant(h, "wu-1")
     facts = h.fail("wu-1", node, attempt, "handler_error", at=T0 + 20)
-    assert len(facts) == 1 and isinstance(facts[0], WorkUnitFailed) and facts[0].final
-    assert facts[0].error_reason.startswith("non_retryable_error")
+    assert [type(f) for f in facts] == [WorkUnitAttemptFailed, WorkUnitFailed]
+    assert facts[1].error_reason.startswith("non_retryable_error")  # type: ignore[attr-defined]
     assert h.unit("wu-1").status == "failed"
 
 

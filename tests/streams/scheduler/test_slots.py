@@ -9,6 +9,7 @@ from onceflow.schemas import (
     SlotQueued,
     SlotReleased,
     SlotRequested,
+    WorkUnitAttemptFailed,
     WorkUnitFailed,
     WorkUnitScheduled,
 )
@@ -113,7 +114,7 @@ def test_a_lease_that_runs_out_gives_them_back() -> None:
     h = _harness()
     _running(h, "wu-1")
     facts = h.tick(h.unit("wu-1").deadline)
-    assert any(isinstance(f, WorkUnitFailed) for f in facts)
+    assert any(isinstance(f, WorkUnitAttemptFailed) for f in facts)
     assert [r.reason for r in _released(facts)] == ["attempt_ended"]
 
 

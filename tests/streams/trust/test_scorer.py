@@ -10,8 +10,8 @@ from onceflow.schemas import (
     NodeHeartbeat,
     SingleObjectCodec,
     TrustScoreUpdated,
+    WorkUnitAttemptFailed,
     WorkUnitCompleted,
-    WorkUnitFailed,
 )
 from onceflow.streams.runtime import fingerprint_items
 from onceflow.streams.settings import TrustSettings
@@ -36,11 +36,11 @@ def ok(node: str, n: int, at: int) -> WorkUnitCompleted:
 
 
 def bad(node: str, n: int, at: int, *, timeout: bool = False,
-        code: str = "node_fault") -> WorkUnitFailed:
-    return WorkUnitFailed(event_id=f"bad-{node}-{n}-{code}", occurred_at=at,
-                          work_unit_id=f"wu{n}", selected_node_id=node, attempt_index=1,
-                          error_code="node_timeout" if timeout else code,
-                          reported_by_scheduler=timeout)
+        code: str = "node_fault") -> WorkUnitAttemptFailed:
+    return WorkUnitAttemptFailed(event_id=f"bad-{node}-{n}-{code}", occurred_at=at,
+                                 work_unit_id=f"wu{n}", selected_node_id=node, attempt_index=1,
+                                 error_code="node_timeout" if timeout else code,
+                                 lease_expired=timeout)
 
 
 class Trust:
