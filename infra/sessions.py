@@ -19,6 +19,7 @@ from onceflow.schemas import (
     ControlApplied,
     Event,
     LedgerLineItem,
+    Scope,
     SessionLimitCrossed,
     SessionLimitsChanged,
     WorkUnitCancelled,
@@ -184,8 +185,8 @@ def _control(sessions: dict[tuple[str, str], SessionView], e: ControlApplied) ->
     """A session's pause, resume or cancel (the partitions' records of one control agree)."""
     if e.scope != "session" or e.outcome in CONTROL_NOT_TAKEN:
         return
-    tenant, _, session_id = e.target.removeprefix("session:").partition("/")
-    view = sessions.get((tenant, session_id))
+    target = Scope.parse(e.target)
+    view = sessions.get((target.tenant, target.name))
     if view is None:
         return
     if e.action == "pause":

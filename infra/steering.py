@@ -116,6 +116,7 @@ def _sessions_at_a_limit(settings: Any) -> dict[str, dict[str, Any]]:
     """Sessions parked at one of their limits: reached, and neither raised nor cancelled."""
     from onceflow.schemas import (
         ControlApplied,
+        Scope,
         SessionLimitCrossed,
         SessionLimitsChanged,
         SingleObjectCodec,
@@ -128,7 +129,7 @@ def _sessions_at_a_limit(settings: Any) -> dict[str, dict[str, Any]]:
     for _, event in read_events(settings, catalog["flow"].name, SingleObjectCodec(),
                                 event_types=frozenset({"flow.session.limit",
                                                        "flow.session.limits.changed"})):
-        key = f"session:{event.tenant_id}/{event.execution_session_id}"
+        key = str(Scope.of_session(event.tenant_id, event.execution_session_id))
         if isinstance(event, SessionLimitCrossed) and event.threshold == "reached" \
                 and event.on_limit == "park":
             s, t = event.execution_session_id, event.tenant_id

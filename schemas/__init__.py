@@ -61,6 +61,7 @@ from onceflow.schemas._impl.registry import (
     default_registry,
     schema_dir,
 )
+from onceflow.schemas._impl.scope import Scope, ScopeError, ScopeKind
 from onceflow.schemas._impl.tenancy import PLATFORM_TENANT, acts_for
 from onceflow.schemas._impl.tokens import (
     estimated_input_tokens,
@@ -126,6 +127,9 @@ __all__ = [
     "RejectionReason",
     "RetryReason",
     "SchemaRegistry",
+    "Scope",
+    "ScopeError",
+    "ScopeKind",
     "SessionFailurePolicy",
     "SessionLimitName",
     "SessionLimitPolicy",

@@ -26,6 +26,7 @@ from onceflow.schemas import (
     LedgerLineItem,
     LedgerUnitSettled,
     LlmInvocationCompleted,
+    Scope,
     WalletUpdated,
 )
 from onceflow.streams.ids import derive_event_id
@@ -96,7 +97,7 @@ def reconcile(records: BillingRecords, cfg: BillingSettings) -> list[BillingAnom
             if used[key] != billed_tokens[key]:
                 tenant, session = key
                 out.append(_anomaly(
-                    "session_tokens_mismatch", f"{tenant}/{session}", str(billed_tokens[key]),
+                    "session_tokens_mismatch", Scope.of_session(tenant, session).session_key, str(billed_tokens[key]),
                     tenant=tenant, session=session, occurred_at=last_seen[key],
                     expected=str(used[key]),
                     message=f"accepted invocations used {used[key]} tokens, the ledger billed "
@@ -147,7 +148,7 @@ def _wallet_checks(records: BillingRecords, billed: dict[tuple[str, str], Decima
         debit = wallet.debit_usd if wallet else Decimal("0")
         if abs(debit - expected[key]) > _TOLERANCE:
             out.append(_anomaly(
-                "session_total_mismatch", f"{tenant}/{session}", f"{debit:f}", tenant=tenant,
+                "session_total_mismatch", Scope.of_session(tenant, session).session_key, f"{debit:f}", tenant=tenant,
                 session=session, occurred_at=last_seen[key], expected=f"{expected[key]:f}",
                 message=f"session wallet shows {debit:f} USD, the billed line items it folded "
                         f"sum to {expected[key]:f} USD"))
@@ -173,7 +174,7 @@ def _cost_spikes(billed: dict[tuple[str, str], Decimal], last_seen: dict[tuple[s
         for session, total in sessions:
             if total > factor * median:
                 out.append(_anomaly(
-                    "cost_spike", f"{tenant}/{session}", f"{total:f}", tenant=tenant,
+                    "cost_spike", Scope.of_session(tenant, session).session_key, f"{total:f}", tenant=tenant,
                     session=session, occurred_at=last_seen[(tenant, session)],
                     expected=f"<= {factor * median:f}", severity="warning",
                     message=f"session cost {total:f} USD is more than {cfg.cost_spike_factor:g}x "

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from onceflow.billing.settings import BillingSettings
-from onceflow.schemas import Event, LedgerLineItem, WalletUpdated, quantize_money
+from onceflow.schemas import Event, LedgerLineItem, Scope, WalletUpdated, quantize_money
 from onceflow.streams.ids import caused_by
 from onceflow.streams.topics.catalog import Topic
 from onceflow.streams.types import Reducer, State
@@ -27,11 +27,14 @@ _ZERO = Decimal("0")
 
 
 def tenant_wallet_id(tenant: str) -> str:
-    return f"tenant:{tenant}"
+    """A tenant's wallet is named by its scope (`tenant:<tenant>`), as its budget is."""
+    return str(Scope.of_tenant(tenant))
 
 
 def session_wallet_id(tenant: str, session: str) -> str:
-    return f"session:{tenant}:{session}"
+    """A session's wallet is named by its scope (`session:<tenant>/<session>`; releases
+    before 6 wrote `session:<tenant>:<session>`, which `Scope.parse` still reads)."""
+    return str(Scope.of_session(tenant, session))
 
 
 @dataclass(frozen=True)

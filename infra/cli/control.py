@@ -29,6 +29,7 @@ from onceflow.schemas import (
     ControlRequested,
     ControlScope,
     Event,
+    Scope,
 )
 from onceflow.streams.topics import TopicRole
 
@@ -87,7 +88,8 @@ def _control(action: ControlAction, unit: str | None, session: str | None, tenan
     if fmt == "json":
         print(json.dumps({"control_id": command.event_id, "action": action, "scope": scope,
                           "records": [r.model_dump(mode="json") for r in records]}, indent=2))
-    name = {"unit": unit, "session": f"{tenant}/{session}", "tenant": tenant}.get(scope)
+    name = {"unit": unit, "tenant": tenant,
+            "session": Scope.of_session(tenant or "", session or "").session_key}.get(scope)
     what = f"{action} {scope}" + (f" {name}" if name else "")
     if not records:
         if fmt != "json":

@@ -45,10 +45,9 @@ def wallet(
 
     settings = ready_settings()
     held = held_budgets(settings)
+    # a wallet is named by its scope, as the budget held against it is
     wallets = {wid: dataclasses.replace(w, reserved_usd=h.reserved) if (
-        h := held.get(f"session:{w.tenant_id}/{w.execution_session_id}"
-                      if w.execution_session_id else f"tenant:{w.tenant_id}")) else w
-        for wid, w in read_wallets(settings).items()}
+        h := held.get(wid)) else w for wid, w in read_wallets(settings).items()}
     mine = wallets.get(tenant_wallet_id(tenant))
     if mine is None:
         known = sorted({w.tenant_id for w in wallets.values()})

@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
         placements with their candidates, deferrals, retries, leases, controls, operator
         resolutions, then the limiter's word on its limits (warnings, a limit reached, new
         limits)."""
-        from onceflow.schemas import ControlApplied, SessionLimitsChanged
+        from onceflow.schemas import ControlApplied, Scope, SessionLimitsChanged
 
         if (work_unit_id is None) == (session is None):
             raise fail("name a work unit, or a session with --session S --tenant T")
@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
         else:
             units = {e.work_unit_id for e in facts if e.event_type == "workunit.submitted"
                      and e.tenant_id == tenant and e.execution_session_id == session}
-            target = f"session:{tenant}/{session}"
+            target = str(Scope.of_session(tenant, session))
             mine = [e for e in facts if (e.work_unit_id in units and e.work_unit_id)
                     or (isinstance(e, ControlApplied) and e.target == target)
                     or (isinstance(e, SessionLimitsChanged)

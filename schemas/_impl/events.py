@@ -962,7 +962,8 @@ class WalletUpdated(Event, event_type="wallet.updated"):
     record_count: int = 0
     last_line_item_id: str | None = None
     wallet_id: str = Field(
-        default="", description="tenant:{tenant} or session:{tenant}:{session}, with @{partition}"
+        default="", description="tenant:{tenant} or session:{tenant}/{session} (its scope; "
+        "releases before 6: session:{tenant}:{session}), with @{partition}"
     )
     scope: Literal["tenant", "session"] = "tenant"
     ledger_partition: int = Field(

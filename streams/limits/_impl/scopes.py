@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
+from onceflow.schemas import Scope, ScopeError, ScopeKind
 from onceflow.streams.limits.settings import LimitsSettings
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ def _from_file(path: Path) -> dict[str, dict[str, int]]:
                               '{"concurrency": 3, "tokens_per_minute": 90000}}')
     out: dict[str, dict[str, int]] = {k: {} for k in _RATE_KEYS}
     for scope, entry in sorted(data.items()):
+        if scope not in get_args(ScopeKind):
+            try:
+                Scope.parse(scope)
+            except ScopeError as exc:
+                raise LimitsFileError(f"limits file {path}: {exc}, or a kind of scope "
+                                      f"({', '.join(get_args(ScopeKind))})") from None
         if isinstance(entry, dict):
             unknown = sorted(set(entry) - set(_RATE_KEYS))
             if unknown:
@@ -67,7 +74,7 @@ def _from_file(path: Path) -> dict[str, dict[str, int]]:
 def _of(table: dict[str, int], scope: str) -> int | None:
     """A scope's own limit, or its kind's (`provider` for `provider:openai`)."""
     limit = table.get(scope)
-    return limit if limit is not None else table.get(scope.split(":", 1)[0])
+    return limit if limit is not None else table.get(Scope.parse(scope).kind)
 
 
 @dataclass(frozen=True)
@@ -111,9 +118,8 @@ class ScopeLimits:
 
     def limit_of(self, scope: str) -> int | None:
         """A scope's concurrency limit (None: unlimited)."""
-        if scope in self.per_scope:
-            return self.per_scope[scope]
-        return self.per_kind.get(scope.split(":", 1)[0])
+        limit = self.per_scope.get(scope)
+        return limit if limit is not None else self.per_kind.get(Scope.parse(scope).kind)
 
     def rpm_of(self, scope: str) -> int | None:
         """A scope's requests per minute (None: unlimited)."""
@@ -138,12 +144,13 @@ class ScopeLimits:
             return list(cached)
         if len(self._scopes) > 4096:
             self._scopes.clear()
-        candidates = ["global", f"tenant:{tenant}", f"session:{tenant}/{session}"]
+        candidates = [Scope.everything(), Scope.of_tenant(tenant),
+                      Scope.of_session(tenant, session)]
         if kind == "llm_pod":
-            candidates += [f"provider:{provider}", f"model:{model or ''}"]
+            candidates += [Scope.of_provider(provider), Scope.of_model(model)]
         if kind == "tool":
-            candidates.append(f"tool:{tool or 'effects.append'}")
-        scopes = self._scopes[key] = [s for s in candidates if self.limited(s)]
+            candidates.append(Scope.of_tool(tool))
+        scopes = self._scopes[key] = [str(s) for s in candidates if self.limited(str(s))]
         return list(scopes)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from onceflow.schemas import (
     Event,
     ProviderScopePaused,
+    Scope,
     WorkUnitAttemptFailed,
     WorkUnitFailureReported,
     WorkUnitRetryScheduled,
@@ -41,7 +42,7 @@ BACKOFF = "provider_backoff"
 
 def scope_of(spec: UnitSpec) -> str | None:
     """The LLM scope a unit's calls count against (None: it makes none)."""
-    return f"model:{spec.model or ''}" if spec.kind == "llm_pod" else None
+    return str(Scope.of_model(spec.model)) if spec.kind == "llm_pod" else None
 
 
 def _pause_key(scope: str) -> str:

@@ -37,6 +37,7 @@ from onceflow.schemas import (
     ControlOutcome,
     ControlRequested,
     Event,
+    Scope,
     SettlementReason,
     SlotDenied,
     WorkUnitCancelled,
@@ -49,7 +50,13 @@ from onceflow.streams.limits import LIMITS_ACTOR
 from onceflow.streams.scheduler._impl.admission import deferred, placed
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
-from onceflow.streams.scheduler._impl.pauses import PAUSES, VERSION, control_version
+from onceflow.streams.scheduler._impl.pauses import (
+    PAUSES,
+    QUEUE_TARGET,
+    VERSION,
+    control_version,
+    unit_target,
+)
 from onceflow.streams.scheduler._impl.slots import release_slots
 from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import Routed, State
@@ -73,12 +80,12 @@ __all__ = [
 def target_of(event: ControlRequested) -> str:
     """What a control acts on, as a name: queue, tenant:<t>, session:<t>/<s>, unit:<id>."""
     if event.scope == "queue":
-        return "queue"
+        return QUEUE_TARGET
     if event.scope == "tenant":
-        return f"tenant:{event.tenant_id}"
+        return str(Scope.of_tenant(event.tenant_id))
     if event.scope == "session":
-        return f"session:{event.tenant_id}/{event.execution_session_id}"
-    return f"unit:{event.work_unit_id or ''}"
+        return str(Scope.of_session(event.tenant_id, event.execution_session_id))
+    return unit_target(event.work_unit_id or "")
 
 
 def _in_scope(ctx: SchedulerContext, state: State, event: ControlRequested
@@ -242,7 +249,7 @@ def on_human_input(ctx: SchedulerContext, state: State, event: ControlHumanInput
         detail = f"the answer to {wu} does not fit its schema: {event.schema_error}"
     record = ControlApplied(
         **caused_by(event, "control-applied", occurred_at=now), control_id=event.event_id,
-        action="answer", scope="unit", target=f"unit:{wu}", requested_by=event.submitted_by,
+        action="answer", scope="unit", target=unit_target(wu), requested_by=event.submitted_by,
         outcome="not_found" if unit is None else "refused" if detail else "applied",
         detail=detail or f"input step {wu} answered", partition=ctx.reports.partition_of(wu))
     if detail or unit is None:

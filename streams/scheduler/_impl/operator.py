@@ -22,6 +22,7 @@ from onceflow.streams.ids import caused_by
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.control import cancel_unit
 from onceflow.streams.scheduler._impl.dependencies import notify_dependents
+from onceflow.streams.scheduler._impl.pauses import unit_target
 from onceflow.streams.scheduler._impl.unit import UnitRecord
 from onceflow.streams.types import State
 
@@ -42,7 +43,7 @@ def on_operator(ctx: SchedulerContext, state: State, event: ControlOperatorResol
         detail = f"work unit {wu} is not waiting for an operator (it is {unit.status})"
     record = ControlApplied(
         **caused_by(event, "control-applied", occurred_at=now), control_id=event.event_id,
-        action="resolve", scope="unit", target=f"unit:{wu}", requested_by=event.operator,
+        action="resolve", scope="unit", target=unit_target(wu), requested_by=event.operator,
         reason=event.note,
         outcome="not_found" if unit is None else "refused" if detail else "applied",
         detail=detail or f"work unit {wu}: {event.resolution}",
