@@ -143,8 +143,9 @@ def read_limits(settings: OnceflowSettings, now_ms: int) -> dict[str, Any]:
     limiter, state = read_limiter(settings)
     limits = limiter.limits
     waiting = Counter(scope for _, scope in limiter.waiting_on(state))
-    scopes = sorted({*limits.per_scope, *(k.removeprefix("s:") for k, _ in state.items("s:"))})
-    slots = [{"scope": s, "in_use": state.get(f"s:{s}", 0), "limit": limits.limit_of(s),
+    in_use = limiter.slots_in_use(state)
+    scopes = sorted({*limits.per_scope, *in_use})
+    slots = [{"scope": s, "in_use": in_use.get(s, 0), "limit": limits.limit_of(s),
               "waiting": waiting.get(s, 0)} for s in scopes]
     budgets = [{**b.as_json(), "waiting": waiting.get(f"budget:{b.scope}", 0)}
                for b in limiter.budgets(state)]

@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
         else:
             units = {e.work_unit_id for e in facts if e.event_type == "workunit.submitted"
                      and e.tenant_id == tenant and e.execution_session_id == session}
-            target = str(Scope.of_session(tenant, session))
+            target = str(Scope.of_session(tenant or "", session or ""))
             mine = [e for e in facts if (e.work_unit_id in units and e.work_unit_id)
                     or (isinstance(e, ControlApplied) and e.target == target)
                     or (isinstance(e, SessionLimitsChanged)

@@ -12,27 +12,14 @@ which is what its changelog folds (a replay counts the same).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from onceflow.schemas import RetryDenied, RetryGranted, RetryRequested
 from onceflow.streams.ids import caused_by
+from onceflow.streams.limits._impl.rates import refilled
+from onceflow.streams.limits._impl.records import RateWindow
 from onceflow.streams.types import State
 
-__all__ = ["RetryBudget", "refilled"]
-
-_MINUTE_MS = 60_000
-
-
-def refilled(last: dict[str, Any] | None, capacity: float, per_minute: float, now: int
-             ) -> float:
-    """A token bucket's level at logged time `now`: its last level (`{"level", "at"}`, None
-    for a full bucket) refilled at `per_minute`, at most `capacity`. Time that runs back
-    (inputs of several partitions interleave) refills nothing."""
-    if last is None:
-        return float(capacity)
-    elapsed = max(0, now - last["at"])
-    return min(float(capacity), last["level"] + elapsed * per_minute / _MINUTE_MS)
-
+__all__ = ["RetryBudget"]
 
 @dataclass(frozen=True)
 class RetryBudget:
@@ -47,7 +34,8 @@ class RetryBudget:
         return f"rt:{tenant}"
 
     def level(self, state: State, tenant: str, now: int) -> float:
-        return refilled(state.get(self.key(tenant)), self.capacity, self.per_minute, now)
+        return refilled(RateWindow.load(state, self.key(tenant)), self.capacity,
+                        self.per_minute, now)
 
     def decide(self, state: State, event: RetryRequested) -> RetryGranted | RetryDenied:
         level = self.level(state, event.tenant_id, event.occurred_at)
@@ -62,7 +50,4 @@ class RetryBudget:
                    f"retries, refilled {self.per_minute:g} a minute): {level:.2f} left")
 
     def evolve(self, state: State, fact: RetryGranted) -> None:
-        key = self.key(fact.tenant_id)
-        prev = state.get(key)
-        at = fact.occurred_at if prev is None else max(prev["at"], fact.occurred_at)
-        state.set(key, {"level": fact.budget_left, "at": at})
+        RateWindow.moved_to(state, self.key(fact.tenant_id), fact.budget_left, fact.occurred_at)

@@ -18,13 +18,15 @@ State: `x:<tenant>/<session>` a `SessionUsage`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING
 
-from onceflow.schemas import SessionLimitName, SessionLimits, SessionLimitThreshold
+from onceflow.schemas import Scope, SessionLimitName, SessionLimits, SessionLimitThreshold
 from onceflow.streams.types import State
+
+if TYPE_CHECKING:
+    from onceflow.streams.limits._impl.records import SlotRequest
 
 __all__ = ["LIMITS_ACTOR", "WARN_AT", "LimitCrossing", "SessionUsage", "usage_key"]
 
@@ -35,7 +37,7 @@ WARN_AT = Decimal("0.8")
 
 
 def usage_key(tenant: str, session: str) -> str:
-    return f"x:{tenant}/{session}"
+    return f"x:{Scope.of_session(tenant, session).session_key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,8 @@ class SessionUsage:
     reached: str = ""
 
     @property
-    def scope(self) -> str:
-        return f"{self.tenant}/{self.session}"
+    def scope(self) -> Scope:
+        return Scope.of_session(self.tenant, self.session)
 
     @classmethod
     def load(cls, state: State, tenant: str, session: str) -> SessionUsage | None:
@@ -93,51 +95,52 @@ class SessionUsage:
             "llm": self.llm_calls, "tokens": self.tokens, "held": self.tokens_held,
             "warned": list(self.warned), "reached": self.reached})
 
-    def after_grant(self, req: Mapping[str, Any]) -> SessionUsage:
-        """The usage once a request is granted (see `_request` in the limiter)."""
+    def after_grant(self, attempt: int, kind: str, session_tokens: int) -> SessionUsage:
+        """The usage once a request (or a grant) of this attempt and kind is counted."""
         return replace(
-            self, steps=self.steps + (1 if req["attempt"] == 1 else 0),
+            self, steps=self.steps + (1 if attempt == 1 else 0),
             attempts=self.attempts + 1,
-            llm_calls=self.llm_calls + (1 if req["kind"] == "llm_pod" else 0),
-            tokens_held=self.tokens_held + req["stok"])
+            llm_calls=self.llm_calls + (1 if kind == "llm_pod" else 0),
+            tokens_held=self.tokens_held + session_tokens)
 
     # -- the rules ---------------------------------------------------------------------
 
-    def reached_by(self, req: Mapping[str, Any], now: int) -> LimitCrossing | None:
+    def reached_by(self, req: SlotRequest, now: int) -> LimitCrossing | None:
         """The limit granting `req` would go past (None: it stays within every one).
 
         Counts first, then tokens (the most the call may use must fit in what is
         left, whatever else runs), then wall time. Cost is the session budget's.
         """
         lim = self.limits
-        nxt = self.after_grant(req)
+        nxt = self.after_grant(req.attempt, req.kind, req.session_tokens)
         counts: tuple[tuple[SessionLimitName, int, int | None], ...] = (
             ("max_steps", nxt.steps, lim.max_steps),
             ("max_attempts", nxt.attempts, lim.max_attempts),
             ("max_llm_calls", nxt.llm_calls, lim.max_llm_calls))
         for name, used, maximum in counts:
             if maximum is not None and used > maximum and (
-                    name != "max_steps" or req["attempt"] == 1) and (
-                    name != "max_llm_calls" or req["kind"] == "llm_pod"):
+                    name != "max_steps" or req.attempt == 1) and (
+                    name != "max_llm_calls" or req.kind == "llm_pod"):
                 return LimitCrossing(name, "reached", str(used - 1), str(maximum))
         if lim.max_tokens is not None and (
-                self.tokens >= lim.max_tokens or self.tokens + req["stok"] > lim.max_tokens):
+                self.tokens >= lim.max_tokens or self.tokens + req.session_tokens > lim.max_tokens):
             return LimitCrossing("max_tokens", "reached", f"{self.tokens} billed",
-                                 f"{lim.max_tokens} (this call may use {req['stok']})")
+                                 f"{lim.max_tokens} (this call may use {req.session_tokens})")
         if lim.max_wall_time_ms is not None and now - self.started_at >= lim.max_wall_time_ms:
             return LimitCrossing("max_wall_time_ms", "reached", str(now - self.started_at),
                                  str(lim.max_wall_time_ms))
         return None
 
-    def tokens_wait(self, req: Mapping[str, Any], held_now: int) -> str | None:
+    def tokens_wait(self, req: SlotRequest) -> str | None:
         """Why the request waits for running calls' token holds to settle (None: it fits)."""
         lim = self.limits.max_tokens
-        if lim is None or not req["stok"]:
+        if lim is None or not req.session_tokens:
             return None
-        if self.tokens + held_now + req["stok"] <= lim:
+        if self.tokens + self.tokens_held + req.session_tokens <= lim:
             return None
-        return (f"session {self.scope} max_tokens {lim}: {self.tokens} billed, {held_now} "
-                f"held for running calls, this call may use {req['stok']}")
+        return (f"session {self.scope.session_key} max_tokens {lim}: {self.tokens} billed, "
+                f"{self.tokens_held} held for running calls, this call may use "
+                f"{req.session_tokens}")
 
     def warnings(self, now: int, cost: tuple[Decimal, Decimal] | None = None
                  ) -> list[LimitCrossing]:

@@ -81,8 +81,14 @@ class LimiterHarness:
         return [o for o in self.outputs if not isinstance(o, Routed)]
 
     def budget(self, scope: str) -> dict[str, str]:
-        b: dict[str, str] = self.state.get(f"b:{scope}") or {}
-        return b
+        """A budget's account as text ({} when the limiter keeps none)."""
+        from onceflow.streams.limits._impl.records import BudgetAccount, usd
+
+        account = BudgetAccount.load(self.state, scope)
+        if account is None:
+            return {}
+        return {"reserved": usd(account.reserved), "charged": usd(account.charged),
+                **({"budget": usd(account.budget)} if account.budget is not None else {})}
 
     @staticmethod
     def denied(facts: list[Event]) -> list[SlotDenied]:

@@ -29,7 +29,7 @@ def test_a_unit_is_held_against_its_tenants_credit_and_granted_while_it_fits() -
     assert h.granted(facts) == ["a", "b"]
     assert [g.held_usd for g in h.grants(facts)] == [HOLD, HOLD]
     assert h.grants(facts)[0].budget_scopes == ["tenant:acme"]
-    assert h.budget("tenant:acme") == {"reserved": "0.800000"}
+    assert h.budget("tenant:acme") == {"reserved": "0.800000", "charged": "0.000000"}
 
 
 def test_a_unit_that_fits_only_once_holds_settle_waits_and_is_granted_when_one_does() -> None:
@@ -66,9 +66,9 @@ def test_a_retry_keeps_its_hold_and_takes_no_second_one() -> None:
     h.feed(release("a", at=T0 + 5, reason="attempt_ended"))
     again = h.grants(h.feed(request("a", ["global"], at=T0 + 6, attempt=2, hold_usd=HOLD)))
     assert again and again[0].held_usd == 0
-    assert h.budget("tenant:acme") == {"reserved": "0.400000"}
+    assert h.budget("tenant:acme") == {"reserved": "0.400000", "charged": "0.000000"}
     h.feed(settled("a", at=T0 + 9))
-    assert h.budget("tenant:acme") == {"reserved": "0.000000"}
+    assert h.budget("tenant:acme") == {"reserved": "0.000000", "charged": "0.000000"}
     assert h.state.get("r:a") is None
 
 
@@ -141,7 +141,7 @@ def test_a_fenced_attempts_tokens_do_not_end_a_hold_that_waits_for_the_accepted_
     h.feed(charged("a", "0.2", at=T0 + 1, billed=False, tokens_in=100, tokens_out=50),
            settled("a", at=T0 + 2))
     assert h.state.get("r:a") is not None  # still held: attempt 2's tokens are to come
-    assert h.budget("tenant:acme") == {"reserved": "0.400000"}
+    assert h.budget("tenant:acme") == {"reserved": "0.400000", "charged": "0.000000"}
     h.feed(charged("a", "0.3", at=T0 + 3, tokens_in=100, tokens_out=50))
     assert h.state.get("r:a") is None
     assert h.budget("tenant:acme") == {"reserved": "0.000000", "charged": "0.300000"}
