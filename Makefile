@@ -46,7 +46,7 @@ TYPECHECK := build/typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/onceflow
-	ln -s ../../../infra/_root/__init__.py $(TYPECHECK)/onceflow/__init__.py
+	for f in infra/_root/*.py; do ln -s ../../../$$f $(TYPECHECK)/onceflow/$$(basename $$f); done
 	for d in schemas streams agents billing autoscaler infra; do ln -s ../../../$$d $(TYPECHECK)/onceflow/$$d; done
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p onceflow
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy bench

@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from onceflow.streams.settings import StreamsSettings
 from onceflow.streams.types import SettingsGroup
 
-__all__ = ["AgentSettings"]
+__all__ = ["AgentRoleSettings", "AgentSettings"]
 
 
 class AgentSettings(SettingsGroup):
@@ -47,3 +48,13 @@ class AgentSettings(SettingsGroup):
     """how long one LLM call may take"""
     llm_usd_per_1k_tokens: str = "0.002000"
     """the provider's estimated cost per 1K tokens, reported on invocations (billing prices from the price book)"""
+
+
+class AgentRoleSettings(StreamsSettings):
+    """What a node agent runs with: the shared settings and the agents' group."""
+
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+
+    @property
+    def default_llm_provider(self) -> str:
+        return self.agent.llm_provider

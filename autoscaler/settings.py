@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from onceflow.streams.settings import StreamsSettings
 from onceflow.streams.types import SettingsGroup
 
-__all__ = ["AutoscalerSettings"]
+__all__ = ["AutoscalerRoleSettings", "AutoscalerSettings"]
 
 
 class AutoscalerSettings(SettingsGroup):
@@ -49,3 +50,9 @@ class AutoscalerSettings(SettingsGroup):
     """windows in a row below open_queue that reopen admission"""
     initial_replicas: int | None = Field(
         default=None, description="replicas before the first window (default: the nodes seen)")
+
+
+class AutoscalerRoleSettings(StreamsSettings):
+    """What the capacity controller runs with: the shared settings and its group."""
+
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)

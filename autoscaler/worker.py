@@ -16,13 +16,13 @@ from onceflow.autoscaler._impl.controller import CapacityController
 from onceflow.streams.topics.catalog import TopicCatalog
 
 if TYPE_CHECKING:
+    from onceflow.autoscaler.settings import AutoscalerRoleSettings
     from onceflow.streams.runtime import BatchedProcessor
-    from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["build_autoscaler", "run_autoscaler"]
 
 
-def build_autoscaler(settings: OnceflowSettings, *,
+def build_autoscaler(settings: AutoscalerRoleSettings, *,
                      on_ready: Callable[[], None] | None = None,
                      group_id: str | None = None) -> BatchedProcessor:
     """The controller over the scheduler's queue samples, deciding into `capacity`."""
@@ -37,7 +37,7 @@ def build_autoscaler(settings: OnceflowSettings, *,
     )
 
 
-def run_autoscaler(settings: OnceflowSettings, *, ready_file: Path | None = None) -> None:
+def run_autoscaler(settings: AutoscalerRoleSettings, *, ready_file: Path | None = None) -> None:
     """Block until SIGTERM: fold the scheduler's queue samples into capacity decisions."""
     processor = build_autoscaler(settings, on_ready=ready_file.touch if ready_file else None)
     processor.install_signal_handlers()

@@ -22,10 +22,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from onceflow.infra.broker import KAFKA_VERSION, EmbeddedKafka
 from onceflow.schemas import SingleObjectCodec, native_available
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.examples.submission_counter import SubmissionCounter
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.runtime import BatchedProcessor
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.fixtures import event_messages, submitted
 
@@ -263,7 +263,7 @@ def _line_item_record() -> dict[str, Any]:
     """One real line item, made by the ledger reducer, as a decoded Avro record."""
     from onceflow.billing import Ledger, load_price_book
     from onceflow.schemas import LedgerLineItem
-    from onceflow.streams.settings import BillingSettings
+    from onceflow.settings import BillingSettings
     from onceflow.streams.state import MemoryState
 
     cfg = BillingSettings()

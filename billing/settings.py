@@ -7,9 +7,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 
+from onceflow.streams.settings import StreamsSettings
 from onceflow.streams.types import SettingsGroup
 
-__all__ = ["BillingSettings", "ModelPrice"]
+__all__ = ["BillingRoleSettings", "BillingSettings", "ModelPrice"]
 
 
 class ModelPrice(BaseModel):
@@ -64,3 +65,13 @@ class BillingSettings(SettingsGroup):
                 "would charge the same tokens twice; turn one off "
                 "(ONCEFLOW_BILLING__BILL_LLM_FROM_COMPLETION=false is the safe default)")
         return self
+
+
+class BillingRoleSettings(StreamsSettings):
+    """What a billing process runs with: the shared settings and billing's group."""
+
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+
+    @property
+    def prepaid_credits(self) -> dict[str, Decimal]:
+        return self.billing.prepaid_credits

@@ -27,13 +27,13 @@ from onceflow.streams.runtime.batched import BatchedProcessor
 from onceflow.streams.topics.catalog import TopicCatalog
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.billing.settings import BillingRoleSettings
 
 __all__ = ["build_anomaly_checker", "build_billing", "build_ledger", "build_wallets",
            "run_billing"]
 
 
-def build_ledger(settings: OnceflowSettings, *, on_ready: Callable[[], None] | None = None,
+def build_ledger(settings: BillingRoleSettings, *, on_ready: Callable[[], None] | None = None,
                  group_id: str | None = None) -> BatchedProcessor:
     catalog = TopicCatalog(settings)
     return BatchedProcessor(
@@ -47,7 +47,7 @@ def build_ledger(settings: OnceflowSettings, *, on_ready: Callable[[], None] | N
     )
 
 
-def build_wallets(settings: OnceflowSettings, *, on_ready: Callable[[], None] | None = None,
+def build_wallets(settings: BillingRoleSettings, *, on_ready: Callable[[], None] | None = None,
                   group_id: str | None = None) -> BatchedProcessor:
     catalog = TopicCatalog(settings)
     return BatchedProcessor(
@@ -58,7 +58,7 @@ def build_wallets(settings: OnceflowSettings, *, on_ready: Callable[[], None] | 
     )
 
 
-def build_anomaly_checker(settings: OnceflowSettings, *,
+def build_anomaly_checker(settings: BillingRoleSettings, *,
                           on_ready: Callable[[], None] | None = None,
                           group_id: str | None = None) -> BatchedProcessor:
     catalog = TopicCatalog(settings)
@@ -71,7 +71,7 @@ def build_anomaly_checker(settings: OnceflowSettings, *,
     )
 
 
-def build_billing(settings: OnceflowSettings, *, on_ready: Callable[[], None] | None = None,
+def build_billing(settings: BillingRoleSettings, *, on_ready: Callable[[], None] | None = None,
                   ) -> list[BatchedProcessor]:
     """The three billing processors; `on_ready` once all three have their partitions."""
     builders = (build_ledger, build_wallets, build_anomaly_checker)
@@ -88,7 +88,7 @@ def build_billing(settings: OnceflowSettings, *, on_ready: Callable[[], None] | 
     return [build(settings, on_ready=one_ready) for build in builders]
 
 
-def run_billing(settings: OnceflowSettings, *, ready_file: Path | None = None) -> None:
+def run_billing(settings: BillingRoleSettings, *, ready_file: Path | None = None) -> None:
     """Block until SIGTERM, running the three billing processors."""
     log = get_logger(role="billing")
     stop = threading.Event()

@@ -13,9 +13,9 @@ from rich.table import Table
 from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.stack import local_settings, stack_down, stack_up, start_stack_roles
 from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.scheduler import SETTLED_STATES, percentile
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["PRESSURES", "DemoSpec", "demo_units", "run_demo"]

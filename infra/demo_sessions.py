@@ -35,9 +35,9 @@ from onceflow.schemas import (
     SingleObjectCodec,
     WorkUnitSubmitted,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.content import open_content_store
 from onceflow.streams.kafka import EventProducer, read_events
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["SCENARIOS", "run_sessions_demo"]

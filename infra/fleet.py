@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from onceflow.infra.roles import AgentSpec, RoleStartError, start_roles
 from onceflow.infra.stack import pid_alive, read_stack, write_stack
 from onceflow.schemas import CapacityScaleRequested, CodecError, SingleObjectCodec
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import TopicFollower, type_fingerprints
 from onceflow.streams.log import get_logger
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["FleetManager"]

@@ -17,9 +17,9 @@ from onceflow.schemas import (
     SingleObjectCodec,
     TrustScoreUpdated,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import TopicFollower, read_events, read_topic_to_end, type_fingerprints
 from onceflow.streams.scheduler import UnitProgress
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["ProgressFollower", "held_budgets", "node_rows", "read_capacity", "read_limiter",

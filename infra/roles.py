@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 
 __all__ = ["AgentSpec", "RoleProcess", "RoleStartError", "agent_specs", "start_roles",
            "stop_roles", "worker_command"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from onceflow.infra.broker import EmbeddedKafka, pid_alive, stop_pid
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.topics.provisioning import TopicStatus, create_topics
 
 __all__ = [

@@ -1,55 +1,53 @@
-"""The settings of every onceflow process, composed (pydantic-settings, prefix `ONCEFLOW_`).
+"""The settings every onceflow process shares (pydantic-settings, prefix `ONCEFLOW_`).
 
-Each part lives with what it configures: the Kafka client settings with the
-Kafka layer (`streams/kafka/settings.py`, flat variables), each role's group
-with the role (`streams/scheduler/settings.py`, `agents/settings.py`,
-`billing/settings.py`, `streams/trust/settings.py`, `autoscaler/settings.py`,
-as `ONCEFLOW_<ROLE>__*`). This module composes them and generates the
-reference (`docs/configuration.md`) from their field docs.
+Kafka (`streams/kafka/settings.py`, flat variables), topics, payloads, the
+processes' shell, and the groups of the roles that live in `streams/`
+(`scheduler`, `limits`, `trust`, as `ONCEFLOW_<ROLE>__*`). The roles above
+(`billing`, `agents`, `autoscaler`) each add their group to these in a class
+of their own, and `onceflow.settings` composes every one into
+`OnceflowSettings`: nothing in `streams/` imports a role above it. What the
+roles here need of the groups above is asked through the hooks at the end of
+`StreamsSettings` (`prepaid_credits`, `default_llm_provider`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr
 
-from onceflow.agents.settings import AgentSettings
-from onceflow.autoscaler.settings import AutoscalerSettings
-from onceflow.billing.settings import BillingSettings, ModelPrice
 from onceflow.streams.kafka.settings import BrokerProfile, KafkaSettings, SecurityProtocol
 from onceflow.streams.limits.settings import LimitsSettings
 from onceflow.streams.scheduler.settings import SchedulerSettings
 from onceflow.streams.trust.settings import TrustSettings
 
 __all__ = [
-    "AgentSettings",
-    "AutoscalerSettings",
-    "BillingSettings",
+    "STACK_FILE",
     "BrokerProfile",
     "KafkaSettings",
     "LimitsSettings",
     "LogFormat",
-    "ModelPrice",
-    "OnceflowSettings",
     "SchedulerSettings",
     "SecurityProtocol",
+    "StreamsSettings",
     "TrustSettings",
-    "configuration_reference",
     "load_settings",
 ]
 
 LogFormat = Literal["auto", "console", "json"]
+S = TypeVar("S", bound="StreamsSettings")
 
 STACK_FILE = "stack.json"
 
 
-class OnceflowSettings(KafkaSettings):
-    """Everything a onceflow process is configured with: Kafka, topics, payloads, the
-    processes' shell, and one group per role."""
+class StreamsSettings(KafkaSettings):
+    """What every onceflow process is configured with: Kafka, topics, payloads, the
+    processes' shell, and the groups of the roles in `streams/`."""
 
     # --- topics ----------------------------------------------------------------
     topic_prefix: str = "onceflow."
@@ -72,6 +70,8 @@ class OnceflowSettings(KafkaSettings):
     )
     api_token: str | None = None
     """a bearer token the HTTP API asks every request for (unset: none)"""
+    views_url: str | None = None
+    """where the views service (its HTTP API, the ksql routes, the dashboard) is, for the CLI and the client (unset: what `onceflow up` recorded)"""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """serve this role's Prometheus metrics at /metrics on this port (0: any free port, written beside the role's ready file; `onceflow up` uses 0)"""
     metrics_interval_ms: int = Field(default=5000, ge=100)
@@ -119,10 +119,7 @@ class OnceflowSettings(KafkaSettings):
 
     # --- roles ----------------------------------------------------------------------------
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
-    agent: AgentSettings = Field(default_factory=AgentSettings)
-    billing: BillingSettings = Field(default_factory=BillingSettings)
     trust: TrustSettings = Field(default_factory=TrustSettings)
-    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     # --- logging -------------------------------------------------------------------------
@@ -171,14 +168,28 @@ class OnceflowSettings(KafkaSettings):
     def stack_file(self) -> Path:
         return self.stack_dir / STACK_FILE
 
+    # --- what the roles here ask of the groups above (the composition answers) ------------
 
-def load_settings(**overrides: Any) -> OnceflowSettings:
+    @property
+    def prepaid_credits(self) -> Mapping[str, Decimal]:
+        """Each prepaid tenant's credit (billing's group): what the scheduler and the
+        limiter hold budgets against. None here: the roles above add their groups."""
+        return {}
+
+    @property
+    def default_llm_provider(self) -> str:
+        """The provider LLM units call unless they name one (the agents' group)."""
+        return "stub"
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Settings from the environment; the local stack's broker if it is up and none is set.
 
     `onceflow up` records the embedded broker's address in `.onceflow/stack.json`
-    so that later commands in the same checkout find it without flags.
+    so that later commands in the same checkout find it without flags. `cls`: the
+    settings of the process (`onceflow.settings.load_settings` gives them all).
     """
-    settings = OnceflowSettings(**overrides)
+    settings = cls(**overrides)
     if "ONCEFLOW_BOOTSTRAP_SERVERS" not in os.environ and "bootstrap_servers" not in overrides:
         stack = settings.stack_file()
         if stack.exists():
@@ -188,75 +199,3 @@ def load_settings(**overrides: Any) -> OnceflowSettings:
             except (ValueError, KeyError):
                 pass
     return settings
-
-
-def _shown_default(field: Any) -> str:
-    from pydantic_core import PydanticUndefined
-
-    if field.default_factory is not None:
-        value = field.default_factory()
-    elif field.default is PydanticUndefined:
-        return "(required)"
-    else:
-        value = field.default
-    if value is None:
-        return "(unset)"
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    if isinstance(value, dict | list):
-        return "`" + json.dumps(value, default=str) + "`"
-    return f"`{value}`"
-
-
-def _defined_in(model: type[BaseModel]) -> str:
-    """The repository path of the module that defines a settings class."""
-    module = __spec__.name if model.__module__ == "__main__" and __spec__ else model.__module__
-    parts = module.split(".")[1:]  # without the `onceflow.` import name
-    return "/".join(parts) + ".py"
-
-
-def configuration_reference() -> str:
-    """Every `ONCEFLOW_*` variable with its default and meaning, as Markdown: what
-    `docs/configuration.md` holds (a test keeps the two equal)."""
-    kafka_fields = set(KafkaSettings.model_fields)
-    sections: list[tuple[str, str, str, type[BaseModel], list[str]]] = [
-        ("Kafka", "", (KafkaSettings.__doc__ or "").split("\n")[0], KafkaSettings,
-         [n for n in OnceflowSettings.model_fields if n in kafka_fields]),
-        ("General", "", "", OnceflowSettings,
-         [n for n, f in OnceflowSettings.model_fields.items() if n not in kafka_fields
-          and not _is_group(f.annotation)]),
-    ]
-    for name, field in OnceflowSettings.model_fields.items():
-        ann = field.annotation
-        if _is_group(ann):
-            assert isinstance(ann, type)
-            sections.append((f"ONCEFLOW_{name.upper()}__*", f"{name.upper()}__",
-                             (ann.__doc__ or "").split("\n")[0], ann, list(ann.model_fields)))
-    out = [
-        "# Configuration",
-        "",
-        "Every setting is an environment variable with the prefix `ONCEFLOW_`; a group's",
-        "settings take the group's name and a double underscore (`ONCEFLOW_SCHEDULER__...`).",
-        "Lists and maps are JSON. Each group is defined beside what it configures (the module",
-        "named under its heading); this page is generated from them by",
-        "`python -m onceflow.streams.settings > docs/configuration.md`; do not edit by hand.",
-    ]
-    for title, prefix, doc, model, names in sections:
-        out += ["", f"## {title}", "", f"Defined in `{_defined_in(model)}`.", ""]
-        if doc:
-            out += [doc, ""]
-        out += ["| variable | default | meaning |", "|---|---|---|"]
-        for name in names:
-            field = model.model_fields[name]
-            meaning = " ".join((field.description or "").split()).replace("|", "\\|")
-            out.append(f"| `ONCEFLOW_{prefix}{name.upper()}` | {_shown_default(field)} | "
-                       f"{meaning} |")
-    return "\n".join(out) + "\n"
-
-
-def _is_group(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-if __name__ == "__main__":
-    print(configuration_reference(), end="")

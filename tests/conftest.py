@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from onceflow.infra.broker import EmbeddedKafka
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,7 @@ from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.types import ContentStore
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.agents.settings import AgentRoleSettings
 
 __all__ = ["AGENT_VERSION", "NodeAgent"]
 
@@ -89,7 +89,7 @@ class _Backoff(Exception):
 class NodeAgent:
     def __init__(
         self,
-        settings: OnceflowSettings,
+        settings: AgentRoleSettings,
         *,
         node_id: str,
         region: str | None = None,

@@ -23,11 +23,11 @@ from onceflow.streams.kafka import TopicFollower, read_events
 from onceflow.streams.topics.catalog import TopicCatalog
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.billing.settings import BillingRoleSettings
 
 __all__ = ["BillingFollower", "Tally", "read_anomalies", "read_billing_records", "read_wallets"]
 
-def _latest_partials(settings: OnceflowSettings) -> list[WalletUpdated]:
+def _latest_partials(settings: BillingRoleSettings) -> list[WalletUpdated]:
     latest: dict[str, WalletUpdated] = {}
     topic = TopicCatalog(settings)["wallets"].name
     for _, event in read_events(settings, topic, SingleObjectCodec(),
@@ -36,11 +36,11 @@ def _latest_partials(settings: OnceflowSettings) -> list[WalletUpdated]:
         latest[event.wallet_id] = event  # one writer per partial: partition order is its order
     return [latest[k] for k in sorted(latest)]
 
-def read_wallets(settings: OnceflowSettings) -> dict[str, Wallet]:
+def read_wallets(settings: BillingRoleSettings) -> dict[str, Wallet]:
     """Every wallet (tenants and sessions), each the sum of its partials."""
     return Wallet.combine(_latest_partials(settings))
 
-def read_billing_records(settings: OnceflowSettings, *, invocations: bool = True
+def read_billing_records(settings: BillingRoleSettings, *, invocations: bool = True
                          ) -> BillingRecords:
     catalog = TopicCatalog(settings)
     codec = SingleObjectCodec()
@@ -60,7 +60,7 @@ def read_billing_records(settings: OnceflowSettings, *, invocations: bool = True
             records.invocations.append(event)
     return records
 
-def read_anomalies(settings: OnceflowSettings) -> list[BillingAnomaly]:
+def read_anomalies(settings: BillingRoleSettings) -> list[BillingAnomaly]:
     """Findings on the anomalies topic, once each (a re-found finding has the same id)."""
     seen: dict[str, BillingAnomaly] = {}
     topic = TopicCatalog(settings)["anomalies"].name
@@ -86,7 +86,7 @@ class Tally:
 class BillingFollower:
     """Keeps reading the ledger and the wallets: what has been billed so far, and to whom."""
 
-    def __init__(self, settings: OnceflowSettings, *, only: set[str] | None = None) -> None:
+    def __init__(self, settings: BillingRoleSettings, *, only: set[str] | None = None) -> None:
         """`only`: count line items of just these work units in the breakdown (wallets and
         `line_items` always cover everything)."""
         catalog = TopicCatalog(settings)

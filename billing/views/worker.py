@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI
 
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.billing.settings import BillingRoleSettings
 
 __all__ = ["ViewsProcessor", "run_views"]
 
@@ -35,7 +35,7 @@ __all__ = ["ViewsProcessor", "run_views"]
 class ViewsProcessor:
     """One replica: its own DuckDB file, every ledger partition, every view definition."""
 
-    def __init__(self, settings: OnceflowSettings, db_path: Path | None = None) -> None:
+    def __init__(self, settings: BillingRoleSettings, db_path: Path | None = None) -> None:
         self.settings = settings
         self.catalog = TopicCatalog(settings)
         path = db_path or Path(settings.state_dir) / "views" / "ledger.duckdb"
@@ -116,7 +116,7 @@ class ViewsProcessor:
         self.sink.close()
 
 
-def run_views(settings: OnceflowSettings, *, host: str = "127.0.0.1", port: int = 8088,
+def run_views(settings: BillingRoleSettings, *, host: str = "127.0.0.1", port: int = 8088,
               ready_file: Path | None = None,
               extend: Callable[[FastAPI], None] | None = None) -> None:
     """Block until SIGTERM: keep the ledger in DuckDB and serve the ksql-style API."""

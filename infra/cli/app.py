@@ -30,8 +30,8 @@ from onceflow.infra.cli.sessions import register as register_sessions
 from onceflow.infra.cli.submit import SubmitInputError, build_unit, generated_record, unit_from_file
 from onceflow.infra.cli.workers import worker_app
 from onceflow.schemas import CodecError, SingleObjectCodec
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.ids import payload_digest
-from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["app", "main"]
 

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from onceflow.schemas import Priority, WorkKind
-from onceflow.streams.settings import OnceflowSettings, load_settings
+from onceflow.settings import OnceflowSettings, load_settings
 
 __all__ = [
     "KINDS",

@@ -18,7 +18,7 @@ from onceflow.infra.cli.common import (
     fail,
     ready_settings,
 )
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 
 __all__ = ["anomalies", "ledger_app", "replay", "views_url"]
 
@@ -205,14 +205,11 @@ def replay(
 
 
 def views_url(settings: OnceflowSettings) -> str:
-    """Where the views API is: ONCEFLOW_VIEWS_URL, else what `up` recorded."""
-    import os
-
+    """Where the views API is: ONCEFLOW_VIEWS_URL (`views_url`), else what `up` recorded."""
     from onceflow.infra.stack import read_stack
 
-    url = os.environ.get("ONCEFLOW_VIEWS_URL")
-    if url:
-        return url.rstrip("/")
+    if settings.views_url:
+        return settings.views_url.rstrip("/")
     stack = read_stack(settings)
     if stack is None or not stack.views_url:
         raise fail("no views API known: run `onceflow up` (it starts one), or set "

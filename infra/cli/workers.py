@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from onceflow.infra.cli.common import KINDS, cli_settings, fail
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 
 __all__ = ["worker_app"]
 

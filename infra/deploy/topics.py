@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["kafka_topics", "topics_yaml"]

@@ -10,7 +10,7 @@ from onceflow.schemas import ContentRef
 from onceflow.streams.types import ContentStore
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = [
     "ContentIntegrityError",
@@ -43,7 +43,7 @@ def verify(ref: ContentRef, data: bytes) -> bytes:
     return data
 
 
-def open_content_store(settings: OnceflowSettings) -> ContentStore:
+def open_content_store(settings: StreamsSettings) -> ContentStore:
     """`file:///path` (or `file://relative`) or `s3://bucket/prefix`."""
     url = settings.content_store_url
     parsed = urlparse(url)

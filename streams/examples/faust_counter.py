@@ -23,7 +23,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> None:
     from onceflow.streams.faust import attach_reducer, make_app
     from onceflow.streams.runtime.fingerprint import fingerprint_items
-    from onceflow.streams.settings import load_settings
+    from onceflow.streams.settings import StreamsSettings, load_settings
     from onceflow.streams.topics.catalog import TopicCatalog
 
     parser = argparse.ArgumentParser()
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fingerprint-file", type=Path, required=True)
     parser.add_argument("--dead-letters", default=None)
     args, rest = parser.parse_known_args(argv)
-    settings = load_settings(state_dir=args.state_dir)
+    settings = load_settings(StreamsSettings, state_dir=args.state_dir)
     app = make_app(args.app_id, settings)
     _agent, table = attach_reducer(
         app, SubmissionCounter(), input_topic=args.input, fact_topic=args.facts,

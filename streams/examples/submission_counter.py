@@ -68,7 +68,7 @@ class SubmissionCounter(Reducer):
 def main(argv: list[str] | None = None) -> None:
     from onceflow.streams.log import configure_logging
     from onceflow.streams.runtime.batched import BatchedProcessor
-    from onceflow.streams.settings import load_settings
+    from onceflow.streams.settings import StreamsSettings, load_settings
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--input", required=True)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ready-file", type=Path, default=None,
                         help="touched once partitions are assigned and recovered")
     args = parser.parse_args(argv)
-    settings = load_settings()
+    settings = load_settings(StreamsSettings)
     configure_logging(settings.log_format, settings.log_level)
     processor = BatchedProcessor(
         SubmissionCounter(), settings, inputs=[args.input], fact_topic=args.facts,

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 
 __all__ = ["make_app"]
 
 
-def make_app(app_id: str, settings: OnceflowSettings, **options: Any) -> faust.App:
+def make_app(app_id: str, settings: StreamsSettings, **options: Any) -> faust.App:
     """`at_least_once` only: faust's exactly_once has known duplicate bugs, and
     correctness must not depend on broker transactions (a cluster may not offer
     them); dedupe state makes redelivery harmless."""

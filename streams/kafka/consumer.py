@@ -24,7 +24,7 @@ from confluent_kafka import (
 from onceflow.schemas import CodecError, Event, EventCodec, SingleObjectCodec
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = [
     "TopicFollower",
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-def make_consumer(settings: OnceflowSettings, group_id: str | None, **overrides: Any) -> Consumer:
+def make_consumer(settings: StreamsSettings, group_id: str | None, **overrides: Any) -> Consumer:
     return Consumer(settings.consumer_config(group_id, **overrides))
 
 
@@ -134,7 +134,7 @@ def _watermarks(consumer: Consumer, tps: list[tuple[str, int]]) -> dict[tuple[st
 
 
 def read_partition_to_end(
-    settings: OnceflowSettings,
+    settings: StreamsSettings,
     topic: str,
     partition: int,
     start_offset: int = 0,
@@ -149,7 +149,7 @@ def read_partition_to_end(
 
 
 def read_topic_to_end(
-    settings: OnceflowSettings,
+    settings: StreamsSettings,
     topic: str,
     *,
     partitions: list[int] | None = None,
@@ -186,7 +186,7 @@ class TopicFollower:
     it asks the broker with the background fetch wait.
     """
 
-    def __init__(self, settings: OnceflowSettings, topics: list[str], *,
+    def __init__(self, settings: StreamsSettings, topics: list[str], *,
                  partitions: list[int] | None = None,
                  start_offsets: dict[int, int] | None = None) -> None:
         """`partitions` and `start_offsets` (by partition) narrow a one-topic read."""
@@ -251,7 +251,7 @@ class TopicFollower:
 
 
 def read_events(
-    settings: OnceflowSettings,
+    settings: StreamsSettings,
     topic: str,
     codec: EventCodec,
     *,

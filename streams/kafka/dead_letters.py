@@ -18,7 +18,7 @@ from onceflow.schemas import DeadLetterRecorded
 from onceflow.streams.kafka.producer import EventProducer
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = [
     "DLQ_HEADER_ERROR",
@@ -123,7 +123,7 @@ class RecordGate:
     carries: Mapping[str, frozenset[str]]
 
     @classmethod
-    def for_topics(cls, settings: OnceflowSettings, topics: Sequence[str]) -> RecordGate:
+    def for_topics(cls, settings: StreamsSettings, topics: Sequence[str]) -> RecordGate:
         from onceflow.streams.topics.catalog import TopicCatalog
 
         catalog = TopicCatalog(settings)

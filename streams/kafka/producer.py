@@ -18,7 +18,7 @@ from onceflow.schemas import Event, EventCodec
 from onceflow.streams.topics.catalog import Topic, partition_for
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["DeliveryError", "EventProducer", "Headers"]
 
@@ -39,7 +39,7 @@ class DeliveryError(RuntimeError):
 class EventProducer:
     def __init__(
         self,
-        settings: OnceflowSettings,
+        settings: StreamsSettings,
         codec: EventCodec,
         *,
         on_delivered: Callable[[Message], None] | None = None,

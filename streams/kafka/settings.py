@@ -1,7 +1,7 @@
 """The Kafka client settings and the client configurations built from them.
 
 Flat `ONCEFLOW_*` variables (`ONCEFLOW_BOOTSTRAP_SERVERS`, ...), inherited by
-`OnceflowSettings`. The embedded broker gets Kafka's defaults plus short group
+`StreamsSettings`. The embedded broker gets Kafka's defaults plus short group
 timeouts and fetch waits, behind `broker_profile`, so that pointing onceflow at
 a real cluster is a matter of environment variables, never code.
 """

@@ -10,12 +10,12 @@ from onceflow.streams.runtime.batched import BatchedProcessor
 from onceflow.streams.topics.catalog import TopicCatalog
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["build_limiter"]
 
 
-def build_limiter(settings: OnceflowSettings, *, on_ready: Callable[[], None] | None = None,
+def build_limiter(settings: StreamsSettings, *, on_ready: Callable[[], None] | None = None,
                   group_id: str | None = None) -> BatchedProcessor:
     """The limiter; schedulers start it beside themselves when it is needed (`limiter_needed`)."""
     catalog = TopicCatalog(settings)

@@ -60,7 +60,7 @@ from onceflow.streams.topics.catalog import Topic, TopicCatalog
 from onceflow.streams.types import Reducer, Routed, Sensor
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["BatchedProcessor", "Recovery", "ReducerError", "directory_bytes", "next_batch"]
 
@@ -124,7 +124,7 @@ class BatchedProcessor:
     def __init__(
         self,
         reducer: Reducer,
-        settings: OnceflowSettings,
+        settings: StreamsSettings,
         *,
         inputs: Sequence[str],
         fact_topic: str,

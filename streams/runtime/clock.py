@@ -18,7 +18,7 @@ from onceflow.streams.kafka.producer import EventProducer
 from onceflow.streams.log import get_logger
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["Ticker", "tick_event"]
 
@@ -35,7 +35,7 @@ class Ticker:
 
     def __init__(
         self,
-        settings: OnceflowSettings,
+        settings: StreamsSettings,
         topic: str,
         partitions: int,
         interval_ms: int,

@@ -40,7 +40,7 @@ from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Reducer, State
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = [
     "FACT_HEADER_CAUSE",
@@ -60,7 +60,7 @@ FACT_HEADER_SEQ = "onceflow.seq"
 FACT_HEADER_INPUTS = "onceflow.inputs"
 
 
-def dedupes_by_position(settings: OnceflowSettings, fact_topic: str) -> bool:
+def dedupes_by_position(settings: StreamsSettings, fact_topic: str) -> bool:
     """Whether a fact topic is a table topic (compacted by entity): its processor
     knows what it decided by input position, not by dedupe marks (module doc)."""
     from onceflow.streams.topics.catalog import TopicCatalog
@@ -157,7 +157,7 @@ def fold_fact_records(
 
 def replay_facts(
     reducer: Reducer,
-    settings: OnceflowSettings,
+    settings: StreamsSettings,
     fact_topic: str,
     codec: EventCodec,
     *,

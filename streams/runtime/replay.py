@@ -22,7 +22,7 @@ from onceflow.streams.state.rocksdb import open_partition_snapshot
 from onceflow.streams.types import Reducer
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["PartitionCheck", "ReplayCheck", "verify_replay"]
 
@@ -75,7 +75,7 @@ def _first_difference(live: dict[bytes, bytes], replayed: dict[bytes, bytes]) ->
 
 def verify_replay(
     reducer: Reducer,
-    settings: OnceflowSettings,
+    settings: StreamsSettings,
     fact_topic: str,
     *,
     codec: EventCodec | None = None,

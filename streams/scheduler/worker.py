@@ -17,13 +17,13 @@ from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.types import CostEstimator
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["build_clock", "build_scheduler", "run_scheduler"]
 
 
 def build_scheduler(
-    settings: OnceflowSettings,
+    settings: StreamsSettings,
     *,
     estimator: CostEstimator | None = None,
     on_ready: Callable[[], None] | None = None,
@@ -42,13 +42,13 @@ def build_scheduler(
     )
 
 
-def build_clock(settings: OnceflowSettings) -> Ticker:
+def build_clock(settings: StreamsSettings) -> Ticker:
     """The scheduler's clock: ticks into every `reports` partition (see the reducer's doc)."""
     reports = TopicCatalog(settings)["reports"]
     return Ticker(settings, reports.name, reports.partitions, settings.scheduler.tick_interval_ms)
 
 
-def run_scheduler(settings: OnceflowSettings, *, estimator: CostEstimator | None = None,
+def run_scheduler(settings: StreamsSettings, *, estimator: CostEstimator | None = None,
                   ready_file: Path | None = None, with_clock: bool = True) -> None:
     """Block until SIGTERM: schedule, arbitrate claims, settle, recover; and keep the
     tenants' retry budgets and any limits (the limiter, in a thread)."""

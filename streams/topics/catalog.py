@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 
 __all__ = [
@@ -157,7 +157,7 @@ _CARRIES: dict[TopicRole, frozenset[str]] = {
 class TopicCatalog:
     """The topics of one onceflow deployment (names carry the configured prefix)."""
 
-    def __init__(self, settings: OnceflowSettings) -> None:
+    def __init__(self, settings: StreamsSettings) -> None:
         self.settings = settings
         self._topics: dict[TopicRole, Topic] = {}
         for role, key, part_by, cleanup, retention, fixed, desc in _TABLE:

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from onceflow.streams.topics.catalog import Topic, TopicCatalog
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["TopicStatus", "create_topics", "describe_topics", "ensure_topics"]
 
@@ -27,12 +27,12 @@ class TopicStatus:
     error: str | None = None
 
 
-def _admin(settings: OnceflowSettings) -> AdminClient:
+def _admin(settings: StreamsSettings) -> AdminClient:
     return AdminClient(settings.admin_config())
 
 
 def ensure_topics(
-    settings: OnceflowSettings, topics: list[Topic], *, timeout: float = 15.0
+    settings: StreamsSettings, topics: list[Topic], *, timeout: float = 15.0
 ) -> list[TopicStatus]:
     """Create the topics that are missing; existing ones are left untouched."""
     admin = _admin(settings)
@@ -94,12 +94,12 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> N
         time.sleep(0.02)
 
 
-def create_topics(settings: OnceflowSettings, *, timeout: float = 15.0) -> list[TopicStatus]:
+def create_topics(settings: StreamsSettings, *, timeout: float = 15.0) -> list[TopicStatus]:
     """Create every catalog topic that does not exist yet (safe to run again)."""
     return ensure_topics(settings, TopicCatalog(settings).all(), timeout=timeout)
 
 
-def describe_topics(settings: OnceflowSettings, *, timeout: float = 15.0) -> list[TopicStatus]:
+def describe_topics(settings: StreamsSettings, *, timeout: float = 15.0) -> list[TopicStatus]:
     """The live partition count and configs of every catalog topic."""
     admin = _admin(settings)
     existing = admin.list_topics(timeout=timeout).topics

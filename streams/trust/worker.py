@@ -11,12 +11,12 @@ from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.trust._impl.scorer import TrustScorer
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["build_trust", "run_trust"]
 
 
-def build_trust(settings: OnceflowSettings, *, on_ready: Callable[[], None] | None = None,
+def build_trust(settings: StreamsSettings, *, on_ready: Callable[[], None] | None = None,
                 group_id: str | None = None) -> BatchedProcessor:
     catalog = TopicCatalog(settings)
     # Heartbeats come every half second from every node and nobody waits on a
@@ -31,7 +31,7 @@ def build_trust(settings: OnceflowSettings, *, on_ready: Callable[[], None] | No
     )
 
 
-def run_trust(settings: OnceflowSettings, *, ready_file: Path | None = None) -> None:
+def run_trust(settings: StreamsSettings, *, ready_file: Path | None = None) -> None:
     processor = build_trust(settings, on_ready=ready_file.touch if ready_file else None)
     processor.install_signal_handlers()
     processor.run()

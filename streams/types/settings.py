@@ -8,7 +8,7 @@ __all__ = ["SettingsGroup"]
 
 
 class SettingsGroup(BaseModel):
-    """A group of settings (one role's), nested under `OnceflowSettings` by name.
+    """A group of settings (one role's), nested under `StreamsSettings` by name.
 
     Each field is documented by the string below it (pydantic's attribute
     docstrings), which is what `docs/configuration.md` is generated from.

@@ -20,11 +20,11 @@ from onceflow.agents import NodeAgent
 from onceflow.billing import cost_estimator
 from onceflow.infra.observe import ProgressFollower
 from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
+from onceflow.settings import AgentSettings, OnceflowSettings, SchedulerSettings
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.runtime import BatchedProcessor
 from onceflow.streams.scheduler.worker import build_clock, build_scheduler
-from onceflow.streams.settings import AgentSettings, OnceflowSettings, SchedulerSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.fixtures import wait_for
 

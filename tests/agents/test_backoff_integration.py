@@ -9,8 +9,8 @@ import pytest
 
 from onceflow.agents import OpenAICompatibleProvider
 from onceflow.schemas import ProviderScopePaused, WorkUnitAttemptFailed, WorkUnitFailed
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.runtime import verify_replay
-from onceflow.streams.settings import OnceflowSettings
 from tests.agents.fixtures import ChatServer, Cluster, fast_settings, unit
 from tests.fixtures import events
 

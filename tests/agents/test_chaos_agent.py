@@ -13,8 +13,8 @@ import pytest
 from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.roles import RoleProcess, agent_specs, start_roles, stop_roles
 from onceflow.schemas import TrustScoreUpdated, WorkUnitAttemptFailed, WorkUnitSubmitted
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.scheduler import SETTLED_STATES
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.agents.fixtures import effect_rows, fast_settings, unit
 from tests.fixtures import events, submit_units, wait_for

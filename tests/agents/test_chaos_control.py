@@ -16,8 +16,8 @@ import pytest
 from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
 from onceflow.schemas import ControlRequested
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.scheduler import SETTLED_STATES
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import create_topics
 from tests.agents.fixtures import effect_rows, fast_settings, unit
 from tests.agents.test_chaos_agent import _sigkill

@@ -26,8 +26,8 @@ from onceflow.schemas import (
     WorkUnitFailed,
     WorkUnitScheduled,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits import LimitsSettings
-from onceflow.streams.settings import OnceflowSettings
 from tests.agents.fixtures import Cluster, effect_rows, fast_settings, unit
 from tests.fixtures import event_messages, events, wait_for
 

@@ -13,10 +13,10 @@ from onceflow.schemas import (
     WorkUnitCompleted,
     WorkUnitScheduled,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import read_topic_to_end
 from onceflow.streams.runtime import fingerprint_partitions, replay_facts
 from onceflow.streams.scheduler import Scheduler, Streak, rank_recorded
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import open_partition_store
 from onceflow.streams.topics import TopicCatalog
 from tests.agents.fixtures import Cluster, effect_rows, fast_settings, unit

@@ -16,7 +16,7 @@ from onceflow.agents import (
     provider_from_settings,
 )
 from onceflow.agents._impl.providers import retry_after_ms
-from onceflow.streams.settings import AgentSettings
+from onceflow.settings import AgentSettings
 from tests.agents.fixtures import ChatServer
 
 

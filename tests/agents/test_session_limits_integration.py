@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from onceflow.schemas import SessionLimitCrossed, SessionLimits, SlotGranted
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits import LimitsSettings
 from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.runtime import verify_replay
-from onceflow.streams.settings import OnceflowSettings
 from tests.agents.fixtures import Cluster, fast_settings, unit
 from tests.agents.test_control_integration import cli_json, inbox, run_cli
 from tests.fixtures import events, wait_for

@@ -13,8 +13,8 @@ from onceflow.schemas import (
     QueueSampled,
     SingleObjectCodec,
 )
+from onceflow.settings import AutoscalerSettings
 from onceflow.streams.runtime import fingerprint_items
-from onceflow.streams.settings import AutoscalerSettings
 from onceflow.streams.state import MemoryState
 
 T0 = 1_700_000_000_000

@@ -21,10 +21,10 @@ from onceflow.schemas import (
     WorkUnitAttemptFailed,
     WorkUnitDeferred,
 )
+from onceflow.settings import AgentSettings, AutoscalerSettings, OnceflowSettings
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.runtime import fingerprint_partitions, replay_facts
 from onceflow.streams.scheduler import SETTLED_STATES
-from onceflow.streams.settings import AgentSettings, AutoscalerSettings, OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.agents.fixtures import fast_settings, unit
 from tests.fixtures import caught_up, events, live_fingerprint, wait_for

@@ -16,7 +16,7 @@ from onceflow.schemas import (
     WorkUnitCompleted,
     WorkUnitFailed,
 )
-from onceflow.streams.settings import BillingSettings, OnceflowSettings
+from onceflow.settings import BillingSettings, OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.topics.catalog import TopicCatalog
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from onceflow.billing import AnomalyChecker, BillingRecords, reconcile
 from onceflow.schemas import BillingAnomaly, ClaimGranted, Event, LedgerLineItem, WorkUnitScheduled
-from onceflow.streams.settings import BillingSettings
+from onceflow.settings import BillingSettings
 from onceflow.streams.state import MemoryState
 from tests.billing.fixtures import T0, Books, accepted, invocation
 
@@ -157,7 +157,7 @@ def test_reconcile_finds_a_session_far_above_its_tenant_median() -> None:
 
 
 def test_reconcile_compares_a_lagging_wallet_with_only_what_it_folded() -> None:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.settings import OnceflowSettings
     from onceflow.streams.topics import TopicCatalog
 
     ledger = TopicCatalog(OnceflowSettings())["ledger"]

@@ -10,8 +10,8 @@ import pytest
 from onceflow.billing import read_anomalies
 from onceflow.billing.worker import build_anomaly_checker
 from onceflow.schemas import SingleObjectCodec
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import EventProducer
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.billing.fixtures import Books, accepted
 from tests.fixtures import event_messages, running, wait_for

@@ -13,9 +13,9 @@ from onceflow.billing import read_wallets, tenant_wallet_id
 from onceflow.billing.worker import build_ledger, build_wallets
 from onceflow.infra.roles import start_roles, stop_roles
 from onceflow.schemas import Event, LedgerLineItem, SingleObjectCodec
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.runtime import verify_replay
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.billing.fixtures import Books, accepted, failed_final, invocation
 from tests.fixtures import events, running, wait_for

@@ -11,7 +11,7 @@ import pytest
 from onceflow.agents import StubProvider
 from onceflow.billing import PriceBook, PriceBookError, cost_estimator, load_price_book, money
 from onceflow.schemas import WorkUnitSubmitted
-from onceflow.streams.settings import BillingSettings
+from onceflow.settings import BillingSettings
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

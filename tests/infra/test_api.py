@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 
 from onceflow.infra.broker import free_port
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.topics import create_topics
 from tests.agents.fixtures import fast_settings
 from tests.fixtures import wait_for

@@ -29,10 +29,10 @@ from onceflow.schemas import (
     WorkUnitNeedsOperator,
     WorkUnitSubmitted,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.runtime import fingerprint_partitions, replay_facts
 from onceflow.streams.scheduler import SETTLED_STATES
 from onceflow.streams.scheduler.worker import build_scheduler
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog
 from tests.agents.fixtures import effect_rows, fast_settings, unit
 from tests.fixtures import events, live_fingerprint, submit_units, wait_for

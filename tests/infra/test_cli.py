@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from onceflow.infra.stack import pid_alive
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog
 from tests.fixtures import wait_for
 from tests.infra.fixtures import onceflow, stack_env

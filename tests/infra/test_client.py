@@ -18,9 +18,9 @@ from onceflow.infra.broker import free_port
 from onceflow.infra.client import ContentIntegrityError
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
 from onceflow.schemas import WorkUnitCompleted
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.content import open_content_store
 from onceflow.streams.limits import LimitsSettings
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import create_topics
 from tests.agents.fixtures import fast_settings
 from tests.fixtures import events

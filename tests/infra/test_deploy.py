@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from onceflow.infra.deploy import kafka_topics, topics_yaml
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.topics import create_topics
 from onceflow.streams.topics.provisioning import describe_topics
 

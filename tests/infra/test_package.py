@@ -83,7 +83,7 @@ def test_the_wheel_installs_one_top_level_name_beside_openai_agents(tmp_path: Pa
     deps = next(p for p in sys.path if p.endswith("site-packages"))
     both = subprocess.run(
         [py, "-c", f"import sys; sys.path.append({deps!r}); "
-         "import agents, onceflow, onceflow.agents, onceflow.streams.settings; "
+         "import agents, onceflow, onceflow.agents, onceflow.settings; "
          "from agents import Agent; "
          "print(agents.__file__); print(onceflow.agents.__file__); print(Agent.__name__)"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120)

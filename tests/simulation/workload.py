@@ -18,7 +18,7 @@ from onceflow.schemas import (
     SessionLimits,
     WorkUnitSubmitted,
 )
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 from tests.simulation.invariants import check_all
 from tests.simulation.world import Attempt, Faults, World
 

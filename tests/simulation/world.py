@@ -42,10 +42,10 @@ from onceflow.schemas import (
     max_tokens_of,
     stages_effect,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.ids import caused_by, idempotency_key_for
 from onceflow.streams.limits import Limiter, limiter_needed
 from onceflow.streams.scheduler import SETTLED_STATES, Scheduler, UnitProgress
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.topics.catalog import TopicCatalog, partition_for
 from onceflow.streams.trust import TrustScorer

@@ -35,8 +35,8 @@ from onceflow.schemas import (
     WorkUnitScheduled,
     WorkUnitSubmitted,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import dead_letter_from_message
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from onceflow.streams.topics.catalog import Topic
 from tests.agents.fixtures import fast_settings, unit

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.examples.submission_counter import SubmissionCounter
 from onceflow.streams.kafka import EventProducer, read_topic_to_end
 from onceflow.streams.runtime import fingerprint_items, fingerprint_partitions, replay_facts
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState, open_partition_store
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.fixtures import event_messages, submitted, wait_for

@@ -23,9 +23,9 @@ from onceflow.schemas import (
     WorkUnitAttemptFailed,
     WorkUnitCompleted,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.runtime import verify_replay
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.topics import TopicCatalog, create_topics
 from onceflow.streams.trust import TrustScorer

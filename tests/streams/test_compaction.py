@@ -23,11 +23,11 @@ from onceflow.billing.worker import build_ledger, build_wallets
 from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
 from onceflow.schemas import SingleObjectCodec
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import EventProducer, make_consumer, read_topic_to_end, watermarks
 from onceflow.streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
 from onceflow.streams.scheduler import SETTLED_STATES
 from onceflow.streams.scheduler.worker import build_scheduler
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from onceflow.streams.trust.worker import build_trust
 from tests.agents.fixtures import fast_settings, unit

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from onceflow.schemas import ContentRef
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.content import (
     ContentIntegrityError,
     ContentNotFoundError,
@@ -16,7 +17,6 @@ from onceflow.streams.content import (
     S3ContentStore,
     open_content_store,
 )
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.types import ContentStore
 
 

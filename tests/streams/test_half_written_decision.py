@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from onceflow.schemas import DecisionClosed, Event, SingleObjectCodec, WorkUnitSubmitted
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.examples.submission_counter import SubmissionCounted
 from onceflow.streams.ids import derive_event_id
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.runtime import BatchedProcessor, fingerprint_items, replay_facts
 from onceflow.streams.runtime.facts import fact_headers
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState, open_partition_store
 from onceflow.streams.topics import TopicCatalog, create_topics
 from onceflow.streams.topics.catalog import partition_for

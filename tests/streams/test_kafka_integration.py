@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from onceflow.schemas import SingleObjectCodec
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.examples.submission_counter import SubmissionCounted, SubmissionCounter
 from onceflow.streams.kafka import (
     DLQ_HEADER_OFFSET,
@@ -21,7 +22,6 @@ from onceflow.streams.kafka import (
     read_topic_to_end,
 )
 from onceflow.streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics, describe_topics
 from tests.fixtures import event_messages, submitted, wait_for
 

@@ -153,8 +153,8 @@ def test_a_closed_decision_folds_the_written_facts_and_not_the_closing_one() -> 
 def test_the_shell_routes_for_reducers_that_route_and_skips_the_call_for_others() -> None:
     """The batched shell calls `route` per fact only for a reducer that defines it (in
     its class or on the instance); the others derive no outputs."""
+    from onceflow.settings import OnceflowSettings
     from onceflow.streams.runtime import BatchedProcessor
-    from onceflow.streams.settings import OnceflowSettings
     from onceflow.streams.types import Routed
 
     class Routing(SubmissionCounter):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.topics.catalog import TopicCatalog, partition_for
 
 
@@ -54,12 +54,12 @@ def test_catalog_covers_every_family_and_partitions_by_entity() -> None:
 def test_the_configuration_reference_is_current() -> None:
     from pathlib import Path
 
-    from onceflow.streams.settings import configuration_reference
+    from onceflow.settings import configuration_reference
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert doc.read_text() == configuration_reference(), (
         "docs/configuration.md is stale: run "
-        "`python -m onceflow.streams.settings > docs/configuration.md`")
+        "`python -m onceflow.settings > docs/configuration.md`")
 
 
 def test_every_setting_says_what_it_means() -> None:
@@ -82,9 +82,9 @@ def test_each_settings_group_lives_beside_what_it_configures() -> None:
     from onceflow.agents.settings import AgentSettings
     from onceflow.autoscaler.settings import AutoscalerSettings
     from onceflow.billing.settings import BillingSettings
+    from onceflow.settings import OnceflowSettings
     from onceflow.streams.kafka.settings import KafkaSettings
     from onceflow.streams.scheduler.settings import SchedulerSettings
-    from onceflow.streams.settings import OnceflowSettings
     from onceflow.streams.trust.settings import TrustSettings
 
     groups = {name: field.annotation for name, field in OnceflowSettings.model_fields.items()

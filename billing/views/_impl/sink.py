@@ -50,7 +50,7 @@ from onceflow.streams.runtime.batched import next_batch
 from onceflow.streams.topics.catalog import TopicCatalog
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.billing.settings import BillingRoleSettings
 
 __all__ = ["ROW_GROUP_ROWS", "LedgerSink", "line_item_batch"]
 
@@ -135,7 +135,7 @@ def _below_zero(table: pa.Table) -> bool:
 class LedgerSink:
     name = "views-sink"
 
-    def __init__(self, engine: ViewEngine, settings: OnceflowSettings, *,
+    def __init__(self, engine: ViewEngine, settings: BillingRoleSettings, *,
                  batch_size: int = 50_000, row_group_rows: int = ROW_GROUP_ROWS) -> None:
         self.engine = engine
         self.settings = settings

@@ -33,8 +33,8 @@ from onceflow.schemas import (
     SessionLimits,
     WorkKind,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.auth import require_token
-from onceflow.streams.settings import OnceflowSettings
 
 __all__ = ["add_api_routes", "create_api", "require_token"]
 

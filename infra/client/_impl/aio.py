@@ -16,7 +16,7 @@ from typing import Any
 from onceflow.infra.client._impl.client import Client, SessionHandle, UnitFailed, UnitHandle
 from onceflow.infra.client._impl.steps import Step
 from onceflow.schemas import ControlApplied, Event, SessionLimits
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 
 __all__ = ["AsyncClient", "AsyncSessionHandle", "AsyncUnitHandle"]
 

@@ -39,7 +39,7 @@ from onceflow.schemas import (
     WorkUnitSubmitted,
     rejection_ends_unit,
 )
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 
 __all__ = [
     "Client",
@@ -225,9 +225,9 @@ class Client:
     def __init__(self, settings: OnceflowSettings | None = None, *,
                  views_url: str | None = None, actor: str = "client") -> None:
         from onceflow.schemas import SingleObjectCodec
+        from onceflow.settings import load_settings
         from onceflow.streams.content import open_content_store
         from onceflow.streams.kafka import EventProducer
-        from onceflow.streams.settings import load_settings
         from onceflow.streams.topics.catalog import TopicCatalog
 
         self.settings = settings or load_settings()
@@ -453,12 +453,11 @@ class Client:
                 for line in lines[1:]]
 
     def views_url(self) -> str:
-        """The views API: as given, `ONCEFLOW_VIEWS_URL`, or what `onceflow up` recorded."""
-        import os
-
+        """The views API: as given, `ONCEFLOW_VIEWS_URL` (`views_url`), or what `onceflow up`
+        recorded."""
         from onceflow.infra.stack import read_stack
 
-        url = self._views_url or os.environ.get("ONCEFLOW_VIEWS_URL")
+        url = self._views_url or self.settings.views_url
         if not url:
             stack = read_stack(self.settings)
             url = stack.views_url if stack is not None else None

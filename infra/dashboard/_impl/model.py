@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from onceflow.schemas import LedgerLineItem
-from onceflow.streams.settings import OnceflowSettings
+from onceflow.settings import OnceflowSettings
 
 __all__ = ["Dashboard", "spend_by_tenant_and_model"]
 

@@ -57,7 +57,7 @@ from onceflow.streams.topics.catalog import Topic
 from onceflow.streams.types import Reducer, Routed, State
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["Budget", "Limiter", "rate_window_level"]
 
@@ -97,13 +97,13 @@ class Limiter(Reducer):
         self.grants = Grants(limits, self.credits, self.queue_scan)
 
     @classmethod
-    def from_settings(cls, settings: OnceflowSettings) -> Limiter:
+    def from_settings(cls, settings: StreamsSettings) -> Limiter:
         """The limiter as a deployment configures it."""
         from onceflow.streams.topics.catalog import TopicCatalog
 
         return cls(ScopeLimits.from_settings(settings.limits), TopicCatalog(settings)["reports"],
                    settings.limits.queue_scan,
-                   {t: Decimal(c) for t, c in settings.billing.prepaid_credits.items()},
+                   {t: Decimal(c) for t, c in settings.prepaid_credits.items()},
                    horizon_ms=settings.limits.session_idle_ms,
                    retries=RetryBudget(settings.scheduler.retry_budget,
                                        settings.scheduler.retry_budget_per_minute))

@@ -19,7 +19,7 @@ from onceflow.schemas import Scope, ScopeError, ScopeKind
 from onceflow.streams.limits.settings import LimitsSettings
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["LimitsFileError", "ScopeLimits", "budgets_held", "limiter_needed"]
 
@@ -154,13 +154,13 @@ class ScopeLimits:
         return list(scopes)
 
 
-def budgets_held(settings: OnceflowSettings) -> bool:
+def budgets_held(settings: StreamsSettings) -> bool:
     """Whether units are held against budgets: some tenant has prepaid credit, or session
     budgets are on. The scheduler, the ledger and the limiter all ask this one rule."""
-    return bool(settings.billing.prepaid_credits) or settings.limits.session_budgets
+    return bool(settings.prepaid_credits) or settings.limits.session_budgets
 
 
-def limiter_needed(settings: OnceflowSettings) -> bool:
+def limiter_needed(settings: StreamsSettings) -> bool:
     """Whether units ask the limiter for slots and holds: a scope has a limit or a budget is
     held. (The limiter runs either way: it keeps every tenant's retry budget.)"""
     return ScopeLimits.from_settings(settings.limits).any or budgets_held(settings)

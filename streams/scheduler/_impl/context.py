@@ -26,7 +26,7 @@ from onceflow.streams.topics.catalog import Topic, TopicCatalog
 from onceflow.streams.types import CostEstimator, State
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["SchedulerContext"]
 
@@ -75,9 +75,9 @@ class SchedulerContext:
     records: dict[int, tuple[Any, UnitRecord]] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, settings: OnceflowSettings, view: ClusterView, catalog: TopicCatalog,
+    def create(cls, settings: StreamsSettings, view: ClusterView, catalog: TopicCatalog,
                estimator: CostEstimator | None) -> SchedulerContext:
-        prepaid = dict(settings.billing.prepaid_credits)
+        prepaid = dict(settings.prepaid_credits)
         budgets = budgets_held(settings)
         if budgets and estimator is None:
             raise ValueError("budgets (ONCEFLOW_BILLING__PREPAID_CREDITS, "
@@ -89,7 +89,7 @@ class SchedulerContext:
                    limits=ScopeLimits.from_settings(settings.limits),
                    limits_topic=catalog["limits"], budgets=budgets,
                    slots_counted=limiter_needed(settings),
-                   default_provider=settings.agent.llm_provider,
+                   default_provider=settings.default_llm_provider,
                    horizon_ms=settings.retention_horizon_ms)
 
     @staticmethod

@@ -75,7 +75,7 @@ from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.types import CostEstimator, Reducer, Routed, State
 
 if TYPE_CHECKING:
-    from onceflow.streams.settings import OnceflowSettings
+    from onceflow.streams.settings import StreamsSettings
 
 __all__ = ["Scheduler"]
 
@@ -178,7 +178,7 @@ class Scheduler(Reducer):
 
     def __init__(
         self,
-        settings: OnceflowSettings,
+        settings: StreamsSettings,
         view: ClusterView | None = None,
         catalog: TopicCatalog | None = None,
         estimator: CostEstimator | None = None,

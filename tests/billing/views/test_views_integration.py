@@ -19,8 +19,8 @@ from onceflow.billing.views.worker import ViewsProcessor
 from onceflow.infra.broker import free_port
 from onceflow.infra.roles import start_roles, stop_roles
 from onceflow.schemas import PLATFORM_TENANT, LedgerLineItem, SingleObjectCodec
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import EventProducer, read_topic_to_end
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.billing.views.fixtures import ingest, ledger_items
 from tests.fixtures import events, running, wait_for

@@ -16,8 +16,8 @@ from onceflow.schemas import (
     SlotReleased,
     SlotRequested,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits import Limiter, LimitsSettings, ScopeLimits
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.topics import TopicCatalog
 from onceflow.streams.types import Routed

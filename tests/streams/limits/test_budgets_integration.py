@@ -16,9 +16,9 @@ import pytest
 from onceflow.billing import read_billing_records
 from onceflow.billing.settings import BillingSettings, ModelPrice
 from onceflow.schemas import SlotDenied, SlotGranted, WorkUnitRejected
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.runtime import verify_replay
-from onceflow.streams.settings import OnceflowSettings
 from tests.agents.fixtures import Cluster, fast_settings, unit
 from tests.fixtures import events, wait_for
 

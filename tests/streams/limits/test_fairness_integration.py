@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from onceflow.schemas import SlotGranted, WorkUnitSubmitted
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits import LimitsSettings
-from onceflow.streams.settings import OnceflowSettings
 from tests.agents.fixtures import Cluster, fast_settings
 from tests.fixtures import events
 

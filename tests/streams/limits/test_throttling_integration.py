@@ -13,10 +13,10 @@ import pytest
 
 from onceflow.agents import OpenAICompatibleProvider
 from onceflow.schemas import SlotGranted, SlotQueued
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits import LimitsSettings
 from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.runtime import verify_replay
-from onceflow.streams.settings import OnceflowSettings
 from tests.agents.fixtures import ChatServer, Cluster, fast_settings, unit
 from tests.fixtures import events
 

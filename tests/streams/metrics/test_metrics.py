@@ -22,8 +22,8 @@ from onceflow.schemas import (
     WorkUnitCompleted,
     WorkUnitFailed,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.metrics import PrometheusSensor
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.topics import create_topics
 from tests.agents.fixtures import fast_settings, unit
 from tests.fixtures import submit_units, wait_for

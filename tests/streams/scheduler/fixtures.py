@@ -18,9 +18,9 @@ from onceflow.schemas import (
     WorkUnitResultReported,
     WorkUnitSubmitted,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits import Limiter
 from onceflow.streams.scheduler import Scheduler, UnitRecord
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Routed
 

@@ -297,8 +297,8 @@ def test_answering_what_is_not_an_input_step_is_refused() -> None:
 
 
 def _limited() -> Harness:
+    from onceflow.settings import OnceflowSettings
     from onceflow.streams.limits import LimitsSettings
-    from onceflow.streams.settings import OnceflowSettings
 
     h = Harness(settings=OnceflowSettings(limits=LimitsSettings(session_budgets=True)))
     h.see(heartbeat("n1"))

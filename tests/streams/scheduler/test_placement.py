@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from onceflow.settings import SchedulerSettings
 from onceflow.streams.scheduler import NodeView, PlacementRequest, Streak, place, rank_recorded
-from onceflow.streams.settings import SchedulerSettings
 
 CFG = SchedulerSettings()
 NOW = 1_000_000

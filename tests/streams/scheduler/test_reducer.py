@@ -30,10 +30,10 @@ from onceflow.schemas import (
     WorkUnitScheduled,
     WorkUnitSubmitted,
 )
+from onceflow.settings import BillingSettings, OnceflowSettings, SchedulerSettings
 from onceflow.streams.ids import caused_by
 from onceflow.streams.runtime import fingerprint_items
 from onceflow.streams.scheduler import Scheduler, UnitRecord, retry_delay_ms
-from onceflow.streams.settings import BillingSettings, OnceflowSettings, SchedulerSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.types import Routed
 from tests.streams.scheduler.fixtures import T0, Harness, heartbeat, submit

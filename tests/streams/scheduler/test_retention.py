@@ -5,8 +5,8 @@ decision, by a fact, so that replay forgets the same ones; what they can no long
 from __future__ import annotations
 
 from onceflow.schemas import StateRetired, WorkUnitRejected, WorkUnitScheduled, WorkUnitSubmitted
+from onceflow.settings import OnceflowSettings, SchedulerSettings
 from onceflow.streams.scheduler import UnitRecord
-from onceflow.streams.settings import OnceflowSettings, SchedulerSettings
 from tests.streams.scheduler.fixtures import (
     T0,
     Harness,

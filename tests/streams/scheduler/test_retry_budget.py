@@ -13,9 +13,9 @@ from onceflow.schemas import (
     WorkUnitRetryScheduled,
     WorkUnitScheduled,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits import Limiter
 from onceflow.streams.runtime import fingerprint_items
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.topics import TopicCatalog
 from onceflow.streams.types import Routed

@@ -13,8 +13,8 @@ from onceflow.schemas import (
     WorkUnitFailed,
     WorkUnitScheduled,
 )
+from onceflow.settings import OnceflowSettings
 from onceflow.streams.limits import LimitsSettings
-from onceflow.streams.settings import OnceflowSettings
 from onceflow.streams.types import Routed
 from tests.streams.scheduler.fixtures import (
     T0,

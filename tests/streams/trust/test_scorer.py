@@ -13,8 +13,8 @@ from onceflow.schemas import (
     WorkUnitAttemptFailed,
     WorkUnitCompleted,
 )
+from onceflow.settings import TrustSettings
 from onceflow.streams.runtime import fingerprint_items
-from onceflow.streams.settings import TrustSettings
 from onceflow.streams.state import MemoryState
 from onceflow.streams.trust import NOT_THE_NODES_FAULT, TrustScorer, rescore_recorded
 

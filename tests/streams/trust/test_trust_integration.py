@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from onceflow.schemas import TrustScoreUpdated, WorkUnitScheduled
+from onceflow.settings import OnceflowSettings, SchedulerSettings, TrustSettings
 from onceflow.streams.runtime import verify_replay
-from onceflow.streams.settings import OnceflowSettings, SchedulerSettings, TrustSettings
 from onceflow.streams.trust.worker import build_trust
 from tests.agents.fixtures import Cluster, fast_settings, unit
 from tests.fixtures import events, wait_for
