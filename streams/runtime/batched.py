@@ -527,7 +527,8 @@ class BatchedProcessor:
         horizon = self.settings.retention_horizon_ms
         marks = self.settings.dedupe_min_marks
         store = open_partition_store(self.state_dir, self.reducer.name, partition,
-                                     horizon_ms=horizon, min_marks=marks)
+                                     horizon_ms=horizon, min_marks=marks,
+                                     layout=self.reducer.state_layout)
         assert self._consumer is not None
         log_end = watermarks(self._consumer, self.fact_topic, partition)[1]  # where facts end
         if store.outdated:
@@ -535,7 +536,8 @@ class BatchedProcessor:
             self.log.warning("state.rebuilt", partition=partition, reason="layout")
             store.close()
             store = open_partition_store(self.state_dir, self.reducer.name, partition,
-                                         wipe=True, horizon_ms=horizon, min_marks=marks)
+                                         wipe=True, horizon_ms=horizon, min_marks=marks,
+                                         layout=self.reducer.state_layout)
         if store.fact_offset() > log_end:
             # The checkpoint is beyond the end of the log: the topic was
             # deleted and created again (or the broker's data was wiped), so
@@ -544,7 +546,8 @@ class BatchedProcessor:
                              checkpoint=store.fact_offset(), log_end=log_end)
             store.close()
             store = open_partition_store(self.state_dir, self.reducer.name, partition,
-                                         wipe=True, horizon_ms=horizon, min_marks=marks)
+                                         wipe=True, horizon_ms=horizon, min_marks=marks,
+                                         layout=self.reducer.state_layout)
         if self.recovery == "inputs":
             return self._recover_from_inputs(partition, store, log_end)
         start = store.fact_offset()

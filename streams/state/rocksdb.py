@@ -38,11 +38,12 @@ _SEEN_MARK = object()  # a dedupe mark pending in `_dirty` (stored as b"1")
 _BUCKET = 6  # namespace (2 bytes) + 4 bytes of the key
 
 
-def _format(horizon_ms: int, min_marks: int) -> bytes:
+def _format(horizon_ms: int, min_marks: int, layout: str = "") -> bytes:
     """What a store's layout depends on: dedupe marks are filed by generation, so a
     store kept with another rule (or before generations) is rebuilt from the fact
-    topic rather than misread."""
-    return f"2:{horizon_ms}:{min_marks}".encode()
+    topic rather than misread; and the reducer's own state layout (`layout`), so a
+    release that changes it rebuilds the state from its facts."""
+    return f"2:{horizon_ms}:{min_marks}{f':{layout}' if layout else ''}".encode()
 
 
 class _Pending:
@@ -78,7 +79,7 @@ class PartitionStore:
     """The `State` a reducer sees, plus the dedupe set and offsets the shell keeps."""
 
     def __init__(self, path: Path, partition: int, *, secondary: Path | None = None,
-                 horizon_ms: int = 0, min_marks: int = 0) -> None:
+                 horizon_ms: int = 0, min_marks: int = 0, layout: str = "") -> None:
         """`secondary`: open a read-only follower of a store another process may hold
         open (RocksDB's secondary instance, its own files under that directory).
 
@@ -90,6 +91,7 @@ class PartitionStore:
         self.partition = partition
         self.horizon_ms = horizon_ms
         self.min_marks = min_marks
+        self.layout = layout
         if secondary is None:
             path.mkdir(parents=True, exist_ok=True)
             self._db = Rdict(str(path), options=_options())
@@ -108,7 +110,7 @@ class PartitionStore:
         raw_format = self._db.get(_FORMAT)
         #: written by an older layout or with another horizon: rebuild it from the facts
         self.outdated = not self.fresh and (
-            raw_format is None or bytes(raw_format) != _format(horizon_ms, min_marks))
+            raw_format is None or bytes(raw_format) != _format(horizon_ms, min_marks, layout))
         self.marks = self._load_marks()
         #: generations below this are dropped at the next checkpoint
         self._drop_below: int | None = None
@@ -247,7 +249,7 @@ class PartitionStore:
             wb.delete_range(_SEEN, seen_key(self._drop_below, ""))
         wb.put(_CLOCK, self.marks.to_state().encode())
         if self.fresh:
-            wb.put(_FORMAT, _format(self.horizon_ms, self.min_marks))
+            wb.put(_FORMAT, _format(self.horizon_ms, self.min_marks, self.layout))
         if fact_offset is not None or self.fresh:
             current = self.fact_offset()
             wb.put(_FACT_OFFSET, str(max(current, fact_offset or 0)).encode())
@@ -285,7 +287,7 @@ def partition_store_path(state_dir: Path, processor: str, partition: int) -> Pat
 
 def open_partition_store(
     state_dir: Path, processor: str, partition: int, *, wipe: bool = False,
-    horizon_ms: int = 0, min_marks: int = 0,
+    horizon_ms: int = 0, min_marks: int = 0, layout: str = "",
 ) -> PartitionStore:
     """Open a partition's state (`wipe`: empty). A store kept in an older layout, or with
     another rule for its dedupe marks, says so (`outdated`): the shell then wipes it and
@@ -293,7 +295,8 @@ def open_partition_store(
     path = partition_store_path(state_dir, processor, partition)
     if wipe and path.exists():
         shutil.rmtree(path)
-    return PartitionStore(path, partition, horizon_ms=horizon_ms, min_marks=min_marks)
+    return PartitionStore(path, partition, horizon_ms=horizon_ms, min_marks=min_marks,
+                          layout=layout)
 
 
 def open_partition_snapshot(

@@ -67,6 +67,9 @@ class Reducer:
     #: shell then skips other records of its inputs without decoding them
     #: (undecodable records are still dead-lettered). None: every type.
     accepts: frozenset[str] | None = None
+    #: the layout of the reducer's state: a release that changes it names a new one, and
+    #: a store kept in another is rebuilt from the reducer's facts ("": the first)
+    state_layout: str = ""
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         raise NotImplementedError

@@ -88,3 +88,27 @@ def test_a_store_kept_with_another_horizon_says_so_rather_than_be_misread(tmp_pa
     same.close()
     other = open_partition_store(tmp_path, "p", 0, horizon_ms=2 * H)
     assert other.outdated  # the shell wipes it and folds the fact topic again
+
+
+def test_a_store_kept_in_another_state_layout_is_rebuilt(tmp_path: Path) -> None:
+    """A release that changes a reducer's state (the limiter's, typed in release 6) names
+    a new layout: a store kept by the release before says so, and the shell refolds."""
+    from onceflow.streams.limits import Limiter
+    from onceflow.streams.scheduler import Scheduler
+
+    assert Limiter.state_layout and Scheduler.state_layout
+    old = open_partition_store(tmp_path, "limiter", 0, horizon_ms=H)
+    old.set("x", 1)
+    old.checkpoint(5)
+    old.close()
+    new = open_partition_store(tmp_path, "limiter", 0, horizon_ms=H,
+                               layout=Limiter.state_layout)
+    assert new.outdated
+    new.close()
+    again = open_partition_store(tmp_path, "limiter", 0, wipe=True, horizon_ms=H,
+                                 layout=Limiter.state_layout)
+    again.set("x", 2)
+    again.checkpoint(6)
+    again.close()
+    assert not open_partition_store(tmp_path, "limiter", 0, horizon_ms=H,
+                                    layout=Limiter.state_layout).outdated

@@ -73,6 +73,8 @@ class Limiter(Reducer):
     accepts = frozenset({"flow.slot.requested", "flow.slot.released", "ledger.line_item",
                          "ledger.unit.settled", "flow.session.limits.set",
                          "flow.retry.requested"})
+    #: release 6 typed the state (records.py): a store of an older release is rebuilt
+    state_layout = "limiter-6"
 
     def __init__(self, limits: ScopeLimits, reports: Topic, queue_scan: int = 256,
                  credits: Mapping[str, Decimal] | None = None, *, horizon_ms: int = 0,

@@ -175,6 +175,8 @@ class Scheduler(Reducer):
     """
 
     name = "scheduler"
+    #: release 6 moved the retry budget to the limiter: an older store is rebuilt
+    state_layout = "scheduler-6"
 
     def __init__(
         self,
