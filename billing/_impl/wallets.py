@@ -37,6 +37,12 @@ def session_wallet_id(tenant: str, session: str) -> str:
     return str(Scope.of_session(tenant, session))
 
 
+def _scope_of(partial: WalletUpdated) -> str:
+    """The wallet a partial belongs to, by its scope: a partial written before release 6
+    (`session:<tenant>:<session>`) adds to the same wallet as one written since."""
+    return str(Scope.parse(partial.wallet_id.rsplit("@", 1)[0]))
+
+
 @dataclass(frozen=True)
 class Wallet:
     """A whole wallet: the sum of its partials, with the tenant's credit."""
@@ -66,9 +72,9 @@ class Wallet:
     def combine(partials: Iterable[WalletUpdated]) -> dict[str, Wallet]:
         """Latest partials (one per wallet and ledger partition) summed per wallet."""
         out: dict[str, Wallet] = {}
-        for p in sorted(partials, key=lambda w: (w.wallet_id.rsplit("@", 1)[0],
-                                                 w.ledger_partition)):
-            wid = p.wallet_id.rsplit("@", 1)[0]
+        for p in sorted(partials, key=lambda w: (_scope_of(w), w.ledger_partition,
+                                                 w.wallet_id)):
+            wid = _scope_of(p)
             prev = out.get(wid)
             out[wid] = Wallet(
                 wid, p.tenant_id, p.execution_session_id if p.scope == "session" else "",

@@ -36,3 +36,23 @@ def test_wallets_are_named_by_their_scopes() -> None:
 def test_what_is_not_a_scope_is_refused_saying_how_to_spell_one(text: str) -> None:
     with pytest.raises(ScopeError, match="session:<tenant>/<session>"):
         Scope.parse(text)
+
+
+def test_a_wallet_is_whole_across_the_old_and_the_new_spelling_of_its_session() -> None:
+    from decimal import Decimal
+
+    from onceflow.billing import Wallet
+    from onceflow.schemas import WalletUpdated
+
+    def partial(wid: str, debit: str, n: int) -> WalletUpdated:
+        return WalletUpdated(event_id=wid, occurred_at=1, tenant_id="acme",
+                             execution_session_id="s1", wallet_id=f"{wid}@0", scope="session",
+                             ledger_partition=0, total_debit_usd=Decimal(debit),
+                             total_credit_usd=Decimal(0), balance_usd=-Decimal(debit),
+                             record_count=n)
+
+    wallets = Wallet.combine([partial("session:acme:s1", "1.5", 3),
+                              partial("session:acme/s1", "0.5", 1)])
+    assert list(wallets) == ["session:acme/s1"]
+    assert (wallets["session:acme/s1"].debit_usd, wallets["session:acme/s1"].record_count) == (
+        Decimal("2.0"), 4)
