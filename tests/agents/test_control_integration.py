@@ -24,6 +24,7 @@ from onceflow.schemas import (
     WorkUnitAttemptStopped,
     WorkUnitCompleted,
     WorkUnitFailed,
+    WorkUnitFailureReported,
     WorkUnitScheduled,
 )
 from onceflow.settings import OnceflowSettings
@@ -160,8 +161,13 @@ def test_cancelling_a_running_session_stops_its_steps_on_the_agents(cluster: Clu
     assert set(status.values()) == {"cancelled"}
     # the agents stopped the four handlers early and said so; nothing was accepted
     wait_for(lambda: sum(1 for e in events(cluster.settings, cluster.catalog["reports"].name)
-                         if isinstance(e, WorkUnitAttemptStopped))
+                         if isinstance(e, WorkUnitFailureReported)
+                         and e.error_code == "cancelled")
              == stopping, timeout=10, what="the agents to report each stopped handler")
+    # and the scheduler recorded each stop once, as what it is
+    wait_for(lambda: sum(1 for e in events(cluster.settings, cluster.catalog["workunits"].name)
+                         if isinstance(e, WorkUnitAttemptStopped)) == stopping,
+             timeout=10, what="the scheduler to record each stopped attempt")
     settled = [e for e in events(cluster.settings, cluster.catalog["workunits"].name)
                if isinstance(e, WorkUnitCompleted)]
     assert not any(e.accepted for e in settled)
