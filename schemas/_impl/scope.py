@@ -78,19 +78,22 @@ class Scope:
         if text == "global":
             return cls.everything()
         kind, sep, rest = text.partition(":")
-        if not sep or kind not in _KINDS or kind == "global" or not rest:
+        if not sep or kind not in _KINDS or kind == "global" or (
+                not rest and kind not in ("tenant", "session")):
             raise ScopeError(
                 f"{text!r} is not a scope: use global, tenant:<tenant>, "
                 "session:<tenant>/<session>, provider:<provider>, model:<model> or tool:<tool>")
         if kind == "tenant":
             return cls.of_tenant(rest)
         if kind == "session":
+            # every session scope this module prints parses back, a unit without a
+            # session (`session:<tenant>/`) included
             tenant, slash, session = rest.partition("/")
             if not slash:
-                tenant, _, session = rest.partition(":")
-            if not tenant or not session:
-                raise ScopeError(f"{text!r} is not a session scope: use "
-                                 "session:<tenant>/<session>")
+                tenant, colon, session = rest.partition(":")
+                if not colon:
+                    raise ScopeError(f"{text!r} is not a session scope: use "
+                                     "session:<tenant>/<session>")
             return cls.of_session(tenant, session)
         return cls(kind, name=rest)  # type: ignore[arg-type]
 

@@ -16,6 +16,8 @@ from onceflow.schemas import Scope, ScopeError
     (Scope.of_provider("openai"), "provider:openai"),
     (Scope.of_model("gpt-x"), "model:gpt-x"),
     (Scope.of_tool(None), "tool:effects.append"),
+    (Scope.of_session("acme", ""), "session:acme/"),  # a unit without a session
+    (Scope.of_tenant(""), "tenant:"),
 ])
 def test_each_scope_prints_one_way_and_parses_back(scope: Scope, text: str) -> None:
     assert str(scope) == text
@@ -31,8 +33,8 @@ def test_wallets_are_named_by_their_scopes() -> None:
     assert session_wallet_id("acme", "s1") == str(Scope.of_session("acme", "s1"))
 
 
-@pytest.mark.parametrize("text", ["", "tenant", "tenant:", "planet:mars", "session:acme",
-                                  "global:x"])
+@pytest.mark.parametrize("text", ["", "tenant", "planet:mars", "session:acme", "global:x",
+                                  "model"])
 def test_what_is_not_a_scope_is_refused_saying_how_to_spell_one(text: str) -> None:
     with pytest.raises(ScopeError, match="session:<tenant>/<session>"):
         Scope.parse(text)
