@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from bisect import bisect_left, insort
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,9 @@ class MemoryState:
         # Values are kept serialised so that accidental mutation of a value
         # returned by get() cannot change the state behind the reducer's back.
         self._data: dict[str, bytes] = {k: serde.dumps(v) for k, v in (initial or {}).items()}
+        #: the keys in order (code point order is UTF-8's byte order, RocksDB's), so a
+        #: prefix read looks at its own range only
+        self._keys: list[str] = sorted(self._data)
         #: dedupe marks by generation, kept as `PartitionStore` keeps them
         self._seen: dict[int, set[str]] = {}
         self.marks = MarkGenerations(horizon_ms, min_marks)
@@ -28,19 +32,26 @@ class MemoryState:
         return default if raw is None else serde.loads(raw)
 
     def set(self, key: str, value: Any) -> None:
+        if key not in self._data:
+            insort(self._keys, key)
         self._data[key] = serde.dumps(value)
 
     def delete(self, key: str) -> None:
-        self._data.pop(key, None)
+        if self._data.pop(key, None) is not None:
+            del self._keys[bisect_left(self._keys, key)]
 
     def __contains__(self, key: str) -> bool:
         return key in self._data
 
     def items(self, prefix: str = "", stop: str | None = None, start: str | None = None
               ) -> Iterator[tuple[str, Any]]:
-        keys = [k for k in self._data if k.startswith(prefix) and (stop is None or k < stop)
-                and (start is None or k >= start)]
-        for key in sorted(keys, key=str.encode):
+        first = prefix if start is None or start < prefix else start
+        keys = []
+        for key in self._keys[bisect_left(self._keys, first):]:
+            if not key.startswith(prefix) or (stop is not None and key >= stop):
+                break
+            keys.append(key)
+        for key in keys:
             yield key, serde.loads(self._data[key])
 
     def has_seen(self, event_id: str) -> bool:
@@ -68,6 +79,7 @@ class MemoryState:
         what a simulated restart from a checkpoint starts from."""
         out = MemoryState()
         out._data = dict(self._data)
+        out._keys = list(self._keys)
         out._seen = {g: set(ids) for g, ids in self._seen.items()}
         out.marks = dataclasses.replace(self.marks)
         return out

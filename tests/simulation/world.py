@@ -193,7 +193,7 @@ class Shell:
             self.states[p] = state
         else:
             self.states[p] = self.rebuilt(p)
-        self.position[p] = dict(self.committed[p])
+        self.position[p].update(self.committed[p])  # in place: `World.runnable` holds it
         for record in self.log.records[self.fact_topic][p][self.checkpointed_facts[p]:]:
             self._route(record.event)
 
@@ -317,7 +317,7 @@ class World:
             shell.states = [shell.fresh_state() for _ in range(shell.partitions)]
             shell.snapshots = [shell.fresh_state() for _ in range(shell.partitions)]
         self.scheduler.before_step = self.observe_tables
-        self._inputs: list[tuple[Shell, int, str, list[Record]]] | None = None
+        self._inputs: list[tuple[Shell, int, str, list[Record], dict[str, int]]] | None = None
         # the limiter always runs: it keeps every tenant's retry budget
         self.limiter: Shell = Shell("limiter", Limiter.from_settings(self.settings),
                              [self.t["limits"]], self.t["flow"], self.log,
@@ -522,10 +522,11 @@ class World:
     def runnable(self) -> list[tuple[Shell, int, str]]:
         """Every (role, partition, input topic) with a record not yet read."""
         if self._inputs is None:
-            self._inputs = [(s, p, t, self.log.records[t][p]) for s in self.shells
-                            for p in range(s.partitions) for t in s.inputs]
-        return [(s, p, t) for s, p, t, records in self._inputs
-                if s.position[p][t] < len(records)]
+            self._inputs = [(s, p, t, self.log.records[t][p], s.position[p])
+                            for s in self.shells for p in range(s.partitions)
+                            for t in s.inputs]
+        return [(s, p, t) for s, p, t, records, read in self._inputs
+                if read[t] < len(records)]
 
     def drain(self) -> None:
         """Read every role's inputs to their ends (in a fixed order: no faults here)."""
