@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import duckdb
 import pyarrow as pa
@@ -30,6 +30,7 @@ from onceflow.schemas import (
     SINGLE_OBJECT_MARKER,
     CodecError,
     ContainerBlock,
+    LedgerLineItem,
     SingleObjectCodec,
     decode_bodies,
 )
@@ -52,7 +53,7 @@ from onceflow.streams.topics.catalog import TopicCatalog
 if TYPE_CHECKING:
     from onceflow.billing.settings import BillingRoleSettings
 
-__all__ = ["ROW_GROUP_ROWS", "LedgerSink", "line_item_batch"]
+__all__ = ["ROW_GROUP_ROWS", "LedgerSink", "breaks_contract", "line_item_batch"]
 
 _ARROW_TYPES = {"BIGINT": pa.int64(), "BOOLEAN": pa.bool_()}
 _SCHEMA = pa.schema(
@@ -120,11 +121,24 @@ class _Decoded:
         return tables, advanced
 
 
-def _below_zero(table: pa.Table) -> bool:
-    """Whether a fast-decoded batch has a negative amount (decimal strings) or count: what
-    no valid line item has, so the batch is decoded again record by record."""
+#: the line item's closed vocabularies (its `Literal` fields), from the model itself
+_VOCABULARIES: dict[str, pa.Array] = {
+    name: pa.array(sorted(get_args(field.annotation)))
+    for name, field in LedgerLineItem.model_fields.items()
+    if get_origin(field.annotation) is Literal}
+
+
+def breaks_contract(table: pa.Table) -> bool:
+    """Whether a fast-decoded batch holds what no valid line item has: a negative amount
+    (decimal strings) or count, or a value outside one of its closed vocabularies (a
+    `line_item_type` no ledger writes). Such a batch is decoded again record by record,
+    which dead-letters the bad ones as every other reader does."""
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if name.endswith(("_usd", "_seconds", "_per_1k")):
+        allowed = _VOCABULARIES.get(name)
+        if allowed is not None:
+            if not pc.all(pc.is_in(column.cast(pa.string()), value_set=allowed)).as_py():
+                return True
+        elif name.endswith(("_usd", "_seconds", "_per_1k")):
             if pc.any(pc.starts_with(column.cast(pa.string()), "-")).as_py():
                 return True
         elif pa.types.is_integer(column.type) and pc.any(pc.less(column, 0)).as_py():
@@ -222,8 +236,8 @@ class LedgerSink:
         if bodies:
             try:
                 fast = decode_bodies(self._block, bodies)  # amounts: cast by the insert
-                if _below_zero(fast):  # breaks its contract: the slow path says which
-                    raise ValueError("a negative amount or count")
+                if breaks_contract(fast):  # the slow path says which record, and why
+                    raise ValueError("a line item that breaks its contract")
             except ValueError:  # find the bad one(s): decode the line items one by one
                 rows = (self._row(m) for m in msgs
                         if m.error() is None and (m.value() or b"").startswith(header))

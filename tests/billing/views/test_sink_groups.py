@@ -90,3 +90,29 @@ def test_a_slow_decoded_part_goes_with_everything_uncut() -> None:
     decoded = _Decoded()
     decoded.add([fast, slow], {0: 20, 1: 1})
     assert decoded.take(16) == ([fast, slow], {0: 20, 1: 1})
+
+
+def test_a_fast_decoded_batch_that_breaks_the_line_items_contract_is_sent_the_slow_way() -> None:
+    """The fast path checks what every other reader's validation checks: no negative amount
+    or count, and only the line item types the ledger writes."""
+    from onceflow.billing.views._impl.sink import breaks_contract
+    from onceflow.schemas import ContainerBlock, LedgerLineItem, SingleObjectCodec, decode_bodies
+    from tests.billing.views.fixtures import ledger_items
+
+    codec = SingleObjectCodec()
+    block = ContainerBlock(codec.registry.for_type(LedgerLineItem.EVENT_TYPE).schema)
+    items = ledger_items(8)
+
+    def fast(edit: dict[str, object] | None = None) -> pa.Table:
+        bodies = []
+        for i, item in enumerate(items):
+            _, record = codec.decode_record(codec.encode(item))
+            if edit is not None and i == 3:
+                record.update(edit)
+            bodies.append(codec.encode_record(LedgerLineItem.EVENT_TYPE, record)[10:])
+        return decode_bodies(block, bodies)
+
+    assert not breaks_contract(fast())
+    assert breaks_contract(fast({"line_item_type": "free_lunch"}))
+    assert breaks_contract(fast({"llm_tokens": -1}))
+    assert breaks_contract(fast({"total_usd": "-0.100000"}))
