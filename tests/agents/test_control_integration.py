@@ -97,9 +97,13 @@ def _pause_and_resume(cluster: Cluster) -> None:
              == cluster.catalog["reports"].partitions, timeout=30,
              what="every partition to apply the pause")
 
-    def quiet() -> bool:  # what ran has finished; the rest waits
+    def quiet() -> bool:
+        # What ran has finished, and the rest waits, paused. The steps queued at the limiter
+        # reach the pause one grant at a time (granted, deferred `paused`, the slot given
+        # back, the next granted), so that drain is over only when every step not done is
+        # deferred: none still scheduled, running, or waiting for its slot (`submitted`).
         status = cluster.progress().progress.status
-        return not any(status.get(i) in ("scheduled", "running") for i in ids)
+        return all(status.get(i) in ("completed", "deferred") for i in ids)
 
     wait_for(quiet, timeout=60, what="the running steps to finish while paused")
     at_pause = completed()
