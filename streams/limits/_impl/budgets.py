@@ -97,7 +97,7 @@ def session_cost(credits: Mapping[str, Decimal], state: State, tenant: str, sess
 def budget_wait(credits: Mapping[str, Decimal], state: State, req: SlotRequest, t: Tentative
                 ) -> tuple[str, str] | None:
     """The budget a request waits for other holds to settle in, and why (None: it fits)."""
-    if UnitHold.load(state, req.work_unit_id) is not None or not (req.hold or req.budgeted):
+    if UnitHold.held(state, req.work_unit_id) or not (req.hold or req.budgeted):
         return None
     for b in budgets_of(credits, state, req.tenant, req.session, req.session_budget, t):
         if b.charged + b.reserved + req.hold > b.budget:
@@ -111,7 +111,7 @@ def denial(credits: Mapping[str, Decimal], state: State, req: SlotRequest, t: Te
            envelope: dict[str, object]) -> SlotDenied | None:
     """The denial of a request whose maximum cost its budget's charges leave no room for
     (None: it fits, now or once other holds settle)."""
-    if UnitHold.load(state, req.work_unit_id) is not None:
+    if UnitHold.held(state, req.work_unit_id):
         return None  # held already (a retry): it fitted
     hold = req.hold
     for b in budgets_of(credits, state, req.tenant, req.session, req.session_budget, t):

@@ -148,7 +148,7 @@ class Grants:
             t.slots[s] = t.slots.get(s, in_use(state, s)) + 1
         held = ZERO
         budget_scopes: list[str] = []
-        if UnitHold.load(state, req.work_unit_id) is None:
+        if not UnitHold.held(state, req.work_unit_id):
             held = req.hold
             for b in budgets_of(self.credits, state, req.tenant, req.session,
                                 req.session_budget, t):

@@ -212,6 +212,12 @@ class UnitHold:
         return f"r:{work_unit_id}"
 
     @classmethod
+    def held(cls, state: State, work_unit_id: str) -> bool:
+        """Whether something is held for the unit (a retry of it fitted already); no record
+        is built, as every request asks this several times."""
+        return cls.key(work_unit_id) in state
+
+    @classmethod
     def load(cls, state: State, work_unit_id: str) -> UnitHold | None:
         d = state.get(cls.key(work_unit_id))
         if d is None:

@@ -72,7 +72,7 @@ def session_limit(credits: Mapping[str, Decimal], state: State, req: SlotRequest
         crossing = usage.reached_by(req, now)
         if crossing is not None:
             return usage, crossing
-    if UnitHold.load(state, req.work_unit_id) is None:
+    if not UnitHold.held(state, req.work_unit_id):
         cost = session_cost(credits, state, req.tenant, req.session, req.session_budget, t,
                             ZERO)
         hold = req.hold
