@@ -8,7 +8,9 @@ they show is what the log says, and the same on every read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -33,15 +35,43 @@ from onceflow.schemas import (
     WorkUnitSubmitted,
     rejection_ends_unit,
 )
+from onceflow.streams.scheduler import PROGRESS_EVENT_TYPES
 
-__all__ = ["SESSION_ENDED", "SessionState", "SessionView", "Step", "fold_sessions", "read_log"]
+__all__ = ["SESSION_ENDED", "STEP_ENDED", "SessionState", "SessionView", "Step",
+           "advance_step", "applies_to", "apply_session_fact", "fold_sessions", "read_log",
+           "session_of_fact", "session_state", "waits_for_a_person"]
 
 SessionState = Literal["running", "paused", "waiting", "cancelling", "cancelled", "completed",
                        "failed"]
 
-_DONE = frozenset({"completed", "failed", "rejected", "cancelled"})
+#: the states a step ends in
+STEP_ENDED = frozenset({"completed", "failed", "rejected", "cancelled"})
+_DONE = STEP_ENDED
 #: the states a session ends in
 SESSION_ENDED: frozenset[SessionState] = frozenset({"completed", "failed", "cancelled"})
+#: a step in one of these waits for a person (a session with one is `waiting`)
+_PERSON_REASONS = ("awaiting_approval", "awaiting_input")
+
+
+def waits_for_a_person(state: str, reason: str) -> bool:
+    return state == "waiting" and reason in _PERSON_REASONS
+
+
+def session_state(counts: Mapping[str, int], people_waiting: int, paused: bool,
+                  cancelled_by: str) -> SessionState:
+    """A session's state from its steps' states (how many in each), how many of them wait
+    for a person, and its controls: the one rule the fold and the read model share."""
+    total = sum(counts.values())
+    open_steps = {s: n for s, n in counts.items() if n and s not in _DONE}
+    if cancelled_by:
+        return "cancelling" if open_steps.get("running") else "cancelled"
+    if not open_steps:
+        if total and counts.get("completed", 0) == total:
+            return "completed"
+        return "cancelled" if total and counts.get("cancelled", 0) == total else "failed"
+    if paused:
+        return "paused"
+    return "waiting" if people_waiting else "running"
 
 
 @dataclass
@@ -60,6 +90,20 @@ class Step:
     cost_usd: Decimal = Decimal("0")
     #: its accepted result's address in the content store
     result: dict[str, Any] | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """As the read model stores it (JSON-shaped; `from_row` reads it back)."""
+        return {"work_unit_id": self.work_unit_id, "kind": self.kind,
+                "depends_on": self.depends_on, "submitted_at": self.submitted_at,
+                "state": self.state, "reason": self.reason, "attempts": self.attempts,
+                "node": self.node, "finished_at": self.finished_at,
+                "cost_usd": f"{self.cost_usd:f}", "result": self.result}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Step:
+        return cls(row["work_unit_id"], row["kind"], list(row["depends_on"]),
+                   row["submitted_at"], row["state"], row["reason"], row["attempts"],
+                   row["node"], row["finished_at"], Decimal(row["cost_usd"]), row["result"])
 
     def as_json(self) -> dict[str, Any]:
         return {"work_unit_id": self.work_unit_id, "kind": self.kind,
@@ -83,6 +127,8 @@ class SessionView:
     #: the limit it is parked or was cancelled at, and the warnings it had ('' / none)
     at_limit: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: which cancel `cancelled_by` is from (logged time and control id): the first one
+    cancel_mark: str = ""
 
     @property
     def cost_usd(self) -> Decimal:
@@ -90,20 +136,10 @@ class SessionView:
 
     @property
     def state(self) -> SessionState:
-        states = [s.state for s in self.steps.values()]
-        open_steps = [s for s in states if s not in _DONE]
-        if self.cancelled_by:
-            return "cancelling" if "running" in open_steps else "cancelled"
-        if not open_steps:
-            if states and all(s == "completed" for s in states):
-                return "completed"
-            return "cancelled" if states and all(s == "cancelled" for s in states) else "failed"
-        if self.paused:
-            return "paused"
-        if any(s.state == "waiting" and s.reason in ("awaiting_approval", "awaiting_input")
-               for s in self.steps.values()):
-            return "waiting"
-        return "running"
+        return session_state(Counter(s.state for s in self.steps.values()),
+                             sum(1 for s in self.steps.values()
+                                 if waits_for_a_person(s.state, s.reason)),
+                             self.paused, self.cancelled_by)
 
     def as_json(self) -> dict[str, Any]:
         return {"tenant_id": self.tenant_id, "session_id": self.session_id,
@@ -117,26 +153,36 @@ class SessionView:
 
 def fold_sessions(facts: Iterable[Event], line_items: Iterable[LedgerLineItem] = (),
                   *, at: int | None = None) -> dict[tuple[str, str], SessionView]:
-    """Every session in the scheduler's facts (and its billed cost), up to logged time `at`."""
+    """Every session in the scheduler's facts (and its billed cost), as the log held them
+    at logged time `at`: the replay that the read model's answers are checked against."""
     sessions: dict[tuple[str, str], SessionView] = {}
     #: each unit's session, from its submission (later facts are read by unit)
     session_of: dict[str, SessionView] = {}
 
+    #: each unit's clock: the latest logged time among the facts that moved it so far
+    stamp_of: dict[str, int] = {}
     for e in facts:
-        if at is not None and e.occurred_at > at:
-            continue
-        if isinstance(e, ControlApplied):
-            _control(sessions, e)
-            continue
-        if isinstance(e, SessionLimitCrossed | SessionLimitsChanged):
-            _limit(sessions, e)
-            continue
         wu = e.work_unit_id or ""
+        if e.event_type in PROGRESS_EVENT_TYPES and wu:
+            # A unit's facts can be stamped out of order (a node's clock, a jump): the
+            # log cut at `at` is each unit's facts up to the first stamped after it, a
+            # state the unit was in, never a mix of earlier and later ones.
+            stamp_of[wu] = stamp = max(stamp_of.get(wu, 0), e.occurred_at)
+            if at is not None and stamp > at:
+                continue
+        elif at is not None and e.occurred_at > at:
+            continue
+        if isinstance(e, ControlApplied | SessionLimitCrossed | SessionLimitsChanged):
+            key = session_of_fact(e)
+            if key is not None and key in sessions and applies_to(sessions[key], e):
+                apply_session_fact(sessions[key], e)
+            continue
         if isinstance(e, WorkUnitSubmitted):
             key = (e.tenant_id, e.execution_session_id)
             view = sessions.get(key)
             if view is None:
                 view = sessions[key] = SessionView(*key, started_at=e.occurred_at)
+            view.started_at = min(view.started_at, e.occurred_at)
             view.steps.setdefault(wu, Step(wu, e.kind, list(e.depends_on), e.occurred_at))
             if e.session_limits is not None and not view.limits:
                 view.limits = e.session_limits.model_dump(mode="json", exclude_none=True)
@@ -146,7 +192,7 @@ def fold_sessions(facts: Iterable[Event], line_items: Iterable[LedgerLineItem] =
         if owner is None:
             continue
         owner.last_at = max(owner.last_at, e.occurred_at)
-        _advance(owner.steps[wu], e)
+        advance_step(owner.steps[wu], e)
     for item in line_items:
         if at is not None and item.occurred_at > at:
             continue
@@ -156,7 +202,8 @@ def fold_sessions(facts: Iterable[Event], line_items: Iterable[LedgerLineItem] =
     return sessions
 
 
-def _advance(step: Step, e: Event) -> None:
+def advance_step(step: Step, e: Event) -> None:
+    """One fact's effect on a unit's step: the rule every reader of steps folds with."""
     if isinstance(e, WorkUnitScheduled):
         step.state, step.reason = "scheduled", ""
         step.attempts, step.node = e.attempt_index, e.selected_node_id
@@ -181,36 +228,50 @@ def _advance(step: Step, e: Event) -> None:
         step.state, step.reason, step.finished_at = "rejected", e.reason_code, e.occurred_at
 
 
-def _control(sessions: dict[tuple[str, str], SessionView], e: ControlApplied) -> None:
-    """A session's pause, resume or cancel (the partitions' records of one control agree)."""
-    if e.scope != "session" or e.outcome in CONTROL_NOT_TAKEN:
-        return
-    target = Scope.parse(e.target)
-    view = sessions.get((target.tenant, target.name))
-    if view is None:
-        return
-    if e.action == "pause":
-        view.paused = True
-    elif e.action == "resume":
-        view.paused = False
-    elif e.action == "cancel":
-        view.cancelled_by = e.requested_by
+def session_of_fact(e: Event) -> tuple[str, str] | None:
+    """The session a session-level fact is about (a control taken on a session, the
+    limiter's word on its limits); None for any other fact."""
+    if isinstance(e, ControlApplied):
+        if e.scope != "session" or e.outcome in CONTROL_NOT_TAKEN:
+            return None
+        target = Scope.parse(e.target)
+        return target.tenant, target.name
+    if isinstance(e, SessionLimitCrossed | SessionLimitsChanged):
+        return e.tenant_id, e.execution_session_id
+    return None
 
 
-def _limit(sessions: dict[tuple[str, str], SessionView],
-           e: SessionLimitCrossed | SessionLimitsChanged) -> None:
-    """The limiter's word on a session's limits: a warning, the limit reached, new limits."""
-    view = sessions.get((e.tenant_id, e.execution_session_id))
-    if view is None:
-        return
-    if isinstance(e, SessionLimitsChanged):
+def applies_to(view: SessionView, e: Event) -> bool:
+    """Whether a session-level fact is about this session: not about an earlier one of the
+    same name, before its first submission (a cancel then was of nothing)."""
+    return e.occurred_at >= view.started_at
+
+
+def apply_session_fact(view: SessionView, e: Event) -> None:
+    """A session's pause, resume or cancel (the partitions' records of one control agree),
+    or the limiter's word on its limits: a warning, the limit reached, new limits."""
+    if isinstance(e, ControlApplied):
+        if e.action == "pause":
+            view.paused = True
+        elif e.action == "resume":
+            view.paused = False
+        elif e.action == "cancel" and e.outcome == "applied":
+            # a partition that had none of its units to cancel says `none_here`: a cancel
+            # made before the session began, or after it ended, cancelled nothing.
+            # The first to cancel it, in logged time (its records on several partitions
+            # come in no set order, and once cancelled is for good)
+            mark = f"{e.occurred_at:015d}/{e.control_id}"
+            if not view.cancel_mark or mark < view.cancel_mark:
+                view.cancelled_by, view.cancel_mark = e.requested_by, mark
+    elif isinstance(e, SessionLimitsChanged):
         view.limits = e.session_limits.model_dump(mode="json", exclude_none=True)
         if e.resumed:
             view.at_limit = ""
-    elif e.threshold == "reached":
-        view.at_limit = e.detail
-    else:
-        view.warnings.append(e.detail)
+    elif isinstance(e, SessionLimitCrossed):
+        if e.threshold == "reached":
+            view.at_limit = e.detail
+        else:  # kept sorted: a session's warnings come from more than one partition
+            bisect.insort(view.warnings, e.detail)
 
 
 def read_log(settings: Any, ledger: bool = True) -> tuple[list[Event], list[LedgerLineItem]]:

@@ -21,6 +21,7 @@ from onceflow.streams.state.serde import key_successor, seen_key
 
 __all__ = [
     "PartitionStore",
+    "StoreSnapshot",
     "open_partition_snapshot",
     "open_partition_store",
     "partition_store_path",
@@ -277,8 +278,67 @@ class PartitionStore:
             for key, value in self._scan(prefix):
                 yield key, _encode(value.value) if isinstance(value, _Pending) else value
 
+    def snapshot(self) -> StoreSnapshot:
+        """The state as of the last checkpoint, read-only and unchanging: safe to read from
+        another thread while this store takes the next batch (a query server's view)."""
+        return StoreSnapshot(self._db)
+
     def close(self) -> None:
         self._db.close()
+
+
+class StoreSnapshot:
+    """A `State` to read (never write) as one checkpoint left it: every get and scan of
+    one snapshot sees the same write batches, whatever is checkpointed meanwhile."""
+
+    def __init__(self, db: Rdict) -> None:
+        self._snapshot = db.snapshot()
+
+    def _iter(self, start: bytes, bound: bytes | None) -> Any:
+        read_opts = ReadOptions()
+        if bound is not None:
+            read_opts.set_iterate_upper_bound(bound)
+        it = self._snapshot.iter(read_opts)
+        it.seek(start)
+        return it
+
+    def get(self, key: str, default: Any = None) -> Any:
+        k = _STATE + key.encode()
+        it = self._iter(k, k + b"\x00")
+        return serde.loads(bytes(it.value())) if it.valid() else default
+
+    def __contains__(self, key: str) -> bool:
+        k = _STATE + key.encode()
+        return self._iter(k, k + b"\x00").valid()
+
+    def items(self, prefix: str = "", stop: str | None = None, start: str | None = None
+              ) -> Iterator[tuple[str, Any]]:
+        first = _STATE + prefix.encode()
+        bound = _STATE + stop.encode() if stop is not None else key_successor(first)
+        begin = _STATE + start.encode() if start is not None else first
+        it = self._iter(max(first, begin), bound)
+        while it.valid():
+            yield bytes(it.key())[len(_STATE):].decode(), serde.loads(bytes(it.value()))
+            it.next()
+
+    def items_reversed(self, prefix: str, stop: str) -> Iterator[tuple[str, Any]]:
+        """Keys starting with `prefix` and below `stop`, newest (highest) first."""
+        first = _STATE + prefix.encode()
+        read_opts = ReadOptions()
+        read_opts.set_iterate_lower_bound(first)
+        it = self._snapshot.iter(read_opts)
+        it.seek_for_prev(_STATE + stop.encode())
+        while it.valid():
+            key = bytes(it.key())
+            if key < _STATE + stop.encode():
+                yield key[len(_STATE):].decode(), serde.loads(bytes(it.value()))
+            it.prev()
+
+    def set(self, key: str, value: Any) -> None:
+        raise TypeError("a snapshot is read-only")
+
+    def delete(self, key: str) -> None:
+        raise TypeError("a snapshot is read-only")
 
 
 def partition_store_path(state_dir: Path, processor: str, partition: int) -> Path:

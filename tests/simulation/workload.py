@@ -22,7 +22,7 @@ from onceflow.settings import OnceflowSettings
 from tests.simulation.invariants import check_all
 from tests.simulation.world import Attempt, Faults, World
 
-__all__ = ["SeedResult", "run_seed"]
+__all__ = ["SeedResult", "play_seed", "run_seed"]
 
 TENANTS = ("acme", "globex", "initech")
 #: (kind, effect, idempotency class): every kind of unit the agents run
@@ -166,6 +166,14 @@ def draw_settings(rng: random.Random) -> OnceflowSettings:
 
 def run_seed(seed: int) -> SeedResult:
     """Run one seed to quiescence and check every invariant (AssertionError: violated)."""
+    world, units, controls = play_seed(seed)
+    check_all(world, units)
+    return SeedResult(seed, len(units), sum(s.crashes for s in world.shells), controls,
+                      sum(len(p) for parts in world.log.records.values() for p in parts))
+
+
+def play_seed(seed: int) -> tuple[World, list[WorkUnitSubmitted], int]:
+    """Run one seed to quiescence: its world, the units it submitted, how many controls."""
     rng = random.Random(seed)
     world = World(seed, draw_settings(rng), rng)
     for n in range(rng.randint(1, 3)):
@@ -236,6 +244,4 @@ def run_seed(seed: int) -> SeedResult:
         # and a horizon more, in which what a late node reported is let go
         if world.holds_left():
             world.forget(horizon + 1_000)
-    check_all(world, units)
-    return SeedResult(seed, len(units), sum(s.crashes for s in world.shells), controls,
-                      sum(len(p) for parts in world.log.records.values() for p in parts))
+    return world, units, controls
