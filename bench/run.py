@@ -838,8 +838,14 @@ def _only(section: str, s: float, out: Path) -> None:
                                         topic_prefix="bench.")
             create_topics(settings)
             raw = raw_broker(settings, int(300_000 * s))
-            figures = (trace_header_cost(settings, int(100_000 * s))
-                       if section == "trace_headers" else _soak_section(settings, s))
+            if section == "trace_headers":
+                figures = trace_header_cost(settings, int(100_000 * s))
+            elif section == "history":
+                from bench.history import history_rates
+
+                figures = history_rates(broker.bootstrap, Path(work), int(100_000 * s))
+            else:
+                figures = _soak_section(settings, s)
         finally:
             broker.stop()
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -852,7 +858,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--only", choices=["trace_headers", "soak"],
+    parser.add_argument("--only", choices=["trace_headers", "soak", "history"],
                         help="measure one section (with the raw broker rate of the same run) "
                              "and put it into the existing report")
     args = parser.parse_args()
@@ -895,6 +901,10 @@ def main() -> None:
                 "views": views_rates(settings, int(1_000_000 * s), int(500_000 * s)),
                 "trace_headers": trace_header_cost(settings, int(100_000 * s)),
             }
+            from bench.history import history_rates
+
+            results["history"] = history_rates(broker.bootstrap, Path(work.name),
+                                               int(100_000 * s))
             results["soak"] = _soak_section(settings, s)
     finally:
         broker.stop()

@@ -137,7 +137,8 @@ def run_demo(settings: OnceflowSettings, spec: DemoSpec, console: Console) -> in
         roles = start_stack_roles(settings, agents=spec.agents, concurrency=4,
                                   region=None, llm_provider=spec.llm_provider)
         console.print("roles: " + ", ".join(f"{n} (pid {p})" for n, p in sorted(roles.items())))
-        follower = ProgressFollower(settings)
+        # its own units only: the history of earlier runs is not read again
+        follower = ProgressFollower(settings, from_end=True)
         follower.poll(timeout=0.5)
         known = set(follower.progress.status)
         run_id = secrets.token_hex(3)

@@ -20,12 +20,14 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from onceflow.infra.sessions import SESSION_ENDED, fold_sessions
+from onceflow.infra.readmodel import ReadApi
+from onceflow.infra.sessions import SESSION_ENDED
 from onceflow.infra.stack import local_settings, stack_down, stack_up, start_stack_roles
 from onceflow.schemas import (
     ControlAction,
@@ -37,7 +39,7 @@ from onceflow.schemas import (
 )
 from onceflow.settings import OnceflowSettings
 from onceflow.streams.content import open_content_store
-from onceflow.streams.kafka import EventProducer, read_events
+from onceflow.streams.kafka import EventProducer
 from onceflow.streams.topics.catalog import TopicCatalog
 
 __all__ = ["SCENARIOS", "run_sessions_demo"]
@@ -79,6 +81,7 @@ def run_sessions_demo(settings: OnceflowSettings, console: Console, timeout_s: f
         # one producer, dropped before the broker stops (a client must not outlive it)
         producers = [EventProducer(settings, SingleObjectCodec())]
         store = open_content_store(settings)
+        reads = ReadApi(settings)
         run = secrets.token_hex(3)
         effects = settings.stack_dir / "demo-effects.sqlite"
         sessions = {
@@ -111,9 +114,14 @@ def run_sessions_demo(settings: OnceflowSettings, console: Console, timeout_s: f
             console.print(f"  person: answered {wu}")
 
         def view(session: str) -> Any:
-            facts = [e for _, e in read_events(settings, catalog["workunits"].name,
-                                               SingleObjectCodec())]
-            return fold_sessions(facts).get((_TENANT, f"{session}-{run}"))
+            """The session as the read model has it (its state, each step's)."""
+            found = reads.get(f"/sessions/{session}-{run}", {"owner": _TENANT},
+                              missing_ok=True)
+            if found is None:
+                return None
+            return SimpleNamespace(state=found["state"], steps={
+                s["work_unit_id"]: SimpleNamespace(state=s["state"], reason=s["reason"])
+                for s in found["dag"]})
 
         def wait(what: str, done: Callable[[], bool]) -> None:
             deadline = time.monotonic() + timeout_s

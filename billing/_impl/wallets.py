@@ -87,6 +87,14 @@ class Wallet:
             )
         return out
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Wallet:
+        """A wallet as `as_json` wrote it (what the API answers)."""
+        return cls(data["wallet_id"], data["tenant_id"], data["execution_session_id"],
+                   Decimal(data["credit_usd"]), Decimal(data["debit_usd"]),
+                   Decimal(data["leakage_usd"]), data["line_items"], data["leakage_items"],
+                   data["prepaid"], Decimal(data["reserved_usd"]))
+
     def as_json(self) -> dict[str, Any]:
         return {
             "wallet_id": self.wallet_id, "tenant_id": self.tenant_id,

@@ -118,8 +118,11 @@ class ViewsProcessor:
 
 def run_views(settings: BillingRoleSettings, *, host: str = "127.0.0.1", port: int = 8088,
               ready_file: Path | None = None,
-              extend: Callable[[FastAPI], None] | None = None) -> None:
-    """Block until SIGTERM: keep the ledger in DuckDB and serve the ksql-style API."""
+              extend: Callable[[FastAPI], None] | None = None,
+              caught_up: Callable[[], bool] | None = None) -> None:
+    """Block until SIGTERM: keep the ledger in DuckDB and serve the ksql-style API. Ready
+    once serving and caught up with the log (the sink, and `caught_up` when given: what
+    `extend` added reads from the log too)."""
     import time
 
     import uvicorn
@@ -146,7 +149,8 @@ def run_views(settings: BillingRoleSettings, *, host: str = "127.0.0.1", port: i
     thread.start()
     processor.log.info("views.serving", url=f"http://{host}:{port}")
     try:
-        while not stopping.is_set() and not (server.started and processor.sink.caught_up.is_set()):
+        while not stopping.is_set() and not (server.started and processor.sink.caught_up.is_set()
+                                             and (caught_up is None or caught_up())):
             if not thread.is_alive():
                 raise RuntimeError(f"the HTTP server did not start on {host}:{port}")
             time.sleep(0.05)

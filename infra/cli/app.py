@@ -21,7 +21,8 @@ from onceflow.infra.cli.common import (
     console,
     err_console,
     fail,
-    ready_settings,
+    read_model,
+    reading,
     require_broker,
 )
 from onceflow.infra.cli.control import register as register_controls
@@ -152,8 +153,12 @@ def down() -> None:
 @app.command()
 def status(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
+    at: Annotated[int | None, typer.Option(
+        help="units by state as the log held them at this logged time (ms since the "
+             "epoch)")] = None,
 ) -> None:
-    """The local stack and its topics."""
+    """The local stack: its processes, topics, units by state, nodes, capacity and limits
+    (asked of the read model, so as fast on a long log as on a short one)."""
     from onceflow.infra.stack import pid_alive, read_stack
     from onceflow.streams.topics.provisioning import describe_topics
 
@@ -177,10 +182,10 @@ def status(
             {"name": t.name, "exists": t.exists, "partitions": t.partitions}
             for t in describe_topics(settings, timeout=5)
         ]
-        if all(t["exists"] for t in report["topics"]):
-            from onceflow.infra.observe import stack_report
-
-            report.update(stack_report(settings, int(time.time() * 1000)))
+        views = stack.processes.get("views") if stack is not None else None
+        if all(t["exists"] for t in report["topics"]) and (
+                settings.views_url is not None or (views is not None and pid_alive(views))):
+            report.update(read_model(settings, "/status", {"at": at}))
     if fmt == "json":
         print(json.dumps(report, indent=2))
         return
@@ -231,18 +236,9 @@ def limits(
 ) -> None:
     """What holds work back now: slots per limited scope, rate windows, budget holds,
     provider pauses, open breakers."""
-    from onceflow.infra.observe import read_limits
-
-    settings = ready_settings()
-    report = read_limits(settings, int(time.time() * 1000))
+    report = read_model(cli_settings(), "/limits")
     if fmt == "json":
         print(json.dumps(report, indent=2))
-        return
-    if not (report["slots"] or report["rates"] or report["budgets"] or report["pauses"]
-            or report["breakers"]):
-        console.print("nothing holds work back: no limit or budget is set "
-                      "(ONCEFLOW_LIMITS__*, ONCEFLOW_BILLING__PREPAID_CREDITS), no provider "
-                      "asked to wait, every breaker is closed")
         return
     _print_limits(report)
 
@@ -461,7 +457,8 @@ def resolve(
         operator=operator, note=note, result_ref=ref,
     )
     send_control(settings, event)
-    records = wait_applied(settings, event.event_id, 1, 10.0)
+    with reading():
+        records = wait_applied(settings, event.event_id, 1, 10.0)
     if not records:
         console.print(f"{action} requested for {work_unit_id} (event {event.event_id}); no "
                       "scheduler has applied it yet (is `onceflow up` running?)")

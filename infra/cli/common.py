@@ -8,6 +8,8 @@ has no import cycle.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
 import typer
@@ -24,6 +26,8 @@ __all__ = [
     "console",
     "err_console",
     "fail",
+    "read_model",
+    "reading",
     "ready_settings",
     "require_broker",
 ]
@@ -93,3 +97,32 @@ def ready_settings() -> OnceflowSettings:
     settings = local_settings(cli_settings())
     require_broker(settings)
     return settings
+
+
+def read_model(settings: OnceflowSettings, path: str, params: dict[str, Any] | None = None,
+               *, missing_ok: bool = False) -> Any:
+    """A read of the read model (`/v1` of the views service), or an error that says why it
+    could not answer and what to do (exit 1)."""
+    from onceflow.infra.readmodel import ReadApi, ReadApiError, ReadModelLagging
+
+    try:
+        api = ReadApi(settings)
+    except ReadApiError as exc:
+        raise fail(str(exc), 1) from None
+    try:
+        return api.get(path, params, missing_ok=missing_ok)
+    except (ReadApiError, ReadModelLagging) as exc:
+        raise fail(str(exc), 1) from None
+    finally:
+        api.close()
+
+
+@contextlib.contextmanager
+def reading() -> Iterator[None]:
+    """Whatever is read of the read model inside says why it could not be (exit 1)."""
+    from onceflow.infra.readmodel import ReadApiError, ReadModelLagging
+
+    try:
+        yield
+    except (ReadApiError, ReadModelLagging) as exc:
+        raise fail(str(exc), 1) from None

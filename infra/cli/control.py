@@ -15,7 +15,14 @@ from typing import Annotated, Any
 
 import typer
 
-from onceflow.infra.cli.common import OutputFormat, cli_settings, console, fail, require_broker
+from onceflow.infra.cli.common import (
+    OutputFormat,
+    cli_settings,
+    console,
+    fail,
+    reading,
+    require_broker,
+)
 from onceflow.infra.steering import (
     SteeringError,
     prepare_answer,
@@ -84,7 +91,8 @@ def _control(action: ControlAction, unit: str | None, session: str | None, tenan
         **envelope)
     send_control(settings, command)
     expected = 1 if scope == "unit" else catalog["reports"].partitions
-    records = wait_applied(settings, command.event_id, expected, wait) if wait > 0 else []
+    with reading():
+        records = wait_applied(settings, command.event_id, expected, wait) if wait > 0 else []
     if fmt == "json":
         print(json.dumps({"control_id": command.event_id, "action": action, "scope": scope,
                           "records": [r.model_dump(mode="json") for r in records]}, indent=2))
@@ -132,13 +140,15 @@ def _answer(session_id: str, step: str, tenant: str, file: Path, actor: str | No
     settings = cli_settings()
     require_broker(settings)
     try:
-        answer = prepare_answer(settings, session_id, step, tenant, file.read_bytes(),
-                                actor_of(actor))
+        with reading():
+            answer = prepare_answer(settings, session_id, step, tenant, file.read_bytes(),
+                                    actor_of(actor))
     except SteeringError as exc:
         raise fail(str(exc), 1) from None
     event = answer.event
     send_control(settings, event)
-    records = wait_applied(settings, event.event_id, 1, wait) if wait > 0 else []
+    with reading():
+        records = wait_applied(settings, event.event_id, 1, wait) if wait > 0 else []
     if answer.problem:
         raise fail(f"{file} does not fit the step's schema: {answer.problem} (the refusal is "
                    f"recorded as control {event.event_id}; the step still waits for an answer)")
@@ -188,9 +198,8 @@ def register(app: typer.Typer) -> None:
         and sessions parked at a limit."""
         from rich.table import Table
 
-        from onceflow.infra.cli.common import ready_settings
-
-        items = read_inbox(ready_settings(), tenant)
+        with reading():
+            items = read_inbox(cli_settings(), tenant)
         if fmt == "json":
             print(json.dumps(items, indent=2))
             return

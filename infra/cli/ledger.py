@@ -16,6 +16,7 @@ from onceflow.infra.cli.common import (
     cli_settings,
     console,
     fail,
+    read_model,
     ready_settings,
 )
 from onceflow.settings import OnceflowSettings
@@ -34,25 +35,22 @@ def wallet(
     sessions: Annotated[bool, typer.Option("--sessions", help="list the tenant's sessions")]
     = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
+    at: Annotated[int | None, typer.Option(
+        help="as its partials stood at this logged time (ms since the epoch)")] = None,
 ) -> None:
     """A tenant's wallet: prepaid credit, charged, reserved for running work, balance and
     what is available, unbilled leakage."""
-    import dataclasses
-
-    from onceflow.billing import read_wallets, tenant_wallet_id
+    from onceflow.billing import Wallet, tenant_wallet_id
     from onceflow.infra.billing_report import wallet_table
-    from onceflow.infra.observe import held_budgets
 
-    settings = ready_settings()
-    held = held_budgets(settings)
-    # a wallet is named by its scope, as the budget held against it is
-    wallets = {wid: dataclasses.replace(w, reserved_usd=h.reserved) if (
-        h := held.get(wid)) else w for wid, w in read_wallets(settings).items()}
+    # every wallet, with what running work holds against it (a wallet is named by its
+    # scope, as the budget held against it is)
+    wallets = {w["wallet_id"]: Wallet.from_json(w)
+               for w in read_model(cli_settings(), "/wallets", {"at": at, "owner": tenant})}
     mine = wallets.get(tenant_wallet_id(tenant))
     if mine is None:
-        known = sorted({w.tenant_id for w in wallets.values()})
         raise fail(f"no wallet for tenant {tenant!r}: nothing has been billed to it yet"
-                    + (f"; tenants with wallets: {', '.join(known)}" if known else ""), 1)
+                   + (f" by {at}" if at is not None else ""), 1)
     session_wallets = sorted(
         (w for w in wallets.values() if w.execution_session_id and w.tenant_id == tenant),
         key=lambda w: (-w.debit_usd, w.execution_session_id))

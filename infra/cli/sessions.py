@@ -1,5 +1,5 @@
 """`onceflow sessions`, `onceflow session show S`, `onceflow why WU`: what the log says about
-sessions and units, read from the scheduler's facts and the ledger."""
+sessions and units, asked of the read model (the views service's `/v1`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from onceflow.infra.cli.common import OutputFormat, console, fail, ready_settings
-from onceflow.infra.sessions import read_log
+from onceflow.infra.cli.common import (
+    OutputFormat,
+    cli_settings,
+    console,
+    fail,
+    read_model,
+    ready_settings,
+)
 
 __all__ = ["describe", "register"]
 
@@ -54,23 +60,17 @@ def register(app: typer.Typer) -> None:
         """Sessions with their state, steps done and cost so far."""
         from rich.table import Table
 
-        from onceflow.infra.sessions import fold_sessions
-
-        facts, items = read_log(ready_settings())
-        views = [v for v in fold_sessions(facts, items).values()
-                 if (tenant is None or v.tenant_id == tenant)
-                 and (state is None or v.state == state)]
-        views.sort(key=lambda v: (v.started_at, v.tenant_id, v.session_id))
+        views = [v for v in read_model(cli_settings(), "/sessions", {"state": state})
+                 if tenant is None or v["tenant_id"] == tenant]
         if fmt == "json":
-            print(json.dumps([v.as_json() for v in views], indent=2))
+            print(json.dumps(views, indent=2))
             return
         table = Table("tenant", "session", "state", "steps done", "cost (USD)", "started",
                       title=f"sessions ({len(views)})")
         for v in views:
-            d = v.as_json()
-            table.add_row(v.tenant_id, v.session_id, v.state, f"{d['done']}/{d['steps']}",
-                          d["cost_usd"], time.strftime("%H:%M:%S",
-                                                       time.localtime(v.started_at / 1000)))
+            table.add_row(v["tenant_id"], v["session_id"], v["state"],
+                          f"{v['done']}/{v['steps']}", v["cost_usd"],
+                          time.strftime("%H:%M:%S", time.localtime(v["started_at"] / 1000)))
         console.print(table)
 
     session_app = typer.Typer(help="One session: its steps, their DAG, states and cost.",
@@ -88,32 +88,31 @@ def register(app: typer.Typer) -> None:
         """A session's DAG with each step's state, attempts, node, cost and time spent."""
         from rich.tree import Tree
 
-        from onceflow.infra.sessions import fold_sessions
-
-        facts, items = read_log(ready_settings())
-        view = fold_sessions(facts, items, at=at).get((tenant, session_id))
+        view = read_model(cli_settings(), f"/sessions/{session_id}",
+                          {"owner": tenant, "at": at}, missing_ok=True)
         if view is None:
             raise fail(f"no session {session_id!r} of tenant {tenant!r} in the log"
                        + (f" by {at}" if at is not None else ""), 1)
         if fmt == "json":
-            print(json.dumps({**view.as_json(),
-                              "dag": [s.as_json() for s in view.steps.values()]}, indent=2))
+            print(json.dumps(view, indent=2))
             return
-        limits = ", ".join(f"{k}={v}" for k, v in view.limits.items())
-        tree = Tree(f"session {tenant}/{session_id}: [bold]{view.state}[/], "
-                    f"{view.cost_usd:f} USD" + (f"; limits {limits}" if limits else "")
-                    + (f"; [red]{view.at_limit}[/]" if view.at_limit else ""))
+        steps = {s["work_unit_id"]: s for s in view["dag"]}
+        limits = ", ".join(f"{k}={v}" for k, v in view["limits"].items())
+        tree = Tree(f"session {tenant}/{session_id}: [bold]{view['state']}[/], "
+                    f"{view['cost_usd']} USD" + (f"; limits {limits}" if limits else "")
+                    + (f"; [red]{view['at_limit']}[/]" if view["at_limit"] else ""))
         children: dict[str, list[str]] = {}
-        for step in view.steps.values():
-            for parent in step.depends_on:
-                children.setdefault(parent, []).append(step.work_unit_id)
+        for step in steps.values():
+            for parent in step["depends_on"]:
+                children.setdefault(parent, []).append(step["work_unit_id"])
 
         def label(wu: str) -> str:
-            s = view.steps[wu]
-            spent = f", {(s.finished_at - s.submitted_at) / 1000:.1f} s" if s.finished_at else ""
-            return (f"{wu} [{s.kind}] {s.state}" + (f" ({s.reason})" if s.reason else "")
-                    + f", attempts {s.attempts}" + (f" on {s.node}" if s.node else "")
-                    + f", {s.cost_usd:f} USD{spent}")
+            s = steps[wu]
+            spent = f", {s['time_ms'] / 1000:.1f} s" if s["time_ms"] is not None else ""
+            return (f"{wu} [{s['kind']}] {s['state']}"
+                    + (f" ({s['reason']})" if s["reason"] else "")
+                    + f", attempts {s['attempts']}" + (f" on {s['node']}" if s["node"] else "")
+                    + f", {s['cost_usd']} USD{spent}")
 
         def add(node: Any, wu: str, seen: set[str]) -> None:
             branch = node.add(label(wu))
@@ -121,8 +120,8 @@ def register(app: typer.Typer) -> None:
                 if child not in seen:
                     add(branch, child, seen | {child})
 
-        roots = sorted(wu for wu, s in view.steps.items()
-                       if not any(p in view.steps for p in s.depends_on))
+        roots = sorted(wu for wu, s in steps.items()
+                       if not any(p in steps for p in s["depends_on"]))
         for wu in roots:
             add(tree, wu, {wu})
         console.print(tree)
@@ -151,7 +150,7 @@ def register(app: typer.Typer) -> None:
             ("max_llm_calls", max_llm_calls), ("max_tokens", max_tokens),
             ("max_cost_usd", max_cost_usd), ("max_wall_time_ms", max_wall_time_ms),
             ("on_limit", on_limit)) if v is not None}
-        settings = ready_settings()
+        settings = ready_settings() if given else cli_settings()
         current = _limits_of(settings, tenant, session_id)
         if current is None and not given:
             raise fail(f"session {session_id!r} of tenant {tenant!r} has no limits in the log; "
@@ -173,31 +172,31 @@ def register(app: typer.Typer) -> None:
         placements with their candidates, deferrals, retries, leases, controls, operator
         resolutions, then the limiter's word on its limits (warnings, a limit reached, new
         limits)."""
-        from onceflow.schemas import ControlApplied, Scope, SessionLimitsChanged
+        from onceflow.schemas import default_registry
 
         if (work_unit_id is None) == (session is None):
             raise fail("name a work unit, or a session with --session S --tenant T")
         if session is not None and tenant is None:
             raise fail(f"--session {session} needs its --tenant")
-        facts, _ = read_log(ready_settings(), ledger=False)
+        settings = cli_settings()
         if work_unit_id is not None:
-            mine = [e for e in facts if e.work_unit_id == work_unit_id]
+            found = read_model(settings, f"/units/{work_unit_id}/facts", missing_ok=True)
             missing = f"no work unit {work_unit_id!r} in the log"
         else:
-            units = {e.work_unit_id for e in facts if e.event_type == "workunit.submitted"
-                     and e.tenant_id == tenant and e.execution_session_id == session}
-            target = str(Scope.of_session(tenant or "", session or ""))
-            mine = [e for e in facts if (e.work_unit_id in units and e.work_unit_id)
-                    or (isinstance(e, ControlApplied) and e.target == target)
-                    or (isinstance(e, SessionLimitsChanged)
-                        and (e.tenant_id, e.execution_session_id) == (tenant, session))]
+            found = read_model(settings, f"/sessions/{session}/facts", {"owner": tenant},
+                               missing_ok=True)
             missing = f"no session {session!r} of tenant {tenant!r} in the log"
-        if not mine:
+        if not found:
             raise fail(missing, 1)
         if fmt == "json":
-            print(json.dumps([e.model_dump(mode="json") for e in mine], indent=2))
+            print(json.dumps(found, indent=2))
             return
-        for e in mine:
+        registry = default_registry()
+        for data in found:
+            model = registry.for_type(data["event_type"]).model
+            e = model.model_validate(data) if model is not None else None
+            if e is None:
+                continue
             stamp = time.strftime("%H:%M:%S", time.localtime(e.occurred_at / 1000))
             who = f"{e.work_unit_id}  " if session is not None and e.work_unit_id else ""
             console.print(f"{stamp}.{e.occurred_at % 1000:03d}  {who}{describe(e)}",
@@ -215,33 +214,32 @@ def register(app: typer.Typer) -> None:
         from rich.live import Live
         from rich.table import Table
 
-        from onceflow.infra.sessions import SESSION_ENDED, fold_sessions
+        from onceflow.infra.sessions import SESSION_ENDED
 
         if session is not None and tenant is None:
             raise fail(f"watching session {session} needs its --tenant")
-        settings = ready_settings()
+        settings = cli_settings()
 
         def render() -> tuple[Table, bool]:
-            facts, items = read_log(settings)
-            views = fold_sessions(facts, items)
             if session is not None:
-                view = views.get((tenant or "", session))
+                view = read_model(settings, f"/sessions/{session}", {"owner": tenant},
+                                  missing_ok=True)
                 table = Table("step", "kind", "state", "attempts", "node", "cost (USD)",
                               title=f"session {tenant}/{session}: "
-                                    f"{view.state if view else 'not in the log yet'}"
-                                    + (f", {view.cost_usd:f} USD" if view else ""))
-                for step in (view.steps.values() if view else []):
-                    table.add_row(step.work_unit_id, step.kind,
-                                  step.state + (f" ({step.reason})" if step.reason else ""),
-                                  str(step.attempts), step.node or "-", f"{step.cost_usd:f}")
-                ended = view is not None and view.state in SESSION_ENDED
-                return table, ended
+                                    f"{view['state'] if view else 'not in the log yet'}"
+                                    + (f", {view['cost_usd']} USD" if view else ""))
+                for step in (view["dag"] if view else []):
+                    table.add_row(step["work_unit_id"], step["kind"],
+                                  step["state"] + (f" ({step['reason']})" if step["reason"]
+                                                   else ""),
+                                  str(step["attempts"]), step["node"] or "-", step["cost_usd"])
+                return table, view is not None and view["state"] in SESSION_ENDED
+            views = read_model(settings, "/sessions")
             table = Table("tenant", "session", "state", "steps done", "cost (USD)",
                           title=f"sessions ({len(views)})")
-            for v in sorted(views.values(), key=lambda v: (v.tenant_id, v.session_id)):
-                d = v.as_json()
-                table.add_row(v.tenant_id, v.session_id, v.state, f"{d['done']}/{d['steps']}",
-                              d["cost_usd"])
+            for v in sorted(views, key=lambda v: (v["tenant_id"], v["session_id"])):
+                table.add_row(v["tenant_id"], v["session_id"], v["state"],
+                              f"{v['done']}/{v['steps']}", v["cost_usd"])
             return table, False
 
         table, ended = render()
@@ -258,25 +256,11 @@ def register(app: typer.Typer) -> None:
 def _limits_of(settings: Any, tenant: str, session_id: str) -> Any:
     """A session's limits as the log has them: the last an operator set, else its first
     submission's (None: it has none)."""
-    from onceflow.schemas import SessionLimitsChanged, SingleObjectCodec, WorkUnitSubmitted
-    from onceflow.streams.kafka import read_events
-    from onceflow.streams.topics.catalog import TopicCatalog
+    from onceflow.schemas import SessionLimits
 
-    catalog = TopicCatalog(settings)
-    found = None
-    for _, e in read_events(settings, catalog["flow"].name, SingleObjectCodec(),
-                            event_types=frozenset({"flow.session.limits.changed"})):
-        if isinstance(e, SessionLimitsChanged) and (e.tenant_id, e.execution_session_id) == (
-                tenant, session_id):
-            found = e.session_limits
-    if found is not None:
-        return found
-    for _, e in read_events(settings, catalog["workunits"].name, SingleObjectCodec(),
-                            event_types=frozenset({"workunit.submitted"})):
-        if isinstance(e, WorkUnitSubmitted) and e.session_limits is not None and (
-                e.tenant_id, e.execution_session_id) == (tenant, session_id):
-            return e.session_limits
-    return None
+    found = read_model(settings, f"/sessions/{session_id}/limits", {"owner": tenant},
+                       missing_ok=True)
+    return None if found is None else SessionLimits.model_validate(found)
 
 
 def _print_limits(tenant: str, session_id: str, limits: Any, fmt: OutputFormat,
@@ -298,14 +282,7 @@ def _set_limits(settings: Any, tenant: str, session_id: str, current: Any,
     from pydantic import ValidationError
 
     from onceflow.infra.cli.control import actor_of, send_control
-    from onceflow.schemas import (
-        SessionLimits,
-        SessionLimitsChanged,
-        SessionLimitsSet,
-        SingleObjectCodec,
-    )
-    from onceflow.streams.kafka import read_events
-    from onceflow.streams.topics.catalog import TopicCatalog
+    from onceflow.schemas import SessionLimits, SessionLimitsChanged, SessionLimitsSet
 
     base = current.model_dump() if current is not None else {}
     try:
@@ -319,17 +296,11 @@ def _set_limits(settings: Any, tenant: str, session_id: str, current: Any,
         execution_session_id=session_id, session_limits=limits, requested_by=actor_of(actor),
         reason=reason)
     send_control(settings, event, "limits")
-    deadline = time.monotonic() + wait
-    topic = TopicCatalog(settings)["flow"].name
-    while True:
-        for _, e in read_events(settings, topic, SingleObjectCodec(),
-                                event_types=frozenset({"flow.session.limits.changed"})):
-            if isinstance(e, SessionLimitsChanged) and e.causation_id == event.event_id:
-                note = "the session was parked at a limit and resumes" if e.resumed else \
-                    "taken"
-                _print_limits(tenant, session_id, e.session_limits, fmt, note)
-                return
-        if time.monotonic() >= deadline:
-            raise fail(f"limits sent (event {event.event_id}) but the limiter has not taken "
-                       f"them within {wait:g} s: is the limiter running?", 1)
-        time.sleep(0.2)
+    changed = read_model(settings, f"/limit-changes/{event.event_id}", {"timeout_s": wait},
+                         missing_ok=True)
+    if changed is None:
+        raise fail(f"limits sent (event {event.event_id}) but the limiter has not taken "
+                   f"them within {wait:g} s: is the limiter running?", 1)
+    taken = SessionLimitsChanged.model_validate(changed)
+    note = "the session was parked at a limit and resumes" if taken.resumed else "taken"
+    _print_limits(tenant, session_id, taken.session_limits, fmt, note)

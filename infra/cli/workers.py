@@ -144,19 +144,23 @@ def views(
     from onceflow.billing.views.worker import run_views
     from onceflow.infra.api import add_api_routes
     from onceflow.infra.dashboard import Dashboard, add_dashboard_routes
+    from onceflow.infra.readmodel import ReadModelFeed
 
     settings = cli_settings(role=True)
     _serve_metrics(settings, ready_file)
-    dashboard = Dashboard(settings)
+    feed = ReadModelFeed(settings).start()
+    dashboard = Dashboard(settings, feed)
 
     def extend(app: FastAPI) -> None:
-        add_api_routes(app, settings, settings.api_token)
+        add_api_routes(app, settings, settings.api_token, feed)
         add_dashboard_routes(app, dashboard.start(), settings.api_token)
 
     try:
-        run_views(settings, host=host, port=port, ready_file=ready_file, extend=extend)
+        run_views(settings, host=host, port=port, ready_file=ready_file, extend=extend,
+                  caught_up=feed.caught_up.is_set)
     finally:
         dashboard.close()
+        feed.close()
 
 
 @worker_app.command("agent")

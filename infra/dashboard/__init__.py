@@ -4,7 +4,7 @@ server-sent stream of snapshots of the running system.
 Import from here; `infra.dashboard._impl` is private.
 """
 
-from onceflow.infra.dashboard._impl.model import Dashboard, spend_by_tenant_and_model
+from onceflow.infra.dashboard._impl.model import Dashboard
 from onceflow.infra.dashboard._impl.routes import add_dashboard_routes
 
-__all__ = ["Dashboard", "add_dashboard_routes", "spend_by_tenant_and_model"]
+__all__ = ["Dashboard", "add_dashboard_routes"]

@@ -7,23 +7,27 @@ its offsets stored with its rows).
 """
 
 from onceflow.infra.readmodel._impl.feed import (
-    LAYOUT,
-    READ_TOPICS,
     ReadModelFeed,
     ReadModelLagging,
     position_header,
 )
-from onceflow.infra.readmodel._impl.fold import ReadModelFold, inbox_change, session_summary
+from onceflow.infra.readmodel._impl.fold import ReadModelFold
 from onceflow.infra.readmodel._impl.reader import ReadModelReader
+from onceflow.infra.readmodel._impl.remote import (
+    ReadApi,
+    ReadApiError,
+    ReadApiUnavailable,
+    resolve_views_url,
+)
 
 __all__ = [
-    "LAYOUT",
-    "READ_TOPICS",
+    "ReadApi",
+    "ReadApiError",
+    "ReadApiUnavailable",
     "ReadModelFeed",
     "ReadModelFold",
     "ReadModelLagging",
     "ReadModelReader",
-    "inbox_change",
     "position_header",
-    "session_summary",
+    "resolve_views_url",
 ]

@@ -328,9 +328,12 @@ class StoreSnapshot:
         read_opts.set_iterate_lower_bound(first)
         it = self._snapshot.iter(read_opts)
         it.seek_for_prev(_STATE + stop.encode())
+        end = _STATE + stop.encode()
         while it.valid():
             key = bytes(it.key())
-            if key < _STATE + stop.encode():
+            if not key.startswith(first):
+                break
+            if key < end:
                 yield key[len(_STATE):].decode(), serde.loads(bytes(it.value()))
             it.prev()
 

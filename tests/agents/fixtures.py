@@ -72,6 +72,16 @@ class Cluster:
         self.catalog = TopicCatalog(self.settings)
         self.producer = EventProducer(self.settings, SingleObjectCodec())
         self.follower: ProgressFollower | None = None
+        self._reader: tuple[Any, Any, threading.Thread, str] | None = None
+
+    def cli_env(self) -> dict[str, str]:
+        """The environment a CLI command of this cluster runs in: its settings, and the read
+        model every read asks (the views service's `/v1`, started with the first)."""
+        import os
+
+        if self._reader is None:
+            self._reader = start_reader(self.settings)
+        return {**os.environ, **self.settings.to_env(), "ONCEFLOW_VIEWS_URL": self._reader[3]}
 
     def start_scheduler(self) -> None:
         ready = threading.Event()
@@ -148,6 +158,9 @@ class Cluster:
         if self.follower is not None:
             self.follower.close()
             self.follower = None
+        if self._reader is not None:
+            stop_reader(self._reader)
+            self._reader = None
         # Drop the clients now, not at garbage collection after the broker is gone.
         import gc
 
@@ -156,6 +169,33 @@ class Cluster:
         self.ticker = None
         del self.producer
         gc.collect()
+
+
+def start_reader(settings: OnceflowSettings) -> tuple[Any, Any, threading.Thread, str]:
+    """The read model and the HTTP API over it, in this process (as `onceflow worker views`
+    serves them): (its feed, its server, the server's thread, its URL), once caught up."""
+    import uvicorn
+
+    from onceflow.infra.api import create_api
+    from onceflow.infra.broker import free_port
+    from onceflow.infra.readmodel import ReadModelFeed
+
+    feed = ReadModelFeed(settings).start()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_api(settings, feed=feed), host="127.0.0.1",
+                                           port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started and feed.caught_up.is_set(), timeout=60,
+             what="the read model to catch up and its API to listen")
+    return feed, server, thread, f"http://127.0.0.1:{port}"
+
+
+def stop_reader(reader: tuple[Any, Any, threading.Thread, str]) -> None:
+    feed, server, thread, _ = reader
+    server.should_exit = True
+    thread.join(10)
+    feed.close()
 
 
 class ChatServer:

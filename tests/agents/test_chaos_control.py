@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from onceflow.infra.observe import ProgressFollower
+from onceflow.infra.broker import free_port
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
 from onceflow.schemas import ControlRequested
 from onceflow.settings import OnceflowSettings
@@ -49,7 +50,9 @@ def test_a_paused_session_and_a_pending_approval_survive_a_scheduler_and_agent_k
     fast = fast_settings(settings).model_copy(update={"limits": fast_settings(
         settings).limits.model_copy(update={"session_concurrency": 4})})
     create_topics(fast)
-    roles = start_roles(fast, agent_specs(2, concurrency=2, region="eu-west"))
+    fast = fast.model_copy(update={"views_url": f"http://127.0.0.1:{(port := free_port())}"})
+    roles = start_roles(fast, agent_specs(2, concurrency=2, region="eu-west"),
+                        views_port=port)  # the read model every CLI read asks
     db = tmp_path / "effects.sqlite"
     steps = [unit(f"s-{i:03d}", simulated_ms=100, lease_ms=5000) for i in range(100)]
     gated = unit("send", kind="tool", effect="WORLD_MUTATING", parameters={"db": str(db)},
@@ -115,7 +118,9 @@ def test_a_session_being_cancelled_ends_cancelled_through_a_scheduler_and_agent_
     that waited on them fails with them."""
     fast = fast_settings(settings)
     create_topics(fast)
-    roles = start_roles(fast, agent_specs(2, concurrency=2, region="eu-west"))
+    fast = fast.model_copy(update={"views_url": f"http://127.0.0.1:{(port := free_port())}"})
+    roles = start_roles(fast, agent_specs(2, concurrency=2, region="eu-west"),
+                        views_port=port)  # the read model every CLI read asks
     steps = [unit(f"c-{i}", simulated_ms=20_000, lease_ms=30_000) for i in range(6)]
     after = unit("c-after", simulated_ms=5, lease_ms=5000, depends_on=["c-0"])
     ids = [s.work_unit_id or "" for s in steps]

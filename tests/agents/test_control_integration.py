@@ -44,7 +44,7 @@ def cluster(settings: OnceflowSettings) -> Iterator[Cluster]:
 
 def run_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "onceflow", *args, "--format", "json"],
-                          env={**os.environ, **cluster.settings.to_env()}, capture_output=True,
+                          env=cluster.cli_env(), capture_output=True,
                           text=True, timeout=60)
 
 
@@ -126,7 +126,7 @@ def _pause_and_resume(cluster: Cluster) -> None:
         "pause": 3, "resume": 3}
     # the live view of an ended session shows it and returns
     watched = subprocess.run([sys.executable, "-m", "onceflow", "watch", "s1", "--tenant",
-                              "acme"], env={**os.environ, **cluster.settings.to_env()},
+                              "acme"], env=cluster.cli_env(),
                              capture_output=True, text=True, timeout=60)
     assert watched.returncode == 0 and "session acme/s1: completed" in watched.stdout
     # In each partition's log, nothing of the session was granted between its pause and its

@@ -179,7 +179,8 @@ def test_an_operator_resolves_a_parked_unit_from_the_cli(
     assert cluster.wait_settled(["parked"]) == {"parked": "needs_operator"}
     result = tmp_path / "result.json"
     result.write_text('{"done": "by hand"}')
-    env = {**subprocess_env, "ONCEFLOW_CONTENT_STORE_URL": cluster.settings.content_store_url}
+    env = {**subprocess_env, "ONCEFLOW_CONTENT_STORE_URL": cluster.settings.content_store_url,
+           "ONCEFLOW_VIEWS_URL": cluster.cli_env()["ONCEFLOW_VIEWS_URL"]}
     out = subprocess.run([sys.executable, "-m", "onceflow.infra.cli", "resolve", "parked", "--action",
                           "mark_done", "--result-file", str(result), "--note", "checked"],
                          env=env, capture_output=True, text=True, timeout=60)

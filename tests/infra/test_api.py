@@ -192,7 +192,8 @@ def test_with_a_token_set_every_route_asks_for_it(settings: OnceflowSettings) ->
 
     create_topics(settings)
     app = create_api(settings, token="s3cret")
-    dashboard = Dashboard(settings)  # not started: a refused request never reaches it
+    # not started: a refused request never reaches it
+    dashboard = Dashboard(settings, app.state.read_model)
     add_dashboard_routes(app, dashboard, token="s3cret")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -221,6 +222,7 @@ def test_with_a_token_set_every_route_asks_for_it(settings: OnceflowSettings) ->
     finally:
         server.should_exit = True
         thread.join(10)
+        app.state.read_model.close()
 
 
 @pytest.mark.chaos

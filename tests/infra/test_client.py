@@ -40,6 +40,7 @@ def stack(settings: OnceflowSettings) -> Iterator[tuple[OnceflowSettings, dict[s
         session_budgets=True)})
     create_topics(fast)
     port = free_port()
+    fast = fast.model_copy(update={"views_url": f"http://127.0.0.1:{port}"})
     roles = start_roles(fast, agent_specs(2, concurrency=4, region="eu-west"), billing=True,
                         views_port=port)
     env = {**os.environ, **fast.to_env(), "ONCEFLOW_VIEWS_URL": f"http://127.0.0.1:{port}"}

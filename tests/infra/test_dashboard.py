@@ -108,7 +108,7 @@ def test_the_page_shows_what_status_shows_and_an_approval_clicked_runs_the_unit(
 
         # everything but the email ran; the email waits for its approval
         wait_for(lambda: status()["units"]["by_state"] == {"completed": UNITS + 3,
-                                                           "deferred": 1},
+                                                           "waiting": 1},
                  timeout=90, interval=1.0, what="all but the approval to run")
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/dashboard/")

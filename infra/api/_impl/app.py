@@ -8,40 +8,58 @@ routers. Every route is scoped to a tenant by the `X-Onceflow-Tenant` header
 `Authorization: Bearer <token>`. A bad request gets a 4xx whose `detail` says
 what is wrong; nothing here answers 5xx by design.
 
-Each read folds the topics from the start, like the CLI: right for a stack
-and its tests, not for a log of years (a read model would serve those).
+Every read is answered by the read model (`onceflow.infra.readmodel`): a few
+key lookups however long the log, with the position it reflects in the
+`X-Onceflow-Position` header. A write answers once the read model holds it, so
+the caller's next read shows it (read your writes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Query
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from onceflow.infra.readmodel import (
+    ReadModelFeed,
+    ReadModelLagging,
+    ReadModelReader,
+    position_header,
+)
 from onceflow.schemas import (
+    PLATFORM_TENANT,
     CodecError,
+    ControlApplied,
     ControlRequested,
     EffectLabel,
     IdempotencyClass,
     Priority,
     SessionLimits,
     WorkKind,
+    acts_for,
 )
 from onceflow.settings import OnceflowSettings
 from onceflow.streams.auth import require_token
 
-__all__ = ["add_api_routes", "create_api", "require_token"]
+__all__ = ["UNIT_SETTLED", "add_api_routes", "applied_records", "create_api", "require_token"]
 
 Tenant = Annotated[str, Header(alias="X-Onceflow-Tenant", min_length=1, max_length=200,
                                pattern=r"^[A-Za-z0-9._:-]+$",
                                description="the tenant every answer is scoped to")]
 Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
+At = Annotated[int | None, Query(ge=0, le=2**62, description=(
+    "as the log held it at this logged time (ms since the epoch)"))]
+Owner = Annotated[str | None, Query(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$",
+                                    description="another tenant's (for the platform operator)")]
+#: a unit in one of these has ended (or waits for an operator): `until_ended_s` stops there
+UNIT_SETTLED = frozenset({"completed", "failed", "rejected", "cancelled", "needs_operator"})
 
 
 class SubmitUnit(BaseModel):
@@ -70,6 +88,8 @@ class SubmitUnit(BaseModel):
 class Submitted(BaseModel):
     work_unit_id: str
     event_id: str
+    #: its state once admitted ('' when the submission did not wait)
+    state: str = ""
 
 
 class ControlBody(BaseModel):
@@ -106,71 +126,212 @@ class ControlRecord(BaseModel):
     resumed: int
 
 
-def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None = None) -> None:
-    """The API's routes, on `app` (the views service's, or a bare one in tests)."""
+def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None = None,
+                   feed: ReadModelFeed | None = None) -> None:
+    """The API's routes, on `app` (the views service's, or a bare one in tests), answering
+    reads from `feed`'s read model (one is started here when none is given)."""
+    if feed is None:
+        feed = ReadModelFeed(settings).start()
+        app.state.read_model = feed  # closed by whoever closes the app's service
+    model: ReadModelFeed = feed
     reads = APIRouter(prefix="/v1", tags=["read"], dependencies=[require_token(token)])
     controls = APIRouter(prefix="/v1/control", tags=["control"],
                          dependencies=[require_token(token)])
 
-    def sessions(tenant: str, ledger: bool = True) -> dict[tuple[str, str], Any]:
-        from onceflow.infra.sessions import fold_sessions, read_log
+    def reader(response: Response) -> ReadModelReader:
+        """The read model as of its last checkpoint, and the position it reflects."""
+        found = model.reader()
+        response.headers["X-Onceflow-Position"] = position_header(found)
+        return found
 
-        facts, items = read_log(settings, ledger=ledger)
-        return {k: v for k, v in fold_sessions(facts, items).items() if k[0] == tenant}
+    def waited(ready: Any, timeout_s: float, what: str) -> Any:
+        try:
+            return model.wait_for(ready, timeout_s, what)
+        except ReadModelLagging as exc:
+            raise HTTPException(504, str(exc)) from None
 
     @reads.get("/units/{work_unit_id}", responses={404: {"description": "no such unit"}})
-    def get_unit(work_unit_id: str, tenant: Tenant) -> dict[str, Any]:
-        """A unit's state, attempts, node, cost and result address."""
-        for view in sessions(tenant).values():
-            step = view.steps.get(work_unit_id)
-            if step is not None:
-                return {**step.as_json(), "tenant_id": tenant, "session_id": view.session_id}
-        raise HTTPException(404, f"no work unit {work_unit_id!r} of tenant {tenant!r}")
+    def get_unit(work_unit_id: str, tenant: Tenant, response: Response, at: At = None,
+                 until_ended_s: Annotated[float, Query(
+                     ge=0, le=600, description="wait up to this long for it to end")] = 0
+                 ) -> dict[str, Any]:
+        """A unit's state, attempts, node, cost and result address (`at`: as the log held
+        them at that logged time, ms)."""
+        def ended(r: ReadModelReader) -> dict[str, Any] | None:
+            unit = r.unit(tenant, work_unit_id)
+            return unit if unit is not None and unit["state"] in UNIT_SETTLED else None
+
+        if until_ended_s and at is None:
+            with contextlib.suppress(HTTPException):
+                waited(ended, until_ended_s, f"the end of unit {work_unit_id}")
+        found = reader(response).unit(tenant, work_unit_id, at)
+        if found is None:
+            raise HTTPException(404, f"no work unit {work_unit_id!r} of tenant {tenant!r}"
+                                + (f" at {at}" if at is not None else ""))
+        return found
+
+    @reads.get("/units/{work_unit_id}/facts", responses={404: {"description": "no such unit"}})
+    def unit_facts(work_unit_id: str, tenant: Tenant, response: Response
+                   ) -> list[dict[str, Any]]:
+        """Every decision about a unit, in logged time's order (what `onceflow why` shows)."""
+        r = reader(response)
+        if r.unit(tenant, work_unit_id) is None:
+            raise HTTPException(404, f"no work unit {work_unit_id!r} of tenant {tenant!r}")
+        return [e.model_dump(mode="json") for e in r.facts(work_unit_id)]
+
+    @reads.get("/units/{work_unit_id}/submission",
+               responses={404: {"description": "no such unit"}})
+    def unit_submission(work_unit_id: str, tenant: Tenant, response: Response
+                        ) -> dict[str, Any]:
+        """The unit's admitted submission, as the scheduler admitted it."""
+        found = reader(response).submission(tenant, work_unit_id)
+        if found is None:
+            raise HTTPException(404, f"no work unit {work_unit_id!r} of tenant {tenant!r}")
+        return found.model_dump(mode="json")
+
+    @reads.get("/sessions")
+    def list_sessions(tenant: Tenant, response: Response,
+                      state: Annotated[str | None, Query(max_length=40)] = None
+                      ) -> list[dict[str, Any]]:
+        """The tenant's sessions (every tenant's, for the operator), oldest first."""
+        return reader(response).sessions(tenant, state)
 
     @reads.get("/sessions/{session_id}", responses={404: {"description": "no such session"}})
-    def get_session(session_id: str, tenant: Tenant) -> dict[str, Any]:
-        """A session: its state, cost, limits and its steps' DAG."""
-        view = sessions(tenant).get((tenant, session_id))
+    def get_session(session_id: str, tenant: Tenant, response: Response, at: At = None,
+                    owner: Owner = None) -> dict[str, Any]:
+        """A session: its state, cost, limits and its steps' DAG (`at`: as it was then)."""
+        view = reader(response).session(tenant, owner or tenant, session_id, at)
         if view is None:
-            raise HTTPException(404, f"no session {session_id!r} of tenant {tenant!r}")
+            raise HTTPException(404, f"no session {session_id!r} of tenant "
+                                     f"{owner or tenant!r}"
+                                + (f" at {at}" if at is not None else ""))
         return {**view.as_json(), "dag": [s.as_json() for s in view.steps.values()]}
+
+    @reads.get("/sessions/{session_id}/facts",
+               responses={404: {"description": "no such session"}})
+    def session_facts(session_id: str, tenant: Tenant, response: Response,
+                      owner: Owner = None) -> list[dict[str, Any]]:
+        """Every decision about a session's units and the session, in logged time's order."""
+        r = reader(response)
+        if r.session(tenant, owner or tenant, session_id) is None:
+            raise HTTPException(404, f"no session {session_id!r} of tenant "
+                                     f"{owner or tenant!r}")
+        return [e.model_dump(mode="json") for e in r.session_facts(owner or tenant, session_id)]
+
+    @reads.get("/sessions/{session_id}/limits",
+               responses={404: {"description": "no limits for the session"}})
+    def session_limits(session_id: str, tenant: Tenant, response: Response,
+                       owner: Owner = None) -> dict[str, Any]:
+        """A session's execution limits: the last an operator set, else its submission's."""
+        found = reader(response).session_limits(owner or tenant, session_id) \
+            if acts_for(tenant, owner or tenant) else None
+        if found is None:
+            raise HTTPException(404, f"session {session_id!r} of tenant {owner or tenant!r} "
+                                     "has no limits")
+        return found.model_dump(mode="json", exclude_none=True)
 
     @reads.get("/sessions/{session_id}/events",
                responses={200: {"content": {"text/event-stream": {}}},
                           404: {"description": "no such session"}})
-    def session_events(session_id: str, tenant: Tenant,
+    def session_events(session_id: str, tenant: Tenant, response: Response,
                        follow: Annotated[bool, Query()] = False,
                        timeout_s: Annotated[float, Query(ge=0, le=600)] = 30.0
                        ) -> StreamingResponse:
         """The scheduler's facts about a session as server-sent events; with `follow`,
         new ones as they come until every step has ended (or `timeout_s`)."""
-        if (tenant, session_id) not in sessions(tenant, ledger=False):
+        r = reader(response)
+        if r.session(tenant, tenant, session_id) is None:
             raise HTTPException(404, f"no session {session_id!r} of tenant {tenant!r}")
-        return StreamingResponse(_events(settings, tenant, session_id, follow, timeout_s),
+        return StreamingResponse(_events(settings, r, tenant, session_id, follow, timeout_s),
                                  media_type="text/event-stream")
 
     @reads.get("/inbox")
-    def inbox(tenant: Tenant) -> list[dict[str, Any]]:
+    def inbox(tenant: Tenant, response: Response) -> list[dict[str, Any]]:
         """What waits for a person, oldest first."""
-        from onceflow.infra.steering import read_inbox
-
-        return read_inbox(settings, tenant)
+        return reader(response).inbox(tenant)
 
     @reads.get("/wallet", responses={404: {"description": "nothing billed yet"}})
-    def wallet(tenant: Tenant) -> dict[str, Any]:
-        """The tenant's wallet: credit, charged, balance, leakage."""
-        from onceflow.billing import read_wallets, tenant_wallet_id
-
-        found = read_wallets(settings).get(tenant_wallet_id(tenant))
+    def wallet(tenant: Tenant, response: Response, at: At = None,
+               owner: Owner = None) -> dict[str, Any]:
+        """The tenant's wallet: credit, charged, reserved, balance, leakage (`at`: as its
+        partials stood then)."""
+        found = reader(response).wallet(owner or tenant, at) \
+            if acts_for(tenant, owner or tenant) else None
         if found is None:
-            raise HTTPException(404, f"no wallet for tenant {tenant!r}: nothing has been "
-                                     "billed to it yet")
+            raise HTTPException(404, f"no wallet for tenant {owner or tenant!r}: nothing had "
+                                     "been billed to it" + (f" by {at}" if at else " yet"))
         out: dict[str, Any] = found.as_json()
         return out
 
-    @controls.post("/units", status_code=202)
-    def submit(unit: SubmitUnit, tenant: Tenant) -> Submitted:
-        """Submit a unit; the same unit again is the same submission."""
+    @reads.get("/wallets")
+    def wallets(tenant: Tenant, response: Response, at: At = None, owner: Owner = None
+                ) -> list[dict[str, Any]]:
+        """A tenant's wallets: its own and its sessions' (the operator: every tenant's, or
+        `owner`'s)."""
+        if owner is not None and not acts_for(tenant, owner):
+            return []
+        found = reader(response).wallets(owner or tenant, at)
+        return [w.as_json() for _, w in sorted(found.items())]
+
+    @reads.get("/status")
+    def status(tenant: Tenant, response: Response, at: At = None) -> dict[str, Any]:
+        """Units by state (at `at`: as the log held them then), nodes with trust and
+        heartbeat age, capacity, limits, and the read model's own position and lag."""
+        if tenant != PLATFORM_TENANT:
+            raise HTTPException(403, "the stack's status is the platform operator's: send "
+                                     f"X-Onceflow-Tenant: {PLATFORM_TENANT}")
+        report = reader(response).stack(int(time.time() * 1000), at)
+        return {**report, "read_model": model.status()}
+
+    @reads.get("/limits")
+    def limits(tenant: Tenant, response: Response) -> dict[str, Any]:
+        """What holds work back right now: slots, queues, rate windows, budgets, pauses."""
+        return reader(response).limits(int(time.time() * 1000))
+
+    @reads.get("/controls/{control_id}")
+    def control_records(control_id: str, tenant: Tenant, response: Response,
+                        expected: Annotated[int, Query(ge=1, le=1000)] = 1,
+                        timeout_s: Annotated[float, Query(ge=0, le=600)] = 0
+                        ) -> list[dict[str, Any]]:
+        """The scheduler partitions' records of a control (waiting up to `timeout_s` for
+        `expected` of them): what a control's sender reads back."""
+        if timeout_s:
+            with contextlib.suppress(HTTPException):
+                waited(lambda r: len(r.control_records(control_id)) >= expected, timeout_s,
+                       f"the records of control {control_id}")
+        return [a.model_dump(mode="json") for a in reader(response).control_records(control_id)
+                if acts_for(tenant, a.tenant_id)]
+
+    @reads.get("/limit-changes/{request_id}",
+               responses={404: {"description": "not taken (yet)"}})
+    def limit_change(request_id: str, tenant: Tenant, response: Response,
+                     timeout_s: Annotated[float, Query(ge=0, le=600)] = 0) -> dict[str, Any]:
+        """The limiter's answer to a request for new session limits."""
+        if timeout_s:
+            with contextlib.suppress(HTTPException):
+                waited(lambda r: r.limits_changed(request_id), timeout_s,
+                       f"the limiter's answer to {request_id}")
+        found = reader(response).limits_changed(request_id)
+        if found is None or not acts_for(tenant, found.tenant_id):
+            raise HTTPException(404, f"the limiter has not taken {request_id!r}")
+        return found.model_dump(mode="json")
+
+    @reads.get("/read-model")
+    def read_model(response: Response) -> dict[str, Any]:
+        """The read model's position in the log, its lag, whether it has caught up."""
+        reader(response)
+        return model.status()
+
+    @controls.post("/units", status_code=202, responses={
+        504: {"description": "sent, but not admitted within wait_s"}})
+    def submit(unit: SubmitUnit, tenant: Tenant,
+               wait_s: Annotated[float, Query(
+                   ge=0, le=60, description="wait up to this long for the scheduler to admit "
+                                            "(or refuse) it, so the next read shows it")] = 10.0
+               ) -> Submitted:
+        """Submit a unit; the same unit again is the same submission. Answers once the
+        read model holds the unit (admitted or refused), so the caller's next read sees it
+        (`wait_s=0`: at once)."""
         from onceflow.infra.cli.submit import SubmitInputError, build_unit
         from onceflow.infra.steering import SteeringError, send_command
 
@@ -189,14 +350,21 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
                                      "check its numbers fit (counts up to 2**63-1)") from None
         except SteeringError as exc:
             raise HTTPException(503, f"the log did not take the submission: {exc}") from None
-        return Submitted(work_unit_id=event.work_unit_id or "", event_id=event.event_id)
+        wu = event.work_unit_id or ""
+        state = ""
+        if wait_s:
+            found = waited(lambda r: r.unit(tenant, wu), wait_s,
+                           f"the admission of {wu} (it was sent: event {event.event_id}; "
+                           "sending it again is the same submission)")
+            state = found["state"]
+        return Submitted(work_unit_id=wu, event_id=event.event_id, state=state)
 
     @controls.post("/actions", responses={404: {"description": "no such unit of the tenant"},
                                           409: {"description": "refused, with why"}})
     def act(body: ControlBody, tenant: Tenant) -> list[ControlRecord]:
         """Pause, resume or cancel a unit, a session or the tenant's work; approve or deny a
         unit waiting for it. Answers once every partition recorded it."""
-        from onceflow.infra.steering import send_command, wait_applied
+        from onceflow.infra.steering import send_command
 
         if body.action in ("approve", "deny") and body.work_unit_id is None:
             raise HTTPException(422, f"{body.action} names a work_unit_id")
@@ -217,7 +385,7 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
         from onceflow.streams.topics.catalog import TopicCatalog
 
         expected = 1 if scope == "unit" else TopicCatalog(settings)["reports"].partitions
-        records = wait_applied(settings, command.event_id, expected, 10.0)
+        records = applied_records(model, command.event_id, expected, 10.0)
         out = [ControlRecord(partition=r.partition, outcome=r.outcome, detail=r.detail,
                              cancelled=r.cancelled, stopping=r.stopping, resumed=r.resumed)
                for r in records]
@@ -233,13 +401,13 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
     def resolve(body: ResolutionBody, tenant: Tenant) -> ControlRecord:
         """Resolve a unit parked in needs_operator: run it again, mark it done (with its
         result), or abandon it. Answers once its scheduler partition recorded it."""
-        from onceflow.infra.steering import send_command, step_of, wait_applied
+        from onceflow.infra.steering import send_command
         from onceflow.schemas import ControlOperatorResolved
 
         if body.result is not None and body.resolution != "mark_done":
             raise HTTPException(422, "a result goes with mark_done only")
-        step = step_of(settings, body.work_unit_id)
-        if step is None or step.tenant_id != tenant:
+        step = model.reader().submission(tenant, body.work_unit_id)
+        if step is None:
             raise HTTPException(404, f"no work unit {body.work_unit_id!r} of tenant {tenant!r}")
         ref = None
         if body.result is not None:
@@ -251,7 +419,7 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
             work_unit_id=body.work_unit_id, resolution=body.resolution,
             operator=body.operator, note=body.note, result_ref=ref)
         send_command(settings, event)
-        records = wait_applied(settings, event.event_id, 1, 10.0)
+        records = applied_records(model, event.event_id, 1, 10.0)
         if not records:
             raise HTTPException(504, "no scheduler recorded the resolution within 10 s")
         r = records[0]
@@ -266,45 +434,67 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
     app.include_router(controls)
 
 
-def _events(settings: OnceflowSettings, tenant: str, session: str, follow: bool,
-            timeout_s: float) -> Iterator[str]:
+def applied_records(model: ReadModelFeed, control_id: str, expected: int, timeout: float
+                 ) -> list[ControlApplied]:
+    """The partitions' records of a control once all `expected` are in the read model (or
+    what is there at the timeout)."""
+    with contextlib.suppress(ReadModelLagging):
+        model.wait_for(lambda r: len(r.control_records(control_id)) >= expected, timeout,
+                       f"the records of control {control_id}")
+    return model.reader().control_records(control_id)
+
+
+def _events(settings: OnceflowSettings, reader: ReadModelReader, tenant: str, session: str,
+            follow: bool, timeout_s: float) -> Iterator[str]:
+    """The session's facts the read model holds, then (`follow`) those after them, read
+    from the work-unit topic from the very offsets the read model had reached."""
     from onceflow.infra.client._impl.client import _ENDED, _ended_state
-    from onceflow.schemas import CodecError, SingleObjectCodec, WorkUnitSubmitted
+    from onceflow.schemas import SingleObjectCodec, WorkUnitSubmitted
     from onceflow.streams.kafka import TopicFollower
     from onceflow.streams.topics.catalog import TopicCatalog
 
-    codec = SingleObjectCodec()
-    follower = TopicFollower(settings, [TopicCatalog(settings)["workunits"].name])
     steps: dict[str, str] = {}
+
+    def seen(event: Any) -> str:
+        wu = event.work_unit_id or ""
+        if isinstance(event, WorkUnitSubmitted):
+            steps.setdefault(wu, "")
+        ended = _ended_state(event)
+        if ended is not None:
+            steps[wu] = ended[0]
+        return (f"id: {event.event_id}\nevent: {event.event_type}\n"
+                f"data: {json.dumps(event.model_dump(mode='json'))}\n\n")
+
+    for event in reader.session_facts(tenant, session):
+        if not event.event_type.startswith("flow."):
+            yield seen(event)
+    done = bool(steps) and all(s in _ENDED for s in steps.values())
+    if not follow or done:
+        return
+    topic = TopicCatalog(settings)["workunits"].name
+    starts = {int(k.rsplit(":", 1)[1]): v for k, v in reader.position().items()
+              if k.rsplit(":", 1)[0] == topic}
+    codec = SingleObjectCodec()
+    follower = TopicFollower(settings, [topic], start_offsets=starts)
     deadline = time.monotonic() + timeout_s
     try:
-        reading = follower.read_to_end()
-        while True:
-            for msg in reading:
+        while time.monotonic() < deadline:
+            for msg in follower.read(0.5):
                 try:
                     event = codec.decode(msg.value() or b"")
                 except CodecError:
                     continue
-                if (event.tenant_id, event.execution_session_id) != (tenant, session):
-                    continue
-                wu = event.work_unit_id or ""
-                if isinstance(event, WorkUnitSubmitted):
-                    steps.setdefault(wu, "")
-                ended = _ended_state(event)
-                if ended is not None:
-                    steps[wu] = ended[0]
-                yield (f"id: {event.event_id}\nevent: {event.event_type}\n"
-                       f"data: {json.dumps(event.model_dump(mode='json'))}\n\n")
-            done = bool(steps) and all(s in _ENDED for s in steps.values())
-            if not follow or done or time.monotonic() >= deadline:
+                if (event.tenant_id, event.execution_session_id) == (tenant, session):
+                    yield seen(event)
+            if bool(steps) and all(s in _ENDED for s in steps.values()):
                 return
-            reading = follower.read(0.5)
     finally:
         follower.close()
 
 
-def create_api(settings: OnceflowSettings, token: str | None = None) -> FastAPI:
+def create_api(settings: OnceflowSettings, token: str | None = None,
+               feed: ReadModelFeed | None = None) -> FastAPI:
     """The API alone (the views service mounts it beside its own routes)."""
     app = FastAPI(title="onceflow", version="0.1")
-    add_api_routes(app, settings, token)
+    add_api_routes(app, settings, token, feed)
     return app

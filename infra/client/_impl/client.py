@@ -1,13 +1,14 @@
 """The Python client: submit units and sessions, await their results, steer them, read the
 ledger. A program's way in, where the CLI is a person's.
 
-It speaks to Kafka and the content store directly, like the roles do: a
+It writes to Kafka and the content store directly, like the roles do: a
 submission is a `workunit.submitted` on the submissions topic (its event id
-derived from its payload, so a resend is the same submission), a result is
-read from the scheduler's settlement and fetched from the content store by
-its digest, which is checked. Controls are the operators' commands
-(`onceflow.infra.steering`), waited for until the scheduler partitions
-recorded them.
+derived from its payload, so a resend is the same submission). It reads from
+the read model of the views service: a unit's state and result address (the
+result then fetched from the content store by its digest, which is checked),
+a session's facts, the inbox, wallets. Controls are the operators' commands
+(`onceflow.infra.steering`), waited for until the read model holds the
+scheduler partitions' records of them, so the next read shows them.
 """
 
 from __future__ import annotations
@@ -84,58 +85,30 @@ def _ended_state(event: Event) -> tuple[str, str, str] | None:
     return None
 
 
-class _Watch:
-    """The scheduler's facts, followed from the start: each unit's outcome, and the facts of
-    the sessions someone streams. Shared by a client's handles (and their threads)."""
-
-    def __init__(self, settings: OnceflowSettings) -> None:
-        from onceflow.schemas import SingleObjectCodec
-        from onceflow.streams.kafka import TopicFollower
-        from onceflow.streams.topics.catalog import TopicCatalog
-
-        self.codec = SingleObjectCodec()
-        self.follower = TopicFollower(settings, [TopicCatalog(settings)["workunits"].name])
-        self.lock = threading.Lock()
-        #: each unit's outcome: (state, code, reason, the fact)
-        self.outcomes: dict[str, tuple[str, str, str, Event]] = {}
-        #: each streamed session's facts, in the order read
-        self.sessions: dict[tuple[str, str], list[Event]] = {}
-        #: the units the scheduler admitted (a refused resend leaves them as they were)
-        self.admitted: set[str] = set()
-
-    def poll(self, timeout: float = 0.2) -> None:
-        from onceflow.schemas import CodecError
-
-        with self.lock:
-            for msg in self.follower.read(timeout):
-                try:
-                    event = self.codec.decode(msg.value() or b"")
-                except CodecError:
-                    continue  # dead-lettered by the roles already
-                ended = _ended_state(event)
-                wu = event.work_unit_id or ""
-                if isinstance(event, WorkUnitSubmitted):
-                    self.admitted.add(wu)
-                if ended is not None and ended[0] == "rejected" and not rejection_ends_unit(
-                        ended[1], wu in self.admitted):
-                    ended = None  # a resend refused: the unit stays as it was
-                if ended is not None:
-                    self.outcomes[wu] = (*ended, event)
-                elif wu in self.outcomes and self.outcomes[wu][0] == "needs_operator" and \
-                        not isinstance(event, WorkUnitNeedsOperator):
-                    del self.outcomes[wu]  # the operator sent it back to work
-                facts = self.sessions.get((event.tenant_id, event.execution_session_id))
-                if facts is not None:
-                    facts.append(event)
-
-    def close(self) -> None:
-        with self.lock:
-            self.follower.close()
+def outcome_of(facts: list[Event]) -> tuple[str, str, str, Event] | None:
+    """A unit's outcome from its facts in order: (state, code, reason, the fact) once it
+    ended or waits for an operator; None before (or once an operator sent it back)."""
+    found = None
+    admitted = False
+    for event in facts:
+        if isinstance(event, WorkUnitSubmitted):
+            admitted = True
+        ended = _ended_state(event)
+        if ended is not None and ended[0] == "rejected" and not rejection_ends_unit(
+                ended[1], admitted):
+            ended = None  # a resend refused: the unit stays as it was
+        if ended is not None:
+            found = (*ended, event)
+        elif found is not None and found[0] == "needs_operator" and event.event_type in (
+                "workunit.scheduled", "workunit.deferred", "workunit.retry.scheduled"):
+            found = None  # the operator sent it back to work
+    return found
 
 
 @dataclass
 class UnitHandle:
-    """A submitted unit: its state, and its result once it has one."""
+    """A submitted unit: its state, and its result once it has one (read from the read
+    model of the views service)."""
 
     client: Client
     work_unit_id: str
@@ -143,30 +116,47 @@ class UnitHandle:
     session_id: str
     digest: str = field(repr=False)
 
+    def _outcome(self) -> tuple[str, str, str, Event] | None:
+        found = self.client._reads().get(f"/units/{self.work_unit_id}/facts",
+                                          missing_ok=True)
+        return None if not found else outcome_of([_event(d) for d in found])
+
     def outcome(self) -> tuple[str, str, str] | None:
         """(state, code, reason) once it ended or waits for an operator; None before."""
-        self.client._watch.poll(0)
-        found = self.client._watch.outcomes.get(self.work_unit_id)
+        found = self._outcome()
         return None if found is None else found[:3]
 
     def result(self, timeout: float = 60.0) -> bytes:
         """The unit's result bytes, digest checked, once it completed; `UnitFailed` when it
         failed, was rejected or cancelled; `TimeoutError` when it has not ended in time."""
         deadline = time.monotonic() + timeout
-        watch = self.client._watch
+        reads = self.client._reads()
         while True:
-            found = watch.outcomes.get(self.work_unit_id)
-            if found is not None and found[0] in _ENDED:
-                state, code, reason, fact = found
-                if state != "completed":
-                    raise UnitFailed(self.work_unit_id, state, code, reason)
-                assert isinstance(fact, WorkUnitCompleted)
-                return self.client.fetch(fact.result_ref) if fact.result_ref else b""
+            left = deadline - time.monotonic()
+            # the service waits for the end (at most a few seconds a request)
+            unit = reads.get(f"/units/{self.work_unit_id}",
+                             {"until_ended_s": round(max(0.0, min(left, 5.0)), 3)},
+                             missing_ok=True)
+            if unit is not None and unit["state"] in _ENDED:
+                if unit["state"] == "completed":
+                    ref = unit["result_ref"]
+                    return self.client.fetch(ContentRef.model_validate(ref)) if ref else b""
+                found = self._outcome()
+                state, code, reason = found[:3] if found else (unit["state"], "", "")
+                raise UnitFailed(self.work_unit_id, state, code, reason)
             if time.monotonic() >= deadline:
-                state = found[0] if found else "not ended"
+                state = unit["state"] if unit else "not admitted yet"
                 raise TimeoutError(f"work unit {self.work_unit_id} has no result after "
                                    f"{timeout:g} s (it is {state})")
-            watch.poll(0.2)
+
+
+def _event(data: dict[str, Any]) -> Event:
+    """An event as the API answered it (its JSON), as its type."""
+    from onceflow.schemas import default_registry
+
+    model = default_registry().for_type(data["event_type"]).model
+    assert model is not None, data["event_type"]
+    return model.model_validate(data)
 
 
 @dataclass
@@ -190,29 +180,29 @@ class SessionHandle:
         return out
 
     def done(self) -> bool:
-        self.client._watch.poll(0)
-        outcomes = self.client._watch.outcomes
-        return all(wu in outcomes and outcomes[wu][0] in _ENDED for wu in self.steps)
+        view = self.client._reads().get(f"/sessions/{self.session_id}",
+                                        {"owner": self.tenant_id}, missing_ok=True)
+        states = {s["work_unit_id"]: s["state"] for s in (view["dag"] if view else [])}
+        return all(states.get(wu) in _ENDED for wu in self.steps)
 
     def events(self, timeout: float = 60.0) -> Iterator[Event]:
         """The scheduler's facts about the session, from its first, as they arrive: until
         every step has ended (or `timeout`)."""
-        watch = self.client._watch
-        key = (self.tenant_id, self.session_id)
-        with watch.lock:
-            watch.sessions.setdefault(key, [])
-        self.client._rewind_for(key)
-        seen = 0
-        deadline = time.monotonic() + timeout
-        while True:
-            facts = watch.sessions[key]
-            while seen < len(facts):
-                seen += 1
-                yield facts[seen - 1]
-            if (self.done() and seen == len(watch.sessions[key])) or (
-                    time.monotonic() >= deadline):
+        import json
+
+        import httpx
+
+        reads = self.client._reads()
+        params = {"follow": "true", "timeout_s": str(timeout)}
+        with httpx.stream("GET", f"{reads.url}/v1/sessions/{self.session_id}/events",
+                          params=params, headers={**reads.headers,
+                                                  "X-Onceflow-Tenant": self.tenant_id},
+                          timeout=timeout + 30) as resp:
+            if resp.status_code == 404:
                 return
-            watch.poll(0.2)
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    yield _event(json.loads(line[len("data: "):]))
 
 
 class Client:
@@ -236,7 +226,7 @@ class Client:
         self._views_url = views_url
         self._producer = EventProducer(self.settings, SingleObjectCodec())
         self._store = open_content_store(self.settings)
-        self._watch = _Watch(self.settings)
+        self._api: Any = None
         self._handles: dict[str, UnitHandle] = {}
         self._lock = threading.Lock()
 
@@ -248,7 +238,17 @@ class Client:
 
     def close(self) -> None:
         self._producer.flush()
-        self._watch.close()
+        if self._api is not None:
+            self._api.close()
+
+    def _reads(self) -> Any:
+        """The read model (`onceflow.infra.readmodel.ReadApi`), as the platform's operator:
+        a program with this client writes to the log itself, as a role does."""
+        if self._api is None:
+            from onceflow.infra.readmodel import ReadApi
+
+            self._api = ReadApi(self.settings, self.views_url())
+        return self._api
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -314,30 +314,6 @@ class Client:
         (`ContentIntegrityError` when they do not hash to it)."""
         return self._store.get(ref)
 
-    def _rewind_for(self, key: tuple[str, str]) -> None:
-        """A session streamed after some of its facts were read: read the topic again from
-        the start into its list (the other lists are not filled twice)."""
-        from onceflow.schemas import CodecError
-        from onceflow.streams.kafka import TopicFollower
-
-        watch = self._watch
-        follower = TopicFollower(self.settings, [self.catalog["workunits"].name])
-        try:
-            earlier: list[Event] = []
-            for msg in follower.read_to_end():
-                try:
-                    event = watch.codec.decode(msg.value() or b"")
-                except CodecError:
-                    continue
-                if (event.tenant_id, event.execution_session_id) == key:
-                    earlier.append(event)
-        finally:
-            follower.close()
-        with watch.lock:
-            ids = {e.event_id for e in earlier}
-            watch.sessions[key] = earlier + [e for e in watch.sessions[key]
-                                             if e.event_id not in ids]
-
     # -- steering ----------------------------------------------------------------------------
 
     def _control(self, action: ControlAction, *, unit: str | None = None,
@@ -369,7 +345,8 @@ class Client:
             scope=scope, requested_by=self.actor, reason=reason, **target)
         send_command(self.settings, command)
         expected = 1 if scope == "unit" else self.catalog["reports"].partitions
-        records = wait_applied(self.settings, command.event_id, expected, wait)
+        records = wait_applied(self.settings, command.event_id, expected, wait,
+                               self.views_url())
         refused = [r for r in records if r.outcome in CONTROL_NOT_TAKEN]
         if refused:
             raise ControlRefused(refused[0].detail, records)
@@ -397,9 +374,10 @@ class Client:
         """Answer an input step: checked against its schema, stored, handed on."""
         from onceflow.infra.steering import prepare_answer, send_command, wait_applied
 
-        answer = prepare_answer(self.settings, session, step, tenant, data, self.actor)
+        url = self.views_url()
+        answer = prepare_answer(self.settings, session, step, tenant, data, self.actor, url)
         send_command(self.settings, answer.event)
-        records = wait_applied(self.settings, answer.event.event_id, 1, wait)
+        records = wait_applied(self.settings, answer.event.event_id, 1, wait, url)
         if answer.problem:
             raise ControlRefused(f"the answer does not fit the step's schema: "
                                  f"{answer.problem}", records)
@@ -421,15 +399,16 @@ class Client:
         """Everything waiting for a person, oldest first (as `onceflow inbox` lists it)."""
         from onceflow.infra.steering import read_inbox
 
-        return read_inbox(self.settings, tenant)
+        return read_inbox(self.settings, tenant, self.views_url())
 
     # -- the ledger ---------------------------------------------------------------------------
 
     def wallet(self, tenant: str) -> Any:
         """A tenant's wallet (`onceflow.billing.Wallet`), None before anything was billed."""
-        from onceflow.billing import read_wallets, tenant_wallet_id
+        from onceflow.billing import Wallet
 
-        return read_wallets(self.settings).get(tenant_wallet_id(tenant))
+        found = self._reads().get("/wallet", {"owner": tenant}, missing_ok=True)
+        return None if found is None else Wallet.from_json(found)
 
     def query(self, sql: str, *, tenant: str | None = None) -> list[dict[str, Any]]:
         """A pull query over the ledger's views (the ksqlDB-shaped API): its rows."""
@@ -453,15 +432,11 @@ class Client:
                 for line in lines[1:]]
 
     def views_url(self) -> str:
-        """The views API: as given, `ONCEFLOW_VIEWS_URL` (`views_url`), or what `onceflow up`
-        recorded."""
-        from onceflow.infra.stack import read_stack
+        """The views service (it keeps the read model every read asks): as given,
+        `ONCEFLOW_VIEWS_URL` (`views_url`), or what `onceflow up` recorded."""
+        from onceflow.infra.readmodel import ReadApiUnavailable, resolve_views_url
 
-        url = self._views_url or self.settings.views_url
-        if not url:
-            stack = read_stack(self.settings)
-            url = stack.views_url if stack is not None else None
-        if not url:
-            raise ValueError("no views API known: run `onceflow up`, or pass views_url= "
-                             "(or set ONCEFLOW_VIEWS_URL)")
-        return url.rstrip("/")
+        try:
+            return resolve_views_url(self.settings, self._views_url)
+        except ReadApiUnavailable as exc:
+            raise ValueError(str(exc)) from None

@@ -1,10 +1,7 @@
 """What the dashboard shows, as one JSON snapshot: the units, nodes, capacity and limits
 exactly as `onceflow status --format json` reports them (one function makes both), plus
-sessions with their DAGs, wallets, spend per tenant and model, and the inbox.
-
-A thread keeps a follower on the work-unit topic, so units by state over time cost one
-incremental read per tick. The rest folds whole topics, as the CLI does, so it is only
-recomputed while someone is looking (a snapshot was asked for in the last `idle_s`).
+sessions with their DAGs, wallets, spend per tenant and model, and the inbox: all read
+from the read model, so a snapshot costs the same however long the log.
 """
 
 from __future__ import annotations
@@ -12,16 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from decimal import Decimal
 from typing import Any
 
 import structlog
 
-from onceflow.schemas import LedgerLineItem
+from onceflow.infra.readmodel import ReadModelFeed, ReadModelReader
+from onceflow.infra.sessions import SESSION_ENDED
 from onceflow.settings import OnceflowSettings
 
-__all__ = ["Dashboard", "spend_by_tenant_and_model"]
+__all__ = ["Dashboard"]
 
 log = structlog.get_logger("onceflow.dashboard")
 
@@ -29,28 +25,18 @@ log = structlog.get_logger("onceflow.dashboard")
 SESSIONS_SHOWN = 50
 
 
-def spend_by_tenant_and_model(items: Iterable[LedgerLineItem]) -> list[dict[str, Any]]:
-    """Billed spend per tenant and model (CPU lines under model "cpu"), sorted by both."""
-    totals: dict[tuple[str, str], list[Any]] = {}
-    for item in items:
-        if not item.billed:
-            continue
-        key = (item.tenant_id, item.model or "cpu")
-        row = totals.setdefault(key, [Decimal("0"), 0, 0])
-        row[0] += item.total_usd
-        row[1] += item.llm_tokens
-        row[2] += 1
-    return [{"tenant_id": t, "model": m, "spend_usd": f"{usd:f}", "tokens": tokens,
-             "line_items": n}
-            for (t, m), (usd, tokens, n) in sorted(totals.items())]
-
-
 class Dashboard:
-    """The snapshots behind the page; `start` it, ask it for `snapshot()`, `close` it."""
+    """The snapshots behind the page; `start` it, ask it for `snapshot()`, `close` it.
 
-    def __init__(self, settings: OnceflowSettings, *, interval_s: float = 1.0,
-                 history: int = 600, idle_s: float = 30.0) -> None:
+    Read from the read model (`feed`): a new snapshot is made when the model has
+    folded something new (at most once per `interval_s`) while someone looks (a
+    snapshot was asked for in the last `idle_s`); nothing is refolded.
+    """
+
+    def __init__(self, settings: OnceflowSettings, feed: ReadModelFeed, *,
+                 interval_s: float = 1.0, history: int = 600, idle_s: float = 30.0) -> None:
         self.settings = settings
+        self.feed = feed
         self.interval_s = interval_s
         self.idle_s = idle_s
         self._history: deque[dict[str, Any]] = deque(maxlen=history)
@@ -84,26 +70,24 @@ class Dashboard:
             return self._latest
 
     def _run(self) -> None:
-        from onceflow.infra.observe import ProgressFollower
-        from onceflow.streams.scheduler import PROGRESS_EVENT_TYPES
-
-        # Only the facts that move a unit's state are decoded: the others (claims, queue
-        # samples, slots, dependencies) are most of the topic and change no count here.
-        follower = ProgressFollower(self.settings, only=PROGRESS_EVENT_TYPES)
         version = 0
-        try:
-            while not self._stop.is_set():
-                began = time.monotonic()
-                follower.catch_up()
-                now_ms = int(time.time() * 1000)
-                by_state = follower.progress.by_state()
+        folded = -1
+        while not self._stop.is_set():
+            began = time.monotonic()
+            now_ms = int(time.time() * 1000)
+            with self._lock:
+                watched = time.monotonic() - self._wanted_at < self.idle_s
+            changed = self.feed.version != folded
+            if changed or self._latest is None:
+                folded = self.feed.version
+                reader = self.feed.reader()
                 with self._lock:
-                    self._history.append({"at": now_ms, "by_state": by_state})
-                    watched = time.monotonic() - self._wanted_at < self.idle_s
+                    self._history.append({"at": now_ms,
+                                          "by_state": reader.units()["by_state"]})
                 if watched or self._latest is None:
                     try:
-                        snap = self._compute(follower, now_ms)
-                    except Exception as exc:  # a read failed (broker away): try next tick
+                        snap = self._compute(reader, now_ms)
+                    except Exception as exc:  # a read failed: try at the next change
                         log.warning("dashboard.refresh_failed", error=str(exc))
                     else:
                         version += 1
@@ -112,28 +96,20 @@ class Dashboard:
                             snap["history"] = list(self._history)
                             self._latest = snap
                             self._fresh.notify_all()
-                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
-        finally:
-            follower.close()
+            # the next change, but no sooner than a period after this one
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
+            self.feed.wait_version(folded, self.interval_s)
 
-    def _compute(self, follower: Any, now_ms: int) -> dict[str, Any]:
-        from onceflow.billing import read_wallets
-        from onceflow.infra.observe import stack_report
-        from onceflow.infra.sessions import SESSION_ENDED, fold_sessions, read_log
-        from onceflow.infra.steering import read_inbox
-
-        report = stack_report(self.settings, now_ms, follower.progress)
-        facts, items = read_log(self.settings)
+    def _compute(self, reader: ReadModelReader, now_ms: int) -> dict[str, Any]:
+        views, total = reader.sessions_to_show(SESSIONS_SHOWN)
         # Open sessions first (they are what an operator acts on), then the latest.
-        views = sorted(fold_sessions(facts, items).values(),
-                       key=lambda v: (v.state in SESSION_ENDED, -v.last_at, v.tenant_id,
-                                      v.session_id))
+        views.sort(key=lambda v: (v.state in SESSION_ENDED, -v.last_at, v.tenant_id,
+                                  v.session_id))
         sessions = [{**v.as_json(), "dag": [s.as_json() for s in v.steps.values()]}
-                    for v in views[:SESSIONS_SHOWN]]
+                    for v in views]
         # Tenant wallets: a session's wallet is its cost, shown with the session.
-        wallets = [w.as_json() for _, w in sorted(read_wallets(self.settings).items())
+        wallets = [w.as_json() for _, w in sorted(reader.wallets().items())
                    if not w.execution_session_id]
-        return {"at": now_ms, **report, "sessions": sessions,
-                "sessions_total": len(views), "wallets": wallets,
-                "spend": spend_by_tenant_and_model(items),
-                "inbox": read_inbox(self.settings)}
+        return {"at": now_ms, **reader.stack(now_ms), "sessions": sessions,
+                "sessions_total": total, "wallets": wallets, "spend": reader.spend(),
+                "inbox": reader.inbox(), "read_model": self.feed.status()}

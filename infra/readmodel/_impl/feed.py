@@ -25,7 +25,7 @@ from onceflow.infra.readmodel._impl.fold import ReadModelFold, key
 from onceflow.infra.readmodel._impl.reader import ReadModelReader
 from onceflow.schemas import CodecError, SingleObjectCodec
 from onceflow.settings import OnceflowSettings
-from onceflow.streams.kafka import make_consumer, partition_count, watermarks
+from onceflow.streams.kafka import consumer_lag, make_consumer, partition_count, watermarks
 from onceflow.streams.log import get_logger
 from onceflow.streams.state.rocksdb import open_partition_store
 from onceflow.streams.topics import TopicRole
@@ -69,7 +69,7 @@ class ReadModelFeed:
         self.partitions = [(t, p) for t in names
                            for p in range(partition_count(self.consumer, t))]
         stored = self.store.snapshot()
-        self._next = {(t, p): int(stored.get(key("pos", t, p), 0)) for t, p in self.partitions}
+        self._next = {(t, p): int(stored.get(key("pos", t, str(p)), 0)) for t, p in self.partitions}
         self.consumer.assign([TopicPartition(t, p, n or OFFSET_BEGINNING)
                               for (t, p), n in self._next.items()])
         #: where each partition ended when the feed started: reached, it has caught up
@@ -79,6 +79,7 @@ class ReadModelFeed:
         self._reader = ReadModelReader(self.store.snapshot(), self.fold.limiter, self.codec)
         self.version = 0
         self.folded = 0
+        self._lag = -1
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="readmodel", daemon=True)
 
@@ -126,7 +127,7 @@ class ReadModelFeed:
             folded += 1
         if msgs:
             for (t, p), n in self._next.items():
-                self.store.set(key("pos", t, p), n)
+                self.store.set(key("pos", t, str(p)), n)
             self.store.checkpoint()
             self.folded += folded
             with self._changed:
@@ -134,6 +135,7 @@ class ReadModelFeed:
                 self._reader = ReadModelReader(self.store.snapshot(), self.fold.limiter,
                                                self.codec)
                 self._changed.notify_all()
+        self._lag = sum(consumer_lag(self.consumer).values())
         if not self.caught_up.is_set() and all(
                 self._next[tp] >= high for tp, high in self._targets.items()):
             self.caught_up.set()
@@ -177,13 +179,10 @@ class ReadModelFeed:
             return self.version
 
     def lag(self) -> int:
-        """Records the model is behind the log, from the watermarks the fetches brought."""
-        from onceflow.streams.kafka import consumer_lag
-
-        try:
-            return sum(consumer_lag(self.consumer).values())
-        except Exception:  # the broker is away: say what is known
-            return -1
+        """Records the model was behind the log after its last batch, from the watermarks
+        its fetches brought (-1: not known yet). Measured by the feed's own thread: a
+        consumer is not to be called from two threads."""
+        return self._lag
 
     def status(self) -> dict[str, Any]:
         return {"version": self.version, "folded": self.folded, "lag": self.lag(),

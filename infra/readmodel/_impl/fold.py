@@ -96,8 +96,8 @@ _INBOX_MOVES = frozenset({"workunit.scheduled", "workunit.completed", "workunit.
                           "workunit.needs_operator", "workunit.deferred"})
 
 
-def key(*parts: object) -> str:
-    return SEP.join(str(p) for p in parts)
+def key(*parts: str) -> str:
+    return SEP.join(parts)
 
 
 def encode_raw(raw: bytes) -> str:
@@ -303,12 +303,21 @@ class ReadModelFold:
             return
         row = dict(row)
         self._append_history(state, wu, row, e, raw)
+        if e.event_type not in PROGRESS_EVENT_TYPES:
+            # Facts that do not move the unit (claims, leases, dependencies, controls):
+            # kept for `why`, and they make it and its session active later.
+            if not isinstance(e, ControlApplied) and row["admitted"] \
+                    and e.occurred_at > row["last_at"]:
+                row["last_at"] = e.occurred_at
+                state.set(key("u", wu), row)
+                session = state.get(key("s", row["tenant_id"], row["session_id"]))
+                if session is not None and e.occurred_at > session["last_at"]:
+                    session["last_at"] = e.occurred_at
+                    self._save_session(state, session)
+            return
         if isinstance(e, WorkUnitCompleted) and not e.accepted:
             self._global(state, lambda g: g.__setitem__(
                 "rejected_completions", g["rejected_completions"] + 1))
-        if isinstance(e, ControlApplied):
-            state.set(key("u", wu), row)
-            return
         if not row["admitted"]:
             state.set(key("u", wu), row)
             return
@@ -316,9 +325,7 @@ class ReadModelFold:
         before = (step.state, step.reason)
         advance_step(step, e)
         # the unit's clock: a fact stamped before one it follows changes the unit then
-        stamp = max(row["stamp"], e.occurred_at)
-        if e.event_type in PROGRESS_EVENT_TYPES:
-            row["stamp"] = stamp
+        row["stamp"] = stamp = max(row["stamp"], e.occurred_at)
         row.update(step.to_row())
         row["last_at"] = max(row["last_at"], e.occurred_at)
         state.set(key("u", wu), row)
@@ -333,11 +340,10 @@ class ReadModelFold:
         session["last_at"] = max(session["last_at"], e.occurred_at)
         if (step.state, step.reason) != before:
             if step.state != before[0]:
-                self._count(state, stamp, wu, row["facts"], before[0], step.state)
+                self._count(state, stamp, wu, row["facts"], before[0], step.state,
+                            step.node if step.state == "completed" else None)
                 _bump(session["counts"], before[0], -1)
                 _bump(session["counts"], step.state, 1)
-                if step.state == "completed":
-                    self._global(state, lambda g: _bump(g["completed_by_node"], step.node, 1))
             session["people"] += (int(waits_for_a_person(step.state, step.reason))
                                   - int(waits_for_a_person(*before)))
         self._save_session(state, session)
@@ -402,10 +408,13 @@ class ReadModelFold:
     def _save_session(self, state: State, row: dict[str, Any]) -> None:
         state.set(key("s", row["tenant_id"], row["session_id"]), row)
         ok = key("sopen", row["tenant_id"], row["session_id"])
-        if session_summary(row)["state"] in SESSION_ENDED:
-            state.delete(ok)
-        else:
-            state.set(ok, row["last_at"])
+        ended = session_state(row["counts"], row["people"], row["paused"],
+                              row["cancelled_by"]) in SESSION_ENDED
+        if ended == (ok in state):  # an index of the open ones: changed only on a change
+            if ended:
+                state.delete(ok)
+            else:
+                state.set(ok, 1)
 
     def _control(self, state: State, e: ControlApplied, raw: bytes) -> None:
         state.set(key("ca", e.control_id, e.event_id), e.model_dump(mode="json"))
@@ -479,24 +488,26 @@ class ReadModelFold:
         state.set("cap", cap)
 
     def _global(self, state: State, change: Any) -> None:
+        # Changed in place and set again: one small row, set on every change of state.
         g = state.get("g/units") or {"by_state": {}, "completed_by_node": {},
                                      "rejected_completions": 0, "sessions": 0}
-        g = {**g, "by_state": dict(g["by_state"]),
-             "completed_by_node": dict(g["completed_by_node"])}
         change(g)
         state.set("g/units", g)
 
     def _count(self, state: State, at: int, wu: str, seq: int, before: str | None,
-               after: str) -> None:
-        """A unit changed state at logged time `at`: the counts now, and their history."""
+               after: str, completed_on: str | None = None) -> None:
+        """A unit changed state at logged time `at` (completed on a node): the counts now,
+        and their history."""
         def move(g: dict[str, Any]) -> None:
             if before is not None:
                 _bump(g["by_state"], before, -1)
             _bump(g["by_state"], after, 1)
+            if completed_on is not None:
+                _bump(g["completed_by_node"], completed_on, 1)
 
         self._global(state, move)
         bucket = key("sb", f"{at // MINUTE_MS:012d}")
-        deltas = dict(state.get(bucket, {}))
+        deltas = state.get(bucket) or {}
         if before is not None:
             _bump(deltas, before, -1)
         _bump(deltas, after, 1)

@@ -207,9 +207,9 @@ class ReadModelReader:
     def sessions_to_show(self, limit: int) -> tuple[list[SessionView], int]:
         """What the dashboard shows: open sessions first (the most recently active), then
         the most recently started; and how many sessions there are."""
-        open_keys = sorted(((last_at, k) for k, last_at in self.state.items(key("sopen", ""))),
-                           reverse=True)[:limit]
-        chosen = [tuple(k.split(SEP)[1:3]) for _, k in open_keys]
+        open_now = [tuple(k.split(SEP)[1:3]) for k, _ in self.state.items(key("sopen", ""))]
+        rows = {(o, n): self.state.get(key("s", o, n)) for o, n in open_now}
+        chosen = sorted(open_now, key=lambda k: -rows[k]["last_at"])[:limit]
         if len(chosen) < limit:
             reverse = getattr(self.state, "items_reversed", None)
             recent = (reverse(key("srec", ""), key("srec", "~")) if reverse is not None
@@ -289,19 +289,15 @@ class ReadModelReader:
     def wallets(self, tenant: str | None = None, at: int | None = None) -> dict[str, Any]:
         """Wallets (tenants' and sessions'), each the sum of its partials; at `at`, the
         partials as they were then. With a tenant, only that tenant's."""
-        from onceflow.billing import Wallet
+        from onceflow.billing import Wallet, session_wallet_id, tenant_wallet_id
 
-        partials: list[WalletUpdated] = []
-        for k, value in self.state.items(key("wp", "")):
-            if tenant is not None and not acts_for(tenant, value["tenant_id"]):
-                continue
-            if at is not None:
-                partial = k.split(SEP, 1)[1]
-                value = _last_below(self.state, key("wh", partial, ""),
-                                    key("wh", partial, f"{at + 1:015d}"))
-                if value is None:
-                    continue
-            partials.append(WalletUpdated.model_validate(value))
+        if tenant in (None, PLATFORM_TENANT):
+            prefixes = [key("wp", "")]
+        else:
+            assert tenant is not None
+            prefixes = [key("wp", tenant_wallet_id(tenant), ""),
+                        key("wp", session_wallet_id(tenant, ""))]
+        partials = [p for prefix in prefixes for p in self._partials(prefix, at)]
         held = self.held_budgets() if at is None else {}
         out = {}
         for wid, w in Wallet.combine(partials).items():
@@ -309,21 +305,26 @@ class ReadModelReader:
             out[wid] = w if h is None else _with_reserved(w, h.reserved)
         return out
 
-    def wallet(self, tenant: str, at: int | None = None) -> Any:
-        """A tenant's wallet (None before anything was billed to it, or at `at`)."""
-        from onceflow.billing import Wallet, tenant_wallet_id
-
-        wid = tenant_wallet_id(tenant)
-        partials = []
-        for k, value in self.state.items(key("wp", wid, "")):
+    def _partials(self, prefix: str, at: int | None) -> list[WalletUpdated]:
+        """The latest partials under `prefix` (at `at`: each as its last update stamped by
+        then left it)."""
+        found = []
+        for k, value in self.state.items(prefix):
             if at is not None:
                 partial = k.split(SEP, 1)[1]
                 value = _last_below(self.state, key("wh", partial, ""),
                                     key("wh", partial, f"{at + 1:015d}"))
                 if value is None:
                     continue
-            partials.append(WalletUpdated.model_validate(value))
-        found = Wallet.combine(partials).get(wid)
+            found.append(WalletUpdated.model_validate(value))
+        return found
+
+    def wallet(self, tenant: str, at: int | None = None) -> Any:
+        """A tenant's wallet (None before anything was billed to it, or at `at`)."""
+        from onceflow.billing import Wallet, tenant_wallet_id
+
+        wid = tenant_wallet_id(tenant)
+        found = Wallet.combine(self._partials(key("wp", wid, ""), at)).get(wid)
         if found is None or at is not None:
             return found
         h = self.held_budgets().get(wid)

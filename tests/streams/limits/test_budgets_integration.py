@@ -80,7 +80,7 @@ def test_two_hundred_concurrent_units_against_a_credit_for_twenty_charge_at_most
     assert sum(isinstance(f, SlotDenied) for f in flow) == outcomes["rejected"]
 
     # the wallet shows credit, charged, reserved (nothing now) and what is available
-    env = {**os.environ, **cluster.settings.to_env()}
+    env = cluster.cli_env()
 
     def wallet() -> dict[str, str]:
         shown = subprocess.run([sys.executable, "-m", "onceflow", "ledger", "wallet", "acme",

@@ -63,7 +63,7 @@ def test_throttling_100_never_has_more_than_3_calls_at_the_provider(
     assert any(isinstance(f, SlotQueued) and f.limit == 3 for f in flow)
     # what `onceflow limits` shows afterwards: the scope, its limit, nothing held
     shown = subprocess.run([sys.executable, "-m", "onceflow", "limits", "--format", "json"],
-                           env={**os.environ, **cluster.settings.to_env()}, capture_output=True,
+                           env=cluster.cli_env(), capture_output=True,
                            text=True, timeout=60, check=True)
     slots = json.loads(shown.stdout)["slots"]
     assert slots == [{"scope": "provider:openai", "in_use": 0, "limit": 3, "waiting": 0}]
