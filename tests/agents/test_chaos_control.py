@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.broker import free_port
+from onceflow.infra.observe import ProgressFollower
 from onceflow.infra.roles import agent_specs, start_roles, stop_roles
 from onceflow.schemas import ControlRequested
 from onceflow.settings import OnceflowSettings

@@ -4,7 +4,6 @@ credit that pays for 20 charge at most the credit, and the rest are refused with
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
