@@ -207,7 +207,10 @@ class ReadModelReader:
     def sessions_to_show(self, limit: int) -> tuple[list[SessionView], int]:
         """What the dashboard shows: open sessions first (the most recently active), then
         the most recently started; and how many sessions there are."""
-        open_now = [tuple(k.split(SEP)[1:3]) for k, _ in self.state.items(key("sopen", ""))]
+        open_now: list[tuple[str, str]] = []
+        for k, _ in self.state.items(key("sopen", "")):
+            _, owner, name = k.split(SEP)
+            open_now.append((owner, name))
         rows = {(o, n): self.state.get(key("s", o, n)) for o, n in open_now}
         chosen = sorted(open_now, key=lambda k: -rows[k]["last_at"])[:limit]
         if len(chosen) < limit:
