@@ -61,7 +61,8 @@ def _seed(settings: OnceflowSettings, units: int, ref: ContentRef) -> dict[str, 
         session = f"s{i // STEPS_PER_SESSION:06d}" if i >= 50 else "read-me"
         tenant = f"t{i % 10}"
         wu, at = f"u{i:08d}", T0 + i
-        common = {"tenant_id": tenant, "execution_session_id": session, "work_unit_id": wu}
+        common: dict[str, Any] = {"tenant_id": tenant, "execution_session_id": session,
+                                  "work_unit_id": wu}
         for event in (
             WorkUnitSubmitted(event_id=f"sub-{wu}", occurred_at=at, kind="cpu", **common),
             WorkUnitScheduled(event_id=f"sch-{wu}", occurred_at=at + 1, attempt_index=1,
