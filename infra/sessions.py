@@ -242,9 +242,9 @@ def session_of_fact(e: Event) -> tuple[str, str] | None:
 
 
 def applies_to(view: SessionView, e: Event) -> bool:
-    """Whether a session-level fact is about this session: not about an earlier one of the
-    same name, before its first submission (a cancel then was of nothing)."""
-    return e.occurred_at >= view.started_at
+    """Whether a session-level fact is about this session: a control taken before its first
+    submission was about no step of it (the limiter's word on its limits always is)."""
+    return not isinstance(e, ControlApplied) or e.occurred_at >= view.started_at
 
 
 def apply_session_fact(view: SessionView, e: Event) -> None:

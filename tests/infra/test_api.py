@@ -4,6 +4,7 @@ server error, every documented status code seen), and its routes doing what they
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -30,11 +31,18 @@ TENANT = {"X-Onceflow-Tenant": "acme"}
 EXAMPLES = int(os.environ.get("ONCEFLOW_FUZZ_EXAMPLES", "5"))
 #: bodies a random search reaches only by luck, asked for by name: approving or retrying
 #: the seeded unit, which is done (a conflict), and abandoning the seeded parked one
-NAMED_CASES = {
-    "POST /v1/control/actions": [{"action": "approve", "work_unit_id": "u-1"},
-                                 {"action": "cancel", "work_unit_id": "no-such-unit"}],
-    "POST /v1/control/resolutions": [{"resolution": "abandon", "work_unit_id": "parked"},
-                                     {"resolution": "retry", "work_unit_id": "u-1"}]}
+NAMED_CASES: dict[str, list[dict[str, Any]]] = {
+    "POST /v1/control/actions": [{"body": {"action": "approve", "work_unit_id": "u-1"}},
+                                 {"body": {"action": "cancel", "work_unit_id": "no-such-unit"}}],
+    "POST /v1/control/resolutions": [
+        {"body": {"resolution": "abandon", "work_unit_id": "parked"}},
+        {"body": {"resolution": "retry", "work_unit_id": "u-1"}}],
+    # the stack's status is the operator's; the limiter's answer to the seeded request
+    "GET /v1/status": [{"headers": {"X-Onceflow-Tenant": "system"}}],
+    "GET /v1/limit-changes/{request_id}": [{"path_parameters": {"request_id": "limits-s1"},
+                                            "headers": TENANT}],
+    "GET /v1/sessions/{session_id}/limits": [{"path_parameters": {"session_id": "s1"},
+                                              "headers": TENANT}]}
 #: a tool that stages its effect and then fails (its database cannot be opened): unsafe to
 #: retry, so it is parked in needs_operator
 PARKED = {"work_unit_id": "parked", "kind": "tool", "effect": "WORLD_MUTATING",
@@ -119,13 +127,66 @@ def test_the_api_does_what_its_routes_say(api: str) -> None:
         assert huge.status_code == 422 and "session_limits" in huge.text, huge.text
     missing = httpx.get(f"{api}/v1/inbox", timeout=30)
     assert missing.status_code == 422 and "X-Onceflow-Tenant" in missing.text
+    reads_show_their_writes(api)
     # the ksqlDB-shaped routes are in the same service
     info = httpx.get(f"{api}/info", timeout=30)
     assert info.status_code == 200
 
 
-def test_fuzzed_against_its_own_spec_no_server_error_and_every_status_seen(api: str) -> None:
+def reads_show_their_writes(api: str) -> None:
+    """Each write's effect is in the caller's very next read, with no waiting between: a
+    write answers once the read model holds it."""
+    http = httpx.Client(base_url=f"{api}/v1", headers=TENANT, timeout=30)
+
+    def act(**body: Any) -> None:
+        done = http.post("/control/actions", json=body)
+        assert done.status_code == 200, done.text
+
+    def session() -> dict[str, Any]:
+        found: dict[str, Any] = http.get("/sessions/ryw").json()
+        return found
+
+    def inbox() -> list[str]:
+        return [i["work_unit_id"] for i in http.get("/inbox").json()]
+
+    first = http.post("/control/units", json={"work_unit_id": "ryw-0", "handler": "sha256",
+                                               "execution_session_id": "ryw"})
+    assert first.status_code == 202 and first.json()["state"], first.text
+    read = http.get("/units/ryw-0")
+    assert read.status_code == 200 and read.headers["X-Onceflow-Position"]
+    assert [s["work_unit_id"] for s in session()["dag"]] == ["ryw-0"]
+    assert "ryw" in {s["session_id"] for s in http.get("/sessions").json()}
+    act(action="pause", session_id="ryw")
+    assert session()["paused"] is True
+    queued = http.post("/control/units", json={"work_unit_id": "ryw-1", "simulated_ms": 60_000,
+                                                "execution_session_id": "ryw"})
+    assert queued.status_code == 202 and http.get("/units/ryw-1").json()["state"] == "deferred"
+    act(action="cancel", work_unit_id="ryw-1")
+    assert http.get("/units/ryw-1").json()["state"] == "cancelled"
+    act(action="resume", session_id="ryw")
+    assert session()["paused"] is False
+    gated = http.post("/control/units", json={"work_unit_id": "ryw-2", "handler": "sha256",
+                                               "execution_session_id": "ryw",
+                                               "requires_approval": True})
+    assert gated.status_code == 202 and "ryw-2" in inbox()
+    act(action="approve", work_unit_id="ryw-2")
+    assert "ryw-2" not in inbox()
+    http.close()
+
+
+def test_fuzzed_against_its_own_spec_no_server_error_and_every_status_seen(
+        api: str, settings: OnceflowSettings) -> None:
     seed(api, parked=True)
+    # new limits for s1, asked of the limiter (as `onceflow session limits` asks)
+    from onceflow.infra.steering import send_command
+    from onceflow.schemas import SessionLimits, SessionLimitsSet
+
+    send_command(settings, SessionLimitsSet(
+        event_id="limits-s1", occurred_at=int(time.time() * 1000), tenant_id="acme", execution_session_id="s1",
+        session_limits=SessionLimits(max_steps=100), requested_by="test"), "limits")
+    wait_for(lambda: httpx.get(f"{api}/v1/limit-changes/limits-s1", headers=TENANT,
+                               timeout=30).status_code == 200,
+             timeout=60, what="the limiter's answer to the new limits")
     schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
     seen: dict[str, set[int]] = defaultdict(set)
 
@@ -145,7 +206,7 @@ def test_fuzzed_against_its_own_spec_no_server_error_and_every_status_seen(api: 
                 raise  # an operation with no invalid input to make has no negative cases
 
     documented: dict[str, set[int]] = {}
-    named: list[tuple[str, dict[str, str], int, str]] = []
+    named: list[tuple[str, dict[str, Any], int, str]] = []
     known = {"work_unit_id": "u-1", "session_id": "s1"}
     operations = [result.ok() for result in schema.get_all_operations()]
     # A conflict needs a unit that exists and a step it is past, a resolution a parked
@@ -154,9 +215,10 @@ def test_fuzzed_against_its_own_spec_no_server_error_and_every_status_seen(api: 
     # work would end the parked unit).
     for operation in operations:
         name = f"{operation.method.upper()} {operation.path}"
-        for body in NAMED_CASES.get(name, []):
-            response = operation.Case(body=body, headers=TENANT).call(base_url=api, timeout=30)
-            named.append((name, body, response.status_code, response.text[:300]))
+        for case in NAMED_CASES.get(name, []):
+            response = operation.Case(**{"headers": TENANT, **case}).call(base_url=api,
+                                                                          timeout=30)
+            named.append((name, case, response.status_code, response.text[:300]))
             seen[name].add(response.status_code)
             assert response.status_code < 500, (name, response.status_code, response.text)
     for operation in operations:

@@ -88,8 +88,10 @@ class SubmitUnit(BaseModel):
 class Submitted(BaseModel):
     work_unit_id: str
     event_id: str
-    #: its state once admitted ('' when the submission did not wait)
+    #: its state once admitted or refused ('' when not, within `wait_s`)
     state: str = ""
+    #: the read model holds it: the caller's next read shows it
+    admitted: bool = False
 
 
 class ControlBody(BaseModel):
@@ -153,17 +155,22 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
     @reads.get("/units/{work_unit_id}", responses={404: {"description": "no such unit"}})
     def get_unit(work_unit_id: str, tenant: Tenant, response: Response, at: At = None,
                  until_ended_s: Annotated[float, Query(
-                     ge=0, le=600, description="wait up to this long for it to end")] = 0
+                     ge=0, le=10, description="wait up to this long for it to end")] = 0
                  ) -> dict[str, Any]:
         """A unit's state, attempts, node, cost and result address (`at`: as the log held
-        them at that logged time, ms)."""
+        them at that logged time, ms). With `until_ended_s`, answers once it ended (a unit
+        not admitted yet is waited for 2 s at most)."""
         def ended(r: ReadModelReader) -> dict[str, Any] | None:
             unit = r.unit(tenant, work_unit_id)
             return unit if unit is not None and unit["state"] in UNIT_SETTLED else None
 
         if until_ended_s and at is None:
+            began = time.monotonic()
             with contextlib.suppress(HTTPException):
-                waited(ended, until_ended_s, f"the end of unit {work_unit_id}")
+                waited(lambda r: r.unit(tenant, work_unit_id), min(until_ended_s, 2.0),
+                       f"the admission of unit {work_unit_id}")
+                waited(ended, max(0.0, until_ended_s - (time.monotonic() - began)),
+                       f"the end of unit {work_unit_id}")
         found = reader(response).unit(tenant, work_unit_id, at)
         if found is None:
             raise HTTPException(404, f"no work unit {work_unit_id!r} of tenant {tenant!r}"
@@ -291,21 +298,21 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
     @reads.get("/controls/{control_id}")
     def control_records(control_id: str, tenant: Tenant, response: Response,
                         expected: Annotated[int, Query(ge=1, le=1000)] = 1,
-                        timeout_s: Annotated[float, Query(ge=0, le=600)] = 0
+                        timeout_s: Annotated[float, Query(ge=0, le=10)] = 0
                         ) -> list[dict[str, Any]]:
         """The scheduler partitions' records of a control (waiting up to `timeout_s` for
         `expected` of them): what a control's sender reads back."""
         if timeout_s:
-            with contextlib.suppress(HTTPException):
-                waited(lambda r: len(r.control_records(control_id)) >= expected, timeout_s,
-                       f"the records of control {control_id}")
+            return [a.model_dump(mode="json")
+                    for a in applied_records(model, control_id, expected, timeout_s)
+                    if acts_for(tenant, a.tenant_id)]
         return [a.model_dump(mode="json") for a in reader(response).control_records(control_id)
                 if acts_for(tenant, a.tenant_id)]
 
     @reads.get("/limit-changes/{request_id}",
                responses={404: {"description": "not taken (yet)"}})
     def limit_change(request_id: str, tenant: Tenant, response: Response,
-                     timeout_s: Annotated[float, Query(ge=0, le=600)] = 0) -> dict[str, Any]:
+                     timeout_s: Annotated[float, Query(ge=0, le=10)] = 0) -> dict[str, Any]:
         """The limiter's answer to a request for new session limits."""
         if timeout_s:
             with contextlib.suppress(HTTPException):
@@ -322,16 +329,16 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
         reader(response)
         return model.status()
 
-    @controls.post("/units", status_code=202, responses={
-        504: {"description": "sent, but not admitted within wait_s"}})
+    @controls.post("/units", status_code=202)
     def submit(unit: SubmitUnit, tenant: Tenant,
                wait_s: Annotated[float, Query(
-                   ge=0, le=60, description="wait up to this long for the scheduler to admit "
+                   ge=0, le=10, description="wait up to this long for the scheduler to admit "
                                             "(or refuse) it, so the next read shows it")] = 10.0
                ) -> Submitted:
         """Submit a unit; the same unit again is the same submission. Answers once the
         read model holds the unit (admitted or refused), so the caller's next read sees it
-        (`wait_s=0`: at once)."""
+        (`wait_s=0`: at once). `admitted` false: it was sent but not admitted within
+        `wait_s` (sending it again is the same submission)."""
         from onceflow.infra.cli.submit import SubmitInputError, build_unit
         from onceflow.infra.steering import SteeringError, send_command
 
@@ -353,11 +360,13 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
         wu = event.work_unit_id or ""
         state = ""
         if wait_s:
-            found = waited(lambda r: r.unit(tenant, wu), wait_s,
-                           f"the admission of {wu} (it was sent: event {event.event_id}; "
-                           "sending it again is the same submission)")
-            state = found["state"]
-        return Submitted(work_unit_id=wu, event_id=event.event_id, state=state)
+            what = f"the admission of {wu}"
+            with contextlib.suppress(ReadModelLagging):
+                state = model.wait_for(lambda r: r.unit(tenant, wu), wait_s, what)["state"]
+                # and the rest of its admission (an approval it waits for, say)
+                model.wait_for_log_end(("workunits",), wait_s, what)
+        return Submitted(work_unit_id=wu, event_id=event.event_id, state=state,
+                         admitted=bool(state))
 
     @controls.post("/actions", responses={404: {"description": "no such unit of the tenant"},
                                           409: {"description": "refused, with why"}})
@@ -441,6 +450,8 @@ def applied_records(model: ReadModelFeed, control_id: str, expected: int, timeou
     with contextlib.suppress(ReadModelLagging):
         model.wait_for(lambda r: len(r.control_records(control_id)) >= expected, timeout,
                        f"the records of control {control_id}")
+        # and what the control did (a cancel's cancellations follow its record)
+        model.wait_for_log_end(("workunits",), timeout, f"the effects of control {control_id}")
     return model.reader().control_records(control_id)
 
 

@@ -82,6 +82,10 @@ class ReadModelFeed:
         self._lag = -1
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="readmodel", daemon=True)
+        #: asks the log's end for readers that wait for their writes (not the feed's own
+        #: consumer: a consumer is not to be called from two threads)
+        self._probe: Any = None
+        self._probe_lock = threading.Lock()
 
     # -- the shell -------------------------------------------------------------------------
 
@@ -91,8 +95,17 @@ class ReadModelFeed:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        if self._thread.is_alive():
+            self._thread.join(30)
         self.consumer.close()
+        if self._probe is not None:
+            self._probe.close()
+        # A snapshot keeps the database open: drop the last one before closing it.
+        with self._changed:
+            self._reader = None  # type: ignore[assignment]
+        import gc
+
+        gc.collect()
         self.store.close()
 
     def _run(self) -> None:
@@ -166,6 +179,20 @@ class ReadModelFeed:
                         f"({self.lag()} records behind the log): is the role that writes "
                         "it running? Read again later, or wait longer")
                 self._changed.wait(min(left, 1.0))
+
+    def wait_for_log_end(self, roles: tuple[TopicRole, ...], timeout: float, what: str
+                         ) -> None:
+        """Wait until the model has folded everything `roles`' partitions hold now: what a
+        write caused is all there (a role writes a batch's facts in one request, so once
+        one of them is seen, the log's end is past the rest)."""
+        names = {self.catalog[r].name for r in roles}
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe = make_consumer(self.settings, None)
+            targets = {f"{t}:{p}": watermarks(self._probe, t, p)[1]
+                       for t, p in self.partitions if t in names}
+        self.wait_for(lambda r: all(r.position().get(tp, 0) >= high
+                                    for tp, high in targets.items()), timeout, what)
 
     def wait_version(self, newer_than: int, timeout: float) -> int:
         """The model's version once it is above `newer_than` (or at the timeout)."""

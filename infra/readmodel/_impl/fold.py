@@ -261,6 +261,10 @@ class ReadModelFold:
                "tenant_id": e.tenant_id, "session_id": e.execution_session_id,
                "admitted": True, "facts": facts, "last_at": 0, "stamp": e.occurred_at}
         self._append_history(state, wu, row, e, raw)
+        for _, earlier in state.items(key("h", wu, "b")):  # facts read before it
+            fact = self.codec.decode(decode_raw(earlier))
+            if not isinstance(fact, ControlApplied):
+                row["last_at"] = max(row["last_at"], fact.occurred_at)
         state.set(key("u", wu), row)
         self._count(state, e.occurred_at, wu, row["facts"], before, "submitted")
         tenant, name = e.tenant_id, e.execution_session_id
@@ -271,6 +275,7 @@ class ReadModelFold:
             state.set(key("srec", f"{e.occurred_at:015d}", tenant, name), 1)
         state.set(key("su", tenant, name, f"{e.occurred_at:015d}", wu), wu)
         session["steps"] += 1
+        session["last_at"] = max(session["last_at"], row["last_at"])
         _bump(session["counts"], "submitted", 1)
         if e.session_limits is not None and not session["limits"]:
             session["limits"] = e.session_limits.model_dump(mode="json", exclude_none=True)
@@ -289,6 +294,11 @@ class ReadModelFold:
         wu = e.work_unit_id or ""
         row = state.get(key("u", wu))
         if row is None:
+            if e.event_type not in PROGRESS_EVENT_TYPES:
+                # about a unit read before its submission (a child's record about its
+                # parent, from the child's partition): kept, and counted when it comes
+                self._append_history(state, wu, {"facts": 0}, e, raw)
+                return
             if not isinstance(e, WorkUnitRejected):
                 return  # nothing of it was admitted or refused: no reader asks for it
             # A submission refused at admission: a unit in no session, counted as rejected.
