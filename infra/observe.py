@@ -9,9 +9,6 @@ from typing import Any
 from confluent_kafka import Message
 
 from onceflow.schemas import (
-    CapacityAdmissionModeChanged,
-    CapacityScaleRequested,
-    CapacityWindowClosed,
     CodecError,
     NodeHeartbeat,
     SingleObjectCodec,
@@ -86,22 +83,16 @@ def read_progress(settings: OnceflowSettings) -> UnitProgress:
 
 
 def read_capacity(settings: OnceflowSettings) -> dict[str, Any]:
-    """The autoscaler's latest view: replicas, admission mode, the last window's metrics."""
-    out: dict[str, Any] = {"replicas": None, "mode": "OPEN", "window": None,
-                           "scale_requests": [], "modes": []}
+    """The autoscaler's latest view: replicas, admission mode, the last window's metrics
+    (its recent scale requests and mode changes), by the read model's rule."""
+    from onceflow.infra.readmodel._impl.fold import capacity_view
+
+    out: dict[str, Any] = capacity_view(None, None)
     for _, event in read_events(settings, TopicCatalog(settings)["capacity"].name,
                                 SingleObjectCodec(), event_types=frozenset({
                                     "capacity.window.closed", "capacity.scale.requested",
                                     "capacity.admission.mode.changed"})):
-        if isinstance(event, CapacityWindowClosed):
-            out.update(replicas=event.replicas, mode=event.mode, window={
-                "queue": event.queue_depth, "throttled": event.throttled,
-                "wait_p95_ms": event.wait_p95_ms, "utilization": event.utilization,
-                "decision": event.decision, "end": event.window_end})
-        elif isinstance(event, CapacityScaleRequested):
-            out["scale_requests"].append(f"{event.previous_replicas}->{event.new_replicas}")
-        elif isinstance(event, CapacityAdmissionModeChanged):
-            out["modes"].append(event.new_mode)
+        out = capacity_view(out, event)
     return out
 
 

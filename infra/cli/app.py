@@ -21,6 +21,7 @@ from onceflow.infra.cli.common import (
     console,
     err_console,
     fail,
+    logged_time,
     read_model,
     reading,
     require_broker,
@@ -153,9 +154,9 @@ def down() -> None:
 @app.command()
 def status(
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
-    at: Annotated[int | None, typer.Option(
+    at: Annotated[str | None, typer.Option(
         help="units by state as the log held them at this logged time (ms since the "
-             "epoch)")] = None,
+             "epoch, or ISO 8601)")] = None,
 ) -> None:
     """The local stack: its processes, topics, units by state, nodes, capacity and limits
     (asked of the read model, so as fast on a long log as on a short one)."""
@@ -163,6 +164,7 @@ def status(
     from onceflow.streams.topics.provisioning import describe_topics
 
     settings = cli_settings()
+    at_ms = logged_time(at)
     stack = read_stack(settings)
     report: dict[str, Any] = {
         "bootstrap": settings.bootstrap_servers,
@@ -185,7 +187,7 @@ def status(
         views = stack.processes.get("views") if stack is not None else None
         if all(t["exists"] for t in report["topics"]) and (
                 settings.views_url is not None or (views is not None and pid_alive(views))):
-            report.update(read_model(settings, "/status", {"at": at}))
+            report.update(read_model(settings, "/status", {"at": at_ms}))
     if fmt == "json":
         print(json.dumps(report, indent=2))
         return

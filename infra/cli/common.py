@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any, Literal, get_args
 
 import typer
@@ -26,6 +27,7 @@ __all__ = [
     "console",
     "err_console",
     "fail",
+    "logged_time",
     "read_model",
     "reading",
     "ready_settings",
@@ -126,3 +128,22 @@ def reading() -> Iterator[None]:
         yield
     except (ReadApiError, ReadModelLagging) as exc:
         raise fail(str(exc), 1) from None
+
+
+def logged_time(value: str | None) -> int | None:
+    """A `--at` time: milliseconds since the epoch, or an ISO 8601 time (UTC unless it
+    says), e.g. 2026-12-07T18:00:00Z."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise fail(f"--at {value!r} is not a time: give milliseconds since the epoch "
+                   "(1796670000000) or an ISO 8601 time (2026-12-07T18:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)

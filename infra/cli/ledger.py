@@ -16,6 +16,7 @@ from onceflow.infra.cli.common import (
     cli_settings,
     console,
     fail,
+    logged_time,
     read_model,
     ready_settings,
 )
@@ -35,18 +36,20 @@ def wallet(
     sessions: Annotated[bool, typer.Option("--sessions", help="list the tenant's sessions")]
     = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="table or json")] = "table",
-    at: Annotated[int | None, typer.Option(
-        help="as its partials stood at this logged time (ms since the epoch)")] = None,
+    at: Annotated[str | None, typer.Option(
+        help="as its partials stood at this logged time (ms since the epoch, or ISO 8601)")]
+    = None,
 ) -> None:
     """A tenant's wallet: prepaid credit, charged, reserved for running work, balance and
     what is available, unbilled leakage."""
     from onceflow.billing import Wallet, tenant_wallet_id
     from onceflow.infra.billing_report import wallet_table
 
+    at_ms = logged_time(at)
     # every wallet, with what running work holds against it (a wallet is named by its
     # scope, as the budget held against it is)
     wallets = {w["wallet_id"]: Wallet.from_json(w)
-               for w in read_model(cli_settings(), "/wallets", {"at": at, "owner": tenant})}
+               for w in read_model(cli_settings(), "/wallets", {"at": at_ms, "owner": tenant})}
     mine = wallets.get(tenant_wallet_id(tenant))
     if mine is None:
         raise fail(f"no wallet for tenant {tenant!r}: nothing has been billed to it yet"

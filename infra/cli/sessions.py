@@ -14,6 +14,7 @@ from onceflow.infra.cli.common import (
     cli_settings,
     console,
     fail,
+    logged_time,
     read_model,
     ready_settings,
 )
@@ -81,15 +82,16 @@ def register(app: typer.Typer) -> None:
     def show(
         session_id: Annotated[str, typer.Argument(help="the execution_session_id")],
         tenant: Annotated[str, typer.Option(help="the session's tenant")],
-        at: Annotated[int | None, typer.Option(
-            help="as it was at this logged time (ms since the epoch)")] = None,
+        at: Annotated[str | None, typer.Option(
+            help="as it was at this logged time (ms since the epoch, or ISO 8601)")] = None,
         fmt: Fmt = "table",
     ) -> None:
         """A session's DAG with each step's state, attempts, node, cost and time spent."""
         from rich.tree import Tree
 
+        at_ms = logged_time(at)
         view = read_model(cli_settings(), f"/sessions/{session_id}",
-                          {"owner": tenant, "at": at}, missing_ok=True)
+                          {"owner": tenant, "at": at_ms}, missing_ok=True)
         if view is None:
             raise fail(f"no session {session_id!r} of tenant {tenant!r} in the log"
                        + (f" by {at}" if at is not None else ""), 1)
@@ -159,6 +161,33 @@ def register(app: typer.Typer) -> None:
             _print_limits(tenant, session_id, current, fmt)
             return
         _set_limits(settings, tenant, session_id, current, given, reason, actor, wait, fmt)
+
+    @app.command()
+    def unit(
+        work_unit_id: Annotated[str, typer.Argument(help="a work unit")],
+        at: Annotated[str | None, typer.Option(
+            help="as it was at this logged time (ms since the epoch, or ISO 8601)")] = None,
+        fmt: Fmt = "table",
+    ) -> None:
+        """A unit's state, reason, attempts, node, billed cost and result address (now, or
+        as the log held them at a logged time)."""
+        at_ms = logged_time(at)
+        found = read_model(cli_settings(), f"/units/{work_unit_id}", {"at": at_ms},
+                           missing_ok=True)
+        if found is None:
+            raise fail(f"no work unit {work_unit_id!r} in the log"
+                       + (f" by {at}" if at is not None else ""), 1)
+        if fmt == "json":
+            print(json.dumps(found, indent=2))
+            return
+        console.print(f"{work_unit_id} [{found['kind']}] of {found['tenant_id']}/"
+                      f"{found['session_id']}: [bold]{found['state']}[/]"
+                      + (f" ({found['reason']})" if found["reason"] else "")
+                      + f", attempts {found['attempts']}"
+                      + (f" on {found['node']}" if found["node"] else "")
+                      + f", {found['cost_usd']} USD"
+                      + (f", result {found['result_ref']['sha256'][:12]}"
+                         if found["result_ref"] else ""))
 
     @app.command()
     def why(

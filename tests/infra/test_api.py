@@ -221,6 +221,12 @@ def test_fuzzed_against_its_own_spec_no_server_error_and_every_status_seen(
             named.append((name, case, response.status_code, response.text[:300]))
             seen[name].add(response.status_code)
             assert response.status_code < 500, (name, response.status_code, response.text)
+            if name == "POST /v1/control/resolutions" and response.status_code == 200:
+                # read your writes: the caller's next read shows the resolution
+                parked = httpx.get(f"{api}/v1/units/parked", headers=TENANT, timeout=30)
+                assert parked.json()["state"] != "needs_operator", parked.text
+                assert "parked" not in [i["work_unit_id"] for i in httpx.get(
+                    f"{api}/v1/inbox", headers=TENANT, timeout=30).json()]
     for operation in operations:
         name = f"{operation.method.upper()} {operation.path}"
         documented[name] = {int(c) for c in operation.definition.raw["responses"]

@@ -177,6 +177,24 @@ def _session_limit_item(e: SessionLimitCrossed) -> dict[str, Any]:
                        f"{s} --tenant {t}"}
 
 
+def capacity_view(cap: dict[str, Any] | None, e: Event | None) -> dict[str, Any]:
+    """The autoscaler's last word (replicas, admission mode, the last window's figures, its
+    recent scale requests and mode changes) after one of its facts (None: before any)."""
+    cap = dict(cap or {"replicas": None, "mode": "OPEN", "window": None,
+                       "scale_requests": [], "modes": []})
+    if isinstance(e, CapacityWindowClosed):
+        cap.update(replicas=e.replicas, mode=e.mode, window={
+            "queue": e.queue_depth, "throttled": e.throttled,
+            "wait_p95_ms": e.wait_p95_ms, "utilization": e.utilization,
+            "decision": e.decision, "end": e.window_end})
+    elif isinstance(e, CapacityScaleRequested):
+        cap["scale_requests"] = [*cap["scale_requests"],
+                                 f"{e.previous_replicas}->{e.new_replicas}"][-_CAPACITY_KEPT:]
+    elif isinstance(e, CapacityAdmissionModeChanged):
+        cap["modes"] = [*cap["modes"], e.new_mode][-_CAPACITY_KEPT:]
+    return cap
+
+
 def session_summary(row: dict[str, Any]) -> dict[str, Any]:
     """A session row as `SessionView.as_json` shows a session (without its steps)."""
     counts: dict[str, int] = row["counts"]
@@ -483,19 +501,7 @@ class ReadModelFold:
         state.set(key("wh", partial, f"{stamp:015d}"), value)
 
     def _capacity(self, state: State, e: Event) -> None:
-        cap = dict(state.get("cap", {"replicas": None, "mode": "OPEN", "window": None,
-                                     "scale_requests": [], "modes": []}))
-        if isinstance(e, CapacityWindowClosed):
-            cap.update(replicas=e.replicas, mode=e.mode, window={
-                "queue": e.queue_depth, "throttled": e.throttled,
-                "wait_p95_ms": e.wait_p95_ms, "utilization": e.utilization,
-                "decision": e.decision, "end": e.window_end})
-        elif isinstance(e, CapacityScaleRequested):
-            cap["scale_requests"] = [*cap["scale_requests"],
-                                     f"{e.previous_replicas}->{e.new_replicas}"][-_CAPACITY_KEPT:]
-        elif isinstance(e, CapacityAdmissionModeChanged):
-            cap["modes"] = [*cap["modes"], e.new_mode][-_CAPACITY_KEPT:]
-        state.set("cap", cap)
+        state.set("cap", capacity_view(state.get("cap"), e))
 
     def _global(self, state: State, change: Any) -> None:
         # Changed in place and set again: one small row, set on every change of state.

@@ -18,6 +18,7 @@ from onceflow.infra.readmodel._impl.fold import (
     MINUTE_MS,
     SEP,
     PrefixedState,
+    capacity_view,
     decode_raw,
     key,
     session_summary,
@@ -379,8 +380,8 @@ class ReadModelReader:
                 for k, v in self.state.items(key("t", ""))}
 
     def capacity(self) -> dict[str, Any]:
-        return self.state.get("cap") or {"replicas": None, "mode": "OPEN", "window": None,
-                                         "scale_requests": [], "modes": []}
+        found: dict[str, Any] = self.state.get("cap") or capacity_view(None, None)
+        return found
 
     def stack(self, now_ms: int, at: int | None = None) -> dict[str, Any]:
         """What `onceflow status --format json` reports of the running system."""
