@@ -52,8 +52,11 @@ def wallet(
                for w in read_model(cli_settings(), "/wallets", {"at": at_ms, "owner": tenant})}
     mine = wallets.get(tenant_wallet_id(tenant))
     if mine is None:
+        known = sorted(w["tenant_id"] for w in read_model(
+            cli_settings(), "/wallets", {"at": at_ms, "tenants_only": True}))
         raise fail(f"no wallet for tenant {tenant!r}: nothing has been billed to it yet"
-                   + (f" by {at}" if at is not None else ""), 1)
+                   + (f" by {at}" if at is not None else "")
+                   + (f"; tenants with wallets: {', '.join(known)}" if known else ""), 1)
     session_wallets = sorted(
         (w for w in wallets.values() if w.execution_session_id and w.tenant_id == tenant),
         key=lambda w: (-w.debit_usd, w.execution_session_id))

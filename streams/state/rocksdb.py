@@ -324,9 +324,8 @@ class StoreSnapshot:
     def items_reversed(self, prefix: str, stop: str) -> Iterator[tuple[str, Any]]:
         """Keys starting with `prefix` and below `stop`, newest (highest) first."""
         first = _STATE + prefix.encode()
-        read_opts = ReadOptions()
-        read_opts.set_iterate_lower_bound(first)
-        it = self._snapshot.iter(read_opts)
+        # (no lower bound: rocksdict's seek_for_prev lands below it when one is set)
+        it = self._snapshot.iter(ReadOptions())
         it.seek_for_prev(_STATE + stop.encode())
         end = _STATE + stop.encode()
         while it.valid():

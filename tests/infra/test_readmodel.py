@@ -135,3 +135,37 @@ def test_the_rows_are_the_same_whichever_order_the_partitions_are_read_in(seed: 
     one, _ = _fold(world, random.Random(1))
     other, _ = _fold(world, random.Random(2))
     assert list(one.items()) == list(other.items())
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_a_rocksdb_snapshot_answers_as_the_fold_in_memory_does(seed: int, tmp_path: Any
+                                                               ) -> None:
+    """The same rows in RocksDB (as the views service keeps them), read through a
+    snapshot: every answer, now and at past times, equals the in-memory one's."""
+    from onceflow.streams.state.rocksdb import open_partition_store
+
+    world, _, _ = play_seed(seed)
+    memory, expected = _fold(world, random.Random(seed))
+    store = open_partition_store(tmp_path, "readmodel", 0)
+    try:
+        for k, v in memory.items():
+            store.set(k, v)
+        store.checkpoint()
+        got = ReadModelReader(store.snapshot(), expected.limiter, CODEC)
+        stamps = sorted({k.split("\x1f")[-1] for k, _ in memory.items("wh\x1f")})
+        times: list[int | None] = [None, *(int(t) for t in stamps[::max(1, len(stamps) // 4)])]
+        for at in times:
+            assert got.wallets(at=at) == expected.wallets(at=at), at
+            assert got.units(at) == expected.units(at), at
+            for s in expected.sessions():
+                one = got.session(None, s["tenant_id"], s["session_id"], at)
+                other = expected.session(None, s["tenant_id"], s["session_id"], at)
+                assert (one and _session_json(one)) == (other and _session_json(other))
+        shown, total = got.sessions_to_show(3)
+        want, want_total = expected.sessions_to_show(3)
+        assert [(v.tenant_id, v.session_id) for v in shown] == \
+            [(v.tenant_id, v.session_id) for v in want] and total == want_total
+        assert shown, "some session to show"
+        assert got.inbox() == expected.inbox()
+    finally:
+        store.close()

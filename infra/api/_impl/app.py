@@ -271,13 +271,15 @@ def add_api_routes(app: FastAPI, settings: OnceflowSettings, token: str | None =
         return out
 
     @reads.get("/wallets")
-    def wallets(tenant: Tenant, response: Response, at: At = None, owner: Owner = None
+    def wallets(tenant: Tenant, response: Response, at: At = None, owner: Owner = None,
+                tenants_only: Annotated[bool, Query(
+                    description="the tenants' wallets only, not their sessions'")] = False
                 ) -> list[dict[str, Any]]:
         """A tenant's wallets: its own and its sessions' (the operator: every tenant's, or
         `owner`'s)."""
         if owner is not None and not acts_for(tenant, owner):
             return []
-        found = reader(response).wallets(owner or tenant, at)
+        found = reader(response).wallets(owner or tenant, at, tenants_only=tenants_only)
         return [w.as_json() for _, w in sorted(found.items())]
 
     @reads.get("/status")

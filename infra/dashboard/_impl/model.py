@@ -108,8 +108,7 @@ class Dashboard:
         sessions = [{**v.as_json(), "dag": [s.as_json() for s in v.steps.values()]}
                     for v in views]
         # Tenant wallets: a session's wallet is its cost, shown with the session.
-        wallets = [w.as_json() for _, w in sorted(reader.wallets().items())
-                   if not w.execution_session_id]
+        wallets = [w.as_json() for _, w in sorted(reader.wallets(tenants_only=True).items())]
         return {"at": now_ms, **reader.stack(now_ms), "sessions": sessions,
                 "sessions_total": total, "wallets": wallets, "spend": reader.spend(),
                 "inbox": reader.inbox(), "read_model": self.feed.status()}

@@ -290,17 +290,19 @@ class ReadModelReader:
 
     # -- money -------------------------------------------------------------------------------
 
-    def wallets(self, tenant: str | None = None, at: int | None = None) -> dict[str, Any]:
+    def wallets(self, tenant: str | None = None, at: int | None = None, *,
+                tenants_only: bool = False) -> dict[str, Any]:
         """Wallets (tenants' and sessions'), each the sum of its partials; at `at`, the
         partials as they were then. With a tenant, only that tenant's."""
         from onceflow.billing import Wallet, session_wallet_id, tenant_wallet_id
 
         if tenant in (None, PLATFORM_TENANT):
-            prefixes = [key("wp", "")]
+            prefixes = [key("wp", "tenant:") if tenants_only else key("wp", "")]
         else:
             assert tenant is not None
-            prefixes = [key("wp", tenant_wallet_id(tenant), ""),
-                        key("wp", session_wallet_id(tenant, ""))]
+            prefixes = [key("wp", tenant_wallet_id(tenant), "")]
+            if not tenants_only:
+                prefixes.append(key("wp", session_wallet_id(tenant, "")))
         partials = [p for prefix in prefixes for p in self._partials(prefix, at)]
         held = self.held_budgets() if at is None else {}
         out = {}
