@@ -360,10 +360,15 @@ class ReadModelFold:
         change = inbox_change(e)
         if change is not False:
             ik = key("ib", row["tenant_id"], wu)
-            if change is None:
-                state.delete(ik)
-            else:
+            if change is not None:
                 state.set(ik, change)
+                row["in_inbox"] = True
+            elif row.get("in_inbox"):
+                # deleted only when there: a tombstone per moved unit would be walked by
+                # every scan of the inbox
+                state.delete(ik)
+                row["in_inbox"] = False
+            state.set(key("u", wu), row)
         session, _ = self._session_row(state, row["tenant_id"], row["session_id"], 0)
         session["last_at"] = max(session["last_at"], e.occurred_at)
         if (step.state, step.reason) != before:
