@@ -356,7 +356,6 @@ class ReadModelFold:
         row["stamp"] = stamp = max(row["stamp"], e.occurred_at)
         row.update(step.to_row())
         row["last_at"] = max(row["last_at"], e.occurred_at)
-        state.set(key("u", wu), row)
         change = inbox_change(e)
         if change is not False:
             ik = key("ib", row["tenant_id"], wu)
@@ -368,7 +367,7 @@ class ReadModelFold:
                 # every scan of the inbox
                 state.delete(ik)
                 row["in_inbox"] = False
-            state.set(key("u", wu), row)
+        state.set(key("u", wu), row)
         session, _ = self._session_row(state, row["tenant_id"], row["session_id"], 0)
         session["last_at"] = max(session["last_at"], e.occurred_at)
         if (step.state, step.reason) != before:

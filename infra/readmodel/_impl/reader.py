@@ -100,13 +100,16 @@ class ReadModelReader:
         return {**step.as_json(), "tenant_id": row["tenant_id"],
                 "session_id": row["session_id"]}
 
-    def _step_at(self, wu: str, row: dict[str, Any], at: int) -> Step | None:
+    def _step_at(self, wu: str, row: dict[str, Any], at: int,
+                 own: list[Event] | None = None) -> Step | None:
+        """The unit's step at `at`; `own`: its own partition's facts, if read already."""
         if row["submitted_at"] > at:
             return None
         if not row["admitted"]:  # refused at admission, then and for good
             return Step.from_row(row)
         step = Step(wu, row["kind"], list(row["depends_on"]), row["submitted_at"])
-        for e in self._facts(wu, "a"):  # up to the first fact stamped after `at`
+        for e in own if own is not None else self._facts(wu, "a"):
+            # up to the first fact stamped after `at`
             if e.occurred_at > at:
                 break
             advance_step(step, e)
@@ -129,7 +132,7 @@ class ReadModelReader:
         row = self._row(tenant, wu)
         if row is None or not row["admitted"]:
             return None
-        for e in self.facts(wu):
+        for e in self._facts(wu, "a"):  # the facts that move it, the submission first
             if isinstance(e, WorkUnitSubmitted):
                 return e
         return None
@@ -162,11 +165,12 @@ class ReadModelReader:
         submissions: list[WorkUnitSubmitted] = []
         for wu in self._step_ids(tenant, session):
             row = self.state.get(key("u", wu))
-            step = self._step_at(wu, row, at)
+            own = self._facts(wu, "a")  # decoded once, for its step and the session's
+            step = self._step_at(wu, row, at, own)
             if step is None:
                 continue
             view.steps[wu] = step
-            for e in self._facts(wu, "a"):  # the unit's own, up to its cut
+            for e in own:  # the unit's own, up to its cut
                 if e.occurred_at > at:
                     break
                 if isinstance(e, WorkUnitSubmitted):
@@ -327,14 +331,9 @@ class ReadModelReader:
 
     def wallet(self, tenant: str, at: int | None = None) -> Any:
         """A tenant's wallet (None before anything was billed to it, or at `at`)."""
-        from onceflow.billing import Wallet, tenant_wallet_id
+        from onceflow.billing import tenant_wallet_id
 
-        wid = tenant_wallet_id(tenant)
-        found = Wallet.combine(self._partials(key("wp", wid, ""), at)).get(wid)
-        if found is None or at is not None:
-            return found
-        h = self.held_budgets().get(wid)
-        return found if h is None else _with_reserved(found, h.reserved)
+        return self.wallets(tenant, at, tenants_only=True).get(tenant_wallet_id(tenant))
 
     def spend(self) -> list[dict[str, Any]]:
         """Billed spend per tenant and model (CPU lines under model "cpu")."""
