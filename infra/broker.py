@@ -323,6 +323,10 @@ class EmbeddedKafka:
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "5",
+            # A member that died inside a transaction holds back every read_committed
+            # reader of its partitions until the coordinator aborts it: look for
+            # such transactions every second, not every 10 s.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "default.replication.factor": "1",

@@ -140,6 +140,12 @@ class StreamsSettings(KafkaSettings):
             kw.update({"broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0})
         return kw
 
+    def member_state_dir(self) -> Path:
+        """Where this member keeps its partitions' state: its own directory when it is
+        named (members on one host never share a partition's RocksDB, so a frozen one
+        cannot hold a lock the new owner waits for), else `state_dir` itself."""
+        return self.state_dir / "members" / self.member if self.member else self.state_dir
+
     def topic_partitions(self, topic: str, default: int | None = None) -> int:
         return self.partitions_per_topic.get(topic, default or self.partitions)
 

@@ -38,7 +38,7 @@ class ViewsProcessor:
     def __init__(self, settings: BillingRoleSettings, db_path: Path | None = None) -> None:
         self.settings = settings
         self.catalog = TopicCatalog(settings)
-        path = db_path or Path(settings.state_dir) / "views" / "ledger.duckdb"
+        path = db_path or Path(settings.member_state_dir()) / "views" / "ledger.duckdb"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = ViewEngine(path, credits=dict(settings.billing.prepaid_credits),
                                  dedupe_window=settings.billing.views_dedupe_window)

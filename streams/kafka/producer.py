@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from onceflow.schemas import Event, EventCodec
 from onceflow.streams.topics.catalog import Topic, partition_for
@@ -20,7 +20,7 @@ from onceflow.streams.topics.catalog import Topic, partition_for
 if TYPE_CHECKING:
     from onceflow.streams.settings import StreamsSettings
 
-__all__ = ["DeliveryError", "EventProducer", "Headers"]
+__all__ = ["DeliveryError", "EventProducer", "Headers", "TransactionFailed"]
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -36,6 +36,19 @@ class DeliveryError(RuntimeError):
         super().__init__(f"{len(errors)} record(s) not delivered: {first}")
 
 
+class TransactionFailed(RuntimeError):
+    """A transaction could not commit and was aborted (or the producer was fenced):
+    nothing sent in it is visible, and the sender must drop what it decided in it.
+
+    `fenced`: the producer itself is dead (a newer one took its transactional id,
+    or the coordinator aborted its transaction): a new producer is needed.
+    """
+
+    def __init__(self, reason: str, *, fenced: bool) -> None:
+        super().__init__(reason)
+        self.fenced = fenced
+
+
 class EventProducer:
     def __init__(
         self,
@@ -43,14 +56,24 @@ class EventProducer:
         codec: EventCodec,
         *,
         on_delivered: Callable[[Message], None] | None = None,
+        transactional_id: str | None = None,
         **overrides: Any,  # librdkafka properties, e.g. **{"linger.ms": 1}
     ) -> None:
         self.settings = settings
         self.codec = codec
+        if transactional_id is not None:
+            overrides = {**settings.transactional_config(transactional_id), **overrides}
         # One delivery callback for the producer rather than one per record:
         # a record then carries no callback reference of its own.
         self._producer = Producer({**settings.producer_config(**overrides),
                                    "on_delivery": self._delivery})
+        self.transactional = transactional_id is not None
+        #: a transaction is open (begun, not yet committed or aborted)
+        self.in_transaction = False
+        if self.transactional:
+            # Fences whatever producer had this id before (a restarted member's last
+            # incarnation), aborting its open transaction.
+            self._call(lambda: self._producer.init_transactions(30))
         self._errors: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._on_delivered = on_delivered
@@ -103,6 +126,13 @@ class EventProducer:
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                if not self.transactional:
+                    raise
+                # the transaction is in an error state (fenced, timed out): nothing of it
+                # can be committed
+                err = exc.args[0]
+                raise TransactionFailed(str(err), fenced=err.fatal()) from exc
 
     def send(
         self,
@@ -143,6 +173,61 @@ class EventProducer:
             field = topic.key
             return lambda event: str(getattr(event, field, None) or event.entity_id())
         return _EVENT_ID
+
+    # -- transactions --------------------------------------------------------------
+
+    def _call(self, op: Callable[[], Any], attempts: int = 5) -> Any:
+        """Run a transactional call, retrying what Kafka says may be retried; anything
+        else is a `TransactionFailed`."""
+        for attempt in range(attempts):
+            try:
+                return op()
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and attempt + 1 < attempts:
+                    continue
+                raise TransactionFailed(str(err), fenced=err.fatal()) from exc
+        raise AssertionError("unreachable")
+
+    def begin_transaction(self) -> None:
+        """Open a transaction unless one is open: everything sent until the commit is
+        visible all at once or never."""
+        if not self.in_transaction:
+            self._call(self._producer.begin_transaction, attempts=1)
+            self.in_transaction = True
+
+    def commit_transaction(self, offsets: list[TopicPartition] | None = None,
+                           group_metadata: Any = None, timeout: float = 30.0) -> None:
+        """Commit the open transaction with the consumer's `offsets` (the exactly-once v2
+        pattern: the group's generation in `group_metadata` fences a member the group
+        moved on from). On failure the transaction is aborted and `TransactionFailed`
+        raised; a delivery error of a record sent in it fails it too."""
+        if not self.in_transaction:
+            return
+        try:
+            if offsets:
+                self._call(lambda: self._producer.send_offsets_to_transaction(
+                    offsets, group_metadata, timeout))
+            self._call(lambda: self._producer.commit_transaction(timeout))
+        except TransactionFailed as exc:
+            self.abort_transaction()
+            raise exc
+        finally:
+            self.in_transaction = False
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:  # not reached in practice: a failed record fails the commit
+            raise TransactionFailed(str(DeliveryError(errors)), fenced=False)
+
+    def abort_transaction(self) -> None:
+        """Abort the open transaction; a fenced producer cannot, and needs none."""
+        self.in_transaction = False
+        with self._lock:
+            self._errors = []
+        try:
+            self._producer.abort_transaction(10)
+        except KafkaException:
+            pass  # fenced or fatal: the coordinator aborts it (or did)
 
     def poll(self, timeout: float = 0.0) -> int:
         return int(self._producer.poll(timeout))

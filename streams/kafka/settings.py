@@ -64,6 +64,16 @@ class KafkaSettings(BaseSettings):
         description="linger.ms of every other producer (agents' claims and reports, clients): "
                     "each hop of a unit waits up to this long for company",
     )
+    transactions: bool = Field(
+        default=True,
+        description="exactly-once v2: each batch of a role's facts, routed outputs and input "
+                    "offsets is one Kafka transaction, and a member that lost its partitions "
+                    "is fenced; false: flush then commit, with recovery by replay (the bench "
+                    "compares the two)",
+    )
+    member: str | None = None
+    """this process's name among the members of its role's group: its transactional ids,
+    its client id and its state directory (unique per role; default: host and process id)"""
     processor_linger_ms: int = Field(
         default=1, ge=0,
         description="linger.ms of the batched shell's producer: a batch's facts go out in "
@@ -92,6 +102,23 @@ class KafkaSettings(BaseSettings):
         conf.update(self.kafka_extra)
         return conf
 
+    def member_id(self) -> str:
+        """This member's name: `member`, or the host and process id (unique on a host)."""
+        if self.member:
+            return self.member
+        import os
+        import socket
+
+        return f"{socket.gethostname()}-{os.getpid()}"
+
+    def transactional_config(self, transactional_id: str) -> dict[str, Any]:
+        """Overrides that make a producer transactional (`transactional_id`: one per
+        processor per member, stable across its restarts so a restart fences the last)."""
+        # A member that dies inside a transaction holds back read_committed readers
+        # of its partitions until the coordinator aborts it after this long.
+        timeout = 6000 if self.broker_profile == "embedded" else 10_000
+        return {"transactional.id": transactional_id, "transaction.timeout.ms": timeout}
+
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
         conf = {
             **self.kafka_common(),
@@ -114,9 +141,13 @@ class KafkaSettings(BaseSettings):
             # Range assignment keeps partition p of every co-partitioned input
             # topic on the same member, which the batched shell relies on.
             "partition.assignment.strategy": "range",
+            # Facts of aborted transactions (a fenced member's) are never acted on.
+            "isolation.level": "read_committed",
         }
         if group_id is not None:
             conf["group.id"] = group_id
+            # `onceflow status` names each member of a group by its client id.
+            conf["client.id"] = self.member_id()
         else:
             conf["group.id"] = "onceflow-reader"  # librdkafka wants one; never joined
         if self.broker_profile == "embedded":

@@ -3,23 +3,32 @@
 One loop, per batch: consume up to N records or T ms; decode (bad records to
 the dead-letter topic); skip inputs already decided (by event id); decide and
 evolve; produce facts to the processor's own fact topic (same partition as
-the input) and derived outputs elsewhere; flush; write state and offsets in
-one RocksDB write batch; commit the input offsets. No broker transactions.
+the input) and derived outputs elsewhere; make the batch durable.
 
-Recovery is replay: on assignment, a partition's state is opened and the fact
-topic is folded from the checkpointed fact offset (0 when the local state is
-gone). Inputs reprocessed after a crash are recognised by the dedupe marks
-that folding their facts left, so no fact is emitted twice.
+Three parts are chosen once, when the shell is built:
+
+- the checkpoint (`_impl.checkpoint`): a Kafka transaction per batch with the
+  input offsets in it (exactly-once v2, the default), or flush-then-commit;
+- the recovery (`_impl.recovery`): the state is the fold of the processor's
+  own facts, or an index of its inputs read again;
+- the dedupe (`Dedupe`): how an input already decided is recognised.
+
+Each member of a role's group runs this loop over the partitions the group
+gives it. A partition that comes to a member is restored from its fact topic
+before anything is decided for it; a member the group moved on from cannot
+commit, drops what it decided since its last commit, and joins again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,37 +49,55 @@ from onceflow.streams.kafka.consumer import (
     log_consume_error,
     make_consumer,
     partition_count,
-    read_partition_to_end,
     watermarks,
 )
 from onceflow.streams.kafka.dead_letters import DeadLetterRouter, RecordGate
 from onceflow.streams.kafka.producer import EventProducer
 from onceflow.streams.log import get_logger
+from onceflow.streams.runtime._impl.checkpoint import Checkpoint, MemberFenced, checkpoint_for
+from onceflow.streams.runtime._impl.recovery import Recovery, Restored, recovery_part
+from onceflow.streams.runtime.clock import tick_event
 from onceflow.streams.runtime.facts import (
     FACT_HEADER_INPUTS,
+    FACT_HEADER_MEMBER,
     FactGroups,
     FactRecord,
     dedupes_by_position,
     fact_headers,
-    fact_record,
-    fold_fact_records,
 )
-from onceflow.streams.state.rocksdb import PartitionStore, open_partition_store
+from onceflow.streams.state.rocksdb import (
+    PartitionStore,
+    open_partition_store,
+    partition_store_path,
+)
 from onceflow.streams.topics.catalog import Topic, TopicCatalog
 from onceflow.streams.types import Reducer, Routed, Sensor
 
 if TYPE_CHECKING:
     from onceflow.streams.settings import StreamsSettings
 
-__all__ = ["BatchedProcessor", "Recovery", "ReducerError", "directory_bytes", "next_batch"]
+__all__ = ["BatchedProcessor", "Clock", "Dedupe", "Recovery", "ReducerError",
+           "directory_bytes", "next_batch"]
 
-#: How a partition's state comes back after a restart.
-#: "facts": the state is the fold of the processor's own facts (deciders:
-#: scheduler, ledger, wallets). "inputs": the state is an index of the inputs
-#: seen (checkers, whose facts are findings): inputs are read again from the
-#: checkpointed offsets (from 0 when the local state is gone) and decided
-#: again, and facts already in the topic are not sent twice.
-Recovery = Literal["facts", "inputs"]
+#: How an input already decided is recognised. "marks": by its event id, a mark kept
+#: with the state (an event fact topic: the marks are folded from it). "position": by
+#: the input offsets each fact carries (a table fact topic, compacted by entity, under
+#: flush checkpoints). "offsets": by the group's committed offsets alone (a table fact
+#: topic under transactions: what was decided and the offsets commit together).
+#: Under transactions marks still catch what is sent again from outside: a client's
+#: retried submission, an agent's report sent twice.
+Dedupe = Literal["marks", "position", "offsets"]
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Logged time for a processor: ticks into `topic` (one of its inputs), into each
+    partition this member owns, every `interval_ms`. Only the owner ticks a partition,
+    so time advances once per partition however many members run; under transactions
+    the ticks commit with the batch, so a fenced member's never count."""
+
+    topic: str
+    interval_ms: int
 
 _NONE: frozenset[bytes] = frozenset()
 
@@ -107,6 +134,12 @@ class _NullSensor:
                       state_bytes: Mapping[int, int]) -> None:
         pass
 
+    def on_restore(self, processor: str, partition: int, facts: int, seconds: float) -> None:
+        pass
+
+    def on_fenced(self, processor: str, reason: str) -> None:
+        pass
+
 
 def directory_bytes(path: Path) -> int:
     """The bytes of the files under `path` (a RocksDB directory: its SSTs and logs)."""
@@ -137,19 +170,20 @@ class BatchedProcessor:
         tables: Sequence[str] = (),
         recovery: Recovery = "facts",
         consumer_overrides: dict[str, Any] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.reducer = reducer
-        self.recovery: Recovery = recovery
         self.consumer_overrides = dict(consumer_overrides or {})
-        #: per partition: ids of facts already in the topic that a rebuild from
-        #: inputs must not send again
-        self._sent_before: dict[int, set[str]] = {}
         self.settings = settings
         self.inputs = list(inputs)
         self.fact_topic = fact_topic
         self.codec = codec or SingleObjectCodec()
         self.group_id = group_id or f"onceflow.{reducer.name}"
-        self.state_dir = Path(state_dir or settings.state_dir)
+        self.state_dir = Path(state_dir or settings.member_state_dir())
+        self.clock = clock
+        if clock is not None and clock.topic not in self.inputs:
+            raise ValueError(f"{reducer.name}: the clock ticks into one of its inputs, "
+                             f"not {clock.topic!r}")
         self._catalog = TopicCatalog(settings)
         self.dead_letter_topic = dead_letter_topic or self._catalog["deadletters"].name
         # Facts are keyed by the catalog's rule for their topic (a table
@@ -164,7 +198,8 @@ class BatchedProcessor:
         self.on_ready = on_ready
         self.tables = list(tables)
         self._tables: TopicFollower | None = None
-        self.log = get_logger(processor=reducer.name)
+        self.member = settings.member_id()
+        self.log = get_logger(processor=reducer.name, member=self.member)
         # Per input topic: known event types the reducer ignores, by Avro fingerprint,
         # skipped undecoded; on a topic that declares what it carries, only those (any
         # other type there was sent to the wrong topic, and is decoded to say so).
@@ -183,27 +218,49 @@ class BatchedProcessor:
         self._stop = threading.Event()
         self._stores: dict[int, PartitionStore] = {}
         self._pending: dict[int, FactGroups] = {}
+        #: per partition: ids of facts already in the topic that a rebuild from
+        #: inputs must not send again
+        self._sent_before: dict[int, set[str]] = {}
         self._fact_high: dict[int, int] = {}
-        # Facts go out as they are decided and the flush waits for the
-        # checkpoint interval; a short linger still groups a batch's facts
-        # into few record batches (see `processor_linger_ms`).
-        self._producer = EventProducer(settings, self.codec, on_delivered=self._delivered,
-                                       **{"linger.ms": settings.processor_linger_ms})
-        self._fact_key = self._producer.key_rule(self._fact_topic)
+        # The parts, chosen once (module doc).
+        self.checkpointing: Checkpoint = checkpoint_for(settings, self.codec, self.group_id,
+                                                        self._delivered)
+        self.recovery = recovery_part(recovery)
         # A table fact topic (compacted by entity) keeps only the latest fact
-        # per key, so what was decided is known by input position, carried in
-        # each fact's headers, not by dedupe marks (see streams.runtime.facts).
-        self._by_position = dedupes_by_position(settings, fact_topic)
+        # per key, so what was decided is not known by dedupe marks folded from it
+        # (see streams.runtime.facts).
+        self.dedupe: Dedupe = (
+            "marks" if not dedupes_by_position(settings, fact_topic)
+            else "position" if self.checkpointing.partial_decisions else "offsets")
+        self._fact_key = EventProducer.key_rule(self._fact_topic)
+        self._member_header = (FACT_HEADER_MEMBER, self.member.encode())
         self._input_index = {t: i for i, t in enumerate(self.inputs)}
         self._positions: dict[int, list[int]] = {}
-        self._dlq = DeadLetterRouter(self._producer, self.dead_letter_topic, reducer.name)
+        self._dlq = DeadLetterRouter(self.checkpointing.producer, self.dead_letter_topic,
+                                     reducer.name)
         self._consumer: Consumer | None = None
         self._ready_sent = False
         self._last_commit = 0.0
+        self._last_tick = 0.0
+        self._tick_sequence = 0
         self._uncommitted: dict[tuple[str, int], int] = {}
+        #: set when the group moved on from this member inside a rebalance callback
+        self._fenced: MemberFenced | None = None
         self.processed = 0
         self.facts_emitted = 0
+        self.fenced_times = 0
+        #: per partition: how long its last restore took, and the facts it folded
+        self.restores: dict[int, tuple[float, int]] = {}
         self._last_report = 0.0
+
+    @property
+    def dedupes_by_position(self) -> bool:
+        """Whether the facts carry the input positions they were decided at."""
+        return self.dedupe == "position"
+
+    @property
+    def _producer(self) -> EventProducer:
+        return self.checkpointing.producer
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -222,45 +279,98 @@ class BatchedProcessor:
                 f"(equal partition counts), got {counts}"
             )
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        if stop is not None:
-            self._stop = stop
+    def _join(self) -> Consumer:
         consumer = make_consumer(self.settings, self.group_id, **self.consumer_overrides)
         self._consumer = consumer
         self._check_copartitioning(consumer)
         consumer.subscribe(
             self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
+        return consumer
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        if stop is not None:
+            self._stop = stop
+        consumer = self._join()
         self.log.info("processor.started", inputs=self.inputs, facts=self.fact_topic,
-                      group=self.group_id, tables=self.tables)
+                      group=self.group_id, tables=self.tables,
+                      checkpoint=self.checkpointing.mode, dedupe=self.dedupe)
         if self.tables:
             self._open_tables()
         try:
             while not self._stop.is_set():
-                if self._tables is not None:
-                    self._observe_tables(self._tables.read(timeout=0))
-                msgs = next_batch(consumer, self.settings.batch_size,
-                                  self.settings.batch_timeout_ms / 1000)
-                if msgs:
-                    self._process_batch(consumer, msgs)
-                else:
-                    self._maybe_checkpoint(consumer)
-                if self._written is not None:
-                    self._maybe_report_partitions(consumer)
+                try:
+                    self._step(consumer)
+                except MemberFenced as exc:
+                    consumer = self._rejoin(consumer, exc)
         finally:
             self.log.info("processor.stopping", processed=self.processed,
                           facts=self.facts_emitted)
             try:
-                if self._uncommitted:
-                    self._checkpoint(consumer, wait=True)
+                if self._uncommitted or self.checkpointing.producer.in_transaction:
+                    with contextlib.suppress(MemberFenced):
+                        self._checkpoint(consumer, wait=True)
                 consumer.close()
+                self.checkpointing.close()
                 if self._tables is not None:
                     self._tables.close()
             finally:
                 for store in self._stores.values():
                     store.close()
                 self._stores.clear()
+
+    def _step(self, consumer: Consumer) -> None:
+        if self._tables is not None:
+            self._observe_tables(self._tables.read(timeout=0))
+        msgs = next_batch(consumer, self.settings.batch_size,
+                          self.settings.batch_timeout_ms / 1000)
+        if self._fenced is not None:
+            fenced, self._fenced = self._fenced, None
+            raise fenced
+        if self.clock is not None:
+            self._maybe_tick()
+        if msgs:
+            self._process_batch(consumer, msgs)
+        else:
+            self._maybe_checkpoint(consumer)
+        if self._written is not None:
+            self._maybe_report_partitions(consumer)
+
+    def _rejoin(self, consumer: Consumer, fenced: MemberFenced) -> Consumer:
+        """The group moved on from this member: drop everything not committed (the
+        stores, the open transaction), leave, and join again with a new producer; the
+        partitions the group gives it then are restored from their fact topics."""
+        self.fenced_times += 1
+        self.log.warning("member.fenced", reason=str(fenced)[:300],
+                         partitions=sorted(self._stores))
+        self.sensor.on_fenced(self.reducer.name, str(fenced)[:200])
+        self._drop_partitions(sorted(self._stores), wipe=False)
+        self.checkpointing.abort()
+        with contextlib.suppress(Exception):
+            consumer.close()
+        self.checkpointing = checkpoint_for(self.settings, self.codec, self.group_id,
+                                            self._delivered)
+        self._dlq = DeadLetterRouter(self.checkpointing.producer, self.dead_letter_topic,
+                                     self.reducer.name)
+        return self._join()
+
+    def _drop_partitions(self, partitions: Sequence[int], *, wipe: bool) -> None:
+        """Close the stores of `partitions` without writing what they hold uncommitted;
+        `wipe`: delete their directories too (partitions this member lost)."""
+        for p in partitions:
+            store = self._stores.pop(p, None)
+            if store is not None:
+                store.rollback()
+                store.close()
+                if wipe:
+                    shutil.rmtree(store.path, ignore_errors=True)
+            self._pending.pop(p, None)
+            self._positions.pop(p, None)
+            self._sent_before.pop(p, None)
+            self._fact_high.pop(p, None)
+        self._uncommitted = {tp: o for tp, o in self._uncommitted.items()
+                             if tp[1] not in partitions}
 
     # -- global tables ---------------------------------------------------------------
 
@@ -278,6 +388,22 @@ class BatchedProcessor:
                 # Not ours to dead-letter: every reader of the table would.
                 self.log.warning("table.record_skipped", topic=msg.topic(), error=str(exc)[:200])
 
+    # -- the clock -------------------------------------------------------------------
+
+    def _maybe_tick(self) -> None:
+        assert self.clock is not None
+        now = time.monotonic()
+        if (now - self._last_tick) * 1000 < self.clock.interval_ms or not self._stores:
+            return
+        self._last_tick = now
+        self._tick_sequence += 1
+        at = int(time.time() * 1000)
+        self.checkpointing.begin()
+        for p in sorted(self._stores):
+            self._producer.send(self.clock.topic,
+                                tick_event(self.clock.topic, p, at, self._tick_sequence),
+                                partition=p)
+
     # -- the batch -----------------------------------------------------------------
 
     def _delivered(self, msg: Message) -> None:
@@ -291,7 +417,8 @@ class BatchedProcessor:
         started = time.perf_counter()
         facts_before = self.facts_emitted
         stores = self._stores
-        handle = self._handle_at_position if self._by_position else self._handle
+        self.checkpointing.begin()
+        handle = self._handle_at_position if self.dedupe == "position" else self._handle
         last: dict[tuple[str, int], Message] = {}  # the last record of each partition
         for msg in msgs:
             if msg.error() is not None:
@@ -329,35 +456,20 @@ class BatchedProcessor:
             {p: directory_bytes(store.path) for p, store in sorted(self._stores.items())})
 
     def _maybe_checkpoint(self, consumer: Consumer) -> None:
-        """Checkpoint when the interval is up, so a burst of small batches shares one.
-
-        Facts and routed outputs are sent as they are decided (nobody waits
-        for a checkpoint to see them); what waits is the promise that state
-        and input offsets never get ahead of the outputs in the log.
-        """
-        if not self._uncommitted:
+        """Checkpoint when the part says it is due (every batch under transactions;
+        after an interval otherwise, so a burst of small batches shares one)."""
+        if not self._uncommitted and not self._producer.in_transaction:
             return
-        if (time.monotonic() - self._last_commit) * 1000 < self.settings.checkpoint_interval_ms:
+        if not self.checkpointing.due(time.monotonic() - self._last_commit):
             return
         self._checkpoint(consumer)
 
     def _checkpoint(self, consumer: Consumer, *, wait: bool = False) -> None:
-        """Outputs first, then state with the offsets it reflects, then the commit."""
         self._last_commit = time.monotonic()
-        self._producer.flush()
-        for partition, store in self._stores.items():
-            if store.has_changes():
-                high = self._fact_high.get(partition)
-                store.checkpoint(None if high is None else high + 1)
-        offsets = [
-            TopicPartition(t, p, o, metadata=str(self._stores[p].fact_offset()))
-            for (t, p), o in self._uncommitted.items() if p in self._stores
-        ]
+        positions = {tp: o for tp, o in self._uncommitted.items() if tp[1] in self._stores}
         self._uncommitted.clear()
-        if offsets and wait:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        elif offsets:
-            consumer.commit(offsets=offsets, asynchronous=True)
+        self.checkpointing.commit(consumer, positions, self._stores, self._fact_high,
+                                  wait=wait)
 
     def _handle_at_position(self, store: PartitionStore, partition: int, msg: Message) -> None:
         positions = self._positions[partition]
@@ -387,7 +499,8 @@ class BatchedProcessor:
         if misrouted is not None:
             self._dead_letter(msg, misrouted)
             return
-        if store.has_seen(event.event_id):
+        marks = self.dedupe == "marks"
+        if marks and store.has_seen(event.event_id):
             return
         try:
             facts = list(self.reducer.decide(store, event))
@@ -411,12 +524,14 @@ class BatchedProcessor:
         written = len(held) if held is not None else 0
         sent_before = self._sent_before.get(partition)
         cause, evolve = event.event_id, self.reducer.evolve
+        member = self._member_header
         for i in range(total):
             fact = facts[i]
             if i >= written and (sent_before is None or fact.event_id not in sent_before):
                 # Straight to the producer: the fact topic, its partition and its key
                 # rule are known (send_encoded would look them up for every fact).
                 headers = fact_headers(cause, i + 1, total)
+                headers.append(member)
                 self._producer.send_raw(
                     self.fact_topic, raws[i], key=self._fact_key(fact), partition=partition,
                     headers=[*headers, *position] if position else headers,
@@ -425,7 +540,7 @@ class BatchedProcessor:
                 if self._written is not None:
                     self._written.append(fact)
             evolve(store, fact)
-        if not self._by_position:
+        if marks:
             store.mark_seen(cause, max(f.occurred_at for f in facts))
         if self._routes:
             self._route(facts, raws)
@@ -433,13 +548,14 @@ class BatchedProcessor:
     def _route(self, facts: Sequence[Event], raws: Sequence[bytes]) -> None:
         for fact, raw in zip(facts, raws, strict=True):
             for routed in self.reducer.route(fact):
-                self._send_routed(routed, raw if routed.event is fact else None)
+                self.send_routed(routed, raw if routed.event is fact else None)
 
     def _close_held(self, store: PartitionStore, partition: int, event: Event,
                     held: list[FactRecord], position: tuple[tuple[str, bytes], ...] = ()
                     ) -> None:
         """Keep the part of a decision written before a crash as the whole decision
-        (see `DecisionClosed`): fold and route it, and close its group.
+        (see `DecisionClosed`): fold and route it, and close its group. Only under
+        flush checkpoints: a transaction never leaves part of a decision.
 
         Whatever the rest of the decision would have done is left to later
         inputs (a scheduler's ticks re-examine what is still waiting).
@@ -455,13 +571,13 @@ class BatchedProcessor:
         self.facts_emitted += 1
         for record in held:
             self.reducer.evolve(store, record.fact)
-        if not self._by_position:
+        if self.dedupe == "marks":
             store.mark_seen(event.event_id, max(r.fact.occurred_at for r in held))
         self._route([r.fact for r in held], [r.raw for r in held])
         self.log.warning("decision.closed", partition=partition, cause=event.event_id,
                          facts_kept=len(held))
 
-    def _send_routed(self, routed: Routed, raw: bytes | None = None) -> None:
+    def send_routed(self, routed: Routed, raw: bytes | None = None) -> None:
         """Send a derived output; a fact routed as it is reuses its encoding."""
         topic = self._catalog.by_name(routed.topic) or routed.topic
         if raw is None:
@@ -487,12 +603,18 @@ class BatchedProcessor:
             self.log.info("committed.unavailable", error=str(exc))
         for p in wanted:
             if p not in self._stores:
-                self._stores[p] = self._recover(p, committed)
+                self._restore(p, committed)
         for tp in partitions:
-            offset = self._stores[tp.partition].input_offset(tp.topic)
+            stored = self._stores[tp.partition].input_offset(tp.topic)
+            if self.recovery.mode == "inputs":
+                offset = stored  # the state is an index of the inputs read up to here
+            else:
+                group = committed.get((tp.topic, tp.partition))
+                offset = self.checkpointing.start_offset(
+                    stored, None if group is None or group.offset < 0 else group.offset)
             if offset is not None:
                 tp.offset = offset
-        if self._by_position:
+        if self.dedupe == "position":
             for p in wanted:
                 self._positions[p] = [-1] * len(self.inputs)
             for tp in partitions:
@@ -507,23 +629,43 @@ class BatchedProcessor:
             self.on_ready()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._uncommitted:
+        revoked = sorted({tp.partition for tp in partitions})
+        if self._uncommitted or self._producer.in_transaction:
             try:
                 self._checkpoint(consumer, wait=True)
-            except Exception as exc:  # lost partitions: recovery by replay covers it
+            except MemberFenced as exc:
+                # Too late to commit: what was decided since the last commit is dropped
+                # with the stores, and the loop joins again.
+                self._fenced = exc
+                self._drop_partitions(sorted(self._stores), wipe=False)
+            except Exception as exc:  # flush checkpoints: recovery by replay covers it
                 self.log.warning("checkpoint.on_revoke_failed", error=str(exc)[:200])
-        for p in sorted({tp.partition for tp in partitions}):
+        for p in revoked:
             store = self._stores.pop(p, None)
             if store is not None:
                 store.close()
             self._pending.pop(p, None)
             self._positions.pop(p, None)
+            self._sent_before.pop(p, None)
         consumer.unassign()
-        self.log.info("partitions.revoked", partitions=sorted({tp.partition for tp in partitions}))
+        self.log.info("partitions.revoked", partitions=revoked)
 
-    def _recover(
-        self, partition: int, committed: dict[tuple[str, int], TopicPartition]
-    ) -> PartitionStore:
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group moved on without this member (its session ended, say while it was
+        frozen): whatever it decided since its last commit must never count. Its open
+        transaction is aborted (the group's new generation would refuse its offsets
+        anyway), every store is dropped uncommitted, and those of the lost partitions
+        deleted: another member owns them now."""
+        lost = sorted({tp.partition for tp in partitions})
+        self.log.warning("partitions.lost", partitions=lost)
+        self._drop_partitions(lost, wipe=True)
+        self._fenced = MemberFenced(f"partitions {lost} lost to the group")
+        self._drop_partitions(sorted(self._stores), wipe=False)
+        with contextlib.suppress(Exception):
+            consumer.unassign()
+
+    def _restore(self, partition: int, committed: dict[tuple[str, int], TopicPartition]
+                 ) -> None:
         horizon = self.settings.retention_horizon_ms
         marks = self.settings.dedupe_min_marks
         store = open_partition_store(self.state_dir, self.reducer.name, partition,
@@ -531,101 +673,32 @@ class BatchedProcessor:
                                      layout=self.reducer.state_layout)
         assert self._consumer is not None
         log_end = watermarks(self._consumer, self.fact_topic, partition)[1]  # where facts end
-        if store.outdated:
-            # kept by an older release, or with another rule for its dedupe marks
-            self.log.warning("state.rebuilt", partition=partition, reason="layout")
-            store.close()
-            store = open_partition_store(self.state_dir, self.reducer.name, partition,
-                                         wipe=True, horizon_ms=horizon, min_marks=marks,
-                                         layout=self.reducer.state_layout)
-        if store.fact_offset() > log_end:
-            # The checkpoint is beyond the end of the log: the topic was
-            # deleted and created again (or the broker's data was wiped), so
-            # this state describes a log that no longer exists.
-            self.log.warning("state.discarded", partition=partition,
+        reason = ("layout" if store.outdated  # an older release, another dedupe rule
+                  # The checkpoint is beyond the end of the log: the topic was deleted
+                  # and created again (or the broker's data was wiped), so this state
+                  # describes a log that no longer exists.
+                  else "beyond_log" if store.fact_offset() > log_end else None)
+        if reason is not None:
+            self.log.warning("state.rebuilt", partition=partition, reason=reason,
                              checkpoint=store.fact_offset(), log_end=log_end)
             store.close()
             store = open_partition_store(self.state_dir, self.reducer.name, partition,
                                          wipe=True, horizon_ms=horizon, min_marks=marks,
                                          layout=self.reducer.state_layout)
-        if self.recovery == "inputs":
-            return self._recover_from_inputs(partition, store, log_end)
-        start = store.fact_offset()
-        # The commit metadata remembers the fact offset of the last checkpoint,
-        # so facts after it (whose derived outputs may not have been sent) can
-        # be re-routed even when the local state is gone.
-        reroute_from = start
-        for topic in self.inputs:
-            tp = committed.get((topic, partition))
-            if tp is not None and tp.metadata and store.fresh:
-                with contextlib.suppress(ValueError):
-                    reroute_from = max(reroute_from, int(tp.metadata))
-        started = time.perf_counter()
-        groups = FactGroups()
-        folded = 0
-        reroute: list[FactRecord] = []
-
-        def records() -> Iterator[FactRecord]:
-            if start >= log_end:
-                return
-            for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
-                record = fact_record(msg, self.codec)
-                if record is not None:
-                    yield record
-
-        position: tuple[int, ...] | None = None
-        for item in fold_fact_records(self.reducer, store, records(), groups,
-                                      mark_seen=not self._by_position):
-            folded += 1
-            position = item.inputs or position
-            if item.offset >= reroute_from:
-                reroute.append(item)
-        if self._by_position and position is not None:
-            # Inputs up to the last folded decision are decided: resume after them.
-            for topic, offset in zip(self.inputs, position, strict=False):
-                if offset >= 0 and offset > (store.input_offset(topic) or -1):
-                    store.set_input_offset(topic, offset)
-        for item in reroute:
-            for routed in self.reducer.route(item.fact):
-                self._send_routed(routed)
-        self._producer.flush()
-        # Compaction may have removed the records just before the end, and
-        # nothing is written here while the partition is being recovered.
-        store.checkpoint(max(log_end, start))
-        self._pending[partition] = groups
-        self.log.info(
-            "partition.recovered", partition=partition, from_offset=start, facts=folded,
-            held=len(groups.pending), rerouted=len(reroute),
-            seconds=round(time.perf_counter() - started, 3),
-        )
-        return store
-
-    def _recover_from_inputs(self, partition: int, store: PartitionStore, log_end: int
-                             ) -> PartitionStore:
-        """Re-read the inputs from the checkpoint (0 when the state is gone), remembering
-        which facts are in the topic already so that re-deciding sends none twice."""
-        started = time.perf_counter()
-        start = store.fact_offset()
-        sent: set[str] = set()
-        if start < log_end:
-            for msg in read_partition_to_end(self.settings, self.fact_topic, partition, start):
-                record = fact_record(msg, self.codec)
-                if record is not None:
-                    sent.add(record.fact.event_id)
-        if store.fresh:
-            for topic in self.inputs:
-                store.set_input_offset(topic, 0)
-        store.checkpoint(max(log_end, start))
-        self._sent_before[partition] = sent
-        self.log.info("partition.recovered", partition=partition, mode="inputs",
-                      from_offset=start, facts_in_topic=len(sent),
-                      seconds=round(time.perf_counter() - started, 3))
-        return store
+        restored: Restored = self.recovery.restore(self, partition, store, log_end, committed)
+        self._stores[partition] = restored.store
+        self._pending[partition] = restored.groups
+        if restored.sent_before is not None:
+            self._sent_before[partition] = restored.sent_before
+        self.restores[partition] = (restored.seconds, restored.facts)
+        self.sensor.on_restore(self.reducer.name, partition, restored.facts, restored.seconds)
 
     # -- inspection ------------------------------------------------------------------
+
+    def partition_path(self, partition: int) -> Path:
+        return partition_store_path(self.state_dir, self.reducer.name, partition)
 
     def fingerprint(self) -> str:
         from onceflow.streams.runtime.fingerprint import fingerprint_partitions
 
         return fingerprint_partitions({p: list(s.raw_items()) for p, s in self._stores.items()})
-

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FACT_HEADER_CAUSE",
     "FACT_HEADER_INPUTS",
+    "FACT_HEADER_MEMBER",
     "FACT_HEADER_SEQ",
     "FactGroups",
     "FactRecord",
@@ -58,6 +59,8 @@ __all__ = [
 FACT_HEADER_CAUSE = "onceflow.cause"
 FACT_HEADER_SEQ = "onceflow.seq"
 FACT_HEADER_INPUTS = "onceflow.inputs"
+#: the member that wrote the fact (which member decided what, after partitions moved)
+FACT_HEADER_MEMBER = "onceflow.member"
 
 
 def dedupes_by_position(settings: StreamsSettings, fact_topic: str) -> bool:

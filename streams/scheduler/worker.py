@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 from onceflow.streams.limits import limiter_needed
 from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.log import get_logger
-from onceflow.streams.runtime.batched import BatchedProcessor
-from onceflow.streams.runtime.clock import Ticker
+from onceflow.streams.runtime.batched import BatchedProcessor, Clock
 from onceflow.streams.scheduler._impl.reducer import Scheduler
 from onceflow.streams.topics.catalog import TopicCatalog
 from onceflow.streams.types import CostEstimator
@@ -19,7 +18,7 @@ from onceflow.streams.types import CostEstimator
 if TYPE_CHECKING:
     from onceflow.streams.settings import StreamsSettings
 
-__all__ = ["build_clock", "build_scheduler", "run_scheduler"]
+__all__ = ["build_scheduler", "run_scheduler"]
 
 
 def build_scheduler(
@@ -28,9 +27,12 @@ def build_scheduler(
     estimator: CostEstimator | None = None,
     on_ready: Callable[[], None] | None = None,
     group_id: str | None = None,
+    with_clock: bool = True,
 ) -> BatchedProcessor:
     """The scheduler on the batched shell; `estimator` prices budget holds, fair queuing
-    and token rates (billing's `cost_estimator`; None only where no budget is held)."""
+    and token rates (billing's `cost_estimator`; None only where no budget is held).
+    `with_clock`: tick every partition this member owns into `reports` (see the
+    reducer's doc); off only where a test drives logged time itself."""
     catalog = TopicCatalog(settings)
     return BatchedProcessor(
         Scheduler(settings, catalog=catalog, estimator=estimator), settings,
@@ -39,13 +41,9 @@ def build_scheduler(
         tables=[catalog["nodes"].name, catalog["trust"].name, catalog["capacity"].name],
         group_id=group_id or f"{settings.topic_prefix}scheduler",
         on_ready=on_ready,
+        clock=Clock(catalog["reports"].name, settings.scheduler.tick_interval_ms)
+        if with_clock else None,
     )
-
-
-def build_clock(settings: StreamsSettings) -> Ticker:
-    """The scheduler's clock: ticks into every `reports` partition (see the reducer's doc)."""
-    reports = TopicCatalog(settings)["reports"]
-    return Ticker(settings, reports.name, reports.partitions, settings.scheduler.tick_interval_ms)
 
 
 def run_scheduler(settings: StreamsSettings, *, estimator: CostEstimator | None = None,
@@ -53,13 +51,9 @@ def run_scheduler(settings: StreamsSettings, *, estimator: CostEstimator | None 
     """Block until SIGTERM: schedule, arbitrate claims, settle, recover; and keep the
     tenants' retry budgets and any limits (the limiter, in a thread)."""
     log = get_logger(role="scheduler")
-    processor = build_scheduler(settings, estimator=estimator,
+    processor = build_scheduler(settings, estimator=estimator, with_clock=with_clock,
                                 on_ready=ready_file.touch if ready_file else None)
     processor.install_signal_handlers()
-    ticker = None
-    if with_clock:
-        ticker = build_clock(settings)
-        ticker.start()
     # The limiter runs beside every scheduler (one member of its group is active): it keeps
     # every tenant's retry budget, and the slots and holds when limits or budgets are set.
     limiter_stop = threading.Event()
@@ -72,5 +66,3 @@ def run_scheduler(settings: StreamsSettings, *, estimator: CostEstimator | None 
     finally:
         limiter_stop.set()
         limiter.join(timeout=30)
-        if ticker is not None:
-            ticker.stop()

@@ -170,3 +170,13 @@ class Sensor(Protocol):
         """Every few seconds: records behind per input partition, and the bytes of each
         partition's local state on disk."""
         ...
+
+    def on_restore(self, processor: str, partition: int, facts: int, seconds: float) -> None:
+        """A partition came to this member: its state was restored from the changelog
+        (its fact topic) in `seconds`, folding `facts` facts, before anything was decided."""
+        ...
+
+    def on_fenced(self, processor: str, reason: str) -> None:
+        """The group moved on from this member (or its transaction failed): what it
+        decided since its last commit was dropped, and it rejoins."""
+        ...

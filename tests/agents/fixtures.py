@@ -24,7 +24,7 @@ from onceflow.settings import AgentSettings, OnceflowSettings, SchedulerSettings
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.limits.worker import build_limiter
 from onceflow.streams.runtime import BatchedProcessor
-from onceflow.streams.scheduler.worker import build_clock, build_scheduler
+from onceflow.streams.scheduler.worker import build_scheduler
 from onceflow.streams.topics import TopicCatalog, create_topics
 from tests.fixtures import wait_for
 
@@ -90,8 +90,6 @@ class Cluster:
         self._spawn(lambda: self.scheduler.run(self.stop))  # type: ignore[union-attr]
         limiter = build_limiter(self.settings)  # beside every scheduler: retry budgets
         self._spawn(lambda: limiter.run(self.stop))
-        self.ticker = build_clock(self.settings)
-        self.ticker.start()
         assert ready.wait(60), "scheduler never became ready"
 
     def start_agent(self, node_id: str, **kw: Any) -> NodeAgent:
@@ -151,8 +149,6 @@ class Cluster:
         if not hasattr(self, "producer"):
             return  # closed already
         self.stop.set()
-        if getattr(self, "ticker", None) is not None:
-            self.ticker.stop()
         for t in self.threads:
             t.join(timeout=20)
         if self.follower is not None:
@@ -166,7 +162,6 @@ class Cluster:
 
         self.agents.clear()
         self.scheduler = None
-        self.ticker = None
         del self.producer
         gc.collect()
 

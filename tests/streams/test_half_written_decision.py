@@ -6,6 +6,10 @@ written facts, only the rest is sent. When it differs, because the reducer
 read something outside the partition's log, the written part stands and a
 `DecisionClosed` fact ends it: no fact id twice, and the live state equals
 a replay of the topic.
+
+Only flush checkpoints can leave half a decision in the log; under
+transactions the written part was never committed, so readers never see it
+and the input is simply decided again (the last test).
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ def _half_written_then_restarted(settings: OnceflowSettings, tmp_path: Path,
                                  uid: str, table_after: int) -> tuple[list[Event], int]:
     """The first two of three facts for one input in the log (made with table 1), its
     input not yet committed; then a processor with `table_after` runs over it and over
-    a second input. Returns the fact topic's events and the input's partition."""
+    a second input (flush checkpoints). Returns the fact topic's events and the input's
+    partition."""
+    settings = settings.model_copy(update={"transactions": False})
     create_topics(settings)
     catalog = TopicCatalog(settings)
     first, second = submitted(0, unit="wu-a"), submitted(1, unit="wu-a")  # one partition
@@ -122,3 +128,35 @@ def test_a_different_decision_keeps_the_written_part_and_closes_it(
         assert store.has_seen(submitted(0, unit="wu-a").event_id)
     finally:
         store.close()
+
+
+def test_under_transactions_an_aborted_half_decision_is_never_seen(
+        settings: OnceflowSettings, tmp_path: Path, uid: str) -> None:
+    """A member fenced after writing two of three facts: its transaction is aborted, the
+    next member decides the input whole, and nobody (the shell's recovery included)
+    ever reads the aborted facts."""
+    create_topics(settings)
+    catalog = TopicCatalog(settings)
+    first = submitted(0, unit="wu-a")
+    partition = partition_for("wu-a", settings.partitions)
+    zombie = EventProducer(settings, SingleObjectCodec(), transactional_id=f"zombie-{uid}")
+    zombie.begin_transaction()
+    for i, fact in enumerate(_Placing(1).decide(MemoryState(), first)[:2], start=1):
+        zombie.send(catalog["workunits"], fact, partition=partition,
+                    headers=fact_headers(first.event_id, i, 3))
+    zombie.flush()
+    zombie.abort_transaction()
+    plain = EventProducer(settings, SingleObjectCodec())
+    plain.send(catalog["submissions"], first)
+    plain.flush()
+    processor = BatchedProcessor(_Placing(2), settings, inputs=[catalog["submissions"].name],
+                                 fact_topic=catalog["workunits"].name,
+                                 group_id=f"g-{uid}", state_dir=tmp_path / "placing")
+    assert processor.checkpointing.mode == "transactions"
+    with running(processor):
+        wait_for(lambda: processor.processed >= 1, what="the input processed")
+    facts = events(settings, catalog["workunits"].name)
+    assert [(f.last_work_unit_id, f.count) for f in facts
+            if isinstance(f, SubmissionCounted)] == [("wu-a/0", 2), ("wu-a/1", 2), ("wu-a/2", 2)]
+    assert not [f for f in facts if isinstance(f, DecisionClosed)]
+    _live_equals_replay(settings, tmp_path, partition)

@@ -56,7 +56,7 @@ class ReadModelFeed:
         self.catalog = TopicCatalog(settings)
         self.fold = ReadModelFold(Limiter.from_settings(settings))
         self.codec = SingleObjectCodec()
-        root = Path(state_dir or settings.state_dir)
+        root = Path(state_dir or settings.member_state_dir())
         self.store = open_partition_store(root, "readmodel", 0, layout=LAYOUT)
         if self.store.outdated:
             self.log.info("readmodel.rebuild", reason="kept in another layout")

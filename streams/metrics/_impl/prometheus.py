@@ -86,6 +86,13 @@ class PrometheusSensor:
                          "input partition", ["processor", "topic", "partition"], registry=r)
         self.state_bytes = Gauge("onceflow_state_bytes", "bytes of a partition's local state "
                                  "on disk", ["processor", "partition"], registry=r)
+        self.restore_seconds = Histogram(
+            "onceflow_partition_restore_seconds", "how long a partition's state took to "
+            "restore from its fact topic when it came to this member", ["processor"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 120), registry=r)
+        self.fenced = Counter("onceflow_member_fenced", "times the group moved on from this "
+                              "member and it dropped what it had not committed",
+                              ["processor"], registry=r)
         self.replicas = Gauge("onceflow_capacity_replicas", "node agents the capacity "
                               "controller wants", registry=r)
         self.queue_depth = Gauge("onceflow_capacity_queue_depth", "units queued at the last "
@@ -126,6 +133,12 @@ class PrometheusSensor:
             self.lag.labels(processor, topic, str(partition)).set(behind)
         for partition, size in state_bytes.items():
             self.state_bytes.labels(processor, str(partition)).set(size)
+
+    def on_restore(self, processor: str, partition: int, facts: int, seconds: float) -> None:
+        self.restore_seconds.labels(processor).observe(seconds)
+
+    def on_fenced(self, processor: str, reason: str) -> None:
+        self.fenced.labels(processor).inc()
 
     def on_attempt(self, node: str, kind: str, outcome: str, seconds: float) -> None:
         """A node agent ran an attempt (agents are not processors: they call this)."""
