@@ -844,6 +844,11 @@ def _only(section: str, s: float, out: Path) -> None:
                 from bench.history import history_rates
 
                 figures = history_rates(broker.bootstrap, Path(work), int(100_000 * s))
+            elif section == "members":
+                from bench.members import members_rates
+
+                figures = members_rates(settings, Path(work), int(10_000 * s), 200, 10 * s,
+                                        int(100_000 * s))
             else:
                 figures = _soak_section(settings, s)
         finally:
@@ -858,7 +863,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--only", choices=["trace_headers", "soak", "history"],
+    parser.add_argument("--only", choices=["trace_headers", "soak", "history", "members"],
                         help="measure one section (with the raw broker rate of the same run) "
                              "and put it into the existing report")
     args = parser.parse_args()
@@ -905,6 +910,10 @@ def main() -> None:
 
             results["history"] = history_rates(broker.bootstrap, Path(work.name),
                                                int(100_000 * s))
+            from bench.members import members_rates
+
+            results["members"] = members_rates(settings, Path(stack_dir), int(10_000 * s),
+                                               200, 10 * s, int(100_000 * s))
             results["soak"] = _soak_section(settings, s)
     finally:
         broker.stop()

@@ -19,7 +19,44 @@ from onceflow.streams.kafka import TopicFollower, read_events, type_fingerprints
 from onceflow.streams.scheduler import UnitProgress
 from onceflow.streams.topics.catalog import TopicCatalog
 
-__all__ = ["ProgressFollower", "node_rows", "read_capacity", "read_progress"]
+__all__ = ["ROLE_GROUPS", "ProgressFollower", "node_rows", "read_capacity", "read_progress",
+           "role_members"]
+
+#: each batched processor's consumer group (after the topic prefix), by the role running it
+ROLE_GROUPS: tuple[tuple[str, str], ...] = (
+    ("scheduler", "scheduler"), ("scheduler", "limiter"), ("billing", "ledger"),
+    ("billing", "wallets"), ("billing", "anomalies"), ("trust", "trust"),
+    ("autoscaler", "autoscaler"),
+)
+
+
+def role_members(settings: OnceflowSettings, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Each role's groups, as the group coordinator knows them now: the members (by the
+    name each gave as its client id) and the partitions each owns. A member that owns
+    none stands by (the limiter's one partition has one active member)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.admin_config())
+    groups = [f"{settings.topic_prefix}{g}" for _, g in ROLE_GROUPS]
+    out: list[dict[str, Any]] = []
+    futures = admin.describe_consumer_groups(groups, request_timeout=timeout)
+    for (role, name), group in zip(ROLE_GROUPS, groups, strict=True):
+        try:
+            desc = futures[group].result(timeout)
+        except Exception as exc:  # the coordinator is loading, the broker is away
+            out.append({"role": role, "group": name, "state": "unknown",
+                        "error": str(exc)[:200], "members": []})
+            continue
+        members = []
+        for m in desc.members:
+            partitions = sorted({tp.partition for tp in m.assignment.topic_partitions})
+            members.append({"member": m.client_id, "host": m.host,
+                            "partitions": partitions})
+        members.sort(key=lambda m: (m["member"], m["partitions"]))
+        out.append({"role": role, "group": name, "state": str(desc.state).rsplit(".", 1)[-1],
+                    "members": members})
+    return out
+
 
 
 class ProgressFollower:

@@ -17,8 +17,11 @@ from pathlib import Path
 
 from onceflow.settings import OnceflowSettings
 
-__all__ = ["AgentSpec", "RoleProcess", "RoleStartError", "agent_specs", "start_roles",
-           "stop_roles", "worker_command"]
+__all__ = ["MEMBER_ROLES", "AgentSpec", "RoleProcess", "RoleStartError", "agent_specs",
+           "member_names", "parse_members", "start_roles", "stop_roles", "worker_command"]
+
+#: the roles that run as several members of one consumer group (`--members`)
+MEMBER_ROLES = ("scheduler", "billing", "trust", "limiter", "views")
 
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-south")
 
@@ -59,6 +62,30 @@ def agent_specs(count: int, *, concurrency: int = 4, kinds: tuple[str, ...] = ("
     ]
 
 
+def member_names(role: str, count: int) -> list[str]:
+    """`scheduler`, `scheduler-2`, ...: stable names, so a member restarted under its name
+    fences its last incarnation and finds its own state directory again."""
+    return [role if i == 1 else f"{role}-{i}" for i in range(1, count + 1)]
+
+
+def parse_members(text: str) -> dict[str, int]:
+    """`scheduler=3,billing=2` as {role: members}; a ValueError says what is wrong."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        role, sep, count = part.partition("=")
+        role = role.strip()
+        if not sep or role not in MEMBER_ROLES:
+            raise ValueError(f"{part!r}: write ROLE=N with ROLE one of {', '.join(MEMBER_ROLES)}")
+        try:
+            n = int(count)
+        except ValueError:
+            raise ValueError(f"{part!r}: {count.strip()!r} is not a number of members") from None
+        if not 1 <= n <= 16:
+            raise ValueError(f"{part!r}: members must be between 1 and 16")
+        out[role] = n
+    return out
+
+
 def worker_command(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "onceflow.infra.cli", "worker", role, *args]
 
@@ -70,7 +97,10 @@ def _spawn(settings: OnceflowSettings, name: str, cmd: list[str]) -> RoleProcess
     ready = run_dir / "ready" / name
     ready.unlink(missing_ok=True)
     log = run_dir / "logs" / f"{name}.log"
-    env = {**os.environ, **settings.to_env(), "ONCEFLOW_LOG_FORMAT": "json"}
+    # Each process is a member under its own name: its transactional ids, client id and
+    # state directory.
+    env = {**os.environ, **settings.to_env(), "ONCEFLOW_LOG_FORMAT": "json",
+           "ONCEFLOW_MEMBER": name}
     with open(log, "ab") as out:
         proc = subprocess.Popen([*cmd, "--ready-file", str(ready)], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -87,31 +117,47 @@ def start_roles(
     autoscaler: bool | list[str] = False,
     fleet: list[str] | None = None,
     views_port: int | None = None,
+    members: dict[str, int] | None = None,
+    names: list[str] | None = None,
     timeout_s: float = 90.0,
 ) -> list[RoleProcess]:
-    """Start the scheduler (`scheduler` replicas of it), billing, trust, the autoscaler, the
-    fleet manager, the views (HTTP on `views_port`) and the agents; return once all are
-    ready.
+    """Start the scheduler, billing, trust, the autoscaler, the fleet manager, the views
+    (HTTP on `views_port`) and the agents; return once all are ready.
 
-    Scheduler replicas share its consumer group, so the work-unit partitions
-    are split between them (each partition keeps a single writer).
+    `members` (else the `members` setting): how many members of a role to start
+    (`scheduler`, `scheduler-2`, ...; `scheduler=2` says the same for the scheduler,
+    and `limiter` adds limiter members of their own). Members share their role's
+    consumer group, so its partitions are split between them (each keeps a single
+    writer, fenced by transactions). `names`: start only these members (a restart).
     """
+    counts = {**settings.members, **(members or {})}
+    if isinstance(scheduler, int) and not isinstance(scheduler, bool) and scheduler > 1:
+        counts["scheduler"] = scheduler
+    # The members' processes see the counts (a scheduler leaves the limiter to limiter
+    # members when there are any).
+    settings = settings.model_copy(update={"members": counts})
+    wanted = {"scheduler": bool(scheduler), "billing": billing, "trust": trust,
+              "limiter": "limiter" in counts, "views": views_port is not None}
     roles: list[RoleProcess] = []
-    for i in range(int(scheduler)):
-        name = "scheduler" if i == 0 else f"scheduler-{i + 1}"
-        roles.append(_spawn(settings, name, worker_command("scheduler")))
-    if billing:
-        roles.append(_spawn(settings, "billing", worker_command("billing")))
-    if trust:
-        roles.append(_spawn(settings, "trust", worker_command("trust")))
+    for role in ("scheduler", "billing", "trust", "limiter"):
+        if not wanted[role]:
+            continue
+        for name in member_names(role, counts.get(role, 1)):
+            if names is None or name in names:
+                roles.append(_spawn(settings, name, worker_command(role)))
     if autoscaler:  # True, or the autoscaler's extra options
         extra = autoscaler if isinstance(autoscaler, list) else []
         roles.append(_spawn(settings, "autoscaler", worker_command("autoscaler", *extra)))
     if fleet is not None:  # the fleet manager's options for the agents it starts
         roles.append(_spawn(settings, "fleet", worker_command("fleet", *fleet)))
     if views_port is not None:
-        roles.append(_spawn(settings, "views", worker_command("views", "--port",
-                                                              str(views_port))))
+        from onceflow.infra.broker import free_port
+
+        for i, name in enumerate(member_names("views", counts.get("views", 1))):
+            if names is None or name in names:
+                port = views_port if i == 0 else free_port()
+                roles.append(_spawn(settings, name, worker_command("views", "--port",
+                                                                   str(port))))
     for spec in agents:
         args = ["--node-id", spec.node_id, "--kinds", ",".join(spec.kinds),
                 "--concurrency", str(spec.concurrency)]

@@ -168,9 +168,11 @@ def start_stack_roles(
     concurrency: int = 4,
     region: str | None = None,
     llm_provider: str | None = None,
+    members: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    """Start the roles that are not running yet; record them for `status` and `down`."""
-    from onceflow.infra.roles import AgentSpec, agent_specs, start_roles
+    """Start the roles that are not running yet (`members` of each: else the `members`
+    setting, else one); record them for `status` and `down`."""
+    from onceflow.infra.roles import AgentSpec, agent_specs, member_names, start_roles
 
     state = read_stack(settings)
     if state is None:
@@ -182,10 +184,13 @@ def start_stack_roles(
                                llm_provider=llm_provider)
         if f"agent-{s.node_id}" not in running
     ]
-    want_scheduler = scheduler and "scheduler" not in running
-    want_billing = billing and "billing" not in running
+    counts = {**settings.members, **(members or {})}
+    missing = [name for role, on in (("scheduler", scheduler), ("billing", billing),
+                                     ("trust", trust), ("limiter", "limiter" in counts),
+                                     ("views", views)) if on
+               for name in member_names(role, counts.get(role, 1)) if name not in running]
     views_port = None
-    if views and "views" not in running:
+    if any(n == "views" or n.startswith("views-") for n in missing):
         from onceflow.infra.broker import free_port
 
         views_port = free_port()
@@ -194,13 +199,13 @@ def start_stack_roles(
         fleet = ["--concurrency", str(concurrency)]
         fleet += ["--region", region] if region else []
         fleet += ["--llm-provider", llm_provider] if llm_provider else []
-    started = start_roles(settings, specs, scheduler=want_scheduler, billing=want_billing,
-                          trust=trust and "trust" not in running,
-                          autoscaler=autoscale and "autoscaler" not in running, fleet=fleet,
-                          views_port=views_port)
+    started = start_roles(settings, specs, scheduler=scheduler, billing=billing,
+                          trust=trust, autoscaler=autoscale and "autoscaler" not in running,
+                          fleet=fleet, views_port=views_port if views else None,
+                          members=counts, names=missing)
     running.update({r.name: r.pid for r in started})
     state.processes = running
-    if views_port is not None:
+    if views_port is not None and "views" in missing:
         state.views_url = f"http://127.0.0.1:{views_port}"
     write_stack(settings, state)
     return running

@@ -90,6 +90,12 @@ class StreamsSettings(KafkaSettings):
         default=512, ge=128,
         description="the embedded Kafka broker's JVM heap (`onceflow up`, the tests, the bench)",
     )
+    members: dict[str, int] = Field(
+        default_factory=dict,
+        description="members `onceflow up` starts per role (scheduler, billing, trust, "
+                    "limiter, views), e.g. {\"scheduler\": 3}; a role not named runs one "
+                    "(the limiter runs beside each scheduler besides)",
+    )
     batch_size: int = Field(default=2000, ge=1)
     """records the batched shell reads at most per batch"""
     batch_timeout_ms: int = Field(default=50, ge=1)

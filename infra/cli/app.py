@@ -68,6 +68,10 @@ def up(
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="wipe the broker's data and the roles' state first (every unit, "
                         "offset and ledger row is lost)")] = False,
+    members: Annotated[str | None, typer.Option(
+        help="members per role, e.g. scheduler=3,billing=2,trust=2 (roles: scheduler, "
+             "billing, trust, limiter, views; default: the members setting, else one "
+             "each)")] = None,
 ) -> None:
     """Start the local stack: Kafka, topics, scheduler, billing, views and node agents.
 
@@ -76,6 +80,12 @@ def up(
     from onceflow.infra.roles import RoleStartError
     from onceflow.infra.stack import stack_up, start_stack_roles
 
+    from onceflow.infra.roles import parse_members
+
+    try:
+        counts = parse_members(members) if members is not None else None
+    except ValueError as exc:
+        raise fail(f"--members {exc}") from None
     settings = cli_settings()
     if fresh:
         _reset(settings)
@@ -96,7 +106,7 @@ def up(
     try:
         roles = start_stack_roles(settings, agents=agents, scheduler=scheduler,
                                   concurrency=concurrency, region=region,
-                                  llm_provider=llm_provider)
+                                  llm_provider=llm_provider, members=counts)
     except RoleStartError as exc:
         raise fail(f"a role did not start: {exc}", 1) from None
     from onceflow.infra.stack import metrics_urls, read_stack
@@ -188,6 +198,9 @@ def status(
         if all(t["exists"] for t in report["topics"]) and (
                 settings.views_url is not None or (views is not None and pid_alive(views))):
             report.update(read_model(settings, "/status", {"at": at_ms}))
+        from onceflow.infra.observe import role_members
+
+        report["members"] = [g for g in role_members(settings) if g["members"]]
     if fmt == "json":
         print(json.dumps(report, indent=2))
         return
@@ -198,6 +211,14 @@ def status(
     for name, proc in report["processes"].items():
         state = "[green]running[/]" if proc["alive"] else "[red]stopped[/]"
         console.print(f"  {name}: {state} (pid {proc['pid']})")
+    if report.get("members"):
+        groups = Table("role", "group", "member", "host", "partitions",
+                       title="members (partitions each owns; none: standing by)")
+        for g in report["members"]:
+            for m in g["members"]:
+                groups.add_row(g["role"], g["group"], m["member"], m["host"],
+                               ",".join(map(str, m["partitions"])) or "-")
+        console.print(groups)
     units = report["units"]
     if units:
         table = Table("state", "units", title=f"work units ({units['total']})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +15,26 @@ from onceflow.settings import OnceflowSettings
 __all__ = ["worker_app"]
 
 worker_app = typer.Typer(help="Run one role in the foreground.", no_args_is_help=True)
+
+#: what a member's name may be made of: it names a transactional id and a directory
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@worker_app.callback()
+def members(
+    member: Annotated[str | None, typer.Option(
+        help="this process's name among its role's members (its transactional ids and "
+             "state directory; a restart under the same name fences the last one); "
+             "default: ONCEFLOW_MEMBER, else host and process id")] = None,
+) -> None:
+    """Run one role in the foreground, as a member of the role's consumer group: run it
+    anywhere that reaches the brokers and it shares the role's partitions with the
+    others."""
+    if member is not None:
+        if not _MEMBER_NAME.match(member):
+            raise fail(f"--member {member!r}: use letters, digits, '.', '_' or '-' "
+                       "(at most 64, starting with a letter or digit)")
+        os.environ["ONCEFLOW_MEMBER"] = member
 
 
 def _serve_metrics(settings: OnceflowSettings, ready_file: Path | None) -> None:
@@ -50,6 +72,38 @@ def scheduler(
     tune_for_streaming()
     _serve_metrics(settings, ready_file)
     run_scheduler(settings, estimator=estimator, ready_file=ready_file, with_clock=clock)
+
+
+@worker_app.command("limiter")
+def limiter(
+    ready_file: Annotated[Path | None, typer.Option(help="touched once it runs")]
+    = None,
+) -> None:
+    """A limiter member on its own (one also runs beside every scheduler): the group keeps
+    one active member for the one `limits` partition and the rest stand by, fenced by
+    transactions when they take over."""
+    import signal
+    import threading
+
+    from onceflow.streams.limits import LimitsFileError, ScopeLimits
+    from onceflow.streams.limits.worker import build_limiter
+    from onceflow.streams.runtime.process import tune_for_streaming
+
+    settings = cli_settings(role=True)
+    try:
+        ScopeLimits.from_settings(settings.limits)
+    except LimitsFileError as exc:
+        raise fail(str(exc)) from None
+    tune_for_streaming()
+    _serve_metrics(settings, ready_file)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    processor = build_limiter(settings)
+    if ready_file is not None:
+        # A standby has no partition to be ready with: it is ready once it runs.
+        ready_file.touch()
+    processor.run(stop)
 
 
 @worker_app.command("billing")

@@ -70,10 +70,7 @@ class EventProducer:
         self.transactional = transactional_id is not None
         #: a transaction is open (begun, not yet committed or aborted)
         self.in_transaction = False
-        if self.transactional:
-            # Fences whatever producer had this id before (a restarted member's last
-            # incarnation), aborting its open transaction.
-            self._call(lambda: self._producer.init_transactions(30))
+        self._initialised = False
         self._errors: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._on_delivered = on_delivered
@@ -192,6 +189,12 @@ class EventProducer:
     def begin_transaction(self) -> None:
         """Open a transaction unless one is open: everything sent until the commit is
         visible all at once or never."""
+        if not self._initialised:
+            # Fences whatever producer had this id before (a restarted member's last
+            # incarnation), aborting its open transaction. Done at the first transaction,
+            # not when the producer is made: making one must not fence anybody.
+            self._call(lambda: self._producer.init_transactions(30))
+            self._initialised = True
         if not self.in_transaction:
             self._call(self._producer.begin_transaction, attempts=1)
             self.in_transaction = True
@@ -221,9 +224,11 @@ class EventProducer:
 
     def abort_transaction(self) -> None:
         """Abort the open transaction; a fenced producer cannot, and needs none."""
-        self.in_transaction = False
+        was_open, self.in_transaction = self.in_transaction, False
         with self._lock:
             self._errors = []
+        if not was_open:
+            return
         try:
             self._producer.abort_transaction(10)
         except KafkaException:

@@ -244,6 +244,9 @@ class BatchedProcessor:
         self._last_tick = 0.0
         self._tick_sequence = 0
         self._uncommitted: dict[tuple[str, int], int] = {}
+        #: per input partition: the offset this member last committed (or started from)
+        self._committed: dict[tuple[str, int], int] = {}
+        self._last_marker_check = 0.0
         #: set when the group moved on from this member inside a rebalance callback
         self._fenced: MemberFenced | None = None
         self.processed = 0
@@ -333,6 +336,7 @@ class BatchedProcessor:
         if msgs:
             self._process_batch(consumer, msgs)
         else:
+            self._step_over_markers(consumer)
             self._maybe_checkpoint(consumer)
         if self._written is not None:
             self._maybe_report_partitions(consumer)
@@ -371,6 +375,8 @@ class BatchedProcessor:
             self._fact_high.pop(p, None)
         self._uncommitted = {tp: o for tp, o in self._uncommitted.items()
                              if tp[1] not in partitions}
+        self._committed = {tp: o for tp, o in self._committed.items()
+                           if tp[1] not in partitions}
 
     # -- global tables ---------------------------------------------------------------
 
@@ -444,6 +450,28 @@ class BatchedProcessor:
             self._written = []
         self._maybe_checkpoint(consumer)
 
+    def _step_over_markers(self, consumer: Consumer) -> None:
+        """When idle, commit the consumer's position where it passed what no record shows:
+        the commit marker that ends an input written in a transaction (a role's outputs
+        are), which the offset after the last record stops short of. Without it a group
+        that read everything would stay one behind the log's end for good."""
+        now = time.monotonic()
+        if (now - self._last_marker_check) * 1000 < max(self.settings.checkpoint_interval_ms,
+                                                        100):
+            return
+        self._last_marker_check = now
+        assigned = consumer.assignment()
+        if not assigned:
+            return
+        for tp in consumer.position(assigned):
+            key = (tp.topic, tp.partition)
+            store = self._stores.get(tp.partition)
+            if store is None or tp.offset < 0:
+                continue
+            if tp.offset > self._committed.get(key, -1) and key not in self._uncommitted:
+                self._uncommitted[key] = tp.offset
+                store.set_input_offset(tp.topic, tp.offset)
+
     def _maybe_report_partitions(self, consumer: Consumer) -> None:
         """Lag and state size to the sensor, every `metrics_interval_ms` (only when a
         sensor listens: the directory walk is not free)."""
@@ -470,6 +498,7 @@ class BatchedProcessor:
         self._uncommitted.clear()
         self.checkpointing.commit(consumer, positions, self._stores, self._fact_high,
                                   wait=wait)
+        self._committed.update(positions)
 
     def _handle_at_position(self, store: PartitionStore, partition: int, msg: Message) -> None:
         positions = self._positions[partition]
@@ -614,6 +643,7 @@ class BatchedProcessor:
                     stored, None if group is None or group.offset < 0 else group.offset)
             if offset is not None:
                 tp.offset = offset
+                self._committed[(tp.topic, tp.partition)] = offset
         if self.dedupe == "position":
             for p in wanted:
                 self._positions[p] = [-1] * len(self.inputs)
@@ -647,6 +677,7 @@ class BatchedProcessor:
             self._pending.pop(p, None)
             self._positions.pop(p, None)
             self._sent_before.pop(p, None)
+        self._committed.clear()
         consumer.unassign()
         self.log.info("partitions.revoked", partitions=revoked)
 

@@ -4,6 +4,12 @@ A processor's checkpoint stores its state together with the fact offset it
 reflects, so folding the fact topic from 0 up to that offset must give the
 same bytes. The check reads the live RocksDB through a read-only secondary
 instance, so the processor can keep running while it is verified.
+
+Where a role runs as several members, each keeps its partitions' state in
+its own directory (`state_dir/members/<name>`), and a partition may have a
+copy in more than one: the member that owns it now, and ones that owned it
+before and gave it up cleanly. Every copy is checked, each at its own fact
+offset: a copy a member kept must be a true prefix of the log too.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class PartitionCheck:
     replayed: str
     keys: int
     first_difference: str | None = None
+    #: whose copy this is: the member's name ("" for the state directory itself)
+    member: str = ""
 
     @property
     def equal(self) -> bool:
@@ -56,7 +64,8 @@ class ReplayCheck:
     def first_difference(self) -> str | None:
         for p in self.partitions:
             if not p.equal:
-                return f"partition {p.partition}: {p.first_difference}"
+                whose = f" ({p.member}'s copy)" if p.member else ""
+                return f"partition {p.partition}{whose}: {p.first_difference}"
         return None
 
 
@@ -90,28 +99,44 @@ def verify_replay(
         partitions = list(range(partition_count(consumer, fact_topic)))
     finally:
         consumer.close()
-    live: dict[int, dict[bytes, bytes]] = {}
-    until: dict[int, int] = {}
+    roots = [("", state_dir)]
+    members = state_dir / "members"
+    if members.is_dir():
+        roots += [(d.name, d) for d in sorted(members.iterdir()) if d.is_dir()]
+    # Each copy of each partition: (member, partition, fact offset, its entries).
+    copies: list[tuple[str, int, int, dict[bytes, bytes]]] = []
     with tempfile.TemporaryDirectory(prefix="onceflow-verify-") as scratch:
-        for p in partitions:
-            store = open_partition_snapshot(state_dir, reducer.name, p, Path(scratch) / str(p))
-            if store is None:
-                check.missing_state.append(p)
-                continue
-            try:
-                until[p] = store.fact_offset()
-                live[p] = dict(store.raw_items())
-            finally:
-                store.close()
+        for i, (member, root) in enumerate(roots):
+            for p in partitions:
+                store = open_partition_snapshot(root, reducer.name, p,
+                                                Path(scratch) / f"{i}-{p}")
+                if store is None:
+                    continue
+                try:
+                    copies.append((member, p, store.fact_offset(), dict(store.raw_items())))
+                finally:
+                    store.close()
+    check.missing_state = sorted(set(partitions) - {p for _, p, _, _ in copies})
     started = time.perf_counter()
-    replayed = replay_facts(reducer, settings, fact_topic, codec, partitions=sorted(live),
-                            until=until)
+    # One replay per round, a round holding at most one copy of each partition.
+    rounds: list[dict[int, tuple[str, int, dict[bytes, bytes]]]] = []
+    for member, p, until, items in copies:
+        slot = next((r for r in rounds if p not in r), None)
+        if slot is None:
+            slot = {}
+            rounds.append(slot)
+        slot[p] = (member, until, items)
+    for r in rounds:
+        replayed = replay_facts(reducer, settings, fact_topic, codec, partitions=sorted(r),
+                                until={p: until for p, (_, until, _) in r.items()})
+        for p in sorted(r):
+            member, until, live = r[p]
+            items = dict(replayed[p].raw_items())
+            live_fp, replay_fp = fingerprint_items(live.items()), fingerprint_items(items.items())
+            check.partitions.append(PartitionCheck(
+                p, until, live_fp, replay_fp, len(live),
+                None if live_fp == replay_fp else _first_difference(live, items), member,
+            ))
     check.seconds = time.perf_counter() - started
-    for p in sorted(live):
-        items = dict(replayed[p].raw_items())
-        live_fp, replay_fp = fingerprint_items(live[p].items()), fingerprint_items(items.items())
-        check.partitions.append(PartitionCheck(
-            p, until[p], live_fp, replay_fp, len(live[p]),
-            None if live_fp == replay_fp else _first_difference(live[p], items),
-        ))
+    check.partitions.sort(key=lambda c: (c.partition, c.member))
     return check

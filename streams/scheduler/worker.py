@@ -56,13 +56,18 @@ def run_scheduler(settings: StreamsSettings, *, estimator: CostEstimator | None 
     processor.install_signal_handlers()
     # The limiter runs beside every scheduler (one member of its group is active): it keeps
     # every tenant's retry budget, and the slots and holds when limits or budgets are set.
+    # Where limiter members of their own are run (`members` names the limiter), they do.
     limiter_stop = threading.Event()
-    limiter = threading.Thread(target=build_limiter(settings).run, args=(limiter_stop,),
-                               name="limiter", daemon=True)
-    limiter.start()
-    log.info("scheduler.starting", clock=with_clock, limiter=limiter_needed(settings))
+    limiter = None
+    if not settings.members.get("limiter"):
+        limiter = threading.Thread(target=build_limiter(settings).run, args=(limiter_stop,),
+                                   name="limiter", daemon=True)
+        limiter.start()
+    log.info("scheduler.starting", clock=with_clock, limiter=limiter_needed(settings),
+             limiter_here=limiter is not None)
     try:
         processor.run()
     finally:
         limiter_stop.set()
-        limiter.join(timeout=30)
+        if limiter is not None:
+            limiter.join(timeout=30)

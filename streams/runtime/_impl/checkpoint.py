@@ -18,6 +18,7 @@ Two parts, chosen once per processor by the `transactions` setting:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -113,6 +114,8 @@ class TransactionalCheckpoint(Checkpoint):
                stores: Mapping[int, PartitionStore], fact_high: Mapping[int, int],
                *, wait: bool = False) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        if offsets:
+            self.begin()  # offsets alone (a commit marker stepped over) need one too
         try:
             self.producer.commit_transaction(offsets, consumer.consumer_group_metadata())
         except TransactionFailed as exc:
@@ -168,11 +171,16 @@ class FlushCheckpoint(Checkpoint):
         return stored
 
 
+_unnamed = itertools.count(1)
+
+
 def checkpoint_for(settings: StreamsSettings, codec: EventCodec, group_id: str,
                    on_delivered: Callable[[Message], None]) -> Checkpoint:
-    """The part the settings choose; a transactional id is the processor's group and the
-    member's name, stable across the member's restarts so each fences the last."""
-    if settings.transactions:
-        return TransactionalCheckpoint(settings, codec, f"{group_id}.{settings.member_id()}",
-                                       on_delivered)
-    return FlushCheckpoint(settings, codec, on_delivered)
+    """The part the settings choose. A named member's transactional id is its group and
+    name, stable across its restarts so each fences the last; an unnamed one's is unique
+    to the process and the processor (two of one group in a process must not fence each
+    other), so a dead one's open transaction ends by the transaction timeout instead."""
+    if not settings.transactions:
+        return FlushCheckpoint(settings, codec, on_delivered)
+    member = settings.member or f"{settings.member_id()}.{next(_unnamed)}"
+    return TransactionalCheckpoint(settings, codec, f"{group_id}.{member}", on_delivered)
