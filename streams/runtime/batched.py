@@ -257,11 +257,6 @@ class BatchedProcessor:
         self._last_report = 0.0
 
     @property
-    def dedupes_by_position(self) -> bool:
-        """Whether the facts carry the input positions they were decided at."""
-        return self.dedupe == "position"
-
-    @property
     def _producer(self) -> EventProducer:
         return self.checkpointing.producer
 

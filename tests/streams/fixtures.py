@@ -38,7 +38,8 @@ __all__ = ["FactRecord", "assert_exactly_once", "fact_records", "log_events", "m
 
 
 def members_of(settings: OnceflowSettings, group: str) -> dict[str, list[int]]:
-    """The members of a role's group (by name) and the partitions each owns now."""
+    """The members of a role's group (`group`: its name after the topic prefix) and the
+    partitions each owns now."""
     for g in role_members(settings):
         if g["group"] == group:
             return {m["member"]: m["partitions"] for m in g["members"]}

@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
 def _burst(n: int, prefix: str, **fields: object) -> list[WorkUnitSubmitted]:
-    return [unit(f"{prefix}-{i}", simulated_ms=1, **fields) for i in range(n)]  # type: ignore[arg-type]
+    fields.setdefault("simulated_ms", 1)
+    return [unit(f"{prefix}-{i}", **fields) for i in range(n)]  # type: ignore[arg-type]
 
 
 def _completed_at_least(settings: OnceflowSettings, n: int) -> None:
@@ -53,7 +54,7 @@ def test_the_scheduler_scales_from_one_member_to_three_and_back_mid_burst(
         settings: OnceflowSettings) -> None:
     fast = fast_settings(settings)
     create_topics(fast)
-    group = f"{fast.topic_prefix}scheduler"
+    group = "scheduler"
     roles = start_roles(fast, agent_specs(3, concurrency=8, region="eu-west"), billing=True,
                         trust=True)
     try:
@@ -84,7 +85,7 @@ def test_a_frozen_scheduler_member_is_fenced_and_nothing_it_writes_after_is_visi
         settings: OnceflowSettings) -> None:
     fast = fast_settings(settings)
     create_topics(fast)
-    group = f"{fast.topic_prefix}scheduler"
+    group = "scheduler"
     roles = start_roles(fast, agent_specs(2, concurrency=8, region="eu-west"), billing=True,
                         trust=True, members={"scheduler": 2})
     try:
@@ -163,7 +164,7 @@ def test_the_active_limiter_killed_while_units_wait_for_slots(
     fast = fast_settings(settings).model_copy(update={
         "limits": LimitsSettings(tenant_concurrency=4)})
     create_topics(fast)
-    group = f"{fast.topic_prefix}limiter"
+    group = "limiter"
     roles = start_roles(fast, agent_specs(2, concurrency=8, region="eu-west"), billing=True,
                         trust=True, members={"limiter": 2})
     try:

@@ -92,12 +92,12 @@ class FactsRecovery(RecoveryPart):
         reroute: list[FactRecord] = []
         position: tuple[int, ...] | None = None
         for item in fold_fact_records(shell.reducer, store, records(), groups,
-                                      mark_seen=not shell.dedupes_by_position):
+                                      mark_seen=shell.dedupe == "marks"):
             folded += 1
             position = item.inputs or position
             if part.reroutes_after_restart and item.offset >= reroute_from:
                 reroute.append(item)
-        if shell.dedupes_by_position and position is not None and part.partial_decisions:
+        if shell.dedupe == "position" and position is not None:
             # Inputs up to the last folded decision are decided: resume after them.
             for topic, offset in zip(shell.inputs, position, strict=False):
                 if offset >= 0 and offset > (store.input_offset(topic) or -1):
