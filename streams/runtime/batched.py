@@ -52,7 +52,7 @@ from onceflow.streams.kafka.consumer import (
     watermarks,
 )
 from onceflow.streams.kafka.dead_letters import DeadLetterRouter, RecordGate
-from onceflow.streams.kafka.producer import EventProducer
+from onceflow.streams.kafka.producer import EventProducer, TransactionFailed
 from onceflow.streams.log import get_logger
 from onceflow.streams.runtime._impl.checkpoint import Checkpoint, MemberFenced, checkpoint_for
 from onceflow.streams.runtime._impl.recovery import Recovery, Restored, recovery_part
@@ -302,6 +302,9 @@ class BatchedProcessor:
                     self._step(consumer)
                 except MemberFenced as exc:
                     consumer = self._rejoin(consumer, exc)
+                except TransactionFailed as exc:  # a send refused: the transaction is dead
+                    consumer = self._rejoin(consumer, MemberFenced(str(exc),
+                                                                   producer_dead=exc.fenced))
         finally:
             self.log.info("processor.stopping", processed=self.processed,
                           facts=self.facts_emitted)
