@@ -121,7 +121,8 @@ class NodeAgent:
         self._llm = self.catalog["llm"]
         self._nodes = self.catalog["nodes"]
         self.codec = SingleObjectCodec()
-        self.producer = EventProducer(settings, self.codec, on_delivered=None, **{"linger.ms": 1})
+        linger: dict[str, Any] = {"linger.ms": 1}
+        self.producer = EventProducer(settings, self.codec, on_delivered=None, **linger)
         self._gate = RecordGate.for_topics(settings, [self.catalog["dispatch"].name])
         self._dlq = DeadLetterRouter(self.producer, self.catalog["deadletters"].name,
                                      f"agent:{node_id}")

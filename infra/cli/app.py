@@ -77,10 +77,8 @@ def up(
 
     The broker's data and the roles' state are kept across `down` / `up`."""
     from onceflow.infra.broker import BrokerStartError
-    from onceflow.infra.roles import RoleStartError
+    from onceflow.infra.roles import RoleStartError, parse_members
     from onceflow.infra.stack import stack_up, start_stack_roles
-
-    from onceflow.infra.roles import parse_members
 
     try:
         counts = parse_members(members) if members is not None else None

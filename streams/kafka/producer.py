@@ -7,6 +7,7 @@ flushes before committing its input can never commit past a lost output.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import threading
 from collections.abc import Callable, Sequence
@@ -229,10 +230,9 @@ class EventProducer:
             self._errors = []
         if not was_open:
             return
-        try:
+        # fenced or fatal: the coordinator aborts it (or did)
+        with contextlib.suppress(KafkaException):
             self._producer.abort_transaction(10)
-        except KafkaException:
-            pass  # fenced or fatal: the coordinator aborts it (or did)
 
     def poll(self, timeout: float = 0.0) -> int:
         return int(self._producer.poll(timeout))

@@ -18,7 +18,6 @@ from onceflow.infra.roles import RoleProcess
 from onceflow.schemas import (
     BillingAnomaly,
     LedgerLineItem,
-    SingleObjectCodec,
     SlotGranted,
     WorkUnitSubmitted,
 )

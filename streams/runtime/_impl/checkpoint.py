@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -146,8 +146,8 @@ class FlushCheckpoint(Checkpoint):
         # Facts go out as they are decided and the flush waits for the
         # checkpoint interval; a short linger still groups a batch's facts
         # into few record batches (see `processor_linger_ms`).
-        self.producer = EventProducer(settings, codec, on_delivered=on_delivered,
-                                      **{"linger.ms": settings.processor_linger_ms})
+        linger: dict[str, Any] = {"linger.ms": settings.processor_linger_ms}
+        self.producer = EventProducer(settings, codec, on_delivered=on_delivered, **linger)
         self.interval_s = settings.checkpoint_interval_ms / 1000
 
     def due(self, since_last_s: float) -> bool:
@@ -163,8 +163,10 @@ class FlushCheckpoint(Checkpoint):
         # after it can be re-routed even when the local state is gone.
         offsets = [TopicPartition(t, p, o, metadata=str(stores[p].fact_offset()))
                    for (t, p), o in positions.items()]
-        if offsets:
-            consumer.commit(offsets=offsets, asynchronous=not wait)
+        if offsets and wait:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        elif offsets:
+            consumer.commit(offsets=offsets, asynchronous=True)
 
     def start_offset(self, stored: int | None, committed: int | None) -> int | None:
         # The state is written before the commit: it is never behind the group.
