@@ -77,16 +77,32 @@ def submit_units(settings: Any, units: list[WorkUnitSubmitted]) -> None:
 
 
 def live_fingerprint(state_dir: Any, processor: str, partitions: int) -> str:
-    """The fingerprint of a stopped processor's RocksDB state, all partitions."""
+    """The fingerprint of a stopped processor's RocksDB state, all partitions: kept in
+    `state_dir` itself (a role run in this process) or in a member's directory beneath it
+    (`members/<name>`, a role `start_roles` ran); where several members kept a copy of
+    a partition, the latest (the highest fact offset) is the live one."""
+    from pathlib import Path
+
     from onceflow.streams.runtime import fingerprint_partitions
     from onceflow.streams.state import open_partition_store
+    from onceflow.streams.state.rocksdb import partition_store_path
 
-    stores = [open_partition_store(state_dir, processor, p) for p in range(partitions)]
-    try:
-        return fingerprint_partitions({p: list(s.raw_items()) for p, s in enumerate(stores)})
-    finally:
-        for s in stores:
-            s.close()
+    root = Path(state_dir)
+    roots = [root, *sorted((root / "members").glob("*"))]
+    items: dict[int, list[tuple[bytes, bytes]]] = {}
+    for p in range(partitions):
+        best: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        for r in roots:
+            if not (partition_store_path(r, processor, p) / "CURRENT").exists():
+                continue
+            store = open_partition_store(r, processor, p)
+            try:
+                if best is None or store.fact_offset() > best[0]:
+                    best = (store.fact_offset(), list(store.raw_items()))
+            finally:
+                store.close()
+        items[p] = best[1] if best is not None else []
+    return fingerprint_partitions(items)
 
 
 def caught_up(settings: Any, group: str, topics: list[str]) -> bool:

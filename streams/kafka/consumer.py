@@ -33,6 +33,7 @@ __all__ = [
     "log_consume_error",
     "make_consumer",
     "partition_count",
+    "positions_past",
     "read_events",
     "read_partition_to_end",
     "read_topic_to_end",
@@ -70,6 +71,20 @@ def consumer_lag(consumer: Consumer) -> dict[tuple[str, int], int]:
         if high >= 0:
             out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
     return dict(sorted(out.items()))
+
+
+def positions_past(consumer: Consumer, known: dict[tuple[str, int], int]
+                   ) -> dict[tuple[str, int], int]:
+    """The assigned partitions whose position went past `known` (the offset after the
+    last record the caller read) without a record: over the commit marker that ends a
+    transaction's records (every role writes in transactions), or records a transaction
+    aborted. A reader that tracks its place by record offsets alone stays one short of
+    a transactional topic's end for good; call this when a read returned nothing."""
+    assigned = consumer.assignment()
+    if not assigned:
+        return {}
+    return {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)
+            if tp.offset >= 0 and tp.offset > known.get((tp.topic, tp.partition), -1)}
 
 
 def partition_count(consumer: Consumer, topic: str, timeout: float = 10.0) -> int:

@@ -49,6 +49,7 @@ from onceflow.streams.kafka.consumer import (
     log_consume_error,
     make_consumer,
     partition_count,
+    positions_past,
     watermarks,
 )
 from onceflow.streams.kafka.dead_letters import DeadLetterRouter, RecordGate
@@ -458,17 +459,11 @@ class BatchedProcessor:
                                                         100):
             return
         self._last_marker_check = now
-        assigned = consumer.assignment()
-        if not assigned:
-            return
-        for tp in consumer.position(assigned):
-            key = (tp.topic, tp.partition)
-            store = self._stores.get(tp.partition)
-            if store is None or tp.offset < 0:
-                continue
-            if tp.offset > self._committed.get(key, -1) and key not in self._uncommitted:
-                self._uncommitted[key] = tp.offset
-                store.set_input_offset(tp.topic, tp.offset)
+        for (topic, partition), offset in positions_past(consumer, self._committed).items():
+            store = self._stores.get(partition)
+            if store is not None and (topic, partition) not in self._uncommitted:
+                self._uncommitted[(topic, partition)] = offset
+                store.set_input_offset(topic, offset)
 
     def _maybe_report_partitions(self, consumer: Consumer) -> None:
         """Lag and state size to the sensor, every `metrics_interval_ms` (only when a

@@ -32,12 +32,14 @@ class SimulationReport:
     seconds: float = 0.0
     units: int = 0
     crashes: int = 0
+    moves: int = 0
     records: int = 0
     failures: list[SeedFailure] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.seeds:,} seeds ({self.first}..{self.first + self.seeds - 1}) in "
                 f"{self.seconds:.1f} s: {self.units:,} units, {self.crashes:,} role crashes, "
+                f"{self.moves:,} partitions moved, "
                 f"{self.records:,} records; {len(self.failures)} failed")
 
 
@@ -57,6 +59,7 @@ def run_seeds(first: int, count: int) -> SimulationReport:
         else:
             report.units += result.units
             report.crashes += result.crashes
+            report.moves += result.moves
             report.records += result.records
         report.seeds += 1
     report.seconds = time.perf_counter() - began

@@ -44,3 +44,19 @@ def test_a_seed_runs_the_same_twice() -> None:
 
 def test_a_failing_seed_says_how_to_replay_it() -> None:
     assert replay_command(42) == "python -m tests.simulation --seed 42 --trace"
+
+
+def test_a_member_that_is_not_fenced_is_found() -> None:
+    """The planted bug: a member the group moved on from commits what it decided after
+    (no fencing). Seeds where partitions move find it; the same seeds hold with fencing."""
+    from tests.simulation import world
+
+    fenced = run_seeds(0, 60)
+    assert not fenced.failures, fenced.failures[0].describe()
+    assert fenced.moves > 0, "no partition moved: the seeds prove nothing"
+    world.FENCING = False
+    try:
+        unfenced = run_seeds(0, 60)
+    finally:
+        world.FENCING = True
+    assert unfenced.failures, "a deposed member's writes went unnoticed"

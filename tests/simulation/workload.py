@@ -46,6 +46,8 @@ class SeedResult:
     crashes: int
     controls: int
     records: int
+    #: partitions that moved to another member (a deposed member went on for a while)
+    moves: int = 0
 
 
 def draw_units(world: World) -> list[WorkUnitSubmitted]:
@@ -169,7 +171,8 @@ def run_seed(seed: int) -> SeedResult:
     world, units, controls = play_seed(seed)
     check_all(world, units)
     return SeedResult(seed, len(units), sum(s.crashes for s in world.shells), controls,
-                      sum(len(p) for parts in world.log.records.values() for p in parts))
+                      sum(len(p) for parts in world.log.records.values() for p in parts),
+                      sum(s.moves for s in world.shells))
 
 
 def play_seed(seed: int) -> tuple[World, list[WorkUnitSubmitted], int]:
@@ -184,10 +187,17 @@ def play_seed(seed: int) -> tuple[World, list[WorkUnitSubmitted], int]:
         world.submit(u)
         if duplicate and rng.random() < 0.5:
             world.submit(u)  # the same submission again: one unit
+    # Transactions and members moving draw from a source of their own, so that the rest
+    # of a seed draws what it drew before they were simulated.
+    members = random.Random(f"members-{seed}")
+    transactional = members.random() < 0.5
+    world.transactions(transactional)
     faults = Faults(checkpoint=rng.choice([0.05, 0.3, 1.0]),
                     crash=rng.choice([0.0, 0.0, 0.01, 0.05]),
                     keep_state=rng.random() < 0.5,
-                    clock_jump=rng.choice([0.0, 0.0, 0.0, 0.02]))
+                    clock_jump=rng.choice([0.0, 0.0, 0.0, 0.02]),
+                    move=members.choice([0.0, 0.005, 0.02, 0.05]) if transactional else 0.0,
+                    moves=members)
     names = [o for o, _ in OUTCOMES]
     weights = [w for _, w in OUTCOMES]
 

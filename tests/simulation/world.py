@@ -56,6 +56,10 @@ __all__ = ["TRACE", "Agent", "Record", "Shell", "SimLog", "World"]
 #: when a list, every record appended is described in it, in order (a seed's trace)
 TRACE: list[str] | None = None
 
+#: whether a member the group moved on from is fenced (its transaction can never commit);
+#: off only to show the simulation finds the bug that fencing prevents
+FENCING = True
+
 
 @dataclass(frozen=True)
 class Record:
@@ -117,6 +121,10 @@ class Shell:
     #: how long dedupe marks are kept (the settings' retention horizon and minimum count)
     horizon_ms: int = 0
     min_marks: int = 0
+    #: outputs commit with the offsets, in one transaction at each checkpoint (the
+    #: default shell); else they are in the log as decided (flush checkpoints)
+    transactional: bool = False
+    moves: int = 0
 
     def __post_init__(self) -> None:
         self.states = [self.fresh_state() for _ in range(self.partitions)]
@@ -124,6 +132,24 @@ class Shell:
         self.committed = [dict.fromkeys(self.inputs, 0) for _ in range(self.partitions)]
         self.checkpointed_facts = [0] * self.partitions
         self.snapshots = [self.fresh_state() for _ in range(self.partitions)]
+        #: per partition: outputs of the open transaction (topic, event, partition, cause)
+        self.open: list[list[tuple[str, Event, int | None, str]]] = [
+            [] for _ in range(self.partitions)]
+        #: per partition: a member the group moved on from that still runs (`move`)
+        self.zombies: dict[int, Zombie] = {}
+
+    def _emit(self, p: int, topic: str, event: Event, partition: int | None,
+              cause: str = "") -> None:
+        if self.transactional:
+            self.open[p].append((topic, event, partition, cause))
+        else:
+            self.log.append(topic, event, partition, cause=cause)
+
+    def commit(self, p: int) -> None:
+        """The open transaction's outputs into the log, all at once."""
+        for topic, event, partition, cause in self.open[p]:
+            self.log.append(topic, event, partition, cause=cause)
+        self.open[p] = []
 
     def fresh_state(self) -> MemoryState:
         return MemoryState(horizon_ms=self.horizon_ms, min_marks=self.min_marks)
@@ -159,31 +185,83 @@ class Shell:
             return
         facts = list(self.reducer.decide(state, event))
         for fact in facts:
-            self.log.append(self.fact_topic, fact, p, cause=event.event_id)
+            self._emit(p, self.fact_topic, fact, p, cause=event.event_id)
             self.reducer.evolve(state, fact)
-            self._route(fact)
+            self._route(fact, p)
         if facts:
             state.mark_seen(event.event_id, max(f.occurred_at for f in facts))
             if self.check is not None:
                 self.check(state)
 
-    def _route(self, fact: Event) -> None:
+    def _route(self, fact: Event, p: int | None = None) -> None:
         for routed in self.reducer.route(fact):
             assert isinstance(routed, Routed)
-            self.log.append(routed.topic, routed.event, routed.partition)
+            if p is None:
+                self.log.append(routed.topic, routed.event, routed.partition)
+            else:
+                self._emit(p, routed.topic, routed.event, routed.partition)
 
     def checkpoint(self, p: int) -> None:
-        """State with the offsets it reflects: facts written, then state, then offsets."""
+        """State with the offsets it reflects: facts written, then state, then offsets (a
+        transaction commits its outputs and the offsets together)."""
+        self.commit(p)
         self.committed[p] = dict(self.position[p])
         self.checkpointed_facts[p] = len(self.log.records[self.fact_topic][p])
         self.snapshots[p] = self.states[p].copy()
+
+    def move(self, p: int, zombie_steps: int) -> None:
+        """Partition `p` moves to another member, which restores it from the fact topic;
+        the member it left does not know yet and goes on deciding for `zombie_steps`
+        inputs, into its open transaction (`zombie_step`)."""
+        self.moves += 1
+        self.zombies[p] = Zombie(self.states[p].copy(), dict(self.position[p]),
+                                 self.open[p], zombie_steps)
+        self.open[p] = []
+        self._restore(p, keep_state=False)
+        if TRACE is not None:
+            TRACE.append(f"MOVE {self.name}[{p}]")
+
+    def zombie_step(self, p: int) -> None:
+        """The deposed member of `p` decides one more input, or tries to commit and is
+        refused (fenced): what it wrote since its last commit is never visible. Without
+        fencing (`FENCING` off: the planted bug) its transaction commits."""
+        zombie = self.zombies[p]
+        pending = [t for t in self.inputs
+                   if zombie.position[t] < len(self.log.records[t][p])]
+        if zombie.steps_left <= 0 or not pending:
+            del self.zombies[p]
+            if not FENCING:
+                for topic, event, partition, cause in zombie.open:
+                    self.log.append(topic, event, partition, cause=cause)
+            return
+        zombie.steps_left -= 1
+        topic = pending[0]
+        event = self.log.records[topic][p][zombie.position[topic]].event
+        zombie.position[topic] += 1
+        accepts = self.reducer.accepts
+        if (accepts is not None and event.event_type not in accepts) \
+                or zombie.state.has_seen(event.event_id):
+            return
+        facts = list(self.reducer.decide(zombie.state, event))
+        for fact in facts:
+            zombie.open.append((self.fact_topic, fact, p, event.event_id))
+            self.reducer.evolve(zombie.state, fact)
+            for routed in self.reducer.route(fact):
+                zombie.open.append((routed.topic, routed.event, routed.partition, ""))
+        if facts:
+            zombie.state.mark_seen(event.event_id, max(f.occurred_at for f in facts))
 
     def crash(self, p: int, keep_state: bool = False) -> None:
         """Restart partition `p`: from its local state as of its last checkpoint plus the
         facts written since (`keep_state`), or from the fact topic alone; read the inputs
         again from the committed offsets, and send again what the facts written since the
-        last checkpoint routed (their consumers dedupe by event id)."""
+        last checkpoint routed (their consumers dedupe by event id). A transaction open
+        at the crash is aborted: none of it is ever in the log."""
         self.crashes += 1
+        self.open[p] = []
+        self._restore(p, keep_state)
+
+    def _restore(self, p: int, keep_state: bool) -> None:
         if self.recovery == "inputs":
             self.states[p] = self._reread_inputs(p)
             return
@@ -226,6 +304,16 @@ class Shell:
         state = self.fresh_state()
         self._fold(state, self.log.records[self.fact_topic][p])
         return state
+
+
+@dataclass
+class Zombie:
+    """A member the group moved on from, still deciding with what it had."""
+
+    state: MemoryState
+    position: dict[str, int]
+    open: list[tuple[str, Event, int | None, str]]
+    steps_left: int
 
 
 @dataclass
@@ -529,12 +617,32 @@ class World:
                 if read[t] < len(records)]
 
     def drain(self) -> None:
-        """Read every role's inputs to their ends (in a fixed order: no faults here)."""
+        """Read every role's inputs to their ends (in a fixed order: no faults here); a
+        transactional role commits after each input, members the group left behind give
+        up (they are fenced)."""
+        self.end_zombies()
+        for shell in self.shells:
+            for p in range(shell.partitions):
+                if shell.open[p]:
+                    shell.checkpoint(p)
         while work := self.runnable():
             for shell, p, topic in work:
                 records = self.log.records[topic][p]
                 while shell.position[p][topic] < len(records):
                     shell.step(p, topic)
+                    if shell.transactional:
+                        shell.checkpoint(p)
+
+    def end_zombies(self) -> None:
+        for shell in self.shells:
+            for p in sorted(shell.zombies):
+                while p in shell.zombies:
+                    shell.zombie_step(p)
+
+    def transactions(self, on: bool) -> None:
+        """Every role writes through transactions (`on`) or flush checkpoints."""
+        for shell in self.shells:
+            shell.transactional = on
 
     def run(self, *, steps: int, faults: Faults, outcome: Callable[[Attempt], str],
             advance_ms: Sequence[int] = (0, 0, 0, 5, 50, 500)) -> None:
@@ -552,6 +660,14 @@ class World:
                     if TRACE is not None:
                         TRACE.append(f"CRASH {shell.name}[{p}] at {self.now}"
                                      f"{' (state kept)' if faults.keep_state else ''}")
+                if faults.moves is not None and shell.transactional:
+                    # a partition moves to another member at a random point; the one it
+                    # left goes on deciding (and writing) for a while before it is fenced
+                    if faults.moves.random() < faults.move:
+                        shell.move(p, faults.moves.randint(1, 8))
+                    for zp in sorted(shell.zombies):
+                        if faults.moves.random() < 0.5:
+                            shell.zombie_step(zp)
                 continue
             for agent in self.agents:
                 self._agent_reads(agent, outcome)
@@ -683,3 +799,8 @@ class Faults:
     crash: float = 0.0
     keep_state: bool = False
     clock_jump: float = 0.0
+    #: per step of a transactional role: how often its partition moves to another member
+    move: float = 0.0
+    #: the random source of moves and of what deposed members do (its own, so that a
+    #: seed's other draws stay what they were)
+    moves: random.Random | None = None

@@ -42,6 +42,7 @@ from onceflow.streams.kafka import (
     log_consume_error,
     make_consumer,
     partition_count,
+    positions_past,
     type_fingerprints,
     watermarks,
 )
@@ -310,6 +311,8 @@ class LedgerSink:
                                         name="views-insert", daemon=True)
             inserter.start()
             decoded = _Decoded()
+            read_to = {(self.topic, p): o for p, o in position.items()}
+            probed = 0.0
 
             def hand_over(item: tuple[list[pa.Table], dict[int, int]] | None) -> None:
                 while item is not None and not failed:
@@ -325,6 +328,14 @@ class LedgerSink:
                 began = time.perf_counter()
                 advanced: dict[int, int] = {}
                 decoded.add(self._decode(msgs, advanced), advanced)
+                read_to.update(((self.topic, p), o) for p, o in advanced.items())
+                if not msgs and time.monotonic() - probed >= 0.5:
+                    # idle: past a transaction's commit marker, the offsets move on
+                    # with no row (they commit alone)
+                    probed = time.monotonic()
+                    past = positions_past(consumer, read_to)
+                    read_to.update(past)
+                    decoded.add([], {p: o for (_, p), o in past.items()})
                 if self.sensor is not None:
                     self._report(consumer, len(msgs), time.perf_counter() - began)
                 # Thousands of records ready at once mean the sink is behind: keep
