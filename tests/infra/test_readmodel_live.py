@@ -96,7 +96,7 @@ def test_killed_mid_burst_and_started_again_it_holds_the_rows_of_one_built_from_
             fresh.step(0.2)
     finally:
         fresh.close()
-    restarted = _rows(tmp_path / "state")
+    restarted = _rows(tmp_path / "state" / "members" / "views")  # the member's own
     rebuilt = _rows(tmp_path / "fresh")
     assert len(restarted) > UNITS * 5
     assert restarted == rebuilt

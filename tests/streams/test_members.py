@@ -90,7 +90,7 @@ def test_a_frozen_scheduler_member_is_fenced_and_nothing_it_writes_after_is_visi
                         trust=True, members={"scheduler": 2})
     try:
         wait_members(fast, group, {"scheduler", "scheduler-2"}, fast.partitions)
-        units = _burst(1500, "freeze")
+        units = _burst(800, "freeze")
         submit_units(fast, units)
         _completed_at_least(fast, 200)
         frozen = next(r for r in roles if r.name == "scheduler-2")
@@ -100,7 +100,7 @@ def test_a_frozen_scheduler_member_is_fenced_and_nothing_it_writes_after_is_visi
         try:
             # the group moves on after the member's session ends (6 s on the local broker)
             wait_members(fast, group, {"scheduler"}, fast.partitions, timeout=60)
-            _completed_at_least(fast, 600)  # the other member decides for its partitions
+            _completed_at_least(fast, 400)  # the other member decides for its partitions
         finally:
             os.kill(frozen.pid, signal.SIGCONT)
         wait_for(lambda: log_events(frozen, "partitions.lost")
@@ -144,9 +144,9 @@ def test_a_rolling_restart_of_every_role_under_load(settings: OnceflowSettings) 
     roles = start_roles(fast, agent_specs(2, concurrency=8, region="eu-west"), billing=True,
                         trust=True, members=members)
     try:
-        units = _burst(1500, "roll")
+        units = _burst(800, "roll")
         submit_units(fast, units)
-        _completed_at_least(fast, 150)
+        _completed_at_least(fast, 100)
         for name in ("scheduler", "scheduler-2", "billing", "billing-2", "trust", "trust-2"):
             old = next(r for r in roles if r.name == name)
             stop_roles([old])
@@ -171,7 +171,7 @@ def test_the_active_limiter_killed_while_units_wait_for_slots(
         both = wait_for(lambda: (m := members_of(fast, group)) and len(m) == 2 and m,
                         timeout=60, what="two limiter members")
         active = next(name for name, ps in both.items() if ps)
-        units = _burst(400, "slot", simulated_ms=20)
+        units = _burst(240, "slot", simulated_ms=20)
         submit_units(fast, units)
         _completed_at_least(fast, 40)  # units hold the tenant's 4 slots, the rest wait
         sigkill(next(r for r in roles if r.name == active))
