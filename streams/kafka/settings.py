@@ -117,7 +117,13 @@ class KafkaSettings(BaseSettings):
         # A member that dies inside a transaction holds back read_committed readers
         # of its partitions until the coordinator aborts it after this long.
         timeout = 6000 if self.broker_profile == "embedded" else 10_000
-        return {"transactional.id": transactional_id, "transaction.timeout.ms": timeout}
+        return {"transactional.id": transactional_id, "transaction.timeout.ms": timeout,
+                # Back-to-back transactions (one per batch) meet the last one's markers
+                # still being written (CONCURRENT_TRANSACTIONS): retry in milliseconds,
+                # not after librdkafka's 100 ms backoff.
+                "retry.backoff.ms": 2, "retry.backoff.max.ms": 20,
+                # the commit sends what is queued at once: lingering only delays it
+                "linger.ms": 0}
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
         conf = {

@@ -96,8 +96,7 @@ class TransactionalCheckpoint(Checkpoint):
     def __init__(self, settings: StreamsSettings, codec: EventCodec, transactional_id: str,
                  on_delivered: Callable[[Message], None]) -> None:
         self.producer = EventProducer(settings, codec, on_delivered=on_delivered,
-                                      transactional_id=transactional_id,
-                                      **{"linger.ms": settings.processor_linger_ms})
+                                      transactional_id=transactional_id)
 
     def begin(self) -> None:
         try:
