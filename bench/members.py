@@ -21,10 +21,9 @@ __all__ = ["members_rates", "restore_rate"]
 
 def _burst_and_paced(settings: OnceflowSettings, stack_dir: Path, prefix: str, n: int,
                      rate: int, seconds: float) -> dict[str, Any]:
-    from bench.run import _await_completed, _cpu_units, _execution_cluster, _paced
+    from bench.run import _execution_cluster, _paced, bursts
     from onceflow.infra.observe import ProgressFollower
     from onceflow.infra.roles import stop_roles
-    from onceflow.streams.scheduler import percentile
 
     settings, roles = _execution_cluster(settings, stack_dir, prefix)
     try:
@@ -32,22 +31,9 @@ def _burst_and_paced(settings: OnceflowSettings, stack_dir: Path, prefix: str, n
         topic = TopicCatalog(settings)["submissions"]
         follower = ProgressFollower(settings, only=frozenset({"workunit.completed"}))
         paced = _paced(producer, topic, follower, rate, seconds, f"{prefix}paced")
-        runs = []
-        for k in range(3):
-            burst = _cpu_units(n, f"{prefix}burst{k}")
-            t0 = time.monotonic()
-            for u in burst:
-                producer.send(topic, u)
-            producer.flush()
-            ids = [u.work_unit_id or "" for u in burst]
-            t1 = _await_completed(follower, ids, timeout=600)
-            lat = [float(follower.progress.latency_ms[i]) for i in ids]
-            runs.append({"units_per_s": round(n / (t1 - t0)),
-                         "latency_p50_ms": percentile(lat, 50),
-                         "latency_p99_ms": percentile(lat, 99)})
+        burst = bursts(producer, topic, follower, n, f"{prefix}burst")
         follower.close()
-        median = sorted(runs, key=lambda r: r["units_per_s"])[1]
-        return {"burst": {"units": n, **median, "runs": runs}, "paced": paced}
+        return {"burst": burst, "paced": paced}
     finally:
         stop_roles(roles)
 

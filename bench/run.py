@@ -653,12 +653,33 @@ def _single_units(producer: Any, topic: Any, follower: Any, n: int) -> dict[str,
             "latency_p99_ms": percentile(lat, 99), "latency_max_ms": max(lat)}
 
 
+def bursts(producer: Any, topic: Any, follower: Any, n: int, tag: str) -> dict[str, Any]:
+    """`n` cpu units at once, three times: a burst's rate varies by a third from run to
+    run on this 2-core machine, so the median of three, every run listed."""
+    from onceflow.streams.scheduler import percentile
+
+    runs = []
+    for k in range(3):
+        burst = _cpu_units(n, f"{tag}{k}")
+        t0 = time.monotonic()
+        for u in burst:
+            producer.send(topic, u)
+        producer.flush()
+        ids = [u.work_unit_id or "" for u in burst]
+        t1 = _await_completed(follower, ids, timeout=600)
+        lat = [float(follower.progress.latency_ms[i]) for i in ids]
+        runs.append({"units_per_s": round(n / (t1 - t0)),
+                     "latency_p50_ms": percentile(lat, 50),
+                     "latency_p99_ms": percentile(lat, 99)})
+    median = sorted(runs, key=lambda r: r["units_per_s"])[1]
+    return {"units": n, **median, "runs": runs}
+
+
 def execution_rates(settings: OnceflowSettings, stack_dir: Path, n: int,
                     paced_rate: int, paced_seconds: float) -> dict[str, Any]:
     """Scheduler + 3 node agents as processes: single units on an idle stack, a paced
     stream, a burst, the stream again."""
     from onceflow.infra.observe import ProgressFollower
-    from onceflow.streams.scheduler import percentile
 
     settings, roles = _execution_cluster(settings, stack_dir, "bench.exec.")
     try:
@@ -670,26 +691,8 @@ def execution_rates(settings: OnceflowSettings, stack_dir: Path, n: int,
             "single_unit_idle": _single_units(producer, topic, follower, 100),
             "paced": _paced(producer, topic, follower, paced_rate, paced_seconds, "paced"),
         }
-        # A burst's rate varies by a third from run to run on this 2-core machine:
-        # the median of three, every run listed.
-        runs = []
-        for k in range(3):
-            burst = _cpu_units(n, f"burst{k}")
-            t0 = time.monotonic()
-            for u in burst:
-                producer.send(topic, u)
-            producer.flush()
-            ids = [u.work_unit_id or "" for u in burst]
-            t1 = _await_completed(follower, ids, timeout=600)
-            lat = [float(follower.progress.latency_ms[i]) for i in ids]
-            runs.append({"units_per_s": round(n / (t1 - t0)),
-                         "latency_p50_ms": percentile(lat, 50),
-                         "latency_p99_ms": percentile(lat, 99)})
-        median = sorted(runs, key=lambda r: r["units_per_s"])[1]
-        result["burst"] = {
-            "units": n, "simulated_ms": 0, "agents": 3, "agent_concurrency": 4,
-            **median, "runs": runs,
-        }
+        result["burst"] = {"simulated_ms": 0, "agents": 3, "agent_concurrency": 4,
+                           **bursts(producer, topic, follower, n, "burst")}
         result["paced_after_burst"] = _paced(producer, topic, follower, paced_rate,
                                              paced_seconds / 2, "again")
         follower.close()

@@ -66,11 +66,7 @@ from onceflow.streams.runtime.facts import (
     dedupes_by_position,
     fact_headers,
 )
-from onceflow.streams.state.rocksdb import (
-    PartitionStore,
-    open_partition_store,
-    partition_store_path,
-)
+from onceflow.streams.state.rocksdb import PartitionStore, open_partition_store
 from onceflow.streams.topics.catalog import Topic, TopicCatalog
 from onceflow.streams.types import Reducer, Routed, Sensor
 
@@ -718,9 +714,6 @@ class BatchedProcessor:
         self.sensor.on_restore(self.reducer.name, partition, restored.facts, restored.seconds)
 
     # -- inspection ------------------------------------------------------------------
-
-    def partition_path(self, partition: int) -> Path:
-        return partition_store_path(self.state_dir, self.reducer.name, partition)
 
     def fingerprint(self) -> str:
         from onceflow.streams.runtime.fingerprint import fingerprint_partitions
