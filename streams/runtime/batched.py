@@ -706,6 +706,7 @@ class BatchedProcessor:
                                          wipe=True, horizon_ms=horizon, min_marks=marks,
                                          layout=self.reducer.state_layout)
         restored: Restored = self.recovery.restore(self, partition, store, log_end, committed)
+        self.reducer.restored(partition)
         self._stores[partition] = restored.store
         self._pending[partition] = restored.groups
         if restored.sent_before is not None:

@@ -89,6 +89,12 @@ class Reducer:
         """Outputs for other topics derived from a fact (default: none)."""
         return ()
 
+    def restored(self, partition: int) -> None:
+        """A partition's state was just restored from its facts: after a restart, a move
+        to this member, or a transaction aborted under it. Whatever the reducer keeps in
+        memory about the partition (a memo of what it already looked at) may describe
+        decisions that never reached the log: forget it (default: nothing kept)."""
+
     def apply(self, state: State, event: Event) -> tuple[State, list[Event | Routed]]:
         facts = list(self.decide(state, event))
         outputs: list[Event | Routed] = []

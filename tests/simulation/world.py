@@ -262,6 +262,7 @@ class Shell:
         self._restore(p, keep_state)
 
     def _restore(self, p: int, keep_state: bool) -> None:
+        self.reducer.restored(p)
         if self.recovery == "inputs":
             self.states[p] = self._reread_inputs(p)
             return

@@ -175,7 +175,7 @@ def placed(ctx: SchedulerContext, state: State, unit: UnitRecord, cause: Event, 
                         f"no node can take it ({counts})", role=role,
                         filter_counts=result.filter_counts)
     chosen = result.selected
-    ctx.view.note_dispatch(chosen.node_id, spec.required_concurrency, now)
+    ctx.view.note_dispatch(chosen.node_id, unit.work_unit_id, spec.required_concurrency, now)
     return WorkUnitScheduled(
         **ctx.envelope(unit, cause, role, now),
         selected_node_id=chosen.node_id,

@@ -43,7 +43,7 @@ def on_tick(ctx: SchedulerContext, state: State, tick: ClockTick) -> Sequence[Ev
             continue
         if unit.status == "scheduled":
             # Nobody claimed it: nothing ran, so any label may be placed again.
-            ctx.view.note_arrived(unit.node, unit.spec.required_concurrency)
+            ctx.view.note_arrived(unit.node, wu)
             facts.append(placed(ctx, state, unit, tick, now, f"reclaim:{unit.attempt}"))
         elif unit.status == "granted":
             facts.extend(attempt_ended(

@@ -71,7 +71,7 @@ from onceflow.streams.scheduler._impl import (
 from onceflow.streams.scheduler._impl.context import SchedulerContext
 from onceflow.streams.scheduler._impl.unit import ClaimWaits, QueueCounters, UnitRecord
 from onceflow.streams.scheduler._impl.view import ClusterView
-from onceflow.streams.topics.catalog import TopicCatalog
+from onceflow.streams.topics.catalog import TopicCatalog, partition_for
 from onceflow.streams.types import CostEstimator, Reducer, Routed, State
 
 if TYPE_CHECKING:
@@ -186,11 +186,21 @@ class Scheduler(Reducer):
         estimator: CostEstimator | None = None,
     ) -> None:
         self.view = view or ClusterView()
-        self.ctx = SchedulerContext.create(settings, self.view,
-                                           catalog or TopicCatalog(settings), estimator)
+        catalog = catalog or TopicCatalog(settings)
+        self.ctx = SchedulerContext.create(settings, self.view, catalog, estimator)
+        self._partitions = catalog["workunits"].partitions
 
     def observe(self, event: Event) -> None:
         self.view.observe(event)
+
+    def restored(self, partition: int) -> None:
+        # A tick that looked at the deferred and paused units may have been aborted with
+        # its transaction: the next tick looks at them again.
+        self.ctx.examined.pop(partition, None)
+        self.ctx.examined_controls.pop(partition, None)
+        # and its placements may never have reached a node: they take no slots
+        n = self._partitions
+        self.view.forget_dispatches(lambda wu: partition_for(wu, n) == partition)
 
     def decide(self, state: State, event: Event) -> Sequence[Event]:
         handler = _DECIDE.get(type(event))

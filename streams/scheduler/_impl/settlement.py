@@ -112,13 +112,13 @@ def on_claim(ctx: SchedulerContext, state: State, event: ClaimRequested) -> Sequ
             dispatch_event_id=unit.dispatch_event_id if unit else "",
         )
         if reason == "paused" and unit is not None:
-            ctx.view.note_arrived(event.node_id, unit.spec.required_concurrency)
+            ctx.view.note_arrived(event.node_id, unit.work_unit_id)
             return (rejected, deferred(ctx, unit, event, event.occurred_at, "paused",
                                        f"{holder} is paused by an operator"))
         return (rejected,)
     assert unit is not None
     now = max(event.occurred_at, unit.decided_at)
-    ctx.view.note_arrived(event.node_id, unit.spec.required_concurrency)
+    ctx.view.note_arrived(event.node_id, unit.work_unit_id)
     return (ClaimGranted(
         **ctx.envelope(unit, event, "claim-granted", now),
         node_id=event.node_id, attempt_index=event.attempt_index,

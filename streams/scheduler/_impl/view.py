@@ -9,6 +9,8 @@ inputs it used (candidates, scores, streak, mode) in its fact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import replace
 
 from onceflow.schemas import (
@@ -43,7 +45,9 @@ class ClusterView:
         #: when this process last placed a probe on each half-open node (logged time)
         self.probed_at: dict[str, int] = {}
         self.mode: AdmissionMode = "OPEN"
-        self.dispatched: dict[str, int] = {}
+        #: per node: the units placed on it and not yet claimed (their slots), by work
+        #: unit, so that placements a partition never committed can be taken back
+        self.dispatched: dict[str, dict[str, int]] = {}
         #: grows whenever what placement sees may have improved (a heartbeat,
         #: a trust score, a mode change), so deferred units are looked at
         #: again only when there is something new to see
@@ -88,7 +92,7 @@ class ClusterView:
         out = []
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
-            used = self.dispatched.get(node_id, 0)
+            used = sum(self.dispatched.get(node_id, {}).values())
             breaker = self.breaker_at(node_id, now)
             if breaker != "closed":
                 last = self.probed_at.get(node_id)
@@ -102,11 +106,21 @@ class ClusterView:
             out.append(node)
         return out
 
-    def note_dispatch(self, node_id: str, slots: int, now: int) -> None:
-        self.dispatched[node_id] = self.dispatched.get(node_id, 0) + slots
+    def note_dispatch(self, node_id: str, work_unit_id: str, slots: int, now: int) -> None:
+        self.dispatched.setdefault(node_id, {})[work_unit_id] = slots
         if self.breaker_at(node_id, now) != "closed":
             self.probed_at[node_id] = now
 
-    def note_arrived(self, node_id: str, slots: int = 1) -> None:
+    def note_arrived(self, node_id: str, work_unit_id: str) -> None:
         """A dispatch the node claimed, or that ran out to its claim deadline."""
-        self.dispatched[node_id] = max(0, self.dispatched.get(node_id, 0) - slots)
+        placed = self.dispatched.get(node_id)
+        if placed is not None:
+            placed.pop(work_unit_id, None)
+
+    def forget_dispatches(self, of: Callable[[str], bool]) -> None:
+        """Take back the placements of the units `of` picks (a partition restored from its
+        facts: placements it decided in a transaction that was aborted never reached a
+        node)."""
+        for placed in self.dispatched.values():
+            for wu in [wu for wu in placed if of(wu)]:
+                del placed[wu]
