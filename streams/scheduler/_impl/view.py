@@ -10,7 +10,6 @@ inputs it used (candidates, scores, streak, mode) in its fact.
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from dataclasses import replace
 
 from onceflow.schemas import (
