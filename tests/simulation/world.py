@@ -619,8 +619,8 @@ class World:
 
     def drain(self) -> None:
         """Read every role's inputs to their ends (in a fixed order: no faults here); a
-        transactional role commits after each input, members the group left behind give
-        up (they are fenced)."""
+        transactional role commits what it read of each input as one batch, members the
+        group left behind give up (they are fenced)."""
         self.end_zombies()
         for shell in self.shells:
             for p in range(shell.partitions):
@@ -631,8 +631,8 @@ class World:
                 records = self.log.records[topic][p]
                 while shell.position[p][topic] < len(records):
                     shell.step(p, topic)
-                    if shell.transactional:
-                        shell.checkpoint(p)
+                if shell.transactional:
+                    shell.checkpoint(p)  # what it read, one batch: one transaction
 
     def end_zombies(self) -> None:
         for shell in self.shells:
