@@ -30,6 +30,12 @@ def members(
     """Run one role in the foreground, as a member of the role's consumer group: run it
     anywhere that reaches the brokers and it shares the role's partitions with the
     others."""
+    import faulthandler
+    import signal
+
+    # `kill -USR1 <pid>` writes every thread's stack to the role's log: what a member
+    # that stopped moving is waiting for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if member is not None:
         if not _MEMBER_NAME.match(member):
             raise fail(f"--member {member!r}: use letters, digits, '.', '_' or '-' "

@@ -174,7 +174,7 @@ class EventProducer:
 
     # -- transactions --------------------------------------------------------------
 
-    def _call(self, op: Callable[[], Any], attempts: int = 5) -> Any:
+    def _call(self, op: Callable[[], Any], attempts: int = 3) -> Any:
         """Run a transactional call, retrying what Kafka says may be retried; anything
         else is a `TransactionFailed`."""
         for attempt in range(attempts):
@@ -194,18 +194,21 @@ class EventProducer:
             # Fences whatever producer had this id before (a restarted member's last
             # incarnation), aborting its open transaction. Done at the first transaction,
             # not when the producer is made: making one must not fence anybody.
-            self._call(lambda: self._producer.init_transactions(30))
+            self._call(lambda: self._producer.init_transactions(10))
             self._initialised = True
         if not self.in_transaction:
             self._call(self._producer.begin_transaction, attempts=1)
             self.in_transaction = True
 
     def commit_transaction(self, offsets: list[TopicPartition] | None = None,
-                           group_metadata: Any = None, timeout: float = 30.0) -> None:
+                           group_metadata: Any = None, timeout: float = 10.0) -> None:
         """Commit the open transaction with the consumer's `offsets` (the exactly-once v2
         pattern: the group's generation in `group_metadata` fences a member the group
         moved on from). On failure the transaction is aborted and `TransactionFailed`
-        raised; a delivery error of a record sent in it fails it too."""
+        raised; a delivery error of a record sent in it fails it too. Each call waits at
+        most `timeout` and is tried three times: a member that cannot commit for half a
+        minute (its broker away) drops the batch and joins again rather than block, its
+        partitions unserved, inside a rebalance callback."""
         if not self.in_transaction:
             return
         try:
