@@ -136,6 +136,9 @@ def start_roles(
     # The members' processes see the counts (a scheduler leaves the limiter to limiter
     # members when there are any).
     settings = settings.model_copy(update={"members": counts})
+    if any(n > 1 for role, n in counts.items() if role != "views"):
+        # Several members of a role are only safe fenced: they write in transactions.
+        settings = settings.model_copy(update={"transactions": True})
     wanted = {"scheduler": bool(scheduler), "billing": billing, "trust": trust,
               "limiter": "limiter" in counts, "views": views_port is not None}
     roles: list[RoleProcess] = []

@@ -201,7 +201,7 @@ def test_a_cancel_bills_the_work_done_before_it_and_accepts_nothing_after(
     server = ChatServer()
     # the provider thinking while the cancel comes: long enough for the `onceflow cancel`
     # process to start and be applied on a loaded machine (2 s was not, once in CI's setup)
-    server.answer_delay_s = 12.0
+    server.answer_delay_s = 6.0
     try:
         cluster.start_scheduler()
         cluster.start_billing()

@@ -135,6 +135,7 @@ def test_under_transactions_an_aborted_half_decision_is_never_seen(
     """A member fenced after writing two of three facts: its transaction is aborted, the
     next member decides the input whole, and nobody (the shell's recovery included)
     ever reads the aborted facts."""
+    settings = settings.model_copy(update={"transactions": True})
     create_topics(settings)
     catalog = TopicCatalog(settings)
     first = submitted(0, unit="wu-a")

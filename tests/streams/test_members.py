@@ -52,7 +52,7 @@ def _completed_at_least(settings: OnceflowSettings, n: int) -> None:
 
 def test_the_scheduler_scales_from_one_member_to_three_and_back_mid_burst(
         settings: OnceflowSettings) -> None:
-    fast = fast_settings(settings)
+    fast = fast_settings(settings).model_copy(update={"transactions": True})
     create_topics(fast)
     group = "scheduler"
     roles = start_roles(fast, agent_specs(3, concurrency=8, region="eu-west"), billing=True,
@@ -83,7 +83,7 @@ def test_the_scheduler_scales_from_one_member_to_three_and_back_mid_burst(
 
 def test_a_frozen_scheduler_member_is_fenced_and_nothing_it_writes_after_is_visible(
         settings: OnceflowSettings) -> None:
-    fast = fast_settings(settings)
+    fast = fast_settings(settings).model_copy(update={"transactions": True})
     create_topics(fast)
     group = "scheduler"
     roles = start_roles(fast, agent_specs(2, concurrency=8, region="eu-west"), billing=True,
@@ -138,7 +138,7 @@ def _ms(iso: str) -> float:
 
 
 def test_a_rolling_restart_of_every_role_under_load(settings: OnceflowSettings) -> None:
-    fast = fast_settings(settings)
+    fast = fast_settings(settings).model_copy(update={"transactions": True})
     create_topics(fast)
     members = {"scheduler": 2, "billing": 2, "trust": 2}
     roles = start_roles(fast, agent_specs(2, concurrency=8, region="eu-west"), billing=True,
@@ -162,7 +162,7 @@ def test_a_rolling_restart_of_every_role_under_load(settings: OnceflowSettings) 
 def test_the_active_limiter_killed_while_units_wait_for_slots(
         settings: OnceflowSettings) -> None:
     fast = fast_settings(settings).model_copy(update={
-        "limits": LimitsSettings(tenant_concurrency=4)})
+        "limits": LimitsSettings(tenant_concurrency=4), "transactions": True})
     create_topics(fast)
     group = "limiter"
     roles = start_roles(fast, agent_specs(2, concurrency=8, region="eu-west"), billing=True,
