@@ -146,6 +146,15 @@ class StreamsSettings(KafkaSettings):
             kw.update({"broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0})
         return kw
 
+    def member_state_roots(self, state_dir: Path | None = None) -> list[tuple[str, Path]]:
+        """Every place a partition's state may be kept under `state_dir` (default: the
+        settings'): the directory itself ("" for a process with no member name) and
+        each member's (`members/<name>`), as (member, path), in name order."""
+        root = Path(state_dir or self.state_dir)
+        members = root / "members"
+        named = sorted(d for d in members.iterdir() if d.is_dir()) if members.is_dir() else []
+        return [("", root), *((d.name, d) for d in named)]
+
     def member_state_dir(self) -> Path:
         """Where this member keeps its partitions' state: its own directory when it is
         named (members on one host never share a partition's RocksDB, so a frozen one

@@ -84,11 +84,11 @@ def live_fingerprint(state_dir: Any, processor: str, partitions: int) -> str:
     from pathlib import Path
 
     from onceflow.streams.runtime import fingerprint_partitions
+    from onceflow.streams.settings import StreamsSettings
     from onceflow.streams.state import open_partition_store
     from onceflow.streams.state.rocksdb import partition_store_path
 
-    root = Path(state_dir)
-    roots = [root, *sorted((root / "members").glob("*"))]
+    roots = [r for _, r in StreamsSettings().member_state_roots(Path(state_dir))]
     items: dict[int, list[tuple[bytes, bytes]]] = {}
     for p in range(partitions):
         best: tuple[int, list[tuple[bytes, bytes]]] | None = None

@@ -99,10 +99,7 @@ def verify_replay(
         partitions = list(range(partition_count(consumer, fact_topic)))
     finally:
         consumer.close()
-    roots = [("", state_dir)]
-    members = state_dir / "members"
-    if members.is_dir():
-        roots += [(d.name, d) for d in sorted(members.iterdir()) if d.is_dir()]
+    roots = settings.member_state_roots(state_dir)
     # Each copy of each partition: (member, partition, fact offset, its entries).
     copies: list[tuple[str, int, int, dict[bytes, bytes]]] = []
     with tempfile.TemporaryDirectory(prefix="onceflow-verify-") as scratch:
