@@ -327,7 +327,6 @@ class EmbeddedKafka:
             # reader of its partitions until the coordinator aborts it: look for
             # such transactions every second, not every 10 s.
             "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
-            "transaction.partition.verification.enable": "false",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "default.replication.factor": "1",

@@ -65,11 +65,11 @@ class KafkaSettings(BaseSettings):
                     "each hop of a unit waits up to this long for company",
     )
     transactions: bool = Field(
-        default=False,
+        default=True,
         description="exactly-once v2: each batch of a role's facts, routed outputs and input "
                     "offsets is one Kafka transaction, and a member that lost its partitions "
-                    "is fenced (needed for several members per role); false (for now the "
-                    "default): flush then commit, with recovery by replay",
+                    "is fenced (needed for several members per role); false: flush then "
+                    "commit, with recovery by replay (one member per role only; lower latency)",
     )
     member: str | None = None
     """this process's name among the members of its role's group: its transactional ids,

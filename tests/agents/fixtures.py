@@ -208,6 +208,9 @@ class ChatServer:
         self.fail_headers: dict[str, str] = {}
         self.refuse_for_s: float | None = None
         self.answer_delay_s = 0.0
+        # set: each answer waits until the test releases it (the provider thinking for as
+        # long as the test needs, instead of for a guessed number of seconds)
+        self.hold: threading.Event | None = None
         self.first_at: float | None = None
         self.in_flight = 0
         self.max_in_flight = 0
@@ -240,6 +243,8 @@ class ChatServer:
                         return
                     if server.answer_delay_s:
                         time.sleep(server.answer_delay_s)  # the provider thinking
+                    if server.hold is not None:
+                        server.hold.wait(60)
                     prompt = body["messages"][-1]["content"]
                     answer = "echo: " + prompt
                     with server._lock:

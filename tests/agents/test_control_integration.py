@@ -7,6 +7,7 @@ import getpass
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -199,27 +200,31 @@ def test_a_cancel_bills_the_work_done_before_it_and_accepts_nothing_after(
     from tests.agents.fixtures import ChatServer
 
     server = ChatServer()
-    # the provider thinking while the cancel comes: long enough for the `onceflow cancel`
-    # process to start and be applied on a loaded machine (2 s was not, once in CI's setup)
-    server.answer_delay_s = 6.0
+    # the provider thinks until the cancel has been applied: then it answers, after the
+    # cancel (the client waits up to 60 s, longer than any loaded machine needs)
+    server.hold = threading.Event()
     try:
         cluster.start_scheduler()
         cluster.start_billing()
         cluster.start_agent("n1", kinds=("llm_pod",), concurrency=1,
                             provider=OpenAICompatibleProvider(server.url, "sk-test", "gpt-test",
-                                                              10.0, Decimal("0.002")))
+                                                              60.0, Decimal("0.002")))
         cluster.start_agent("n2", kinds=("cpu",), concurrency=1)
         think = unit("think", kind="llm_pod", prompt="plan the migration in ten steps",
-                     model="gpt-test", lease_ms=30_000)
-        count = unit("count", simulated_ms=20_000, lease_ms=30_000)
+                     model="gpt-test", lease_ms=90_000)
+        count = unit("count", simulated_ms=60_000, lease_ms=90_000)
         cluster.submit(think, count)
         wait_for(lambda: server.in_flight == 1 and cluster.progress().progress.status.get(
             "count") == "running", timeout=30, what="the call in flight and the step running")
         out = onceflow(cluster, "cancel", "--session", "s1", "--tenant", "acme",
                        "--reason", "wrong plan")
         assert sum(r["stopping"] for r in out["records"]) == 2
-        assert set(cluster.wait_settled(["think", "count"], timeout=10).values()) == {
+        assert set(cluster.wait_settled(["think", "count"], timeout=30).values()) == {
             "cancelled"}
+        # the call has lasted 2 s at least when the provider answers (its CPU is billed)
+        wait_for(lambda: time.monotonic() - server.requests[0]["at"] >= 2.0, timeout=5,
+                 interval=0.05, what="the call to have lasted 2 s")
+        server.hold.set()
 
         def items() -> list[Any]:
             return [li for li in read_billing_records(cluster.settings,
@@ -235,7 +240,7 @@ def test_a_cancel_bills_the_work_done_before_it_and_accepts_nothing_after(
         billed = {(li.work_unit_id, li.line_item_type): li for li in items()}
         assert billed[("think", "llm_tokens")].llm_tokens > 0
         assert billed[("count", "workunit_cpu")].cpu_seconds > 0
-        assert billed[("think", "workunit_cpu")].cpu_seconds >= Decimal("1.5")  # it waited
+        assert billed[("think", "workunit_cpu")].cpu_seconds >= Decimal("2")  # it waited
         settled = [e for e in events(cluster.settings, cluster.catalog["workunits"].name)
                    if isinstance(e, WorkUnitCompleted)]
         assert not any(e.accepted for e in settled)
@@ -243,6 +248,7 @@ def test_a_cancel_bills_the_work_done_before_it_and_accepts_nothing_after(
         assert shown["state"] == "cancelled" and Decimal(shown["cost_usd"]) == sum(
             (li.total_usd for li in items() if li.billed), Decimal(0))
     finally:
+        server.hold.set()
         server.close()
 
 
