@@ -39,7 +39,7 @@ demo: $(STAMP) $(KAFKA)
 # Two workers, each with its own embedded broker: most integration tests wait on the log,
 # so two of them share the CI machine's two cores well.
 test: $(STAMP) $(KAFKA) $(CHROMIUM)
-	$(BIN)/pytest -q -p no:cacheprovider -n 2
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --durations=30
 
 # mypy reads the package as it is installed, `onceflow.*`: a tree of links to the folders.
 TYPECHECK := build/typecheck
