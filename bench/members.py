@@ -16,7 +16,12 @@ from onceflow.settings import OnceflowSettings
 from onceflow.streams.kafka import EventProducer
 from onceflow.streams.topics import TopicCatalog, create_topics
 
-__all__ = ["members_rates", "restore_rate"]
+__all__ = ["hop_profile", "members_rates", "restore_rate"]
+
+#: a unit's hops, in order, as (topic, event type) of the record each hop writes
+_HOPS = (("workunits", "WorkUnitScheduled"), ("reports", "ClaimRequested"),
+         ("workunits", "ClaimGranted"), ("reports", "WorkUnitResultReported"),
+         ("workunits", "WorkUnitCompleted"))
 
 
 def _burst_and_paced(settings: OnceflowSettings, stack_dir: Path, prefix: str, n: int,
@@ -31,11 +36,43 @@ def _burst_and_paced(settings: OnceflowSettings, stack_dir: Path, prefix: str, n
         topic = TopicCatalog(settings)["submissions"]
         follower = ProgressFollower(settings, only=frozenset({"workunit.completed"}))
         paced = _paced(producer, topic, follower, rate, seconds, f"{prefix}paced")
+        paced["hops_p50_ms"] = hop_profile(settings, f"{prefix}paced")
         burst = bursts(producer, topic, follower, n, f"{prefix}burst")
         follower.close()
         return {"burst": burst, "paced": paced}
     finally:
         stop_roles(roles)
+
+
+def hop_profile(settings: OnceflowSettings, tag: str) -> dict[str, float]:
+    """Where a unit's latency goes: for the units whose ids start with `tag`, the median
+    time from the record of one hop to the next's, by the records' Kafka timestamps (each
+    stamped when its writer produced it, so a hop includes the writer's commit before
+    it and the reader's fetch)."""
+    from collections import defaultdict
+
+    from onceflow.streams.kafka import read_topic_to_end
+    from onceflow.streams.scheduler import percentile
+
+    codec = SingleObjectCodec()
+    catalog = TopicCatalog(settings)
+    stamps: dict[str, dict[str, int]] = defaultdict(dict)
+    for name in ("submissions", "workunits", "reports"):
+        for msg in read_topic_to_end(settings, catalog[name].name):
+            if msg.value() is None:
+                continue
+            event = codec.decode(msg.value())  # type: ignore[arg-type]
+            wu = getattr(event, "work_unit_id", None) or ""
+            if wu.startswith(tag):
+                stamps[wu].setdefault(f"{name}:{type(event).__name__}", msg.timestamp()[1])
+    out: dict[str, float] = {}
+    before = "submissions:WorkUnitSubmitted"
+    for topic, event_type in _HOPS:
+        key = f"{topic}:{event_type}"
+        gaps = [float(s[key] - s[before]) for s in stamps.values() if key in s and before in s]
+        out[f"{before.split(':')[1]} -> {event_type}"] = percentile(gaps, 50) if gaps else -1.0
+        before = key
+    return out
 
 
 def restore_rate(settings: OnceflowSettings, work: Path, units: int) -> dict[str, Any]:

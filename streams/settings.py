@@ -102,8 +102,10 @@ class StreamsSettings(KafkaSettings):
     """how long the batched shell waits for a first record when none is ready"""
     checkpoint_interval_ms: int = Field(
         default=100, ge=0,
-        description="how often the batched shell waits for its outputs and writes state "
-                    "and offsets (0: after every batch)",
+        description="flush checkpoints: how often the batched shell waits for its outputs "
+                    "and writes state and offsets (0: after every batch); transactions: the "
+                    "longest a transaction stays open while a batch is decided, so a long "
+                    "batch is committed in parts (0: one transaction per batch)",
     )
     max_event_bytes: int = Field(
         default=512 * 1024, ge=1024,

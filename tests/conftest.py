@@ -35,6 +35,16 @@ def delete_topics(bootstrap: str, prefix: str) -> None:
             future.result()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[pytest.TestReport]:
+    """Keep each phase's report on the item (`item.rep_call`), so a fixture's teardown
+    can tell a failed test from a passed one (and say more about what failed)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
 def uid() -> str:
     return uuid.uuid4().hex[:10]

@@ -322,9 +322,11 @@ class NodeAgent:
         started = _now_ms()
         t0 = time.perf_counter()
         outcome = "crashed"
+        ran = False  # a unit refused before it started says nothing of how long units take
         try:
             if started >= grant.lease_expires_at - self.cfg.lease_safety_ms:
                 raise HandlerError("the lease ended before the unit could start", "node_timeout")
+            ran = True
             ctx = self._context(sched, grant)
             wu = sched.work_unit_id or ""
             with self._lock:
@@ -365,8 +367,12 @@ class NodeAgent:
                 self._running_ctx.pop(sched.work_unit_id or "", None)
                 self._running -= 1
                 self._inflight -= 1
-                avg = self._unit_seconds
-                self._unit_seconds = took if avg is None else 0.9 * avg + 0.1 * took
+                if ran:
+                    # Only units that ran: counting the instant refusals of units whose
+                    # leases ended in the queue would make units look fast, ask for a
+                    # longer queue, and let more leases end in it.
+                    avg = self._unit_seconds
+                    self._unit_seconds = took if avg is None else 0.9 * avg + 0.1 * took
 
     def _report_failure(self, sched: WorkUnitScheduled, grant: ClaimGranted, code: str,
                         reason: str, t0: float, *, retry_at: int = 0, provider: str = "",

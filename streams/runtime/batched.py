@@ -22,6 +22,7 @@ commit, drops what it decided since its last commit, and joins again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -415,13 +416,28 @@ class BatchedProcessor:
                 self._fact_high[p] = offset
 
     def _process_batch(self, consumer: Consumer, msgs: list[Message]) -> None:
+        """Decide a batch, in as many checkpoints as the part bounds it to: under
+        transactions nothing decided is visible before its commit, so a batch that
+        takes long (a burst on a busy machine) is committed every
+        `checkpoint_interval_ms` rather than once at its end, and the grants and
+        dispatches at its start reach the agents while their leases are young."""
+        start = 0
+        while start < len(msgs):
+            start = self._process_part(consumer, msgs, start)
+
+    def _process_part(self, consumer: Consumer, msgs: list[Message], start: int) -> int:
+        """Decide `msgs` from `start` until the part's time is up; checkpoint what was
+        decided; return where the next part starts."""
         started = time.perf_counter()
+        bound = self.checkpointing.open_for_s
         facts_before = self.facts_emitted
         stores = self._stores
         self.checkpointing.begin()
         handle = self._handle_at_position if self.dedupe == "position" else self._handle
         last: dict[tuple[str, int], Message] = {}  # the last record of each partition
-        for msg in msgs:
+        end = start
+        for msg in itertools.islice(msgs, start, None):
+            end += 1
             if msg.error() is not None:
                 log_consume_error(msg, self.log)
                 continue
@@ -431,19 +447,23 @@ class BatchedProcessor:
                 continue
             handle(store, partition, msg)
             last[msg.topic(), partition] = msg  # type: ignore[index]
+            if bound is not None and time.perf_counter() - started >= bound:
+                break
         for (topic, partition), msg in last.items():
             store = stores.get(partition)
             if store is not None:
                 next_offset: int = msg.offset() + 1  # type: ignore[operator]
                 store.set_input_offset(topic, next_offset)
                 self._uncommitted[(topic, partition)] = next_offset
-        self.processed += len(msgs)
-        self.sensor.on_batch(self.reducer.name, len(msgs), self.facts_emitted - facts_before,
+        self.processed += end - start
+        self.sensor.on_batch(self.reducer.name, end - start,
+                             self.facts_emitted - facts_before,
                              time.perf_counter() - started)
         if self._written:
             self.sensor.on_facts(self.reducer.name, self._written)
             self._written = []
         self._maybe_checkpoint(consumer)
+        return end
 
     def _step_over_markers(self, consumer: Consumer) -> None:
         """When idle, commit the consumer's position where it passed what no record shows:

@@ -46,11 +46,15 @@ class MemoryState:
     def items(self, prefix: str = "", stop: str | None = None, start: str | None = None
               ) -> Iterator[tuple[str, Any]]:
         first = prefix if start is None or start < prefix else start
-        keys = []
-        for key in self._keys[bisect_left(self._keys, first):]:
-            if not key.startswith(prefix) or (stop is not None and key >= stop):
-                break
-            keys.append(key)
+        # the range's keys, found by bisection: a slice of the rest of the key list would
+        # copy the whole tail on every read
+        ordered = self._keys
+        i = bisect_left(ordered, first)
+        if stop is not None and stop < prefix + "\U0010ffff":
+            j = bisect_left(ordered, stop, i)
+        else:
+            j = bisect_left(ordered, prefix + "\U0010ffff", i) if prefix else len(ordered)
+        keys = [key for key in ordered[i:j] if key.startswith(prefix)]
         for key in keys:
             yield key, serde.loads(self._data[key])
 

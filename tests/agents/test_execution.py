@@ -199,3 +199,33 @@ def test_an_operator_resolves_a_parked_unit_from_the_cli(
                            timeout=60)
     assert again.returncode == 1
     assert "not waiting for an operator (it is completed)" in again.stderr
+
+
+def test_units_whose_leases_ended_in_the_queue_do_not_make_the_node_ask_for_more(
+        cluster: Cluster) -> None:
+    """A unit refused because its lease ended while it waited in the node's queue took no
+    time to run, and must not count as one that ran: counted, units would look instant,
+    the node would ask for a queue as long as its limit, and more leases would end in it
+    (the spiral a loaded machine fell into)."""
+    from onceflow.agents import NodeAgent
+    from onceflow.schemas import ClaimGranted
+
+    agent = NodeAgent(cluster.settings, node_id="n9", concurrency=4)
+    try:
+        before = agent.queue_target()
+        for i in range(50):
+            scheduled = WorkUnitScheduled(
+                event_id=f"sched-{i}", occurred_at=1, tenant_id="acme",
+                execution_session_id="s1", work_unit_id=f"late-{i}", selected_node_id="n9",
+                attempt_index=1, score=1.0, eligible_node_count=1, reason_code="best_score",
+                scheduling_epoch=1, decided_at=1, lease_expires_at=2)
+            grant = ClaimGranted(event_id=f"grant-{i}", occurred_at=1, tenant_id="acme",
+                                 execution_session_id="s1", work_unit_id=f"late-{i}",
+                                 node_id="n9", attempt_index=1, lease_expires_at=2,
+                                 incarnation=agent.incarnation)
+            agent._inflight += 1  # as the grant's arrival counts it
+            agent._execute(scheduled, grant)
+        agent.producer.flush()
+        assert agent.queue_target() == before
+    finally:
+        agent.producer.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,18 +37,24 @@ from onceflow.streams.scheduler.worker import build_scheduler
 from onceflow.streams.topics import TopicCatalog
 from tests.agents.fixtures import effect_rows, fast_settings, unit
 from tests.fixtures import events, live_fingerprint, submit_units, wait_for
+from tests.infra.fixtures import role_stacks
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
 @pytest.fixture
-def stack(settings: OnceflowSettings, tmp_path: Path) -> Iterator[OnceflowSettings]:
-    """A stack of its own (its own Kafka, in its own data directory) that the test may kill."""
+def stack(settings: OnceflowSettings, tmp_path: Path, request: pytest.FixtureRequest
+          ) -> Iterator[OnceflowSettings]:
+    """A stack of its own (its own Kafka, in its own data directory) that the test may kill.
+    When the test failed, every role's threads say where they are before it goes down."""
     own = fast_settings(settings).model_copy(update={"stack_dir": tmp_path / "own-stack"})
     state, _topics, _ = stack_up(own)
     own = own.model_copy(update={"bootstrap_servers": state.bootstrap})
     start_stack_roles(own, agents=3, views=False, autoscale=False)
     yield own
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(role_stacks(own), file=sys.stderr)
     stack_down(own)
 
 

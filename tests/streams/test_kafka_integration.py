@@ -160,6 +160,70 @@ def test_inputs_redelivered_emit_nothing_twice(settings: OnceflowSettings, uid: 
     assert all(isinstance(codec.decode(m.value()), SubmissionCounted) for m in facts)
 
 
+class _Parts:
+    """A sensor that keeps each checkpointed part of a batch: (records, seconds)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[int, float]] = []
+
+    def on_batch(self, processor: str, records: int, facts: int, seconds: float) -> None:
+        self.parts.append((records, seconds))
+
+    def on_dead_letter(self, processor: str, topic: str, error: str) -> None: ...
+
+    def on_facts(self, processor: str, facts: object) -> None: ...
+
+    def on_partitions(self, processor: str, lag: object, state_bytes: object) -> None: ...
+
+    def on_restore(self, processor: str, partition: int, facts: int, seconds: float) -> None:
+        ...
+
+    def on_fenced(self, processor: str, reason: str) -> None: ...
+
+
+class _SlowCounter(SubmissionCounter):
+    """The counter, taking 10 ms per decision (a reducer with real work to do)."""
+
+    def decide(self, state, event):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(0.01)  # the work itself, not waiting for anything
+        return super().decide(state, event)
+
+
+def test_a_long_batch_is_committed_in_parts_under_transactions(
+        settings: OnceflowSettings, uid: str) -> None:
+    """Nothing a transaction holds is visible before its commit, so a batch that takes
+    long is committed every `checkpoint_interval_ms` (the first decisions reach their
+    readers while the rest are made), not once at its end."""
+    settings = settings.model_copy(update={"transactions": True,
+                                           "checkpoint_interval_ms": 100})
+    create_topics(settings)
+    catalog = TopicCatalog(settings)
+    producer = EventProducer(settings, SingleObjectCodec())
+    for i in range(150):  # all there before the shell starts: a batch of 150 (1.5 s)
+        producer.send(catalog["submissions"], submitted(i))
+    producer.flush()
+    sensor = _Parts()
+    processor = BatchedProcessor(_SlowCounter(), settings, inputs=[catalog["submissions"].name],
+                                 fact_topic=catalog["workunits"].name, group_id=f"g-{uid}",
+                                 sensor=sensor)
+    stop = threading.Event()
+    thread = threading.Thread(target=processor.run, kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: processor.processed >= 150, what="150 inputs processed")
+    finally:
+        stop.set()
+        thread.join(30)
+    decided = [(n, s) for n, s in sensor.parts if n]
+    assert sum(n for n, _ in decided) == 150
+    assert len(decided) >= 5, decided
+    # each part stops at the first decision past the bound: 10 of 10 ms, and that one
+    assert all(n <= 11 for n, _ in decided), decided
+    assert len(event_messages(settings, catalog["workunits"].name)) == 150
+
+
 def test_state_of_a_log_that_no_longer_exists_is_discarded(settings: OnceflowSettings,
                                                             uid: str) -> None:
     """A restarted embedded broker starts with empty topics; the local state of the old

@@ -67,6 +67,7 @@ def test_the_scheduler_scales_from_one_member_to_three_and_back_mid_burst(
         three = wait_members(fast, group, {"scheduler", "scheduler-2", "scheduler-3"},
                              fast.partitions)
         assert all(len(ps) == 1 for ps in three.values()), three
+        _status_shows_members(fast, three)
         _completed_at_least(fast, 1500)
         stop_roles(added)
         wait_members(fast, group, {"scheduler"}, fast.partitions)
@@ -79,6 +80,29 @@ def test_the_scheduler_scales_from_one_member_to_three_and_back_mid_burst(
         assert {"scheduler", "scheduler-2", "scheduler-3"} <= writers, writers
     finally:
         stop_roles(roles)
+
+
+def _status_shows_members(settings: OnceflowSettings, members: dict[str, list[int]]) -> None:
+    """`onceflow status`, run against the cluster as an operator would, lists the
+    scheduler's members and the partitions each owns (as JSON and as its table)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, **settings.to_env(), "ONCEFLOW_BROKER_PROFILE": "cluster"}
+
+    def status(*fmt: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "onceflow", "status", *fmt], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    groups = {g["group"]: g for g in json.loads(status("--format", "json"))["members"]}
+    shown = {m["member"]: m["partitions"] for m in groups["scheduler"]["members"]}
+    # a member is listed while the group settles after a join: the same owners as asked
+    assert shown == members, (shown, members)
+    table = status()
+    assert "members" in table and all(name in table for name in members), table
 
 
 def test_a_frozen_scheduler_member_is_fenced_and_nothing_it_writes_after_is_visible(

@@ -58,6 +58,10 @@ class Checkpoint:
     reroutes_after_restart: bool
     producer: EventProducer
 
+    #: the longest a part of a batch is decided before its checkpoint (None: a batch is
+    #: decided whole)
+    open_for_s: float | None = None
+
     def begin(self) -> None:
         """Before a batch's first output."""
 
@@ -97,6 +101,9 @@ class TransactionalCheckpoint(Checkpoint):
                  on_delivered: Callable[[Message], None]) -> None:
         self.producer = EventProducer(settings, codec, on_delivered=on_delivered,
                                       transactional_id=transactional_id)
+        # As Kafka Streams' commit.interval.ms under exactly-once: a transaction stays
+        # open this long at most while a batch is decided.
+        self.open_for_s = settings.checkpoint_interval_ms / 1000 or None
 
     def begin(self) -> None:
         try:

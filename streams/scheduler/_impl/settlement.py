@@ -118,7 +118,7 @@ def on_claim(ctx: SchedulerContext, state: State, event: ClaimRequested) -> Sequ
         return (rejected,)
     assert unit is not None
     now = max(event.occurred_at, unit.decided_at)
-    ctx.view.note_arrived(event.node_id, unit.work_unit_id)
+    ctx.view.note_arrived(event.node_id, unit.work_unit_id, claimed_at=event.occurred_at)
     return (ClaimGranted(
         **ctx.envelope(unit, event, "claim-granted", now),
         node_id=event.node_id, attempt_index=event.attempt_index,

@@ -28,12 +28,15 @@ __all__ = ["ClusterView"]
 class ClusterView:
     """Latest heartbeat per node, latest trust per node, the admission mode.
 
-    `dispatched` counts what this process placed on a node that the node has
-    not claimed yet (nor let run out to its claim deadline): work on its way,
-    which no heartbeat can count yet. A heartbeat does not reset it, since a
-    heartbeat can be written before dispatches placed just earlier arrive;
-    a burst would otherwise pile onto a node whose free capacity is already
-    spoken for, and wait there past its lease.
+    `dispatched` counts what this process placed on a node that no heartbeat
+    of the node can count yet: work on its way (not claimed, nor run out to
+    its claim deadline), and work claimed after the node's last heartbeat. A
+    heartbeat does not reset the first, since it can be written before
+    dispatches placed just earlier arrive; a claim does not end the second
+    until a heartbeat written after it, which counts the unit in its queue.
+    A burst would otherwise pile onto a node whose free capacity is already
+    spoken for (placing again as fast as claims come back, for a whole
+    heartbeat interval), and wait there past its lease.
     """
 
     def __init__(self) -> None:
@@ -47,6 +50,9 @@ class ClusterView:
         #: per node: the units placed on it and not yet claimed (their slots), by work
         #: unit, so that placements a partition never committed can be taken back
         self.dispatched: dict[str, dict[str, int]] = {}
+        #: per node: units it claimed that no heartbeat of it counts yet, by work unit:
+        #: (slots, the claim's time on the node's clock)
+        self.claimed: dict[str, dict[str, tuple[int, int]]] = {}
         #: grows whenever what placement sees may have improved (a heartbeat,
         #: a trust score, a mode change), so deferred units are looked at
         #: again only when there is something new to see
@@ -61,6 +67,10 @@ class ClusterView:
             current = self.nodes.get(event.node_id)
             if current is not None and current.last_seen > event.occurred_at:
                 return  # an older heartbeat read late
+            claimed = self.claimed.get(event.node_id)
+            if claimed:  # claims it counts (made at or before it, on the node's clock)
+                for wu in [wu for wu, (_, at) in claimed.items() if at <= event.occurred_at]:
+                    del claimed[wu]
             self.nodes[event.node_id] = NodeView(
                 node_id=event.node_id, enabled=event.enabled,
                 health_status=event.health_status,
@@ -91,7 +101,8 @@ class ClusterView:
         out = []
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
-            used = sum(self.dispatched.get(node_id, {}).values())
+            used = sum(self.dispatched.get(node_id, {}).values()) + sum(
+                slots for slots, _ in self.claimed.get(node_id, {}).values())
             breaker = self.breaker_at(node_id, now)
             if breaker != "closed":
                 last = self.probed_at.get(node_id)
@@ -110,11 +121,15 @@ class ClusterView:
         if self.breaker_at(node_id, now) != "closed":
             self.probed_at[node_id] = now
 
-    def note_arrived(self, node_id: str, work_unit_id: str) -> None:
-        """A dispatch the node claimed, or that ran out to its claim deadline."""
+    def note_arrived(self, node_id: str, work_unit_id: str, claimed_at: int | None = None
+                     ) -> None:
+        """A dispatch the node claimed at `claimed_at` (its slots stay taken until a
+        heartbeat of the node written after the claim), or that it refused or that ran
+        out to its claim deadline (None: nothing of it stays at the node)."""
         placed = self.dispatched.get(node_id)
-        if placed is not None:
-            placed.pop(work_unit_id, None)
+        slots = None if placed is None else placed.pop(work_unit_id, None)
+        if claimed_at is not None and slots is not None:
+            self.claimed.setdefault(node_id, {})[work_unit_id] = (slots, claimed_at)
 
     def forget_dispatches(self, of: Callable[[str], bool]) -> None:
         """Take back the placements of the units `of` picks (a partition restored from its
@@ -123,3 +138,6 @@ class ClusterView:
         for placed in self.dispatched.values():
             for wu in [wu for wu in placed if of(wu)]:
                 del placed[wu]
+        for claimed in self.claimed.values():
+            for wu in [wu for wu in claimed if of(wu)]:
+                del claimed[wu]

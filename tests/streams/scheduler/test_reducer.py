@@ -577,6 +577,26 @@ def test_dispatches_on_their_way_count_against_a_node_until_claimed() -> None:
     assert [p.work_unit_id for p in placed] == ["wu-2"]
 
 
+def test_a_claimed_unit_counts_against_its_node_until_a_heartbeat_written_after_the_claim(
+) -> None:
+    """A claim does not free the slot its dispatch took: the node's last heartbeat did not
+    count the unit yet, so placing again at once would give the node more than it asked
+    for, as fast as claims come back, until its next heartbeat."""
+    h = Harness()
+    h.see(heartbeat("n1", available=2))
+    assert [type(h.feed(submit(f"wu-{i}"))[-1]) for i in range(2)] == [
+        WorkUnitScheduled, WorkUnitScheduled]
+    assert isinstance(h.claim("wu-0", "n1", 1, at=T0 + 100)[0], ClaimGranted)
+    assert isinstance(h.feed(submit("wu-2"))[-1], WorkUnitDeferred)  # not freed by the claim
+    h.see(heartbeat("n1", at=T0 + 90, available=2))  # written before the claim: no count
+    assert [o for o in h.tick(T0 + 150) if isinstance(o, WorkUnitScheduled)] == []
+    h.see(heartbeat("n1", at=T0 + 200, available=1))  # counts wu-0; wu-1 still on its way
+    assert [o for o in h.tick(T0 + 250) if isinstance(o, WorkUnitScheduled)] == []
+    h.see(heartbeat("n1", at=T0 + 300, available=2))  # wu-0 done, wu-1 still on its way
+    placed = [o for o in h.tick(T0 + 350) if isinstance(o, WorkUnitScheduled)]
+    assert [p.work_unit_id for p in placed] == ["wu-2"]
+
+
 def test_a_dispatch_nobody_claimed_returns_its_slot() -> None:
     cfg = OnceflowSettings().scheduler
     h = Harness()
