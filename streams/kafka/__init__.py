@@ -3,6 +3,7 @@
 from onceflow.streams.kafka.consumer import (
     TopicFollower,
     assign_from_committed,
+    broker_away,
     consumer_lag,
     log_consume_error,
     make_consumer,
@@ -50,6 +51,7 @@ __all__ = [
     "TopicFollower",
     "WrongTopic",
     "assign_from_committed",
+    "broker_away",
     "consumer_lag",
     "dead_letter_from_message",
     "dead_letter_headers",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TopicFollower",
     "assign_from_committed",
+    "broker_away",
     "consumer_lag",
     "log_consume_error",
     "make_consumer",
@@ -99,6 +100,20 @@ def partition_count(consumer: Consumer, topic: str, timeout: float = 10.0) -> in
 _NOT_READY = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                         KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
                         KafkaError._UNKNOWN_TOPIC})
+
+
+#: what a client says while the brokers do not answer (restarting, cut off)
+_AWAY = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                   KafkaError._TIMED_OUT, KafkaError._RESOLVE, KafkaError._WAIT_COORD,
+                   KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+                   KafkaError.COORDINATOR_LOAD_IN_PROGRESS})
+
+
+def broker_away(exc: KafkaException) -> bool:
+    """Whether a failed call failed because the brokers are away for now (worth joining
+    again once they answer), not because of anything the caller asked wrongly."""
+    err = exc.args[0]
+    return bool(err.retriable()) or err.code() in _AWAY or err.code() in _NOT_READY
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0

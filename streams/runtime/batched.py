@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from onceflow.schemas import (
     SINGLE_OBJECT_MARKER,
@@ -46,6 +46,7 @@ from onceflow.schemas import (
 from onceflow.streams.ids import caused_by
 from onceflow.streams.kafka.consumer import (
     TopicFollower,
+    broker_away,
     consumer_lag,
     log_consume_error,
     make_consumer,
@@ -275,10 +276,11 @@ class BatchedProcessor:
                 f"(equal partition counts), got {counts}"
             )
 
-    def _join(self) -> Consumer:
+    def _join(self, *, check: bool = True) -> Consumer:
         consumer = make_consumer(self.settings, self.group_id, **self.consumer_overrides)
         self._consumer = consumer
-        self._check_copartitioning(consumer)
+        if check:  # once, at the start: a member joining again asks the brokers nothing
+            self._check_copartitioning(consumer)
         consumer.subscribe(
             self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -288,7 +290,7 @@ class BatchedProcessor:
     def run(self, stop: threading.Event | None = None) -> None:
         if stop is not None:
             self._stop = stop
-        consumer = self._join()
+        consumer: Consumer | None = self._join()
         self.log.info("processor.started", inputs=self.inputs, facts=self.fact_topic,
                       group=self.group_id, tables=self.tables,
                       checkpoint=self.checkpointing.mode, dedupe=self.dedupe)
@@ -297,20 +299,33 @@ class BatchedProcessor:
         try:
             while not self._stop.is_set():
                 try:
+                    if consumer is None:
+                        consumer = self._join(check=False)
                     self._step(consumer)
                 except MemberFenced as exc:
-                    consumer = self._rejoin(consumer, exc)
+                    consumer = self._leave(consumer, exc)
                 except TransactionFailed as exc:  # a send refused: the transaction is dead
-                    consumer = self._rejoin(consumer, MemberFenced(str(exc),
-                                                                   producer_dead=exc.fenced))
+                    consumer = self._leave(consumer, MemberFenced(str(exc),
+                                                                  producer_dead=exc.fenced))
+                except KafkaException as exc:
+                    if not broker_away(exc):
+                        raise
+                    # The brokers went away (a restart, a network cut) in the middle of
+                    # a batch or of joining: what was not committed is dropped, and the
+                    # member joins again once they answer.
+                    consumer = self._leave(consumer, MemberFenced(
+                        f"the brokers are away: {exc.args[0]}"))
+                    self._stop.wait(1.0)
         finally:
             self.log.info("processor.stopping", processed=self.processed,
                           facts=self.facts_emitted)
             try:
-                if self._uncommitted or self.checkpointing.producer.in_transaction:
+                if consumer is not None and (self._uncommitted
+                                             or self.checkpointing.producer.in_transaction):
                     with contextlib.suppress(MemberFenced):
                         self._checkpoint(consumer, wait=True)
-                consumer.close()
+                if consumer is not None:
+                    consumer.close()
                 self.checkpointing.close()
                 if self._tables is not None:
                     self._tables.close()
@@ -337,23 +352,24 @@ class BatchedProcessor:
         if self._written is not None:
             self._maybe_report_partitions(consumer)
 
-    def _rejoin(self, consumer: Consumer, fenced: MemberFenced) -> Consumer:
-        """The group moved on from this member: drop everything not committed (the
-        stores, the open transaction), leave, and join again with a new producer; the
-        partitions the group gives it then are restored from their fact topics."""
+    def _leave(self, consumer: Consumer | None, fenced: MemberFenced) -> None:
+        """The group moved on from this member, or the brokers went away: drop everything
+        not committed (the stores, the open transaction) and leave, with a new producer
+        for when it joins again (the loop's next turn); the partitions the group gives
+        it then are restored from their fact topics."""
         self.fenced_times += 1
         self.log.warning("member.fenced", reason=str(fenced)[:300],
                          partitions=sorted(self._stores))
         self.sensor.on_fenced(self.reducer.name, str(fenced)[:200])
         self._drop_partitions(sorted(self._stores), wipe=False)
         self.checkpointing.abort()
-        with contextlib.suppress(Exception):
-            consumer.close()
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                consumer.close()
         self.checkpointing = checkpoint_for(self.settings, self.codec, self.group_id,
                                             self._delivered)
         self._dlq = DeadLetterRouter(self.checkpointing.producer, self.dead_letter_topic,
                                      self.reducer.name)
-        return self._join()
 
     def _drop_partitions(self, partitions: Sequence[int], *, wipe: bool) -> None:
         """Close the stores of `partitions` without writing what they hold uncommitted;
