@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -67,7 +68,7 @@ from onceflow.streams.types import ContentStore
 if TYPE_CHECKING:
     from onceflow.agents.settings import AgentRoleSettings
 
-__all__ = ["AGENT_VERSION", "NodeAgent"]
+__all__ = ["AGENT_VERSION", "NodeAgent", "queue_target"]
 
 AGENT_VERSION = "1.0.0"
 
@@ -146,6 +147,8 @@ class NodeAgent:
         self._heartbeat_seq = 0
         self.executed = 0
         self._unit_seconds: float | None = None  # moving average of a unit's run time
+        #: when the last units that ran while others waited in the queue finished
+        self._busy_done: deque[float] = deque(maxlen=32)
         self._pool = ThreadPoolExecutor(max_workers=concurrency,
                                         thread_name_prefix=f"agent-{node_id}")
 
@@ -232,16 +235,16 @@ class NodeAgent:
 
         The capacity comes from how long units have taken here (a moving
         average), not from how many it was given, so a node that was sent
-        little can still ask for more. Before the first unit it asks for a
-        modest queue.
+        little can still ask for more; and, once units have waited in its
+        queue, from how fast it finished them then, which counts what the
+        run time leaves out (claims, reports, a machine shared with others).
+        Before the first unit it asks for a modest queue.
         """
         with self._lock:
             seconds = self._unit_seconds
-        if seconds is None:
-            return min(self.cfg.queue_limit, 16 * self.concurrency)
-        capacity = self.concurrency / max(seconds, 1e-4)
-        wanted = int(capacity * self.cfg.queue_horizon_s)
-        return min(self.cfg.queue_limit, max(2 * self.concurrency, wanted))
+            busy = list(self._busy_done)
+        return queue_target(self.concurrency, seconds, busy, time.monotonic(),
+                            self.cfg.queue_horizon_s, self.cfg.queue_limit)
 
     def _send_heartbeat(self, health: str = "healthy") -> None:
         target = self.queue_target()
@@ -373,6 +376,8 @@ class NodeAgent:
                     # longer queue, and let more leases end in it.
                     avg = self._unit_seconds
                     self._unit_seconds = took if avg is None else 0.9 * avg + 0.1 * took
+                    if self._inflight > self._running:  # others waited: it ran flat out
+                        self._busy_done.append(time.monotonic())
 
     def _report_failure(self, sched: WorkUnitScheduled, grant: ClaimGranted, code: str,
                         reason: str, t0: float, *, retry_at: int = 0, provider: str = "",
@@ -485,3 +490,19 @@ class NodeAgent:
         with self._lock:
             return {"waiting": len(self._waiting), "inflight": self._inflight,
                     "running": self._running, "executed": self.executed}
+
+
+def queue_target(concurrency: int, unit_seconds: float | None, busy_done: Sequence[float],
+                 now: float, horizon_s: float, limit: int) -> int:
+    """The queue a node asks for (see `NodeAgent.queue_target`): its capacity times the
+    horizon, at least twice its concurrency, at most `limit`. `busy_done`: when recent
+    units that ran while others waited finished (monotonic seconds); eight or more
+    within the last five seconds give the rate it actually reached, which caps what
+    the run time alone suggests."""
+    if unit_seconds is None:
+        return min(limit, 16 * concurrency)
+    capacity = concurrency / max(unit_seconds, 1e-4)
+    if len(busy_done) >= 8 and now - busy_done[-1] < 5.0 and busy_done[-1] > busy_done[0]:
+        capacity = min(capacity, (len(busy_done) - 1) / (busy_done[-1] - busy_done[0]))
+    wanted = int(capacity * horizon_s)
+    return min(limit, max(2 * concurrency, wanted))
