@@ -102,10 +102,16 @@ class StreamsSettings(KafkaSettings):
     """how long the batched shell waits for a first record when none is ready"""
     checkpoint_interval_ms: int = Field(
         default=100, ge=0,
-        description="flush checkpoints: how often the batched shell waits for its outputs "
-                    "and writes state and offsets (0: after every batch); transactions: the "
-                    "longest a transaction stays open while a batch is decided, so a long "
-                    "batch is committed in parts (0: one transaction per batch)",
+        description="how often the batched shell waits for its outputs and writes state "
+                    "and offsets, without transactions (0: after every batch)",
+    )
+    transaction_max_ms: int = Field(
+        default=500, ge=0,
+        description="under transactions, the longest a transaction stays open while a "
+                    "batch is decided: a longer batch is committed in parts, so what it "
+                    "decided first (grants, dispatches) is visible while the rest is "
+                    "decided (0: one transaction per batch); each commit costs a few "
+                    "round trips, see bench/ for the figures",
     )
     max_event_bytes: int = Field(
         default=512 * 1024, ge=1024,

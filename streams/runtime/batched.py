@@ -435,7 +435,7 @@ class BatchedProcessor:
         """Decide a batch, in as many checkpoints as the part bounds it to: under
         transactions nothing decided is visible before its commit, so a batch that
         takes long (a burst on a busy machine) is committed every
-        `checkpoint_interval_ms` rather than once at its end, and the grants and
+        `transaction_max_ms` rather than once at its end, and the grants and
         dispatches at its start reach the agents while their leases are young."""
         start = 0
         while start < len(msgs):

@@ -194,10 +194,9 @@ class _SlowCounter(SubmissionCounter):
 def test_a_long_batch_is_committed_in_parts_under_transactions(
         settings: OnceflowSettings, uid: str) -> None:
     """Nothing a transaction holds is visible before its commit, so a batch that takes
-    long is committed every `checkpoint_interval_ms` (the first decisions reach their
+    long is committed every `transaction_max_ms` (the first decisions reach their
     readers while the rest are made), not once at its end."""
-    settings = settings.model_copy(update={"transactions": True,
-                                           "checkpoint_interval_ms": 100})
+    settings = settings.model_copy(update={"transactions": True, "transaction_max_ms": 100})
     create_topics(settings)
     catalog = TopicCatalog(settings)
     producer = EventProducer(settings, SingleObjectCodec())

@@ -103,7 +103,7 @@ class TransactionalCheckpoint(Checkpoint):
                                       transactional_id=transactional_id)
         # As Kafka Streams' commit.interval.ms under exactly-once: a transaction stays
         # open this long at most while a batch is decided.
-        self.open_for_s = settings.checkpoint_interval_ms / 1000 or None
+        self.open_for_s = settings.transaction_max_ms / 1000 or None
 
     def begin(self) -> None:
         try:
