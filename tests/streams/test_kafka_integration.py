@@ -23,7 +23,7 @@ from onceflow.streams.kafka import (
 )
 from onceflow.streams.runtime import BatchedProcessor, fingerprint_partitions, replay_facts
 from onceflow.streams.topics import TopicCatalog, create_topics, describe_topics
-from tests.fixtures import event_messages, submitted, wait_for
+from tests.fixtures import event_messages, running, submitted, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -126,14 +126,8 @@ def test_types_a_reducer_ignores_are_skipped_and_garbage_still_dead_lettered(
     processor = BatchedProcessor(_PickyCounter(), settings,
                                  inputs=[catalog["submissions"].name, catalog["reports"].name],
                                  fact_topic=catalog["workunits"].name, group_id=f"g-{uid}")
-    stop = threading.Event()
-    thread = threading.Thread(target=processor.run, kwargs={"stop": stop}, daemon=True)
-    thread.start()
-    try:
+    with running(processor):
         wait_for(lambda: processor.processed >= 22, what="22 records processed")
-    finally:
-        stop.set()
-        thread.join(30)
     assert len(event_messages(settings, catalog["workunits"].name)) == 10
     dead = [dead_letter_from_message(m)
             for m in read_topic_to_end(settings, catalog["deadletters"].name)]
@@ -207,14 +201,8 @@ def test_a_long_batch_is_committed_in_parts_under_transactions(
     processor = BatchedProcessor(_SlowCounter(), settings, inputs=[catalog["submissions"].name],
                                  fact_topic=catalog["workunits"].name, group_id=f"g-{uid}",
                                  sensor=sensor)
-    stop = threading.Event()
-    thread = threading.Thread(target=processor.run, kwargs={"stop": stop}, daemon=True)
-    thread.start()
-    try:
+    with running(processor):
         wait_for(lambda: processor.processed >= 150, what="150 inputs processed")
-    finally:
-        stop.set()
-        thread.join(30)
     decided = [(n, s) for n, s in sensor.parts if n]
     assert sum(n for n, _ in decided) == 150
     assert len(decided) >= 5, decided
