@@ -72,6 +72,8 @@ class EventProducer:
         #: a transaction is open (begun, not yet committed or aborted)
         self.in_transaction = False
         self._initialised = False
+        #: a call into librdkafka never returned: nothing more is asked of this producer
+        self.abandoned = False
         self._errors: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._on_delivered = on_delivered
@@ -213,11 +215,13 @@ class EventProducer:
             return
         try:
             if offsets:
-                self._call(lambda: self._producer.send_offsets_to_transaction(
-                    offsets, group_metadata, timeout))
+                self._call(lambda: self._bounded(
+                    lambda: self._producer.send_offsets_to_transaction(
+                        offsets, group_metadata, timeout), timeout + 5))
             self._call(lambda: self._producer.commit_transaction(timeout))
         except TransactionFailed as exc:
-            self.abort_transaction()
+            if not self.abandoned:
+                self.abort_transaction()
             raise exc
         finally:
             self.in_transaction = False
@@ -226,12 +230,43 @@ class EventProducer:
         if errors:  # not reached in practice: a failed record fails the commit
             raise TransactionFailed(str(DeliveryError(errors)), fenced=False)
 
+    def _bounded(self, call: Callable[[], Any], limit_s: float) -> Any:
+        """`call` in a thread of its own, waited for at most `limit_s`.
+
+        librdkafka's send_offsets_to_transaction can block past its own timeout
+        when the group coordinator it cached went down (confluentinc/librdkafka
+        #5456, open; seen here when the broker restarts mid-commit). The call
+        cannot be interrupted, so this producer is abandoned to it: the caller
+        drops the transaction and makes a new producer, whose init fences this
+        one (or the coordinator aborts its transaction by its timeout).
+        """
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append(("ok", call()))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(("error", exc))
+
+        worker = threading.Thread(target=run, daemon=True, name="txn-call")
+        worker.start()
+        worker.join(limit_s)
+        if not outcome:
+            self.abandoned = True
+            raise TransactionFailed(
+                f"a transactional call did not return in {limit_s:.0f} s (librdkafka "
+                "#5456): this producer is abandoned", fenced=True)
+        kind, value = outcome[0]
+        if kind == "error":
+            raise value
+        return value
+
     def abort_transaction(self) -> None:
         """Abort the open transaction; a fenced producer cannot, and needs none."""
         was_open, self.in_transaction = self.in_transaction, False
         with self._lock:
             self._errors = []
-        if not was_open:
+        if not was_open or self.abandoned:
             return
         # fenced or fatal: the coordinator aborts it (or did)
         with contextlib.suppress(KafkaException):
