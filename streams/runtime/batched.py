@@ -303,18 +303,19 @@ class BatchedProcessor:
                         consumer = self._join(check=False)
                     self._step(consumer)
                 except MemberFenced as exc:
-                    consumer = self._leave(consumer, exc)
+                    self._leave(consumer, exc)
+                    consumer = None
                 except TransactionFailed as exc:  # a send refused: the transaction is dead
-                    consumer = self._leave(consumer, MemberFenced(str(exc),
-                                                                  producer_dead=exc.fenced))
+                    self._leave(consumer, MemberFenced(str(exc), producer_dead=exc.fenced))
+                    consumer = None
                 except KafkaException as exc:
                     if not broker_away(exc):
                         raise
                     # The brokers went away (a restart, a network cut) in the middle of
                     # a batch or of joining: what was not committed is dropped, and the
                     # member joins again once they answer.
-                    consumer = self._leave(consumer, MemberFenced(
-                        f"the brokers are away: {exc.args[0]}"))
+                    self._leave(consumer, MemberFenced(f"the brokers are away: {exc.args[0]}"))
+                    consumer = None
                     self._stop.wait(1.0)
         finally:
             self.log.info("processor.stopping", processed=self.processed,
