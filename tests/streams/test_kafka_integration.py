@@ -176,12 +176,14 @@ class _Parts:
 
 
 class _SlowCounter(SubmissionCounter):
-    """The counter, taking 10 ms per decision (a reducer with real work to do)."""
+    """The counter, computing for 10 ms per decision (a reducer with real work to do)."""
 
     def decide(self, state, event):  # type: ignore[no-untyped-def]
         import time
 
-        time.sleep(0.01)  # the work itself, not waiting for anything
+        done = time.perf_counter() + 0.01
+        while time.perf_counter() < done:  # the decision's own computing
+            pass
         return super().decide(state, event)
 
 
